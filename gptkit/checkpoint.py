@@ -1,0 +1,255 @@
+"""Checkpoints: one directory per checkpoint, written atomically, loaded without unpickling.
+
+    step_000500/
+        model.safetensors   weights; the tied wte/lm_head matrix stored once, no wrapper prefixes
+        config.json         {"model": GPTConfig, "tokenizer": name, "train": config, "step": n, ...}
+        optimizer.pt        (training only) optimizer state, tensors only: torch.load(weights_only=True)
+        trainer.json        (training only) step, data position, anything else needed to resume
+
+A checkpoint is assembled in a hidden temporary directory beside its final place and renamed into
+place as the last step, so a crash can never leave a half-written checkpoint under a name that
+`latest_checkpoint` would pick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from gptkit import __version__
+from gptkit.errors import GptkitError
+from gptkit.model import GPT, GPTConfig
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+OPTIMIZER = "optimizer.pt"
+TRAINER = "trainer.json"
+STEP_RE = re.compile(r"^step_(\d+)$")
+TIED_KEY = "lm_head.weight"  # derived from transformer.wte.weight, never stored
+
+
+def step_dirname(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def clean_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip torch.compile's `_orig_mod.` and DDP's `module.` prefixes; drop the tied lm_head copy."""
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("_orig_mod.", "module."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        k = k.replace("._orig_mod.", ".")
+        if k == TIED_KEY:
+            continue
+        out[k] = v.detach().contiguous()
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON under a temporary name and rename it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    *,
+    config: GPTConfig,
+    tokenizer: str,
+    train_config: dict | None = None,
+    optimizer_state: dict | None = None,
+    trainer_state: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    """Write a complete checkpoint directory at `path`, atomically. Returns `path`."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+
+    sd = {k: v.cpu() for k, v in clean_state_dict(model.state_dict()).items()}
+    save_file(sd, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": f"gptkit {__version__}"})
+    meta = {
+        "gptkit_version": __version__,
+        "model": config.to_dict(),
+        "tokenizer": tokenizer,
+        "train": train_config or {},
+    }
+    if trainer_state is not None and "step" in trainer_state:
+        meta["step"] = trainer_state["step"]
+    meta.update(extra or {})
+    write_json(tmp / CONFIG, meta)
+    if optimizer_state is not None:
+        torch.save(optimizer_state, tmp / OPTIMIZER)
+    if trainer_state is not None:
+        write_json(tmp / TRAINER, trainer_state)
+    for f in tmp.iterdir():  # data on disk before the rename makes the checkpoint visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+    old = None
+    if path.exists():  # re-saving the same step: move the old one aside, swap, then delete it
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: GPTConfig
+    tokenizer: str
+    meta: dict
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+
+    @property
+    def train_config(self) -> dict:
+        return self.meta.get("train", {})
+
+    @property
+    def step(self) -> int | None:
+        return self.meta.get("step")
+
+    def build_model(self, device: str | torch.device = "cpu") -> GPT:
+        """A GPT with these weights, in eval mode, on `device`."""
+        return model_from_state_dict(self.config, self.state_dict, device=device, source=self.path)
+
+    def optimizer_state(self, device: str | torch.device = "cpu") -> dict | None:
+        f = self.path / OPTIMIZER
+        if not f.exists():
+            return None
+        try:
+            return torch.load(f, map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+            raise GptkitError(f"{f}: cannot read optimizer state ({e.__class__.__name__}); the file is corrupt") from None
+
+    def trainer_state(self) -> dict | None:
+        f = self.path / TRAINER
+        return read_json(f) if f.exists() else None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise GptkitError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is corrupt") from None
+    except OSError as e:
+        raise GptkitError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def model_from_state_dict(config: GPTConfig, sd: dict[str, torch.Tensor], device="cpu", source="weights") -> GPT:
+    """Build a GPT and load `sd` (gptkit names, lm_head optional); clear errors on any mismatch."""
+    sd = clean_state_dict(sd)
+    with torch.device("meta"):
+        model = GPT(config)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != TIED_KEY}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise GptkitError(f"{source}: weights do not match the model config ({what})")
+    for k, shape in expected.items():
+        if tuple(sd[k].shape) != tuple(shape):
+            raise GptkitError(
+                f"{source}: {k} has shape {tuple(sd[k].shape)} but the config expects {tuple(shape)}"
+            )
+    model = model.to_empty(device=device)
+    model.load_state_dict({**sd, TIED_KEY: sd["transformer.wte.weight"]}, strict=True)
+    model.lm_head.weight = model.transformer.wte.weight  # to_empty unties; tie again
+    return model.eval()
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / WEIGHTS).is_file() and (path / CONFIG).is_file()
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint directory (or the latest checkpoint of a run directory)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise GptkitError(f"{path}: no such checkpoint or run directory")
+    if not is_checkpoint(path):
+        latest = latest_checkpoint(path) if path.is_dir() else None
+        if latest is None:
+            raise GptkitError(f"{path}: not a gptkit checkpoint (no {WEIGHTS} + {CONFIG}) and holds no step_* checkpoints")
+        path = latest
+    meta = read_json(path / CONFIG)
+    if "model" not in meta:
+        raise GptkitError(f"{path / CONFIG}: no 'model' section; not a gptkit checkpoint config")
+    try:
+        config = GPTConfig.from_dict(meta["model"])
+    except (TypeError, ValueError) as e:
+        raise GptkitError(f"{path / CONFIG}: invalid model config ({e})") from None
+    try:
+        sd = load_file(str(path / WEIGHTS), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise GptkitError(f"{path / WEIGHTS}: cannot read weights ({e}); the file is corrupt or truncated") from None
+    return Checkpoint(path=path, config=config, tokenizer=meta.get("tokenizer", "gpt2"), meta=meta, state_dict=sd)
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints in run_dir, oldest first. Temporary (hidden) directories never match."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for p in run_dir.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir() and is_checkpoint(p):
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    cks = list_checkpoints(run_dir)
+    return cks[-1][1] if cks else None
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints (keep <= 0 keeps everything)."""
+    if keep <= 0:
+        return []
+    removed = []
+    for _, p in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed

@@ -1,0 +1,58 @@
+"""The `gptkit` command. Each subcommand is a thin module in this package over a library function.
+
+Nothing imported here may import torch, datasets or transformers: `gptkit --help` must start fast.
+Those imports happen inside the command bodies.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from gptkit import __version__
+from gptkit.cli import convert, doctor, download, mirror, plot, sample, tokenize, train
+from gptkit.errors import GptkitError
+
+app = typer.Typer(
+    name="gptkit",
+    help="Pretrain GPT-2-style language models: doctor → download → tokenize → train → sample / convert.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # user errors are one line (below); bugs keep a plain traceback
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool):
+    if value:
+        print(f"gptkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+):
+    pass
+
+
+app.command("doctor")(doctor.doctor)
+app.command("download")(download.download)
+app.add_typer(mirror.app, name="mirror")
+app.command("tokenize")(tokenize.tokenize)
+app.command("train", context_settings={"allow_extra_args": False})(train.train)
+app.command("sample")(sample.sample)
+app.command("convert")(convert.convert)
+app.command("plot")(plot.plot)
+
+
+def main() -> None:
+    try:
+        app()
+    except GptkitError as e:
+        print(f"gptkit: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("gptkit: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,265 @@
+"""GPT-2, in one file.
+
+The architecture is OpenAI's GPT-2 exactly as Hugging Face's GPT2LMHeadModel implements it:
+learned position embeddings, pre-LayerNorm blocks, tanh-approximated GELU, biases everywhere,
+and the token embedding tied to the output head. Parameter names match HF's, so importing or
+exporting HF weights is only the transpose of the four Conv1D matrices per block.
+
+Reads top to bottom: config and presets, attention (with its KV cache), MLP, block, model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+GPT2_VOCAB_SIZE = 50257  # 50,000 merges + 256 byte tokens + <|endoftext|>
+
+
+def pad_vocab(n: int, multiple: int = 64) -> int:
+    """Round the vocabulary up so the embedding and lm_head matmuls hit fast tile sizes."""
+    return ((n + multiple - 1) // multiple) * multiple
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # maximum sequence length (HF: n_positions)
+    vocab_size: int = GPT2_VOCAB_SIZE  # the tokenizer's real vocabulary
+    padded_vocab_size: int = pad_vocab(GPT2_VOCAB_SIZE)  # 50304: rows in wte / lm_head
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    layer_norm_epsilon: float = 1e-5
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.padded_vocab_size < self.vocab_size:
+            raise ValueError("padded_vocab_size must be >= vocab_size")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def with_vocab(self, vocab_size: int) -> "GPTConfig":
+        """The same architecture for another tokenizer (e.g. bytes, 256)."""
+        return replace(self, vocab_size=vocab_size, padded_vocab_size=pad_vocab(vocab_size))
+
+
+# Named model sizes. The four GPT-2 sizes are OpenAI's; the rest fit a laptop or a test.
+PRESETS: dict[str, GPTConfig] = {
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # 124M
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+    "small": GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=256),  # ~16M with GPT-2 vocab
+    "tiny": GPTConfig(block_size=128, n_layer=2, n_head=2, n_embd=64),  # ~3.3M, tests and demos
+}
+
+
+def get_preset(name: str) -> GPTConfig:
+    from gptkit.errors import GptkitError
+
+    if name not in PRESETS:
+        raise GptkitError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return replace(PRESETS[name])
+
+
+class KVCache(nn.Module):
+    """Pre-allocated keys and values for one attention layer: (B, nh, max_len, hs) each.
+
+    Allocated once for the whole generation, so decoding never concatenates or reallocates.
+    """
+
+    def __init__(self, batch_size, n_head, max_len, head_dim, dtype, device):
+        super().__init__()
+        shape = (batch_size, n_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, nh, T, hs) at positions pos..pos+T; return all keys/values so far."""
+        t = k.size(2)
+        self.k[:, :, pos : pos + t] = k
+        self.v[:, :, pos : pos + t] = v
+        return self.k[:, :, : pos + t], self.v[:, :, : pos + t]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj.RESIDUAL_PROJECTION = True  # scaled init, see GPT._init_weights
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, pos: int = 0) -> torch.Tensor:
+        B, T, C = x.size()
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+
+        mask = None
+        is_causal = True
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(pos, k, v)  # (B, nh, pos+T, hs)
+            if pos > 0:
+                is_causal = False
+                if T > 1:
+                    # A chunk after a cached prefix: row i sees the prefix and chunk rows <= i.
+                    # Only this rare case builds a mask; training and single-token decoding never do.
+                    S = pos + T
+                    mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=pos)
+        # Training takes the fused kernel (FlashAttention-2 on CUDA, the flash CPU kernel on CPU):
+        # is_causal=True with no mask means no T x T tensor is ever materialised.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+def gelu_new(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU: the tanh approximation (HF calls it gelu_new)."""
+    return F.gelu(x, approximate="tanh")
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_proj.RESIDUAL_PROJECTION = True
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(gelu_new(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, pos: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), pos)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module):
+        # GPT-2 initialisation: N(0, 0.02) everywhere, with the projections that write into the
+        # residual stream scaled by 1/sqrt(2 * n_layer) (two per block) so its variance stays put.
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if getattr(module, "RESIDUAL_PROJECTION", False):
+                std /= math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; the tied lm_head is counted once, position embeddings excluded by default."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int = 0):
+        """idx (B, T) token ids -> logits (B, T, padded_vocab) and, with targets, the mean loss.
+
+        `pos` is the position of idx[:, 0]; it is non-zero only when decoding with a KV cache.
+        """
+        B, T = idx.size()
+        if pos + T > self.config.block_size:
+            raise ValueError(f"sequence of length {pos + T} exceeds block_size {self.config.block_size}")
+        positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, pos)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, padded_vocab)
+        loss = None
+        if targets is not None:
+            # Padded vocabulary rows are never targets; their logits only add a tiny constant to
+            # the softmax normaliser, which training quickly drives towards -inf.
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    # --- KV cache for incremental decoding -------------------------------------------------
+    def setup_kv_cache(self, batch_size: int, max_len: int | None = None, dtype=None):
+        """Allocate one pre-sized KVCache per layer; forward(pos=...) then decodes incrementally."""
+        max_len = max_len or self.config.block_size
+        if max_len > self.config.block_size:
+            raise ValueError(f"cache length {max_len} exceeds block_size {self.config.block_size}")
+        w = self.transformer.wte.weight
+        hs = self.config.n_embd // self.config.n_head
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(batch_size, self.config.n_head, max_len, hs, dtype or w.dtype, w.device)
+
+    def clear_kv_cache(self):
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+    # --- optimizer ---------------------------------------------------------------------------
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Weight decay on matrices and embeddings (dim >= 2); none on biases and LayerNorm gains."""
+        params = [p for p in self.parameters() if p.requires_grad]  # the tied weight appears once
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6N plus attention, as in the PaLM paper."""
+        cfg = self.config
+        T = seq_len or cfg.block_size
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+
+
+# The four matrices HF GPT-2 stores as Conv1D (in_features, out_features): transposed on conversion.
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

@@ -1,0 +1,143 @@
+"""Checkpoint directories: bitwise round trip, atomic save, safe loading."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from gptkit.checkpoint import (
+    latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint, step_dirname,
+)
+from gptkit.errors import GptkitError
+from gptkit.model import GPT, get_preset
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return GPT(get_preset("tiny").with_vocab(256))
+
+
+def test_round_trip_is_bitwise_exact(tmp_path):
+    model = tiny_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
+    opt.step()
+    path = save_checkpoint(
+        tmp_path / step_dirname(7), model, config=model.config, tokenizer="bytes",
+        train_config={"lr": 1e-3}, optimizer_state=opt.state_dict(), trainer_state={"step": 7, "tokens": 123},
+    )
+    ck = load_checkpoint(path)
+    assert ck.tokenizer == "bytes" and ck.step == 7 and ck.train_config == {"lr": 1e-3}
+    assert ck.config == model.config
+    loaded = ck.build_model()
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    osd = ck.optimizer_state()
+    assert torch.equal(osd["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert ck.trainer_state() == {"step": 7, "tokens": 123}
+
+
+def test_tied_weight_stored_once_without_prefixes(tmp_path):
+    from safetensors import safe_open
+
+    model = tiny_model()
+    compiled_like = torch.nn.Module()
+    compiled_like._orig_mod = model  # what torch.compile's wrapper looks like to state_dict()
+    path = save_checkpoint(tmp_path / "ck", compiled_like, config=model.config, tokenizer="bytes")
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "lm_head.weight" not in keys and "transformer.wte.weight" in keys
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in keys)
+    meta = json.loads((path / "config.json").read_text())
+    assert meta["model"]["n_layer"] == 2 and meta["tokenizer"] == "bytes"
+
+
+def test_latest_ignores_incomplete_and_prunes(tmp_path):
+    model = tiny_model()
+    for s in (10, 20, 30):
+        save_checkpoint(tmp_path / step_dirname(s), model, config=model.config, tokenizer="bytes")
+    (tmp_path / ".step_000040.tmp-123").mkdir()  # a save that crashed
+    (tmp_path / "step_000050").mkdir()  # not a checkpoint (no files)
+    assert latest_checkpoint(tmp_path).name == "step_000030"
+    prune_checkpoints(tmp_path, keep=2)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [20, 30]
+    assert load_checkpoint(tmp_path).path.name == "step_000030"  # a run dir loads its latest
+
+
+def test_crash_during_save_keeps_previous_latest(tmp_path):
+    model = tiny_model()
+    save_checkpoint(tmp_path / step_dirname(1), model, config=model.config, tokenizer="bytes")
+    before = (tmp_path / step_dirname(1) / "model.safetensors").read_bytes()
+    # A child process starts saving step 2 and is killed (os._exit) halfway through writing.
+    script = textwrap.dedent(f"""
+        import os, torch, safetensors.torch as st
+        from gptkit.checkpoint import save_checkpoint
+        from gptkit.model import GPT, get_preset
+        real = st.save_file
+        def dying(sd, path, metadata=None):
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            os._exit(9)
+        st.save_file = dying
+        m = GPT(get_preset("tiny").with_vocab(256))
+        save_checkpoint({str(tmp_path / step_dirname(2))!r}, m, config=m.config, tokenizer="bytes")
+    """)
+    r = subprocess.run([sys.executable, "-c", script])
+    assert r.returncode == 9
+    assert latest_checkpoint(tmp_path).name == step_dirname(1)
+    assert (tmp_path / step_dirname(1) / "model.safetensors").read_bytes() == before
+    assert torch.equal(load_checkpoint(tmp_path).state_dict["transformer.wte.weight"], model.transformer.wte.weight)
+    # A later save of the same step replaces the debris cleanly.
+    save_checkpoint(tmp_path / step_dirname(2), model, config=model.config, tokenizer="bytes")
+    assert latest_checkpoint(tmp_path).name == step_dirname(2)
+
+
+def test_resave_same_step_replaces_atomically(tmp_path):
+    a, b = tiny_model(0), tiny_model(1)
+    p = save_checkpoint(tmp_path / "step_000005", a, config=a.config, tokenizer="bytes")
+    save_checkpoint(p, b, config=b.config, tokenizer="bytes")
+    assert torch.equal(load_checkpoint(p).state_dict["transformer.wte.weight"], b.transformer.wte.weight)
+    assert [x.name for x in tmp_path.iterdir()] == ["step_000005"]
+
+
+def test_corrupt_weights_give_clear_error(tmp_path):
+    model = tiny_model()
+    p = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    w = p / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(GptkitError, match="corrupt or truncated"):
+        load_checkpoint(p)
+
+
+def test_mismatched_config_is_refused(tmp_path):
+    model = tiny_model()
+    p = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    meta = json.loads((p / "config.json").read_text())
+    meta["model"]["n_embd"] = 128
+    (p / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(GptkitError, match="shape"):
+        load_checkpoint(p).build_model()
+
+
+def test_optimizer_state_never_unpickles_objects(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    model = tiny_model()
+    p = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes", optimizer_state={"x": 1})
+    torch.save({"evil": Evil()}, p / "optimizer.pt")
+    with pytest.raises(GptkitError, match="corrupt"):
+        load_checkpoint(p).optimizer_state()
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(GptkitError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope")
+    with pytest.raises(GptkitError, match="not a gptkit checkpoint"):
+        load_checkpoint(tmp_path)
