@@ -1,8 +1,83 @@
-"""`gptkit doctor` (placeholder)."""
+"""`gptkit doctor`: check the machine before a run (driver, CUDA, torch, GPUs, attention, network, disk)."""
 
-from gptkit.cli.options import not_implemented
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gptkit.cli.options import Endpoint, JsonOut, Mirror
+
+# Symbols and arrows in the table, with ASCII stand-ins for terminals that cannot show them.
+_ASCII = str.maketrans({"✓": "+", "✗": "x", "→": "->", "≤": "<=", "≥": ">=", "×": "x"})
 
 
-def doctor():
-    """Not implemented yet."""
-    not_implemented("doctor", "see the issue tracker")
+def doctor(
+    json_out: JsonOut = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Also exit 1 on warnings (for scripts and CI).")] = False,
+    endpoint: Endpoint = None,
+    mirror: Mirror = False,
+    data_dir: Annotated[
+        Optional[Path],
+        typer.Option("--data-dir", help="Where datasets and shards will go, for the free-disk check (default: $GPTKIT_HOME)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, max=60, help="Seconds to wait for the Hugging Face endpoint.")
+    ] = 3.0,
+):
+    """Check drivers, CUDA, torch, GPUs, attention kernels, the HF endpoint, the GPT-2 vocab and free disk.
+
+    Exit code 0 unless a check fails (✗); with --strict, warnings (!) fail too.
+    """
+    import json
+    import os
+    import sys
+
+    from gptkit import doctor as lib
+    from gptkit import paths
+    from gptkit.endpoint import resolve_endpoint
+    from gptkit.errors import GptkitError
+
+    url = resolve_endpoint(endpoint, mirror)
+    source = "--endpoint" if endpoint else "--mirror" if mirror else "HF_ENDPOINT" if os.environ.get("HF_ENDPOINT") else "default"
+    target = data_dir if data_dir is not None else paths.home()
+    if target.expanduser().exists() and not target.expanduser().is_dir():
+        raise GptkitError(f"--data-dir {target} is a file, not a directory")
+
+    checks = lib.run_checks(url, source, target, timeout=timeout)
+    code = lib.exit_code(checks, strict)
+    if json_out:
+        print(json.dumps(lib.report(checks, strict), indent=2))
+    else:
+        _print_table(checks, strict, ascii_only=not lib.stdout_can_encode("✓✗→≤×"))
+    if code:
+        raise typer.Exit(code)
+    sys.stdout.flush()
+
+
+def _print_table(checks, strict: bool, ascii_only: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from gptkit import doctor as lib
+
+    marks = {lib.OK: ("✓", "green"), lib.WARN: ("!", "yellow"), lib.FAIL: ("✗", "bold red")}
+    tr = (lambda s: s.translate(_ASCII)) if ascii_only else (lambda s: s)
+    table = Table(title="gptkit doctor", show_lines=False, title_justify="left")
+    table.add_column("", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", overflow="fold")
+    for c in checks:
+        mark, style = marks[c.status]
+        cell = Text(tr(c.detail))
+        if c.fix:
+            cell.append("\nfix: " + tr(c.fix), style=style)
+        table.add_row(Text(tr(mark), style=style), c.name, cell)
+    console = Console(highlight=False)
+    console.print(table)
+    s = lib.summary(checks, strict)
+    verdict = "FAILED" if s["exit_code"] else "OK"
+    note = " (--strict: warnings fail)" if strict and s["warn"] else ""
+    console.print(f"{s['ok']} ok, {s['warn']} warning(s), {s['fail']} failure(s): {verdict}{note}")
