@@ -144,11 +144,12 @@ def torch_wheel_tag(driver_cuda: str | None) -> str | None:
     have = version_tuple(driver_cuda)
     if not have:
         return None
-    fitting = [v for v in TORCH_WHEEL_CUDA if version_tuple(v) <= have[:2]]
-    if not fitting:
-        # CUDA minor-version compatibility: any 12.x runtime runs on any 12.x driver.
-        fitting = [v for v in TORCH_WHEEL_CUDA if version_tuple(v)[0] == have[0]][:1]
-    return "cu" + fitting[-1].replace(".", "") if fitting else None
+    same_major = [v for v in TORCH_WHEEL_CUDA if version_tuple(v)[0] == have[0]]
+    fitting = [v for v in same_major if version_tuple(v) <= have[:2]]
+    # CUDA minor-version compatibility: a 12.x runtime runs on any 12.x driver (PTX JIT aside),
+    # so the oldest wheel of the driver's major version is next best; then older major versions.
+    choice = (fitting[-1:] or same_major[:1] or [v for v in TORCH_WHEEL_CUDA if version_tuple(v) <= have[:2]][-1:])
+    return "cu" + choice[0].replace(".", "") if choice else None
 
 
 def install_cuda_torch_hint(driver_cuda: str | None) -> str:
@@ -613,7 +614,7 @@ def check_endpoint(ctx: _Context) -> Check:
     data |= {"http_status": p.status, "error": p.error, "ms": None if p.ms is None else round(p.ms)}
     if p.status is None:
         fix = (f"behind a firewall? use --mirror or export HF_ENDPOINT={MIRROR_ENDPOINT}" if is_official(ctx.endpoint)
-               else "check the URL and that the server runs (`gptkit mirror serve`), or unset HF_ENDPOINT")
+               else f"start that server (e.g. `gptkit mirror serve`) or use --mirror (HF_ENDPOINT={MIRROR_ENDPOINT})")
         return Check("HF endpoint", WARN, f"{head}; unreachable: {p.error}", fix, data)
     answer = f"answers (HTTP {p.status}, {p.ms:.0f} ms)"
     if p.status >= 500:
