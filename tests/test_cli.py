@@ -1,0 +1,117 @@
+"""The command line as a whole: every --help works and starts without heavy imports, and user
+errors are one line on stderr with a non-zero exit and no traceback.
+
+Add a command to COMMANDS, and a user error to USER_ERRORS (args with {tmp} / {missing} / {file}
+placeholders, and a piece of the expected message).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+
+COMMANDS = [
+    ("doctor",),
+    ("download",),
+    ("mirror", "serve"),
+    ("tokenize",),
+    ("train",),
+    ("sample",),
+    ("convert",),
+    ("plot",),
+]
+# None of these may load for `gptkit --help` or `gptkit CMD --help`: they cost seconds.
+HEAVY = ("torch", "numpy", "datasets", "transformers", "huggingface_hub", "safetensors", "matplotlib", "gguf")
+
+USER_ERRORS = [
+    # bad flag values
+    pytest.param(["doctor", "--endpoint", "ftp://example.invalid"], "invalid Hugging Face endpoint", id="doctor-endpoint-not-http"),
+    pytest.param(["doctor", "--endpoint", "http://127.0.0.1:9", "--mirror"], "either --endpoint or --mirror", id="doctor-endpoint-and-mirror"),
+    pytest.param(["sample", "--precision", "fp8", "hi"], "unknown precision 'fp8'", id="sample-unknown-precision"),
+    # bad paths
+    pytest.param(["doctor", "--data-dir", "{file}"], "is a file, not a directory", id="doctor-data-dir-is-a-file"),
+    pytest.param(["sample", "--model", "{missing}", "hi"], "no such file or directory", id="sample-missing-model"),
+    pytest.param(["convert", "{missing}", "{tmp}/out.safetensors"], "no such file or directory", id="convert-missing-source"),
+]
+
+# Errors Typer itself finds while parsing (unknown option, value of the wrong type): exit 2 with
+# Typer's usage message, never a traceback.
+USAGE_ERRORS = [
+    pytest.param(["doctor", "--timeout", "abc"], "--timeout", id="doctor-timeout-not-a-number"),
+    pytest.param(["doctor", "--no-such-flag"], "No such option", id="unknown-option"),
+    pytest.param(["no-such-command"], "No such command", id="unknown-command"),
+]
+
+
+def test_top_level_help_lists_every_command():
+    r = run_cli("--help", check=True)
+    assert "Usage:" in r.stdout
+    for cmd in {c[0] for c in COMMANDS}:
+        assert cmd in r.stdout, f"{cmd} missing from gptkit --help"
+    v = run_cli("--version", check=True)
+    from gptkit import __version__
+
+    assert v.stdout.strip() == f"gptkit {__version__}"
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)
+def test_command_help_works(cmd):
+    r = run_cli(*cmd, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "Usage:" in r.stdout and " ".join(cmd) in r.stdout
+    assert "--help" in r.stdout
+
+
+PROBE = r"""
+import json, sys
+heavy, commands = json.loads(sys.argv[1])
+loaded = lambda: sorted(m for m in heavy if m in sys.modules)
+out = {}
+import gptkit.cli
+out["import gptkit.cli"] = [0, loaded()]
+for cmd in commands:
+    try:
+        gptkit.cli.app([*cmd, "--help"], prog_name="gptkit")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out["gptkit " + " ".join(cmd)] = [code, loaded()]
+print("\n" + json.dumps(out))
+"""
+
+
+def test_help_never_imports_heavy_modules():
+    # One interpreter runs every --help in turn; modules only accumulate, so the first entry that
+    # shows a heavy module names the command that imported it.
+    arg = json.dumps([HEAVY, [[]] + [list(c) for c in COMMANDS]])
+    r = subprocess.run([sys.executable, "-c", PROBE, arg], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(result) == len(COMMANDS) + 2
+    for what, (code, heavy) in result.items():
+        assert code in (0, None), f"{what} --help exited {code}"
+        assert heavy == [], f"`{what} --help` imported {heavy}: move those imports into the command body"
+
+
+@pytest.mark.parametrize("args, message", USER_ERRORS)
+def test_user_errors_are_one_line(args, message, tmp_path):
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("not a directory\n")
+    fill = {"tmp": tmp_path, "missing": tmp_path / "does" / "not" / "exist", "file": a_file}
+    r = run_cli(*[a.format(**fill) for a in args], cwd=tmp_path)
+    line = assert_one_line_error(r)
+    assert r.returncode == 1, r.returncode
+    assert line.startswith("gptkit: error: "), line
+    assert message in line, line
+
+
+@pytest.mark.parametrize("args, message", USAGE_ERRORS)
+def test_usage_errors_exit_2_without_traceback(args, message):
+    r = run_cli(*args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert message in r.stderr, r.stderr
