@@ -1,8 +1,20 @@
-"""`gptkit plot` (placeholder until its issue lands)."""
+"""`gptkit plot`: a PNG of a run's loss, learning rate and throughput."""
 
-from gptkit.cli.options import not_implemented
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
 
 
-def plot():
-    """Not implemented yet."""
-    not_implemented("plot", "see the issue tracker")
+
+def plot(
+    run: Annotated[Optional[str], typer.Argument(help="Run directory or name under runs/ (default: the latest run).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG file (default: RUN/metrics.png).")] = None,
+):
+    """Plot train/val loss, learning rate and tokens/s of a training run to a PNG."""
+    from gptkit.train.plot import plot_run, resolve_run
+
+    path = plot_run(resolve_run(run), out)
+    print(path)

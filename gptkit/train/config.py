@@ -1,0 +1,274 @@
+"""Training configuration: one dataclass for the run, one for the launch, presets per model size.
+
+Precedence, lowest first: the preset's defaults, the checkpoint being resumed, `--config FILE`
+(TOML or YAML), then the flags given on the command line. The resolved TrainConfig is written into
+the run directory (config.json) and into every checkpoint.
+
+Nothing here imports torch: the CLI validates a config before torchrun starts any process.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from gptkit.errors import GptkitError
+
+SCHEDULES = ("cosine", "wsd")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "gpt2"  # model size, from gptkit.model.PRESETS
+    data: str | None = None  # shard directory or name under shards/; None = the newest one
+    seq_len: int = 1024
+    batch_tokens: int = 524_288  # global batch in tokens (2**19), the same for any number of GPUs
+    micro_batch: int | None = None  # sequences per process per micro-step; None = the preset's, fitted
+    max_steps: int = 19_073  # 10B tokens at 2**19 tokens per step
+    # AdamW and the learning-rate schedule
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1  # cosine (or WSD) ends at lr * min_lr_ratio
+    warmup_steps: int = 715
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
+    decay_frac: float = 0.2  # WSD: the last fraction of the steps decays linearly
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    # device and speed
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool | None = None  # None = on for CUDA only
+    seed: int = 1337
+    # evaluation, samples, checkpoints
+    eval_every: int = 250
+    eval_tokens: int = 10_485_760  # fixed validation budget (20 global batches)
+    hellaswag_every: int = 250  # 0 = never
+    hellaswag_limit: int | None = None  # first N examples only; None = all 10,042
+    sample_every: int = 250
+    sample_tokens: int = 32
+    sample_prompt: str = "Hello, I'm a language model,"
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3  # 0 = keep all
+    log_every: int = 1
+    tensorboard: bool = False
+    wandb: str | None = None  # a wandb project name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
+        check_keys(d, TRAIN_KEYS, source)
+        return cls(**d)
+
+
+@dataclass
+class LaunchConfig:
+    """How many processes where. Not part of the optimisation, so it is never taken from a checkpoint."""
+
+    gpus: int | None = None  # None = every visible GPU (CPU when there is none); 0 = CPU
+    nproc: int = 1  # CPU processes per node (gloo)
+    nodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None  # None = a free port (single node); multi-node needs one
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Per model size: the GPT-2 reproduction recipe for the four OpenAI sizes (GPT-3 paper learning
+# rates); short CPU-sized schedules for the small ones.
+TRAIN_PRESETS: dict[str, dict] = {
+    "gpt2": dict(micro_batch=64),
+    "gpt2-medium": dict(micro_batch=32, lr=3e-4),
+    "gpt2-large": dict(micro_batch=16, lr=2.5e-4),
+    "gpt2-xl": dict(micro_batch=8, lr=2e-4),
+    "small": dict(
+        seq_len=256, batch_tokens=16_384, micro_batch=16, max_steps=2000, lr=1e-3, warmup_steps=100,
+        eval_every=100, eval_tokens=65_536, hellaswag_every=500, hellaswag_limit=500, sample_every=200,
+        checkpoint_every=200, log_every=1,
+    ),
+    "tiny": dict(
+        seq_len=128, batch_tokens=4096, micro_batch=16, max_steps=500, lr=2e-3, warmup_steps=20,
+        eval_every=50, eval_tokens=16_384, hellaswag_every=0, hellaswag_limit=200, sample_every=100,
+        checkpoint_every=100, log_every=1,
+    ),
+}
+
+TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))
+LAUNCH_KEYS = tuple(f.name for f in fields(LaunchConfig))
+
+
+def check_keys(d: dict, known: tuple[str, ...], source: str) -> None:
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise GptkitError(f"{source}: unknown setting {unknown[0]!r}; known: {', '.join(known)}")
+
+
+def preset_config(name: str) -> TrainConfig:
+    from gptkit.model import PRESETS
+
+    if name not in PRESETS:
+        raise GptkitError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return TrainConfig(preset=name, **TRAIN_PRESETS.get(name, {}))
+
+
+def load_config_file(path: str | Path) -> dict:
+    """A flat table of TrainConfig / LaunchConfig keys from TOML (.toml) or YAML (.yaml, .yml)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GptkitError(f"--config {path}: no such file")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise GptkitError(f"{path}: invalid TOML ({e})") from None
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise GptkitError(f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use TOML") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise GptkitError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    else:
+        raise GptkitError(f"--config {path}: use a .toml, .yaml or .yml file")
+    if not isinstance(data, dict):
+        raise GptkitError(f"{path}: expected a table of settings at the top level")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    check_keys(data, TRAIN_KEYS + LAUNCH_KEYS, str(path))
+    return data
+
+
+def split_settings(d: dict) -> tuple[dict, dict]:
+    return {k: v for k, v in d.items() if k in TRAIN_KEYS}, {k: v for k, v in d.items() if k in LAUNCH_KEYS}
+
+
+def merge(cfg: TrainConfig, overrides: dict, source: str) -> TrainConfig:
+    """Apply overrides, checking each value's type against the field's default type."""
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    clean = {}
+    for k, v in overrides.items():
+        if v is None and "None" not in types[k]:
+            continue
+        want = types[k].split("|")[0].strip()
+        if v is not None:
+            if want == "float" and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            ok = {"int": int, "float": float, "str": str, "bool": bool}[want]
+            if not isinstance(v, ok) or (want == "int" and isinstance(v, bool)):
+                raise GptkitError(f"{source}: {k} must be {want}, got {v!r}")
+        clean[k] = v
+    return replace(cfg, **clean)
+
+
+@dataclass
+class Plan:
+    """The numbers derived from a config and a world size."""
+
+    world_size: int
+    micro_batch: int
+    grad_accum: int
+    rows: int  # sequences per optimizer step, all processes together
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_batches(cfg: TrainConfig, world_size: int, micro_batch_given: bool) -> Plan:
+    """Micro-batch and gradient accumulation for this world size; the global batch never changes.
+
+    An explicit --micro-batch must divide the work exactly; the preset's is lowered to the largest
+    size that does.
+    """
+    if cfg.batch_tokens % cfg.seq_len:
+        raise GptkitError(
+            f"--batch-tokens {cfg.batch_tokens} is not a multiple of --seq-len {cfg.seq_len}; "
+            f"try {max(1, round(cfg.batch_tokens / cfg.seq_len)) * cfg.seq_len}"
+        )
+    rows = cfg.batch_tokens // cfg.seq_len
+    if rows % world_size:
+        raise GptkitError(
+            f"the global batch of {rows} sequences ({cfg.batch_tokens} tokens) does not divide over "
+            f"{world_size} processes; use a --batch-tokens that is a multiple of {world_size * cfg.seq_len}"
+        )
+    per_rank = rows // world_size
+    mb = cfg.micro_batch or per_rank
+    if micro_batch_given:
+        if per_rank % mb:
+            raise GptkitError(
+                f"--micro-batch {mb} does not divide the {per_rank} sequences each of {world_size} processes "
+                f"gets per step ({cfg.batch_tokens} tokens / {cfg.seq_len} / {world_size}); "
+                f"use one of {', '.join(map(str, divisors(per_rank)[-6:]))}"
+            )
+    else:
+        mb = max(d for d in divisors(per_rank) if d <= max(1, mb))
+    return Plan(world_size=world_size, micro_batch=mb, grad_accum=per_rank // mb, rows=rows)
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Value checks that need no data and no torch."""
+    from gptkit.model import PRESETS
+
+    if cfg.preset not in PRESETS:
+        raise GptkitError(f"unknown model preset {cfg.preset!r}; choose one of: {', '.join(PRESETS)}")
+    block = PRESETS[cfg.preset].block_size
+    if not 1 <= cfg.seq_len <= block:
+        raise GptkitError(f"--seq-len {cfg.seq_len} must be between 1 and the {cfg.preset} preset's block size {block}")
+    for name in ("batch_tokens", "max_steps", "eval_every", "sample_every", "checkpoint_every", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise GptkitError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
+    if cfg.micro_batch is not None and cfg.micro_batch < 1:
+        raise GptkitError(f"--micro-batch must be at least 1 (got {cfg.micro_batch})")
+    if cfg.schedule not in SCHEDULES:
+        raise GptkitError(f"unknown --schedule {cfg.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if not cfg.lr > 0:
+        raise GptkitError(f"--lr must be positive (got {cfg.lr})")
+    if not 0 <= cfg.min_lr_ratio <= 1 or not 0 < cfg.decay_frac <= 1:
+        raise GptkitError("min_lr_ratio must be in [0, 1] and decay_frac in (0, 1]")
+    if cfg.warmup_steps < 0 or cfg.eval_tokens < 0 or cfg.hellaswag_every < 0 or cfg.sample_tokens < 0:
+        raise GptkitError("warmup_steps, eval_tokens, hellaswag_every and sample_tokens cannot be negative")
+
+
+@dataclass
+class ResolvedRun:
+    """Everything a worker needs, written to RUN/config.json by the launcher."""
+
+    train: TrainConfig
+    launch: LaunchConfig
+    plan: Plan
+    data_dir: str
+    run_dir: str
+    resume_from: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "train": self.train.to_dict(), "launch": self.launch.to_dict(), "plan": self.plan.to_dict(),
+            "data_dir": self.data_dir, "run_dir": self.run_dir, "resume_from": self.resume_from, **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ResolvedRun":
+        known = {"train", "launch", "plan", "data_dir", "run_dir", "resume_from"}
+        return cls(
+            train=TrainConfig.from_dict(d["train"]), launch=LaunchConfig(**d["launch"]), plan=Plan(**d["plan"]),
+            data_dir=d["data_dir"], run_dir=d["run_dir"], resume_from=d.get("resume_from"),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+
+    @classmethod
+    def read(cls, path: str | Path) -> "ResolvedRun":
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,155 @@
+"""The training data: memory-mapped token shards read as one deterministic, shuffled stream.
+
+The stream of a split is an endless sequence of epochs. Each epoch visits the shards in an order
+drawn from (seed, epoch), and within a shard the documents (split at the end-of-text token) in an
+order drawn from (seed, epoch, shard). So a position in the stream, one integer, says exactly which
+tokens come next: that integer is the whole data state a checkpoint needs, and it means the same
+thing for any number of processes.
+
+Step s reads `rows` windows of seq_len + 1 tokens starting at data_pos + j * seq_len (j = row);
+micro-step m of rank r takes rows (m * world + r) * micro_batch ... + micro_batch - 1. Each rank
+copies only its own rows out of the memory map, straight into the batch array.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from gptkit.errors import GptkitError
+from gptkit.shards import open_shard, read_header
+
+SCAN_CHUNK = 1 << 24  # tokens per chunk when looking for document boundaries (bounded memory)
+
+
+# --- finding the shards ------------------------------------------------------------------------
+def check_data(data: str | Path | None) -> tuple[Path, list[Path], list[Path], dict]:
+    """(directory, val shards, train shards, manifest) of --data (a directory, a name under shards/,
+    or None for the newest tokenized data set), with the checks training needs."""
+    from gptkit.tokenize import find_shards, resolve_shards_dir
+
+    data_dir = resolve_shards_dir(data).resolve()
+    val, train, manifest = find_shards(data_dir)
+    if not val:
+        raise GptkitError(f"{data_dir}: no validation shard; re-run `gptkit tokenize` with a validation split")
+    for key in ("tokenizer", "vocab_size", "eot"):
+        if key not in manifest:
+            raise GptkitError(f"{data_dir / 'manifest.json'}: no {key!r}; re-run `gptkit tokenize`")
+    return data_dir, val, train, manifest
+
+
+# --- the stream ----------------------------------------------------------------------------------
+class _Shard:
+    """One memory-mapped shard and where its documents start (computed once, kept small)."""
+
+    def __init__(self, path: Path, eot: int):
+        self.tokens = open_shard(path)
+        n = len(self.tokens)
+        starts = [np.flatnonzero(self.tokens[i : i + SCAN_CHUNK] == eot) + i for i in range(0, n, SCAN_CHUNK)]
+        starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+        if len(starts) == 0 or starts[0] != 0:
+            starts = np.concatenate([[0], starts])  # a leading piece before the first end-of-text
+        self.starts = starts.astype(np.int64)
+        self.lengths = np.diff(np.append(self.starts, n))
+
+
+class TokenStream:
+    """An endless, deterministic token stream over shards; see the module docstring."""
+
+    def __init__(self, shard_paths: list[Path], eot: int, seed: int, shuffle: bool = True, cache: int = 4):
+        self.paths = list(shard_paths)
+        self.sizes = np.array([read_header(p) for p in self.paths], dtype=np.int64)
+        self.total = int(self.sizes.sum())
+        if self.total == 0:
+            raise GptkitError(f"{self.paths[0].parent}: the shards hold no tokens")
+        self.eot, self.seed, self.shuffle = eot, seed, shuffle
+        self._shards: OrderedDict[int, _Shard] = OrderedDict()
+        self._orders: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache = cache
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, *key])
+
+    def _shard_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        order = self._rng(epoch).permutation(len(self.paths)) if self.shuffle else np.arange(len(self.paths))
+        return order, np.concatenate([[0], np.cumsum(self.sizes[order])])
+
+    def _shard(self, i: int) -> _Shard:
+        if i not in self._shards:
+            self._shards[i] = _Shard(self.paths[i], self.eot)
+            if len(self._shards) > self._cache:
+                self._shards.popitem(last=False)
+        self._shards.move_to_end(i)
+        return self._shards[i]
+
+    def _doc_order(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Document starts in this epoch's order and their cumulative lengths, for shard i."""
+        key = (epoch, i)
+        if key not in self._orders:
+            sh = self._shard(i)
+            perm = self._rng(epoch, i).permutation(len(sh.starts)) if self.shuffle else np.arange(len(sh.starts))
+            self._orders[key] = (sh.starts[perm], np.concatenate([[0], np.cumsum(sh.lengths[perm])]))
+            if len(self._orders) > self._cache:
+                self._orders.popitem(last=False)
+        return self._orders[key]
+
+    def read(self, pos: int, out: np.ndarray) -> None:
+        """Fill `out` (1-D) with the stream's tokens at positions pos, pos + 1, ..."""
+        filled, n = 0, len(out)
+        while filled < n:
+            epoch, q = divmod(pos + filled, self.total)
+            order, shard_cum = self._shard_order(epoch)
+            k = int(np.searchsorted(shard_cum, q, side="right")) - 1
+            i = int(order[k])
+            local = q - int(shard_cum[k])
+            starts, doc_cum = self._doc_order(epoch, i)
+            d = int(np.searchsorted(doc_cum, local, side="right")) - 1
+            tokens = self._shard(i).tokens
+            while filled < n and d < len(starts):  # copy whole document pieces until the row is full
+                off = local - int(doc_cum[d])
+                take = min(n - filled, int(doc_cum[d + 1]) - local)
+                a = int(starts[d]) + off
+                out[filled : filled + take] = tokens[a : a + take]
+                filled += take
+                local += take
+                d += 1
+
+
+class TrainBatches:
+    """This rank's micro-batches of one optimizer step."""
+
+    def __init__(self, stream: TokenStream, seq_len: int, micro_batch: int, rank: int, world_size: int):
+        self.stream, self.seq_len, self.micro_batch = stream, seq_len, micro_batch
+        self.rank, self.world_size = rank, world_size
+
+    def rows_per_step(self, grad_accum: int) -> int:
+        return grad_accum * self.world_size * self.micro_batch
+
+    def get(self, data_pos: int, micro_step: int) -> np.ndarray:
+        """(micro_batch, seq_len + 1) int64: inputs are [:, :-1], targets [:, 1:]."""
+        T, B = self.seq_len, self.micro_batch
+        first = (micro_step * self.world_size + self.rank) * B
+        buf = np.empty((B, T + 1), dtype=np.int64)
+        for b in range(B):
+            self.stream.read(data_pos + (first + b) * T, buf[b])
+        return buf
+
+
+def val_rows(stream: TokenStream, seq_len: int, budget_tokens: int, rank: int, world_size: int, micro_batch: int):
+    """The fixed validation set, in batches: rank r takes rows r, r + world, ... of the first budget."""
+    available = (stream.total - 1) // seq_len  # never wrap around: each row is read once
+    total = min(budget_tokens // seq_len, available) // world_size * world_size
+    if total == 0:
+        raise GptkitError(
+            f"the validation budget ({budget_tokens} tokens, {stream.total} in the val shards) gives no full "
+            f"sequence of {seq_len} tokens to each of {world_size} processes; raise --eval-tokens or set it to 0"
+        )
+    mine = list(range(rank, total, world_size))
+    for i in range(0, len(mine), micro_batch):
+        chunk = mine[i : i + micro_batch]
+        buf = np.empty((len(chunk), seq_len + 1), dtype=np.int64)
+        for b, row in enumerate(chunk):
+            stream.read(row * seq_len, buf[b])
+        yield buf

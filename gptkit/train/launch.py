@@ -1,0 +1,277 @@
+"""`gptkit train` as a library function: resolve the config, then start torchrun and wait for it.
+
+Everything a user can get wrong (preset, batch arithmetic, data, port, resume path) is checked here,
+before any worker starts, so it fails as one line and leaves existing runs untouched. The workers
+read the resolved config from RUN/config.json.
+
+    one node:  python -m torch.distributed.run --standalone --nproc-per-node N -m gptkit.train.main RUN
+    several:   ... --nnodes M --node-rank R --rdzv-backend c10d --rdzv-endpoint HOST:PORT
+               --rdzv-id NAME --rdzv-conf is_host=0|1 ...
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from gptkit import paths
+from gptkit.errors import GptkitError
+from gptkit.train.config import (
+    LaunchConfig, ResolvedRun, TrainConfig, load_config_file, merge, plan_batches, preset_config, split_settings,
+    validate,
+)
+from gptkit.train.main import ERRORS_DIR, LAUNCHER_ENV
+
+CONFIG_FILE = "config.json"
+
+
+# --- run directory and resume --------------------------------------------------------------------
+def newest_run() -> Path | None:
+    from gptkit.checkpoint import list_checkpoints
+
+    root = paths.runs_dir()
+    runs = [d for d in root.iterdir() if d.is_dir() and list_checkpoints(d)] if root.is_dir() else []
+    return max(runs, key=lambda d: list_checkpoints(d)[-1][1].stat().st_mtime) if runs else None
+
+
+def resolve_run_dir(name: str | None, out: str | Path | None, resume: str | None, preset: str) -> tuple[Path, Path | None]:
+    """(run directory, checkpoint to resume from or None)."""
+    from gptkit.checkpoint import is_checkpoint, latest_checkpoint
+
+    if name and out:
+        raise GptkitError("give --name or --out, not both")
+    run_dir = Path(out).expanduser().resolve() if out else (paths.runs_dir(name) if name else None)
+    ckpt = None
+    if resume and resume != "auto":
+        p = Path(resume).expanduser().resolve()
+        if is_checkpoint(p):
+            ckpt = p
+        elif p.is_dir() and latest_checkpoint(p):
+            ckpt = latest_checkpoint(p)
+        else:
+            named = paths.runs_dir(resume)
+            if named.is_dir() and latest_checkpoint(named):
+                ckpt = latest_checkpoint(named)
+            else:
+                raise GptkitError(f"--resume {resume}: not a checkpoint, nor a run directory holding step_* checkpoints")
+        run_dir = run_dir or ckpt.parent
+    elif resume == "auto":
+        run_dir = run_dir or newest_run()
+        ckpt = latest_checkpoint(run_dir) if run_dir else None
+    if run_dir is None:
+        run_dir = paths.runs_dir(f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if ckpt is None and latest_checkpoint(run_dir) is not None:
+        raise GptkitError(
+            f"{run_dir} already holds checkpoints; continue it with --resume auto, or pick another --name"
+        )
+    return run_dir, ckpt
+
+
+def read_checkpoint_config(ckpt: Path) -> dict:
+    from gptkit.checkpoint import read_json
+
+    meta = read_json(ckpt / "config.json")
+    if not meta.get("train") or not (ckpt / "trainer.json").is_file():
+        raise GptkitError(f"{ckpt}: holds no training state (an exported model?); it cannot be resumed")
+    return meta["train"]
+
+
+# --- devices and ports ---------------------------------------------------------------------------
+def resolve_devices(cfg: TrainConfig, launch: LaunchConfig) -> tuple[str, int]:
+    """(device type, processes on this node)."""
+    import torch
+
+    if launch.nproc < 1 or launch.nodes < 1 or not 0 <= launch.node_rank < launch.nodes:
+        raise GptkitError("--nproc and --nodes must be at least 1, and --node-rank in [0, --nodes)")
+    want = cfg.device
+    if want not in ("auto", "cpu", "cuda", "mps"):
+        raise GptkitError(f"--device {want!r}: use auto, cpu, cuda or mps (GPUs per node are chosen with --gpus)")
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if want == "cpu" or (want == "auto" and (launch.gpus == 0 or n_gpu == 0)):
+        if launch.gpus:
+            raise GptkitError(f"--gpus {launch.gpus} but torch sees no CUDA GPU; use --gpus 0 --nproc N to train on CPU")
+        return "cpu", launch.nproc
+    if want == "mps":
+        if launch.nproc != 1 or launch.nodes != 1:
+            raise GptkitError("--device mps runs one process on one machine")
+        return "mps", 1
+    if n_gpu == 0:
+        raise GptkitError("--device cuda but torch sees no CUDA GPU (run `gptkit doctor`)")
+    gpus = n_gpu if launch.gpus is None else launch.gpus
+    if gpus > n_gpu:
+        raise GptkitError(f"--gpus {gpus} but only {n_gpu} CUDA GPU(s) are visible")
+    return "cuda", gpus
+
+
+def _is_local(addr: str) -> bool:
+    if addr in ("localhost", "127.0.0.1", "::1", "0.0.0.0") or addr.startswith("127."):
+        return True
+    try:
+        return addr in {socket.gethostname(), socket.getfqdn()} or addr in socket.gethostbyname_ex(socket.gethostname())[2]
+    except OSError:
+        return False
+
+
+def check_port(addr: str, port: int) -> None:
+    """The rendezvous host binds --master-port; refuse one that something else already holds."""
+    if not 1 <= port <= 65535:
+        raise GptkitError(f"--master-port {port}: not a port number")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1" if addr in ("localhost",) else addr, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise GptkitError(f"--master-port {port} is already in use on {addr}; pick another port") from None
+        raise GptkitError(f"--master-addr {addr} --master-port {port}: cannot bind ({e.strerror})") from None
+    finally:
+        s.close()
+
+
+# --- resolving a run -----------------------------------------------------------------------------
+def prepare(
+    flags: dict, launch: LaunchConfig, *, config_file: str | Path | None = None, name: str | None = None,
+    out: str | Path | None = None, resume: str | None = None, launch_flags: set[str] | None = None,
+) -> ResolvedRun:
+    """Flags (TrainConfig keys given on the command line, None = not given) -> a ResolvedRun, validated."""
+    from gptkit.train.data import TokenStream, check_data
+    from gptkit.train.metrics import check_backends
+
+    flags = {k: v for k, v in flags.items() if v is not None}
+    file_train, file_launch = split_settings(load_config_file(config_file)) if config_file else ({}, {})
+    for k, v in file_launch.items():  # the command line wins over the file
+        if k not in (launch_flags or set()):
+            launch = replace(launch, **{k: v})
+    preset = flags.get("preset") or file_train.get("preset") or "gpt2"
+    run_dir, ckpt = resolve_run_dir(name, out, resume, preset)
+    if ckpt is not None:
+        base = TrainConfig.from_dict(read_checkpoint_config(ckpt), source=f"{ckpt}/config.json")
+        for src in (file_train, flags):
+            if src.get("preset", base.preset) != base.preset:
+                raise GptkitError(f"cannot change the model preset of a run being resumed ({base.preset} -> {src['preset']})")
+    else:
+        base = preset_config(preset)
+    cfg = merge(merge(base, file_train, str(config_file)), flags, "command line")
+    validate(cfg)
+
+    device_type, nproc = resolve_devices(cfg, launch)
+    world = nproc * launch.nodes
+    plan = plan_batches(cfg, world, micro_batch_given="micro_batch" in flags or "micro_batch" in file_train)
+
+    data_dir, val, train, manifest = check_data(cfg.data)
+    cfg = replace(cfg, data=str(data_dir))  # a resume must read the same data, whatever is newest then
+    vocab = int(manifest["vocab_size"])
+    if cfg.eval_tokens:
+        val_tokens = TokenStream(val, int(manifest["eot"]), cfg.seed, shuffle=False).total
+        if (min(cfg.eval_tokens, val_tokens - 1) // cfg.seq_len) < world:
+            raise GptkitError(
+                f"the validation shard ({val_tokens} tokens) is too small to give each of {world} processes one "
+                f"sequence of {cfg.seq_len}; raise --eval-tokens or turn validation off with --eval-tokens 0"
+            )
+    check_backends(cfg.tensorboard, cfg.wandb)
+
+    if launch.nodes > 1 and launch.master_port is None:
+        raise GptkitError("several nodes need a rendezvous port: give every node the same --master-addr and --master-port")
+    if launch.master_port is not None and launch.node_rank == 0 and _is_local(launch.master_addr):
+        check_port(launch.master_addr, launch.master_port)
+
+    return ResolvedRun(
+        train=cfg, launch=launch, plan=plan, data_dir=str(data_dir), run_dir=str(run_dir),
+        resume_from=str(ckpt) if ckpt else None,
+        extra={"device_type": device_type, "nproc_per_node": nproc, "tokenizer": manifest["tokenizer"], "vocab_size": vocab},
+    )
+
+
+def torchrun_command(rr: ResolvedRun) -> list[str]:
+    launch = rr.launch
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(rr.extra["nproc_per_node"])]
+    if launch.nodes == 1 and launch.master_port is None:
+        cmd += ["--standalone"]
+    else:
+        # c10d rendezvous: the node with --node-rank 0 hosts the store at HOST:PORT, the others join.
+        cmd += [
+            "--nnodes", str(launch.nodes), "--node-rank", str(launch.node_rank),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{launch.master_addr}:{launch.master_port}",
+            "--rdzv-id", Path(rr.run_dir).name, "--rdzv-conf", f"is_host={int(launch.node_rank == 0)}",
+        ]
+    cmd += ["--max-restarts", "0", "-m", "gptkit.train.main", rr.run_dir]
+    return cmd
+
+
+def worker_env(rr: ResolvedRun) -> dict[str, str]:
+    env = dict(os.environ)
+    env[LAUNCHER_ENV] = "1"
+    env.setdefault("PYTHONUNBUFFERED", "1")  # log lines appear as they happen when not on a terminal
+    # Processes on one node share its cores: give each an equal slice (torchrun would use 1).
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(rr.extra["nproc_per_node"]))))
+    return env
+
+
+def write_run_config(rr: ResolvedRun) -> None:
+    from gptkit.checkpoint import write_json
+
+    run_dir = Path(rr.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG_FILE, rr.to_dict())
+
+
+def run_torchrun(cmd: list[str], env: dict[str, str]) -> int:
+    """Run torchrun, forwarding Ctrl-C and SIGTERM to it (it passes them on to the workers, which
+    save a checkpoint and stop); return its exit code."""
+    # Its own session, so a terminal's Ctrl-C reaches torchrun once (from us), not twice.
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+
+    def forward(signum, frame):
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def worker_errors(run_dir: Path) -> list[str]:
+    d = run_dir / ERRORS_DIR
+    if not d.is_dir():
+        return []
+    files = sorted(d.glob("rank*.txt"), key=lambda p: int(p.stem[4:]))
+    return [f.read_text().strip() for f in files]
+
+
+def train(flags: dict, launch: LaunchConfig, *, config_file=None, name=None, out=None, resume=None,
+          launch_flags: set[str] | None = None, dry_run: bool = False, echo=print) -> int:
+    """Resolve, write RUN/config.json, run torchrun. Returns the exit code; a worker's error is raised."""
+    rr = prepare(flags, launch, config_file=config_file, name=name, out=out, resume=resume, launch_flags=launch_flags)
+    cmd = torchrun_command(rr)
+    echo("$ " + shlex.join(cmd))
+    if dry_run:
+        echo(json.dumps(rr.to_dict(), indent=2))
+        return 0
+    if rr.extra["device_type"] == "cpu":
+        from gptkit.train.mfu import cpu_peak_flops
+
+        cpu_peak_flops()  # measured once per machine, before the workers compete for the cores
+    write_run_config(rr)
+    run_dir = Path(rr.run_dir)
+    errs = run_dir / ERRORS_DIR
+    if errs.is_dir():
+        for f in errs.iterdir():
+            f.unlink()
+    rc = run_torchrun(cmd, worker_env(rr))
+    messages = worker_errors(run_dir)
+    if messages:
+        raise GptkitError(messages[0])
+    return rc

@@ -1,0 +1,158 @@
+"""What rank 0 reports: metrics.jsonl, a live Rich display, and TensorBoard / wandb when asked for.
+
+metrics.jsonl has one JSON object per line, each with "step" (optimizer steps completed) and one
+kind of measurement:
+    {"step", "loss", "lr", "grad_norm", "tokens", "tok_per_s", "mfu", "dt", "time"}   training
+    {"step", "val_loss"}                                                                validation
+    {"step", "hellaswag", "hellaswag_acc", "hellaswag_n"}                               HellaSwag
+    {"step", "sample"}                                                                  a text sample
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from gptkit.errors import GptkitError
+
+METRICS = "metrics.jsonl"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    f = Path(run_dir) / METRICS
+    if not f.is_file():
+        return []
+    out = []
+    for line in f.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill; the rest is still good
+    return out
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume from `step`, drop what the interrupted run logged from there on (it is redone)."""
+    f = Path(run_dir) / METRICS
+    if not f.is_file():
+        return
+    keep = [m for m in read_metrics(run_dir) if m.get("step", 0) < step]
+    tmp = f.with_name(f".{f.name}.tmp-{os.getpid()}")
+    tmp.write_text("".join(json.dumps(m) + "\n" for m in keep))
+    os.replace(tmp, f)
+
+
+def check_backends(tensorboard: bool, wandb: str | None) -> None:
+    """Fail before launching if a requested logger is not installed."""
+    import importlib.util
+
+    if tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise GptkitError("--tensorboard needs the tensorboard package: pip install tensorboard")
+    if wandb and importlib.util.find_spec("wandb") is None:
+        raise GptkitError("--wandb needs the wandb package: pip install wandb")
+
+
+def _fmt_tokens(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Reporter:
+    """Rank 0's reporting. Other ranks get a Reporter with enabled=False, which does nothing."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, max_steps: int, start_step: int,
+                 log_every: int = 1, tensorboard: bool = False, wandb: str | None = None, config: dict | None = None):
+        self.enabled = enabled
+        self.max_steps, self.log_every = max_steps, log_every
+        self.progress = self.task = self.tb = self.wandb = None
+        if not enabled:
+            return
+        from rich.console import Console
+
+        self.file = open(Path(run_dir) / METRICS, "a")
+        self.console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files
+        self.live = self.console.is_terminal
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.progress = Progress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                console=self.console, transient=False, refresh_per_second=4,
+            )
+            self.task = self.progress.add_task("train", total=max_steps, completed=start_step, info="starting")
+            self.progress.start()
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        if wandb:
+            import wandb as wandb_mod
+
+            self.wandb = wandb_mod.init(project=wandb, name=Path(run_dir).name, config=config, resume="allow")
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            (self.progress.console if self.progress else self.console).print(text, markup=False)
+
+    def _write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        step = record["step"]
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None and k != "step"}
+        if self.tb:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb:
+            self.wandb.log(scalars, step=step)
+
+    def train_step(self, step: int, *, loss: float, lr: float, grad_norm: float, tokens: int,
+                   tok_per_s: float, mfu: float | None, dt: float, eta_s: float) -> None:
+        """Record the step that just completed (`step` optimizer steps are now done)."""
+        if not self.enabled:
+            return
+        self._write({
+            "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
+            "tok_per_s": tok_per_s, "mfu": mfu, "dt": dt, "time": time.time(),
+        })
+        mfu_s = f"{mfu:.1%}" if mfu is not None else "n/a"
+        info = (f"loss {loss:.4f} | lr {lr:.2e} | gnorm {grad_norm:.2f} | {_fmt_tokens(tok_per_s)} tok/s "
+                f"| mfu {mfu_s} | eta {_fmt_eta(eta_s)}")
+        if self.progress:
+            self.progress.update(self.task, completed=step, info=info)
+        elif step % self.log_every == 0 or step == self.max_steps:
+            self.console.print(f"step {step}/{self.max_steps} | {info}", markup=False)
+
+    def event(self, step: int, **values) -> None:
+        """Validation loss, HellaSwag, a sample: written and printed above the progress bar."""
+        if not self.enabled:
+            return
+        self._write({"step": step, **values})
+        if "sample" in values:
+            self.print(f"step {step} sample: {values['sample']!r}")
+        else:
+            parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()]
+            self.print(f"step {step} | " + " | ".join(parts))
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.progress:
+            self.progress.stop()
+        self.file.close()
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()

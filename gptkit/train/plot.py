@@ -1,0 +1,84 @@
+"""`gptkit plot RUN`: the run's metrics.jsonl as one PNG (loss, learning rate, throughput)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gptkit import paths
+from gptkit.errors import GptkitError
+from gptkit.train.metrics import METRICS, read_metrics
+
+
+def resolve_run(run: str | None) -> Path:
+    """A run directory, a name under runs/, or (None) the run that logged most recently."""
+    if run is None:
+        root = paths.runs_dir()
+        runs = [d for d in root.iterdir() if (d / METRICS).is_file()] if root.is_dir() else []
+        if not runs:
+            raise GptkitError(f"no runs with {METRICS} under {root}; train first or give a run directory")
+        return max(runs, key=lambda d: (d / METRICS).stat().st_mtime)
+    p = Path(run).expanduser()
+    for cand in (p, paths.runs_dir(run)):
+        if (cand / METRICS).is_file():
+            return cand
+    raise GptkitError(f"{run}: no {METRICS} there (nor under {paths.runs_dir()}); is it a `gptkit train` run?")
+
+
+def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the PNG (default RUN/metrics.png) and return its path."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GptkitError("`gptkit plot` needs matplotlib: pip install 'gptkit[plot]' (or pip install matplotlib)") from None
+
+    rows = read_metrics(run_dir)
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_loss" in r]
+    hs = [r for r in rows if "hellaswag" in r]
+    if not train and not val:
+        raise GptkitError(f"{run_dir / METRICS}: no training steps logged yet")
+
+    panels = 4 if hs else 3
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
+    ax = axes[0]
+    if train:
+        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1, alpha=0.8)
+    if val:
+        ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val", ms=3)
+    ax.set(title="loss", xlabel="step", ylabel="cross-entropy (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+
+    ax = axes[1]
+    ax.plot([r["step"] for r in train], [r["lr"] for r in train])
+    ax.set(title="learning rate", xlabel="step")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax.grid(alpha=0.3)
+
+    ax = axes[2]
+    ax.plot([r["step"] for r in train], [r["tok_per_s"] for r in train], lw=1)
+    ax.set(title="throughput", xlabel="step", ylabel="tokens / s")
+    mfus = [r["mfu"] for r in train if r.get("mfu") is not None]
+    if mfus:
+        ax.set_title(f"throughput (median MFU {100 * sorted(mfus)[len(mfus) // 2]:.0f}%)")
+    ax.grid(alpha=0.3)
+
+    if hs:
+        ax = axes[3]
+        ax.plot([r["step"] for r in hs], [r["hellaswag"] for r in hs], "o-", ms=3)
+        ax.axhline(0.25, color="grey", ls="--", lw=1, label="chance")
+        ax.set(title="HellaSwag acc_norm", xlabel="step")
+        ax.legend()
+        ax.grid(alpha=0.3)
+
+    fig.suptitle(run_dir.name)
+    out = Path(out) if out else run_dir / "metrics.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,385 @@
+"""The training loop every torchrun worker runs.
+
+Exactness: everything that decides the next step is a function of what a checkpoint stores.
+- weights (safetensors, fp32, bitwise) and the AdamW state (optimizer.pt);
+- the step, from which the learning rate follows (schedule.lr_at);
+- the data position, one integer into the deterministic stream (data.TokenStream);
+- randomness: the torch generator is re-seeded from (seed, step, rank) before every step, so dropout
+  draws never depend on how many steps this process has run. Sampling uses its own generator.
+On CPU the kernels are run deterministically (torch.use_deterministic_algorithms), so a run killed
+and resumed ends bitwise equal to one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptkit.checkpoint import clean_state_dict, load_checkpoint, prune_checkpoints, save_checkpoint, step_dirname
+from gptkit.device import configure_matmul, resolve_precision
+from gptkit.errors import GptkitError
+from gptkit.model import GPT, get_preset
+from gptkit.train import data as datamod
+from gptkit.train import hellaswag, mfu
+from gptkit.train.config import ResolvedRun, plan_batches
+from gptkit.train.metrics import Reporter, truncate_metrics
+from gptkit.train.schedule import lr_at
+
+CONFIG_FILE = "config.json"
+
+
+class TrainingError(GptkitError):
+    """A user-facing failure inside the workers. `collective`: every rank raises it at the same point
+    (e.g. a NaN loss, which all ranks see after the all-reduce), so all can exit cleanly."""
+
+    def __init__(self, message: str, collective: bool = True):
+        super().__init__(message)
+        self.collective = collective
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+class Dist:
+    """rank / world / device, and the process group when torchrun started us."""
+
+    def __init__(self, device_type: str):
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.launched = "TORCHELASTIC_RUN_ID" in os.environ or "RANK" in os.environ
+        if device_type == "cuda":
+            # Only reachable with a GPU: one device per local rank, NCCL between them.
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+            backend = "nccl"
+        else:
+            self.device = torch.device(device_type)
+            backend = "gloo"
+        if self.launched and self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.init_process_group(backend=backend)
+        self.master = self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.launched and self.world_size > 1
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return t
+
+    def broadcast_object(self, obj):
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+class Trainer:
+    def __init__(self, rr: ResolvedRun, dist: Dist):
+        self.rr, self.dist = rr, dist
+        cfg = self.cfg = rr.train
+        self.run_dir = Path(rr.run_dir)
+        self.device = dist.device
+        if self.device.type == "cpu":
+            # Exact resume needs the same kernels and reduction orders every time.
+            torch.use_deterministic_algorithms(True)
+        configure_matmul(self.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+
+        plan = rr.plan
+        if plan.world_size != dist.world_size:  # started by hand with another torchrun --nproc
+            plan = plan_batches(cfg, dist.world_size, micro_batch_given=False)
+        self.plan = plan
+
+        # Data: the manifest says which tokenizer and vocabulary the model needs.
+        data_dir, val_paths, train_paths, self.manifest = datamod.check_data(rr.data_dir)
+        self.eot = int(self.manifest["eot"])
+        self.tokenizer_name = self.manifest["tokenizer"]
+        self.train_stream = datamod.TokenStream(train_paths, self.eot, cfg.seed, shuffle=True)
+        self.val_stream = datamod.TokenStream(val_paths, self.eot, cfg.seed, shuffle=False)
+        self.batches = datamod.TrainBatches(self.train_stream, cfg.seq_len, plan.micro_batch, dist.rank, dist.world_size)
+
+        # Model: same initial weights on every rank (DDP would broadcast rank 0's anyway).
+        self.model_config = get_preset(cfg.preset).with_vocab(int(self.manifest["vocab_size"]))
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(self.model_config).to(self.device)
+        self.step, self.data_pos, self.tokens_seen = 0, 0, 0
+        opt_state = None
+        if rr.resume_from:
+            opt_state = self._load(Path(rr.resume_from))
+
+        fused = self.device.type in ("cuda", "cpu")  # one kernel per step instead of a loop of tensors
+        self.optimizer = torch.optim.AdamW(
+            self.model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused,
+        )
+        if opt_state is not None:
+            self.optimizer.load_state_dict(opt_state)
+            for g in self.optimizer.param_groups:  # the config may have changed these; it wins
+                g["betas"], g["eps"] = (cfg.beta1, cfg.beta2), cfg.eps
+                if g["weight_decay"] > 0:
+                    g["weight_decay"] = cfg.weight_decay
+        # fp16 only on CUDA (the precision policy refuses it elsewhere): dynamic loss scaling.
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
+
+        compile_ = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
+        train_model = torch.compile(self.model) if compile_ else self.model
+        if dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [dist.local_rank] if self.device.type == "cuda" else None
+            train_model = DDP(train_model, device_ids=ids)
+        # Training goes through train_model (compiled, DDP); evaluation and sampling use self.model,
+        # the plain module that shares the same parameters.
+        self.train_model = train_model
+
+        self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
+        self.peak = None
+        if dist.master:
+            self.peak = mfu.peak_flops(
+                self.device.type, self.precision.name, torch.backends.cuda.matmul.allow_tf32,
+                world_size=dist.world_size, nodes=rr.launch.nodes,
+            )
+        self.stop_requested = False
+        self.last_saved = self.step if rr.resume_from else -1
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def _load(self, path: Path) -> dict | None:
+        ck = load_checkpoint(path, device=self.device)
+        if ck.config != self.model_config:
+            raise TrainingError(f"{ck.path}: its model ({ck.config}) differs from this run's ({self.model_config})")
+        ts = ck.trainer_state()
+        if ts is None or "data_pos" not in ts:
+            raise TrainingError(f"{ck.path}: no trainer state; it cannot be resumed (use it with `gptkit sample`)")
+        sd = clean_state_dict(ck.state_dict)
+        sd["lm_head.weight"] = sd["transformer.wte.weight"]
+        self.model.load_state_dict(sd)
+        self.step, self.data_pos, self.tokens_seen = int(ts["step"]), int(ts["data_pos"]), int(ts.get("tokens", 0))
+        return ck.optimizer_state(device=self.device)
+
+    def save(self) -> None:
+        if self.last_saved == self.step:
+            return
+        self.last_saved = self.step
+        if not self.dist.master:
+            return
+        state = {
+            "step": self.step, "data_pos": self.data_pos, "tokens": self.tokens_seen, "seed": self.cfg.seed,
+            "world_size": self.dist.world_size, "grad_accum": self.plan.grad_accum, "time": time.time(),
+        }
+        save_checkpoint(
+            self.run_dir / step_dirname(self.step), self.model, config=self.model_config, tokenizer=self.tokenizer_name,
+            train_config=self.cfg.to_dict(), optimizer_state=self.optimizer.state_dict(), trainer_state=state,
+        )
+        prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+
+    # --- evaluation ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def val_loss(self) -> float:
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum of row losses, rows
+        for buf in datamod.val_rows(self.val_stream, self.cfg.seq_len, self.cfg.eval_tokens, self.dist.rank,
+                                    self.dist.world_size, self.plan.micro_batch):
+            x, y = self._to_device(buf)
+            with self.precision.autocast():
+                _, loss = self.model(x, y)
+            total[0] += loss.double() * len(buf)
+            total[1] += len(buf)
+        self.model.train()
+        self.dist.all_reduce(total)
+        return float(total[0] / total[1])
+
+    def sample(self) -> str:
+        from gptkit.sample import SampleConfig, sample_text
+        from gptkit.tokenizer import get_tokenizer
+
+        was = self.model.training
+        self.model.eval()
+        sc = SampleConfig(max_new_tokens=self.cfg.sample_tokens, temperature=1.0, top_k=50, seed=self.cfg.seed)
+        text = sample_text(self.model, get_tokenizer(self.tokenizer_name), self.cfg.sample_prompt, sc,
+                           autocast=self.precision.autocast()).samples[0].text
+        self.model.train(was)
+        return self.cfg.sample_prompt + text
+
+    # --- one optimizer step ----------------------------------------------------------------------
+    def _to_device(self, buf: np.ndarray):
+        t = torch.from_numpy(buf)
+        if self.device.type == "cpu":
+            return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        return t[:, :-1].to(self.device), t[:, 1:].to(self.device)
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step over the global batch. Returns (loss, grad norm, lr)."""
+        cfg, plan = self.cfg, self.plan
+        torch.manual_seed(step_seed(cfg.seed, self.step, self.dist.rank))
+        lr = lr_at(self.step, lr=cfg.lr, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
+                   min_lr_ratio=cfg.min_lr_ratio, schedule=cfg.schedule, decay_frac=cfg.decay_frac)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device)
+        ddp = self.dist.distributed
+        for micro in range(plan.grad_accum):
+            x, y = self._to_device(self.batches.get(self.data_pos, micro))
+            last = micro == plan.grad_accum - 1
+            # Gradients are all-reduced once per step: only the last micro-step syncs.
+            sync = contextlib.nullcontext() if (last or not ddp) else self.train_model.no_sync()
+            with sync:
+                with self.precision.autocast():
+                    _, loss = self.train_model(x, y)
+                loss = loss / plan.grad_accum
+                loss_sum += loss.detach()
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        # One small all-reduce: the mean loss for the log, and whether any rank was asked to stop.
+        stats = torch.stack([loss_sum.float(), torch.tensor(float(self.stop_requested), device=self.device)])
+        self.dist.all_reduce(stats)
+        loss_val, stop = stats[0].item() / self.dist.world_size, stats[1].item() > 0
+        gnorm = grad_norm.item()
+        if not math.isfinite(loss_val) or (self.scaler is None and not math.isfinite(gnorm)):
+            what = f"loss {loss_val}" if not math.isfinite(loss_val) else f"gradient norm {gnorm}"
+            last = f"the last good checkpoint is {self.run_dir / step_dirname(self.last_saved)}" if self.last_saved > 0 \
+                else "no checkpoint was saved yet"
+            raise TrainingError(
+                f"{what} at step {self.step + 1} (lr {lr:.3g}); training stopped without saving; {last}; "
+                "lower --lr or raise --warmup-steps and resume with --resume auto"
+            )
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.stop_requested = self.stop_requested or stop
+        self.step += 1
+        self.data_pos += plan.rows * cfg.seq_len
+        self.tokens_seen += plan.rows * cfg.seq_len
+        return loss_val, gnorm, lr
+
+    # --- the loop --------------------------------------------------------------------------------
+    def fit(self) -> None:
+        cfg, d = self.cfg, self.dist
+        if d.master and self.rr.resume_from:
+            truncate_metrics(self.run_dir, self.step)
+        rep = Reporter(self.run_dir, enabled=d.master, max_steps=cfg.max_steps, start_step=self.step,
+                       log_every=cfg.log_every, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=self.rr.to_dict())
+        examples, tokenizer = self._hellaswag_setup(rep)
+        self._install_signal_handlers()
+        if d.master:
+            rep.print(
+                f"run {self.run_dir} | {cfg.preset} {self.model.num_params() / 1e6:.1f}M params | "
+                f"{d.world_size} x {self.device.type} | {self.precision.name} | batch {cfg.batch_tokens} tokens = "
+                f"{d.world_size} procs x {self.plan.micro_batch} x {cfg.seq_len} x {self.plan.grad_accum} accum"
+                + (f" | resumed at step {self.step}" if self.rr.resume_from else "")
+            )
+        oom = (torch.cuda.OutOfMemoryError,) if self.device.type == "cuda" else ()
+        dt_avg = None
+        try:
+            while True:
+                done = self.step >= cfg.max_steps
+                if cfg.eval_tokens and (self.step % cfg.eval_every == 0 or done):
+                    rep.event(self.step, val_loss=self.val_loss())
+                if examples and (self.step % cfg.hellaswag_every == 0 or done):
+                    r = hellaswag.evaluate(self.model, examples, tokenizer, device=self.device,
+                                           autocast=self.precision.autocast, rank=d.rank, world_size=d.world_size)
+                    rep.event(self.step, hellaswag=r["acc_norm"], hellaswag_acc=r["acc"], hellaswag_n=r["n"])
+                if d.master and cfg.sample_tokens and self.step > 0 and (self.step % cfg.sample_every == 0 or done):
+                    rep.event(self.step, sample=self.sample())
+                if done:
+                    break
+                t0 = time.perf_counter()
+                try:
+                    loss, gnorm, lr = self.train_step()
+                except oom:
+                    # CUDA only: the micro-batch is what decides activation memory; accumulation keeps
+                    # the global batch the same, so halving it changes nothing but speed.
+                    mb = self.plan.micro_batch
+                    raise TrainingError(
+                        f"CUDA out of memory at --micro-batch {mb}; try --micro-batch {max(1, mb // 2)} "
+                        f"(gradient accumulation keeps the global batch at {cfg.batch_tokens} tokens)", collective=False,
+                    ) from None
+                dt = time.perf_counter() - t0
+                _hook_after_step(self.step)
+                dt_avg = dt if dt_avg is None else 0.9 * dt_avg + 0.1 * dt
+                tok_s = self.plan.rows * cfg.seq_len / dt
+                rep.train_step(
+                    self.step, loss=loss, lr=lr, grad_norm=gnorm, tokens=self.tokens_seen, tok_per_s=tok_s,
+                    mfu=(self.flops_per_token * tok_s / self.peak) if self.peak else None, dt=dt,
+                    eta_s=dt_avg * (cfg.max_steps - self.step),
+                )
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps or self.stop_requested:
+                    self.save()
+                if self.stop_requested:
+                    rep.print(f"stopped at step {self.step}; checkpoint saved; continue with --resume auto")
+                    break
+            self.save()
+        finally:
+            rep.close()
+
+    def _hellaswag_setup(self, rep: Reporter):
+        cfg = self.cfg
+        if not cfg.hellaswag_every:
+            return None, None
+        files = hellaswag.find_hellaswag()
+        if not files:
+            rep.print("HellaSwag: no data (run `gptkit download hellaswag`); skipping that evaluation")
+            return None, None
+        from gptkit.tokenizer import get_tokenizer
+
+        return hellaswag.load_examples(files, cfg.hellaswag_limit), get_tokenizer(self.tokenizer_name)
+
+    def _install_signal_handlers(self) -> None:
+        """SIGINT / SIGTERM (torchrun forwards Ctrl-C as SIGTERM): finish the step, save, exit.
+        A second signal stops at once."""
+
+        def handler(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, handler)
+
+
+def _hook_after_step(step: int) -> None:
+    """Test hook: GPTKIT_TEST_STEP_SLEEP slows every step, so a test can kill a run mid-way."""
+    delay = os.environ.get("GPTKIT_TEST_STEP_SLEEP")
+    if delay:
+        time.sleep(float(delay))
+
+
+def run(run_dir: str | Path) -> None:
+    """Entry point of one worker: read RUN/config.json, train, clean up."""
+    rr = ResolvedRun.read(Path(run_dir) / CONFIG_FILE)
+    device_type = rr.extra.get("device_type", "cpu")
+    dist = Dist(device_type)
+    try:
+        if dist.distributed:  # every rank trains with rank 0's view of the config
+            rr = ResolvedRun.from_dict(dist.broadcast_object(rr.to_dict()))
+        Trainer(rr, dist).fit()
+    finally:
+        dist.close()
