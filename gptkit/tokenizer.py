@@ -46,6 +46,12 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_array(self, text: str):
+        """`encode` as a numpy integer array (no Python int per token): the bulk path of tokenize."""
+        import numpy as np
+
+        return np.asarray(self.encode(text), dtype=np.uint32)
+
     def decode_bytes(self, ids) -> bytes:
         raise NotImplementedError
 
@@ -62,6 +68,11 @@ class BytesTokenizer(Tokenizer):
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8").replace(b"\x00", b""))
+
+    def encode_array(self, text: str):
+        import numpy as np
+
+        return np.frombuffer(text.encode("utf-8").replace(b"\x00", b""), dtype=np.uint8)
 
     def decode_bytes(self, ids) -> bytes:
         return bytes(int(i) for i in ids if 0 < int(i) < 256)
@@ -81,6 +92,11 @@ class TiktokenTokenizer(Tokenizer):
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.enc.encode_ordinary_batch(texts, num_threads=1)
+
+    def encode_array(self, text: str):
+        # Same ids as encode_ordinary (special-token text is plain text when nothing is allowed or
+        # disallowed), but returned as a uint32 buffer: skips building a Python list.
+        return self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
 
     def decode_bytes(self, ids) -> bytes:
         ids = [int(i) for i in ids if int(i) < self.vocab_size]  # never decode padded-vocab ids

@@ -1,8 +1,134 @@
-"""`gptkit tokenize` (placeholder until its issue lands)."""
+"""`gptkit tokenize [SRC]`: text -> uint16 token shards + manifest.json (see gptkit/tokenize.py)."""
 
-from gptkit.cli.options import not_implemented
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gptkit.cli.options import Endpoint, Force, JsonOut, Mirror, OutDir
+from gptkit.errors import GptkitError
+
+_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
 
 
-def tokenize():
-    """Not implemented yet."""
-    not_implemented("tokenize", "see the issue tracker")
+def parse_count(value: str | None, option: str) -> int | None:
+    """'100M', '1.5B', '2e6', '100_000' -> int."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9][0-9_]*(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([kmbg]?)\s*", value.lower())
+    if not m:
+        raise GptkitError(f"{option}: expected a token count such as 100M, 10K or 2e6, got {value!r}")
+    return int(float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2)])
+
+
+def tokenize(
+    src: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="A download preset (fineweb-edu, fineweb), a .parquet/.jsonl/.jsonl.gz/.txt file or folder, "
+            "a Hugging Face dataset id (streamed), 'pydoc' (built in), or .npy/.bin token files to convert. "
+            "Default: the newest downloaded preset, else pydoc.",
+            show_default=False,
+        ),
+    ] = None,
+    out: OutDir = None,
+    tokenizer: Annotated[str, typer.Option("--tokenizer", help="gpt2 (BPE, 50257 tokens) or bytes (256).")] = "gpt2",
+    text_column: Annotated[str, typer.Option("--text-column", help="Column / JSON field holding the text.")] = "text",
+    shard_tokens: Annotated[str, typer.Option("--shard-tokens", help="Tokens per shard.")] = "100M",
+    val_tokens: Annotated[
+        str, typer.Option("--val-tokens", help="Tokens in shard 0, the validation shard (a source smaller than this is split 1:9).")
+    ] = "10M",
+    max_tokens: Annotated[Optional[str], typer.Option("--max-tokens", help="Stop after this many tokens in all.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="Worker processes (default: all cores).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse invalid UTF-8 instead of replacing and counting it.")] = False,
+    force: Force = False,
+    verify: Annotated[
+        Optional[str], typer.Option("--verify", metavar="DIR", help="Check tokenized shards (dir or name) against their manifest, then exit.")
+    ] = None,
+    subset: Annotated[Optional[str], typer.Option("--subset", help="Dataset config of a Hugging Face dataset, e.g. sample-10BT.")] = None,
+    split: Annotated[str, typer.Option("--split", help="Split of a Hugging Face dataset.")] = "train",
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit of a Hugging Face dataset.")] = None,
+    endpoint: Endpoint = None,
+    mirror: Mirror = False,
+    json_out: JsonOut = False,
+):
+    """Tokenize text into uint16 shards (llm.c format) for `gptkit train`. Resumable: re-run after an interruption."""
+    from gptkit import tokenize as lib
+
+    if verify is not None:
+        if src is not None:
+            raise GptkitError("give either SRC or --verify DIR, not both")
+        summary = lib.verify(verify)
+        if json_out:
+            print(json.dumps({"ok": True, **summary}))
+        else:
+            print(f"ok: {summary['dir']}: {summary['shards']} shards, {summary['tokens']:,} tokens, all hashes match")
+        return
+    from gptkit.endpoint import resolve_endpoint
+
+    settings = lib.Settings(
+        tokenizer=tokenizer,
+        text_column=text_column,
+        shard_tokens=parse_count(shard_tokens, "--shard-tokens"),
+        val_tokens=parse_count(val_tokens, "--val-tokens"),
+        max_tokens=parse_count(max_tokens, "--max-tokens"),
+        strict=strict,
+    )
+    ep = resolve_endpoint(endpoint, mirror) if (endpoint or mirror) else None
+
+    def note(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    with _Progress(enabled=not json_out and sys.stderr.isatty()) as bar:
+        result = lib.tokenize(
+            src, out, settings, workers=workers, force=force, subset=subset, split=split, revision=revision,
+            endpoint=ep, log=note, progress=bar.update,
+        )
+    m = result.manifest
+    if json_out:
+        print(json.dumps({"out": str(result.out), "status": result.status, "seconds": round(result.seconds, 3), **m["totals"],
+                          "tokenizer": m["tokenizer"], "replaced_invalid_utf8": m["replaced_invalid_utf8"]}))
+        return
+    t = m["totals"]
+    speed = f" in {result.seconds:.1f}s" if result.status != "up to date" else ""
+    print(
+        f"{result.status}: {result.out}  {t['shards']} shards, {t['val_tokens']:,} val + {t['train_tokens']:,} train tokens, "
+        f"{t['documents']:,} documents ({m['tokenizer']['name']}){speed}"
+    )
+    if m["replaced_invalid_utf8"]:
+        print(f"note: {m['replaced_invalid_utf8']} invalid UTF-8 sequences were replaced by U+FFFD (see manifest.json)")
+    print(f"next: gptkit train --data {Path(result.out)}")
+
+
+class _Progress:
+    """A Rich progress bar on stderr, only on a terminal (tests and logs get the summary lines)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = self.task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("tokenizing"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("{task.fields[tokens]:,} tokens"), TimeRemainingColumn(), transient=True,
+            )
+            self.bar.__enter__()
+            self.task = self.bar.add_task("tokenize", total=None, tokens=0)
+        return self
+
+    def update(self, p: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=p["bytes"], total=p["total_bytes"] or None, tokens=p["tokens"])
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
