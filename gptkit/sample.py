@@ -306,13 +306,20 @@ def resolve_model_path(spec: str | None, *, endpoint: str | None = None) -> Path
     if looks_like_path or spec.count("/") > 1:
         raise GptkitError(f"--model {spec}: no such file or directory")
     local = paths.data_dir(spec)
-    if (local / "config.json").is_file():
+    if _complete_hf_dir(local):
         return local
-    try:
-        from gptkit import hub
-    except ImportError:
-        raise GptkitError(f"--model {spec}: not downloaded; run `gptkit download {spec}` first") from None
-    return Path(hub.download(spec, endpoint=endpoint))
+    from gptkit import hub  # a hub name not on disk yet: download it (resumes a partial download)
+
+    return Path(hub.download(spec, endpoint=endpoint).local_dir)
+
+
+def _complete_hf_dir(d: Path) -> bool:
+    from gptkit import hub
+
+    manifest = hub.read_manifest(d) if d.is_dir() else None
+    if manifest is not None:
+        return bool(manifest.get("complete"))
+    return (d / "config.json").is_file() and any((d / w).is_file() for w in ("model.safetensors", "pytorch_model.bin"))
 
 
 def load_for_sampling(path: Path, device: torch.device):

@@ -1,0 +1,205 @@
+"""Generation: sampling filters, KV cache vs full recompute, seeds, EOT, UTF-8 streaming, the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from gptkit.checkpoint import save_checkpoint
+from gptkit.errors import GptkitError
+from gptkit.model import GPT, GPTConfig
+from gptkit.sample import (
+    SampleConfig, StreamDecoder, generate, logits_to_probs, next_token, resolve_model_path, sample_text,
+)
+from gptkit.tokenizer import BytesTokenizer, get_tokenizer
+
+
+def random_model(vocab=256, padded=None, seed=0, **kw):
+    cfg = dict(block_size=64, vocab_size=vocab, padded_vocab_size=padded or vocab, n_layer=2, n_head=2, n_embd=32)
+    cfg.update(kw)
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**cfg)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # every weight non-trivial, so greedy choices are well separated
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+# --- logits -> probabilities -------------------------------------------------------------------
+
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = torch.tensor([[1.0, 4.0, 3.0, -2.0, 2.0]])
+    probs = logits_to_probs(logits, temperature=1.0, top_k=2)
+    assert probs[0].nonzero().flatten().tolist() == [1, 2]
+    expected = torch.softmax(torch.tensor([4.0, 3.0]), dim=0)
+    torch.testing.assert_close(probs[0, [1, 2]], expected)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    p = torch.tensor([0.05, 0.5, 0.15, 0.3])  # deliberately unsorted
+    logits = p.log().unsqueeze(0)
+    kept = lambda top_p: sorted(logits_to_probs(logits, top_p=top_p)[0].nonzero().flatten().tolist())  # noqa: E731
+    assert kept(0.75) == [1, 3]  # 0.5 + 0.3 reaches 0.75
+    assert kept(0.85) == [1, 2, 3]  # needs the 0.15 too
+    assert kept(0.01) == [1]  # the most likely token always survives
+    assert kept(1.0) == [0, 1, 2, 3]
+    probs = logits_to_probs(logits, top_p=0.75)[0]
+    torch.testing.assert_close(probs[[1, 3]], torch.tensor([0.5, 0.3]) / 0.8)
+
+
+def test_temperature_scales_logits():
+    logits = torch.randn(3, 10)
+    torch.testing.assert_close(logits_to_probs(logits, temperature=0.5), torch.softmax(logits / 0.5, dim=-1))
+
+
+def test_padded_vocab_ids_are_never_sampled():
+    logits = torch.zeros(4, 64)
+    logits[:, 50:] = 100.0  # padding rows with the highest logits
+    assert (next_token(logits, vocab_size=50, temperature=0) < 50).all()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        assert (next_token(logits, vocab_size=50, temperature=1.0, generator=g) < 50).all()
+
+
+# --- generation --------------------------------------------------------------------------------
+
+def tokens(model, prompt, cfg, **kw):
+    out = list(generate(model, prompt, cfg, vocab_size=model.config.vocab_size, **kw))
+    return torch.stack(out, dim=1).tolist()  # (B, steps)
+
+
+def test_greedy_with_kv_cache_equals_full_recompute():
+    model = random_model(vocab=300, padded=320)
+    cfg = SampleConfig(max_new_tokens=40, temperature=0, num_samples=2, stop_at_eot=False)
+    cached = tokens(model, [5, 17, 250, 3], cfg, use_cache=True)
+    full = tokens(model, [5, 17, 250, 3], cfg, use_cache=False)
+    assert cached == full
+    assert len(cached[0]) == 40 and len(set(cached[0])) > 2  # a real continuation, not one repeated id
+    assert all(b.attn.kv_cache is None for b in model.transformer.h)  # cache released afterwards
+
+
+@torch.inference_mode()
+def test_cached_logits_equal_full_forward_at_every_position():
+    model = random_model(vocab=300, padded=320)
+    idx = torch.randint(0, 300, (2, 24), generator=torch.Generator().manual_seed(3))
+    full, _ = model(idx)
+    model.setup_kv_cache(2, max_len=24)
+    try:
+        steps = [model(idx[:, :6], pos=0)[0]]  # prefill
+        steps += [model(idx[:, t : t + 1], pos=t)[0] for t in range(6, 20)]  # decode one at a time
+        steps.append(model(idx[:, 20:], pos=20)[0])  # a chunk after a cached prefix (masked path)
+    finally:
+        model.clear_kv_cache()
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_generation_stops_at_the_context_length():
+    model = random_model(block_size=16)
+    out = tokens(model, [1, 2, 3, 4, 5, 6], SampleConfig(max_new_tokens=100, temperature=0, stop_at_eot=False))
+    assert len(out[0]) == 10
+    with pytest.raises(GptkitError, match="context"):
+        tokens(model, list(range(1, 17)), SampleConfig(temperature=0))
+
+
+def test_stops_at_eot():
+    model = random_model()
+    free = tokens(model, [65, 66], SampleConfig(max_new_tokens=30, temperature=0, stop_at_eot=False))[0]
+    eot = free[5]
+    first = free.index(eot)
+    stopped = tokens(model, [65, 66], SampleConfig(max_new_tokens=30, temperature=0), eot_token=eot)[0]
+    assert len(stopped) == first + 1 and stopped[-1] == eot and stopped[:first] == free[:first]
+
+    class Tok(BytesTokenizer):
+        eot_token = eot
+
+    res = sample_text(model, Tok(), "AB", SampleConfig(max_new_tokens=30, temperature=0))
+    assert res.samples[0].stop_reason == "eot"
+    assert res.samples[0].tokens == free[:first]
+
+
+def test_same_seed_same_text_different_seed_different_text():
+    model = random_model()
+    tok = BytesTokenizer()
+    cfg = lambda seed: SampleConfig(max_new_tokens=40, temperature=1.0, top_k=None, num_samples=2, seed=seed, stop_at_eot=False)  # noqa: E731
+    a = [s.tokens for s in sample_text(model, tok, "hello", cfg(1)).samples]
+    b = [s.tokens for s in sample_text(model, tok, "hello", cfg(1)).samples]
+    c = [s.tokens for s in sample_text(model, tok, "hello", cfg(2)).samples]
+    assert a == b
+    assert a != c
+    assert a[0] != a[1]  # the samples of one batch are independent draws
+
+
+def test_utf8_streaming_never_splits_a_character():
+    tok = get_tokenizer("gpt2")
+    text = "你好，世界"
+    ids = tok.encode(text)
+    naive = [tok.decode([i]) for i in ids]
+    assert any("\ufffd" in piece for piece in naive)  # GPT-2 splits these characters across tokens
+    dec = StreamDecoder(tok)
+    pieces = [dec.push([i]) for i in ids] + [dec.flush()]
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert "".join(pieces) == text
+    assert sum(1 for p in pieces if p) > 1  # and it did stream, character by character
+
+
+# --- model resolution and the CLI --------------------------------------------------------------
+
+@pytest.fixture
+def gpt2_vocab_checkpoint(tmp_path):
+    model = random_model(vocab=50257, padded=50304, block_size=32, n_embd=16)
+    return save_checkpoint(tmp_path / "run" / "step_000010", model, config=model.config, tokenizer="gpt2")
+
+
+def test_cli_sample_json_is_reproducible_and_streams(gpt2_vocab_checkpoint):
+    args = ["sample", "Hello", "--model", gpt2_vocab_checkpoint.parent, "--seed", "7", "-n", "12", "--top-k", "50",
+            "--num-samples", "2", "--device", "cpu"]
+    a = json.loads(run_cli(*args, "--json", check=True).stdout)
+    assert len(a["samples"]) == 2 and all(s["tokens"] == 12 for s in a["samples"])
+    assert a["samples"][0]["text"] != a["samples"][1]["text"]
+    streamed = run_cli(*args, check=True)  # another process, same seed: the same text, streamed
+    assert streamed.stdout.startswith("Hello" + a["samples"][0]["text"])
+    assert "--- sample 2/2 ---" in streamed.stdout and a["samples"][1]["text"] in streamed.stdout
+
+
+def test_cli_vocab_mismatch_is_one_line(tmp_path):
+    model = random_model(vocab=256)
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="gpt2")  # wrong tokenizer
+    line = assert_one_line_error(run_cli("sample", "hi", "--model", ck, "--device", "cpu"))
+    assert "vocabulary of 256" in line and "50257" in line
+
+
+def test_cli_missing_model_is_one_line(tmp_path):
+    line = assert_one_line_error(run_cli("sample", "hi", "--model", tmp_path / "nope.pt"))
+    assert "nope.pt" in line
+
+
+def test_default_model_is_the_newest_run(gptkit_home):
+    from gptkit import paths
+
+    old = random_model()
+    save_checkpoint(paths.runs_dir("old") / "step_000001", old, config=old.config, tokenizer="bytes")
+    import os
+    import time
+
+    past = time.time() - 100
+    os.utime(paths.runs_dir("old") / "step_000001", (past, past))
+    new = save_checkpoint(paths.runs_dir("new") / "step_000005", old, config=old.config, tokenizer="bytes")
+    assert resolve_model_path(None) == new
+
+
+def test_hub_name_uses_the_downloaded_copy(gptkit_home, tmp_path):
+    """`--model gpt2` with data_dir('gpt2') holding an HF directory loads it, with no network."""
+    from gptkit import paths
+    from gptkit.convert import convert
+
+    model = random_model(vocab=256)
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    convert(ck, paths.data_dir("gpt2"), to="hf")
+    assert resolve_model_path("gpt2") == paths.data_dir("gpt2")
+    r = run_cli("sample", "abc", "--model", "gpt2", "-n", "5", "--temperature", "0", "--json", "--device", "cpu",
+                env={"HF_ENDPOINT": "http://127.0.0.1:9"}, check=True)
+    out = json.loads(r.stdout)
+    expected = sample_text(model, BytesTokenizer(), "abc", SampleConfig(max_new_tokens=5, temperature=0))
+    assert out["samples"][0]["text"] == expected.samples[0].text
