@@ -352,7 +352,7 @@ def check_nvidia_smi(ctx: _Context) -> Check:
     plain = ctx.smi_plain.result()
     if plain.path is None:
         return Check(
-            "nvidia-smi", WARN, "not found: no NVIDIA driver / no GPU (training runs on CPU)",
+            "nvidia-smi", WARN, "not found: no NVIDIA driver / no GPU (or nvidia-smi is not on PATH)",
             "nothing to do on a CPU machine; on a GPU machine install the NVIDIA driver (it provides nvidia-smi)",
         )
     if plain.error:

@@ -321,3 +321,17 @@ def test_a_crashing_check_becomes_a_failed_row():
 
     row = lib._safe("boom", boom, ctx=None)
     assert row.status == "fail" and "KeyError" in row.detail and row.fix
+
+
+def test_endpoint_that_accepts_but_never_answers_gives_up_as_unreachable():
+    # A listening socket that never accepts: the TCP handshake succeeds, no HTTP answer follows.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        probe = lib._EndpointProbe(url, timeout=0.5).result()
+        assert probe.status is None
+        assert "timed out" in probe.error or "no answer" in probe.error, probe.error
+    finally:
+        silent.close()
