@@ -1,8 +1,94 @@
-"""`gptkit download` (placeholder until its issue lands)."""
+"""`gptkit download`: a preset or any Hub repo, through huggingface.co or a mirror (gptkit.hub)."""
 
-from gptkit.cli.options import not_implemented
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gptkit.cli.options import Endpoint, JsonOut, Mirror
 
 
-def download():
-    """Not implemented yet."""
-    not_implemented("download", "see the issue tracker")
+def download(
+    name: Annotated[Optional[str], typer.Argument(help="A preset (see --list) or any ORG/NAME repo.", show_default=False)] = None,
+    list_presets: Annotated[bool, typer.Option("--list", help="Show the presets and their sizes.")] = False,
+    repo_type: Annotated[Optional[str], typer.Option("--repo-type", help="model or dataset, for ORG/NAME repos (default model).")] = None,
+    subset: Annotated[Optional[str], typer.Option("--subset", help="fineweb / fineweb-edu: sample-10BT (default), sample-100BT, sample-350BT.")] = None,
+    shards: Annotated[Optional[int], typer.Option("--shards", help="Only the first N data files, in sorted order.")] = None,
+    include: Annotated[Optional[list[str]], typer.Option("--include", help="Glob of repo paths to fetch (repeatable); replaces the preset's.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Glob of repo paths to skip (repeatable).")] = None,
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default main).")] = None,
+    local_dir: Annotated[Optional[Path], typer.Option("--local-dir", help="Where to put the files (default $GPTKIT_HOME/data/NAME).")] = None,
+    endpoint: Endpoint = None,
+    mirror: Mirror = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files and total size, check free disk, download nothing.")] = False,
+    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bars (default: when stderr is a terminal).", show_default=False)] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Files downloaded in parallel.", min=1, max=32)] = 4,
+    json_out: JsonOut = False,
+):
+    """Download a dataset or model from the Hugging Face Hub or a mirror; re-running resumes.
+
+    The endpoint is --endpoint, else --mirror (https://hf-mirror.com), else $HF_ENDPOINT, else huggingface.co.
+
+    A token, if needed, comes from $HF_TOKEN and is never printed.
+    """
+    from gptkit import hub
+
+    if list_presets:
+        return _print_presets(hub, json_out)
+    if not name:
+        from gptkit.errors import GptkitError
+
+        raise GptkitError("give a preset or an ORG/NAME repo to download; `gptkit download --list` shows the presets")
+    # Our own retry notes replace huggingface_hub's multi-line warnings.
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    result = hub.download(
+        name, endpoint=endpoint, mirror=mirror, subset=subset, shards=shards, include=include, exclude=exclude,
+        revision=revision, local_dir=local_dir, repo_type=repo_type, dry_run=dry_run,
+        progress=sys.stderr.isatty() if progress is None else progress, workers=workers,
+        log=lambda msg: print(msg, flush=True),
+    )
+    if json_out:
+        import json
+
+        out = {
+            "repo_id": result.repo_id, "repo_type": result.repo_type, "revision": result.revision, "commit": result.commit,
+            "endpoint": result.endpoint, "local_dir": str(result.local_dir), "dry_run": result.dry_run,
+            "files": [{"path": f.path, "size": f.size} for f in result.files], "fetched": result.fetched,
+            "skipped": result.skipped, "total_bytes": result.total_bytes, "fetch_bytes": result.fetch_bytes,
+            "free_bytes": result.free_bytes, "xet_disabled": result.xet_disabled,
+        }
+        print(json.dumps(out, indent=1))
+        return
+    repo = f"{result.repo_type} {result.repo_id}@{result.commit[:12]}"
+    if dry_run:
+        pending = set(result.fetched)
+        for f in result.files:
+            print(f"  {'get ' if f.path in pending else 'have'}  {hub.human(f.size):>10}  {f.path}")
+        print(
+            f"{repo}: {len(result.files)} files, {hub.human(result.total_bytes)}; to download "
+            f"{len(result.fetched)} files, {hub.human(result.fetch_bytes)}; "
+            f"{hub.human(result.free_bytes)} free in {result.local_dir}"
+        )
+        return
+    print(
+        f"{repo}: {len(result.fetched)} files downloaded ({hub.human(result.fetch_bytes)}), "
+        f"{len(result.skipped)} already complete -> {result.local_dir}"
+    )
+
+
+def _print_presets(hub, json_out: bool) -> None:
+    if json_out:
+        import json
+
+        print(json.dumps(hub.presets_table(), indent=1))
+        return
+    for p in hub.list_presets():
+        kind = "dataset" if p.repo_type == "dataset" else "model  "
+        print(f"{p.name:<12} {kind} {p.repo_id:<28} {p.size}")
+        print(f"{'':<12} {p.about}; files: {', '.join(p.files)}")
+    print("Any other repo: gptkit download ORG/NAME [--repo-type dataset]. Exact sizes: --dry-run.")

@@ -1,13 +1,49 @@
-"""`gptkit mirror` (placeholder until its issue lands)."""
+"""`gptkit mirror serve`: repos on this machine, served to huggingface_hub / datasets clients (gptkit.mirror)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
-
-from gptkit.cli.options import not_implemented
 
 app = typer.Typer(help="Serve local repos as a Hugging Face mirror.", no_args_is_help=True)
 
 
 @app.command("serve")
-def serve():
-    """Not implemented yet."""
-    not_implemented("mirror serve", "see the issue tracker")
+def serve(
+    roots: Annotated[
+        Optional[list[Path]],
+        typer.Argument(help="Folders to serve (default: $GPTKIT_HOME/data and the Hugging Face cache).", show_default=False),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for the other nodes of a cluster.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=0, max=65535)] = 8080,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
+    fail_rate: Annotated[float, typer.Option("--fail-rate", hidden=True, help="Fraction of requests answered 503 (testing).")] = 0.0,
+    cut_rate: Annotated[float, typer.Option("--cut-rate", hidden=True, help="Fraction of file bodies cut midway (testing).")] = 0.0,
+):
+    """Serve downloaded repos read-only; clients use HF_ENDPOINT=http://HOST:PORT."""
+    from gptkit import paths
+    from gptkit.errors import GptkitError
+    from gptkit.mirror import Faults, MirrorServer
+
+    if not roots:
+        from huggingface_hub import constants
+
+        roots = [p for p in (paths.data_dir(), Path(constants.HF_HUB_CACHE)) if p.is_dir()]
+        if not roots:
+            raise GptkitError(f"nothing to serve: {paths.data_dir()} does not exist yet; run `gptkit download` first")
+    faults = Faults(fail_rate, cut_rate) if (fail_rate or cut_rate) else None
+    server = MirrorServer(
+        roots, host, port, faults=faults, access_log=None if quiet else (lambda line: print(line, flush=True))
+    )
+    repos = server.catalog.repos()
+    for rtype, rid, where in repos:
+        print(f"  {rtype:<7} {rid:<40} {where}")
+    shown = "<this-host>" if host in ("0.0.0.0", "::") else server.host
+    print(
+        f"serving {len(repos)} repos from {', '.join(map(str, roots))} at http://{shown}:{server.port}\n"
+        f"clients: export HF_ENDPOINT=http://{shown}:{server.port}   (Ctrl-C stops)",
+        flush=True,
+    )
+    server.serve_forever()

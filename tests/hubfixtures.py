@@ -1,0 +1,409 @@
+"""Small fake Hub repos on disk, and the gptkit mirror serving them over loopback.
+
+The test suite's hub: every download test runs the real huggingface_hub / datasets clients against
+`gptkit.mirror.MirrorServer` on 127.0.0.1, never a mock.
+
+Build repos (each returns a FakeRepo: repo_id, repo_type, path, commit, files {path: sha256}):
+
+    make_dataset_repo(folder, "HuggingFaceFW/fineweb-edu", {"sample/10BT": 3, "sample/100BT": 2})
+    make_hellaswag_repo(folder)
+    make_model_repo(folder, "openai-community/gpt2", vocab="tiny" | "gpt2")
+
+`layout="download"` (default) writes the folder as `gptkit download` does, manifest included, so the
+mirror serves it under its repo id at a fixed commit (FakeRepo.commit); `layout="plain"` writes
+the files only (served at revision main, ROOT/ORG/NAME or ROOT/datasets/ORG/NAME).
+
+    build_hub(root) -> dict[name, FakeRepo]    the standard set: fineweb-edu, fineweb, hellaswag, gpt2
+    running_mirror(root, **kw)                 context manager -> a started MirrorServer (.url, .requests, ...)
+
+Pytest fixtures (import them into a test module: `from hubfixtures import hub  # noqa: F401`):
+
+    hub       session-scoped Hub(url, root, repos, server): build_hub + a running mirror. Tests that count
+              requests call hub.server.requests.clear() first; tests that need faults start their own
+              running_mirror(hub.root, faults=Faults(...)).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from gptkit.mirror import MANIFEST_NAME, Faults, MirrorServer, file_hashes, is_lfs_name  # noqa: F401 - re-exported
+
+WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at which but have an they "
+    "you were her she there been one all we their has would when if so no will what can more about out up other "
+    "into time only could new them some these then two first may any like now my such make over our even most "
+    "me state after also made many did must before back see through way where get much go well your know should "
+    "down work year because come people just say each those take day good how long little use very great world "
+    "school learn student teacher science history water energy cell plant animal number system language"
+).split()
+
+
+@dataclass
+class FakeRepo:
+    repo_id: str
+    repo_type: str  # "model" or "dataset"
+    path: Path  # the folder on disk
+    commit: str  # what the mirror reports as the commit (layout="download"); None for plain folders
+    files: dict[str, str] = field(default_factory=dict)  # repo path -> sha256
+
+    def sha256(self, path: str) -> str:
+        return self.files[path]
+
+
+def fake_commit(*parts: str) -> str:
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()
+
+
+def _text(rng: random.Random, n_words: int) -> str:
+    words = [rng.choice(WORDS) for _ in range(n_words)]
+    out, sentence = [], []
+    for w in words:
+        sentence.append(w)
+        if len(sentence) >= rng.randint(6, 14):
+            out.append(" ".join(sentence).capitalize() + ".")
+            sentence = []
+    if sentence:
+        out.append(" ".join(sentence).capitalize() + ".")
+    return " ".join(out)
+
+
+def write_parquet(path: Path, columns: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path, row_group_size=16)
+
+
+def finish_repo(folder: Path, repo_id: str, repo_type: str, layout: str, revision: str = "main") -> FakeRepo:
+    """Hash the files of a built folder; with layout="download", also write the gptkit manifest."""
+    files = {}
+    entries = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST_NAME:
+            rel = p.relative_to(folder).as_posix()
+            sha, oid = file_hashes(p)
+            files[rel] = sha
+            size = p.stat().st_size
+            lfs = is_lfs_name(rel, size)
+            if lfs:  # a git oid of an LFS file is the id of its pointer
+                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n".encode()
+                oid = hashlib.sha1(f"blob {len(pointer)}\0".encode() + pointer).hexdigest()
+            entries.append({"path": rel, "size": size, "sha256": sha, "oid": oid, "lfs": lfs})
+    commit = None
+    if layout == "download":
+        commit = fake_commit(repo_type, repo_id, *(f"{e['path']}:{e['sha256']}" for e in entries))
+        manifest = {
+            "format": 1, "tool": "hubfixtures", "name": repo_id, "repo_id": repo_id, "repo_type": repo_type,
+            "revision": revision, "commit": commit, "complete": True, "files": entries,
+        }
+        (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
+    elif layout != "plain":
+        raise ValueError(f"layout must be 'download' or 'plain', not {layout!r}")
+    return FakeRepo(repo_id, repo_type, folder, commit, files)
+
+
+def make_dataset_repo(
+    folder: Path,
+    repo_id: str = "HuggingFaceFW/fineweb-edu",
+    subsets: dict[str, int] | None = None,
+    *,
+    rows: int = 40,
+    words: int = 60,
+    seed: int = 0,
+    layout: str = "download",
+) -> FakeRepo:
+    """A FineWeb-like dataset: SUBSET_DIR/NNN_00000.parquet files with columns text, id, url, score,
+    token_count; and a README.md whose YAML maps config `sample-10BT` to `sample/10BT/*` as the real one does."""
+    subsets = subsets or {"sample/10BT": 3}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    configs = []
+    for subdir, n_files in subsets.items():
+        for i in range(n_files):
+            texts = [_text(rng, rng.randint(words // 2, words * 2)) for _ in range(rows)]
+            write_parquet(
+                folder / subdir / f"{i:03d}_00000.parquet",
+                {
+                    "text": texts,
+                    "id": [f"<urn:uuid:{rng.getrandbits(64):016x}>" for _ in texts],
+                    "url": [f"https://example.org/{subdir}/{i}/{j}" for j in range(len(texts))],
+                    "score": [round(rng.uniform(2.5, 5.0), 3) for _ in texts],
+                    "token_count": [len(t.split()) for t in texts],
+                },
+            )
+        name = subdir.replace("sample/", "sample-")
+        configs.append(f"- config_name: {name}\n  data_files:\n  - split: train\n    path: {subdir}/*\n")
+    (folder / "README.md").write_text(
+        "---\nlicense: odc-by\nconfigs:\n" + "".join(configs) + "---\n\n# A tiny FineWeb-like test dataset\n"
+    )
+    return finish_repo(folder, repo_id, "dataset", layout)
+
+
+def make_hellaswag_repo(folder: Path, repo_id: str = "Rowan/hellaswag", *, rows: int = 12, seed: int = 1,
+                        layout: str = "download") -> FakeRepo:
+    """Rowan/hellaswag's layout: data/{train,validation,test}-00000-of-00001.parquet, label as a string."""
+    folder = Path(folder)
+    rng = random.Random(seed)
+    for split in ("train", "validation", "test"):
+        ctx_a = [_text(rng, 12) for _ in range(rows)]
+        ctx_b = [rng.choice(WORDS) for _ in range(rows)]
+        write_parquet(
+            folder / "data" / f"{split}-00000-of-00001.parquet",
+            {
+                "ind": list(range(rows)),
+                "activity_label": [rng.choice(WORDS).capitalize() for _ in range(rows)],
+                "ctx_a": ctx_a,
+                "ctx_b": ctx_b,
+                "ctx": [f"{a} {b}" for a, b in zip(ctx_a, ctx_b)],
+                "endings": [[_text(rng, 8) for _ in range(4)] for _ in range(rows)],
+                "source_id": [f"activitynet~v_{rng.getrandbits(32):08x}" for _ in range(rows)],
+                "split": [split] * rows,
+                "split_type": ["indomain"] * rows,
+                "label": ["" if split == "test" else str(rng.randrange(4)) for _ in range(rows)],
+            },
+        )
+    (folder / "README.md").write_text("---\nlanguage: en\n---\n# HellaSwag (test copy)\n")
+    return finish_repo(folder, repo_id, "dataset", layout)
+
+
+# --- GPT-2 style model repo ---------------------------------------------------------------------
+
+
+def _byte_encoder() -> dict[int, str]:
+    from gptkit.tokenizer import bytes_to_unicode
+
+    return bytes_to_unicode()
+
+
+def _tiny_bpe(n_merges: int = 40, seed: int = 0) -> tuple[dict[bytes, int], list[tuple[bytes, bytes]]]:
+    """A small byte-level BPE learned on fake text: ranks for 256 bytes (GPT-2's order) + merges."""
+    order = list(_byte_encoder())  # GPT-2 numbers the bytes in bytes_to_unicode order
+    ranks = {bytes([b]): i for i, b in enumerate(order)}
+    rng = random.Random(seed)
+    words = [list(bytes(" " + w, "utf-8")) for w in (rng.choice(WORDS) for _ in range(2000))]
+    seqs = [[bytes([b]) for b in w] for w in words]
+    merges = []
+    for _ in range(n_merges):
+        counts: dict[tuple[bytes, bytes], int] = {}
+        for s in seqs:
+            for a, b in zip(s, s[1:]):
+                counts[(a, b)] = counts.get((a, b), 0) + 1
+        if not counts:
+            break
+        pair = max(sorted(counts), key=lambda p: counts[p])
+        merges.append(pair)
+        ranks[pair[0] + pair[1]] = len(ranks)
+        for s in seqs:
+            i = 0
+            while i < len(s) - 1:
+                if (s[i], s[i + 1]) == pair:
+                    s[i : i + 2] = [pair[0] + pair[1]]
+                i += 1
+    return ranks, merges
+
+
+def gpt2_merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """Recover merges.txt from tiktoken ranks: each token's last BPE step, using only lower ranks."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) == 1:
+            continue
+        parts = [token[i : i + 1] for i in range(len(token))]
+        while len(parts) > 2:
+            best = None
+            for i in range(len(parts) - 1):
+                r = ranks.get(parts[i] + parts[i + 1])
+                if r is not None and r < rank and (best is None or r < best[0]):
+                    best = (r, i)
+            if best is None:
+                break
+            i = best[1]
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) != 2:
+            raise ValueError(f"cannot recover the merge for rank {rank}")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def _real_gpt2_ranks() -> dict[bytes, int]:
+    from gptkit.tokenizer import get_tokenizer
+
+    enc = get_tokenizer("gpt2").enc  # offline: scripts/get_gpt2_vocab.py installs the ranks
+    return dict(enc._mergeable_ranks)
+
+
+def write_gpt2_tokenizer_files(folder: Path, ranks: dict[bytes, int], merges: list[tuple[bytes, bytes]]) -> int:
+    """vocab.json, merges.txt and tokenizer.json in GPT-2's format; returns the <|endoftext|> id."""
+    enc = _byte_encoder()
+
+    def s(b: bytes) -> str:
+        return "".join(enc[x] for x in b)
+
+    eot = len(ranks)
+    vocab = {s(tok): i for tok, i in sorted(ranks.items(), key=lambda kv: kv[1])}
+    vocab["<|endoftext|>"] = eot
+    merge_lines = [f"{s(a)} {s(b)}" for a, b in merges]
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merge_lines) + "\n", encoding="utf-8")
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": eot, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": True, "special": True}],
+        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": byte_level, "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "vocab": vocab,
+                  "merges": merge_lines},
+    }
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+    return eot
+
+
+def make_model_repo(
+    folder: Path,
+    repo_id: str = "openai-community/gpt2",
+    *,
+    vocab: str = "tiny",
+    n_layer: int = 2,
+    n_head: int = 2,
+    n_embd: int = 32,
+    n_positions: int = 64,
+    seed: int = 0,
+    layout: str = "download",
+) -> FakeRepo:
+    """A GPT-2 repo in openai-community's layout: config.json, generation_config.json, vocab.json,
+    merges.txt, tokenizer.json, model.safetensors (random weights, GPT-2's tensor names and Conv1D
+    shapes), README.md. vocab="gpt2" writes the real GPT-2 vocabulary (needs the offline ranks from
+    scripts/get_gpt2_vocab.py); "tiny" a 256-byte + 40-merge BPE."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if vocab == "gpt2":
+        ranks = _real_gpt2_ranks()
+        merges = gpt2_merges_from_ranks(ranks)
+    elif vocab == "tiny":
+        ranks, merges = _tiny_bpe(seed=seed)
+    else:
+        raise ValueError("vocab must be 'tiny' or 'gpt2'")
+    eot = write_gpt2_tokenizer_files(folder, ranks, merges)
+    V, C, T = eot + 1, n_embd, n_positions
+    config = {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
+        "vocab_size": V, "n_positions": T, "n_ctx": T, "n_embd": C, "n_layer": n_layer, "n_head": n_head,
+        "n_inner": None, "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "resid_pdrop": 0.1,
+        "embd_pdrop": 0.1, "attn_pdrop": 0.1, "bos_token_id": eot, "eos_token_id": eot,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": eot, "eos_token_id": eot}, indent=2))
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
+
+    tensors = {"wte.weight": w(V, C), "wpe.weight": w(T, C), "ln_f.weight": np.ones(C, np.float32),
+               "ln_f.bias": np.zeros(C, np.float32)}
+    for i in range(n_layer):
+        p = f"h.{i}."
+        tensors |= {
+            p + "ln_1.weight": np.ones(C, np.float32), p + "ln_1.bias": np.zeros(C, np.float32),
+            p + "attn.c_attn.weight": w(C, 3 * C), p + "attn.c_attn.bias": w(3 * C),
+            p + "attn.c_proj.weight": w(C, C), p + "attn.c_proj.bias": w(C),
+            p + "ln_2.weight": np.ones(C, np.float32), p + "ln_2.bias": np.zeros(C, np.float32),
+            p + "mlp.c_fc.weight": w(C, 4 * C), p + "mlp.c_fc.bias": w(4 * C),
+            p + "mlp.c_proj.weight": w(4 * C, C), p + "mlp.c_proj.bias": w(C),
+        }
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# A tiny GPT-2 for tests\n")
+    return finish_repo(folder, repo_id, "model", layout)
+
+
+# --- the standard hub and the server ------------------------------------------------------------
+
+
+def build_hub(root: Path, *, vocab: str = "tiny") -> dict[str, FakeRepo]:
+    """ROOT/{fineweb-edu,fineweb,hellaswag,gpt2}/ in gptkit's download layout, as `gptkit mirror serve ROOT` expects."""
+    root = Path(root)
+    return {
+        "fineweb-edu": make_dataset_repo(
+            root / "fineweb-edu", "HuggingFaceFW/fineweb-edu", {"sample/10BT": 3, "sample/100BT": 2}, seed=0
+        ),
+        "fineweb": make_dataset_repo(root / "fineweb", "HuggingFaceFW/fineweb", {"sample/10BT": 2}, seed=1),
+        "hellaswag": make_hellaswag_repo(root / "hellaswag"),
+        "gpt2": make_model_repo(root / "gpt2", "openai-community/gpt2", vocab=vocab),
+    }
+
+
+@contextlib.contextmanager
+def running_mirror(root, **kwargs) -> Iterator[MirrorServer]:
+    """A MirrorServer on a free loopback port, in a background thread, stopped on exit.
+
+    kwargs go to MirrorServer: faults=Faults(error_rate, cut_rate), rate_limit (bytes/s per response),
+    page_size (tree listing page), xet_headers (advertise Xet like the real Hub)."""
+    with MirrorServer(root, "127.0.0.1", 0, **kwargs) as server:
+        yield server
+
+
+@dataclass
+class Hub:
+    url: str
+    root: Path
+    repos: dict[str, FakeRepo]
+    server: MirrorServer
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory) -> Iterator[Hub]:
+    root = tmp_path_factory.mktemp("hub")
+    repos = build_hub(root)
+    with running_mirror(root) as server:
+        yield Hub(server.url, root, repos, server)
+
+
+@contextlib.contextmanager
+def preserved_hf_state() -> Iterator[None]:
+    """Undo what gptkit.hub.configure_endpoint changes process-wide (env, huggingface_hub and datasets
+    constants), so a test pointing the process at a mirror leaves nothing behind for the next test."""
+    import os
+    import sys
+
+    import huggingface_hub.constants as hc
+
+    env = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET")}
+    consts = {k: getattr(hc, k) for k in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_URL_HOSTS", "HF_HUB_DISABLE_XET")}
+    ds = sys.modules.get("datasets.config")
+    ds_vals = (ds.HF_ENDPOINT, ds.HUB_DATASETS_URL) if ds is not None else None
+    try:
+        yield
+    finally:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for k, v in consts.items():
+            setattr(hc, k, v)
+        ds = sys.modules.get("datasets.config")
+        if ds is not None:
+            ds.HF_ENDPOINT, ds.HUB_DATASETS_URL = ds_vals or (
+                consts["ENDPOINT"], consts["ENDPOINT"] + "/datasets/{repo_id}/resolve/{revision}/{path}"
+            )
+
+
+@pytest.fixture
+def hf_state() -> Iterator[None]:
+    """Use in modules that call gptkit.hub.download in-process: `pytestmark = pytest.mark.usefixtures("hf_state")`."""
+    with preserved_hf_state():
+        yield

@@ -1,0 +1,241 @@
+"""gptkit download: the real huggingface_hub client against the gptkit mirror over loopback."""
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import huggingface_hub  # imported before any HF_ENDPOINT is set: gptkit must not depend on import order
+import huggingface_hub.constants
+import pytest
+from conftest import ROOT, assert_one_line_error, run_cli
+from hubfixtures import Faults, finish_repo, hf_state, hub, running_mirror  # noqa: F401 - hub, hf_state: fixtures
+
+from gptkit import hub as gk_hub
+from gptkit import paths
+from gptkit.errors import GptkitError
+
+pytestmark = pytest.mark.usefixtures("hf_state")  # each test leaves HF_ENDPOINT & co. as it found them
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def resolve_gets(server, path_part: str) -> list[dict]:
+    return [r for r in server.requests if r["method"] == "GET" and "/resolve/" in r["path"] and path_part in r["path"]]
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime of every file under folder, to show nothing was touched."""
+    return {
+        p.relative_to(folder).as_posix(): (sha256(p), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".gptkit" not in p.parts
+    }
+
+
+def test_preset_with_shards_through_hf_endpoint_set_after_import(hub, gptkit_home, monkeypatch):
+    assert huggingface_hub.constants.ENDPOINT != hub.url  # huggingface_hub has already read HF_ENDPOINT
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    hub.server.requests.clear()
+    result = gk_hub.download("fineweb-edu", shards=2, progress=False, log=lambda m: None)
+
+    repo = hub.repos["fineweb-edu"]
+    want = ["README.md", "sample/10BT/000_00000.parquet", "sample/10BT/001_00000.parquet"]
+    assert result.local_dir == paths.data_dir("fineweb-edu")
+    assert sorted(result.fetched) == want and result.commit == repo.commit
+    for rel in want:
+        assert sha256(result.local_dir / rel) == repo.sha256(rel)
+    assert not (result.local_dir / "sample/10BT/002_00000.parquet").exists()
+    assert not (result.local_dir / "sample/100BT").exists()
+    # Everything came from the mirror, and Xet is off for the whole process.
+    assert {r["path"].split("/resolve/")[1].split("/", 1)[1] for r in resolve_gets(hub.server, "")} == set(want)
+    assert result.xet_disabled and huggingface_hub.constants.HF_HUB_DISABLE_XET is True
+    # The manifest tokenize relies on.
+    m = json.loads((result.local_dir / ".gptkit-download.json").read_text())
+    assert (m["repo_id"], m["repo_type"], m["commit"], m["complete"]) == (repo.repo_id, "dataset", repo.commit, True)
+    assert {e["path"]: e["sha256"] for e in m["files"]} == {p: repo.sha256(p) for p in want}
+    assert gk_hub.local_files("fineweb-edu", (".parquet",)) == [result.local_dir / p for p in want[1:]]
+
+
+def test_cli_with_endpoint_flag_and_default_location(hub, gptkit_home):
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "GPTKIT_HOME": str(gptkit_home)}  # --endpoint wins over the env
+    r = run_cli("download", "gpt2", "--endpoint", hub.url, "--no-progress", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Xet transfers off" in r.stdout and "6 files downloaded" in r.stdout
+    folder = gptkit_home / "data" / "gpt2"
+    repo = hub.repos["gpt2"]
+    for name in gk_hub.PRESETS["gpt2"].files:
+        assert sha256(folder / name) == repo.sha256(name)
+    assert not (folder / "README.md").exists()  # not part of the preset
+    # The folder is one the tokenizer resolves GPT-2 vocab from (vocab.json + merges.txt).
+    from gptkit.tokenizer import ranks_from_hf_dir
+
+    assert len(ranks_from_hf_dir(folder)) == json.loads((folder / "config.json").read_text())["vocab_size"] - 1
+
+
+def test_rerun_skips_complete_files_and_finishes_an_interrupted_one(tmp_path, gptkit_home):
+    # A repo whose small file completes first, then a big one that we kill -9 midway.
+    src = tmp_path / "hub" / "big"
+    src.mkdir(parents=True)
+    (src / "a_small.txt").write_text("small file\n" * 100)
+    # huggingface_hub writes in 10 MB chunks (DOWNLOAD_CHUNK_SIZE): big enough to be killed after one.
+    size = 24_000_000
+    (src / "b_big.bin").write_bytes(os.urandom(size))
+    repo = finish_repo(src, "org/big", "model", "download")
+    dest = tmp_path / "out"
+    with running_mirror(tmp_path / "hub", rate_limit=6_000_000) as server:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gptkit", "download", "org/big", "--endpoint", server.url, "--local-dir", dest,
+             "--workers", "1", "--no-progress"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "GPTKIT_HOME": str(gptkit_home)},
+        )
+        partial = dest / ".gptkit" / "partial"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            parts = list(partial.glob("b_big.bin.*.part")) if partial.exists() else []
+            if parts and parts[0].stat().st_size > 0:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        have = parts[0].stat().st_size
+        assert 0 < have < size and not (dest / "b_big.bin").exists()
+        assert sha256(dest / "a_small.txt") == repo.sha256("a_small.txt")
+
+        server.rate_limit = None
+        server.requests.clear()
+        result = gk_hub.download("org/big", endpoint=server.url, local_dir=dest, progress=False, log=lambda m: None)
+        assert result.skipped == ["a_small.txt"] and result.fetched == ["b_big.bin"]
+        assert sha256(dest / "b_big.bin") == repo.sha256("b_big.bin")
+        assert not resolve_gets(server, "a_small.txt")  # the complete file was not fetched again
+        ranges = [r["range"] for r in resolve_gets(server, "b_big.bin")]
+        assert ranges and ranges[0] == f"bytes={have}-"  # the big one resumed where the killed run stopped
+        assert not list(partial.glob("*.part"))
+
+
+def test_download_survives_5xx_and_cut_connections(hub, tmp_path):
+    faults = Faults(error_rate=0.25, cut_rate=0.4)
+    with running_mirror(hub.root, faults=faults) as server:
+        for name, extra in (("fineweb-edu", {"subset": "sample-100BT"}), ("gpt2", {})):
+            result = gk_hub.download(
+                name, endpoint=server.url, local_dir=tmp_path / name, progress=False, backoff=0.05,
+                log=lambda m: None, **extra,
+            )
+            repo = hub.repos[name]
+            assert result.fetched
+            for rel in result.fetched:
+                assert sha256(tmp_path / name / rel) == repo.sha256(rel)
+        assert faults.counts["5xx"] >= 3 and faults.counts["cut"] >= 3
+        assert any(r["note"] == "cut" for r in resolve_gets(server, ""))  # bodies really were cut
+
+
+def test_dry_run_lists_files_and_checks_free_disk(hub, gptkit_home, monkeypatch):
+    repo = hub.repos["fineweb-edu"]
+    sizes = {rel: (repo.path / rel).stat().st_size for rel in repo.files}
+    r = run_cli("download", "fineweb-edu", "--shards", "2", "--dry-run", "--endpoint", hub.url)
+    assert r.returncode == 0, r.stderr
+    for rel in ("sample/10BT/000_00000.parquet", "sample/10BT/001_00000.parquet", "README.md"):
+        assert rel in r.stdout
+    assert "002_00000" not in r.stdout
+    total = sizes["README.md"] + sizes["sample/10BT/000_00000.parquet"] + sizes["sample/10BT/001_00000.parquet"]
+    assert f"3 files, {gk_hub.human(total)}" in r.stdout and "free in" in r.stdout
+    assert not paths.data_dir("fineweb-edu").exists()  # nothing written
+
+    # After one shard, a dry run of two reports the difference.
+    gk_hub.download("fineweb-edu", endpoint=hub.url, shards=1, progress=False, log=lambda m: None)
+    plan = gk_hub.download("fineweb-edu", endpoint=hub.url, shards=2, dry_run=True, log=lambda m: None)
+    assert plan.fetched == ["sample/10BT/001_00000.parquet"]
+    assert plan.fetch_bytes == sizes["sample/10BT/001_00000.parquet"]
+
+    # Not enough disk: refused before anything is written, in a dry run and a real run alike.
+    before = snapshot(paths.data_dir("fineweb-edu"))
+    monkeypatch.setattr(gk_hub, "_free_bytes", lambda path: 1000)
+    for dry in (True, False):
+        with pytest.raises(GptkitError, match="not enough free disk space"):
+            gk_hub.download("fineweb-edu", endpoint=hub.url, shards=3, dry_run=dry, progress=False, log=lambda m: None)
+    assert snapshot(paths.data_dir("fineweb-edu")) == before
+
+
+def test_include_exclude_subset_and_revision(hub, tmp_path):
+    repo = hub.repos["fineweb-edu"]
+    r = gk_hub.download(
+        repo.repo_id, repo_type="dataset", endpoint=hub.url, local_dir=tmp_path / "a",
+        include=["sample/100BT/*", "README.md"], exclude=["*/001_*"], progress=False, log=lambda m: None,
+    )
+    assert sorted(r.fetched) == ["README.md", "sample/100BT/000_00000.parquet"]
+    r = gk_hub.download(
+        "fineweb-edu", subset="100BT", shards=1, revision=repo.commit, endpoint=hub.url, local_dir=tmp_path / "b",
+        progress=False, log=lambda m: None,
+    )
+    assert sorted(r.fetched) == ["README.md", "sample/100BT/000_00000.parquet"]
+    assert json.loads((tmp_path / "b" / ".gptkit-download.json").read_text())["revision"] == repo.commit
+    with pytest.raises(GptkitError, match="no file in"):
+        gk_hub.download("fineweb-edu", subset="sample-350BT", endpoint=hub.url, local_dir=tmp_path / "c", log=print)
+    with pytest.raises(GptkitError, match="unknown subset"):
+        gk_hub.download("fineweb-edu", subset="sample-1BT", endpoint=hub.url, log=print)
+    assert not (tmp_path / "c").exists()
+
+
+def test_xet_is_off_for_mirrors_even_when_the_mirror_advertises_it(hub, tmp_path):
+    # hf-mirror.com passes the Hub's Xet headers through; a Xet client would then leave the mirror.
+    with running_mirror(hub.root, xet_headers=True) as server:
+        result = gk_hub.download("gpt2", endpoint=server.url, local_dir=tmp_path / "g", progress=False, log=print)
+        assert len(result.fetched) == 6
+        # Other huggingface_hub users in the process go through the mirror as well.
+        p = huggingface_hub.hf_hub_download(
+            "openai-community/gpt2", "model.safetensors", endpoint=server.url, cache_dir=tmp_path / "cache"
+        )
+        assert sha256(p) == hub.repos["gpt2"].sha256("model.safetensors")
+        assert not [r for r in server.requests if "xet" in r["path"]]
+
+
+def test_token_is_sent_but_never_printed(hub, gptkit_home):
+    token = "hf_gptkitTestTokenDoNotPrint0123456789"
+    env = {"HF_TOKEN": token}
+    hub.server.requests.clear()
+    ok = run_cli("download", "hellaswag", "--endpoint", hub.url, env=env)
+    bad = run_cli("download", "org/missing", "--endpoint", hub.url, env=env)
+    assert ok.returncode == 0 and bad.returncode == 1
+    for r in (ok, bad):
+        assert token not in r.stdout + r.stderr
+    assert hub.server.requests and all(r["auth"] for r in hub.server.requests)
+    log = (gptkit_home / "data" / "hellaswag" / ".gptkit-download.json").read_text()
+    assert token not in log and "data/validation-00000-of-00001.parquet" in log
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_bad_input_is_one_line_and_loses_nothing(hub, gptkit_home):
+    r = run_cli("download", "gpt2", "--endpoint", hub.url)
+    assert r.returncode == 0, r.stderr
+    folder = gptkit_home / "data" / "gpt2"
+    before = snapshot(folder)
+    cases = [
+        (("org/does-not-exist",), "not found"),
+        (("gpt2", "--revision", "no-such-branch"), "revision 'no-such-branch' not found"),
+        (("gpt2", "--endpoint", f"http://127.0.0.1:{_closed_port()}"), "cannot reach"),
+        (("gpt2", "--endpoint", "not a url"), "invalid Hugging Face endpoint"),
+        (("gpt2", "--mirror", "--endpoint", hub.url), "either --endpoint or --mirror"),
+        (("gpt2", "--repo-type", "dataset"), "drop --repo-type"),
+        (("org/name", "--repo-type", "space"), "invalid --repo-type"),
+        (("no-such-preset",), "unknown preset"),
+    ]
+    for args, message in cases:
+        if "--endpoint" not in args and "--mirror" not in args:
+            args = (*args, "--endpoint", hub.url)
+        r = run_cli("download", *args, timeout=60)  # bounded retries: an unreachable endpoint fails in seconds
+        line = assert_one_line_error(r)
+        assert message in line, (args, line)
+    assert snapshot(folder) == before
