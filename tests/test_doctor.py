@@ -84,14 +84,19 @@ def no_tools(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def four_gpus(hub):
+def data_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("data_root")
+
+
+@pytest.fixture(scope="module")
+def four_gpus(hub, data_root):
     url, seen = hub
     from gptkit.tokenizer import gpt2_vocab_offline
 
     vocab = gpt2_vocab_offline()
     assert vocab, "the session's GPT-2 vocabulary is missing: run `python scripts/get_gpt2_vocab.py`"
-    r = run_doctor("--json", "--endpoint", url, path=f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}",
-                   env={"HF_TOKEN": SECRET})
+    r = run_doctor("--json", "--endpoint", url, "--data-dir", data_root / "not" / "made" / "yet",
+                   path=f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}", env={"HF_TOKEN": SECRET})
     return r, vocab, seen
 
 
@@ -236,34 +241,42 @@ def test_table_shows_ok_warn_fail_marks_and_fixes(closed_port_url):
 # ----- broken drivers and the free-disk check ---------------------------------------------------
 
 
-def test_driver_not_loaded_and_disk_check(tmp_path, closed_port_url):
-    data_dir = tmp_path / "not" / "made" / "yet"
-    r = run_doctor("--json", "--endpoint", closed_port_url, "--data-dir", data_dir,
-                   path=f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}", env={"FAKE_NVIDIA_SMI": "no-driver"})
+def test_free_disk_where_data_goes(four_gpus, data_root):
+    r, _, _ = four_gpus
     _, checks = as_json(r)
-    smi = checks["nvidia-smi"]
-    assert smi["status"] == "warn" and "driver is not loaded" in smi["detail"]
-    assert smi["data"]["returncode"] == 9 and "modprobe" in smi["fix"]
-    assert checks["GPUs"]["status"] != "fail"  # the driver shows no GPU, so none are missing in torch
-
     disk = checks["disk"]
+    data_dir = data_root / "not" / "made" / "yet"
     assert disk["data"]["data_dir"] == str(data_dir)
-    assert disk["data"]["measured_at"] == str(tmp_path)  # nearest existing parent
-    free_now = shutil.disk_usage(tmp_path).free
+    assert disk["data"]["measured_at"] == str(data_root)  # nearest existing parent
+    free_now = shutil.disk_usage(data_root).free
     assert abs(disk["data"]["free_bytes"] - free_now) < 2 * lib.GB
     assert disk["status"] == lib.disk_status(disk["data"]["free_bytes"])
     assert f"{disk['data']['free_bytes'] / lib.GB:.1f} GB free" in disk["detail"]
     assert not data_dir.exists()  # doctor only looks
 
 
-def test_driver_library_mismatch_fails_with_reboot_fix(monkeypatch, tmp_path):
+def in_process(monkeypatch, tmp_path, smi_mode):
+    """run_checks() in this process with the fake tools in a given failure mode (no network)."""
     monkeypatch.setenv("PATH", str(FAKE_BIN))
-    monkeypatch.setenv("FAKE_NVIDIA_SMI", "mismatch")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no probe needed here
-    checks = {c.name: c for c in lib.run_checks("http://127.0.0.1:9", "test", tmp_path)}
+    monkeypatch.setenv("FAKE_NVIDIA_SMI", smi_mode)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return {c.name: c for c in lib.run_checks("http://127.0.0.1:9", "test", tmp_path)}
+
+
+def test_driver_not_loaded_warns(monkeypatch, tmp_path):
+    checks = in_process(monkeypatch, tmp_path, "no-driver")
+    smi = checks["nvidia-smi"]
+    assert smi.status == "warn" and "driver is not loaded" in smi.detail
+    assert smi.data["returncode"] == 9 and "modprobe" in smi.fix
+    assert checks["GPUs"].status != "fail"  # the driver lists no GPU, so torch misses none
+    assert checks["HF endpoint"].status == "ok" and checks["HF endpoint"].data["offline"]
+
+
+def test_driver_library_mismatch_fails_with_reboot_fix(monkeypatch, tmp_path):
+    checks = in_process(monkeypatch, tmp_path, "mismatch")
     smi = checks["nvidia-smi"]
     assert smi.status == "fail" and "version mismatch" in smi.detail and "reboot" in smi.fix
-    assert checks["HF endpoint"].status == "ok" and checks["HF endpoint"].data["offline"]
+    assert smi.data["returncode"] == 18
 
 
 # ----- pure functions, fed real output --------------------------------------------------------
