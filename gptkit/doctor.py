@@ -277,10 +277,11 @@ class Probe:
 
 
 class _EndpointProbe:
-    """One GET with a hard deadline (urllib's timeout does not cover DNS, so it runs in a thread)."""
+    """One HEAD of the endpoint's root with a hard deadline (urllib's timeout does not cover DNS,
+    so it runs in a thread). The Hub, hf-mirror.com and `gptkit mirror serve` all answer it."""
 
     def __init__(self, endpoint: str, timeout: float):
-        self.result_ = Probe(url=f"{endpoint}/api/models?limit=1")
+        self.result_ = Probe(url=f"{endpoint}/")
         self.timeout = timeout
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -288,11 +289,10 @@ class _EndpointProbe:
     def _run(self) -> None:
         r = self.result_
         # Only a User-Agent: never an Authorization header, whatever HF_TOKEN holds.
-        req = urllib.request.Request(r.url, headers={"User-Agent": f"gptkit/{__version__} (doctor)"})
+        req = urllib.request.Request(r.url, method="HEAD", headers={"User-Agent": f"gptkit/{__version__} (doctor)"})
         start = time.perf_counter()
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                resp.read(4096)
                 r.status = resp.status
         except urllib.error.HTTPError as e:
             r.status = e.code  # an HTTP error is still an answer
