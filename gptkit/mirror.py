@@ -114,6 +114,7 @@ class Faults:
 
 _HASHES: dict[tuple, tuple[str, str]] = {}
 _HASH_LOCK = threading.Lock()
+_HASHING: dict[tuple, threading.Lock] = {}  # one hashing per file at a time, however many requests want it
 
 
 def file_hashes(path: Path) -> tuple[str, str]:
@@ -122,17 +123,24 @@ def file_hashes(path: Path) -> tuple[str, str]:
     key = (str(path), st.st_size, st.st_mtime_ns)
     with _HASH_LOCK:
         hit = _HASHES.get(key)
+        busy = _HASHING.setdefault(key, threading.Lock()) if hit is None else None
     if hit:
         return hit
-    sha256, sha1 = hashlib.sha256(), hashlib.sha1()
-    sha1.update(f"blob {st.st_size}\0".encode())
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha256.update(chunk)
-            sha1.update(chunk)
-    out = (sha256.hexdigest(), sha1.hexdigest())
-    with _HASH_LOCK:
-        _HASHES[key] = out
+    with busy:
+        with _HASH_LOCK:
+            hit = _HASHES.get(key)
+        if hit:
+            return hit
+        sha256, sha1 = hashlib.sha256(), hashlib.sha1()
+        sha1.update(f"blob {st.st_size}\0".encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha256.update(chunk)
+                sha1.update(chunk)
+        out = (sha256.hexdigest(), sha1.hexdigest())
+        with _HASH_LOCK:
+            _HASHES[key] = out
+            _HASHING.pop(key, None)
     return out
 
 
@@ -281,6 +289,7 @@ class Catalog:
                     m = re.match(r"^(models|datasets|spaces)--(.+)$", d.name)
                     if m and (d / "snapshots").is_dir():
                         out.append((TYPE_PREFIXES[m.group(1)], m.group(2).replace("--", "/"), str(d)))
+            out += self._plain_repos(root)
         return out
 
     def find(self, repo_type: str, repo_id: str, revision: str) -> RepoView:
@@ -295,9 +304,32 @@ class Catalog:
                 if (storage / "snapshots").is_dir():
                     return self._from_cache(root, storage, repo_type, repo_id, revision)
             for plain in self._plain_candidates(root, repo_type, repo_id):
-                if plain.is_dir() and not (plain / MANIFEST_NAME).exists() and _inside(plain.resolve(), root):
+                if self._is_plain_repo(root, plain):
                     return self._from_plain(root, plain, repo_type, repo_id, revision)
         raise HubError(404, "RepoNotFound", f"Repository {repo_id} not found")
+
+    @staticmethod
+    def _is_plain_repo(root: Path, folder: Path) -> bool:
+        """A plain folder, not part of a downloaded repo or of the HF cache (nor reached through a symlink out)."""
+        if not folder.is_dir() or not _inside(folder.resolve(), root):
+            return False
+        rel = folder.relative_to(root).parts
+        if any(p.startswith(".") or re.match(r"^(models|datasets|spaces)--", p) for p in rel):
+            return False
+        return not any((root.joinpath(*rel[:i]) / MANIFEST_NAME).exists() for i in range(1, len(rel) + 1))
+
+    def _plain_repos(self, root: Path) -> list[tuple[str, str, str]]:
+        out = []
+        for top in sorted(p for p in root.iterdir() if p.is_dir()):
+            if top.name in ("datasets", "models"):
+                rtype, orgs = TYPE_PREFIXES[top.name], sorted(p for p in top.iterdir() if p.is_dir())
+                pairs = [(rtype, org, name) for org in orgs for name in sorted(org.iterdir())]
+            else:
+                pairs = [("model", top, name) for name in sorted(top.iterdir())]
+            for rtype, org, name in pairs:
+                if self._is_plain_repo(root, name) and SEGMENT_RE.match(org.name) and SEGMENT_RE.match(name.name):
+                    out.append((rtype, f"{org.name}/{name.name}", str(name)))
+        return out
 
     @staticmethod
     def _plain_candidates(root: Path, repo_type: str, repo_id: str) -> list[Path]:
@@ -348,14 +380,39 @@ class Catalog:
 
     def _from_plain(self, root, folder, repo_type, repo_id, revision) -> RepoView:
         walked = _walk_files(folder, root, HIDDEN_TOP)
-        commit = _synthetic_commit(folder, walked)
+        files, commits, n_meta = {}, set(), 0
+        for rel, real in walked.items():
+            st = real.stat()
+            f = RepoFile(rel, real, st.st_size, is_lfs_name(rel, st.st_size))
+            hf = _hf_local_metadata(folder, rel, st.st_mtime)
+            if hf is not None:  # `hf download --local-dir` recorded the commit and etag of this file
+                commits.add(hf[0])
+                n_meta += 1
+                if re.fullmatch(r"[0-9a-f]{64}", hf[1]):
+                    f.lfs, f.sha256 = True, hf[1]
+                elif HEX40.match(hf[1]):
+                    f.lfs, f.oid = False, hf[1]
+            files[rel] = f
+        # One recorded commit for every file: serve it as that commit; otherwise a stable stand-in.
+        if len(commits) == 1 and n_meta == len(walked):
+            commit = commits.pop()
+        else:
+            commit = _synthetic_commit(folder, walked)
         if revision not in ("main", commit):
             raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-        files = {}
-        for rel, real in walked.items():
-            size = real.stat().st_size
-            files[rel] = RepoFile(rel, real, size, is_lfs_name(rel, size))
         return RepoView(repo_type, repo_id, commit, root, files, _mtime(folder))
+
+
+def _hf_local_metadata(folder: Path, rel: str, mtime: float) -> tuple[str, str] | None:
+    """(commit, etag) from huggingface_hub's local-dir bookkeeping, if present and not older than the file."""
+    meta = folder / ".cache" / "huggingface" / "download" / f"{rel}.metadata"
+    try:
+        commit, etag, stamp = meta.read_text().splitlines()[:3]
+        if mtime - 1 <= float(stamp) and HEX40.match(commit.strip()):
+            return commit.strip(), etag.strip()
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _read_json(path: Path) -> dict | None:
@@ -791,6 +848,25 @@ class MirrorServer:
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"http://{host}:{self.port}"
+
+    def warm_hashes(self) -> None:
+        """Hash, in the background, the files whose sha256 / git oid nothing recorded (plain folders), so
+        that a client's first HEAD (10 s timeout in huggingface_hub) does not wait for a multi-GB hash."""
+
+        def run():
+            for rtype, rid, _ in self.catalog.repos():
+                try:
+                    view = self.catalog.find(rtype, rid, "main")
+                except HubError:
+                    continue
+                for f in view.files.values():
+                    if not (f.sha256 if f.lfs else f.oid):
+                        try:
+                            file_hashes(f.local)
+                        except OSError:
+                            pass
+
+        threading.Thread(target=run, daemon=True, name="gptkit-mirror-hash").start()
 
     def serve_forever(self) -> None:
         try:

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import os
 import signal
 import socket
@@ -223,19 +224,24 @@ def test_bad_input_is_one_line_and_loses_nothing(hub, gptkit_home):
     folder = gptkit_home / "data" / "gpt2"
     before = snapshot(folder)
     cases = [
-        (("org/does-not-exist",), "not found"),
-        (("gpt2", "--revision", "no-such-branch"), "revision 'no-such-branch' not found"),
+        (("org/does-not-exist", "--endpoint", hub.url), "repository model org/does-not-exist not found"),
+        (("gpt2", "--revision", "no-such-branch", "--endpoint", hub.url), "revision 'no-such-branch' not found"),
         (("gpt2", "--endpoint", f"http://127.0.0.1:{_closed_port()}"), "cannot reach"),
         (("gpt2", "--endpoint", "not a url"), "invalid Hugging Face endpoint"),
-        (("gpt2", "--mirror", "--endpoint", hub.url), "either --endpoint or --mirror"),
-        (("gpt2", "--repo-type", "dataset"), "drop --repo-type"),
-        (("org/name", "--repo-type", "space"), "invalid --repo-type"),
         (("no-such-preset",), "unknown preset"),
     ]
     for args, message in cases:
-        if "--endpoint" not in args and "--mirror" not in args:
-            args = (*args, "--endpoint", hub.url)
         r = run_cli("download", *args, timeout=60)  # bounded retries: an unreachable endpoint fails in seconds
         line = assert_one_line_error(r)
         assert message in line, (args, line)
+    # The same checks in-process (the CLI prints any GptkitError as the one line above).
+    for kwargs, message in (
+        (dict(name_or_repo="gpt2", mirror=True, endpoint=hub.url), "either --endpoint or --mirror"),
+        (dict(name_or_repo="gpt2", repo_type="dataset"), "drop --repo-type"),
+        (dict(name_or_repo="org/name", repo_type="space"), "invalid --repo-type"),
+        (dict(name_or_repo="org/name", subset="sample-10BT"), "--subset applies to"),
+        (dict(name_or_repo="gpt2", shards=0, endpoint=hub.url), "--shards must be at least 1"),
+    ):
+        with pytest.raises(GptkitError, match=re.escape(message)):
+            gk_hub.download(**kwargs, progress=False, log=lambda m: None)
     assert snapshot(folder) == before

@@ -46,4 +46,5 @@ def serve(
         f"clients: export HF_ENDPOINT=http://{shown}:{server.port}   (Ctrl-C stops)",
         flush=True,
     )
+    server.warm_hashes()
     server.serve_forever()

@@ -1,0 +1,238 @@
+"""gptkit mirror: the real huggingface_hub and datasets clients against it over loopback."""
+
+import hashlib
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from conftest import ROOT, assert_one_line_error, run_cli
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from hubfixtures import hf_state, hub, make_dataset_repo, make_model_repo, running_mirror  # noqa: F401 - fixtures
+
+from gptkit import hub as gk_hub
+
+pytestmark = pytest.mark.usefixtures("hf_state")
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def raw(url: str, method: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """One HTTP request with the path sent exactly as given (no client-side normalisation)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        conn.close()
+
+
+def test_hf_cache_layout_is_served(hub, tmp_path):
+    # A head node that used plain huggingface_hub: its HF_HOME/hub cache is what we serve.
+    cache = tmp_path / "hf_home" / "hub"
+    snapshot_download("openai-community/gpt2", endpoint=hub.url, cache_dir=cache)
+    snapshot_download(
+        "HuggingFaceFW/fineweb-edu", repo_type="dataset", endpoint=hub.url, cache_dir=cache,
+        allow_patterns=["sample/10BT/*", "README.md"],
+    )
+    with running_mirror(tmp_path / "hf_home") as server:
+        api = HfApi(endpoint=server.url)
+        assert api.model_info("openai-community/gpt2").sha == hub.repos["gpt2"].commit  # from refs/main
+        result = gk_hub.download("gpt2", endpoint=server.url, local_dir=tmp_path / "g", progress=False, log=print)
+        assert result.commit == hub.repos["gpt2"].commit
+        for rel in result.fetched:
+            assert sha256(tmp_path / "g" / rel) == hub.repos["gpt2"].sha256(rel)
+        # The snapshot holds only what was downloaded into the cache.
+        files = {f.path for f in api.list_repo_tree("HuggingFaceFW/fineweb-edu", repo_type="dataset", recursive=True)}
+        assert "sample/10BT/000_00000.parquet" in files and not any("100BT" in f for f in files)
+        # ... and huggingface_hub downloads from it into a fresh cache, by commit too.
+        p = hf_hub_download(
+            "HuggingFaceFW/fineweb-edu", "sample/10BT/002_00000.parquet", repo_type="dataset",
+            revision=hub.repos["fineweb-edu"].commit, endpoint=server.url, cache_dir=tmp_path / "cache2",
+        )
+        assert sha256(p) == hub.repos["fineweb-edu"].sha256("sample/10BT/002_00000.parquet")
+
+
+def test_plain_folder_layout_pagination_and_paths_info(hub, tmp_path):
+    repo = make_dataset_repo(tmp_path / "root" / "datasets" / "org" / "plain", "org/plain", {"data": 5}, layout="plain")
+    make_model_repo(tmp_path / "root" / "org" / "tiny", "org/tiny", layout="plain")
+    # A folder from huggingface_hub's local_dir download: served at the commit it recorded.
+    snapshot_download("openai-community/gpt2", endpoint=hub.url, local_dir=tmp_path / "root" / "openai-community" / "gpt2")
+    with running_mirror(tmp_path / "root", page_size=2) as server:
+        assert HfApi(endpoint=server.url).model_info("openai-community/gpt2").sha == hub.repos["gpt2"].commit
+        api = HfApi(endpoint=server.url)
+        listed = {f.path: f for f in api.list_repo_tree("org/plain", repo_type="dataset", recursive=True)}
+        server_pages = [r for r in server.requests if "/tree/" in r["path"]]
+        assert len(server_pages) > 3  # 7 entries, 2 per page: followed the Link headers
+        assert set(p for p, f in listed.items() if hasattr(f, "size") and f.size) == set(repo.files)
+        for p, sha in repo.files.items():
+            f = listed[p]
+            if f.lfs:  # parquet: LFS-style, its sha256 is the etag
+                assert f.lfs.sha256 == sha
+        info = api.get_paths_info("org/plain", ["README.md", "data", "missing.txt"], repo_type="dataset")
+        assert sorted(type(i).__name__ for i in info) == ["RepoFile", "RepoFolder"]
+        # Metadata headers the client relies on: commit, etag (sha256 for LFS), size.
+        commit = api.dataset_info("org/plain").sha
+        meta = get_hf_file_metadata(hf_hub_url("org/plain", "data/000_00000.parquet", repo_type="dataset", endpoint=server.url))
+        assert meta.commit_hash == commit and meta.etag == repo.files["data/000_00000.parquet"]
+        assert meta.size == (repo.path / "data/000_00000.parquet").stat().st_size
+        path = snapshot_download("org/tiny", endpoint=server.url, cache_dir=tmp_path / "c")
+        assert sha256(Path(path) / "model.safetensors") == sha256(tmp_path / "root/org/tiny/model.safetensors")
+
+
+def test_ranges_and_hub_error_codes(hub):
+    repo = hub.repos["gpt2"]
+    data = (repo.path / "model.safetensors").read_bytes()
+    path = "/openai-community/gpt2/resolve/main/model.safetensors"
+    status, headers, body = raw(hub.url, "GET", path, {"Range": "bytes=100-199"})
+    assert status == 206 and body == data[100:200] and headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+    assert headers["X-Repo-Commit"] == repo.commit and headers["ETag"].strip('"') == repo.sha256("model.safetensors")
+    status, _, body = raw(hub.url, "GET", path, {"Range": "bytes=-10"})
+    assert status == 206 and body == data[-10:]
+    status, headers, _ = raw(hub.url, "GET", path, {"Range": f"bytes={len(data)}-"})
+    assert status == 416 and headers["Content-Range"] == f"bytes */{len(data)}"
+    status, headers, body = raw(hub.url, "HEAD", path)
+    assert status == 200 and headers["Content-Length"] == str(len(data)) and body == b""
+
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("org/missing", "config.json", endpoint=hub.url, cache_dir=hub.root.parent / "c")
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download("openai-community/gpt2", "config.json", revision="v9", endpoint=hub.url,
+                        cache_dir=hub.root.parent / "c")
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("openai-community/gpt2", "missing.bin", endpoint=hub.url, cache_dir=hub.root.parent / "c")
+
+
+def test_read_only_and_no_path_outside_root(tmp_path):
+    root = tmp_path / "root"
+    make_model_repo(root / "org" / "m", "org/m", layout="plain")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-CONTENT")
+    (root / "org" / "m" / "link.txt").symlink_to(secret)  # a symlink out of ROOT is never followed
+    (root / "org" / "m" / "linkdir").symlink_to(tmp_path, target_is_directory=True)
+    attempts = [
+        "/org/m/resolve/main/../../../secret.txt",
+        "/org/m/resolve/main/%2e%2e/%2e%2e/%2e%2e/%2e%2e/secret.txt",
+        "/org/m/resolve/main/..%2f..%2f..%2f..%2fsecret.txt",
+        "/org/m/resolve/main/link.txt",
+        "/org/m/resolve/main/linkdir/secret.txt",
+        "/org/m/resolve/main/%2Fetc%2Fpasswd",
+        "/org/m/resolve/..%2f..%2f/secret.txt",
+        "/..%2f..%2f/secret.txt/resolve/main/x",
+        "/datasets/..%2F..%2F/secret.txt/resolve/main/secret.txt",
+        "/api/models/..%2F..%2F/secret.txt/tree/main",
+        "/api/models/org/m/tree/main/..%2F..%2F..",
+        "/api/models/org/m/tree/main/linkdir",
+        "/../../secret.txt",
+    ]
+    with running_mirror(root) as server:
+        for path in attempts:
+            status, _, body = raw(server.url, "GET", path)
+            assert status >= 400 and b"TOP-SECRET" not in body, path
+        tree = raw(server.url, "GET", "/api/models/org/m/tree/main?recursive=true")[2]
+        assert b"link" not in tree and b"config.json" in tree
+        for method in ("PUT", "DELETE", "PATCH"):
+            assert raw(server.url, method, "/org/m/resolve/main/config.json")[0] == 405
+        assert raw(server.url, "POST", "/org/m/resolve/main/config.json")[0] == 405
+    assert sorted(p.name for p in (root / "org" / "m").iterdir()) == sorted(
+        ["README.md", "config.json", "generation_config.json", "linkdir", "link.txt", "merges.txt",
+         "model.safetensors", "tokenizer.json", "vocab.json"]
+    )
+
+
+def test_many_clients_at_once(hub, tmp_path):
+    # Slow responses (100 kB/s) so the clients overlap; a server handling one at a time would show 1.
+    with running_mirror(hub.root, rate_limit=100_000) as server:
+        results, errors = {}, []
+
+        def client(i):
+            try:
+                d = snapshot_download("openai-community/gpt2", endpoint=server.url, cache_dir=tmp_path / f"c{i}",
+                                      allow_patterns=["model.safetensors"])
+                results[i] = sha256(Path(d) / "model.safetensors")
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors and len(results) == 6
+        assert set(results.values()) == {hub.repos["gpt2"].sha256("model.safetensors")}
+        assert server.max_in_flight >= 3
+
+
+def test_datasets_streams_parquet_through_the_mirror(hub, gptkit_home):
+    import datasets  # imported before the endpoint is configured, on purpose
+
+    repo = hub.repos["fineweb-edu"]
+    import pyarrow.parquet as pq
+
+    want = [t for i in range(3) for t in pq.read_table(repo.path / f"sample/10BT/{i:03d}_00000.parquet")["text"].to_pylist()]
+    with gk_hub.use_endpoint(hub.url):
+        ds = datasets.load_dataset(repo.repo_id, name="sample-10BT", split="train", streaming=True)
+        assert [ex["text"] for ex in ds] == want
+
+    # The cluster case: the head node downloads 2 shards, serves its data folder, a worker streams them.
+    gk_hub.download("fineweb-edu", endpoint=hub.url, shards=2, progress=False, log=lambda m: None)
+    with running_mirror(gptkit_home / "data") as head:
+        with gk_hub.use_endpoint(head.url):
+            ds = datasets.load_dataset(repo.repo_id, name="sample-10BT", split="train", streaming=True)
+            texts = [ex["text"] for ex in ds]
+        assert texts == want[: len(texts)] and len(texts) == 2 * len(want) // 3
+        assert any("/resolve/" in r["path"] and r["status"] == 206 for r in head.requests)  # parquet read by ranges
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cli_serve_and_its_bad_input(hub, tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptkit", "mirror", "serve", str(hub.root), "--port", str(port), "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError(proc.stderr.read() if proc.poll() is not None else "mirror did not start")
+                time.sleep(0.1)
+        result = gk_hub.download("hellaswag", endpoint=url, local_dir=tmp_path / "h", progress=False, log=print)
+        rel = "data/validation-00000-of-00001.parquet"
+        assert result.fetched == ["README.md", rel] or sorted(result.fetched) == sorted(["README.md", rel])
+        assert sha256(tmp_path / "h" / rel) == hub.repos["hellaswag"].sha256(rel)
+
+        # The port is taken now: a second server says so in one line.
+        r = run_cli("mirror", "serve", str(hub.root), "--port", str(port), timeout=60)
+        assert "already in use" in assert_one_line_error(r)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    r = run_cli("mirror", "serve", str(tmp_path / "nope"), "--port", "0", timeout=60)
+    assert "does not exist" in assert_one_line_error(r)
