@@ -31,10 +31,15 @@ USER_ERRORS = [
     pytest.param(["doctor", "--endpoint", "ftp://example.invalid"], "invalid Hugging Face endpoint", id="doctor-endpoint-not-http"),
     pytest.param(["doctor", "--endpoint", "http://127.0.0.1:9", "--mirror"], "either --endpoint or --mirror", id="doctor-endpoint-and-mirror"),
     pytest.param(["sample", "--precision", "fp8", "hi"], "unknown precision 'fp8'", id="sample-unknown-precision"),
+    pytest.param(["download", "fineweb-edu", "--subset", "nope", "--endpoint", "http://127.0.0.1:9"],
+                 "unknown subset 'nope'", id="download-unknown-subset"),
+    # unknown presets
+    pytest.param(["download", "no-such-preset"], "unknown preset 'no-such-preset'", id="download-unknown-preset"),
     # bad paths
     pytest.param(["doctor", "--data-dir", "{file}"], "is a file, not a directory", id="doctor-data-dir-is-a-file"),
     pytest.param(["sample", "--model", "{missing}", "hi"], "no such file or directory", id="sample-missing-model"),
     pytest.param(["convert", "{missing}", "{tmp}/out.safetensors"], "no such file or directory", id="convert-missing-source"),
+    pytest.param(["mirror", "serve", "{missing}"], "does not exist", id="mirror-missing-root"),
 ]
 
 # Errors Typer itself finds while parsing (unknown option, value of the wrong type): exit 2 with
