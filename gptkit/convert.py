@@ -32,7 +32,7 @@ import torch
 
 from gptkit import __version__
 from gptkit.checkpoint import (
-    CONFIG, TIED_KEY, WEIGHTS, clean_state_dict, latest_checkpoint, load_checkpoint, model_from_state_dict,
+    CONFIG, STEP_RE, TIED_KEY, WEIGHTS, clean_state_dict, latest_checkpoint, load_checkpoint, model_from_state_dict,
     read_json, save_checkpoint, write_json,
 )
 from gptkit.errors import GptkitError
@@ -390,7 +390,9 @@ def read_gguf(path: Path) -> Loaded:
 
 def read_gptkit(path: Path) -> Loaded:
     ck = load_checkpoint(path)
-    return Loaded(ck.config, ck.state_dict, ck.tokenizer, ck.path, "gptkit", {"step": ck.step} if ck.step is not None else {})
+    m = STEP_RE.match(ck.path.name)
+    step = ck.step if ck.step is not None else (int(m.group(1)) if m else None)
+    return Loaded(ck.config, ck.state_dict, ck.tokenizer, ck.path, "gptkit", {"step": step} if step is not None else {})
 
 
 READERS = {"gptkit": read_gptkit, "pt": read_pt, "safetensors": read_safetensors, "hf": read_hf, "gguf": read_gguf}
@@ -488,6 +490,19 @@ def write_hf_tokenizer(out: Path, block_size: int) -> None:
         "bos_token": eot, "eos_token": eot, "unk_token": eot,
     })
     write_json(out / "special_tokens_map.json", {"bos_token": eot, "eos_token": eot, "unk_token": eot})
+    # The same tokenizer for the `tokenizers` library (fast tokenizers, TGI, candle, ...):
+    # byte-level pre-tokenisation and decoding around a plain BPE model.
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    write_json(out / "tokenizer.json", {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": vocab[eot], "content": eot, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True}],
+        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": {**byte_level, "trim_offsets": False},
+        "decoder": byte_level,
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": vocab, "merges": merges},
+    })
 
 
 HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}

@@ -81,7 +81,13 @@ def next_token(logits: torch.Tensor, *, vocab_size: int, temperature: float = 1.
     logits = logits[:, :vocab_size]
     if temperature == 0:
         return logits.argmax(dim=-1)
-    probs = logits_to_probs(logits, temperature, top_k, top_p)
+    if top_k is not None and top_k < vocab_size:
+        # Same distribution as masking all but the top k, but the softmax, top-p and the draw then
+        # touch k candidates instead of 50,257: on a CPU that is most of the sampling time.
+        values, ids = torch.topk(logits, top_k, dim=-1)  # (B, k) each
+        probs = logits_to_probs(values, temperature, None, top_p)
+        return ids.gather(-1, torch.multinomial(probs, 1, generator=generator)).squeeze(-1)
+    probs = logits_to_probs(logits, temperature, None, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

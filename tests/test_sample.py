@@ -54,6 +54,17 @@ def test_temperature_scales_logits():
     torch.testing.assert_close(logits_to_probs(logits, temperature=0.5), torch.softmax(logits / 0.5, dim=-1))
 
 
+def test_sampling_draws_from_the_filtered_distribution():
+    logits = torch.tensor([[0.0, 2.0, 1.0, 1.5, -1.0]]).repeat(4000, 1)
+    g = torch.Generator().manual_seed(0)
+    ids = next_token(logits, vocab_size=5, temperature=1.0, top_k=2, generator=g)
+    assert set(ids.tolist()) == {1, 3}
+    expected = torch.softmax(torch.tensor([2.0, 1.5]), dim=0)[0].item()
+    assert abs((ids == 1).float().mean().item() - expected) < 0.03
+    ids = next_token(logits, vocab_size=5, temperature=1.0, top_p=0.5, generator=g)
+    assert set(ids.tolist()) == {1, 3}  # p(1) = 0.46 alone is short of 0.5
+
+
 def test_padded_vocab_ids_are_never_sampled():
     logits = torch.zeros(4, 64)
     logits[:, 50:] = 100.0  # padding rows with the highest logits

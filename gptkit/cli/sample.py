@@ -48,7 +48,7 @@ def sample(
             raise GptkitError(f"--prompt-file {prompt_file}: cannot read ({getattr(e, 'strerror', None) or e.__class__.__name__})") from None
     cfg = SampleConfig(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None,
-        top_p=top_p if top_p < 1 else None, num_samples=num_samples, seed=seed,
+        top_p=top_p, num_samples=num_samples, seed=seed,
     )
     cfg.validate()
     dev = pick_device(device)

@@ -1,0 +1,379 @@
+"""Conversion: transformers is the ground truth for HF, gguf's own reader for GGUF; nanoGPT and
+build-nanogpt checkpoints built here with the dict structure those projects save; bad input."""
+
+import dataclasses
+import json
+import os
+import pickle
+import sys
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from gptkit import convert as convert_mod
+from gptkit.checkpoint import load_checkpoint, save_checkpoint
+from gptkit.convert import convert, detect_format, load
+from gptkit.errors import GptkitError
+from gptkit.model import GPT, GPTConfig
+from gptkit.sample import SampleConfig, generate, load_for_sampling
+from gptkit.tokenizer import get_tokenizer
+
+GPT2_V = 50257
+
+
+def random_model(vocab=GPT2_V, padded=50304, seed=0, **kw) -> GPT:
+    cfg = dict(block_size=32, vocab_size=vocab, padded_vocab_size=padded, n_layer=2, n_head=4, n_embd=32)
+    cfg.update(kw)
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**cfg)).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # non-trivial weights everywhere, biases and LayerNorms included
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def logits(model, idx):
+    with torch.inference_mode():
+        return model(idx)[0][..., : model.config.vocab_size]
+
+
+def prompt(vocab=GPT2_V, T=12):
+    return torch.randint(0, vocab, (2, T), generator=torch.Generator().manual_seed(5))
+
+
+@pytest.fixture(scope="module")
+def gpt2_ck(tmp_path_factory):
+    """A tiny model with GPT-2's vocabulary; its padded rows are zero, as HF's cropped export restores them."""
+    model = random_model()
+    with torch.no_grad():
+        model.transformer.wte.weight[GPT2_V:] = 0
+    path = save_checkpoint(tmp_path_factory.mktemp("ck") / "step_000100", model, config=model.config, tokenizer="gpt2")
+    return model, path
+
+
+# --- Hugging Face ------------------------------------------------------------------------------
+
+def test_hf_export_matches_transformers(gpt2_ck, tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    model, ck = gpt2_ck
+    out = tmp_path / "hf"
+    convert(ck, out, to="hf")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["GPT2LMHeadModel"] and cfg["activation_function"] == "gelu_new"
+    assert cfg["n_positions"] == 32 and cfg["vocab_size"] == GPT2_V
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == GPT2_V - 1
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()  # tied
+        assert f.get_slice("transformer.wte.weight").get_shape() == [GPT2_V, 32]  # cropped from 50304
+        assert f.get_slice("transformer.h.0.attn.c_attn.weight").get_shape() == [32, 96]  # Conv1D (in, out)
+
+    hf = GPT2LMHeadModel.from_pretrained(out).eval()
+    idx = prompt()
+    with torch.no_grad():
+        theirs = hf(idx).logits
+    assert (logits(model, idx) - theirs).abs().max().item() <= 1e-5
+
+    ours = torch.stack(list(generate(model, idx[0].tolist(), SampleConfig(max_new_tokens=15, temperature=0),
+                                     vocab_size=GPT2_V, eot_token=GPT2_V - 1)), dim=1)[0].tolist()
+    with torch.no_grad():
+        hf_out = hf.generate(idx[:1], max_new_tokens=15, do_sample=False, pad_token_id=GPT2_V - 1)
+    assert hf_out[0, idx.size(1):].tolist() == ours
+
+    from tokenizers import Tokenizer
+
+    text = "Hello world, 你好 — GPT-2's tokenizer!\n\n  It's   spaced."
+    ids = get_tokenizer("gpt2").encode(text)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok(text)["input_ids"] == ids
+    assert tok.decode(ids) == text
+    assert tok.eos_token_id == GPT2_V - 1
+    fast = Tokenizer.from_file(str(out / "tokenizer.json"))  # tokenizer.json on its own
+    assert fast.encode(text).ids == ids and fast.decode(ids) == text
+    for f in ("vocab.json", "merges.txt"):  # and the slow files on their own
+        (tmp_path / "slow").mkdir(exist_ok=True)
+        (tmp_path / "slow" / f).write_bytes((out / f).read_bytes())
+    from transformers import GPT2Tokenizer
+
+    assert GPT2Tokenizer(str(tmp_path / "slow" / "vocab.json"), str(tmp_path / "slow" / "merges.txt"))(text)["input_ids"] == ids
+
+
+def test_reads_what_transformers_writes(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=GPT2_V, n_positions=32, n_embd=32, n_layer=2, n_head=4)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    idx = prompt()
+    with torch.no_grad():
+        ref = hf(idx).logits
+    m = load(tmp_path / "hf")
+    assert m.format == "hf" and m.tokenizer == "gpt2" and m.config.padded_vocab_size == 50304
+    assert (logits(m.build_model(), idx) - ref).abs().max().item() <= 1e-5
+
+    # The older pytorch_model.bin layout, read with weights_only
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    torch.save(hf.state_dict(), tmp_path / "hf" / "pytorch_model.bin")
+    convert(tmp_path / "hf", tmp_path / "ck", to="gptkit")
+    back = load_checkpoint(tmp_path / "ck").build_model()
+    assert (logits(back, idx) - ref).abs().max().item() <= 1e-5
+
+
+# --- round trip --------------------------------------------------------------------------------
+
+def test_round_trip_gptkit_pt_safetensors_hf_gptkit_is_bitwise_exact(gpt2_ck, tmp_path):
+    model, ck = gpt2_ck
+    chain = [(tmp_path / "a.pt", "pt"), (tmp_path / "b.safetensors", "safetensors"), (tmp_path / "c", "hf"),
+             (tmp_path / "d", "gptkit")]
+    src = ck
+    for dst, fmt in chain:
+        r = convert(src, dst, to=fmt)
+        assert r.verification.max_abs_diff == 0.0
+        assert detect_format(dst) == fmt
+        src = dst
+    back = load_checkpoint(tmp_path / "d")
+    assert back.config == model.config and back.tokenizer == "gpt2"
+    original = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    assert back.state_dict.keys() == original.keys()
+    for k, v in original.items():
+        assert back.state_dict[k].dtype == v.dtype and torch.equal(back.state_dict[k], v), k
+    assert back.meta["converted_from"]["format"] == "hf"
+
+
+def test_pt_output_is_nanogpt_shaped(gpt2_ck, tmp_path):
+    _, ck = gpt2_ck
+    convert(ck, tmp_path / "ckpt.pt")
+    obj = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert obj["model_args"] == dict(n_layer=2, n_head=4, n_embd=32, block_size=32, bias=True, vocab_size=50304, dropout=0.0)
+    assert torch.equal(obj["model"]["lm_head.weight"], obj["model"]["transformer.wte.weight"])
+    assert obj["iter_num"] == 100  # the step of the checkpoint it came from
+
+
+# --- GGUF --------------------------------------------------------------------------------------
+
+def gguf_value(reader, key, index=0):
+    import gguf
+
+    f = reader.fields[key]
+    part = f.parts[f.data[index]]
+    return bytes(part).decode() if f.types[-1] == gguf.GGUFValueType.STRING else part.tolist()[0]
+
+
+def test_gguf_names_shapes_and_metadata(gpt2_ck, tmp_path):
+    import gguf
+    import numpy as np
+
+    model, ck = gpt2_ck
+    # Reading 50,257 token strings back is slow with gguf's reader; verification of GGUF output is
+    # covered by the bytes-vocabulary tests below, so this one reads the file only once.
+    convert(ck, tmp_path / "m.gguf", verify_output=False)
+    r = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    assert gguf_value(r, "general.architecture") == "gpt2"
+    for key, want in [("gpt2.block_count", 2), ("gpt2.context_length", 32), ("gpt2.embedding_length", 32),
+                      ("gpt2.feed_forward_length", 128), ("gpt2.attention.head_count", 4),
+                      ("tokenizer.ggml.bos_token_id", GPT2_V - 1), ("tokenizer.ggml.eos_token_id", GPT2_V - 1),
+                      ("tokenizer.ggml.model", "gpt2"), ("tokenizer.ggml.pre", "gpt-2")]:
+        assert gguf_value(r, key) == want, key
+    assert abs(gguf_value(r, "gpt2.attention.layer_norm_epsilon") - 1e-5) < 1e-12
+    tokens = r.fields["tokenizer.ggml.tokens"]
+    assert len(tokens.data) == GPT2_V
+    assert gguf_value(r, "tokenizer.ggml.tokens", GPT2_V - 1) == "<|endoftext|>"
+    assert gguf_value(r, "tokenizer.ggml.tokens", 0) == "!"  # byte-level BPE strings, as in vocab.json
+    assert gguf_value(r, "tokenizer.ggml.token_type", GPT2_V - 1) == gguf.TokenType.CONTROL
+    assert gguf_value(r, "tokenizer.ggml.token_type", 100) == gguf.TokenType.NORMAL
+    assert len(r.fields["tokenizer.ggml.merges"].data) == 50000
+    assert gguf_value(r, "tokenizer.ggml.merges", 0) == "Ġ t"
+
+    tensors = {t.name: t for t in r.tensors}
+    expected = {"token_embd.weight", "position_embd.weight", "output_norm.weight", "output_norm.bias"}
+    for i in range(2):
+        expected |= {f"blk.{i}.{n}.{s}" for n in ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down")
+                     for s in ("weight", "bias")}
+    assert set(tensors) == expected
+    # GGUF lists dimensions innermost first: (n_embd, n_vocab) is a (n_vocab, n_embd) matrix
+    assert list(tensors["token_embd.weight"].shape) == [32, GPT2_V]
+    assert list(tensors["position_embd.weight"].shape) == [32, 32]
+    assert list(tensors["blk.0.attn_qkv.weight"].shape) == [32, 96]
+    assert list(tensors["blk.0.ffn_up.weight"].shape) == [32, 128]
+    assert list(tensors["blk.0.ffn_down.weight"].shape) == [128, 32]
+    sd = model.state_dict()
+    assert np.array_equal(tensors["token_embd.weight"].data, sd["transformer.wte.weight"][:GPT2_V].numpy())
+    assert np.array_equal(tensors["blk.1.ffn_down.weight"].data, sd["transformer.h.1.mlp.c_proj.weight"].numpy())
+    assert np.array_equal(tensors["blk.1.attn_qkv.bias"].data, sd["transformer.h.1.attn.c_attn.bias"].numpy())
+
+
+@pytest.mark.parametrize("dtype, qtype, ftype", [("fp16", "F16", "MOSTLY_F16"), ("bf16", "BF16", "MOSTLY_BF16")])
+def test_gguf_half_precision_types(tmp_path, dtype, qtype, ftype):
+    import gguf
+
+    model = random_model(vocab=256, padded=256)
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    res = convert(ck, tmp_path / "m.gguf", dtype=dtype)
+    assert res.verification.max_abs_diff == 0.0 and res.verification.drift > 0
+    r = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    assert gguf_value(r, "general.file_type") == getattr(gguf.LlamaFileType, ftype)
+    types = {t.name: t.tensor_type.name for t in r.tensors}
+    assert types["blk.0.attn_qkv.weight"] == qtype and types["token_embd.weight"] == qtype
+    assert types["position_embd.weight"] == "F32" and types["blk.0.attn_norm.weight"] == "F32"
+    assert types["blk.0.ffn_up.bias"] == "F32"
+    assert len(r.fields["tokenizer.ggml.tokens"].data) == 256
+    assert load(tmp_path / "m.gguf").tokenizer == "bytes"
+
+
+def test_bf16_safetensors(gpt2_ck, tmp_path):
+    from safetensors import safe_open
+
+    _, ck = gpt2_ck
+    res = convert(ck, tmp_path / "m.safetensors", dtype="bf16")
+    assert res.verification.max_abs_diff == 0.0 and res.verification.drift > 0
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert f.get_tensor("transformer.h.0.mlp.c_fc.weight").dtype == torch.bfloat16
+
+
+# --- nanoGPT and build-nanogpt ------------------------------------------------------------------
+
+def compiled_state_dict(model):
+    """What torch.compile'd models save: every key behind `_orig_mod.`, lm_head tied to wte."""
+    return {"_orig_mod." + k: v for k, v in model.state_dict().items()}
+
+
+def test_nanogpt_ckpt_converts_and_samples(tmp_path):
+    model = random_model()  # nanoGPT: vocab_size 50304, the padded rows trained like the rest
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ckpt = {
+        "model": compiled_state_dict(model),
+        "optimizer": opt.state_dict(),
+        "model_args": dict(n_layer=2, n_head=4, n_embd=32, block_size=32, bias=True, vocab_size=50304, dropout=0.0),
+        "iter_num": 250,
+        "best_val_loss": torch.tensor(3.25),
+        "config": {"batch_size": 12, "learning_rate": 6e-4, "dataset": "openwebtext", "compile": True},
+    }
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    convert(tmp_path / "ckpt.pt", tmp_path / "ck", to="gptkit")
+    back = load_checkpoint(tmp_path / "ck")
+    assert back.config == model.config and back.tokenizer == "gpt2"
+    assert back.meta["converted_from"]["step"] == 250
+    for k, v in model.state_dict().items():
+        if k != "lm_head.weight":
+            assert torch.equal(back.state_dict[k], v), k
+    net, tok, _ = load_for_sampling(tmp_path / "ckpt.pt", torch.device("cpu"))  # sample reads the .pt directly
+    assert tok.name == "gpt2" and torch.equal(logits(net, prompt()), logits(model, prompt()))
+
+
+def test_nanogpt_without_biases(tmp_path):
+    model = random_model()
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            if k.endswith(".bias"):
+                p.zero_()
+    sd = {k: v for k, v in compiled_state_dict(model).items() if not k.endswith(".bias")}
+    args = dict(n_layer=2, n_head=4, n_embd=32, block_size=32, bias=False, vocab_size=50304, dropout=0.0)
+    torch.save({"model": sd, "model_args": args, "iter_num": 1}, tmp_path / "ckpt.pt")
+    m = load(tmp_path / "ckpt.pt")
+    assert torch.equal(logits(m.build_model(), prompt()), logits(model, prompt()))
+
+
+def test_build_nanogpt_checkpoint_with_pickled_config(tmp_path, monkeypatch):
+    @dataclasses.dataclass
+    class GPTConfig:  # build-nanogpt's, defined in train_gpt2.py and pickled from __main__
+        block_size: int = 1024
+        vocab_size: int = 50257
+        n_layer: int = 12
+        n_head: int = 12
+        n_embd: int = 768
+
+    GPTConfig.__module__, GPTConfig.__qualname__ = "__main__", "GPTConfig"
+    monkeypatch.setattr(sys.modules["__main__"], "GPTConfig", GPTConfig, raising=False)
+    model = random_model(n_head=8)  # not n_embd / 64: the head count must come from the pickled config
+    path = tmp_path / "model_05000.pt"
+    torch.save({"model": compiled_state_dict(model), "config": GPTConfig(32, 50304, 2, 8, 32), "step": 5000,
+                "val_loss": 3.31}, path)
+    monkeypatch.delattr(sys.modules["__main__"], "GPTConfig")
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)  # plain weights_only refuses the dataclass
+    m = load(path)
+    assert m.config.n_head == 8 and m.meta["step"] == 5000 and m.tokenizer == "gpt2"
+    assert torch.equal(logits(m.build_model(), prompt()), logits(model, prompt()))
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": {"transformer.wte.weight": torch.zeros(4, 4)}, "x": Payload(marker)}, tmp_path / "evil.pt")
+    line = assert_one_line_error(run_cli("convert", tmp_path / "evil.pt", tmp_path / "out.safetensors"))
+    assert "refusing to unpickle" in line and "mkdir" in line
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+    with pytest.raises(GptkitError, match="refusing"):
+        load_for_sampling(tmp_path / "evil.pt", torch.device("cpu"))
+    assert not marker.exists()
+
+
+def test_truncated_pt_and_unknown_format_are_one_line(gpt2_ck, tmp_path):
+    _, ck = gpt2_ck
+    convert(ck, tmp_path / "m.pt")
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    line = assert_one_line_error(run_cli("convert", tmp_path / "cut.pt", tmp_path / "o.safetensors"))
+    assert "corrupt or truncated" in line
+    (tmp_path / "notes.txt").write_text("just some text\n")
+    line = assert_one_line_error(run_cli("convert", tmp_path / "notes.txt", tmp_path / "o.safetensors"))
+    assert "unknown model format" in line
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_truncated_safetensors_and_gguf(tmp_path):
+    model = random_model(vocab=256, padded=256)
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    for name in ("m.safetensors", "m.gguf"):
+        convert(ck, tmp_path / name)
+        data = (tmp_path / name).read_bytes()
+        cut = tmp_path / ("cut-" + name)
+        cut.write_bytes(data[: len(data) - 1000])
+        with pytest.raises(GptkitError, match="corrupt or truncated"):
+            load(cut)
+    with pytest.raises(GptkitError, match="unknown output format"):
+        convert(ck, tmp_path / "x", to="onnx")
+    with pytest.raises(GptkitError, match="pass --to"):
+        convert(ck, tmp_path / "x")
+
+
+def test_existing_output_is_refused_and_left_unchanged(tmp_path):
+    model = random_model(vocab=256, padded=256)
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    dst = tmp_path / "out.safetensors"
+    dst.write_bytes(b"precious")
+    line = assert_one_line_error(run_cli("convert", ck, dst))
+    assert "--force" in line and dst.read_bytes() == b"precious"
+    convert(ck, dst, force=True)
+    assert load(dst).config == model.config
+
+
+def test_failed_verification_leaves_the_old_output_alone(tmp_path, monkeypatch):
+    model = random_model(vocab=256, padded=256)
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    dst = tmp_path / "out.safetensors"
+    dst.write_bytes(b"previous version")
+    real = convert_mod.WRITERS["safetensors"]
+
+    def faulty(m, out, dtype):  # a writer bug: one bias written wrong
+        sd = dict(m.state_dict)
+        sd["transformer.ln_f.bias"] = sd["transformer.ln_f.bias"] + 0.5
+        return real(dataclasses.replace(m, state_dict=sd), out, dtype)
+
+    monkeypatch.setitem(convert_mod.WRITERS, "safetensors", faulty)
+    with pytest.raises(GptkitError, match="verification failed"):
+        convert(ck, dst, force=True)
+    assert dst.read_bytes() == b"previous version"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "out.safetensors"]  # no temporary left behind
