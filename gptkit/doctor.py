@@ -234,6 +234,7 @@ class _Tool:
 
     def __init__(self, path: str | None, args: tuple[str, ...], timeout: float):
         self.path, self.timeout, self.proc, self.error = path, timeout, None, None
+        self._result: ToolRun | None = None
         if path is None:
             return
         try:
@@ -245,6 +246,11 @@ class _Tool:
             self.error = f"could not run {path}: {e.strerror or e}"
 
     def result(self) -> ToolRun:
+        if self._result is None:
+            self._result = self._wait()
+        return self._result
+
+    def _wait(self) -> ToolRun:
         if self.proc is None:
             return ToolRun(self.path, error=self.error)
         try:
@@ -618,7 +624,7 @@ def check_endpoint(ctx: _Context) -> Check:
         return Check("HF endpoint", WARN, f"{head}; unreachable: {p.error}", fix, data)
     answer = f"answers (HTTP {p.status}, {p.ms:.0f} ms)"
     if p.status >= 500:
-        return Check("HF endpoint", WARN, f"{head}; {answer}: server error", f"try again later or use another endpoint (--mirror)", data)
+        return Check("HF endpoint", WARN, f"{head}; {answer}: server error", "try again later or use another endpoint (--mirror)", data)
     return Check("HF endpoint", OK, f"{head}; {answer}", data=data)
 
 
@@ -688,7 +694,10 @@ def run_checks(endpoint: str, endpoint_source: str, data_dir: Path, timeout: flo
         endpoint_source=endpoint_source,
         data_dir=Path(data_dir),
     )
-    return [_safe(name, fn, ctx) for name, fn in CHECKS]
+    checks = [_safe(name, fn, ctx) for name, fn in CHECKS]
+    for tool in (ctx.smi_plain, ctx.smi_query, ctx.nvcc):
+        tool.result()  # reap the ones an early return left running
+    return checks
 
 
 def stdout_can_encode(text: str) -> bool:

@@ -32,7 +32,6 @@ def doctor(
     """
     import json
     import os
-    import sys
 
     from gptkit import doctor as lib
     from gptkit import paths
@@ -53,7 +52,6 @@ def doctor(
         _print_table(checks, strict, ascii_only=not lib.stdout_can_encode("✓✗→≤×"))
     if code:
         raise typer.Exit(code)
-    sys.stdout.flush()
 
 
 def _print_table(checks, strict: bool, ascii_only: bool) -> None:
