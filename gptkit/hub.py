@@ -355,7 +355,8 @@ def _explain(e: BaseException, ctx: "_Context | None", endpoint: str, repo: str,
     if isinstance(e, HFValidationError):
         return GptkitError(f"invalid repo id or revision for {repo!r}: {str(e).splitlines()[0]}")
     if isinstance(e, httpx2.ConnectError):
-        return GptkitError(f"cannot reach {where} ({_reason(e)}); check --endpoint / HF_ENDPOINT and the network{tail}")
+        fix = "behind a firewall? try --mirror" if is_official(endpoint) else "check --endpoint / HF_ENDPOINT and the network"
+        return GptkitError(f"cannot reach {where} ({_reason(e)}); {fix}{tail}")
     if isinstance(e, httpx2.TimeoutException):
         return GptkitError(f"{where} timed out{tail}")
     if isinstance(e, httpx2.TransportError):
@@ -389,7 +390,6 @@ class _Context:
         self.lock = threading.Lock()
         self.started = False
         self.entries: dict[str, dict] = {}
-        self.bar = None
         self.bar_class = None
         self.fetch_bytes = 0
         self.selection: list[RemoteFile] = []
@@ -656,9 +656,15 @@ def download(
         raise
     except _Multi as e:
         first = _explain(e.first, ctx, url, repo, revision or "main")
-        raise GptkitError(f"{e.n} of {e.total} files failed; first {e.path}: {first}") from None
+        raise _scrub(GptkitError(f"{e.n} of {e.total} files failed; first {e.path}: {first}"), token) from None
     except Exception as e:  # noqa: BLE001 - every failure becomes one line; files on disk stay as they are
-        raise _explain(e, ctx, url, repo, revision or "main") from None
+        raise _scrub(_explain(e, ctx, url, repo, revision or "main"), token) from None
+
+
+def _scrub(err: GptkitError, token: str | None) -> GptkitError:
+    """Never let a token reach the terminal, whatever a server or library put in a message."""
+    msg = str(err).replace("\n", " ")
+    return GptkitError(msg.replace(token, "***") if token else msg)
 
 
 def _partial_size(ctx: _Context, rf: RemoteFile) -> int:

@@ -70,15 +70,19 @@ def download(
         for f in result.files:
             print(f"  {'get ' if f.path in pending else 'have'}  {hub.human(f.size):>10}  {f.path}")
         print(
-            f"{repo}: {len(result.files)} files, {hub.human(result.total_bytes)}; to download "
-            f"{len(result.fetched)} files, {hub.human(result.fetch_bytes)}; "
+            f"{repo}: {_files(result.files)}, {hub.human(result.total_bytes)}; to download "
+            f"{_files(result.fetched)}, {hub.human(result.fetch_bytes)}; "
             f"{hub.human(result.free_bytes)} free in {result.local_dir}"
         )
         return
     print(
-        f"{repo}: {len(result.fetched)} files downloaded ({hub.human(result.fetch_bytes)}), "
+        f"{repo}: {_files(result.fetched)} downloaded ({hub.human(result.fetch_bytes)}), "
         f"{len(result.skipped)} already complete -> {result.local_dir}"
     )
+
+
+def _files(items) -> str:
+    return f"{len(items)} file{'' if len(items) == 1 else 's'}"
 
 
 def _print_presets(hub, json_out: bool) -> None:
