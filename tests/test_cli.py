@@ -35,11 +35,13 @@ USER_ERRORS = [
                  "unknown subset 'nope'", id="download-unknown-subset"),
     # unknown presets
     pytest.param(["download", "no-such-preset"], "unknown preset 'no-such-preset'", id="download-unknown-preset"),
+    pytest.param(["train", "--preset", "nope", "--dry-run"], "unknown model preset 'nope'", id="train-unknown-preset"),
     # bad paths
     pytest.param(["doctor", "--data-dir", "{file}"], "is a file, not a directory", id="doctor-data-dir-is-a-file"),
     pytest.param(["sample", "--model", "{missing}", "hi"], "no such file or directory", id="sample-missing-model"),
     pytest.param(["convert", "{missing}", "{tmp}/out.safetensors"], "no such file or directory", id="convert-missing-source"),
     pytest.param(["mirror", "serve", "{missing}"], "does not exist", id="mirror-missing-root"),
+    pytest.param(["plot", "{missing}"], "no metrics.jsonl there", id="plot-missing-run"),
 ]
 
 # Errors Typer itself finds while parsing (unknown option, value of the wrong type): exit 2 with
