@@ -2,8 +2,6 @@
 
 import hashlib
 import http.client
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -12,7 +10,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
