@@ -52,7 +52,7 @@ class FakeRepo:
     repo_id: str
     repo_type: str  # "model" or "dataset"
     path: Path  # the folder on disk
-    commit: str  # what the mirror reports as the commit (layout="download"); None for plain folders
+    commit: str | None  # what the mirror reports as the commit (layout="download"); None for plain folders
     files: dict[str, str] = field(default_factory=dict)  # repo path -> sha256
 
     def sha256(self, path: str) -> str:
