@@ -36,11 +36,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
-    """On resume from `step`, drop what the interrupted run logged from there on (it is redone)."""
+    """On resume from `step`, drop what the interrupted run logged after it: training records after
+    that step, and evaluations at it or after (the resumed run evaluates at its first step again)."""
     f = Path(run_dir) / METRICS
     if not f.is_file():
         return
-    keep = [m for m in read_metrics(run_dir) if m.get("step", 0) < step]
+    keep = [m for m in read_metrics(run_dir) if m.get("step", 0) < step or ("loss" in m and m["step"] == step)]
     tmp = f.with_name(f".{f.name}.tmp-{os.getpid()}")
     tmp.write_text("".join(json.dumps(m) + "\n" for m in keep))
     os.replace(tmp, f)

@@ -1,0 +1,44 @@
+"""`gptkit plot`: a PNG from metrics.jsonl; one-line errors for a missing run."""
+
+import json
+
+from conftest import assert_one_line_error, run_cli
+
+from gptkit.train.plot import plot_run, resolve_run
+
+
+def write_run(run_dir, hellaswag=True):
+    run_dir.mkdir(parents=True)
+    lines = []
+    for s in range(1, 41):
+        lines.append({"step": s, "loss": 5 - s / 20, "lr": 1e-3 * min(1, s / 5), "grad_norm": 1.0, "tokens": s * 512,
+                      "tok_per_s": 1000 + s, "mfu": 0.5, "dt": 0.1, "time": s})
+        if s % 10 == 0:
+            lines.append({"step": s, "val_loss": 5 - s / 18})
+            if hellaswag:
+                lines.append({"step": s, "hellaswag": 0.25 + s / 1000, "hellaswag_acc": 0.25, "hellaswag_n": 10})
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+
+
+def png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_plot_writes_a_png_with_one_panel_per_measurement(tmp_path):
+    write_run(tmp_path / "a", hellaswag=False)
+    write_run(tmp_path / "b", hellaswag=True)
+    wa, ha = png_size(plot_run(tmp_path / "a"))
+    wb, hb = png_size(plot_run(tmp_path / "b", tmp_path / "out" / "b.png"))
+    assert (tmp_path / "a" / "metrics.png").is_file() and (tmp_path / "out" / "b.png").is_file()
+    assert ha == hb and wb > wa  # the HellaSwag panel is added beside the other three
+
+
+def test_plot_cli_finds_runs_by_name_and_fails_in_one_line(gptkit_home):
+    write_run(gptkit_home / "runs" / "myrun")
+    r = run_cli("plot", "myrun", check=True)
+    assert r.stdout.strip() == str(gptkit_home / "runs" / "myrun" / "metrics.png")
+    assert resolve_run(None) == gptkit_home / "runs" / "myrun"  # the newest run by default
+    line = assert_one_line_error(run_cli("plot", "nope"))
+    assert "nope" in line and "metrics.jsonl" in line

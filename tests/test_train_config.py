@@ -1,0 +1,135 @@
+"""Config resolution, batch arithmetic, schedules, MFU tables, the torchrun command (no processes)."""
+
+import json
+
+import pytest
+
+from test_train_data import make_dataset
+
+from gptkit.errors import GptkitError
+from gptkit.train import config as C
+from gptkit.train import mfu
+from gptkit.train.launch import prepare, torchrun_command, worker_env
+from gptkit.train.metrics import read_metrics, truncate_metrics
+from gptkit.train.schedule import lr_at
+
+
+def test_gpt2_preset_is_the_reproduction_recipe():
+    cfg = C.preset_config("gpt2")
+    assert (cfg.batch_tokens, cfg.seq_len, cfg.lr, cfg.warmup_steps, cfg.max_steps) == (524288, 1024, 6e-4, 715, 19073)
+    assert (cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.grad_clip, cfg.min_lr_ratio) == (0.9, 0.95, 0.1, 1.0, 0.1)
+    assert cfg.batch_tokens * cfg.max_steps == pytest.approx(10e9, rel=0.001)
+
+
+@pytest.mark.parametrize("world,accum", [(1, 8), (2, 4), (4, 2), (8, 1)])
+def test_accumulation_follows_the_world_size_and_the_batch_does_not(world, accum):
+    plan = C.plan_batches(C.preset_config("gpt2"), world, micro_batch_given=False)
+    assert plan.micro_batch == 64 and plan.grad_accum == accum
+    assert plan.micro_batch * plan.grad_accum * world * 1024 == 524288
+
+
+def test_the_preset_micro_batch_shrinks_to_fit_but_an_explicit_one_must_divide():
+    cfg = C.preset_config("gpt2")
+    assert C.plan_batches(cfg, 16, micro_batch_given=False).micro_batch == 32  # 32 sequences per GPU
+    with pytest.raises(GptkitError, match="does not divide over 3 processes"):
+        C.plan_batches(cfg, 3, micro_batch_given=False)
+    with pytest.raises(GptkitError, match="--micro-batch 48 does not divide"):
+        C.plan_batches(C.merge(cfg, {"micro_batch": 48}, "test"), 1, micro_batch_given=True)
+
+
+def test_schedules():
+    kw = dict(lr=1.0, max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, **kw) == pytest.approx(0.1) and lr_at(9, **kw) == pytest.approx(1.0)
+    assert lr_at(10, **kw) == pytest.approx(1.0) and lr_at(55, **kw) == pytest.approx(0.55)
+    assert lr_at(100, **kw) == pytest.approx(0.1) and lr_at(500, **kw) == pytest.approx(0.1)
+    cos = [lr_at(s, **kw) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(cos, cos[1:]))
+    wsd = dict(kw, schedule="wsd", decay_frac=0.2)
+    assert [lr_at(s, **wsd) for s in (10, 50, 79)] == [1.0, 1.0, 1.0]
+    assert lr_at(90, **wsd) == pytest.approx(0.55) and lr_at(100, **wsd) == pytest.approx(0.1)
+
+
+def test_config_files_and_flags_resolve_in_order(tmp_path, gptkit_home):
+    make_dataset(gptkit_home / "shards" / "toy")
+    toml = tmp_path / "run.toml"
+    toml.write_text('preset = "tiny"\nlr = 0.01\nmax_steps = 50\nseq_len = 64\nnproc = 2\n')
+    rr = prepare({"max_steps": 7}, C.LaunchConfig(gpus=0), config_file=toml, name="r")
+    assert (rr.train.preset, rr.train.lr, rr.train.max_steps, rr.train.seq_len) == ("tiny", 0.01, 7, 64)
+    assert rr.launch.nproc == 2 and rr.plan.world_size == 2
+    assert rr.train.data == str((gptkit_home / "shards" / "toy").resolve())  # pinned for resumes
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text("preset: tiny\nschedule: wsd\nwarmup-steps: 3\n")
+    rr = prepare({}, C.LaunchConfig(gpus=0, nproc=1), config_file=yaml, name="r", launch_flags={"nproc"})
+    assert (rr.train.schedule, rr.train.warmup_steps) == ("wsd", 3)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("learning_rate = 1\n")
+    with pytest.raises(GptkitError, match="unknown setting 'learning_rate'"):
+        prepare({}, C.LaunchConfig(gpus=0), config_file=bad)
+    bad.write_text('lr = "fast"\n')
+    with pytest.raises(GptkitError, match="lr must be float"):
+        prepare({}, C.LaunchConfig(gpus=0), config_file=bad)
+
+
+def test_torchrun_commands(gptkit_home):
+    make_dataset(gptkit_home / "shards" / "toy")
+    rr = prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0, nproc=2), name="cmd")
+    cmd = torchrun_command(rr)
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node"] and "--standalone" in cmd
+    assert cmd[-2:] == ["gptkit.train.main", rr.run_dir]
+    env = worker_env(rr)
+    assert env["GPTKIT_LAUNCHER"] == "1" and int(env["OMP_NUM_THREADS"]) >= 1
+    rr = prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0, nodes=2, node_rank=1, master_addr="10.1.2.3", master_port=29511), name="cmd")
+    cmd = " ".join(torchrun_command(rr))
+    assert "--nnodes 2 --node-rank 1 --rdzv-backend c10d --rdzv-endpoint 10.1.2.3:29511" in cmd and "is_host=0" in cmd
+    assert rr.plan.world_size == 2
+    with pytest.raises(GptkitError, match="--master-port"):
+        prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0, nodes=2), name="cmd")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(GptkitError, match="no CUDA GPU"):
+                prepare({"preset": "tiny"}, C.LaunchConfig(gpus=2), name="cmd")
+
+
+def test_resume_refuses_to_overwrite_and_needs_a_real_checkpoint(gptkit_home, tmp_path):
+    make_dataset(gptkit_home / "shards" / "toy")
+    (gptkit_home / "runs" / "x" / "step_000002").mkdir(parents=True)
+    for f in ("model.safetensors", "config.json"):
+        (gptkit_home / "runs" / "x" / "step_000002" / f).write_text("{}")
+    with pytest.raises(GptkitError, match="already holds checkpoints; continue it with --resume auto"):
+        prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0), name="x")
+    with pytest.raises(GptkitError, match="holds no training state"):
+        prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0), name="x", resume="auto")
+    with pytest.raises(GptkitError, match="not a checkpoint"):
+        prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0), resume=str(tmp_path))
+
+
+def test_gpu_peak_table():
+    assert mfu.gpu_peak_flops("NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(989.4e12)
+    assert mfu.gpu_peak_flops("NVIDIA H100 PCIe", "bf16") == pytest.approx(756e12)
+    assert mfu.gpu_peak_flops("NVIDIA A100-SXM4-40GB", "tf32") == pytest.approx(156e12)
+    assert mfu.gpu_peak_flops("NVIDIA A10G", "bf16") == pytest.approx(70e12)
+    assert mfu.gpu_peak_flops("NVIDIA L40S", "bf16") == pytest.approx(362.1e12)
+    assert mfu.gpu_peak_flops("NVIDIA L4", "bf16") == pytest.approx(121e12)
+    assert mfu.gpu_peak_flops("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 on Volta
+    assert mfu.gpu_peak_flops("Some Future GPU", "bf16") is None
+
+
+def test_cpu_peak_is_measured_once_and_cached(gptkit_home, monkeypatch):
+    calls = []
+    monkeypatch.setattr(mfu, "measure_cpu_peak_flops", lambda: calls.append(1) or 1.5e11)
+    assert mfu.cpu_peak_flops() == 1.5e11 and mfu.cpu_peak_flops() == 1.5e11
+    assert len(calls) == 1 and json.loads((gptkit_home / "cpu_peak.json").read_text())["flops"] == 1.5e11
+
+
+def test_real_cpu_peak_measurement_is_plausible():
+    flops = mfu.measure_cpu_peak_flops(threads=1, n=256, seconds=0.2)
+    assert 1e8 < flops < 1e13
+
+
+def test_truncating_metrics_on_resume(tmp_path):
+    lines = [{"step": 0, "val_loss": 5}, {"step": 1, "loss": 4}, {"step": 2, "loss": 3}, {"step": 2, "val_loss": 3},
+             {"step": 3, "loss": 2}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines) + '{"step": 4, "lo')
+    truncate_metrics(tmp_path, 2)
+    assert read_metrics(tmp_path) == lines[:3]

@@ -1,0 +1,257 @@
+"""`gptkit train` with real torchrun processes on CPU (gloo): equivalences, exact resume, nodes, NaN.
+
+One reference run (2 processes, 8 steps) is shared; every other run is compared with it.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import assert_one_line_error
+from test_train_data import make_dataset
+
+from gptkit.errors import GptkitError
+from gptkit.train.config import LaunchConfig
+from gptkit.train.launch import train
+from gptkit.train.metrics import read_metrics
+
+pytestmark = pytest.mark.slow
+
+# 8 sequences of 32 tokens per step: 2 processes x micro-batch 4, or 1 process x 4 x 2 micro-steps.
+FLAGS = dict(
+    preset="tiny", seq_len=32, batch_tokens=256, micro_batch=4, max_steps=8, lr=3e-3, warmup_steps=2,
+    eval_every=4, eval_tokens=512, hellaswag_every=8, sample_every=4, sample_tokens=8, checkpoint_every=2,
+    keep_checkpoints=3,
+)
+CLI_FLAGS = [
+    "--preset", "tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "4", "--max-steps", "8",
+    "--lr", "3e-3", "--warmup-steps", "2", "--eval-every", "4", "--eval-tokens", "512", "--hellaswag-every", "8",
+    "--sample-every", "4", "--checkpoint-every", "2", "--keep", "3",
+]
+HELLASWAG = [  # 5 examples: with 2 ranks, one scores 3 and the other 2; the counts must add up
+    {"ctx": f"example {i}: the cat", "endings": ["sat on the mat.", "ran", "is here", "jumps high"], "label": i % 4}
+    for i in range(5)
+]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One GPTKIT_HOME for the module: the data set, the runs, the cached CPU peak."""
+    h = tmp_path_factory.mktemp("train_home")
+    make_dataset(h / "shards" / "toy")
+    hs = h / "data" / "hellaswag" / "validation.jsonl"
+    hs.parent.mkdir(parents=True)
+    hs.write_text("".join(json.dumps(e) + "\n" for e in HELLASWAG))
+    # One thread per process whatever the process count: tiny ops on a shared 2-core machine are
+    # much faster that way, and bitwise comparisons need the same thread count in both runs.
+    env = {"GPTKIT_HOME": str(h), "OMP_NUM_THREADS": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield h
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k)
+        else:
+            os.environ[k] = v
+
+
+def launch(name, nproc, echo=lambda s: None, **overrides):
+    flags = {**FLAGS, **overrides}
+    resume = flags.pop("resume", None)
+    return train(flags, LaunchConfig(gpus=0, nproc=nproc), name=name, resume=resume, echo=echo)
+
+
+@pytest.fixture(scope="module")
+def reference(home):
+    assert launch("ref", nproc=2) == 0
+    return home / "runs" / "ref"
+
+
+def weights(ckpt: Path) -> dict:
+    return load_file(str(ckpt / "model.safetensors"))
+
+
+def assert_same(a: dict, b: dict, exact: bool):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), f"{k} differs"
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+
+
+def cli(*args, env=None):
+    return subprocess.Popen(
+        [sys.executable, "-m", "gptkit", "train", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, **(env or {})},
+    )
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def test_reference_run_layout_and_metrics(reference):
+    ckpts = sorted(p.name for p in reference.glob("step_*"))
+    assert ckpts == ["step_000004", "step_000006", "step_000008"]  # every 2 steps, the last 3 kept
+    m = read_metrics(reference)
+    train_steps = [r["step"] for r in m if "loss" in r]
+    assert train_steps == list(range(1, 9))
+    val = [r for r in m if "val_loss" in r]
+    assert [r["step"] for r in val] == [0, 4, 8] and val[-1]["val_loss"] < val[0]["val_loss"]
+    assert all(r["mfu"] is not None and r["mfu"] > 0 for r in m if "loss" in r)
+    assert [r["step"] for r in m if "sample" in r] == [4, 8]
+    hs = [r for r in m if "hellaswag" in r]
+    assert [r["step"] for r in hs] == [0, 8] and all(r["hellaswag_n"] == 5 for r in hs)
+
+    cfg = json.loads((reference / "config.json").read_text())
+    assert cfg["plan"] == {"world_size": 2, "micro_batch": 4, "grad_accum": 1, "rows": 8}
+    meta = json.loads((reference / "step_000008" / "config.json").read_text())
+    assert meta["train"]["lr"] == 3e-3 and meta["tokenizer"] == "bytes" and meta["step"] == 8
+
+
+def test_two_processes_equal_one_process_with_accumulation(home, reference):
+    assert launch("one_proc", nproc=1) == 0
+    run = home / "runs" / "one_proc"
+    assert json.loads((run / "config.json").read_text())["plan"]["grad_accum"] == 2
+    assert_same(weights(run / "step_000008"), weights(reference / "step_000008"), exact=False)
+    a = [r["val_loss"] for r in read_metrics(run) if "val_loss" in r]
+    b = [r["val_loss"] for r in read_metrics(reference) if "val_loss" in r]
+    assert a == pytest.approx(b, rel=1e-5)
+    hs_a = [r["hellaswag"] for r in read_metrics(run) if "hellaswag" in r]
+    hs_b = [r["hellaswag"] for r in read_metrics(reference) if "hellaswag" in r]
+    assert hs_a == hs_b
+
+
+def test_sigkill_then_resume_is_bitwise_exact(home, reference):
+    run = home / "runs" / "killed"
+    p = cli("--gpus", "0", "--nproc", "2", "--name", "killed", *CLI_FLAGS, env={"GPTKIT_TEST_STEP_SLEEP": "0.4"})
+    deadline = time.time() + 120
+    while not (run / "step_000004").exists():
+        assert p.poll() is None, p.communicate()
+        assert time.time() < deadline, "no checkpoint at step 4"
+        time.sleep(0.05)
+    for pid in descendants(p.pid):  # gptkit, torchrun and both workers (torchrun gives them their own session)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.communicate()
+    assert p.returncode == -signal.SIGKILL
+    assert not (run / "step_000008").exists(), "the run finished before it was killed"
+    killed_at = max(r["step"] for r in read_metrics(run) if "loss" in r)
+    assert 4 <= killed_at < 8
+
+    assert launch("killed", nproc=2, resume="auto") == 0
+    assert_same(weights(run / "step_000008"), weights(reference / "step_000008"), exact=True)
+    opt_a = torch.load(run / "step_000008" / "optimizer.pt", weights_only=True)
+    opt_b = torch.load(reference / "step_000008" / "optimizer.pt", weights_only=True)
+    for k, st in opt_a["state"].items():
+        assert torch.equal(st["exp_avg_sq"], opt_b["state"][k]["exp_avg_sq"])
+    steps = [r["step"] for r in read_metrics(run) if "loss" in r]
+    assert steps == list(range(1, 9))  # what the killed run logged after step 4 was replaced, not repeated
+    losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
+    assert losses == [r["loss"] for r in read_metrics(reference) if "loss" in r]
+
+
+def test_resume_with_another_process_count_keeps_batch_and_data(home, reference):
+    run = home / "runs" / "regrid"
+    run.mkdir()
+    shutil.copytree(reference / "step_000004", run / "step_000004")
+    assert launch("regrid", nproc=1, resume="auto", micro_batch=None) == 0
+    plan = json.loads((run / "config.json").read_text())["plan"]
+    assert plan["world_size"] == 1 and plan["rows"] == 8  # same global batch, re-split
+    a = json.loads((run / "step_000008" / "trainer.json").read_text())
+    b = json.loads((reference / "step_000008" / "trainer.json").read_text())
+    assert a["data_pos"] == b["data_pos"] and a["world_size"] == 1
+    assert_same(weights(run / "step_000008"), weights(reference / "step_000008"), exact=False)
+
+
+def test_two_nodes_on_loopback_equal_one_node(home, reference):
+    from gptkit.train.launch import check_port
+
+    port = free_port()
+    check_port("127.0.0.1", port)
+    # Node 1 from the command line; node 0 (which hosts the rendezvous) through the library here.
+    n1 = cli("--gpus", "0", "--nproc", "1", "--nodes", "2", "--node-rank", "1", "--master-addr", "127.0.0.1",
+             "--master-port", port, "--name", "twonode", *CLI_FLAGS)
+    lines = []
+    rc = train(FLAGS, LaunchConfig(gpus=0, nproc=1, nodes=2, node_rank=0, master_addr="127.0.0.1", master_port=port),
+               name="twonode", echo=lines.append)
+    out1, err1 = n1.communicate(timeout=300)
+    assert rc == 0 and n1.returncode == 0, err1
+    assert "--rdzv-backend c10d" in lines[0] and "--nnodes 2 --node-rank 0" in lines[0]
+    assert "--nnodes 2 --node-rank 1" in out1
+    run = home / "runs" / "twonode"
+    assert_same(weights(run / "step_000008"), weights(reference / "step_000008"), exact=False)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(home, reference):
+    run = home / "runs" / "diverge"
+    run.mkdir()
+    shutil.copytree(reference / "step_000004", run / "step_000004")
+    before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (run / "step_000004").iterdir()}
+    p = cli("--gpus", "0", "--nproc", "2", "--name", "diverge", "--resume", "auto", "--lr", "1e30", "--warmup-steps", "0")
+    out, err = p.communicate(timeout=300)
+    line = assert_one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    assert "nan" in line.lower() or "inf" in line.lower(), line
+    assert "step_000004" in line and "lower --lr" in line
+    after = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (run / "step_000004").iterdir()}
+    assert after == before
+    assert sorted(p.name for p in run.glob("step_*")) == ["step_000004"]
+
+
+def test_bad_configs_fail_with_one_line(home):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    cases = {
+        "unknown model preset": ["--preset", "gpt5"],
+        "not a multiple of --seq-len": ["--preset", "tiny", "--seq-len", "32", "--batch-tokens", "1000"],
+        "does not divide": ["--preset", "tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "3"],
+        "no such directory": ["--preset", "tiny", "--data", str(home / "nothing-here")],
+        "already in use": ["--preset", "tiny", "--master-port", str(port)],
+    }
+    procs = {msg: cli("--gpus", "0", "--name", f"bad{i}", *args) for i, (msg, args) in enumerate(cases.items())}
+    try:
+        for msg, p in procs.items():
+            out, err = p.communicate(timeout=120)
+            line = assert_one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+            assert msg in line, line
+    finally:
+        busy.close()
+    assert not any((home / "runs" / f"bad{i}").exists() for i in range(len(cases)))
