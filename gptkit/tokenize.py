@@ -257,15 +257,15 @@ def resolve_source(
         d = paths.data_dir(src)
         if not (d.is_dir() and _scan(d)[0]):
             raise GptkitError(f"{src} is not downloaded yet ({d} has no data files); run `gptkit download {src}` first")
-        return _path_source(d, src, src, text_column)
+        return _path_source(d, src, src, text_column, log)
     p = Path(src).expanduser()
     if p.exists():
-        return _path_source(p, src, None, text_column)
+        return _path_source(p, src, None, text_column, log)
     if _REPO_ID.fullmatch(src) and _file_kind(p) is None:
         d = paths.data_dir(src)
         if d.is_dir() and _scan(d)[0] and revision is None:
             log(f"using the downloaded copy of {src} in {d}")
-            return _path_source(d, src, paths.safe_name(src), text_column)
+            return _path_source(d, src, paths.safe_name(src), text_column, log)
         return _hf_source(src, text_column, subset, split, revision, endpoint)
     raise GptkitError(f"{src}: no such file or directory")
 
@@ -285,7 +285,7 @@ def _builtin_source(name: str) -> Source:
     return Source(spec=name, kind="builtin", name=name, info=info, total_bytes=total)
 
 
-def _path_source(p: Path, spec: str, name: str | None, text_column: str) -> Source:
+def _path_source(p: Path, spec: str, name: str | None, text_column: str, log: Callable[[str], None]) -> Source:
     p = p.resolve()
     if p.is_dir():
         text, tokens = _scan(p)
@@ -317,7 +317,7 @@ def _path_source(p: Path, spec: str, name: str | None, text_column: str) -> Sour
     }
     if text:
         info["text_column"] = text_column
-    info.update(_download_record(root))
+    info.update(_download_record(root, log))
     src = Source(spec=spec, kind="files" if text else "tokens", name=name, root=root, files=files, info=info)
     src.file_kinds = [_file_kind(f) for f in files]
     if text:
@@ -331,20 +331,16 @@ def _path_source(p: Path, spec: str, name: str | None, text_column: str) -> Sour
     return src
 
 
-def _download_record(root: Path) -> dict:
-    """Repo and revision from a `gptkit download` record in the folder, if there is one."""
-    for f in sorted(root.glob("*.json")):
-        try:
-            rec = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(rec, dict) and ("revision" in rec or "commit" in rec):
-            out = {"download_record": f.name}
-            for key in ("repo_id", "repo", "revision", "commit", "endpoint"):
-                if isinstance(rec.get(key), str):
-                    out[key] = rec[key]
-            return out
-    return {}
+def _download_record(root: Path, log: Callable[[str], None]) -> dict:
+    """Repo and revision from the `gptkit download` manifest of the folder, if there is one."""
+    from gptkit import hub
+
+    rec = hub.read_manifest(root)
+    if rec is None:
+        return {}
+    if not rec.get("complete", True):
+        log(f"note: the download in {root} is not complete; tokenizing the files that are there")
+    return {k: rec[k] for k in ("repo_id", "repo_type", "revision", "commit", "endpoint") if isinstance(rec.get(k), str)}
 
 
 def _order_token_files(files: list[Path]) -> list[Path]:
@@ -427,36 +423,6 @@ def _hf_source(repo_id, text_column, subset, split, revision, endpoint) -> Sourc
     return Source(spec=repo_id, kind="huggingface", name=name, info=rec, hf=rec)
 
 
-@contextlib.contextmanager
-def _hub_endpoint(endpoint: str):
-    """Point datasets and huggingface_hub at ENDPOINT for the duration, whatever HF_ENDPOINT was at import.
-
-    Both libraries copy HF_ENDPOINT into module constants when first imported and read those
-    constants on every call, so setting them (and restoring them after) works regardless of
-    import order. Off huggingface.co, Xet is switched off: it would bypass the mirror.
-    """
-    import datasets.config as dconf
-    from huggingface_hub import constants as hconst
-    from urllib.parse import urlsplit
-
-    from gptkit.endpoint import is_official
-
-    saved_d = (dconf.HF_ENDPOINT, dconf.HUB_DATASETS_URL)
-    saved_h = (hconst.ENDPOINT, hconst.HUGGINGFACE_CO_URL_TEMPLATE, hconst.HF_URL_HOSTS, hconst.HF_HUB_DISABLE_XET)
-    dconf.HF_ENDPOINT = endpoint
-    dconf.HUB_DATASETS_URL = endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"
-    hconst.ENDPOINT = endpoint
-    hconst.HUGGINGFACE_CO_URL_TEMPLATE = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    hconst.HF_URL_HOSTS = frozenset(hconst.HF_URL_HOSTS | {(urlsplit(endpoint).hostname or "").lower()})
-    if not is_official(endpoint):
-        hconst.HF_HUB_DISABLE_XET = True
-    try:
-        yield
-    finally:
-        dconf.HF_ENDPOINT, dconf.HUB_DATASETS_URL = saved_d
-        hconst.ENDPOINT, hconst.HUGGINGFACE_CO_URL_TEMPLATE, hconst.HF_URL_HOSTS, hconst.HF_HUB_DISABLE_XET = saved_h
-
-
 # --------------------------------------------------------------------------- work units
 #
 # A unit is a small picklable tuple; workers turn it into tokens. Kinds:
@@ -532,9 +498,11 @@ def _hf_batches(src: Source, unit_bytes: int, skip_units: int) -> Iterator[list[
     import datasets
     from datasets import DownloadConfig
 
+    from gptkit.hub import use_endpoint  # points datasets/huggingface_hub at it, whatever the import order
+
     hf = src.hf
     col = hf["text_column"]
-    with _hub_endpoint(hf["endpoint"]):
+    with use_endpoint(hf["endpoint"]):
         try:
             ds = datasets.load_dataset(
                 hf["repo_id"],
@@ -934,12 +902,12 @@ def tokenize(
         raise GptkitError("--shard-tokens and --val-tokens must be at least 1, and --max-tokens at least 2")
     if s.shard_tokens >= 2**31 or s.val_tokens >= 2**31:
         raise GptkitError("--shard-tokens and --val-tokens must be below 2^31 (the shard header holds an int32 count)")
+    source = resolve_source(src, s.text_column, subset=subset, split=split, revision=revision, endpoint=endpoint, log=log)
     tok = s.tokenizer if isinstance(s.tokenizer, Tokenizer) else get_tokenizer(s.tokenizer)
     if tok.vocab_size > shards.MAX_VOCAB:
         raise GptkitError(
             f"tokenizer {tok.name} has {tok.vocab_size} tokens, more than uint16 shards can hold ({shards.MAX_VOCAB})"
         )
-    source = resolve_source(src, s.text_column, subset=subset, split=split, revision=revision, endpoint=endpoint, log=log)
     out = Path(out).expanduser() if out is not None else paths.shards_dir(source.name)
     tok_info = {"name": tok.name, "vocab_size": tok.vocab_size, "eot": tok.eot_token, "vocab_hash": tok.vocab_hash}
     ident = {
@@ -975,7 +943,7 @@ def tokenize(
                 return Result(out, _install(pdir, out), "resumed", time.perf_counter() - t0)
             state = old_state
             log(f"resuming: {len(state['shards'])} shard(s) already done in {pdir}")
-        elif old_state is not None and not force:
+        elif old_state is not None and old_state.get("shards") and not force:
             raise GptkitError(
                 f"{pdir} holds an interrupted run with another source or other settings; "
                 "re-run that command to finish it, or add --force to discard it"
@@ -986,6 +954,7 @@ def tokenize(
         state = {"fingerprint": fingerprint, "shards": [], "next_unit": 0, "skip": 0, "replaced": 0, "replaced_at_commit": 0}
     else:
         state["replaced"] = state["replaced_at_commit"]
+    created_out = not out.exists()
     pdir.mkdir(parents=True, exist_ok=True)
     for stale in pdir.glob(".*.tmp*"):  # tokens after the last commit are redone
         stale.unlink()
@@ -1014,10 +983,20 @@ def tokenize(
             time.sleep(delay)
         return s.max_tokens is not None and total >= s.max_tokens
 
-    _run_units(source, state["next_unit"], unit_bytes, tok, s, workers, consume)
-    _finish(writer, state, s, source)
-    if not any(x["split"] == "train" for x in state["shards"]):
-        raise GptkitError(f"{source.spec}: no training data (only validation tokens); lower --val-tokens or add data")
+    try:
+        _run_units(source, state["next_unit"], unit_bytes, tok, s, workers, consume)
+        _finish(writer, state, s, source)
+        if not any(x["split"] == "train" for x in state["shards"]):
+            raise GptkitError(f"{source.spec}: no training data (only validation tokens); lower --val-tokens or add data")
+    except GptkitError:
+        if writer.f is not None:
+            writer.f.close()
+        if not state["shards"]:  # nothing worth resuming: leave no trace
+            shutil.rmtree(pdir, ignore_errors=True)
+            if created_out:
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+        raise
 
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -1086,6 +1065,9 @@ def _run_units(source: Source, start: int, unit_bytes: int, tok, s: Settings, wo
     n_workers = max(1, workers or default_workers())
     init = (tok.name, tok.vocab_hash, [str(f) for f in source.files], source.file_kinds, s.text_column, s.strict, unit_bytes)
     todo = ((i, u, b) for i, u, b in units if i >= start)
+    if source.kind == "builtin" or (source.kind == "files" and "jsonl.gz" not in source.file_kinds):
+        todo = list(todo)  # small descriptors: count them, and start no more workers than there are units
+        n_workers = min(n_workers, max(1, len(todo)))
     if n_workers == 1:
         _init_worker(*init, False)
         for index, unit, _ in todo:

@@ -1,0 +1,361 @@
+"""`gptkit tokenize`: sources, shard format and manifest, determinism, kill -9 resume, verify, conversions, bad input."""
+
+import gzip
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, run_cli
+from hubfixtures import hub, make_dataset_repo  # noqa: F401 - hub is a fixture
+
+from gptkit import paths, shards
+from gptkit import tokenize as tz
+from gptkit.errors import GptkitError
+from gptkit.tokenizer import Tokenizer, get_tokenizer
+
+GPT2 = get_tokenizer("gpt2")
+
+
+def corpus(n=120, seed=0):
+    """Documents of varied length cut from Python's own docs, plus some non-ASCII text."""
+    import pydoc_data.topics
+
+    rng = random.Random(seed)
+    topics = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
+    docs = []
+    for i in range(n):
+        t = rng.choice(topics)
+        a = rng.randrange(len(t))
+        docs.append(t[a : a + rng.randrange(50, 2500)] + (" naïve café 東京 🙂" if i % 7 == 0 else ""))
+    return docs
+
+
+def expected_stream(docs, tok=GPT2):
+    return np.array([x for d in docs if d for x in [tok.eot_token, *tok.encode(d)]], dtype=np.uint16)
+
+
+def all_tokens(d):
+    val, train, m = tz.find_shards(d)
+    return np.concatenate([np.asarray(shards.open_shard(p)) for p in val + train]), m
+
+
+def tree_hashes(d: Path) -> dict:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def write_parquet(path, docs, row_group_size):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"id": list(range(len(docs))), "text": docs, "score": [len(d) / 7 for d in docs]})
+    pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def test_default_source_is_the_builtin_corpus(gptkit_home):
+    """No SRC, no download: the pydoc corpus, into shards_dir('pydoc'), split 1:9, readable by find_shards."""
+    import pydoc_data.topics
+
+    r = run_cli("tokenize", check=True)
+    assert "pydoc" in r.stderr and "--data pydoc" in r.stdout
+    val, train, m = tz.find_shards("pydoc")
+    assert val == [paths.shards_dir("pydoc") / "val_000000.bin"]
+    assert [p.name for p in train] == ["train_000001.bin"]
+    docs = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
+    toks, _ = all_tokens("pydoc")
+    assert np.array_equal(toks, expected_stream(docs))
+    assert m["totals"]["val_tokens"] == len(toks) // 10 and m["totals"]["documents"] == len(docs)
+    assert m["source"]["type"] == "builtin" and m["tokenizer"] == {
+        "name": "gpt2", "vocab_size": 50257, "eot": 50256, "vocab_hash": GPT2.vocab_hash,
+    }
+    assert [s["documents"] for s in m["shards"]] == [int((np.asarray(shards.open_shard(p)) == 50256).sum()) for p in val + train]
+    # Running it again is a no-op, and find_shards(None) finds the newest dataset.
+    assert tz.tokenize("pydoc").status == "up to date"
+    assert tz.find_shards(None)[2]["fingerprint"] == m["fingerprint"]
+
+
+def test_formats_agree_shards_are_exact_and_workers_do_not_matter(tmp_path):
+    docs = corpus()
+    docs[5] = ""  # an empty document is skipped, not an EOT of its own
+    src = tmp_path / "src"
+    write_parquet(src / "pq" / "a.parquet", docs[:70], row_group_size=16)
+    write_parquet(src / "pq" / "b.parquet", docs[70:], row_group_size=1000)
+    (src / "j").mkdir()
+    (src / "j" / "all.jsonl").write_text("".join(json.dumps({"text": d, "n": i}) + "\n\n" for i, d in enumerate(docs)))
+    with gzip.open(src / "j.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"body": d}) + "\n" for d in docs)
+    s = tz.Settings(shard_tokens=9000, val_tokens=4000)
+    want = expected_stream(docs)
+
+    ref = tz.tokenize(str(src / "pq"), tmp_path / "o1", s, workers=1, unit_bytes=30_000)
+    toks, m = all_tokens(tmp_path / "o1")
+    assert np.array_equal(toks, want)
+    sizes = [x["tokens"] for x in m["shards"]]
+    assert sizes[0] == 4000 and all(n == 9000 for n in sizes[1:-1]) and 0 < sizes[-1] <= 9000
+    assert [x["split"] for x in m["shards"]] == ["val"] + ["train"] * (len(sizes) - 1)
+    assert m["totals"]["documents"] == len(docs) - 1 == sum(x["documents"] for x in m["shards"])
+    for x in m["shards"]:  # llm.c header and the recorded hash
+        raw = (tmp_path / "o1" / x["filename"]).read_bytes()
+        assert np.frombuffer(raw[:12], "<i4").tolist() == [20240520, 1, x["tokens"]]
+        assert len(raw) == 1024 + 2 * x["tokens"] and hashlib.sha256(raw).hexdigest() == x["sha256"]
+    assert [f["path"] for f in m["source"]["files"]] == ["a.parquet", "b.parquet"]
+
+    # Two workers and other unit sizes: byte-identical shards.
+    tz.tokenize(str(src / "pq"), tmp_path / "o2", s, workers=2, unit_bytes=7_000)
+    assert tree_hashes(tmp_path / "o2") == {k: v for k, v in tree_hashes(tmp_path / "o1").items() if k != "manifest.json"} | {
+        "manifest.json": tree_hashes(tmp_path / "o2")["manifest.json"]
+    }
+    assert tz.read_manifest(tmp_path / "o2")["shards"] == ref.manifest["shards"]
+    # jsonl (with blank lines) and jsonl.gz with another column name give the same stream.
+    tz.tokenize(str(src / "j"), tmp_path / "o3", s, workers=2, unit_bytes=20_000)
+    assert tz.read_manifest(tmp_path / "o3")["shards"] == ref.manifest["shards"]
+    tz.tokenize(str(src / "j.jsonl.gz"), tmp_path / "o4", tz.Settings(text_column="body", shard_tokens=9000, val_tokens=4000), workers=1, unit_bytes=20_000)
+    assert tz.read_manifest(tmp_path / "o4")["shards"] == ref.manifest["shards"]
+    # The bytes tokenizer and --max-tokens.
+    tz.tokenize(str(src / "pq"), tmp_path / "o5", tz.Settings(tokenizer="bytes", shard_tokens=50_000, val_tokens=1000, max_tokens=30_000), workers=1)
+    toks, m = all_tokens(tmp_path / "o5")
+    assert np.array_equal(toks, expected_stream(docs, get_tokenizer("bytes"))[:30_000])
+    assert m["tokenizer"]["vocab_size"] == 256 and m["totals"]["tokens"] == 30_000
+
+
+def test_plain_text_is_cut_only_where_tokens_do_not_change(tmp_path):
+    """A .txt file is one document; encoded in many pieces by two workers it matches encoding it whole."""
+    text = "\n\n".join(corpus(60, seed=3)).replace("\n", "\r\n", 40) + "\n"
+    f = tmp_path / "book.txt"
+    f.write_text(text, encoding="utf-8", newline="")
+    tz.tokenize(str(f), tmp_path / "out", tz.Settings(shard_tokens=5000, val_tokens=2000), workers=2, unit_bytes=3000)
+    toks, m = all_tokens(tmp_path / "out")
+    assert np.array_equal(toks, expected_stream([text]))
+    assert m["totals"]["documents"] == 1 and m["source"]["files"] == [{"path": "book.txt", "bytes": f.stat().st_size}]
+
+
+def test_invalid_utf8_is_replaced_and_counted_or_refused(tmp_path):
+    f = tmp_path / "mixed.txt"
+    f.write_bytes(b"caf\xe9 au lait\n" * 3 + b"ok \xef\xbf\xbd stays\n" + b"tail \xff\xfe end\n")
+    r = tz.tokenize(str(f), tmp_path / "out", workers=1)
+    assert r.manifest["replaced_invalid_utf8"] == 5  # three \xe9, then \xff and \xfe; the real U+FFFD is not counted
+    toks, _ = all_tokens(tmp_path / "out")
+    assert np.array_equal(toks, expected_stream([f.read_bytes().decode("utf-8", errors="replace")]))
+    with pytest.raises(GptkitError, match=r"invalid UTF-8 at byte 3\b"):
+        tz.tokenize(str(f), tmp_path / "strict", tz.Settings(strict=True), workers=1)
+    assert not (tmp_path / "strict").exists()  # a failed run that finished no shard leaves nothing behind
+
+
+def _children(pid):
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _run_until(args, env, done, timeout=60):
+    """Start `gptkit tokenize ARGS`, SIGKILL it as soon as done() holds; return False if it finished first."""
+    p = subprocess.Popen([sys.executable, "-m", "gptkit", "tokenize", *map(str, args)], env={**os.environ, **env},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    kids = []
+    deadline = time.monotonic() + timeout
+    try:
+        while p.poll() is None and time.monotonic() < deadline:
+            kids = _children(p.pid) or kids
+            if done():
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+                return True
+            time.sleep(0.01)
+        p.communicate(timeout=5)
+        assert p.returncode == 0, p.stderr
+        return False
+    finally:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+        for k in kids:  # orphaned workers notice the lost parent and exit; make sure none is left
+            for _ in range(100):
+                if not Path(f"/proc/{k}").exists() or "Z" in Path(f"/proc/{k}/stat").read_text().split()[2]:
+                    break
+                time.sleep(0.05)
+            else:
+                os.kill(k, signal.SIGKILL)
+
+
+def test_kill9_at_any_point_then_resume_is_byte_identical(tmp_path):
+    docs = corpus(150, seed=1)
+    write_parquet(tmp_path / "src" / "data.parquet", docs, row_group_size=8)
+    src, out = tmp_path / "src", tmp_path / "out"
+    args = [src, "-o", out, "-j", "2", "--shard-tokens", "2500", "--val-tokens", "1500"]
+    env = {"GPTKIT_TOKENIZE_UNIT_BYTES": "6000", "GPTKIT_TOKENIZE_TEST_DELAY": "0.04"}
+    partial = out / ".partial"
+
+    def committed():
+        return len(list(partial.glob("*_*.bin"))) if partial.is_dir() else 0
+
+    # Killed during start-up / the first shard, right after the first shard, and a few shards later.
+    killed = [
+        _run_until(args, env, lambda: partial.is_dir()),
+        _run_until(args, env, lambda: committed() >= 1),
+        _run_until(args, env, lambda: committed() >= 4),
+    ]
+    assert killed[1] and killed[2], "the run finished before it could be killed"
+    assert committed() >= 4 and not (out / "manifest.json").exists()
+    with pytest.raises(GptkitError, match="interrupted"):
+        tz.find_shards(out)
+    r = run_cli("tokenize", *args, env={"GPTKIT_TOKENIZE_UNIT_BYTES": "6000"}, check=True)
+    assert "resuming" in r.stderr and r.stdout.startswith("resumed")
+    assert not partial.exists()
+    # The reference: one uninterrupted run, in-process, one worker, default unit size.
+    tz.tokenize(str(src), tmp_path / "ref", tz.Settings(shard_tokens=2500, val_tokens=1500), workers=1)
+    got, want = tree_hashes(out), tree_hashes(tmp_path / "ref")
+    assert {k: v for k, v in got.items() if k != "manifest.json"} == {k: v for k, v in want.items() if k != "manifest.json"}
+    assert tz.read_manifest(out)["shards"] == tz.read_manifest(tmp_path / "ref")["shards"]
+    assert len(want) > 8
+    tz.verify(out)
+
+
+def test_verify_catches_corruption(tmp_path):
+    write_parquet(tmp_path / "d.parquet", corpus(40), row_group_size=10)
+    out = tmp_path / "out"
+    tz.tokenize(str(tmp_path / "d.parquet"), out, tz.Settings(shard_tokens=4000, val_tokens=2000), workers=1)
+    r = run_cli("tokenize", "--verify", out, check=True)
+    assert r.stdout.startswith("ok:")
+    shard = out / "train_000002.bin"
+    good = shard.read_bytes()
+
+    shard.write_bytes(good[:2000] + bytes([good[2000] ^ 1]) + good[2001:])  # one flipped bit
+    assert "sha256" in assert_one_line_error(run_cli("tokenize", "--verify", out))
+    shard.write_bytes(good[:-2])  # truncated
+    with pytest.raises(GptkitError, match="file has"):
+        tz.verify(out)
+    # A token outside the vocabulary, with the hash updated so only the range check can catch it.
+    bad = bytearray(good)
+    bad[1024:1026] = (60000).to_bytes(2, "little")
+    shard.write_bytes(bytes(bad))
+    m = json.loads((out / "manifest.json").read_text())
+    next(x for x in m["shards"] if x["filename"] == shard.name)["sha256"] = hashlib.sha256(bytes(bad)).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(GptkitError, match="outside the vocabulary"):
+        tz.verify(out)
+    with pytest.raises(GptkitError, match="no such directory"):
+        tz.verify(tmp_path / "nope" / "x")
+
+
+def test_converts_build_nanogpt_npy_and_nanogpt_bin(tmp_path):
+    rng = np.random.default_rng(0)
+    npy = tmp_path / "edu_fineweb10B"
+    npy.mkdir()
+    arrays = {}
+    for name, n in [("edufineweb_val_000000", 3000), ("edufineweb_train_000001", 5000), ("edufineweb_train_000002", 4100)]:
+        a = rng.integers(0, 50257, n).astype(np.uint16)
+        a[::97] = 50256
+        arrays[name] = a
+        np.save(npy / f"{name}.npy", a)
+    tz.tokenize(str(npy), tmp_path / "o1", tz.Settings(shard_tokens=4000))
+    val, train, m = tz.find_shards(tmp_path / "o1")
+    assert [x["tokens"] for x in m["shards"]] == [3000, 4000, 4000, 1100]
+    assert [x["split"] for x in m["shards"]] == ["val", "train", "train", "train"]
+    toks, _ = all_tokens(tmp_path / "o1")
+    assert np.array_equal(toks, np.concatenate(list(arrays.values())))
+    assert m["totals"]["documents"] == sum(int((a == 50256).sum()) for a in arrays.values())
+    assert m["source"]["type"] == "tokens"
+
+    # nanoGPT: raw uint16 train.bin / val.bin, no header; pointing at train.bin takes val.bin too.
+    nano = tmp_path / "openwebtext"
+    nano.mkdir()
+    rng.integers(0, 50257, 6000).astype(np.uint16).tofile(nano / "train.bin")
+    rng.integers(0, 50257, 700).astype(np.uint16).tofile(nano / "val.bin")
+    tz.tokenize(str(nano / "train.bin"), tmp_path / "o2")
+    toks, m = all_tokens(tmp_path / "o2")
+    assert [x["split"] for x in m["shards"]] == ["val", "train"]
+    assert np.array_equal(toks, np.concatenate([np.fromfile(nano / "val.bin", "<u2"), np.fromfile(nano / "train.bin", "<u2")]))
+    # llm.c shards (already our format) are imported as they are.
+    tz.tokenize(str(tmp_path / "o2"), tmp_path / "o3")
+    assert np.array_equal(all_tokens(tmp_path / "o3")[0], toks)
+    # Ids beyond the chosen tokenizer's vocabulary are refused.
+    line = assert_one_line_error(run_cli("tokenize", nano, "--tokenizer", "bytes", "-o", tmp_path / "o4"))
+    assert "outside the bytes vocabulary" in line and not (tmp_path / "o4").exists()
+
+
+def test_refuses_a_vocabulary_that_does_not_fit_uint16(tmp_path):
+    class Big(Tokenizer):
+        name, vocab_size, eot_token, vocab_hash = "cl100k", 100277, 100257, "x"
+
+    with pytest.raises(GptkitError, match="more than uint16"):
+        tz.tokenize("pydoc", tmp_path / "o", tz.Settings(tokenizer=Big()))
+    assert not (tmp_path / "o").exists()
+
+
+def test_download_preset_folder_is_found_by_name(gptkit_home):
+    """After `gptkit download fineweb-edu` (same layout: parquet under sample/10BT + manifest), tokenize finds it."""
+    repo = make_dataset_repo(paths.data_dir("fineweb-edu"), "HuggingFaceFW/fineweb-edu", {"sample/10BT": 2, "sample/100BT": 1})
+    (paths.data_dir("fineweb-edu") / ".gptkit" / "partial").mkdir(parents=True)
+    (paths.data_dir("fineweb-edu") / ".gptkit" / "partial" / "x.parquet").write_bytes(b"half a file")
+    r = run_cli("tokenize", "--val-tokens", "2000", check=True)  # no SRC: the downloaded preset wins over pydoc
+    assert "fineweb-edu" in r.stderr
+    toks, m = all_tokens("fineweb-edu")
+    assert [f["path"] for f in m["source"]["files"]] == ["sample/100BT/000_00000.parquet", "sample/10BT/000_00000.parquet", "sample/10BT/001_00000.parquet"]
+    assert m["source"]["commit"] == repo.commit and m["source"]["repo_id"] == "HuggingFaceFW/fineweb-edu"
+    import pyarrow.parquet as pq
+
+    docs = [t for f in m["source"]["files"] for t in pq.read_table(repo.path / f["path"]).column("text").to_pylist()]
+    assert np.array_equal(toks, expected_stream(docs))
+
+
+def test_bad_input_is_one_line_and_leaves_existing_shards_alone(tmp_path):
+    out = tmp_path / "out"
+    write_parquet(tmp_path / "good.parquet", corpus(30), row_group_size=10)
+    run_cli("tokenize", tmp_path / "good.parquet", "-o", out, "--val-tokens", "1000", check=True)
+    before = tree_hashes(out)
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"content": ["a", "b"]}), tmp_path / "nocol.parquet")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    (tmp_path / "notjson.jsonl").write_text('{"text": "fine"}\n{oops\n')
+    cases = {
+        "no such file": [tmp_path / "missing.parquet"],
+        "no column 'text'": [tmp_path / "nocol.parquet"],
+        "empty source": [tmp_path / "empty"],
+        "empty source:": [tmp_path / "empty.jsonl"],
+        "not valid JSON": [tmp_path / "notjson.jsonl"],
+        "cannot reach": ["someorg/somedata", "--endpoint", "http://127.0.0.1:9"],
+        "not downloaded yet": ["fineweb"],
+        "another source": [tmp_path / "nocol.parquet", "--text-column", "content"],
+        "expected a token count": [tmp_path / "good.parquet", "--shard-tokens", "lots"],
+    }
+    for expect, args in cases.items():
+        # --force too (except where the refusal to replace is the point): bad input must not cost the old shards.
+        force = [] if expect == "another source" else ["--force"]
+        line = assert_one_line_error(run_cli("tokenize", *args, "-o", out, *force))
+        assert expect in line, (args, line)
+        assert tree_hashes(out) == before, args
+    tz.verify(out)
+    # --force replaces it, with the old shards gone and the new verified.
+    run_cli("tokenize", tmp_path / "nocol.parquet", "--text-column", "content", "-o", out, "--force", check=True)
+    assert tz.read_manifest(out)["totals"]["documents"] == 2 and set(tree_hashes(out)) == {"manifest.json", "val_000000.bin", "train_000001.bin"}
+
+
+def test_huggingface_dataset_streams_through_the_given_endpoint(hub, tmp_path):  # noqa: F811
+    """Streaming via `datasets` from our mirror, with a wrong HF_ENDPOINT in the environment that must not win."""
+    out = tmp_path / "hf"
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_XET": ""}
+    args = ["tokenize", "HuggingFaceFW/fineweb-edu", "--subset", "sample-10BT", "--endpoint", hub.url, "--val-tokens", "1500", "-o", out]
+    run_cli(*args, env=env, check=True)
+    toks, m = all_tokens(out)
+    assert m["source"]["revision"] == hub.repos["fineweb-edu"].commit and m["source"]["endpoint"] == hub.url
+    tz.tokenize(str(hub.repos["fineweb-edu"].path / "sample" / "10BT"), tmp_path / "local", tz.Settings(val_tokens=1500), workers=1)
+    assert np.array_equal(toks, all_tokens(tmp_path / "local")[0])
+    before = tree_hashes(out)
+    line = assert_one_line_error(run_cli(*args, "--revision", "v9", "--force", env=env))
+    assert "has no revision 'v9'" in line
+    with pytest.raises(GptkitError, match="dataset nobody/nothing not found"):
+        tz.tokenize("nobody/nothing", tmp_path / "x", endpoint=hub.url)
+    assert tree_hashes(out) == before
