@@ -102,7 +102,10 @@ def tokenize(
     )
     if m["replaced_invalid_utf8"]:
         print(f"note: {m['replaced_invalid_utf8']} invalid UTF-8 sequences were replaced by U+FFFD (see manifest.json)")
-    print(f"next: gptkit train --data {Path(result.out)}")
+    from gptkit import paths
+
+    data = result.out.name if result.out.resolve() == paths.shards_dir(result.out.name).resolve() else str(result.out)
+    print(f"next: gptkit train --data {data}")
 
 
 class _Progress:
