@@ -255,3 +255,21 @@ def test_bad_configs_fail_with_one_line(home):
     finally:
         busy.close()
     assert not any((home / "runs" / f"bad{i}").exists() for i in range(len(cases)))
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(home):
+    run = home / "runs" / "term"
+    p = cli("--gpus", "0", "--nproc", "2", "--name", "term", *CLI_FLAGS, "--max-steps", "1000",
+            env={"GPTKIT_TEST_STEP_SLEEP": "0.2"})
+    deadline = time.time() + 120
+    while len([r for r in read_metrics(run) if "loss" in r]) < 2:
+        assert p.poll() is None, p.communicate()
+        assert time.time() < deadline, "training did not start"
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    last = max(r["step"] for r in read_metrics(run) if "loss" in r)
+    assert last < 1000 and f"stopped at step {last}" in out
+    assert sorted(x.name for x in run.glob("step_*"))[-1] == f"step_{last:06d}"
+    assert "Traceback" not in err

@@ -223,24 +223,52 @@ def write_run_config(rr: ResolvedRun) -> None:
     write_json(run_dir / CONFIG_FILE, rr.to_dict())
 
 
-def run_torchrun(cmd: list[str], env: dict[str, str]) -> int:
-    """Run torchrun, forwarding Ctrl-C and SIGTERM to it (it passes them on to the workers, which
-    save a checkpoint and stop); return its exit code."""
-    # Its own session, so a terminal's Ctrl-C reaches torchrun once (from us), not twice.
+def child_pids(pid: int) -> list[int]:
+    """Direct children of a process (Linux /proc; empty elsewhere)."""
+    out = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for name in entries:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def run_torchrun(cmd: list[str], env: dict[str, str], echo=print) -> int:
+    """Run torchrun and return its exit code, or 128 + signal if it was stopped by Ctrl-C / SIGTERM.
+
+    The first Ctrl-C or SIGTERM goes to the workers themselves: they finish the step, save a
+    checkpoint and exit 0, so torchrun ends quietly. A second one goes to torchrun, which stops them
+    at once. (torchrun runs in its own session so a terminal's Ctrl-C reaches it only through us.)
+    """
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    received: list[int] = []
 
     def forward(signum, frame):
-        try:
-            proc.send_signal(signum)
-        except ProcessLookupError:
-            pass
+        received.append(signum)
+        workers = child_pids(proc.pid) if len(received) == 1 else []
+        if workers:
+            echo("gptkit: stopping after this step and saving a checkpoint (again to stop at once)")
+        for pid in workers or [proc.pid]:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
+        rc = proc.wait()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    return 128 + received[0] if received else rc
 
 
 def worker_errors(run_dir: Path) -> list[str]:
@@ -270,7 +298,7 @@ def train(flags: dict, launch: LaunchConfig, *, config_file=None, name=None, out
     if errs.is_dir():
         for f in errs.iterdir():
             f.unlink()
-    rc = run_torchrun(cmd, worker_env(rr))
+    rc = run_torchrun(cmd, worker_env(rr), echo=echo)
     messages = worker_errors(run_dir)
     if messages:
         raise GptkitError(messages[0])

@@ -24,6 +24,9 @@ def write_error(run_dir: Path, rank: int, message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gptkit.train import signals
+
+    signals.install()  # before the heavy imports: a stop request during start-up is kept
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m gptkit.train.main RUN_DIR (normally started by `gptkit train`)", file=sys.stderr)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from gptkit.device import configure_matmul, resolve_precision
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, get_preset
 from gptkit.train import data as datamod
-from gptkit.train import hellaswag, mfu
+from gptkit.train import hellaswag, mfu, signals
 from gptkit.train.config import ResolvedRun, plan_batches
 from gptkit.train.metrics import Reporter, truncate_metrics
 from gptkit.train.schedule import lr_at
@@ -257,7 +256,8 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         # One small all-reduce: the mean loss for the log, and whether any rank was asked to stop.
-        stats = torch.stack([loss_sum.float(), torch.tensor(float(self.stop_requested), device=self.device)])
+        stop_here = signals.requested()
+        stats = torch.stack([loss_sum.float(), torch.tensor(float(stop_here), device=self.device)])
         self.dist.all_reduce(stats)
         loss_val, stop = stats[0].item() / self.dist.world_size, stats[1].item() > 0
         gnorm = grad_norm.item()
@@ -288,7 +288,6 @@ class Trainer:
         rep = Reporter(self.run_dir, enabled=d.master, max_steps=cfg.max_steps, start_step=self.step,
                        log_every=cfg.log_every, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=self.rr.to_dict())
         examples, tokenizer = self._hellaswag_setup(rep)
-        self._install_signal_handlers()
         if d.master:
             rep.print(
                 f"run {self.run_dir} | {cfg.preset} {self.model.num_params() / 1e6:.1f}M params | "
@@ -351,18 +350,6 @@ class Trainer:
         from gptkit.tokenizer import get_tokenizer
 
         return hellaswag.load_examples(files, cfg.hellaswag_limit), get_tokenizer(self.tokenizer_name)
-
-    def _install_signal_handlers(self) -> None:
-        """SIGINT / SIGTERM (torchrun forwards Ctrl-C as SIGTERM): finish the step, save, exit.
-        A second signal stops at once."""
-
-        def handler(signum, frame):
-            if self.stop_requested:
-                raise KeyboardInterrupt
-            self.stop_requested = True
-
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, handler)
 
 
 def _hook_after_step(step: int) -> None:
