@@ -30,7 +30,6 @@ USER_ERRORS = [
     # bad flag values
     pytest.param(["doctor", "--endpoint", "ftp://example.invalid"], "invalid Hugging Face endpoint", id="doctor-endpoint-not-http"),
     pytest.param(["doctor", "--endpoint", "http://127.0.0.1:9", "--mirror"], "either --endpoint or --mirror", id="doctor-endpoint-and-mirror"),
-    pytest.param(["sample", "--precision", "fp8", "hi"], "unknown precision 'fp8'", id="sample-unknown-precision"),
     pytest.param(["download", "fineweb-edu", "--subset", "nope", "--endpoint", "http://127.0.0.1:9"],
                  "unknown subset 'nope'", id="download-unknown-subset"),
     # unknown presets
