@@ -183,7 +183,8 @@ class Source:
 
     def identity(self) -> dict:
         """What the output depends on; a resumed or repeated run must see the same."""
-        ident = {k: v for k, v in self.info.items() if k not in ("root",)}
+        # Not where it is or how it was named or fetched: the same files or revision are the same source.
+        ident = {k: v for k, v in self.info.items() if k not in ("spec", "root", "endpoint", "description")}
         if self.files:
             ident["stat"] = [[f.stat().st_size, f.stat().st_mtime_ns] for f in self.files]
         return ident
@@ -371,7 +372,7 @@ def _plan_parquet(src: Source, text_column: str) -> None:
         typ = schema.field(text_column).type
         if not (pa.types.is_string(typ) or pa.types.is_large_string(typ) or str(typ) == "string_view"):
             raise GptkitError(f"{f}: column {text_column!r} holds {typ}, not text; choose another with --text-column")
-        col = pf.metadata.schema.to_arrow_schema().get_field_index(text_column)
+        col = next(j for j in range(pf.metadata.num_columns) if pf.metadata.schema.column(j).path == text_column)
         units = []
         for rg in range(pf.metadata.num_row_groups):
             meta = pf.metadata.row_group(rg)
@@ -396,7 +397,10 @@ def _hub_error(e: Exception, repo_id: str, revision: str | None, endpoint: str) 
         return GptkitError(f"dataset {repo_id} is not available offline (HF_HUB_OFFLINE is set); download it first")
     if isinstance(e, hf_errors.HfHubHTTPError):
         return GptkitError(f"{endpoint} answered {e.__class__.__name__} for dataset {repo_id}: {str(e).splitlines()[0]}")
-    return GptkitError(f"cannot reach the Hugging Face endpoint {endpoint} ({e.__class__.__name__}); check --endpoint/HF_ENDPOINT or your network")
+    return GptkitError(
+        f"{repo_id} is not a local file or folder, and the Hugging Face endpoint {endpoint} cannot be reached "
+        f"({e.__class__.__name__}); check the path, --endpoint/HF_ENDPOINT or your network"
+    )
 
 
 def _hf_source(repo_id, text_column, subset, split, revision, endpoint) -> Source:
@@ -405,6 +409,8 @@ def _hf_source(repo_id, text_column, subset, split, revision, endpoint) -> Sourc
     from gptkit.endpoint import resolve_endpoint
 
     endpoint = resolve_endpoint(endpoint)
+    if os.environ.get("GPTKIT_OFFLINE") == "1":
+        raise GptkitError(f"{repo_id} is not a local file or folder, and GPTKIT_OFFLINE=1 forbids streaming it from {endpoint}")
     try:
         info = HfApi(endpoint=endpoint).dataset_info(repo_id, revision=revision, timeout=30)
     except Exception as e:  # noqa: BLE001 - connection and HTTP errors come in many types

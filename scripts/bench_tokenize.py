@@ -206,11 +206,19 @@ def main() -> int:
             make_parquet(f, args.mb * mult, seed=mult)
         inputs[mult] = (f, text_bytes(f))
 
-    lim = limit_single_thread(inputs[1][0], args.sample_mb)
+    # The limit is measured before and after the runs and the faster figure is used: on a shared
+    # machine that makes the ratio conservative rather than flattering.
+    before = limit_single_thread(inputs[1][0], args.sample_mb)
+    runs = {}
+    for mult, (f, nbytes) in inputs.items():
+        runs[mult] = run_tokenize(f, args.workdir / f"out-x{mult}", workers, env)
+    after = limit_single_thread(inputs[1][0], args.sample_mb)
+    lim = max(before, after, key=lambda x: x["tokens_per_s"])
+    lim["tokens_per_cpu_s"] = max(before["tokens_per_cpu_s"], after["tokens_per_cpu_s"])
     limit = lim["tokens_per_s"] * workers
     rows = []
     for mult, (f, nbytes) in inputs.items():
-        r = run_tokenize(f, args.workdir / f"out-x{mult}", workers, env)
+        r = runs[mult]
         tps = r["tokens"] / r["tokenize_s"]
         rows.append({
             "input": f"{mult}x", "text_mb": nbytes / 1e6, "file_mb": f.stat().st_size / 1e6, "workers": workers,
@@ -222,7 +230,8 @@ def main() -> int:
             "cpu_efficiency": (r["tokens"] / r["cpu_s"]) / lim["tokens_per_cpu_s"],
         })
     print(f"\nLimit: tiktoken encode_ordinary, 1 thread, {lim['sample_bytes'] / 1e6:.1f} MB sample: "
-          f"{lim['tokens_per_s']:,.0f} tokens/s ({lim['mb_per_s']:.2f} MB/s) x {workers} workers = {limit:,.0f} tokens/s\n")
+          f"{lim['tokens_per_s']:,.0f} tokens/s ({lim['mb_per_s']:.2f} MB/s; before the runs {before['tokens_per_s']:,.0f}, "
+          f"after {after['tokens_per_s']:,.0f}) x {workers} workers = {limit:,.0f} tokens/s\n")
     print("| input | text MB | workers | time s | MB/s | tokens/s | limit tokens/s | ratio (goal >= 85%) | peak RSS MB, all processes (goal < 1000) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -236,7 +245,7 @@ def main() -> int:
     growth = rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
     print(f"\npeak RSS 2x / 1x input: {growth:.2f} (flat = about 1.0)")
     if args.json:
-        print(json.dumps({"limit": lim, "workers": workers, "runs": rows, "rss_growth_2x": growth}))
+        print(json.dumps({"limit": lim, "limit_before": before, "limit_after": after, "workers": workers, "runs": rows, "rss_growth_2x": growth}))
     return 0
 
 

@@ -10,10 +10,12 @@ the file where tiktoken (and gptkit) find it:
     $GPTKIT_HOME/tiktoken/r50k_base.tiktoken         always (default ~/.cache/gptkit)
 
 Run with the Python of the environment that has pip. Exits non-zero if the hash does not match.
+On a machine without PyPI, copy the sdist over and pass it: --sdist openai_whisper-20250625.tar.gz
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import subprocess
@@ -44,18 +46,32 @@ def place(data: bytes, dest: Path) -> None:
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description="Install GPT-2's r50k_base.tiktoken offline, from the openai-whisper sdist.")
+    ap.add_argument("--sdist", type=Path, help="use this openai-whisper 20250625 .tar.gz instead of fetching it from PyPI")
+    args = ap.parse_args()
     dests = targets()
     if all(d.is_file() and hashlib.sha256(d.read_bytes()).hexdigest() == R50K_SHA256 for d in dests):
         print(f"GPT-2 vocabulary already installed: {dests[0]}")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", SDIST, "-d", tmp]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(Path(tmp).glob("openai_whisper-*.tar.gz")) + list(Path(tmp).glob("openai-whisper-*.tar.gz"))
-        if r.returncode != 0 or not sdists:
-            print(f"error: could not download the {SDIST} sdist from PyPI:\n{r.stderr.strip()[-500:]}", file=sys.stderr)
+        if args.sdist is not None:
+            if not args.sdist.is_file():
+                print(f"error: {args.sdist}: no such file", file=sys.stderr)
+                return 1
+            sdists = [args.sdist]
+        else:
+            cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", SDIST, "-d", tmp]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            sdists = list(Path(tmp).glob("openai_whisper-*.tar.gz")) + list(Path(tmp).glob("openai-whisper-*.tar.gz"))
+            if r.returncode != 0 or not sdists:
+                print(f"error: could not download the {SDIST} sdist from PyPI:\n{r.stderr.strip()[-500:]}", file=sys.stderr)
+                return 1
+        try:
+            tar = tarfile.open(sdists[0])
+        except (tarfile.TarError, OSError) as e:
+            print(f"error: {sdists[0]}: not a readable .tar.gz ({e.__class__.__name__})", file=sys.stderr)
             return 1
-        with tarfile.open(sdists[0]) as tar:
+        with tar:
             member = next((m for m in tar.getmembers() if m.name.endswith(MEMBER)), None)
             if member is None:
                 print(f"error: {sdists[0].name} has no {MEMBER}", file=sys.stderr)

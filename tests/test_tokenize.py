@@ -326,7 +326,7 @@ def test_bad_input_is_one_line_and_leaves_existing_shards_alone(tmp_path):
         "empty source": [tmp_path / "empty"],
         "empty source:": [tmp_path / "empty.jsonl"],
         "not valid JSON": [tmp_path / "notjson.jsonl"],
-        "cannot reach": ["someorg/somedata", "--endpoint", "http://127.0.0.1:9"],
+        "cannot be reached": ["someorg/somedata", "--endpoint", "http://127.0.0.1:9"],
         "not downloaded yet": ["fineweb"],
         "another source": [tmp_path / "nocol.parquet", "--text-column", "content"],
         "expected a token count": [tmp_path / "good.parquet", "--shard-tokens", "lots"],
@@ -359,3 +359,25 @@ def test_huggingface_dataset_streams_through_the_given_endpoint(hub, tmp_path): 
     with pytest.raises(GptkitError, match="dataset nobody/nothing not found"):
         tz.tokenize("nobody/nothing", tmp_path / "x", endpoint=hub.url)
     assert tree_hashes(out) == before
+
+
+def test_killed_while_installing_the_finished_shards(tmp_path):
+    """The last step moves shards from .partial into place and writes manifest.json last; a re-run finishes it."""
+    write_parquet(tmp_path / "d.parquet", corpus(40, seed=2), row_group_size=10)
+    out, s = tmp_path / "out", tz.Settings(shard_tokens=5000, val_tokens=2000)
+    tz.tokenize(str(tmp_path / "d.parquet"), out, s, workers=1)
+    want = tree_hashes(out)
+    # Killed half-way: the manifest and one shard still in .partial, the other shards already moved.
+    partial = out / tz.PARTIAL_DIR
+    partial.mkdir()
+    os.replace(out / "manifest.json", partial / "manifest.json")
+    os.replace(out / "val_000000.bin", partial / "val_000000.bin")
+    with pytest.raises(GptkitError, match="interrupted"):
+        tz.find_shards(out)
+    assert tz.tokenize(str(tmp_path / "d.parquet"), out, s, workers=1).status == "resumed"
+    assert tree_hashes(out) == want
+    # Killed after manifest.json was in place but before .partial was removed.
+    partial.mkdir()
+    (partial / "previous-manifest.json").write_text("{}")
+    assert tz.tokenize(str(tmp_path / "d.parquet"), out, s, workers=1).status == "up to date"
+    assert tree_hashes(out) == want and not partial.exists()
