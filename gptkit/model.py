@@ -206,10 +206,10 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int = 0):
-        """idx (B, T) token ids -> logits (B, T, padded_vocab) and, with targets, the mean loss.
+    def hidden(self, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
+        """idx (B, T) -> the final hidden states (B, T, C): everything before lm_head.
 
-        `pos` is the position of idx[:, 0]; it is non-zero only when decoding with a KV cache.
+        The trainer uses it on CPU to fuse lm_head with the loss (gptkit/train/loss.py).
         """
         B, T = idx.size()
         if pos + T > self.config.block_size:
@@ -219,7 +219,14 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x, pos)
-        x = self.transformer.ln_f(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int = 0):
+        """idx (B, T) token ids -> logits (B, T, padded_vocab) and, with targets, the mean loss.
+
+        `pos` is the position of idx[:, 0]; it is non-zero only when decoding with a KV cache.
+        """
+        x = self.hidden(idx, pos)
         logits = self.lm_head(x)  # (B, T, padded_vocab)
         loss = None
         if targets is not None:

@@ -28,6 +28,7 @@ from gptkit.model import GPT, get_preset
 from gptkit.train import data as datamod
 from gptkit.train import hellaswag, mfu, signals
 from gptkit.train.config import ResolvedRun, plan_batches
+from gptkit.train.loss import FusedLossGPT
 from gptkit.train.metrics import Reporter, truncate_metrics
 from gptkit.train.schedule import lr_at
 
@@ -145,7 +146,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
 
         compile_ = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
-        train_model = torch.compile(self.model) if compile_ else self.model
+        train_model = self.model
+        if self.device.type == "cpu" and self.precision.name == "fp32":
+            train_model = FusedLossGPT(self.model)  # see loss.py: the logits dominate a CPU step
+        if compile_:
+            train_model = torch.compile(train_model)
         if dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -1,0 +1,78 @@
+"""lm_head and cross-entropy fused, for CPU training in fp32.
+
+With GPT-2's vocabulary the logits are the largest tensor of a step ((tokens, 50304) floats) and,
+on a CPU, the unfused loss walks over them many times: log_softmax, a zero-filled gradient, the
+scatter, log_softmax's backward. Here each chunk of logits is turned into its gradient in place
+(one exp per element) right after it is computed, and the two gradient matmuls follow while it is
+still warm. Both gradients are ready at the end of the forward pass; backward only scales them.
+The loss equals F.cross_entropy over the padded vocabulary (ignore_index=-1), as in GPT.forward.
+
+GPUs keep the unfused path: torch.compile fuses it there, and under autocast the logits would be
+bf16, which this function does not handle.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+CHUNK_ELEMENTS = 1 << 26  # logits per chunk (256 MB in fp32): bounds the extra memory
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+        # h (N, C) hidden states, weight (V, C) the tied lm_head, targets (N,) with -1 = ignore
+        N = h.size(0)
+        valid = targets >= 0
+        n_valid = int(valid.sum())
+        all_valid = n_valid == N
+        scale = 1.0 / max(n_valid, 1)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros_like(weight)
+        loss = torch.zeros((), dtype=torch.float64, device=h.device)
+        chunk = max(1, CHUNK_ELEMENTS // weight.size(0))
+        for s in range(0, N, chunk):
+            hc, tc = h[s : s + chunk], targets[s : s + chunk]
+            rows = torch.arange(len(tc), device=h.device)
+            tcl = tc.clamp(min=0)
+            logits = hc @ weight.t()  # (n, V)
+            target_logit = logits[rows, tcl]
+            mx = logits.amax(dim=1, keepdim=True)
+            logits.sub_(mx).exp_()  # in place: exp(logit - max)
+            denom = logits.sum(dim=1, keepdim=True)
+            row_loss = mx.squeeze(1) + denom.squeeze(1).log() - target_logit  # log-sum-exp - target
+            logits.mul_(scale / denom)  # softmax / n_valid
+            logits[rows, tcl] -= scale  # minus the one-hot target: d(mean loss) / d(logits)
+            if not all_valid:
+                vc = valid[s : s + chunk]
+                row_loss = row_loss * vc
+                logits.mul_(vc.unsqueeze(1))
+            loss += row_loss.sum(dtype=torch.float64)
+            torch.mm(logits, weight, out=grad_h[s : s + chunk])
+            grad_w.addmm_(logits.t(), hc)
+        ctx.save_for_backward(grad_h, grad_w)
+        return (loss * scale).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of (h @ weight.T) against targets, without keeping the logits."""
+    return _LinearCrossEntropy.apply(h, weight, targets)
+
+
+class FusedLossGPT(nn.Module):
+    """Training view of a GPT: (idx, targets) -> (None, loss) through the fused loss. It holds the
+    same module, so DDP and the optimizer see the very same parameters."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor):
+        h = self.model.hidden(idx)  # (B, T, C)
+        return None, linear_cross_entropy(h.view(-1, h.size(-1)), self.model.lm_head.weight, targets.reshape(-1))
