@@ -48,11 +48,28 @@ app.command("plot")(plot.plot)
 
 
 def main() -> None:
+    """Run the CLI: user errors become one line on stderr, never a traceback."""
     try:
-        app()
+        rv = app(standalone_mode=False)
     except GptkitError as e:
         print(f"gptkit: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except typer.Abort:
+        print("gptkit: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as e:
+        # Usage errors found while parsing (bad flag value, unknown option or command): one line
+        # naming the command, instead of the multi-line usage box; exit 2 as usual for usage.
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `gptkit` / `gptkit mirror`: show help
+            ctx = getattr(e, "ctx", None)
+            print(ctx.get_help() if ctx else str(e))
+            sys.exit(0)
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "gptkit"
+        message = " ".join(e.format_message().split()) if hasattr(e, "format_message") else str(e)
+        print(f"{where}: error: {message} (see `{where} --help`)", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print("gptkit: interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
