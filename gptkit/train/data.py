@@ -33,11 +33,18 @@ def check_data(data: str | Path | None) -> tuple[Path, list[Path], list[Path], d
     data_dir = resolve_shards_dir(data).resolve()
     val, train, manifest = find_shards(data_dir)
     if not val:
-        raise GptkitError(f"{data_dir}: no validation shard; re-run `gptkit tokenize` with a validation split")
-    for key in ("tokenizer", "vocab_size", "eot"):
-        if key not in manifest:
-            raise GptkitError(f"{data_dir / 'manifest.json'}: no {key!r}; re-run `gptkit tokenize`")
+        raise GptkitError(f"{data_dir}: no validation shard; re-run `gptkit tokenize` with --val-tokens")
+    tokenizer_info(manifest, data_dir)
     return data_dir, val, train, manifest
+
+
+def tokenizer_info(manifest: dict, where: Path | str = "manifest") -> tuple[str, int, int]:
+    """(tokenizer name, vocabulary size, end-of-text id) from a shard manifest."""
+    tok = manifest.get("tokenizer")
+    try:
+        return str(tok["name"]), int(tok["vocab_size"]), int(tok["eot"])
+    except (TypeError, KeyError, ValueError):
+        raise GptkitError(f"{where}: the manifest does not name its tokenizer; re-run `gptkit tokenize`") from None
 
 
 # --- the stream ----------------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def prepare(
     out: str | Path | None = None, resume: str | None = None, launch_flags: set[str] | None = None,
 ) -> ResolvedRun:
     """Flags (TrainConfig keys given on the command line, None = not given) -> a ResolvedRun, validated."""
-    from gptkit.train.data import TokenStream, check_data
+    from gptkit.train.data import TokenStream, check_data, tokenizer_info
     from gptkit.train.metrics import check_backends
 
     flags = {k: v for k, v in flags.items() if v is not None}
@@ -168,9 +168,9 @@ def prepare(
 
     data_dir, val, train, manifest = check_data(cfg.data)
     cfg = replace(cfg, data=str(data_dir))  # a resume must read the same data, whatever is newest then
-    vocab = int(manifest["vocab_size"])
+    tokenizer, vocab, eot = tokenizer_info(manifest, data_dir)
     if cfg.eval_tokens:
-        val_tokens = TokenStream(val, int(manifest["eot"]), cfg.seed, shuffle=False).total
+        val_tokens = TokenStream(val, eot, cfg.seed, shuffle=False).total
         if (min(cfg.eval_tokens, val_tokens - 1) // cfg.seq_len) < world:
             raise GptkitError(
                 f"the validation shard ({val_tokens} tokens) is too small to give each of {world} processes one "
@@ -186,7 +186,7 @@ def prepare(
     return ResolvedRun(
         train=cfg, launch=launch, plan=plan, data_dir=str(data_dir), run_dir=str(run_dir),
         resume_from=str(ckpt) if ckpt else None,
-        extra={"device_type": device_type, "nproc_per_node": nproc, "tokenizer": manifest["tokenizer"], "vocab_size": vocab},
+        extra={"device_type": device_type, "nproc_per_node": nproc, "tokenizer": tokenizer, "vocab_size": vocab},
     )
 
 

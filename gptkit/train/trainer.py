@@ -116,15 +116,14 @@ class Trainer:
         self.plan = plan
 
         # Data: the manifest says which tokenizer and vocabulary the model needs.
-        data_dir, val_paths, train_paths, self.manifest = datamod.check_data(rr.data_dir)
-        self.eot = int(self.manifest["eot"])
-        self.tokenizer_name = self.manifest["tokenizer"]
+        data_dir, val_paths, train_paths, manifest = datamod.check_data(rr.data_dir)
+        self.tokenizer_name, vocab_size, self.eot = datamod.tokenizer_info(manifest, data_dir)
         self.train_stream = datamod.TokenStream(train_paths, self.eot, cfg.seed, shuffle=True)
         self.val_stream = datamod.TokenStream(val_paths, self.eot, cfg.seed, shuffle=False)
         self.batches = datamod.TrainBatches(self.train_stream, cfg.seq_len, plan.micro_batch, dist.rank, dist.world_size)
 
         # Model: same initial weights on every rank (DDP would broadcast rank 0's anyway).
-        self.model_config = get_preset(cfg.preset).with_vocab(int(self.manifest["vocab_size"]))
+        self.model_config = get_preset(cfg.preset).with_vocab(vocab_size)
         torch.manual_seed(cfg.seed)
         self.model = GPT(self.model_config).to(self.device)
         self.step, self.data_pos, self.tokens_seen = 0, 0, 0
