@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+import torch.nn as nn
 
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
@@ -191,6 +192,45 @@ def generate(
             model.clear_kv_cache()
 
 
+# --- decoding layout ------------------------------------------------------------------------------
+
+class WideLinear(nn.Module):
+    """y = x @ W^T + b with W kept transposed, (in, out), for batch-1 decoding on a CPU.
+
+    Decoding one token is a matrix-vector product per weight, bound by memory bandwidth. For the
+    matrices that widen (out > in: c_attn, c_fc and the 768 -> 50,304 lm_head) the BLAS streams the
+    (in, out) layout markedly faster than nn.Linear's (out, in) on the CPUs we measured (about 1.4x
+    for c_fc and 1.5x for lm_head with MKL on an AVX2 EPYC); for the narrowing ones it is the
+    other way round, so those stay nn.Linear. Values are the same fp32 weights: only the order of
+    the sums changes, so logits agree to fp32 rounding.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.register_buffer("weight_t", weight.detach().t().contiguous())  # (in, out)
+        self.register_buffer("bias", None if bias is None else bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.size(-1))  # (B*T, in)
+        y = flat @ self.weight_t if self.bias is None else torch.addmm(self.bias, flat, self.weight_t)
+        return y.view(*x.shape[:-1], self.weight_t.size(1))
+
+
+def prepare_for_decoding(model: GPT) -> GPT:
+    """Switch a CPU model to the decoding layout above, in place (sampling only: the changed model
+    no longer has gptkit's parameter names, so it is not for training or saving). The lm_head gets
+    its own transposed copy of wte (+ padded_vocab x n_embd floats); the embedding lookup keeps wte.
+    """
+    if model.transformer.wte.weight.device.type != "cpu" or getattr(model, "decoding_layout", False):
+        return model
+    for block in model.transformer.h:
+        block.attn.c_attn = WideLinear(block.attn.c_attn.weight, block.attn.c_attn.bias)
+        block.mlp.c_fc = WideLinear(block.mlp.c_fc.weight, block.mlp.c_fc.bias)
+    model.lm_head = WideLinear(model.transformer.wte.weight, None)
+    model.decoding_layout = True
+    return model.eval()
+
+
 # --- text out ------------------------------------------------------------------------------------
 
 class StreamDecoder:
@@ -341,5 +381,5 @@ def load_for_sampling(path: Path, device: torch.device):
             f"{path}: the model has a vocabulary of {cfg.vocab_size} but its tokenizer {tokenizer.name!r} has "
             f"{tokenizer.vocab_size}; this checkpoint does not go with that tokenizer"
         )
-    model = loaded.build_model(device)
+    model = prepare_for_decoding(loaded.build_model(device))
     return model, tokenizer, f"{loaded.path} ({loaded.format})"

@@ -10,7 +10,8 @@ from gptkit.checkpoint import save_checkpoint
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, GPTConfig
 from gptkit.sample import (
-    SampleConfig, StreamDecoder, generate, logits_to_probs, next_token, resolve_model_path, sample_text,
+    SampleConfig, StreamDecoder, generate, logits_to_probs, next_token, prepare_for_decoding, resolve_model_path,
+    sample_text,
 )
 from gptkit.tokenizer import BytesTokenizer, get_tokenizer
 
@@ -104,6 +105,19 @@ def test_cached_logits_equal_full_forward_at_every_position():
     finally:
         model.clear_kv_cache()
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_decoding_layout_keeps_logits_and_tokens():
+    import copy
+
+    model = random_model(vocab=300, padded=320)
+    fast = prepare_for_decoding(copy.deepcopy(model))
+    assert fast.decoding_layout and type(fast.lm_head).__name__ == "WideLinear"
+    idx = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(idx)[0], model(idx)[0], rtol=1e-5, atol=1e-5)
+    cfg = SampleConfig(max_new_tokens=30, temperature=0, stop_at_eot=False)
+    assert tokens(fast, [1, 2, 3], cfg) == tokens(model, [1, 2, 3], cfg)
 
 
 def test_generation_stops_at_the_context_length():
