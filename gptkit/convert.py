@@ -258,6 +258,9 @@ def read_hf(path: Path) -> Loaded:
     cfg = read_json(path / "config.json")
     if cfg.get("model_type") != "gpt2":
         raise GptkitError(f"{path}: a {cfg.get('model_type')!r} model; gptkit reads GPT-2 (model_type gpt2) only")
+    missing = [k for k in ("n_embd", "n_layer", "n_head") if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise GptkitError(f"{path / 'config.json'}: no {', '.join(missing)}; not a GPT-2 config")
     act = cfg.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
         raise GptkitError(f"{path}: activation {act!r} differs from GPT-2's tanh GELU, which gptkit's model uses")

@@ -228,3 +228,21 @@ def test_hub_name_uses_the_downloaded_copy(gptkit_home, tmp_path):
     out = json.loads(r.stdout)
     expected = sample_text(model, BytesTokenizer(), "abc", SampleConfig(max_new_tokens=5, temperature=0))
     assert out["samples"][0]["text"] == expected.samples[0].text
+
+
+def test_hub_name_is_fetched_through_the_mirror(gptkit_home, tmp_path):
+    """`--model gpt2` with nothing local: the real huggingface_hub client downloads it from our mirror."""
+    from hubfixtures import make_model_repo, running_mirror
+
+    from gptkit import paths
+    from gptkit.sample import load_for_sampling
+
+    make_model_repo(tmp_path / "hub" / "gpt2", "openai-community/gpt2", vocab="gpt2", n_positions=32)
+    with running_mirror(tmp_path / "hub") as server:
+        r = run_cli("sample", "Hello", "--model", "gpt2", "--endpoint", server.url, "-n", "6", "--temperature", "0",
+                    "--json", "--device", "cpu", check=True)
+    out = json.loads(r.stdout)
+    assert (paths.data_dir("gpt2") / "model.safetensors").is_file()  # where `gptkit download gpt2` puts it
+    model, tok, _ = load_for_sampling(paths.data_dir("gpt2"), torch.device("cpu"))
+    expected = sample_text(model, tok, "Hello", SampleConfig(max_new_tokens=6, temperature=0))
+    assert out["samples"][0]["text"] == expected.samples[0].text and out["samples"][0]["tokens"] == 6
