@@ -28,13 +28,17 @@ def test_matches_cross_entropy_in_value_and_gradients(monkeypatch, chunk_element
 def test_training_view_of_the_model_gives_the_same_loss_and_gradients():
     torch.manual_seed(0)
     model = GPT(get_preset("tiny").with_vocab(256))
-    x, y = torch.randint(0, 256, (2, 2, 16))
-    _, ref = model(x, y)
-    ref.backward()
-    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    _, loss = L.FusedLossGPT(model)(x, y)
-    loss.backward()
-    torch.testing.assert_close(loss, ref)
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+    fused = L.FusedLossGPT(model)
+    for shape in ((2, 16), (3, 8)):  # the second call reuses (part of) the first one's workspace
+        x, y = torch.randint(0, 256, (2, *shape))
+        model.zero_grad()
+        _, ref = model(x, y)
+        (ref / 3).backward()
+        ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        _, loss = fused(x, y)
+        (loss / 3).backward()
+        torch.testing.assert_close(loss, ref)
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+    assert "workspace" not in dict(fused.named_buffers()) and fused.workspace is not None

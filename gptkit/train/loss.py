@@ -7,6 +7,9 @@ scatter, log_softmax's backward. Here each chunk of logits is turned into its gr
 still warm. Both gradients are ready at the end of the forward pass; backward only scales them.
 The loss equals F.cross_entropy over the padded vocabulary (ignore_index=-1), as in GPT.forward.
 
+The logits chunk lives in a workspace kept between steps: a fresh tensor that large is new memory
+from the kernel every time, and its page faults alone cost a third of the lm_head matmul.
+
 GPUs keep the unfused path: torch.compile fuses it there, and under autocast the logits would be
 bf16, which this function does not handle.
 """
@@ -21,22 +24,24 @@ CHUNK_ELEMENTS = 1 << 26  # logits per chunk (256 MB in fp32): bounds the extra 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
-        # h (N, C) hidden states, weight (V, C) the tied lm_head, targets (N,) with -1 = ignore
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, workspace: torch.Tensor):
+        # h (N, C) hidden states, weight (V, C) the tied lm_head, targets (N,) with -1 = ignore,
+        # workspace: at least (chunk * V) floats of scratch for the logits
         N = h.size(0)
         valid = targets >= 0
         n_valid = int(valid.sum())
         all_valid = n_valid == N
         scale = 1.0 / max(n_valid, 1)
         grad_h = torch.empty_like(h)
-        grad_w = torch.zeros_like(weight)
+        grad_w = torch.empty_like(weight)
         loss = torch.zeros((), dtype=torch.float64, device=h.device)
-        chunk = max(1, CHUNK_ELEMENTS // weight.size(0))
+        chunk = chunk_rows(weight.size(0))
         for s in range(0, N, chunk):
             hc, tc = h[s : s + chunk], targets[s : s + chunk]
             rows = torch.arange(len(tc), device=h.device)
             tcl = tc.clamp(min=0)
-            logits = hc @ weight.t()  # (n, V)
+            logits = workspace[: len(tc) * weight.size(0)].view(len(tc), weight.size(0))
+            torch.mm(hc, weight.t(), out=logits)  # (n, V)
             target_logit = logits[rows, tcl]
             mx = logits.amax(dim=1, keepdim=True)
             logits.sub_(mx).exp_()  # in place: exp(logit - max)
@@ -50,19 +55,31 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits.mul_(vc.unsqueeze(1))
             loss += row_loss.sum(dtype=torch.float64)
             torch.mm(logits, weight, out=grad_h[s : s + chunk])
-            grad_w.addmm_(logits.t(), hc)
+            if s == 0:
+                torch.mm(logits.t(), hc, out=grad_w)
+            else:
+                grad_w.addmm_(logits.t(), hc)
         ctx.save_for_backward(grad_h, grad_w)
         return (loss * scale).to(h.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_out, grad_w * grad_out, None
+        # Scaled in place: these are ours alone, and backward runs once per forward.
+        return grad_h.mul_(grad_out), grad_w.mul_(grad_out), None, None
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def chunk_rows(vocab: int) -> int:
+    return max(1, CHUNK_ELEMENTS // vocab)
+
+
+def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         workspace: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of (h @ weight.T) against targets, without keeping the logits."""
-    return _LinearCrossEntropy.apply(h, weight, targets)
+    need = min(h.size(0), chunk_rows(weight.size(0))) * weight.size(0)
+    if workspace is None or workspace.numel() < need:
+        workspace = torch.empty(need, dtype=h.dtype, device=h.device)
+    return _LinearCrossEntropy.apply(h, weight, targets, workspace)
 
 
 class FusedLossGPT(nn.Module):
@@ -72,7 +89,12 @@ class FusedLossGPT(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.workspace: torch.Tensor | None = None  # scratch, not state: never saved
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor):
-        h = self.model.hidden(idx)  # (B, T, C)
-        return None, linear_cross_entropy(h.view(-1, h.size(-1)), self.model.lm_head.weight, targets.reshape(-1))
+        h = self.model.hidden(idx).flatten(0, 1)  # (B * T, C)
+        w = self.model.lm_head.weight
+        need = min(h.size(0), chunk_rows(w.size(0))) * w.size(0)
+        if self.workspace is None or self.workspace.numel() < need or self.workspace.dtype != h.dtype:
+            self.workspace = torch.empty(need, dtype=h.dtype, device=h.device)
+        return None, linear_cross_entropy(h, w, targets.reshape(-1), self.workspace)
