@@ -35,7 +35,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h)
         grad_w = torch.empty_like(weight)
         loss = torch.zeros((), dtype=torch.float64, device=h.device)
-        chunk = chunk_rows(weight.size(0))
+        chunk = chunk_rows(weight.size(0), N)
         for s in range(0, N, chunk):
             hc, tc = h[s : s + chunk], targets[s : s + chunk]
             rows = torch.arange(len(tc), device=h.device)
@@ -69,14 +69,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_h.mul_(grad_out), grad_w.mul_(grad_out), None, None
 
 
-def chunk_rows(vocab: int) -> int:
-    return max(1, CHUNK_ELEMENTS // vocab)
+def chunk_rows(vocab: int, n: int | None = None) -> int:
+    """Rows per chunk: as many as fit CHUNK_ELEMENTS, spread evenly over the n rows."""
+    most = max(1, CHUNK_ELEMENTS // vocab)
+    if n is None or n <= most:
+        return most if n is None else n
+    chunks = -(-n // most)
+    return -(-n // chunks)
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          workspace: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of (h @ weight.T) against targets, without keeping the logits."""
-    need = min(h.size(0), chunk_rows(weight.size(0))) * weight.size(0)
+    need = chunk_rows(weight.size(0), h.size(0)) * weight.size(0)
     if workspace is None or workspace.numel() < need:
         workspace = torch.empty(need, dtype=h.dtype, device=h.device)
     return _LinearCrossEntropy.apply(h, weight, targets, workspace)
@@ -94,7 +99,7 @@ class FusedLossGPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor):
         h = self.model.hidden(idx).flatten(0, 1)  # (B * T, C)
         w = self.model.lm_head.weight
-        need = min(h.size(0), chunk_rows(w.size(0))) * w.size(0)
+        need = chunk_rows(w.size(0), h.size(0)) * w.size(0)
         if self.workspace is None or self.workspace.numel() < need or self.workspace.dtype != h.dtype:
             self.workspace = torch.empty(need, dtype=h.dtype, device=h.device)
         return None, linear_cross_entropy(h, w, targets.reshape(-1), self.workspace)
