@@ -8,14 +8,14 @@
 # published as a tiny dataset repo by gptkit's own Hub mirror, so nothing leaves this machine.
 # Everything it writes goes under ./quickstart/ (override with QUICKSTART_DIR).
 #
-#   QUICKSTART_STEPS=300 scripts/quickstart.sh     # fewer/more optimizer steps (default 300)
+#   QUICKSTART_STEPS=300 scripts/quickstart.sh     # fewer/more optimizer steps (default 150)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT_DIR=$PWD
 source scripts/_env.sh
 
 QS="${QUICKSTART_DIR:-$ROOT_DIR/quickstart}"
-STEPS="${QUICKSTART_STEPS:-300}"
+STEPS="${QUICKSTART_STEPS:-150}"
 export GPTKIT_HOME="$QS/home"
 export HF_HOME="$QS/hf"
 export HF_HUB_DISABLE_TELEMETRY=1
@@ -68,7 +68,7 @@ gptkit tokenize "$REPO"
 step "5. gptkit train: 2 processes on CPU (torchrun, gloo), $STEPS steps"
 RUN="$GPTKIT_HOME/runs/quickstart"
 rm -rf "$RUN"
-gptkit train --gpus 0 --nproc 2 --preset small --name quickstart \
+gptkit train --gpus 0 --nproc 2 --preset tiny --name quickstart \
   --seq-len 128 --batch-tokens 4096 --micro-batch 16 --max-steps "$STEPS" --lr 3e-3 --warmup-steps 20 \
   --eval-every 50 --eval-tokens 8192 --sample-every 100 --checkpoint-every 100 --keep 2
 
