@@ -231,7 +231,7 @@ class Trainer:
         t = torch.from_numpy(buf)
         if self.device.type == "cpu":
             return t[:, :-1].contiguous(), t[:, 1:].contiguous()
-        return t[:, :-1].to(self.device), t[:, 1:].to(self.device)
+        return t[:, :-1].to(self.device).contiguous(), t[:, 1:].to(self.device).contiguous()
 
     def train_step(self) -> tuple[float, float, float]:
         """One optimizer step over the global batch. Returns (loss, grad norm, lr)."""
