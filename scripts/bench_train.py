@@ -105,6 +105,10 @@ def bench_torchrun(data: Path, steps: int, micro_batch: int, accum: int, nproc: 
 
 
 def main() -> int:
+    from gptkit.train.launch import CPU_MALLOC_ENV
+
+    if any(k not in os.environ for k in CPU_MALLOC_ENV):  # the allocator settings `gptkit train` gives CPU workers
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**CPU_MALLOC_ENV, **os.environ})
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=6, help="timed optimizer steps per config and mode")
     ap.add_argument("--micro-batch", type=int, default=8, help="sequences of 256 tokens per micro-step")

@@ -42,3 +42,13 @@ def test_training_view_of_the_model_gives_the_same_loss_and_gradients():
         for n, p in model.named_parameters():
             torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
     assert "workspace" not in dict(fused.named_buffers()) and fused.workspace is not None
+
+
+def test_rows_whose_probability_underflows_still_get_the_exact_loss():
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    w = torch.tensor([[300.0, 0.0], [0.0, 0.0], [-300.0, 0.0]])
+    t = torch.tensor([2, 1])  # row 0: target logit -300 against 300, p = exp(-600) = 0 in fp32
+    ref = F.cross_entropy(h @ w.t(), t)
+    out = L.linear_cross_entropy(h, w, t)
+    assert torch.isfinite(out)
+    torch.testing.assert_close(out, ref)

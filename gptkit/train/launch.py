@@ -212,7 +212,15 @@ def worker_env(rr: ResolvedRun) -> dict[str, str]:
     env.setdefault("PYTHONUNBUFFERED", "1")  # log lines appear as they happen when not on a terminal
     # Processes on one node share its cores: give each an equal slice (torchrun would use 1).
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(rr.extra["nproc_per_node"]))))
+    if rr.extra["device_type"] == "cpu":
+        env.update({k: v for k, v in CPU_MALLOC_ENV.items() if k not in env})
     return env
+
+
+# glibc hands every allocation above 32 MB straight from the kernel and back, so the large tensors of
+# each step (logits, the embedding gradient) come back as fresh pages: ~50k page faults a step on the
+# small preset. Keeping them in the heap, as a caching allocator would, removes that (~3% of a step).
+CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
 
 
 def write_run_config(rr: ResolvedRun) -> None:

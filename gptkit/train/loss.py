@@ -2,9 +2,9 @@
 
 With GPT-2's vocabulary the logits are the largest tensor of a step ((tokens, 50304) floats) and,
 on a CPU, the unfused loss walks over them many times: log_softmax, a zero-filled gradient, the
-scatter, log_softmax's backward. Here each chunk of logits is turned into its gradient in place
-(one exp per element) right after it is computed, and the two gradient matmuls follow while it is
-still warm. Both gradients are ready at the end of the forward pass; backward only scales them.
+scatter, log_softmax's backward. Here each chunk of logits is turned into its gradient in place by
+one softmax (which works row by row in cache) right after it is computed, and the two gradient
+matmuls follow. Both gradients are ready at the end of the forward pass; backward only scales them.
 The loss equals F.cross_entropy over the padded vocabulary (ignore_index=-1), as in GPT.forward.
 
 The logits chunk lives in a workspace kept between steps: a fresh tensor that large is new memory
@@ -42,23 +42,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
             tcl = tc.clamp(min=0)
             logits = workspace[: len(tc) * weight.size(0)].view(len(tc), weight.size(0))
             torch.mm(hc, weight.t(), out=logits)  # (n, V)
-            target_logit = logits[rows, tcl]
-            mx = logits.amax(dim=1, keepdim=True)
-            logits.sub_(mx).exp_()  # in place: exp(logit - max)
-            denom = logits.sum(dim=1, keepdim=True)
-            row_loss = mx.squeeze(1) + denom.squeeze(1).log() - target_logit  # log-sum-exp - target
-            logits.mul_(scale / denom)  # softmax / n_valid
-            logits[rows, tcl] -= scale  # minus the one-hot target: d(mean loss) / d(logits)
+            target_logit = logits[rows, tcl]  # a copy, taken before the softmax overwrites them
+            # In place, one row at a time while it is in cache: max, exp and sum, scale.
+            probs = torch.softmax(logits, dim=1, out=logits)
+            row_loss = -probs[rows, tcl].log()
+            lost = row_loss.isinf()  # p underflowed to 0 (loss > ~100): redo those rows exactly
+            if bool(lost.any()):
+                lse = torch.logsumexp(hc[lost] @ weight.t(), dim=1)
+                row_loss[lost] = lse - target_logit[lost]
+            probs[rows, tcl] -= 1.0  # softmax - one-hot: d(row loss) / d(logits)
             if not all_valid:
                 vc = valid[s : s + chunk]
                 row_loss = row_loss * vc
-                logits.mul_(vc.unsqueeze(1))
+                probs.mul_(vc.unsqueeze(1))
             loss += row_loss.sum(dtype=torch.float64)
-            torch.mm(logits, weight, out=grad_h[s : s + chunk])
+            # The mean's 1/n_valid goes in as the matmuls' alpha, not as another pass over probs.
+            gh = grad_h[s : s + chunk]
+            torch.addmm(gh, probs, weight, beta=0, alpha=scale, out=gh)
             if s == 0:
-                torch.mm(logits.t(), hc, out=grad_w)
+                torch.addmm(grad_w, probs.t(), hc, beta=0, alpha=scale, out=grad_w)  # beta=0: not read
             else:
-                grad_w.addmm_(logits.t(), hc)
+                grad_w.addmm_(probs.t(), hc, alpha=scale)
         ctx.save_for_backward(grad_h, grad_w)
         return (loss * scale).to(h.dtype)
 
