@@ -133,3 +133,15 @@ def test_truncating_metrics_on_resume(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines) + '{"step": 4, "lo')
     truncate_metrics(tmp_path, 2)
     assert read_metrics(tmp_path) == lines[:3]
+
+
+def test_optional_loggers_must_be_installed_before_launch(gptkit_home):
+    import importlib.util
+
+    make_dataset(gptkit_home / "shards" / "toy")
+    for flag, module in (({"tensorboard": True}, "tensorboard"), ({"wandb": "proj"}, "wandb")):
+        if importlib.util.find_spec(module) is None:
+            with pytest.raises(GptkitError, match=f"pip install {module}"):
+                prepare({"preset": "tiny", **flag}, C.LaunchConfig(gpus=0), name="log")
+        else:
+            assert prepare({"preset": "tiny", **flag}, C.LaunchConfig(gpus=0), name="log")
