@@ -33,6 +33,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--preset", default="gpt2")
+    ap.add_argument("--json", action="store_true", help="also print one JSON line")
     args = ap.parse_args()
 
     import torch
@@ -91,6 +92,11 @@ def main() -> int:
     print("| model | gptkit tok/s | transformers tok/s | ratio | goal |")
     print("|---|---|---|---|---|")
     print(f"| {args.preset} | {ours_tps:.1f} | {hf_tps:.1f} | {ratio:.2f}x | >= {GOAL}x {'PASS' if ratio >= GOAL else 'FAIL'} |")
+    if args.json:
+        import json
+
+        print(json.dumps({"preset": args.preset, "threads": threads, "new_tokens": n, "gptkit_tok_per_s": ours_tps,
+                          "transformers_tok_per_s": hf_tps, "ratio": ratio, "same_tokens": same}))
     if not same:
         print("error: gptkit and transformers generated different tokens", file=sys.stderr)
         return 1

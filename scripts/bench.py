@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Run the tokenize, train and sample benchmarks and write one table (markdown).
+
+Each benchmark measures its own limit in the same run (tiktoken single-thread × workers, the
+CPU's fp32 matmul peak, transformers' generate), so the ratios mean something on any machine.
+
+    python scripts/bench.py                 # all three, table to stdout and bench_results.md
+    python scripts/bench.py --quick         # smaller inputs (a smoke run, not for the README)
+    python scripts/bench.py --only sample
+
+Exits 1 if any benchmark misses its goal or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(script: str, *args: str) -> tuple[int, str, float]:
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True)
+    sys.stderr.write(r.stderr[-2000:] if r.returncode not in (0, 1) else "")
+    return r.returncode, r.stdout, time.perf_counter() - t0
+
+
+def last_json_line(out: str):
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise ValueError("no JSON line in the benchmark's output")
+
+
+def bench_tokenize(quick: bool) -> list[dict]:
+    rc, out, _ = run("bench_tokenize.py", "--json", *(["--mb", "16"] if quick else []))
+    d = last_json_line(out)
+    rows = []
+    for r in d["runs"]:
+        ratio = r["tokens_per_s"] / d["limit"]
+        rows.append({
+            "benchmark": f"tokenize, FineWeb-like parquet {r['input']} ({r['text_mb']:.0f} MB), {d['workers']} workers",
+            "result": f"{r['mb_per_s']:.2f} MB/s, {r['tokens_per_s'] / 1e6:.2f} M tok/s, peak RSS {r['peak_rss_mb']:.0f} MB",
+            "limit": f"{d['limit'] / 1e6:.2f} M tok/s (tiktoken 1 thread × {d['workers']})",
+            "ratio": f"{ratio:.0%}", "goal": "≥ 85%, RSS < 1 GB and flat",
+            "ok": ratio >= 0.85 and r["peak_rss_mb"] < 1024 and d["rss_growth_2x"] < 1.25,
+        })
+    return rows
+
+
+def bench_train(quick: bool) -> list[dict]:
+    rc, out, _ = run("bench_train.py", "--json", *(["--steps", "3"] if quick else []))
+    results = json.loads(out[out.index("["): out.rindex("]") + 1])
+    rows = []
+    for r in results:
+        goal = 0.70 if r["config"] == "gpt2-vocab" else None
+        rows.append({
+            "benchmark": f"train `small`, {'GPT-2 vocab' if r['config'] == 'gpt2-vocab' else 'byte-level'}, {r['mode']} ({r['procs']})",
+            "result": f"{r['tok_per_s']:.0f} tok/s, MFU {r['mfu']:.0%}",
+            "limit": f"{r['peak_gflops']:.0f} GFLOP/s fp32 matmul peak",
+            "ratio": f"{r['mfu']:.0%}", "goal": "≥ 70% MFU" if goal else "—",
+            "ok": r["mfu"] >= goal if goal else None,
+        })
+    # the goal is on the best mode of the GPT-2-vocabulary config
+    gv = [row for row, r in zip(rows, results) if r["config"] == "gpt2-vocab"]
+    if gv:
+        best = max(r["mfu"] for r in results if r["config"] == "gpt2-vocab")
+        for row in gv:
+            row["ok"] = best >= 0.70 if row["ok"] is not None else None
+    return rows
+
+
+def bench_sample(quick: bool) -> list[dict]:
+    rc, out, _ = run("bench_sample.py", "--json", *(["--new-tokens", "64", "--repeats", "1"] if quick else []))
+    d = last_json_line(out)
+    return [{
+        "benchmark": f"sample gpt2 124M, batch 1, {d['new_tokens']} new tokens, greedy, {d['threads']} threads",
+        "result": f"{d['gptkit_tok_per_s']:.1f} tok/s",
+        "limit": f"{d['transformers_tok_per_s']:.1f} tok/s (transformers generate)",
+        "ratio": f"{d['ratio']:.2f}×", "goal": "≥ 1.2×", "ok": d["ratio"] >= 1.2 and d["same_tokens"],
+    }]
+
+
+BENCHES = {"tokenize": bench_tokenize, "train": bench_train, "sample": bench_sample}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=sorted(BENCHES), action="append")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("bench_results.md"))
+    args = ap.parse_args()
+    rows, failed = [], []
+    for name in args.only or BENCHES:
+        print(f"running {name} benchmark ...", file=sys.stderr, flush=True)
+        try:
+            rows += BENCHES[name](args.quick)
+        except Exception as e:  # noqa: BLE001 - one broken benchmark must not hide the others
+            failed.append(name)
+            rows.append({"benchmark": name, "result": f"failed: {e}", "limit": "", "ratio": "", "goal": "", "ok": False})
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "CPU") \
+        if os.path.exists("/proc/cpuinfo") else "CPU"
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {cpu}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} at the end{' (--quick)' if args.quick else ''}:",
+        "",
+        "| benchmark | result | limit, measured in the same run | ratio | goal | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        met = "yes" if r["ok"] else ("—" if r["ok"] is None else "no")
+        lines.append(f"| {r['benchmark']} | {r['result']} | {r['limit']} | {r['ratio']} | {r['goal']} | {met} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.write_text(text)
+    return 1 if failed or any(r["ok"] is False for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
