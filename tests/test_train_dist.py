@@ -173,6 +173,8 @@ def test_sigkill_then_resume_is_bitwise_exact(home, reference):
         assert torch.equal(st["exp_avg_sq"], opt_b["state"][k]["exp_avg_sq"])
     steps = [r["step"] for r in read_metrics(run) if "loss" in r]
     assert steps == list(range(1, 9))  # what the killed run logged after step 4 was replaced, not repeated
+    with pytest.raises(GptkitError, match=r"already finished \(8 of 8 steps\)"):
+        launch("killed", nproc=2, resume="auto")
     losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
     assert losses == [r["loss"] for r in read_metrics(reference) if "loss" in r]
 

@@ -161,6 +161,13 @@ def prepare(
         base = preset_config(preset)
     cfg = merge(merge(base, file_train, str(config_file)), flags, "command line")
     validate(cfg)
+    if ckpt is not None:
+        from gptkit.checkpoint import read_json
+
+        done = int(read_json(ckpt / "trainer.json").get("step", 0))
+        if done >= cfg.max_steps:
+            raise GptkitError(f"{ckpt.parent} already finished ({done} of {cfg.max_steps} steps); "
+                              "give a larger --max-steps to train further")
 
     device_type, nproc = resolve_devices(cfg, launch)
     world = nproc * launch.nodes
