@@ -171,8 +171,9 @@ def configure_endpoint(endpoint: str) -> bool:
 
 
 @contextlib.contextmanager
-def use_endpoint(endpoint: str):
-    """configure_endpoint for the duration of a `with` block (tests), then restore the previous state."""
+def preserved_endpoint_state():
+    """Undo, on exit, what configure_endpoint changes process-wide: the environment, huggingface_hub's
+    constants and datasets' (tests use this so one test's mirror never leaks into the next)."""
     import huggingface_hub.constants as hc
 
     env = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET")}
@@ -180,8 +181,7 @@ def use_endpoint(endpoint: str):
     ds_config = sys.modules.get("datasets.config")
     ds_saved = (ds_config.HF_ENDPOINT, ds_config.HUB_DATASETS_URL) if ds_config is not None else None
     try:
-        configure_endpoint(endpoint)
-        yield endpoint
+        yield
     finally:
         for k, v in env.items():
             if v is None:
@@ -200,6 +200,14 @@ def use_endpoint(endpoint: str):
         hffs = sys.modules.get("huggingface_hub.hf_file_system")
         if hffs is not None:
             hffs.HfFileSystem.clear_instance_cache()
+
+
+@contextlib.contextmanager
+def use_endpoint(endpoint: str):
+    """configure_endpoint for the duration of a `with` block (tests), then restore the previous state."""
+    with preserved_endpoint_state():
+        configure_endpoint(endpoint)
+        yield endpoint
 
 
 def redact_url(url: str) -> str:

@@ -101,22 +101,28 @@ def find_shards(name_or_dir: str | Path | None) -> tuple[list[Path], list[Path],
     Checks that every listed shard exists and that its header agrees with the manifest (cheap:
     one 1 KB read per shard); `verify()` also checks hashes and the token range.
     """
-    from gptkit import shards
-
     d = resolve_shards_dir(name_or_dir)
     m = read_manifest(d)
     val, train = [], []
     for s in m["shards"]:
-        p = d / s["filename"]
-        if not p.is_file():
-            raise GptkitError(f"{p}: shard listed in {MANIFEST} is missing; re-run `gptkit tokenize` with --force")
-        n = shards.read_header(p)
-        if n != s["tokens"]:
-            raise GptkitError(f"{p}: header says {n} tokens but {MANIFEST} says {s['tokens']}")
+        p, _ = _listed_shard(d, s)
         (val if s["split"] == "val" else train).append(p)
     if not train:
         raise GptkitError(f"{d}: no training shards")
     return val, train, m
+
+
+def _listed_shard(d: Path, entry: dict) -> tuple[Path, int]:
+    """A shard the manifest lists: present, with a valid header whose count matches the manifest."""
+    from gptkit import shards
+
+    p = d / entry["filename"]
+    if not p.is_file():
+        raise GptkitError(f"{p}: shard listed in {MANIFEST} is missing; re-run `gptkit tokenize` with --force")
+    n = shards.read_header(p)
+    if n != entry["tokens"]:
+        raise GptkitError(f"{p}: header says {n} tokens but {MANIFEST} says {entry['tokens']}")
+    return p, n
 
 
 def verify(name_or_dir: str | Path) -> dict:
@@ -133,12 +139,7 @@ def verify(name_or_dir: str | Path) -> dict:
     vocab, eot = m["tokenizer"]["vocab_size"], m["tokenizer"]["eot"]
     total = 0
     for s in m["shards"]:
-        p = d / s["filename"]
-        if not p.is_file():
-            raise GptkitError(f"{p}: missing (listed in {MANIFEST})")
-        n = shards.read_header(p)
-        if n != s["tokens"]:
-            raise GptkitError(f"{p}: header says {n} tokens but {MANIFEST} says {s['tokens']}")
+        p, n = _listed_shard(d, s)
         digest = _sha256(p)
         if digest != s["sha256"]:
             raise GptkitError(f"{p}: sha256 {digest[:12]}… does not match {MANIFEST} ({s['sha256'][:12]}…); the file is corrupt")

@@ -372,34 +372,11 @@ def hub(tmp_path_factory) -> Iterator[Hub]:
         yield Hub(server.url, root, repos, server)
 
 
-@contextlib.contextmanager
-def preserved_hf_state() -> Iterator[None]:
-    """Undo what gptkit.hub.configure_endpoint changes process-wide (env, huggingface_hub and datasets
-    constants), so a test pointing the process at a mirror leaves nothing behind for the next test."""
-    import os
-    import sys
+def preserved_hf_state():
+    """Undo what gptkit.hub.configure_endpoint changes process-wide after a test (a context manager)."""
+    from gptkit.hub import preserved_endpoint_state
 
-    import huggingface_hub.constants as hc
-
-    env = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET")}
-    consts = {k: getattr(hc, k) for k in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_URL_HOSTS", "HF_HUB_DISABLE_XET")}
-    ds = sys.modules.get("datasets.config")
-    ds_vals = (ds.HF_ENDPOINT, ds.HUB_DATASETS_URL) if ds is not None else None
-    try:
-        yield
-    finally:
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        for k, v in consts.items():
-            setattr(hc, k, v)
-        ds = sys.modules.get("datasets.config")
-        if ds is not None:
-            ds.HF_ENDPOINT, ds.HUB_DATASETS_URL = ds_vals or (
-                consts["ENDPOINT"], consts["ENDPOINT"] + "/datasets/{repo_id}/resolve/{revision}/{path}"
-            )
+    return preserved_endpoint_state()
 
 
 @pytest.fixture

@@ -207,7 +207,10 @@ def test_token_is_sent_but_never_printed(hub, gptkit_home):
     assert ok.returncode == 0 and bad.returncode == 1
     for r in (ok, bad):
         assert token not in r.stdout + r.stderr
-    assert hub.server.requests and all(r["auth"] for r in hub.server.requests)
+    # Every request for the repo carries the token (huggingface_hub's own housekeeping calls, such
+    # as its daily /api/agent-harnesses fetch, are not the download's and may go without it).
+    repo_requests = [r for r in hub.server.requests if "hellaswag" in r["path"] or "org/missing" in r["path"]]
+    assert repo_requests and all(r["auth"] for r in repo_requests), [r for r in repo_requests if not r["auth"]]
     log = (gptkit_home / "data" / "hellaswag" / ".gptkit-download.json").read_text()
     assert token not in log and "data/validation-00000-of-00001.parquet" in log
 

@@ -275,3 +275,31 @@ def test_sigterm_saves_a_checkpoint_and_stops(home):
     assert last < 1000 and f"stopped at step {last}" in out
     assert sorted(x.name for x in run.glob("step_*"))[-1] == f"step_{last:06d}"
     assert "Traceback" not in err
+
+
+def test_init_from_a_converted_checkpoint_continues_from_its_weights(home, reference, tmp_path):
+    """nanoGPT-format file -> `convert --to gptkit` -> `train --init-from`: training starts from those weights."""
+    from gptkit.convert import convert
+
+    pt = tmp_path / "ckpt.pt"
+    convert(reference, pt, to="pt")
+    imported = tmp_path / "imported"
+    convert(pt, imported, to="gptkit")
+    assert launch("from-import", nproc=1, init_from=str(imported), max_steps=2, eval_every=1, hellaswag_every=0) == 0
+    ref_val = [m["val_loss"] for m in read_metrics(reference) if "val_loss" in m]
+    new_val = [m["val_loss"] for m in read_metrics(home / "runs" / "from-import") if "val_loss" in m]
+    # A fresh model starts near ln(256) = 5.5; this one starts where the reference ended.
+    assert abs(new_val[0] - ref_val[-1]) < 0.05, (new_val, ref_val)
+    assert new_val[0] < ref_val[0] - 0.3
+
+
+def test_init_from_with_another_vocabulary_is_refused(home, tmp_path):
+    from gptkit.checkpoint import save_checkpoint
+    from gptkit.model import GPT, get_preset
+
+    cfg = get_preset("tiny")  # GPT-2 vocabulary; the toy data is byte-level
+    save_checkpoint(tmp_path / "gpt2ck", GPT(cfg), config=cfg, tokenizer="gpt2")
+    with pytest.raises(GptkitError, match="vocabulary"):
+        launch("bad-init", nproc=1, init_from=str(tmp_path / "gpt2ck"))
+    with pytest.raises(GptkitError, match="not a gptkit checkpoint"):
+        launch("bad-init2", nproc=1, init_from=str(tmp_path))

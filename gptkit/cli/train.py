@@ -21,6 +21,7 @@ def train(
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="Run name under runs/ (default: PRESET-DATE-TIME).", rich_help_panel="Run")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default: runs/NAME).", rich_help_panel="Run")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="'auto' (latest checkpoint of this or the newest run) or a checkpoint / run path.", rich_help_panel="Run")] = None,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start from these weights (a gptkit checkpoint or run dir, e.g. made by `gptkit convert`): fresh optimizer, step 0.", rich_help_panel="Run")] = None,
     gpus: Annotated[Int, typer.Option("--gpus", help="GPUs on this node (default: all; 0 = CPU).", rich_help_panel="Where")] = None,
     nproc: Annotated[Int, typer.Option("--nproc", help="CPU processes on this node (gloo).", rich_help_panel="Where")] = None,
     nodes: Annotated[Int, typer.Option("--nodes", "--nnodes", help="Number of nodes.", rich_help_panel="Where")] = None,
@@ -57,7 +58,7 @@ def train(
     from gptkit.train.launch import train as run_train
 
     flags = dict(
-        preset=preset, data=data, seq_len=seq_len, batch_tokens=batch_tokens, micro_batch=micro_batch,
+        preset=preset, data=data, init_from=init_from, seq_len=seq_len, batch_tokens=batch_tokens, micro_batch=micro_batch,
         max_steps=max_steps, lr=lr, warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
         grad_clip=grad_clip, device=device, precision=precision, compile=compile, seed=seed, eval_every=eval_every,
         eval_tokens=eval_tokens, hellaswag_every=hellaswag_every, hellaswag_limit=hellaswag_limit,

@@ -22,6 +22,7 @@ SCHEDULES = ("cosine", "wsd")
 class TrainConfig:
     preset: str = "gpt2"  # model size, from gptkit.model.PRESETS
     data: str | None = None  # shard directory or name under shards/; None = the newest one
+    init_from: str | None = None  # start from these weights (a gptkit checkpoint, e.g. from `gptkit convert`)
     seq_len: int = 1024
     batch_tokens: int = 524_288  # global batch in tokens (2**19), the same for any number of GPUs
     micro_batch: int | None = None  # sequences per process per micro-step; None = the preset's, fitted

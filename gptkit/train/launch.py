@@ -176,6 +176,8 @@ def prepare(
     data_dir, val, train, manifest = check_data(cfg.data)
     cfg = replace(cfg, data=str(data_dir))  # a resume must read the same data, whatever is newest then
     tokenizer, vocab, eot = tokenizer_info(manifest, data_dir)
+    if cfg.init_from:
+        cfg = replace(cfg, init_from=str(check_init_from(cfg.init_from, tokenizer, vocab, cfg.seq_len)))
     if cfg.eval_tokens:
         val_tokens = TokenStream(val, eot, cfg.seed, shuffle=False).total
         if (min(cfg.eval_tokens, val_tokens - 1) // cfg.seq_len) < world:
@@ -195,6 +197,28 @@ def prepare(
         resume_from=str(ckpt) if ckpt else None,
         extra={"device_type": device_type, "nproc_per_node": nproc, "tokenizer": tokenizer, "vocab_size": vocab},
     )
+
+
+def check_init_from(path: str, tokenizer: str, vocab: int, seq_len: int) -> Path:
+    """--init-from must be a gptkit checkpoint whose vocabulary and context fit the data and run."""
+    from gptkit.checkpoint import CONFIG, is_checkpoint, latest_checkpoint, read_json
+    from gptkit.model import GPTConfig
+
+    p = Path(path).expanduser().resolve()
+    if p.is_dir() and not is_checkpoint(p):
+        p = latest_checkpoint(p) or p
+    if not is_checkpoint(p):
+        raise GptkitError(f"--init-from {path}: not a gptkit checkpoint; make one with `gptkit convert SRC DIR --to gptkit`")
+    meta = read_json(p / CONFIG)
+    mc = GPTConfig.from_dict(meta.get("model", {}))
+    if meta.get("tokenizer") != tokenizer or mc.vocab_size != vocab:
+        raise GptkitError(
+            f"--init-from {path}: the model's vocabulary ({meta.get('tokenizer')}, {mc.vocab_size}) does not match "
+            f"the data's ({tokenizer}, {vocab})"
+        )
+    if seq_len > mc.block_size:
+        raise GptkitError(f"--seq-len {seq_len} exceeds the model's context length {mc.block_size} (--init-from {path})")
+    return p
 
 
 def torchrun_command(rr: ResolvedRun) -> list[str]:

@@ -122,9 +122,16 @@ class Trainer:
         self.batches = datamod.TrainBatches(self.train_stream, cfg.seq_len, plan.micro_batch, dist.rank, dist.world_size)
 
         # Model: same initial weights on every rank (DDP would broadcast rank 0's anyway).
-        self.model_config = get_preset(cfg.preset).with_vocab(vocab_size)
         torch.manual_seed(cfg.seed)
-        self.model = GPT(self.model_config).to(self.device)
+        if cfg.init_from:
+            # Fine-tuning or continuing an imported model: its architecture and weights, a fresh
+            # optimizer and schedule. (launch.prepare already checked vocabulary and length.)
+            init = load_checkpoint(cfg.init_from, device=self.device)
+            self.model_config = init.config
+            self.model = init.build_model(self.device).train()
+        else:
+            self.model_config = get_preset(cfg.preset).with_vocab(vocab_size)
+            self.model = GPT(self.model_config).to(self.device)
         self.step, self.data_pos, self.tokens_seen = 0, 0, 0
         opt_state = None
         if rr.resume_from:
