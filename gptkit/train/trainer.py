@@ -92,6 +92,12 @@ class Dist:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def close(self) -> None:
         if self.distributed:
             import torch.distributed as dist
@@ -378,5 +384,9 @@ def run(run_dir: str | Path) -> None:
         if dist.distributed:  # every rank trains with rank 0's view of the config
             rr = ResolvedRun.from_dict(dist.broadcast_object(rr.to_dict()))
         Trainer(rr, dist).fit()
+        # Everyone waits for rank 0's last checkpoint before tearing the process group down: a rank
+        # that destroys its gloo group while a peer is still busy can abort at exit (SIGABRT).
+        # Only on success: after a failure the peers may be gone and a barrier would hang.
+        dist.barrier()
     finally:
         dist.close()
