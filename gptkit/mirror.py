@@ -82,31 +82,25 @@ class Faults:
 
     error_rate: float = 0.0
     cut_rate: float = 0.0
-    _n_req: int = 0
-    _n_body: int = 0
     counts: dict = field(default_factory=lambda: {"5xx": 0, "cut": 0})
+    _seen: dict = field(default_factory=lambda: {"5xx": 0, "cut": 0})
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @staticmethod
-    def _hit(n: int, rate: float) -> bool:
-        # Bresenham-style spacing: request n fails when floor((n+1)*rate) steps up.
-        return rate > 0 and int((n + 1) * rate) > int(n * rate)
+    def _draw(self, kind: str, rate: float) -> bool:
+        # Bresenham-style spacing: draw n of a kind fails when floor((n+1)*rate) steps up.
+        with self._lock:
+            n = self._seen[kind]
+            self._seen[kind] = n + 1
+            hit = rate > 0 and int((n + 1) * rate) > int(n * rate)
+            if hit:
+                self.counts[kind] += 1
+            return hit
 
     def request_fails(self) -> bool:
-        with self._lock:
-            hit = self._hit(self._n_req, self.error_rate)
-            self._n_req += 1
-            if hit:
-                self.counts["5xx"] += 1
-            return hit
+        return self._draw("5xx", self.error_rate)
 
     def body_cut(self) -> bool:
-        with self._lock:
-            hit = self._hit(self._n_body, self.cut_rate)
-            self._n_body += 1
-            if hit:
-                self.counts["cut"] += 1
-            return hit
+        return self._draw("cut", self.cut_rate)
 
 
 # --- hashes -------------------------------------------------------------------------------------
