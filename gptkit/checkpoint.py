@@ -24,6 +24,7 @@ import torch
 
 from gptkit import __version__
 from gptkit.errors import GptkitError
+from gptkit.fsutil import fsync_dir, write_json_atomic
 from gptkit.model import GPT, GPTConfig
 
 WEIGHTS = "model.safetensors"
@@ -50,31 +51,6 @@ def clean_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             continue
         out[k] = v.detach().contiguous()
     return out
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON under a temporary name and rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_checkpoint(
@@ -109,11 +85,11 @@ def save_checkpoint(
     if trainer_state is not None and "step" in trainer_state:
         meta["step"] = trainer_state["step"]
     meta.update(extra or {})
-    write_json(tmp / CONFIG, meta)
+    write_json_atomic(tmp / CONFIG, meta)
     if optimizer_state is not None:
         torch.save(optimizer_state, tmp / OPTIMIZER)
     if trainer_state is not None:
-        write_json(tmp / TRAINER, trainer_state)
+        write_json_atomic(tmp / TRAINER, trainer_state)
     for f in tmp.iterdir():  # data on disk before the rename makes the checkpoint visible
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -123,7 +99,7 @@ def save_checkpoint(
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return path

@@ -33,9 +33,10 @@ import torch
 from gptkit import __version__
 from gptkit.checkpoint import (
     CONFIG, STEP_RE, TIED_KEY, WEIGHTS, clean_state_dict, latest_checkpoint, load_checkpoint, model_from_state_dict,
-    read_json, save_checkpoint, write_json,
+    read_json, save_checkpoint,
 )
 from gptkit.errors import GptkitError
+from gptkit.fsutil import write_json_atomic
 from gptkit.model import CONV1D_SUFFIXES, GPT, GPT2_VOCAB_SIZE, GPTConfig, pad_vocab
 
 FORMATS = ("gptkit", "pt", "safetensors", "hf", "gguf")
@@ -488,15 +489,15 @@ def write_hf_tokenizer(out: Path, block_size: int) -> None:
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     eot = "<|endoftext|>"
-    write_json(out / "tokenizer_config.json", {
+    write_json_atomic(out / "tokenizer_config.json", {
         "tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size, "add_prefix_space": False,
         "bos_token": eot, "eos_token": eot, "unk_token": eot,
     })
-    write_json(out / "special_tokens_map.json", {"bos_token": eot, "eos_token": eot, "unk_token": eot})
+    write_json_atomic(out / "special_tokens_map.json", {"bos_token": eot, "eos_token": eot, "unk_token": eot})
     # The same tokenizer for the `tokenizers` library (fast tokenizers, TGI, candle, ...):
     # byte-level pre-tokenisation and decoding around a plain BPE model.
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    write_json(out / "tokenizer.json", {
+    write_json_atomic(out / "tokenizer.json", {
         "version": "1.0", "truncation": None, "padding": None,
         "added_tokens": [{"id": vocab[eot], "content": eot, "single_word": False, "lstrip": False, "rstrip": False,
                           "normalized": False, "special": True}],
@@ -526,7 +527,7 @@ def write_hf(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
         sd[k] = v
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     eot = {"gpt2": GPT2_VOCAB_SIZE - 1, "bytes": 0}.get(m.tokenizer)
-    write_json(out / "config.json", {
+    write_json_atomic(out / "config.json", {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
         "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd,
         "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": None, "layer_norm_epsilon": c.layer_norm_epsilon,
@@ -536,7 +537,7 @@ def write_hf(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
         "torch_dtype": HF_DTYPE_NAMES[dtype],
         "gptkit": {"tokenizer": m.tokenizer, "padded_vocab_size": c.padded_vocab_size, "version": __version__},
     })
-    write_json(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
+    write_json_atomic(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
     if m.tokenizer == "gpt2":
         write_hf_tokenizer(out, c.block_size)
         return []

@@ -39,6 +39,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gptkit import paths
 from gptkit.endpoint import is_official, resolve_endpoint
 from gptkit.errors import GptkitError
+from gptkit.fsutil import write_json_atomic
 
 MANIFEST_NAME = ".gptkit-download.json"
 STATE_DIR = ".gptkit"
@@ -251,12 +252,6 @@ def local_files(name_or_dir: str | Path, suffixes: tuple[str, ...] | None = None
     return out
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # --- the download -------------------------------------------------------------------------------
 
 
@@ -429,7 +424,7 @@ class _Context:
                 "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "files": [self.entries[p] for p in sorted(self.entries)],
             }
-            _write_json_atomic(self.dest / MANIFEST_NAME, data)
+            write_json_atomic(self.dest / MANIFEST_NAME, data, indent=1)
 
 
 def _hash_file(path: Path) -> tuple[str, str]:

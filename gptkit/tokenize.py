@@ -36,6 +36,7 @@ from typing import Callable, Iterator
 
 from gptkit import paths
 from gptkit.errors import GptkitError
+from gptkit.fsutil import fsync_dir, write_json_atomic
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "gptkit.shards"
@@ -785,25 +786,6 @@ class Result:
     source_bytes: int = 0
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(d: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class _ShardWriter:
     """Appends the token stream to the current shard on disk and commits full shards.
 
@@ -865,12 +847,12 @@ class _ShardWriter:
         digest = _sha256(tmp)
         docs = _count_eot(tmp, self.count, self.eot)
         os.replace(tmp, self.pdir / name)
-        _fsync_dir(self.pdir)
+        fsync_dir(self.pdir)
         self.state["shards"].append({"filename": name, "split": self.split, "tokens": self.count, "documents": docs, "sha256": digest})
         self.state["next_unit"], self.state["skip"] = next_unit, next_offset
         self.state["replaced_at_commit"] = self.state["replaced"]
         if self.save_state:
-            _atomic_json(self.pdir / STATE, self.state)
+            write_json_atomic(self.pdir / STATE, self.state, indent=1)
         self.count = 0
 
 
@@ -1027,7 +1009,7 @@ def tokenize(
         "shards": state["shards"],
         "fingerprint": fingerprint,
     }
-    _atomic_json(pdir / MANIFEST, manifest)
+    write_json_atomic(pdir / MANIFEST, manifest, indent=1)
     with contextlib.suppress(FileNotFoundError):
         (pdir / STATE).unlink()
     manifest = _install(pdir, out)
@@ -1151,8 +1133,8 @@ def _install(pdir: Path, out: Path) -> dict:
     for name in sorted(new):
         if (pdir / name).is_file():
             os.replace(pdir / name, out / name)
-    _fsync_dir(out)
+    fsync_dir(out)
     os.replace(pdir / MANIFEST, out / MANIFEST)
-    _fsync_dir(out)
+    fsync_dir(out)
     shutil.rmtree(pdir, ignore_errors=True)
     return m

@@ -255,11 +255,11 @@ CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD
 
 
 def write_run_config(rr: ResolvedRun) -> None:
-    from gptkit.checkpoint import write_json
+    from gptkit.fsutil import write_json_atomic
 
     run_dir = Path(rr.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG_FILE, rr.to_dict())
+    write_json_atomic(run_dir / CONFIG_FILE, rr.to_dict())
 
 
 def child_pids(pid: int) -> list[int]:
