@@ -45,7 +45,7 @@ def clean_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for k, v in sd.items():
         for prefix in ("_orig_mod.", "module."):
             while k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         k = k.replace("._orig_mod.", ".")
         if k == TIED_KEY:
             continue
@@ -132,7 +132,9 @@ class Checkpoint:
         try:
             return torch.load(f, map_location=device, weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-            raise GptkitError(f"{f}: cannot read optimizer state ({e.__class__.__name__}); the file is corrupt") from None
+            raise GptkitError(
+                f"{f}: cannot read optimizer state ({e.__class__.__name__}); the file is corrupt"
+            ) from None
 
     def trainer_state(self) -> dict | None:
         f = self.path / TRAINER
@@ -162,9 +164,7 @@ def model_from_state_dict(config: GPTConfig, sd: dict[str, torch.Tensor], device
         raise GptkitError(f"{source}: weights do not match the model config ({what})")
     for k, shape in expected.items():
         if tuple(sd[k].shape) != tuple(shape):
-            raise GptkitError(
-                f"{source}: {k} has shape {tuple(sd[k].shape)} but the config expects {tuple(shape)}"
-            )
+            raise GptkitError(f"{source}: {k} has shape {tuple(sd[k].shape)} but the config expects {tuple(shape)}")
     model = model.to_empty(device=device)
     model.load_state_dict({**sd, TIED_KEY: sd["transformer.wte.weight"]}, strict=True)
     model.lm_head.weight = model.transformer.wte.weight  # to_empty unties; tie again
@@ -186,7 +186,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if not is_checkpoint(path):
         latest = latest_checkpoint(path) if path.is_dir() else None
         if latest is None:
-            raise GptkitError(f"{path}: not a gptkit checkpoint (no {WEIGHTS} + {CONFIG}) and holds no step_* checkpoints")
+            raise GptkitError(
+                f"{path}: not a gptkit checkpoint (no {WEIGHTS} + {CONFIG}) and holds no step_* checkpoints"
+            )
         path = latest
     meta = read_json(path / CONFIG)
     if "model" not in meta:

@@ -40,7 +40,7 @@ def pick_device(requested: str = "auto") -> torch.device:
     return dev
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cpu_flags() -> frozenset[str]:
     """CPU feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
     try:

@@ -1,9 +1,9 @@
 """Where gptkit keeps things by default, so the commands chain without typing paths.
 
-    $GPTKIT_HOME/                 (default ~/.cache/gptkit)
-        data/<name>/              gptkit download <name>
-        shards/<name>/            gptkit tokenize <name>
-        runs/<name>/              gptkit train
+$GPTKIT_HOME/                 (default ~/.cache/gptkit)
+    data/<name>/              gptkit download <name>
+    shards/<name>/            gptkit tokenize <name>
+    runs/<name>/              gptkit train
 """
 
 from __future__ import annotations

@@ -44,30 +44,35 @@ def bench_tokenize(quick: bool) -> list[dict]:
     rows = []
     for r in d["runs"]:
         ratio = r["ratio"]
-        rows.append({
-            "benchmark": f"tokenize, FineWeb-like parquet {r['input']} ({r['text_mb']:.0f} MB), {d['workers']} workers",
-            "result": f"{r['mb_per_s']:.2f} MB/s, {r['tokens_per_s'] / 1e6:.2f} M tok/s, peak RSS {r['peak_rss_mb']:.0f} MB",
-            "limit": f"{r['limit_tokens_per_s'] / 1e6:.2f} M tok/s (tiktoken 1 thread × {d['workers']})",
-            "ratio": f"{ratio:.0%} ({r['ratio_concurrent']:.0%} of {d['concurrent_limit'] / 1e6:.2f} M tok/s, {d['workers']} encoders at once)",
-            "goal": "≥ 85%, RSS < 1 GB and flat",
-            "ok": ratio >= 0.85 and r["peak_rss_mb"] < 1024 and d["rss_growth_2x"] < 1.25,
-        })
+        rows.append(
+            {
+                "benchmark": f"tokenize, FineWeb-like parquet {r['input']} ({r['text_mb']:.0f} MB), {d['workers']} workers",
+                "result": f"{r['mb_per_s']:.2f} MB/s, {r['tokens_per_s'] / 1e6:.2f} M tok/s, peak RSS {r['peak_rss_mb']:.0f} MB",
+                "limit": f"{r['limit_tokens_per_s'] / 1e6:.2f} M tok/s (tiktoken 1 thread × {d['workers']})",
+                "ratio": f"{ratio:.0%} ({r['ratio_concurrent']:.0%} of {d['concurrent_limit'] / 1e6:.2f} M tok/s, {d['workers']} encoders at once)",
+                "goal": "≥ 85%, RSS < 1 GB and flat",
+                "ok": ratio >= 0.85 and r["peak_rss_mb"] < 1024 and d["rss_growth_2x"] < 1.25,
+            }
+        )
     return rows
 
 
 def bench_train(quick: bool) -> list[dict]:
     rc, out, _ = run("bench_train.py", "--json", *(["--steps", "3"] if quick else []))
-    results = json.loads(out[out.index("["): out.rindex("]") + 1])
+    results = json.loads(out[out.index("[") : out.rindex("]") + 1])
     rows = []
     for r in results:
         goal = 0.70 if r["config"] == "gpt2-vocab" else None
-        rows.append({
-            "benchmark": f"train `small`, {'GPT-2 vocab' if r['config'] == 'gpt2-vocab' else 'byte-level'}, {r['mode']} ({r['procs']})",
-            "result": f"{r['tok_per_s']:.0f} tok/s, MFU {r['mfu']:.0%}",
-            "limit": f"{r['peak_gflops']:.0f} GFLOP/s fp32 matmul peak",
-            "ratio": f"{r['mfu']:.0%}", "goal": "≥ 70% MFU (best mode)" if goal else "—",
-            "ok": r["mfu"] >= goal if goal else None,
-        })
+        rows.append(
+            {
+                "benchmark": f"train `small`, {'GPT-2 vocab' if r['config'] == 'gpt2-vocab' else 'byte-level'}, {r['mode']} ({r['procs']})",
+                "result": f"{r['tok_per_s']:.0f} tok/s, MFU {r['mfu']:.0%}",
+                "limit": f"{r['peak_gflops']:.0f} GFLOP/s fp32 matmul peak",
+                "ratio": f"{r['mfu']:.0%}",
+                "goal": "≥ 70% MFU (best mode)" if goal else "—",
+                "ok": r["mfu"] >= goal if goal else None,
+            }
+        )
     # the goal is on the best mode of the GPT-2-vocabulary config
     gv = [row for row, r in zip(rows, results) if r["config"] == "gpt2-vocab"]
     if gv:
@@ -80,12 +85,16 @@ def bench_train(quick: bool) -> list[dict]:
 def bench_sample(quick: bool) -> list[dict]:
     rc, out, _ = run("bench_sample.py", "--json", *(["--new-tokens", "64", "--repeats", "1"] if quick else []))
     d = last_json_line(out)
-    return [{
-        "benchmark": f"sample gpt2 124M, batch 1, {d['new_tokens']} new tokens, greedy, {d['threads']} threads",
-        "result": f"{d['gptkit_tok_per_s']:.1f} tok/s",
-        "limit": f"{d['transformers_tok_per_s']:.1f} tok/s (transformers generate)",
-        "ratio": f"{d['ratio']:.2f}×", "goal": "≥ 1.2×", "ok": d["ratio"] >= 1.2 and d["same_tokens"],
-    }]
+    return [
+        {
+            "benchmark": f"sample gpt2 124M, batch 1, {d['new_tokens']} new tokens, greedy, {d['threads']} threads",
+            "result": f"{d['gptkit_tok_per_s']:.1f} tok/s",
+            "limit": f"{d['transformers_tok_per_s']:.1f} tok/s (transformers generate)",
+            "ratio": f"{d['ratio']:.2f}×",
+            "goal": "≥ 1.2×",
+            "ok": d["ratio"] >= 1.2 and d["same_tokens"],
+        }
+    ]
 
 
 BENCHES = {"tokenize": bench_tokenize, "train": bench_train, "sample": bench_sample}
@@ -104,9 +113,14 @@ def main() -> int:
             rows += BENCHES[name](args.quick)
         except Exception as e:  # noqa: BLE001 - one broken benchmark must not hide the others
             failed.append(name)
-            rows.append({"benchmark": name, "result": f"failed: {e}", "limit": "", "ratio": "", "goal": "", "ok": False})
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "CPU") \
-        if os.path.exists("/proc/cpuinfo") else "CPU"
+            rows.append(
+                {"benchmark": name, "result": f"failed: {e}", "limit": "", "ratio": "", "goal": "", "ok": False}
+            )
+    cpu = (
+        next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "CPU")
+        if os.path.exists("/proc/cpuinfo")
+        else "CPU"
+    )
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {cpu}, {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f} at the end{' (--quick)' if args.quick else ''}:",

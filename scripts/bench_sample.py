@@ -41,9 +41,9 @@ def main() -> int:
     from transformers.utils import logging as hf_logging
 
     from gptkit.checkpoint import save_checkpoint
-    from gptkit.convert import convert
+    from gptkit.formats.convert import convert
+    from gptkit.generate import SampleConfig, generate, load_for_sampling
     from gptkit.model import GPT, get_preset
-    from gptkit.sample import SampleConfig, generate, load_for_sampling
 
     hf_logging.set_verbosity_error()
     if args.threads:
@@ -70,7 +70,7 @@ def main() -> int:
     def theirs(k: int) -> list[int]:
         with torch.inference_mode():
             out = hf.generate(prompt, max_new_tokens=k, do_sample=False, use_cache=True)
-        return out[0, prompt.size(1):].tolist()
+        return out[0, prompt.size(1) :].tolist()
 
     ours(8), theirs(8)  # warm-up: allocator, kernels' first-call setup
     t_ours, t_hf = [], []
@@ -87,16 +87,31 @@ def main() -> int:
     ours_tps, hf_tps = n / min(t_ours), n / min(t_hf)
     ratio = ours_tps / hf_tps
     threads = torch.get_num_threads()
-    print(f"\n{args.preset} on CPU ({threads} threads, {os.cpu_count()} CPUs), batch 1, greedy, {n} new tokens, "
-          f"best of {args.repeats}; same tokens: {'yes' if same else 'NO'}\n")
+    print(
+        f"\n{args.preset} on CPU ({threads} threads, {os.cpu_count()} CPUs), batch 1, greedy, {n} new tokens, "
+        f"best of {args.repeats}; same tokens: {'yes' if same else 'NO'}\n"
+    )
     print("| model | gptkit tok/s | transformers tok/s | ratio | goal |")
     print("|---|---|---|---|---|")
-    print(f"| {args.preset} | {ours_tps:.1f} | {hf_tps:.1f} | {ratio:.2f}x | >= {GOAL}x {'PASS' if ratio >= GOAL else 'FAIL'} |")
+    print(
+        f"| {args.preset} | {ours_tps:.1f} | {hf_tps:.1f} | {ratio:.2f}x | >= {GOAL}x {'PASS' if ratio >= GOAL else 'FAIL'} |"
+    )
     if args.json:
         import json
 
-        print(json.dumps({"preset": args.preset, "threads": threads, "new_tokens": n, "gptkit_tok_per_s": ours_tps,
-                          "transformers_tok_per_s": hf_tps, "ratio": ratio, "same_tokens": same}))
+        print(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "threads": threads,
+                    "new_tokens": n,
+                    "gptkit_tok_per_s": ours_tps,
+                    "transformers_tok_per_s": hf_tps,
+                    "ratio": ratio,
+                    "same_tokens": same,
+                }
+            )
+        )
     if not same:
         print("error: gptkit and transformers generated different tokens", file=sys.stderr)
         return 1

@@ -25,7 +25,17 @@ import time
 from pathlib import Path
 
 TORCH = "python -c 'import torch'"
-COMMANDS = [[], ["doctor"], ["download"], ["mirror", "serve"], ["tokenize"], ["train"], ["sample"], ["convert"], ["plot"]]
+COMMANDS = [
+    [],
+    ["doctor"],
+    ["download"],
+    ["mirror", "serve"],
+    ["tokenize"],
+    ["train"],
+    ["sample"],
+    ["convert"],
+    ["plot"],
+]
 
 
 def gptkit_argv(use_module: bool) -> list[str]:
@@ -73,10 +83,14 @@ def main() -> int:
     bare = statistics.median(samples["python -c pass"])
     torch_ms = statistics.median(samples[TORCH]) if TORCH in samples else None
     load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    print(f"Start-up time, median of {args.runs} runs ({platform.python_implementation()} {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs{load}); gptkit run as `{' '.join(Path(a).name for a in base)}`.\n")
-    print(f"| command | median ms | min ms | over bare python ms |{' share of import torch |' if torch_ms else ''} "
-          f"under {args.limit_ms:.0f} ms |")
+    print(
+        f"Start-up time, median of {args.runs} runs ({platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs{load}); gptkit run as `{' '.join(Path(a).name for a in base)}`.\n"
+    )
+    print(
+        f"| command | median ms | min ms | over bare python ms |{' share of import torch |' if torch_ms else ''} "
+        f"under {args.limit_ms:.0f} ms |"
+    )
     print(f"|---|---:|---:|---:|{'---:|' if torch_ms else ''}:---:|")
     misses = []
     for name, times in samples.items():
@@ -89,8 +103,10 @@ def main() -> int:
         share = (f" {100 * med / torch_ms:.0f}% |" if is_cli else " |") if torch_ms else ""
         print(f"| `{name}` | {med:.0f} | {min(times):.0f} | {over} |{share} {verdict} |")
     cli = [statistics.median(t) for n, t in samples.items() if n.startswith("gptkit")]
-    print(f"\nSlowest gptkit command: {max(cli):.0f} ms (goal < {args.limit_ms:.0f} ms); bare interpreter {bare:.0f} ms"
-          + (f"; `import torch` alone {torch_ms:.0f} ms." if torch_ms else "."))
+    print(
+        f"\nSlowest gptkit command: {max(cli):.0f} ms (goal < {args.limit_ms:.0f} ms); bare interpreter {bare:.0f} ms"
+        + (f"; `import torch` alone {torch_ms:.0f} ms." if torch_ms else ".")
+    )
     if misses:
         print(f"Over the limit: {', '.join(misses)}")
         return 1

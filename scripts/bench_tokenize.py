@@ -84,17 +84,19 @@ def make_parquet(path: Path, mb: float, seed: int) -> tuple[int, int]:
     while size < target:
         texts = [_document(rng, sentences, words) for _ in range(1000)]  # one FineWeb-sized row group
         n = len(texts)
-        table = pa.table({
-            "text": texts,
-            "id": [f"<urn:uuid:{rng.getrandbits(128):032x}>" for _ in range(n)],
-            "dump": [rng.choice(("CC-MAIN-2013-20", "CC-MAIN-2019-04", "CC-MAIN-2024-10")) for _ in range(n)],
-            "url": [f"https://example.org/{rng.getrandbits(40):x}/{docs + i}.html" for i in range(n)],
-            "date": ["2024-01-01T00:00:00Z"] * n,
-            "language": ["en"] * n,
-            "language_score": [round(rng.uniform(0.9, 1.0), 4) for _ in range(n)],
-            "score": [round(rng.uniform(2.5, 5.0), 3) for _ in range(n)],
-            "token_count": [len(t) // 4 for t in texts],
-        })
+        table = pa.table(
+            {
+                "text": texts,
+                "id": [f"<urn:uuid:{rng.getrandbits(128):032x}>" for _ in range(n)],
+                "dump": [rng.choice(("CC-MAIN-2013-20", "CC-MAIN-2019-04", "CC-MAIN-2024-10")) for _ in range(n)],
+                "url": [f"https://example.org/{rng.getrandbits(40):x}/{docs + i}.html" for i in range(n)],
+                "date": ["2024-01-01T00:00:00Z"] * n,
+                "language": ["en"] * n,
+                "language_score": [round(rng.uniform(0.9, 1.0), 4) for _ in range(n)],
+                "score": [round(rng.uniform(2.5, 5.0), 3) for _ in range(n)],
+                "token_count": [len(t) // 4 for t in texts],
+            }
+        )
         if writer is None:
             writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
         writer.write_table(table, row_group_size=1000)
@@ -108,7 +110,9 @@ def make_parquet(path: Path, mb: float, seed: int) -> tuple[int, int]:
 def text_bytes(path: Path) -> int:
     import pyarrow.parquet as pq
 
-    return sum(len(t.encode()) for b in pq.ParquetFile(path).iter_batches(columns=["text"]) for t in b.column(0).to_pylist())
+    return sum(
+        len(t.encode()) for b in pq.ParquetFile(path).iter_batches(columns=["text"]) for t in b.column(0).to_pylist()
+    )
 
 
 # --------------------------------------------------------------------------- measurements
@@ -118,28 +122,39 @@ def limit_single_thread(path: Path, sample_mb: float) -> dict:
     """tiktoken's encode_ordinary, one thread, on row groups spread over the file."""
     import pyarrow.parquet as pq
 
-    from gptkit.tokenizer import get_tokenizer
+    from gptkit.data.tokenizers import get_tokenizer
 
     enc = get_tokenizer("gpt2").enc
     pf = pq.ParquetFile(path)
     n_rg = pf.metadata.num_row_groups
     per_rg = pf.metadata.row_group(0).column(0).total_uncompressed_size
     k = max(1, min(n_rg, int(sample_mb * 1e6 / max(per_rg, 1))))
-    texts = [t for rg in range(0, n_rg, max(1, n_rg // k))[:k] for t in pf.read_row_group(rg, columns=["text"]).column(0).to_pylist()]
+    texts = [
+        t
+        for rg in range(0, n_rg, max(1, n_rg // k))[:k]
+        for t in pf.read_row_group(rg, columns=["text"]).column(0).to_pylist()
+    ]
     nbytes = sum(len(t.encode()) for t in texts)
     enc.encode_ordinary(texts[0])  # warm up
     t0, c0 = time.perf_counter(), time.process_time()
     ntok = sum(len(enc.encode_ordinary(t)) for t in texts)
     dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return {"sample_bytes": nbytes, "tokens": ntok, "seconds": dt, "cpu_seconds": cpu, "tokens_per_s": ntok / dt,
-            "tokens_per_cpu_s": ntok / cpu, "mb_per_s": nbytes / dt / 1e6}
+    return {
+        "sample_bytes": nbytes,
+        "tokens": ntok,
+        "seconds": dt,
+        "cpu_seconds": cpu,
+        "tokens_per_s": ntok / dt,
+        "tokens_per_cpu_s": ntok / cpu,
+        "mb_per_s": nbytes / dt / 1e6,
+    }
 
 
 def _encode_share(args) -> tuple[int, float]:
     path, rgs = args
     import pyarrow.parquet as pq
 
-    from gptkit.tokenizer import get_tokenizer
+    from gptkit.data.tokenizers import get_tokenizer
 
     enc = get_tokenizer("gpt2").enc
     pf = pq.ParquetFile(path)
@@ -224,7 +239,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="also print one JSON line")
     args = ap.parse_args()
 
-    from gptkit.tokenize import default_workers
+    from gptkit.data.tokenize import default_workers
 
     workers = args.workers or default_workers()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -253,36 +268,71 @@ def main() -> int:
     for mult, (f, nbytes) in inputs.items():
         r = runs[mult]
         tps = r["tokens"] / r["tokenize_s"]
-        rows.append({
-            "input": f"{mult}x", "text_mb": nbytes / 1e6, "file_mb": f.stat().st_size / 1e6, "workers": workers,
-            "seconds": r["tokenize_s"], "wall_seconds": r["wall_s"], "tokens": r["tokens"],
-            "mb_per_s": nbytes / r["tokenize_s"] / 1e6, "tokens_per_s": tps, "limit_tokens_per_s": limit,
-            "ratio": tps / limit, "peak_rss_mb": r["peak_rss"] / 1e6, "cpu_seconds": r["cpu_s"],
-            # CPU-time view, meaningful when other jobs share the cores: all CPU the command used
-            # (start-up, reading, workers, writing) against single-thread encode_ordinary's.
-            "cpu_efficiency": (r["tokens"] / r["cpu_s"]) / lim["tokens_per_cpu_s"],
-        })
-    print(f"\nLimit: tiktoken encode_ordinary, 1 thread, {lim['sample_bytes'] / 1e6:.1f} MB sample: "
-          f"{lim['tokens_per_s']:,.0f} tokens/s ({lim['mb_per_s']:.2f} MB/s; before the runs {before['tokens_per_s']:,.0f}, "
-          f"after {after['tokens_per_s']:,.0f}) x {workers} workers = {limit:,.0f} tokens/s\n")
-    print("| input | text MB | workers | time s | MB/s | tokens/s | limit tokens/s | ratio (goal >= 85%) | peak RSS MB, all processes (goal < 1000) |")
+        rows.append(
+            {
+                "input": f"{mult}x",
+                "text_mb": nbytes / 1e6,
+                "file_mb": f.stat().st_size / 1e6,
+                "workers": workers,
+                "seconds": r["tokenize_s"],
+                "wall_seconds": r["wall_s"],
+                "tokens": r["tokens"],
+                "mb_per_s": nbytes / r["tokenize_s"] / 1e6,
+                "tokens_per_s": tps,
+                "limit_tokens_per_s": limit,
+                "ratio": tps / limit,
+                "peak_rss_mb": r["peak_rss"] / 1e6,
+                "cpu_seconds": r["cpu_s"],
+                # CPU-time view, meaningful when other jobs share the cores: all CPU the command used
+                # (start-up, reading, workers, writing) against single-thread encode_ordinary's.
+                "cpu_efficiency": (r["tokens"] / r["cpu_s"]) / lim["tokens_per_cpu_s"],
+            }
+        )
+    print(
+        f"\nLimit: tiktoken encode_ordinary, 1 thread, {lim['sample_bytes'] / 1e6:.1f} MB sample: "
+        f"{lim['tokens_per_s']:,.0f} tokens/s ({lim['mb_per_s']:.2f} MB/s; before the runs {before['tokens_per_s']:,.0f}, "
+        f"after {after['tokens_per_s']:,.0f}) x {workers} workers = {limit:,.0f} tokens/s\n"
+    )
+    print(
+        "| input | text MB | workers | time s | MB/s | tokens/s | limit tokens/s | ratio (goal >= 85%) | peak RSS MB, all processes (goal < 1000) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['input']} | {r['text_mb']:.0f} | {r['workers']} | {r['seconds']:.1f} | {r['mb_per_s']:.2f} | {r['tokens_per_s']:,.0f} | "
-              f"{r['limit_tokens_per_s']:,.0f} | {100 * r['ratio']:.0f}% | {r['peak_rss_mb']:.0f} |")
+        print(
+            f"| {r['input']} | {r['text_mb']:.0f} | {r['workers']} | {r['seconds']:.1f} | {r['mb_per_s']:.2f} | {r['tokens_per_s']:,.0f} | "
+            f"{r['limit_tokens_per_s']:,.0f} | {100 * r['ratio']:.0f}% | {r['peak_rss_mb']:.0f} |"
+        )
     for r in rows:
-        print(f"{r['input']}: {r['cpu_seconds']:.1f} CPU-s for the whole command; tokens per CPU-second = "
-              f"{100 * r['cpu_efficiency']:.0f}% of single-thread encode_ordinary's (independent of other load)")
+        print(
+            f"{r['input']}: {r['cpu_seconds']:.1f} CPU-s for the whole command; tokens per CPU-second = "
+            f"{100 * r['cpu_efficiency']:.0f}% of single-thread encode_ordinary's (independent of other load)"
+        )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"load average during the run: {load:.2f} on {os.cpu_count()} cores (the wall-clock ratio assumes idle cores)")
+    print(
+        f"load average during the run: {load:.2f} on {os.cpu_count()} cores (the wall-clock ratio assumes idle cores)"
+    )
     growth = rows[1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
     print(f"\npeak RSS 2x / 1x input: {growth:.2f} (flat = about 1.0)")
-    print(f"concurrent limit ({workers} processes encoding at once): {concurrent:,.0f} tokens/s; "
-          + ", ".join(f"{r['input']} at {r['tokens_per_s'] / concurrent:.0%} of it" for r in rows))
+    print(
+        f"concurrent limit ({workers} processes encoding at once): {concurrent:,.0f} tokens/s; "
+        + ", ".join(f"{r['input']} at {r['tokens_per_s'] / concurrent:.0%} of it" for r in rows)
+    )
     for r in rows:
         r["ratio_concurrent"] = r["tokens_per_s"] / concurrent
     if args.json:
-        print(json.dumps({"concurrent_limit": concurrent, "limit": lim, "limit_before": before, "limit_after": after, "workers": workers, "runs": rows, "rss_growth_2x": growth}))
+        print(
+            json.dumps(
+                {
+                    "concurrent_limit": concurrent,
+                    "limit": lim,
+                    "limit_before": before,
+                    "limit_after": after,
+                    "workers": workers,
+                    "runs": rows,
+                    "rss_growth_2x": growth,
+                }
+            )
+        )
     return 0
 
 

@@ -32,15 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 GOAL = 0.70
-WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
-         "but have an they you were her she there one all we their been has when who will more no if out").split()
+WORDS = (
+    "the of and to in a is that for it as was with be by on not he this are or his from at which "
+    "but have an they you were her she there one all we their been has when who will more no if out"
+).split()
 
 
 def make_data(root: Path, tokenizer: str, tokens: int) -> Path:
     """Real `gptkit tokenize` output from generated text, about `tokens` tokens of it."""
     import numpy as np
 
-    from gptkit.tokenize import Settings, tokenize
+    from gptkit.data.tokenize import Settings, tokenize
 
     rng = np.random.default_rng(0)
     src = root / f"src-{tokenizer}"
@@ -72,9 +74,18 @@ def bench_inproc(data: Path, steps: int, micro_batch: int, accum: int, threads: 
     from gptkit.train.trainer import Dist, Trainer
 
     torch.set_num_threads(threads)
-    flags = dict(preset="small", data=str(data), micro_batch=micro_batch, batch_tokens=micro_batch * 256 * accum,
-                 max_steps=10_000, warmup_steps=10, eval_tokens=0, hellaswag_every=0, sample_every=10_000,
-                 checkpoint_every=10_000)
+    flags = dict(
+        preset="small",
+        data=str(data),
+        micro_batch=micro_batch,
+        batch_tokens=micro_batch * 256 * accum,
+        max_steps=10_000,
+        warmup_steps=10,
+        eval_tokens=0,
+        hellaswag_every=0,
+        sample_every=10_000,
+        checkpoint_every=10_000,
+    )
     rr = prepare(flags, LaunchConfig(gpus=0, nproc=1), out=data.parent / f"run-{data.name}")
     tr = Trainer(rr, Dist("cpu"))
     tr.train_step()  # warm-up: allocator, thread pool
@@ -93,11 +104,38 @@ def bench_torchrun(data: Path, steps: int, micro_batch: int, accum: int, nproc: 
     """tokens/s from a real `gptkit train --nproc N` run (skipping the first two steps)."""
     run = data.parent / f"torchrun-{data.name}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "gptkit", "train", "--preset", "small", "--data", str(data), "--gpus", "0",
-           "--nproc", str(nproc), "--micro-batch", str(micro_batch), "--batch-tokens",
-           str(micro_batch * 256 * accum * nproc), "--max-steps", str(steps + 2), "--warmup-steps", "10",
-           "--eval-tokens", "0", "--hellaswag-every", "0", "--sample-every", "10000", "--checkpoint-every", "10000",
-           "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gptkit",
+        "train",
+        "--preset",
+        "small",
+        "--data",
+        str(data),
+        "--gpus",
+        "0",
+        "--nproc",
+        str(nproc),
+        "--micro-batch",
+        str(micro_batch),
+        "--batch-tokens",
+        str(micro_batch * 256 * accum * nproc),
+        "--max-steps",
+        str(steps + 2),
+        "--warmup-steps",
+        "10",
+        "--eval-tokens",
+        "0",
+        "--hellaswag-every",
+        "0",
+        "--sample-every",
+        "10000",
+        "--checkpoint-every",
+        "10000",
+        "--out",
+        str(run),
+    ]
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     tps = sorted(r["tok_per_s"] for r in rows if "tok_per_s" in r and r["step"] > 2)
@@ -147,8 +185,16 @@ def main() -> int:
                     vocab = 50257 if tokenizer == "gpt2" else 256
                     with torch.device("meta"):
                         fpt = GPT(get_preset("small").with_vocab(vocab)).flops_per_token(256)
-                results.append({"config": name, "mode": mode, "procs": procs, "tok_per_s": best,
-                                "tok_per_s_median": median, "flops_per_token": fpt})
+                results.append(
+                    {
+                        "config": name,
+                        "mode": mode,
+                        "procs": procs,
+                        "tok_per_s": best,
+                        "tok_per_s_median": median,
+                        "flops_per_token": fpt,
+                    }
+                )
         peak = max(peaks)
     for r in results:
         r["peak_gflops"] = peak / 1e9
@@ -157,12 +203,16 @@ def main() -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(f"fp32 matmul peak on this CPU ({threads} threads, best of {len(peaks)}): {peak / 1e9:.0f} GFLOP/s "
-              f"(all tries: {', '.join(f'{p / 1e9:.0f}' for p in peaks)})")
+        print(
+            f"fp32 matmul peak on this CPU ({threads} threads, best of {len(peaks)}): {peak / 1e9:.0f} GFLOP/s "
+            f"(all tries: {', '.join(f'{p / 1e9:.0f}' for p in peaks)})"
+        )
         print(f"{'config':<12} {'mode':<9} {'processes':<14} {'tok/s':>8} {'median':>8} {'MFU':>6} {'median':>7}")
         for r in results:
-            print(f"{r['config']:<12} {r['mode']:<9} {r['procs']:<14} {r['tok_per_s']:>8.0f} {r['tok_per_s_median']:>8.0f} "
-                  f"{r['mfu']:>6.1%} {r['mfu_median']:>7.1%}")
+            print(
+                f"{r['config']:<12} {r['mode']:<9} {r['procs']:<14} {r['tok_per_s']:>8.0f} {r['tok_per_s_median']:>8.0f} "
+                f"{r['mfu']:>6.1%} {r['mfu_median']:>7.1%}"
+            )
     best = max((r["mfu"] for r in results if r["config"] == "gpt2-vocab"), default=None)
     if best is not None:
         verdict = "meets" if best >= GOAL else "misses"

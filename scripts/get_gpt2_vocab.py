@@ -46,8 +46,12 @@ def place(data: bytes, dest: Path) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description="Install GPT-2's r50k_base.tiktoken offline, from the openai-whisper sdist.")
-    ap.add_argument("--sdist", type=Path, help="use this openai-whisper 20250625 .tar.gz instead of fetching it from PyPI")
+    ap = argparse.ArgumentParser(
+        description="Install GPT-2's r50k_base.tiktoken offline, from the openai-whisper sdist."
+    )
+    ap.add_argument(
+        "--sdist", type=Path, help="use this openai-whisper 20250625 .tar.gz instead of fetching it from PyPI"
+    )
     args = ap.parse_args()
     dests = targets()
     if all(d.is_file() and hashlib.sha256(d.read_bytes()).hexdigest() == R50K_SHA256 for d in dests):
@@ -64,7 +68,10 @@ def main() -> int:
             r = subprocess.run(cmd, capture_output=True, text=True)
             sdists = list(Path(tmp).glob("openai_whisper-*.tar.gz")) + list(Path(tmp).glob("openai-whisper-*.tar.gz"))
             if r.returncode != 0 or not sdists:
-                print(f"error: could not download the {SDIST} sdist from PyPI:\n{r.stderr.strip()[-500:]}", file=sys.stderr)
+                print(
+                    f"error: could not download the {SDIST} sdist from PyPI:\n{r.stderr.strip()[-500:]}",
+                    file=sys.stderr,
+                )
                 return 1
         try:
             tar = tarfile.open(sdists[0])

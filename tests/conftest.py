@@ -22,7 +22,11 @@ def run_cli(*args, env=None, cwd=None, timeout=600, check=False):
     full_env = {**os.environ, **(env or {})}
     r = subprocess.run(
         [sys.executable, "-m", "gptkit", *map(str, args)],
-        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
     )
     if check and r.returncode != 0:
         raise AssertionError(f"gptkit {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")

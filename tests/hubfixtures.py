@@ -29,13 +29,13 @@ import contextlib
 import hashlib
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from gptkit.mirror import MANIFEST_NAME, Faults, MirrorServer, file_hashes, is_lfs_name  # noqa: F401 - re-exported
+from gptkit.hub.mirror.server import MANIFEST_NAME, Faults, MirrorServer, file_hashes, is_lfs_name  # noqa: F401 - re-exported
 
 WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at which but have an they "
@@ -103,8 +103,15 @@ def finish_repo(folder: Path, repo_id: str, repo_type: str, layout: str, revisio
     if layout == "download":
         commit = fake_commit(repo_type, repo_id, *(f"{e['path']}:{e['sha256']}" for e in entries))
         manifest = {
-            "format": 1, "tool": "hubfixtures", "name": repo_id, "repo_id": repo_id, "repo_type": repo_type,
-            "revision": revision, "commit": commit, "complete": True, "files": entries,
+            "format": 1,
+            "tool": "hubfixtures",
+            "name": repo_id,
+            "repo_id": repo_id,
+            "repo_type": repo_type,
+            "revision": revision,
+            "commit": commit,
+            "complete": True,
+            "files": entries,
         }
         (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
     elif layout != "plain":
@@ -150,8 +157,9 @@ def make_dataset_repo(
     return finish_repo(folder, repo_id, "dataset", layout)
 
 
-def make_hellaswag_repo(folder: Path, repo_id: str = "Rowan/hellaswag", *, rows: int = 12, seed: int = 1,
-                        layout: str = "download") -> FakeRepo:
+def make_hellaswag_repo(
+    folder: Path, repo_id: str = "Rowan/hellaswag", *, rows: int = 12, seed: int = 1, layout: str = "download"
+) -> FakeRepo:
     """Rowan/hellaswag's layout: data/{train,validation,test}-00000-of-00001.parquet, label as a string."""
     folder = Path(folder)
     rng = random.Random(seed)
@@ -181,7 +189,7 @@ def make_hellaswag_repo(folder: Path, repo_id: str = "Rowan/hellaswag", *, rows:
 
 
 def _byte_encoder() -> dict[int, str]:
-    from gptkit.tokenizer import bytes_to_unicode
+    from gptkit.data.tokenizers import bytes_to_unicode
 
     return bytes_to_unicode()
 
@@ -237,7 +245,7 @@ def gpt2_merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]
 
 
 def _real_gpt2_ranks() -> dict[bytes, int]:
-    from gptkit.tokenizer import get_tokenizer
+    from gptkit.data.tokenizers import get_tokenizer
 
     enc = get_tokenizer("gpt2").enc  # offline: scripts/get_gpt2_vocab.py installs the ranks
     return dict(enc._mergeable_ranks)
@@ -258,13 +266,35 @@ def write_gpt2_tokenizer_files(folder: Path, ranks: dict[bytes, int], merges: li
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merge_lines) + "\n", encoding="utf-8")
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
     tokenizer = {
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": eot, "content": "<|endoftext|>", "single_word": False, "lstrip": False,
-                          "rstrip": False, "normalized": True, "special": True}],
-        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": byte_level, "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "vocab": vocab,
-                  "merges": merge_lines},
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {
+                "id": eot,
+                "content": "<|endoftext|>",
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": True,
+                "special": True,
+            }
+        ],
+        "normalizer": None,
+        "pre_tokenizer": byte_level,
+        "post_processor": byte_level,
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": "",
+            "end_of_word_suffix": "",
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "vocab": vocab,
+            "merges": merge_lines,
+        },
     }
     (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
     return eot
@@ -301,10 +331,23 @@ def make_model_repo(
     eot = write_gpt2_tokenizer_files(folder, ranks, merges)
     V, C, T = eot + 1, n_embd, n_positions
     config = {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
-        "vocab_size": V, "n_positions": T, "n_ctx": T, "n_embd": C, "n_layer": n_layer, "n_head": n_head,
-        "n_inner": None, "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "resid_pdrop": 0.1,
-        "embd_pdrop": 0.1, "attn_pdrop": 0.1, "bos_token_id": eot, "eos_token_id": eot,
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "activation_function": "gelu_new",
+        "vocab_size": V,
+        "n_positions": T,
+        "n_ctx": T,
+        "n_embd": C,
+        "n_layer": n_layer,
+        "n_head": n_head,
+        "n_inner": None,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "resid_pdrop": 0.1,
+        "embd_pdrop": 0.1,
+        "attn_pdrop": 0.1,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     (folder / "generation_config.json").write_text(json.dumps({"bos_token_id": eot, "eos_token_id": eot}, indent=2))
@@ -313,17 +356,27 @@ def make_model_repo(
     def w(*shape):
         return (rng.standard_normal(shape) * 0.02).astype(np.float32)
 
-    tensors = {"wte.weight": w(V, C), "wpe.weight": w(T, C), "ln_f.weight": np.ones(C, np.float32),
-               "ln_f.bias": np.zeros(C, np.float32)}
+    tensors = {
+        "wte.weight": w(V, C),
+        "wpe.weight": w(T, C),
+        "ln_f.weight": np.ones(C, np.float32),
+        "ln_f.bias": np.zeros(C, np.float32),
+    }
     for i in range(n_layer):
         p = f"h.{i}."
         tensors |= {
-            p + "ln_1.weight": np.ones(C, np.float32), p + "ln_1.bias": np.zeros(C, np.float32),
-            p + "attn.c_attn.weight": w(C, 3 * C), p + "attn.c_attn.bias": w(3 * C),
-            p + "attn.c_proj.weight": w(C, C), p + "attn.c_proj.bias": w(C),
-            p + "ln_2.weight": np.ones(C, np.float32), p + "ln_2.bias": np.zeros(C, np.float32),
-            p + "mlp.c_fc.weight": w(C, 4 * C), p + "mlp.c_fc.bias": w(4 * C),
-            p + "mlp.c_proj.weight": w(4 * C, C), p + "mlp.c_proj.bias": w(C),
+            p + "ln_1.weight": np.ones(C, np.float32),
+            p + "ln_1.bias": np.zeros(C, np.float32),
+            p + "attn.c_attn.weight": w(C, 3 * C),
+            p + "attn.c_attn.bias": w(3 * C),
+            p + "attn.c_proj.weight": w(C, C),
+            p + "attn.c_proj.bias": w(C),
+            p + "ln_2.weight": np.ones(C, np.float32),
+            p + "ln_2.bias": np.zeros(C, np.float32),
+            p + "mlp.c_fc.weight": w(C, 4 * C),
+            p + "mlp.c_fc.bias": w(4 * C),
+            p + "mlp.c_proj.weight": w(4 * C, C),
+            p + "mlp.c_proj.bias": w(C),
         }
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "README.md").write_text("---\nlicense: mit\n---\n# A tiny GPT-2 for tests\n")
@@ -374,7 +427,7 @@ def hub(tmp_path_factory) -> Iterator[Hub]:
 
 def preserved_hf_state():
     """Undo what gptkit.hub.configure_endpoint changes process-wide after a test (a context manager)."""
-    from gptkit.hub import preserved_endpoint_state
+    from gptkit.hub.download import preserved_endpoint_state
 
     return preserved_endpoint_state()
 

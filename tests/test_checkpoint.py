@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from gptkit.checkpoint import (
-    latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint, step_dirname,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    step_dirname,
 )
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, get_preset
@@ -27,8 +32,13 @@ def test_round_trip_is_bitwise_exact(tmp_path):
     model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))[1].backward()
     opt.step()
     path = save_checkpoint(
-        tmp_path / step_dirname(7), model, config=model.config, tokenizer="bytes",
-        train_config={"lr": 1e-3}, optimizer_state=opt.state_dict(), trainer_state={"step": 7, "tokens": 123},
+        tmp_path / step_dirname(7),
+        model,
+        config=model.config,
+        tokenizer="bytes",
+        train_config={"lr": 1e-3},
+        optimizer_state=opt.state_dict(),
+        trainer_state={"step": 7, "tokens": 123},
     )
     ck = load_checkpoint(path)
     assert ck.tokenizer == "bytes" and ck.step == 7 and ck.train_config == {"lr": 1e-3}

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import assert_one_line_error, run_cli
 
 COMMANDS = [
@@ -28,17 +27,30 @@ HEAVY = ("torch", "numpy", "datasets", "transformers", "huggingface_hub", "safet
 
 USER_ERRORS = [
     # bad flag values
-    pytest.param(["doctor", "--endpoint", "ftp://example.invalid"], "invalid Hugging Face endpoint", id="doctor-endpoint-not-http"),
-    pytest.param(["doctor", "--endpoint", "http://127.0.0.1:9", "--mirror"], "either --endpoint or --mirror", id="doctor-endpoint-and-mirror"),
-    pytest.param(["download", "fineweb-edu", "--subset", "nope", "--endpoint", "http://127.0.0.1:9"],
-                 "unknown subset 'nope'", id="download-unknown-subset"),
+    pytest.param(
+        ["doctor", "--endpoint", "ftp://example.invalid"],
+        "invalid Hugging Face endpoint",
+        id="doctor-endpoint-not-http",
+    ),
+    pytest.param(
+        ["doctor", "--endpoint", "http://127.0.0.1:9", "--mirror"],
+        "either --endpoint or --mirror",
+        id="doctor-endpoint-and-mirror",
+    ),
+    pytest.param(
+        ["download", "fineweb-edu", "--subset", "nope", "--endpoint", "http://127.0.0.1:9"],
+        "unknown subset 'nope'",
+        id="download-unknown-subset",
+    ),
     # unknown presets
     pytest.param(["download", "no-such-preset"], "unknown preset 'no-such-preset'", id="download-unknown-preset"),
     pytest.param(["train", "--preset", "nope", "--dry-run"], "unknown model preset 'nope'", id="train-unknown-preset"),
     # bad paths
     pytest.param(["doctor", "--data-dir", "{file}"], "is a file, not a directory", id="doctor-data-dir-is-a-file"),
     pytest.param(["sample", "--model", "{missing}", "hi"], "no such file or directory", id="sample-missing-model"),
-    pytest.param(["convert", "{missing}", "{tmp}/out.safetensors"], "no such file or directory", id="convert-missing-source"),
+    pytest.param(
+        ["convert", "{missing}", "{tmp}/out.safetensors"], "no such file or directory", id="convert-missing-source"
+    ),
     pytest.param(["mirror", "serve", "{missing}"], "does not exist", id="mirror-missing-root"),
     pytest.param(["plot", "{missing}"], "no metrics.jsonl there", id="plot-missing-run"),
 ]

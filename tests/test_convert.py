@@ -9,15 +9,15 @@ import sys
 
 import pytest
 import torch
-
 from conftest import assert_one_line_error, run_cli
-from gptkit import convert as convert_mod
+
 from gptkit.checkpoint import load_checkpoint, save_checkpoint
-from gptkit.convert import convert, detect_format, load
+from gptkit.data.tokenizers import get_tokenizer
 from gptkit.errors import GptkitError
+from gptkit.formats import convert as convert_mod
+from gptkit.formats.convert import convert, detect_format, load
+from gptkit.generate import SampleConfig, generate, load_for_sampling
 from gptkit.model import GPT, GPTConfig
-from gptkit.sample import SampleConfig, generate, load_for_sampling
-from gptkit.tokenizer import get_tokenizer
 
 GPT2_V = 50257
 
@@ -55,6 +55,7 @@ def gpt2_ck(tmp_path_factory):
 
 # --- Hugging Face ------------------------------------------------------------------------------
 
+
 def test_hf_export_matches_transformers(gpt2_ck, tmp_path):
     from safetensors import safe_open
     from transformers import AutoTokenizer, GPT2LMHeadModel
@@ -77,11 +78,21 @@ def test_hf_export_matches_transformers(gpt2_ck, tmp_path):
         theirs = hf(idx).logits
     assert (logits(model, idx) - theirs).abs().max().item() <= 1e-5
 
-    ours = torch.stack(list(generate(model, idx[0].tolist(), SampleConfig(max_new_tokens=15, temperature=0),
-                                     vocab_size=GPT2_V, eot_token=GPT2_V - 1)), dim=1)[0].tolist()
+    ours = torch.stack(
+        list(
+            generate(
+                model,
+                idx[0].tolist(),
+                SampleConfig(max_new_tokens=15, temperature=0),
+                vocab_size=GPT2_V,
+                eot_token=GPT2_V - 1,
+            )
+        ),
+        dim=1,
+    )[0].tolist()
     with torch.no_grad():
         hf_out = hf.generate(idx[:1], max_new_tokens=15, do_sample=False, pad_token_id=GPT2_V - 1)
-    assert hf_out[0, idx.size(1):].tolist() == ours
+    assert hf_out[0, idx.size(1) :].tolist() == ours
 
     from tokenizers import Tokenizer
 
@@ -98,7 +109,10 @@ def test_hf_export_matches_transformers(gpt2_ck, tmp_path):
         (tmp_path / "slow" / f).write_bytes((out / f).read_bytes())
     from transformers import GPT2Tokenizer
 
-    assert GPT2Tokenizer(str(tmp_path / "slow" / "vocab.json"), str(tmp_path / "slow" / "merges.txt"))(text)["input_ids"] == ids
+    assert (
+        GPT2Tokenizer(str(tmp_path / "slow" / "vocab.json"), str(tmp_path / "slow" / "merges.txt"))(text)["input_ids"]
+        == ids
+    )
 
 
 def test_reads_what_transformers_writes(tmp_path):
@@ -124,10 +138,15 @@ def test_reads_what_transformers_writes(tmp_path):
 
 # --- round trip --------------------------------------------------------------------------------
 
+
 def test_round_trip_gptkit_pt_safetensors_hf_gptkit_is_bitwise_exact(gpt2_ck, tmp_path):
     model, ck = gpt2_ck
-    chain = [(tmp_path / "a.pt", "pt"), (tmp_path / "b.safetensors", "safetensors"), (tmp_path / "c", "hf"),
-             (tmp_path / "d", "gptkit")]
+    chain = [
+        (tmp_path / "a.pt", "pt"),
+        (tmp_path / "b.safetensors", "safetensors"),
+        (tmp_path / "c", "hf"),
+        (tmp_path / "d", "gptkit"),
+    ]
     src = ck
     for dst, fmt in chain:
         r = convert(src, dst, to=fmt)
@@ -147,12 +166,15 @@ def test_pt_output_is_nanogpt_shaped(gpt2_ck, tmp_path):
     _, ck = gpt2_ck
     convert(ck, tmp_path / "ckpt.pt")
     obj = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert obj["model_args"] == dict(n_layer=2, n_head=4, n_embd=32, block_size=32, bias=True, vocab_size=50304, dropout=0.0)
+    assert obj["model_args"] == dict(
+        n_layer=2, n_head=4, n_embd=32, block_size=32, bias=True, vocab_size=50304, dropout=0.0
+    )
     assert torch.equal(obj["model"]["lm_head.weight"], obj["model"]["transformer.wte.weight"])
     assert obj["iter_num"] == 100  # the step of the checkpoint it came from
 
 
 # --- GGUF --------------------------------------------------------------------------------------
+
 
 def gguf_value(reader, key, index=0):
     import gguf
@@ -172,10 +194,17 @@ def test_gguf_names_shapes_and_metadata(gpt2_ck, tmp_path):
     convert(ck, tmp_path / "m.gguf", verify_output=False)
     r = gguf.GGUFReader(str(tmp_path / "m.gguf"))
     assert gguf_value(r, "general.architecture") == "gpt2"
-    for key, want in [("gpt2.block_count", 2), ("gpt2.context_length", 32), ("gpt2.embedding_length", 32),
-                      ("gpt2.feed_forward_length", 128), ("gpt2.attention.head_count", 4),
-                      ("tokenizer.ggml.bos_token_id", GPT2_V - 1), ("tokenizer.ggml.eos_token_id", GPT2_V - 1),
-                      ("tokenizer.ggml.model", "gpt2"), ("tokenizer.ggml.pre", "gpt-2")]:
+    for key, want in [
+        ("gpt2.block_count", 2),
+        ("gpt2.context_length", 32),
+        ("gpt2.embedding_length", 32),
+        ("gpt2.feed_forward_length", 128),
+        ("gpt2.attention.head_count", 4),
+        ("tokenizer.ggml.bos_token_id", GPT2_V - 1),
+        ("tokenizer.ggml.eos_token_id", GPT2_V - 1),
+        ("tokenizer.ggml.model", "gpt2"),
+        ("tokenizer.ggml.pre", "gpt-2"),
+    ]:
         assert gguf_value(r, key) == want, key
     assert abs(gguf_value(r, "gpt2.attention.layer_norm_epsilon") - 1e-5) < 1e-12
     tokens = r.fields["tokenizer.ggml.tokens"]
@@ -190,8 +219,11 @@ def test_gguf_names_shapes_and_metadata(gpt2_ck, tmp_path):
     tensors = {t.name: t for t in r.tensors}
     expected = {"token_embd.weight", "position_embd.weight", "output_norm.weight", "output_norm.bias"}
     for i in range(2):
-        expected |= {f"blk.{i}.{n}.{s}" for n in ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down")
-                     for s in ("weight", "bias")}
+        expected |= {
+            f"blk.{i}.{n}.{s}"
+            for n in ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down")
+            for s in ("weight", "bias")
+        }
     assert set(tensors) == expected
     # GGUF lists dimensions innermost first: (n_embd, n_vocab) is a (n_vocab, n_embd) matrix
     assert list(tensors["token_embd.weight"].shape) == [32, GPT2_V]
@@ -234,6 +266,7 @@ def test_bf16_safetensors(gpt2_ck, tmp_path):
 
 
 # --- nanoGPT and build-nanogpt ------------------------------------------------------------------
+
 
 def compiled_state_dict(model):
     """What torch.compile'd models save: every key behind `_orig_mod.`, lm_head tied to wte."""
@@ -289,8 +322,10 @@ def test_build_nanogpt_checkpoint_with_pickled_config(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules["__main__"], "GPTConfig", GPTConfig, raising=False)
     model = random_model(n_head=8)  # not n_embd / 64: the head count must come from the pickled config
     path = tmp_path / "model_05000.pt"
-    torch.save({"model": compiled_state_dict(model), "config": GPTConfig(32, 50304, 2, 8, 32), "step": 5000,
-                "val_loss": 3.31}, path)
+    torch.save(
+        {"model": compiled_state_dict(model), "config": GPTConfig(32, 50304, 2, 8, 32), "step": 5000, "val_loss": 3.31},
+        path,
+    )
     monkeypatch.delattr(sys.modules["__main__"], "GPTConfig")
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # plain weights_only refuses the dataclass
@@ -300,6 +335,7 @@ def test_build_nanogpt_checkpoint_with_pickled_config(tmp_path, monkeypatch):
 
 
 # --- bad input ---------------------------------------------------------------------------------
+
 
 class Payload:
     def __init__(self, marker):

@@ -15,13 +15,25 @@ from pathlib import Path
 
 import pytest
 
-from gptkit import doctor as lib
+from gptkit.doctor import checks as lib
 
 FAKE_BIN = Path(__file__).resolve().parent / "fake_bin"
 SECRET = "hf_doctorTestTokenThatMustNeverLeave"
 # Variables that would change what doctor sees; each run sets what it needs.
-SCRUB = ("FAKE_NVIDIA_SMI", "CUDA_HOME", "CUDA_PATH", "HF_ENDPOINT", "HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES",
-         "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+SCRUB = (
+    "FAKE_NVIDIA_SMI",
+    "CUDA_HOME",
+    "CUDA_PATH",
+    "HF_ENDPOINT",
+    "HF_HUB_OFFLINE",
+    "CUDA_VISIBLE_DEVICES",
+    "http_proxy",
+    "https_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+)
 
 
 def run_doctor(*args, path, env=None, encoding="utf-8"):
@@ -29,7 +41,12 @@ def run_doctor(*args, path, env=None, encoding="utf-8"):
     full.update({"PATH": str(path), "PYTHONIOENCODING": encoding, "COLUMNS": "200", **(env or {})})
     return subprocess.run(
         [sys.executable, "-m", "gptkit", "doctor", *map(str, args)],
-        capture_output=True, text=True, env=full, timeout=120, encoding="utf-8", errors="replace",
+        capture_output=True,
+        text=True,
+        env=full,
+        timeout=120,
+        encoding="utf-8",
+        errors="replace",
     )
 
 
@@ -42,7 +59,7 @@ def as_json(r):
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """Our own Hub mirror on loopback (it records each request, and whether it carried a token)."""
-    from gptkit.mirror import MirrorServer
+    from gptkit.hub.mirror.server import MirrorServer
 
     with MirrorServer(tmp_path_factory.mktemp("mirror_root")) as server:
         yield server.url, server.requests
@@ -74,19 +91,29 @@ def data_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def four_gpus(hub, data_root):
     url, seen = hub
-    from gptkit.tokenizer import gpt2_vocab_offline
+    from gptkit.data.tokenizers import gpt2_vocab_offline
 
     vocab = gpt2_vocab_offline()
     assert vocab, "the session's GPT-2 vocabulary is missing: run `python scripts/get_gpt2_vocab.py`"
-    r = run_doctor("--json", "--endpoint", url, "--data-dir", data_root / "not" / "made" / "yet",
-                   path=f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}", env={"HF_TOKEN": SECRET})
+    r = run_doctor(
+        "--json",
+        "--endpoint",
+        url,
+        "--data-dir",
+        data_root / "not" / "made" / "yet",
+        path=f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}",
+        env={"HF_TOKEN": SECRET},
+    )
     return r, vocab, seen
 
 
 @pytest.fixture(scope="module")
 def bare(no_tools, closed_port_url):
-    env = {"GPTKIT_HOME": str(no_tools / "home"), "TIKTOKEN_CACHE_DIR": str(no_tools / "tiktoken"),
-           "HF_ENDPOINT": closed_port_url}
+    env = {
+        "GPTKIT_HOME": str(no_tools / "home"),
+        "TIKTOKEN_CACHE_DIR": str(no_tools / "tiktoken"),
+        "HF_ENDPOINT": closed_port_url,
+    }
     return run_doctor("--json", path=no_tools / "bin", env=env)
 
 
@@ -104,7 +131,11 @@ def test_reports_driver_cuda_and_each_gpu(four_gpus):
     assert [g["index"] for g in gpus] == [0, 1, 2, 3]
     for g in gpus:
         assert (g["name"], g["memory_mib"], g["compute_capability"], g["native_bf16"]) == (
-            "NVIDIA A100-SXM4-80GB", 81920, "8.0", True)
+            "NVIDIA A100-SXM4-80GB",
+            81920,
+            "8.0",
+            True,
+        )
     assert "4× NVIDIA A100-SXM4-80GB" in smi["detail"] and "12.4" in smi["detail"]
     nvcc = checks["nvcc"]
     assert nvcc["status"] == "ok" and nvcc["data"]["version"] == "12.4.131"
@@ -208,8 +239,11 @@ def test_strict_fails_on_warnings_and_ascii_terminal_does_not_crash(no_tools, cl
 def test_table_shows_ok_warn_fail_marks_and_fixes(closed_port_url):
     r = run_doctor("--endpoint", closed_port_url, path=f"{FAKE_BIN}{os.pathsep}{os.environ['PATH']}")
     assert "Traceback" not in r.stderr, r.stderr
-    rows = {ln.split("│")[2].strip(): ln.split("│")[1].strip() for ln in r.stdout.splitlines()
-            if ln.count("│") >= 3 and ln.split("│")[2].strip()}
+    rows = {
+        ln.split("│")[2].strip(): ln.split("│")[1].strip()
+        for ln in r.stdout.splitlines()
+        if ln.count("│") >= 3 and ln.split("│")[2].strip()
+    }
     assert rows["nvidia-smi"] == "✓"
     assert rows["HF endpoint"] == "!"
     import torch
@@ -275,9 +309,13 @@ def test_parsers_read_the_real_formats():
     query = subprocess.run([FAKE_BIN / "nvidia-smi", *lib.SMI_QUERY_ARGS], capture_output=True, text=True, check=True)
     gpus = lib.parse_gpu_query(query.stdout)
     assert len(gpus) == 4 and gpus[3].index == 3 and gpus[0].memory_mib == 81920
-    mixed = lib.parse_gpu_query("Tesla V100-SXM2-16GB, 16384, 7.0, 535.104.05\nNVIDIA H100 80GB HBM3, [N/A], 9.0, 535.104.05\n")
+    mixed = lib.parse_gpu_query(
+        "Tesla V100-SXM2-16GB, 16384, 7.0, 535.104.05\nNVIDIA H100 80GB HBM3, [N/A], 9.0, 535.104.05\n"
+    )
     assert [(g.name, g.memory_mib, g.compute_capability, g.native_bf16) for g in mixed] == [
-        ("Tesla V100-SXM2-16GB", 16384, "7.0", False), ("NVIDIA H100 80GB HBM3", None, "9.0", True)]
+        ("Tesla V100-SXM2-16GB", 16384, "7.0", False),
+        ("NVIDIA H100 80GB HBM3", None, "9.0", True),
+    ]
     assert lib.describe_gpus(gpus) == "4× NVIDIA A100-SXM4-80GB (81920 MiB, cc 8.0)"
 
     nvcc = subprocess.run([FAKE_BIN / "nvcc", "--version"], capture_output=True, text=True, check=True).stdout
@@ -294,7 +332,15 @@ def test_cuda_compatibility_and_wheel_choice():
     assert lib.cuda_compat("12.8", "12.4")[0] == "warn"  # minor-version compatibility
     assert lib.cuda_compat(None, "12.4")[0] == "ok" and lib.cuda_compat("12.4", None)[0] == "ok"
     assert [lib.torch_wheel_tag(v) for v in ("12.4", "12.2", "12.0", "13.0", "13.1", "11.4", "10.2", None)] == [
-        "cu124", "cu121", "cu121", "cu130", "cu130", "cu118", None, None]
+        "cu124",
+        "cu121",
+        "cu121",
+        "cu130",
+        "cu130",
+        "cu118",
+        None,
+        None,
+    ]
     assert "upgrade the NVIDIA driver" in lib.install_cuda_torch_hint("10.2")
 
 

@@ -2,8 +2,8 @@
 
 import hashlib
 import json
-import re
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,9 +17,9 @@ import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
 from hubfixtures import Faults, finish_repo, hf_state, hub, running_mirror  # noqa: F401 - hub, hf_state: fixtures
 
-from gptkit import hub as gk_hub
 from gptkit import paths
 from gptkit.errors import GptkitError
+from gptkit.hub import download as gk_hub
 
 pytestmark = pytest.mark.usefixtures("hf_state")  # each test leaves HF_ENDPOINT & co. as it found them
 
@@ -76,7 +76,7 @@ def test_cli_with_endpoint_flag_and_default_location(hub, gptkit_home):
         assert sha256(folder / name) == repo.sha256(name)
     assert not (folder / "README.md").exists()  # not part of the preset
     # The folder is one the tokenizer resolves GPT-2 vocab from (vocab.json + merges.txt).
-    from gptkit.tokenizer import ranks_from_hf_dir
+    from gptkit.data.tokenizers import ranks_from_hf_dir
 
     assert len(ranks_from_hf_dir(folder)) == json.loads((folder / "config.json").read_text())["vocab_size"] - 1
 
@@ -93,9 +93,24 @@ def test_rerun_skips_complete_files_and_finishes_an_interrupted_one(tmp_path, gp
     dest = tmp_path / "out"
     with running_mirror(tmp_path / "hub", rate_limit=6_000_000) as server:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gptkit", "download", "org/big", "--endpoint", server.url, "--local-dir", dest,
-             "--workers", "1", "--no-progress"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "GPTKIT_HOME": str(gptkit_home)},
+            [
+                sys.executable,
+                "-m",
+                "gptkit",
+                "download",
+                "org/big",
+                "--endpoint",
+                server.url,
+                "--local-dir",
+                dest,
+                "--workers",
+                "1",
+                "--no-progress",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env={**os.environ, "GPTKIT_HOME": str(gptkit_home)},
         )
         partial = dest / ".gptkit" / "partial"
         deadline = time.monotonic() + 60
@@ -127,8 +142,13 @@ def test_download_survives_5xx_and_cut_connections(hub, tmp_path):
     with running_mirror(hub.root, faults=faults) as server:
         for name, extra in (("fineweb-edu", {"subset": "sample-100BT"}), ("gpt2", {})):
             result = gk_hub.download(
-                name, endpoint=server.url, local_dir=tmp_path / name, progress=False, backoff=0.05,
-                log=lambda m: None, **extra,
+                name,
+                endpoint=server.url,
+                local_dir=tmp_path / name,
+                progress=False,
+                backoff=0.05,
+                log=lambda m: None,
+                **extra,
             )
             repo = hub.repos[name]
             assert result.fetched
@@ -168,13 +188,25 @@ def test_dry_run_lists_files_and_checks_free_disk(hub, gptkit_home, monkeypatch)
 def test_include_exclude_subset_and_revision(hub, tmp_path):
     repo = hub.repos["fineweb-edu"]
     r = gk_hub.download(
-        repo.repo_id, repo_type="dataset", endpoint=hub.url, local_dir=tmp_path / "a",
-        include=["sample/100BT/*", "README.md"], exclude=["*/001_*"], progress=False, log=lambda m: None,
+        repo.repo_id,
+        repo_type="dataset",
+        endpoint=hub.url,
+        local_dir=tmp_path / "a",
+        include=["sample/100BT/*", "README.md"],
+        exclude=["*/001_*"],
+        progress=False,
+        log=lambda m: None,
     )
     assert sorted(r.fetched) == ["README.md", "sample/100BT/000_00000.parquet"]
     r = gk_hub.download(
-        "fineweb-edu", subset="100BT", shards=1, revision=repo.commit, endpoint=hub.url, local_dir=tmp_path / "b",
-        progress=False, log=lambda m: None,
+        "fineweb-edu",
+        subset="100BT",
+        shards=1,
+        revision=repo.commit,
+        endpoint=hub.url,
+        local_dir=tmp_path / "b",
+        progress=False,
+        log=lambda m: None,
     )
     assert sorted(r.fetched) == ["README.md", "sample/100BT/000_00000.parquet"]
     assert json.loads((tmp_path / "b" / ".gptkit-download.json").read_text())["revision"] == repo.commit

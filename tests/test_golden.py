@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_cli
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "v0.1.0"
@@ -32,7 +31,7 @@ def test_golden_shards_verify_and_read(golden, gptkit_home):
     assert json.loads(r.stdout)["ok"] is True
     import numpy as np
 
-    from gptkit.shards import open_shard
+    from gptkit.data.shards import open_shard
     from gptkit.train.data import check_data
 
     _, train, val, manifest = check_data(golden / "shards")
@@ -54,8 +53,20 @@ def test_golden_run_resumes_to_the_end(golden, gptkit_home):
 
 
 def test_golden_checkpoint_samples(golden, gptkit_home):
-    r = run_cli("sample", "The quick", "--model", golden / "run" / "step_000004", "-n", "12",
-                "--temperature", "0", "--precision", "fp32", "--json", check=True)
+    r = run_cli(
+        "sample",
+        "The quick",
+        "--model",
+        golden / "run" / "step_000004",
+        "-n",
+        "12",
+        "--temperature",
+        "0",
+        "--precision",
+        "fp32",
+        "--json",
+        check=True,
+    )
     out = json.loads(r.stdout)
     assert out["samples"][0]["tokens"] == 12
     # greedy decoding by hand, no KV cache: the CLI must produce the same bytes
@@ -67,7 +78,7 @@ def test_golden_checkpoint_samples(golden, gptkit_home):
         for _ in range(12):
             logits = model(idx)[0][0, -1, :256]
             idx = torch.cat([idx, logits.argmax().view(1, 1)], dim=1)
-    want = bytes(idx[0, len(b"The quick"):].tolist()).decode("utf-8", errors="replace")
+    want = bytes(idx[0, len(b"The quick") :].tolist()).decode("utf-8", errors="replace")
     assert out["samples"][0]["text"] == want
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
+from hubfixtures import hf_state, hub, make_dataset_repo, make_model_repo, running_mirror  # noqa: F401 - fixtures
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-from hubfixtures import hf_state, hub, make_dataset_repo, make_model_repo, running_mirror  # noqa: F401 - fixtures
 
-from gptkit import hub as gk_hub
+from gptkit.hub import download as gk_hub
 
 pytestmark = pytest.mark.usefixtures("hf_state")
 
@@ -45,7 +45,10 @@ def test_hf_cache_layout_is_served(hub, tmp_path):
     cache = tmp_path / "hf_home" / "hub"
     snapshot_download("openai-community/gpt2", endpoint=hub.url, cache_dir=cache)
     snapshot_download(
-        "HuggingFaceFW/fineweb-edu", repo_type="dataset", endpoint=hub.url, cache_dir=cache,
+        "HuggingFaceFW/fineweb-edu",
+        repo_type="dataset",
+        endpoint=hub.url,
+        cache_dir=cache,
         allow_patterns=["sample/10BT/*", "README.md"],
     )
     with running_mirror(tmp_path / "hf_home") as server:
@@ -60,8 +63,12 @@ def test_hf_cache_layout_is_served(hub, tmp_path):
         assert "sample/10BT/000_00000.parquet" in files and not any("100BT" in f for f in files)
         # ... and huggingface_hub downloads from it into a fresh cache, by commit too.
         p = hf_hub_download(
-            "HuggingFaceFW/fineweb-edu", "sample/10BT/002_00000.parquet", repo_type="dataset",
-            revision=hub.repos["fineweb-edu"].commit, endpoint=server.url, cache_dir=tmp_path / "cache2",
+            "HuggingFaceFW/fineweb-edu",
+            "sample/10BT/002_00000.parquet",
+            repo_type="dataset",
+            revision=hub.repos["fineweb-edu"].commit,
+            endpoint=server.url,
+            cache_dir=tmp_path / "cache2",
         )
         assert sha256(p) == hub.repos["fineweb-edu"].sha256("sample/10BT/002_00000.parquet")
 
@@ -70,7 +77,9 @@ def test_plain_folder_layout_pagination_and_paths_info(hub, tmp_path):
     repo = make_dataset_repo(tmp_path / "root" / "datasets" / "org" / "plain", "org/plain", {"data": 5}, layout="plain")
     make_model_repo(tmp_path / "root" / "org" / "tiny", "org/tiny", layout="plain")
     # A folder from huggingface_hub's local_dir download: served at the commit it recorded.
-    snapshot_download("openai-community/gpt2", endpoint=hub.url, local_dir=tmp_path / "root" / "openai-community" / "gpt2")
+    snapshot_download(
+        "openai-community/gpt2", endpoint=hub.url, local_dir=tmp_path / "root" / "openai-community" / "gpt2"
+    )
     with running_mirror(tmp_path / "root", page_size=2) as server:
         assert HfApi(endpoint=server.url).model_info("openai-community/gpt2").sha == hub.repos["gpt2"].commit
         api = HfApi(endpoint=server.url)
@@ -86,7 +95,9 @@ def test_plain_folder_layout_pagination_and_paths_info(hub, tmp_path):
         assert sorted(type(i).__name__ for i in info) == ["RepoFile", "RepoFolder"]
         # Metadata headers the client relies on: commit, etag (sha256 for LFS), size.
         commit = api.dataset_info("org/plain").sha
-        meta = get_hf_file_metadata(hf_hub_url("org/plain", "data/000_00000.parquet", repo_type="dataset", endpoint=server.url))
+        meta = get_hf_file_metadata(
+            hf_hub_url("org/plain", "data/000_00000.parquet", repo_type="dataset", endpoint=server.url)
+        )
         assert meta.commit_hash == commit and meta.etag == repo.files["data/000_00000.parquet"]
         assert meta.size == (repo.path / "data/000_00000.parquet").stat().st_size
         path = snapshot_download("org/tiny", endpoint=server.url, cache_dir=tmp_path / "c")
@@ -110,8 +121,9 @@ def test_ranges_and_hub_error_codes(hub):
     with pytest.raises(RepositoryNotFoundError):
         hf_hub_download("org/missing", "config.json", endpoint=hub.url, cache_dir=hub.root.parent / "c")
     with pytest.raises(RevisionNotFoundError):
-        hf_hub_download("openai-community/gpt2", "config.json", revision="v9", endpoint=hub.url,
-                        cache_dir=hub.root.parent / "c")
+        hf_hub_download(
+            "openai-community/gpt2", "config.json", revision="v9", endpoint=hub.url, cache_dir=hub.root.parent / "c"
+        )
     with pytest.raises(EntryNotFoundError):
         hf_hub_download("openai-community/gpt2", "missing.bin", endpoint=hub.url, cache_dir=hub.root.parent / "c")
 
@@ -148,8 +160,17 @@ def test_read_only_and_no_path_outside_root(tmp_path):
             assert raw(server.url, method, "/org/m/resolve/main/config.json")[0] == 405
         assert raw(server.url, "POST", "/org/m/resolve/main/config.json")[0] == 405
     assert sorted(p.name for p in (root / "org" / "m").iterdir()) == sorted(
-        ["README.md", "config.json", "generation_config.json", "linkdir", "link.txt", "merges.txt",
-         "model.safetensors", "tokenizer.json", "vocab.json"]
+        [
+            "README.md",
+            "config.json",
+            "generation_config.json",
+            "linkdir",
+            "link.txt",
+            "merges.txt",
+            "model.safetensors",
+            "tokenizer.json",
+            "vocab.json",
+        ]
     )
 
 
@@ -160,8 +181,12 @@ def test_many_clients_at_once(hub, tmp_path):
 
         def client(i):
             try:
-                d = snapshot_download("openai-community/gpt2", endpoint=server.url, cache_dir=tmp_path / f"c{i}",
-                                      allow_patterns=["model.safetensors"])
+                d = snapshot_download(
+                    "openai-community/gpt2",
+                    endpoint=server.url,
+                    cache_dir=tmp_path / f"c{i}",
+                    allow_patterns=["model.safetensors"],
+                )
                 results[i] = sha256(Path(d) / "model.safetensors")
             except Exception as e:  # noqa: BLE001 - reported below
                 errors.append(e)
@@ -182,7 +207,9 @@ def test_datasets_streams_parquet_through_the_mirror(hub, gptkit_home):
     repo = hub.repos["fineweb-edu"]
     import pyarrow.parquet as pq
 
-    want = [t for i in range(3) for t in pq.read_table(repo.path / f"sample/10BT/{i:03d}_00000.parquet")["text"].to_pylist()]
+    want = [
+        t for i in range(3) for t in pq.read_table(repo.path / f"sample/10BT/{i:03d}_00000.parquet")["text"].to_pylist()
+    ]
     with gk_hub.use_endpoint(hub.url):
         ds = datasets.load_dataset(repo.repo_id, name="sample-10BT", split="train", streaming=True)
         assert [ex["text"] for ex in ds] == want
@@ -207,7 +234,10 @@ def test_cli_serve_and_its_bad_input(hub, tmp_path):
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gptkit", "mirror", "serve", str(hub.root), "--port", str(port), "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     try:
         url = f"http://127.0.0.1:{port}"

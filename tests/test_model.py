@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptkit.model import CONV1D_SUFFIXES, GPT, GPTConfig, get_preset
 from gptkit.errors import GptkitError
+from gptkit.model import CONV1D_SUFFIXES, GPT, GPTConfig, get_preset
 
 
 def small_config(**kw):
@@ -22,8 +22,16 @@ def to_hf(model: GPT):
 
     c = model.config
     hf_cfg = GPT2Config(
-        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-        activation_function="gelu_new", resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, layer_norm_epsilon=1e-5,
+        vocab_size=c.vocab_size,
+        n_positions=c.block_size,
+        n_embd=c.n_embd,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        activation_function="gelu_new",
+        resid_pdrop=0,
+        embd_pdrop=0,
+        attn_pdrop=0,
+        layer_norm_epsilon=1e-5,
         tie_word_embeddings=True,
     )
     hf = GPT2LMHeadModel(hf_cfg).eval()
@@ -38,7 +46,9 @@ def to_hf(model: GPT):
         sd[k] = v.clone()
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     assert not unexpected, unexpected
-    assert set(missing) <= {"lm_head.weight"} | {k for k in missing if k.endswith("attn.bias") or k.endswith("masked_bias")}
+    assert set(missing) <= {"lm_head.weight"} | {
+        k for k in missing if k.endswith("attn.bias") or k.endswith("masked_bias")
+    }
     hf.tie_weights()
     return hf
 

@@ -16,7 +16,6 @@ import time
 import urllib.request
 
 import pytest
-
 from conftest import run_cli
 from hubfixtures import WORDS, make_dataset_repo, make_hellaswag_repo
 
@@ -36,7 +35,9 @@ def mirror_process(tmp_path):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gptkit", "mirror", "serve", str(root), "--port", str(port), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 30
@@ -83,10 +84,37 @@ def test_download_tokenize_train_sample_convert_plot(tmp_path, mirror_process, m
 
     # train: no --data -> the newest shards; 2 CPU ranks under torchrun
     r = gptkit(
-        "train", "--gpus", "0", "--nproc", "2", "--preset", "tiny", "--name", "e2e",
-        "--seq-len", "64", "--batch-tokens", "1024", "--micro-batch", "4", "--max-steps", "30",
-        "--lr", "3e-3", "--warmup-steps", "5", "--eval-every", "10", "--eval-tokens", "1024",
-        "--hellaswag-every", "30", "--sample-every", "30", "--checkpoint-every", "15",
+        "train",
+        "--gpus",
+        "0",
+        "--nproc",
+        "2",
+        "--preset",
+        "tiny",
+        "--name",
+        "e2e",
+        "--seq-len",
+        "64",
+        "--batch-tokens",
+        "1024",
+        "--micro-batch",
+        "4",
+        "--max-steps",
+        "30",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "5",
+        "--eval-every",
+        "10",
+        "--eval-tokens",
+        "1024",
+        "--hellaswag-every",
+        "30",
+        "--sample-every",
+        "30",
+        "--checkpoint-every",
+        "15",
     )
     assert "torch.distributed.run" in r.stdout + r.stderr  # the printed torchrun command
     run = home / "runs" / "e2e"

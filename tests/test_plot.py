@@ -11,8 +11,19 @@ def write_run(run_dir, hellaswag=True):
     run_dir.mkdir(parents=True)
     lines = []
     for s in range(1, 41):
-        lines.append({"step": s, "loss": 5 - s / 20, "lr": 1e-3 * min(1, s / 5), "grad_norm": 1.0, "tokens": s * 512,
-                      "tok_per_s": 1000 + s, "mfu": 0.5, "dt": 0.1, "time": s})
+        lines.append(
+            {
+                "step": s,
+                "loss": 5 - s / 20,
+                "lr": 1e-3 * min(1, s / 5),
+                "grad_norm": 1.0,
+                "tokens": s * 512,
+                "tok_per_s": 1000 + s,
+                "mfu": 0.5,
+                "dt": 0.1,
+                "time": s,
+            }
+        )
         if s % 10 == 0:
             lines.append({"step": s, "val_loss": 5 - s / 18})
             if hellaswag:

@@ -4,16 +4,22 @@ import json
 
 import pytest
 import torch
-
 from conftest import assert_one_line_error, run_cli
+
 from gptkit.checkpoint import save_checkpoint
+from gptkit.data.tokenizers import BytesTokenizer, get_tokenizer
 from gptkit.errors import GptkitError
-from gptkit.model import GPT, GPTConfig
-from gptkit.sample import (
-    SampleConfig, StreamDecoder, generate, logits_to_probs, next_token, prepare_for_decoding, resolve_model_path,
+from gptkit.generate import (
+    SampleConfig,
+    StreamDecoder,
+    generate,
+    logits_to_probs,
+    next_token,
+    prepare_for_decoding,
+    resolve_model_path,
     sample_text,
 )
-from gptkit.tokenizer import BytesTokenizer, get_tokenizer
+from gptkit.model import GPT, GPTConfig
 
 
 def random_model(vocab=256, padded=None, seed=0, **kw):
@@ -29,6 +35,7 @@ def random_model(vocab=256, padded=None, seed=0, **kw):
 
 
 # --- logits -> probabilities -------------------------------------------------------------------
+
 
 def test_top_k_keeps_exactly_the_k_largest():
     logits = torch.tensor([[1.0, 4.0, 3.0, -2.0, 2.0]])
@@ -76,6 +83,7 @@ def test_padded_vocab_ids_are_never_sampled():
 
 
 # --- generation --------------------------------------------------------------------------------
+
 
 def tokens(model, prompt, cfg, **kw):
     out = list(generate(model, prompt, cfg, vocab_size=model.config.vocab_size, **kw))
@@ -147,7 +155,9 @@ def test_stops_at_eot():
 def test_same_seed_same_text_different_seed_different_text():
     model = random_model()
     tok = BytesTokenizer()
-    cfg = lambda seed: SampleConfig(max_new_tokens=40, temperature=1.0, top_k=None, num_samples=2, seed=seed, stop_at_eot=False)  # noqa: E731
+    cfg = lambda seed: SampleConfig(
+        max_new_tokens=40, temperature=1.0, top_k=None, num_samples=2, seed=seed, stop_at_eot=False
+    )  # noqa: E731
     a = [s.tokens for s in sample_text(model, tok, "hello", cfg(1)).samples]
     b = [s.tokens for s in sample_text(model, tok, "hello", cfg(1)).samples]
     c = [s.tokens for s in sample_text(model, tok, "hello", cfg(2)).samples]
@@ -171,6 +181,7 @@ def test_utf8_streaming_never_splits_a_character():
 
 # --- model resolution and the CLI --------------------------------------------------------------
 
+
 @pytest.fixture
 def gpt2_vocab_checkpoint(tmp_path):
     model = random_model(vocab=50257, padded=50304, block_size=32, n_embd=16)
@@ -178,8 +189,22 @@ def gpt2_vocab_checkpoint(tmp_path):
 
 
 def test_cli_sample_json_is_reproducible_and_streams(gpt2_vocab_checkpoint):
-    args = ["sample", "Hello", "--model", gpt2_vocab_checkpoint.parent, "--seed", "7", "-n", "12", "--top-k", "50",
-            "--num-samples", "2", "--device", "cpu"]
+    args = [
+        "sample",
+        "Hello",
+        "--model",
+        gpt2_vocab_checkpoint.parent,
+        "--seed",
+        "7",
+        "-n",
+        "12",
+        "--top-k",
+        "50",
+        "--num-samples",
+        "2",
+        "--device",
+        "cpu",
+    ]
     a = json.loads(run_cli(*args, "--json", check=True).stdout)
     assert len(a["samples"]) == 2 and all(s["tokens"] == 12 for s in a["samples"])
     assert a["samples"][0]["text"] != a["samples"][1]["text"]
@@ -217,14 +242,27 @@ def test_default_model_is_the_newest_run(gptkit_home):
 def test_hub_name_uses_the_downloaded_copy(gptkit_home, tmp_path):
     """`--model gpt2` with data_dir('gpt2') holding an HF directory loads it, with no network."""
     from gptkit import paths
-    from gptkit.convert import convert
+    from gptkit.formats.convert import convert
 
     model = random_model(vocab=256)
     ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
     convert(ck, paths.data_dir("gpt2"), to="hf")
     assert resolve_model_path("gpt2") == paths.data_dir("gpt2")
-    r = run_cli("sample", "abc", "--model", "gpt2", "-n", "5", "--temperature", "0", "--json", "--device", "cpu",
-                env={"HF_ENDPOINT": "http://127.0.0.1:9"}, check=True)
+    r = run_cli(
+        "sample",
+        "abc",
+        "--model",
+        "gpt2",
+        "-n",
+        "5",
+        "--temperature",
+        "0",
+        "--json",
+        "--device",
+        "cpu",
+        env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+        check=True,
+    )
     out = json.loads(r.stdout)
     expected = sample_text(model, BytesTokenizer(), "abc", SampleConfig(max_new_tokens=5, temperature=0))
     assert out["samples"][0]["text"] == expected.samples[0].text
@@ -235,12 +273,26 @@ def test_hub_name_is_fetched_through_the_mirror(gptkit_home, tmp_path):
     from hubfixtures import make_model_repo, running_mirror
 
     from gptkit import paths
-    from gptkit.sample import load_for_sampling
+    from gptkit.generate import load_for_sampling
 
     make_model_repo(tmp_path / "hub" / "gpt2", "openai-community/gpt2", vocab="gpt2", n_positions=32)
     with running_mirror(tmp_path / "hub") as server:
-        r = run_cli("sample", "Hello", "--model", "gpt2", "--endpoint", server.url, "-n", "6", "--temperature", "0",
-                    "--json", "--device", "cpu", check=True)
+        r = run_cli(
+            "sample",
+            "Hello",
+            "--model",
+            "gpt2",
+            "--endpoint",
+            server.url,
+            "-n",
+            "6",
+            "--temperature",
+            "0",
+            "--json",
+            "--device",
+            "cpu",
+            check=True,
+        )
     out = json.loads(r.stdout)
     assert (paths.data_dir("gpt2") / "model.safetensors").is_file()  # where `gptkit download gpt2` puts it
     model, tok, _ = load_for_sampling(paths.data_dir("gpt2"), torch.device("cpu"))

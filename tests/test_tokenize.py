@@ -16,10 +16,11 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from hubfixtures import hub, make_dataset_repo  # noqa: F401 - hub is a fixture
 
-from gptkit import paths, shards
-from gptkit import tokenize as tz
+from gptkit import paths
+from gptkit.data import shards
+from gptkit.data import tokenize as tz
+from gptkit.data.tokenizers import Tokenizer, get_tokenizer
 from gptkit.errors import GptkitError
-from gptkit.tokenizer import Tokenizer, get_tokenizer
 
 GPT2 = get_tokenizer("gpt2")
 
@@ -48,7 +49,9 @@ def all_tokens(d):
 
 
 def tree_hashes(d: Path) -> dict:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()
+    }
 
 
 def write_parquet(path, docs, row_group_size):
@@ -74,9 +77,14 @@ def test_default_source_is_the_builtin_corpus(gptkit_home):
     assert np.array_equal(toks, expected_stream(docs))
     assert m["totals"]["val_tokens"] == len(toks) // 10 and m["totals"]["documents"] == len(docs)
     assert m["source"]["type"] == "builtin" and m["tokenizer"] == {
-        "name": "gpt2", "vocab_size": 50257, "eot": 50256, "vocab_hash": GPT2.vocab_hash,
+        "name": "gpt2",
+        "vocab_size": 50257,
+        "eot": 50256,
+        "vocab_hash": GPT2.vocab_hash,
     }
-    assert [s["documents"] for s in m["shards"]] == [int((np.asarray(shards.open_shard(p)) == 50256).sum()) for p in val + train]
+    assert [s["documents"] for s in m["shards"]] == [
+        int((np.asarray(shards.open_shard(p)) == 50256).sum()) for p in val + train
+    ]
     # Running it again is a no-op, and find_shards(None) finds the newest dataset.
     assert tz.tokenize("pydoc").status == "up to date"
     assert tz.find_shards(None)[2]["fingerprint"] == m["fingerprint"]
@@ -110,17 +118,28 @@ def test_formats_agree_shards_are_exact_and_workers_do_not_matter(tmp_path):
 
     # Two workers and other unit sizes: byte-identical shards.
     tz.tokenize(str(src / "pq"), tmp_path / "o2", s, workers=2, unit_bytes=7_000)
-    assert tree_hashes(tmp_path / "o2") == {k: v for k, v in tree_hashes(tmp_path / "o1").items() if k != "manifest.json"} | {
-        "manifest.json": tree_hashes(tmp_path / "o2")["manifest.json"]
-    }
+    assert tree_hashes(tmp_path / "o2") == {
+        k: v for k, v in tree_hashes(tmp_path / "o1").items() if k != "manifest.json"
+    } | {"manifest.json": tree_hashes(tmp_path / "o2")["manifest.json"]}
     assert tz.read_manifest(tmp_path / "o2")["shards"] == ref.manifest["shards"]
     # jsonl (with blank lines) and jsonl.gz with another column name give the same stream.
     tz.tokenize(str(src / "j"), tmp_path / "o3", s, workers=2, unit_bytes=20_000)
     assert tz.read_manifest(tmp_path / "o3")["shards"] == ref.manifest["shards"]
-    tz.tokenize(str(src / "j.jsonl.gz"), tmp_path / "o4", tz.Settings(text_column="body", shard_tokens=9000, val_tokens=4000), workers=1, unit_bytes=20_000)
+    tz.tokenize(
+        str(src / "j.jsonl.gz"),
+        tmp_path / "o4",
+        tz.Settings(text_column="body", shard_tokens=9000, val_tokens=4000),
+        workers=1,
+        unit_bytes=20_000,
+    )
     assert tz.read_manifest(tmp_path / "o4")["shards"] == ref.manifest["shards"]
     # The bytes tokenizer and --max-tokens.
-    tz.tokenize(str(src / "pq"), tmp_path / "o5", tz.Settings(tokenizer="bytes", shard_tokens=50_000, val_tokens=1000, max_tokens=30_000), workers=1)
+    tz.tokenize(
+        str(src / "pq"),
+        tmp_path / "o5",
+        tz.Settings(tokenizer="bytes", shard_tokens=50_000, val_tokens=1000, max_tokens=30_000),
+        workers=1,
+    )
     toks, m = all_tokens(tmp_path / "o5")
     assert np.array_equal(toks, expected_stream(docs, get_tokenizer("bytes"))[:30_000])
     assert m["tokenizer"]["vocab_size"] == 256 and m["totals"]["tokens"] == 30_000
@@ -158,8 +177,13 @@ def _children(pid):
 
 def _run_until(args, env, done, timeout=60):
     """Start `gptkit tokenize ARGS`, SIGKILL it as soon as done() holds; return False if it finished first."""
-    p = subprocess.Popen([sys.executable, "-m", "gptkit", "tokenize", *map(str, args)], env={**os.environ, **env},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gptkit", "tokenize", *map(str, args)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     kids = []
     deadline = time.monotonic() + timeout
     try:
@@ -213,7 +237,9 @@ def test_kill9_at_any_point_then_resume_is_byte_identical(tmp_path):
     # The reference: one uninterrupted run, in-process, one worker, default unit size.
     tz.tokenize(str(src), tmp_path / "ref", tz.Settings(shard_tokens=2500, val_tokens=1500), workers=1)
     got, want = tree_hashes(out), tree_hashes(tmp_path / "ref")
-    assert {k: v for k, v in got.items() if k != "manifest.json"} == {k: v for k, v in want.items() if k != "manifest.json"}
+    assert {k: v for k, v in got.items() if k != "manifest.json"} == {
+        k: v for k, v in want.items() if k != "manifest.json"
+    }
     assert tz.read_manifest(out)["shards"] == tz.read_manifest(tmp_path / "ref")["shards"]
     assert len(want) > 8
     tz.verify(out)
@@ -251,7 +277,11 @@ def test_converts_build_nanogpt_npy_and_nanogpt_bin(tmp_path):
     npy = tmp_path / "edu_fineweb10B"
     npy.mkdir()
     arrays = {}
-    for name, n in [("edufineweb_val_000000", 3000), ("edufineweb_train_000001", 5000), ("edufineweb_train_000002", 4100)]:
+    for name, n in [
+        ("edufineweb_val_000000", 3000),
+        ("edufineweb_train_000001", 5000),
+        ("edufineweb_train_000002", 4100),
+    ]:
         a = rng.integers(0, 50257, n).astype(np.uint16)
         a[::97] = 50256
         arrays[name] = a
@@ -273,7 +303,9 @@ def test_converts_build_nanogpt_npy_and_nanogpt_bin(tmp_path):
     tz.tokenize(str(nano / "train.bin"), tmp_path / "o2")
     toks, m = all_tokens(tmp_path / "o2")
     assert [x["split"] for x in m["shards"]] == ["val", "train"]
-    assert np.array_equal(toks, np.concatenate([np.fromfile(nano / "val.bin", "<u2"), np.fromfile(nano / "train.bin", "<u2")]))
+    assert np.array_equal(
+        toks, np.concatenate([np.fromfile(nano / "val.bin", "<u2"), np.fromfile(nano / "train.bin", "<u2")])
+    )
     # llm.c shards (already our format) are imported as they are.
     tz.tokenize(str(tmp_path / "o2"), tmp_path / "o3")
     assert np.array_equal(all_tokens(tmp_path / "o3")[0], toks)
@@ -293,13 +325,19 @@ def test_refuses_a_vocabulary_that_does_not_fit_uint16(tmp_path):
 
 def test_download_preset_folder_is_found_by_name(gptkit_home):
     """After `gptkit download fineweb-edu` (same layout: parquet under sample/10BT + manifest), tokenize finds it."""
-    repo = make_dataset_repo(paths.data_dir("fineweb-edu"), "HuggingFaceFW/fineweb-edu", {"sample/10BT": 2, "sample/100BT": 1})
+    repo = make_dataset_repo(
+        paths.data_dir("fineweb-edu"), "HuggingFaceFW/fineweb-edu", {"sample/10BT": 2, "sample/100BT": 1}
+    )
     (paths.data_dir("fineweb-edu") / ".gptkit" / "partial").mkdir(parents=True)
     (paths.data_dir("fineweb-edu") / ".gptkit" / "partial" / "x.parquet").write_bytes(b"half a file")
     r = run_cli("tokenize", "--val-tokens", "2000", check=True)  # no SRC: the downloaded preset wins over pydoc
     assert "fineweb-edu" in r.stderr
     toks, m = all_tokens("fineweb-edu")
-    assert [f["path"] for f in m["source"]["files"]] == ["sample/100BT/000_00000.parquet", "sample/10BT/000_00000.parquet", "sample/10BT/001_00000.parquet"]
+    assert [f["path"] for f in m["source"]["files"]] == [
+        "sample/100BT/000_00000.parquet",
+        "sample/10BT/000_00000.parquet",
+        "sample/10BT/001_00000.parquet",
+    ]
     assert m["source"]["commit"] == repo.commit and m["source"]["repo_id"] == "HuggingFaceFW/fineweb-edu"
     import pyarrow.parquet as pq
 
@@ -340,18 +378,38 @@ def test_bad_input_is_one_line_and_leaves_existing_shards_alone(tmp_path):
     tz.verify(out)
     # --force replaces it, with the old shards gone and the new verified.
     run_cli("tokenize", tmp_path / "nocol.parquet", "--text-column", "content", "-o", out, "--force", check=True)
-    assert tz.read_manifest(out)["totals"]["documents"] == 2 and set(tree_hashes(out)) == {"manifest.json", "val_000000.bin", "train_000001.bin"}
+    assert tz.read_manifest(out)["totals"]["documents"] == 2 and set(tree_hashes(out)) == {
+        "manifest.json",
+        "val_000000.bin",
+        "train_000001.bin",
+    }
 
 
 def test_huggingface_dataset_streams_through_the_given_endpoint(hub, tmp_path):  # noqa: F811
     """Streaming via `datasets` from our mirror, with a wrong HF_ENDPOINT in the environment that must not win."""
     out = tmp_path / "hf"
     env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_XET": ""}
-    args = ["tokenize", "HuggingFaceFW/fineweb-edu", "--subset", "sample-10BT", "--endpoint", hub.url, "--val-tokens", "1500", "-o", out]
+    args = [
+        "tokenize",
+        "HuggingFaceFW/fineweb-edu",
+        "--subset",
+        "sample-10BT",
+        "--endpoint",
+        hub.url,
+        "--val-tokens",
+        "1500",
+        "-o",
+        out,
+    ]
     run_cli(*args, env=env, check=True)
     toks, m = all_tokens(out)
     assert m["source"]["revision"] == hub.repos["fineweb-edu"].commit and m["source"]["endpoint"] == hub.url
-    tz.tokenize(str(hub.repos["fineweb-edu"].path / "sample" / "10BT"), tmp_path / "local", tz.Settings(val_tokens=1500), workers=1)
+    tz.tokenize(
+        str(hub.repos["fineweb-edu"].path / "sample" / "10BT"),
+        tmp_path / "local",
+        tz.Settings(val_tokens=1500),
+        workers=1,
+    )
     assert np.array_equal(toks, all_tokens(tmp_path / "local")[0])
     before = tree_hashes(out)
     line = assert_one_line_error(run_cli(*args, "--revision", "v9", "--force", env=env))

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from test_train_data import make_dataset
 
 from gptkit.errors import GptkitError
@@ -78,7 +77,11 @@ def test_torchrun_commands(gptkit_home):
     assert cmd[-2:] == ["gptkit.train.main", rr.run_dir]
     env = worker_env(rr)
     assert env["GPTKIT_LAUNCHER"] == "1" and int(env["OMP_NUM_THREADS"]) >= 1
-    rr = prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0, nodes=2, node_rank=1, master_addr="10.1.2.3", master_port=29511), name="cmd")
+    rr = prepare(
+        {"preset": "tiny"},
+        C.LaunchConfig(gpus=0, nodes=2, node_rank=1, master_addr="10.1.2.3", master_port=29511),
+        name="cmd",
+    )
     cmd = " ".join(torchrun_command(rr))
     assert "--nnodes 2 --node-rank 1 --rdzv-backend c10d --rdzv-endpoint 10.1.2.3:29511" in cmd and "is_host=0" in cmd
     assert rr.plan.world_size == 2
@@ -88,7 +91,7 @@ def test_torchrun_commands(gptkit_home):
 
     if not torch.cuda.is_available():
         with pytest.raises(GptkitError, match="no CUDA GPU"):
-                prepare({"preset": "tiny"}, C.LaunchConfig(gpus=2), name="cmd")
+            prepare({"preset": "tiny"}, C.LaunchConfig(gpus=2), name="cmd")
 
 
 def test_resume_refuses_to_overwrite_and_needs_a_real_checkpoint(gptkit_home, tmp_path):
@@ -128,8 +131,13 @@ def test_real_cpu_peak_measurement_is_plausible():
 
 
 def test_truncating_metrics_on_resume(tmp_path):
-    lines = [{"step": 0, "val_loss": 5}, {"step": 1, "loss": 4}, {"step": 2, "loss": 3}, {"step": 2, "val_loss": 3},
-             {"step": 3, "loss": 2}]
+    lines = [
+        {"step": 0, "val_loss": 5},
+        {"step": 1, "loss": 4},
+        {"step": 2, "loss": 3},
+        {"step": 2, "val_loss": 3},
+        {"step": 3, "loss": 2},
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines) + '{"step": 4, "lo')
     truncate_metrics(tmp_path, 2)
     assert read_metrics(tmp_path) == lines[:3]

@@ -8,14 +8,15 @@ import json
 import numpy as np
 import pytest
 
-
-WORDS = ("the cat sat on a mat and the dog ran to the park while birds sang in tall green trees "
-         "under a bright sun so every one was happy").split()
+WORDS = (
+    "the cat sat on a mat and the dog ran to the park while birds sang in tall green trees "
+    "under a bright sun so every one was happy"
+).split()
 
 
 def make_dataset(root, *, docs=240, seed=0, shard_tokens=8000, val_tokens=3000):
     """A byte-level data set made by `gptkit tokenize` itself from generated JSONL documents."""
-    from gptkit.tokenize import Settings, tokenize
+    from gptkit.data.tokenize import Settings, tokenize
 
     rng = np.random.default_rng(seed)
     src = root.parent / f".{root.name}-src"
@@ -42,7 +43,7 @@ def docs_of(tokens, eot=0):
 
 @pytest.fixture
 def toy(tmp_path):
-    from gptkit.tokenize import find_shards
+    from gptkit.data.tokenize import find_shards
 
     d = make_dataset(tmp_path / "toy", docs=120, shard_tokens=2000)
     val, train, manifest = find_shards(d)
@@ -50,7 +51,7 @@ def toy(tmp_path):
 
 
 def test_an_epoch_is_every_document_once_in_a_shuffled_order(toy):
-    from gptkit.shards import open_shard
+    from gptkit.data.shards import open_shard
     from gptkit.train.data import TokenStream
 
     _, train, _ = toy
@@ -80,7 +81,7 @@ def test_an_epoch_is_every_document_once_in_a_shuffled_order(toy):
 
 
 def test_order_is_a_function_of_the_seed_and_mixes_shards(toy):
-    from gptkit.shards import open_shard
+    from gptkit.data.shards import open_shard
     from gptkit.train.data import TokenStream
 
     _, train, _ = toy

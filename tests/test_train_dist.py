@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import assert_one_line_error
+from safetensors.torch import load_file
 from test_train_data import make_dataset
 
 from gptkit.errors import GptkitError
@@ -29,14 +28,48 @@ pytestmark = pytest.mark.slow
 
 # 8 sequences of 32 tokens per step: 2 processes x micro-batch 4, or 1 process x 4 x 2 micro-steps.
 FLAGS = dict(
-    preset="tiny", seq_len=32, batch_tokens=256, micro_batch=4, max_steps=8, lr=3e-3, warmup_steps=2,
-    eval_every=4, eval_tokens=512, hellaswag_every=8, sample_every=4, sample_tokens=8, checkpoint_every=2,
+    preset="tiny",
+    seq_len=32,
+    batch_tokens=256,
+    micro_batch=4,
+    max_steps=8,
+    lr=3e-3,
+    warmup_steps=2,
+    eval_every=4,
+    eval_tokens=512,
+    hellaswag_every=8,
+    sample_every=4,
+    sample_tokens=8,
+    checkpoint_every=2,
     keep_checkpoints=3,
 )
 CLI_FLAGS = [
-    "--preset", "tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "4", "--max-steps", "8",
-    "--lr", "3e-3", "--warmup-steps", "2", "--eval-every", "4", "--eval-tokens", "512", "--hellaswag-every", "8",
-    "--sample-every", "4", "--checkpoint-every", "2", "--keep", "3",
+    "--preset",
+    "tiny",
+    "--seq-len",
+    "32",
+    "--batch-tokens",
+    "256",
+    "--micro-batch",
+    "4",
+    "--max-steps",
+    "8",
+    "--lr",
+    "3e-3",
+    "--warmup-steps",
+    "2",
+    "--eval-every",
+    "4",
+    "--eval-tokens",
+    "512",
+    "--hellaswag-every",
+    "8",
+    "--sample-every",
+    "4",
+    "--checkpoint-every",
+    "2",
+    "--keep",
+    "3",
 ]
 HELLASWAG = [  # 5 examples: with 2 ranks, one scores 3 and the other 2; the counts must add up
     {"ctx": f"example {i}: the cat", "endings": ["sat on the mat.", "ran", "is here", "jumps high"], "label": i % 4}
@@ -92,8 +125,11 @@ def assert_same(a: dict, b: dict, exact: bool):
 
 def cli(*args, env=None):
     return subprocess.Popen(
-        [sys.executable, "-m", "gptkit", "train", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "gptkit", "train", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -198,11 +234,30 @@ def test_two_nodes_on_loopback_equal_one_node(home, reference):
     port = free_port()
     check_port("127.0.0.1", port)
     # Node 1 from the command line; node 0 (which hosts the rendezvous) through the library here.
-    n1 = cli("--gpus", "0", "--nproc", "1", "--nodes", "2", "--node-rank", "1", "--master-addr", "127.0.0.1",
-             "--master-port", port, "--name", "twonode", *CLI_FLAGS)
+    n1 = cli(
+        "--gpus",
+        "0",
+        "--nproc",
+        "1",
+        "--nodes",
+        "2",
+        "--node-rank",
+        "1",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        port,
+        "--name",
+        "twonode",
+        *CLI_FLAGS,
+    )
     lines = []
-    rc = train(FLAGS, LaunchConfig(gpus=0, nproc=1, nodes=2, node_rank=0, master_addr="127.0.0.1", master_port=port),
-               name="twonode", echo=lines.append)
+    rc = train(
+        FLAGS,
+        LaunchConfig(gpus=0, nproc=1, nodes=2, node_rank=0, master_addr="127.0.0.1", master_port=port),
+        name="twonode",
+        echo=lines.append,
+    )
     out1, err1 = n1.communicate(timeout=300)
     assert rc == 0 and n1.returncode == 0, err1
     assert "--rdzv-backend c10d" in lines[0] and "--nnodes 2 --node-rank 0" in lines[0]
@@ -224,7 +279,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(home, reference):
     run.mkdir()
     shutil.copytree(reference / "step_000004", run / "step_000004")
     before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (run / "step_000004").iterdir()}
-    p = cli("--gpus", "0", "--nproc", "2", "--name", "diverge", "--resume", "auto", "--lr", "1e30", "--warmup-steps", "0")
+    p = cli(
+        "--gpus", "0", "--nproc", "2", "--name", "diverge", "--resume", "auto", "--lr", "1e30", "--warmup-steps", "0"
+    )
     out, err = p.communicate(timeout=300)
     line = assert_one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err))
     assert "nan" in line.lower() or "inf" in line.lower(), line
@@ -261,8 +318,18 @@ def test_bad_configs_fail_with_one_line(home):
 
 def test_sigterm_saves_a_checkpoint_and_stops(home):
     run = home / "runs" / "term"
-    p = cli("--gpus", "0", "--nproc", "2", "--name", "term", *CLI_FLAGS, "--max-steps", "1000",
-            env={"GPTKIT_TEST_STEP_SLEEP": "0.2"})
+    p = cli(
+        "--gpus",
+        "0",
+        "--nproc",
+        "2",
+        "--name",
+        "term",
+        *CLI_FLAGS,
+        "--max-steps",
+        "1000",
+        env={"GPTKIT_TEST_STEP_SLEEP": "0.2"},
+    )
     deadline = time.time() + 120
     while len([r for r in read_metrics(run) if "loss" in r]) < 2:
         assert p.poll() is None, p.communicate()
@@ -279,7 +346,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(home):
 
 def test_init_from_a_converted_checkpoint_continues_from_its_weights(home, reference, tmp_path):
     """nanoGPT-format file -> `convert --to gptkit` -> `train --init-from`: training starts from those weights."""
-    from gptkit.convert import convert
+    from gptkit.formats.convert import convert
 
     pt = tmp_path / "ckpt.pt"
     convert(reference, pt, to="pt")

@@ -6,16 +6,41 @@ import json
 import pytest
 import torch
 
+from gptkit.data.tokenizers import get_tokenizer
 from gptkit.model import GPT, get_preset
-from gptkit.tokenizer import get_tokenizer
 from gptkit.train import hellaswag
 
 EXAMPLES = [
-    {"ctx": "A man is sitting on a roof. he", "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.", "is holding a rubik's cube.", "starts pulling up roofing on a roof."], "label": "3"},
-    {"ctx": "The cat", "endings": ["sat.", "ran away from the big dog in the yard.", "is", "jumps onto the table and eats the fish"], "label": 1},
-    {"ctx": "She opens the oven and", "endings": ["takes out a tray of cookies.", "x", "sings loudly", "the oven is opened by her hand quickly"], "label": "0"},
-    {"ctx": "Two kids play", "endings": ["chess.", "in the park with a red ball", "quietly", "and then they go home to sleep"], "label": 2},
-    {"ctx": "He lifts the", "endings": ["weights", "box over his head and smiles", "car", "heavy bag of sand onto the truck"], "label": 0},
+    {
+        "ctx": "A man is sitting on a roof. he",
+        "endings": [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+        "label": "3",
+    },
+    {
+        "ctx": "The cat",
+        "endings": ["sat.", "ran away from the big dog in the yard.", "is", "jumps onto the table and eats the fish"],
+        "label": 1,
+    },
+    {
+        "ctx": "She opens the oven and",
+        "endings": ["takes out a tray of cookies.", "x", "sings loudly", "the oven is opened by her hand quickly"],
+        "label": "0",
+    },
+    {
+        "ctx": "Two kids play",
+        "endings": ["chess.", "in the park with a red ball", "quietly", "and then they go home to sleep"],
+        "label": 2,
+    },
+    {
+        "ctx": "He lifts the",
+        "endings": ["weights", "box over his head and smiles", "car", "heavy bag of sand onto the truck"],
+        "label": 0,
+    },
 ]
 
 
@@ -83,9 +108,10 @@ def test_reads_parquet_with_string_labels_and_rejects_bad_rows(tmp_path):
 
     d = tmp_path / "hellaswag" / "data"
     d.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([
-        {"ctx": e["ctx"], "endings": e["endings"], "label": str(e["label"])} for e in EXAMPLES
-    ]), d / "validation-00000-of-00001.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([{"ctx": e["ctx"], "endings": e["endings"], "label": str(e["label"])} for e in EXAMPLES]),
+        d / "validation-00000-of-00001.parquet",
+    )
     pq.write_table(pa.Table.from_pylist([{"ctx": "x", "endings": ["a"] * 4, "label": "1"}]), d / "train-00000.parquet")
     files = hellaswag.find_hellaswag(tmp_path / "hellaswag")
     assert [f.name for f in files] == ["validation-00000-of-00001.parquet"]  # the validation split only

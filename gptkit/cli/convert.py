@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,32 +11,55 @@ from gptkit.cli.options import Force, JsonOut
 
 
 def convert(
-    src: Annotated[Path, typer.Argument(help="Model to read: run/checkpoint dir, .pt (gptkit, nanoGPT, build-nanogpt), "
-                                             ".safetensors, Hugging Face dir or .gguf.")],
+    src: Annotated[
+        Path,
+        typer.Argument(
+            help="Model to read: run/checkpoint dir, .pt (gptkit, nanoGPT, build-nanogpt), "
+            ".safetensors, Hugging Face dir or .gguf."
+        ),
+    ],
     dst: Annotated[Path, typer.Argument(help="Output file or directory.")],
-    to: Annotated[Optional[str], typer.Option("--to", help="gptkit | pt | safetensors | hf | gguf (default: from DST's suffix).")] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="gptkit | pt | safetensors | hf | gguf (default: from DST's suffix).")
+    ] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")] = "fp32",
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Reload the output and compare logits with the source.")] = True,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Reload the output and compare logits with the source.")
+    ] = True,
     force: Force = False,
     json_out: JsonOut = False,
 ):
     """Convert a model; the output is written under a temporary name, verified, then renamed into place."""
     import json
 
-    from gptkit.convert import convert as run
+    from gptkit.formats.convert import convert as run
 
     r = run(src, dst, to=to, dtype=dtype, verify_output=verify, force=force)
     v = r.verification
     if json_out:
-        print(json.dumps({
-            "src": str(r.src), "src_format": r.src_format, "dst": str(r.dst), "format": r.format, "dtype": r.dtype,
-            "tokenizer": r.tokenizer, "config": r.config.to_dict(), "notes": r.notes,
-            "verified": v is not None, "max_abs_diff": v.max_abs_diff if v else None, "dtype_drift": v.drift if v else None,
-        }))
+        print(
+            json.dumps(
+                {
+                    "src": str(r.src),
+                    "src_format": r.src_format,
+                    "dst": str(r.dst),
+                    "format": r.format,
+                    "dtype": r.dtype,
+                    "tokenizer": r.tokenizer,
+                    "config": r.config.to_dict(),
+                    "notes": r.notes,
+                    "verified": v is not None,
+                    "max_abs_diff": v.max_abs_diff if v else None,
+                    "dtype_drift": v.drift if v else None,
+                }
+            )
+        )
         return
     c = r.config
-    print(f"wrote {r.dst} ({r.format}, {r.dtype}) from {r.src} ({r.src_format}): "
-          f"{c.n_layer} layers, {c.n_embd} wide, vocab {c.vocab_size}, tokenizer {r.tokenizer}")
+    print(
+        f"wrote {r.dst} ({r.format}, {r.dtype}) from {r.src} ({r.src_format}): "
+        f"{c.n_layer} layers, {c.n_embd} wide, vocab {c.vocab_size}, tokenizer {r.tokenizer}"
+    )
     if v is not None:
         extra = f"; --dtype {r.dtype} moved them by up to {v.drift:.3g}" if r.dtype != "fp32" else ""
         print(f"verified: logits on fixed prompts match (max difference {v.max_abs_diff:.3g}){extra}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,8 +19,10 @@ def doctor(
     endpoint: Endpoint = None,
     mirror: Mirror = False,
     data_dir: Annotated[
-        Optional[Path],
-        typer.Option("--data-dir", help="Where datasets and shards will go, for the free-disk check (default: $GPTKIT_HOME)."),
+        Path | None,
+        typer.Option(
+            "--data-dir", help="Where datasets and shards will go, for the free-disk check (default: $GPTKIT_HOME)."
+        ),
     ] = None,
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.1, max=60, help="Seconds to wait for the Hugging Face endpoint.")
@@ -33,13 +35,21 @@ def doctor(
     import json
     import os
 
-    from gptkit import doctor as lib
     from gptkit import paths
-    from gptkit.endpoint import resolve_endpoint
+    from gptkit.doctor import checks as lib
     from gptkit.errors import GptkitError
+    from gptkit.hub.endpoint import resolve_endpoint
 
     url = resolve_endpoint(endpoint, mirror)
-    source = "--endpoint" if endpoint else "--mirror" if mirror else "HF_ENDPOINT" if os.environ.get("HF_ENDPOINT") else "default"
+    source = (
+        "--endpoint"
+        if endpoint
+        else "--mirror"
+        if mirror
+        else "HF_ENDPOINT"
+        if os.environ.get("HF_ENDPOINT")
+        else "default"
+    )
     target = data_dir if data_dir is not None else paths.home()
     if target.expanduser().exists() and not target.expanduser().is_dir():
         raise GptkitError(f"--data-dir {target} is a file, not a directory")
@@ -59,7 +69,7 @@ def _print_table(checks, strict: bool, ascii_only: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from gptkit import doctor as lib
+    from gptkit.doctor import checks as lib
 
     marks = {lib.OK: ("✓", "green"), lib.WARN: ("!", "yellow"), lib.FAIL: ("✗", "bold red")}
     tr = (lambda s: s.translate(_ASCII)) if ascii_only else (lambda s: s)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,19 +12,42 @@ from gptkit.cli.options import Endpoint, JsonOut, Mirror
 
 
 def download(
-    name: Annotated[Optional[str], typer.Argument(help="A preset (see --list) or any ORG/NAME repo.", show_default=False)] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="A preset (see --list) or any ORG/NAME repo.", show_default=False)
+    ] = None,
     list_presets: Annotated[bool, typer.Option("--list", help="Show the presets and their sizes.")] = False,
-    repo_type: Annotated[Optional[str], typer.Option("--repo-type", help="model or dataset, for ORG/NAME repos (default model).")] = None,
-    subset: Annotated[Optional[str], typer.Option("--subset", help="fineweb / fineweb-edu: sample-10BT (default), sample-100BT, sample-350BT.")] = None,
-    shards: Annotated[Optional[int], typer.Option("--shards", help="Only the first N data files, in sorted order.")] = None,
-    include: Annotated[Optional[list[str]], typer.Option("--include", help="Glob of repo paths to fetch (repeatable); replaces the preset's.")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Glob of repo paths to skip (repeatable).")] = None,
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default main).")] = None,
-    local_dir: Annotated[Optional[Path], typer.Option("--local-dir", help="Where to put the files (default $GPTKIT_HOME/data/NAME).")] = None,
+    repo_type: Annotated[
+        str | None, typer.Option("--repo-type", help="model or dataset, for ORG/NAME repos (default model).")
+    ] = None,
+    subset: Annotated[
+        str | None,
+        typer.Option("--subset", help="fineweb / fineweb-edu: sample-10BT (default), sample-100BT, sample-350BT."),
+    ] = None,
+    shards: Annotated[
+        int | None, typer.Option("--shards", help="Only the first N data files, in sorted order.")
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", help="Glob of repo paths to fetch (repeatable); replaces the preset's."),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Glob of repo paths to skip (repeatable).")
+    ] = None,
+    revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit (default main).")] = None,
+    local_dir: Annotated[
+        Path | None, typer.Option("--local-dir", help="Where to put the files (default $GPTKIT_HOME/data/NAME).")
+    ] = None,
     endpoint: Endpoint = None,
     mirror: Mirror = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the files and total size, check free disk, download nothing.")] = False,
-    progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bars (default: when stderr is a terminal).", show_default=False)] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the files and total size, check free disk, download nothing.")
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="Progress bars (default: when stderr is a terminal).", show_default=False
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", help="Files downloaded in parallel.", min=1, max=32)] = 4,
     json_out: JsonOut = False,
 ):
@@ -34,7 +57,7 @@ def download(
 
     A token, if needed, comes from $HF_TOKEN and is never printed.
     """
-    from gptkit import hub
+    from gptkit.hub import download as hub
 
     if list_presets:
         return _print_presets(hub, json_out)
@@ -47,20 +70,39 @@ def download(
 
     hf_logging.set_verbosity_error()
     result = hub.download(
-        name, endpoint=endpoint, mirror=mirror, subset=subset, shards=shards, include=include, exclude=exclude,
-        revision=revision, local_dir=local_dir, repo_type=repo_type, dry_run=dry_run,
-        progress=sys.stderr.isatty() if progress is None else progress, workers=workers,
+        name,
+        endpoint=endpoint,
+        mirror=mirror,
+        subset=subset,
+        shards=shards,
+        include=include,
+        exclude=exclude,
+        revision=revision,
+        local_dir=local_dir,
+        repo_type=repo_type,
+        dry_run=dry_run,
+        progress=sys.stderr.isatty() if progress is None else progress,
+        workers=workers,
         log=lambda msg: print(msg, flush=True),
     )
     if json_out:
         import json
 
         out = {
-            "repo_id": result.repo_id, "repo_type": result.repo_type, "revision": result.revision, "commit": result.commit,
-            "endpoint": result.endpoint, "local_dir": str(result.local_dir), "dry_run": result.dry_run,
-            "files": [{"path": f.path, "size": f.size} for f in result.files], "fetched": result.fetched,
-            "skipped": result.skipped, "total_bytes": result.total_bytes, "fetch_bytes": result.fetch_bytes,
-            "free_bytes": result.free_bytes, "xet_disabled": result.xet_disabled,
+            "repo_id": result.repo_id,
+            "repo_type": result.repo_type,
+            "revision": result.revision,
+            "commit": result.commit,
+            "endpoint": result.endpoint,
+            "local_dir": str(result.local_dir),
+            "dry_run": result.dry_run,
+            "files": [{"path": f.path, "size": f.size} for f in result.files],
+            "fetched": result.fetched,
+            "skipped": result.skipped,
+            "total_bytes": result.total_bytes,
+            "fetch_bytes": result.fetch_bytes,
+            "free_bytes": result.free_bytes,
+            "xet_disabled": result.xet_disabled,
         }
         print(json.dumps(out, indent=1))
         return

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,19 +13,27 @@ app = typer.Typer(help="Serve local repos as a Hugging Face mirror.", no_args_is
 @app.command("serve")
 def serve(
     roots: Annotated[
-        Optional[list[Path]],
-        typer.Argument(help="Folders to serve (default: $GPTKIT_HOME/data and the Hugging Face cache).", show_default=False),
+        list[Path] | None,
+        typer.Argument(
+            help="Folders to serve (default: $GPTKIT_HOME/data and the Hugging Face cache).", show_default=False
+        ),
     ] = None,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for the other nodes of a cluster.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for the other nodes of a cluster.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=0, max=65535)] = 8080,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
-    fail_rate: Annotated[float, typer.Option("--fail-rate", hidden=True, help="Fraction of requests answered 503 (testing).")] = 0.0,
-    cut_rate: Annotated[float, typer.Option("--cut-rate", hidden=True, help="Fraction of file bodies cut midway (testing).")] = 0.0,
+    fail_rate: Annotated[
+        float, typer.Option("--fail-rate", hidden=True, help="Fraction of requests answered 503 (testing).")
+    ] = 0.0,
+    cut_rate: Annotated[
+        float, typer.Option("--cut-rate", hidden=True, help="Fraction of file bodies cut midway (testing).")
+    ] = 0.0,
 ):
     """Serve downloaded repos read-only; clients use HF_ENDPOINT=http://HOST:PORT."""
     from gptkit import paths
     from gptkit.errors import GptkitError
-    from gptkit.mirror import Faults, MirrorServer
+    from gptkit.hub.mirror.server import Faults, MirrorServer
 
     if not roots:
         from huggingface_hub import constants

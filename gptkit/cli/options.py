@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,11 +15,11 @@ Precision = Annotated[
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 Endpoint = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--endpoint", help="Hugging Face endpoint URL (default: $HF_ENDPOINT or https://huggingface.co)."),
 ]
 Mirror = Annotated[bool, typer.Option("--mirror", help="Shorthand for --endpoint https://hf-mirror.com.")]
-OutDir = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.")]
+OutDir = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
 
 
 def not_implemented(command: str, issue: str) -> None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 
-
 def plot(
-    run: Annotated[Optional[str], typer.Argument(help="Run directory or name under runs/ (default: the latest run).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG file (default: RUN/metrics.png).")] = None,
+    run: Annotated[
+        str | None, typer.Argument(help="Run directory or name under runs/ (default: the latest run).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file (default: RUN/metrics.png).")] = None,
 ):
     """Plot train/val loss, learning rate and tokens/s of a training run to a PNG."""
     from gptkit.train.plot import plot_run, resolve_run

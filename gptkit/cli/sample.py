@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,19 +12,30 @@ from gptkit.cli.options import Device, Endpoint, JsonOut, Mirror, Precision
 
 
 def sample(
-    prompt: Annotated[Optional[str], typer.Argument(help="Text to continue. Empty: start from the end-of-text token.")] = None,
-    model: Annotated[Optional[str], typer.Option(
-        "--model", "-m",
-        help="Run or checkpoint directory, .pt, .safetensors, .gguf, Hugging Face directory, or a hub name such as "
-             "gpt2. Default: the newest local run, else pretrained gpt2.",
-    )] = None,
-    prompt_file: Annotated[Optional[Path], typer.Option("--prompt-file", help="Read the prompt from this file (UTF-8).")] = None,
+    prompt: Annotated[
+        str | None, typer.Argument(help="Text to continue. Empty: start from the end-of-text token.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Run or checkpoint directory, .pt, .safetensors, .gguf, Hugging Face directory, or a hub name such as "
+            "gpt2. Default: the newest local run, else pretrained gpt2.",
+        ),
+    ] = None,
+    prompt_file: Annotated[
+        Path | None, typer.Option("--prompt-file", help="Read the prompt from this file (UTF-8).")
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate per sample.")] = 200,
     temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 means greedy.")] = 0.8,
     top_k: Annotated[int, typer.Option("--top-k", help="Sample from the k most likely tokens (0: no limit).")] = 200,
-    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling: the smallest set holding this much probability (1: off).")] = 1.0,
+    top_p: Annotated[
+        float,
+        typer.Option("--top-p", help="Nucleus sampling: the smallest set holding this much probability (1: off)."),
+    ] = 1.0,
     num_samples: Annotated[int, typer.Option("--num-samples", help="Independent continuations of the prompt.")] = 1,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Same seed, same text.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Same seed, same text.")] = None,
     device: Device = "auto",
     precision: Precision = "auto",
     json_out: JsonOut = False,
@@ -35,9 +46,9 @@ def sample(
     import json
 
     from gptkit.device import pick_device, resolve_precision
-    from gptkit.endpoint import resolve_endpoint
     from gptkit.errors import GptkitError
-    from gptkit.sample import SampleConfig, load_for_sampling, resolve_model_path, sample_text
+    from gptkit.generate import SampleConfig, load_for_sampling, resolve_model_path, sample_text
+    from gptkit.hub.endpoint import resolve_endpoint
 
     if prompt is not None and prompt_file is not None:
         raise GptkitError("give either a PROMPT or --prompt-file, not both")
@@ -45,10 +56,16 @@ def sample(
         try:
             prompt = prompt_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise GptkitError(f"--prompt-file {prompt_file}: cannot read ({getattr(e, 'strerror', None) or e.__class__.__name__})") from None
+            raise GptkitError(
+                f"--prompt-file {prompt_file}: cannot read ({getattr(e, 'strerror', None) or e.__class__.__name__})"
+            ) from None
     cfg = SampleConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k or None,
-        top_p=top_p, num_samples=num_samples, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k or None,
+        top_p=top_p,
+        num_samples=num_samples,
+        seed=seed,
     )
     cfg.validate()
     dev = pick_device(device)
@@ -65,15 +82,35 @@ def sample(
         print(f"gptkit: sampling from {described}, {prec.name} on {dev}", file=sys.stderr)
         sys.stdout.write(prompt)
         sys.stdout.flush()
-    result = sample_text(net, tokenizer, prompt, cfg, autocast=prec.autocast(), on_text=None if json_out else stream,
-                         model_name=str(path))
+    result = sample_text(
+        net,
+        tokenizer,
+        prompt,
+        cfg,
+        autocast=prec.autocast(),
+        on_text=None if json_out else stream,
+        model_name=str(path),
+    )
     if json_out:
-        print(json.dumps({
-            "model": str(path), "prompt": prompt, "seed": seed, "temperature": temperature, "top_k": cfg.top_k,
-            "top_p": cfg.top_p, "new_tokens": result.new_tokens, "seconds": round(result.seconds, 4),
-            "tokens_per_second": round(result.tokens_per_second, 2),
-            "samples": [{"text": s.text, "tokens": len(s.tokens), "stop": s.stop_reason} for s in result.samples],
-        }, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "model": str(path),
+                    "prompt": prompt,
+                    "seed": seed,
+                    "temperature": temperature,
+                    "top_k": cfg.top_k,
+                    "top_p": cfg.top_p,
+                    "new_tokens": result.new_tokens,
+                    "seconds": round(result.seconds, 4),
+                    "tokens_per_second": round(result.tokens_per_second, 2),
+                    "samples": [
+                        {"text": s.text, "tokens": len(s.tokens), "stop": s.stop_reason} for s in result.samples
+                    ],
+                },
+                ensure_ascii=False,
+            )
+        )
         return
     sys.stdout.write("\n")
     for i, s in enumerate(result.samples[1:], start=2):
@@ -81,5 +118,7 @@ def sample(
     sys.stdout.flush()
     if result.samples[0].stop_reason == "context":
         print(f"gptkit: stopped at the model's context length ({net.config.block_size} tokens)", file=sys.stderr)
-    print(f"gptkit: {result.new_tokens} tokens in {result.seconds:.2f} s ({result.tokens_per_second:.1f} tokens/s)",
-          file=sys.stderr)
+    print(
+        f"gptkit: {result.new_tokens} tokens in {result.seconds:.2f} s ({result.tokens_per_second:.1f} tokens/s)",
+        file=sys.stderr,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,7 +27,7 @@ def parse_count(value: str | None, option: str) -> int | None:
 
 def tokenize(
     src: Annotated[
-        Optional[str],
+        str | None,
         typer.Argument(
             help="A download preset (fineweb-edu, fineweb), a .parquet/.jsonl/.jsonl.gz/.txt file or folder, "
             "a Hugging Face dataset id (streamed), 'pydoc' (built in), or .npy/.bin token files to convert. "
@@ -40,24 +40,40 @@ def tokenize(
     text_column: Annotated[str, typer.Option("--text-column", help="Column / JSON field holding the text.")] = "text",
     shard_tokens: Annotated[str, typer.Option("--shard-tokens", help="Tokens per shard.")] = "100M",
     val_tokens: Annotated[
-        str, typer.Option("--val-tokens", help="Tokens in shard 0, the validation shard (a source smaller than this is split 1:9).")
+        str,
+        typer.Option(
+            "--val-tokens", help="Tokens in shard 0, the validation shard (a source smaller than this is split 1:9)."
+        ),
     ] = "10M",
-    max_tokens: Annotated[Optional[str], typer.Option("--max-tokens", help="Stop after this many tokens in all.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="Worker processes (default: all cores).")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse invalid UTF-8 instead of replacing and counting it.")] = False,
+    max_tokens: Annotated[
+        str | None, typer.Option("--max-tokens", help="Stop after this many tokens in all.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", help="Worker processes (default: all cores).")
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Refuse invalid UTF-8 instead of replacing and counting it.")
+    ] = False,
     force: Force = False,
     verify: Annotated[
-        Optional[str], typer.Option("--verify", metavar="DIR", help="Check tokenized shards (dir or name) against their manifest, then exit.")
+        str | None,
+        typer.Option(
+            "--verify", metavar="DIR", help="Check tokenized shards (dir or name) against their manifest, then exit."
+        ),
     ] = None,
-    subset: Annotated[Optional[str], typer.Option("--subset", help="Dataset config of a Hugging Face dataset, e.g. sample-10BT.")] = None,
+    subset: Annotated[
+        str | None, typer.Option("--subset", help="Dataset config of a Hugging Face dataset, e.g. sample-10BT.")
+    ] = None,
     split: Annotated[str, typer.Option("--split", help="Split of a Hugging Face dataset.")] = "train",
-    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit of a Hugging Face dataset.")] = None,
+    revision: Annotated[
+        str | None, typer.Option("--revision", help="Branch, tag or commit of a Hugging Face dataset.")
+    ] = None,
     endpoint: Endpoint = None,
     mirror: Mirror = False,
     json_out: JsonOut = False,
 ):
     """Tokenize text into uint16 shards (llm.c format) for `gptkit train`. Resumable: re-run after an interruption."""
-    from gptkit import tokenize as lib
+    from gptkit.data import tokenize as lib
 
     if verify is not None:
         if src is not None:
@@ -68,7 +84,7 @@ def tokenize(
         else:
             print(f"ok: {summary['dir']}: {summary['shards']} shards, {summary['tokens']:,} tokens, all hashes match")
         return
-    from gptkit.endpoint import resolve_endpoint
+    from gptkit.hub.endpoint import resolve_endpoint
 
     settings = lib.Settings(
         tokenizer=tokenizer,
@@ -85,13 +101,32 @@ def tokenize(
 
     with _Progress(enabled=not json_out and sys.stderr.isatty()) as bar:
         result = lib.tokenize(
-            src, out, settings, workers=workers, force=force, subset=subset, split=split, revision=revision,
-            endpoint=ep, log=note, progress=bar.update,
+            src,
+            out,
+            settings,
+            workers=workers,
+            force=force,
+            subset=subset,
+            split=split,
+            revision=revision,
+            endpoint=ep,
+            log=note,
+            progress=bar.update,
         )
     m = result.manifest
     if json_out:
-        print(json.dumps({"out": str(result.out), "status": result.status, "seconds": round(result.seconds, 3), **m["totals"],
-                          "tokenizer": m["tokenizer"], "replaced_invalid_utf8": m["replaced_invalid_utf8"]}))
+        print(
+            json.dumps(
+                {
+                    "out": str(result.out),
+                    "status": result.status,
+                    "seconds": round(result.seconds, 3),
+                    **m["totals"],
+                    "tokenizer": m["tokenizer"],
+                    "replaced_invalid_utf8": m["replaced_invalid_utf8"],
+                }
+            )
+        )
         return
     t = m["totals"]
     speed = f" in {result.seconds:.1f}s" if result.status != "up to date" else ""
@@ -119,8 +154,12 @@ class _Progress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(
-                TextColumn("tokenizing"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                TextColumn("{task.fields[tokens]:,} tokens"), TimeRemainingColumn(), transient=True,
+                TextColumn("tokenizing"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TextColumn("{task.fields[tokens]:,} tokens"),
+                TimeRemainingColumn(),
+                transient=True,
             )
             self.bar.__enter__()
             self.task = self.bar.add_task("tokenize", total=None, tokens=0)

@@ -9,66 +9,213 @@ import typer
 
 from gptkit.cli.options import Precision as PrecisionOpt
 
-
 Int = Optional[int]
 Float = Optional[float]
 
 
 def train(
-    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Model size: gpt2 (124M), gpt2-medium, gpt2-large, gpt2-xl, small, tiny.", rich_help_panel="Run")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Tokenized data: a directory or a name under shards/ (default: the newest).", rich_help_panel="Run")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML or YAML file with any settings (flags win over it).", rich_help_panel="Run")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Run name under runs/ (default: PRESET-DATE-TIME).", rich_help_panel="Run")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default: runs/NAME).", rich_help_panel="Run")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="'auto' (latest checkpoint of this or the newest run) or a checkpoint / run path.", rich_help_panel="Run")] = None,
-    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start from these weights (a gptkit checkpoint or run dir, e.g. made by `gptkit convert`): fresh optimizer, step 0.", rich_help_panel="Run")] = None,
-    gpus: Annotated[Int, typer.Option("--gpus", help="GPUs on this node (default: all; 0 = CPU).", rich_help_panel="Where")] = None,
-    nproc: Annotated[Int, typer.Option("--nproc", help="CPU processes on this node (gloo).", rich_help_panel="Where")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            "-p",
+            help="Model size: gpt2 (124M), gpt2-medium, gpt2-large, gpt2-xl, small, tiny.",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Tokenized data: a directory or a name under shards/ (default: the newest).",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="TOML or YAML file with any settings (flags win over it).", rich_help_panel="Run"
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", "-n", help="Run name under runs/ (default: PRESET-DATE-TIME).", rich_help_panel="Run"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/NAME).", rich_help_panel="Run")
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="'auto' (latest checkpoint of this or the newest run) or a checkpoint / run path.",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="Start from these weights (a gptkit checkpoint or run dir, e.g. made by `gptkit convert`): fresh optimizer, step 0.",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    gpus: Annotated[
+        Int, typer.Option("--gpus", help="GPUs on this node (default: all; 0 = CPU).", rich_help_panel="Where")
+    ] = None,
+    nproc: Annotated[
+        Int, typer.Option("--nproc", help="CPU processes on this node (gloo).", rich_help_panel="Where")
+    ] = None,
     nodes: Annotated[Int, typer.Option("--nodes", "--nnodes", help="Number of nodes.", rich_help_panel="Where")] = None,
-    node_rank: Annotated[Int, typer.Option("--node-rank", help="This node's rank; 0 hosts the rendezvous.", rich_help_panel="Where")] = None,
-    master_addr: Annotated[Optional[str], typer.Option("--master-addr", help="Address of node 0.", rich_help_panel="Where")] = None,
-    master_port: Annotated[Int, typer.Option("--master-port", help="Rendezvous port on node 0 (needed for several nodes).", rich_help_panel="Where")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda or mps.", rich_help_panel="Where")] = None,
+    node_rank: Annotated[
+        Int, typer.Option("--node-rank", help="This node's rank; 0 hosts the rendezvous.", rich_help_panel="Where")
+    ] = None,
+    master_addr: Annotated[
+        str | None, typer.Option("--master-addr", help="Address of node 0.", rich_help_panel="Where")
+    ] = None,
+    master_port: Annotated[
+        Int,
+        typer.Option(
+            "--master-port", help="Rendezvous port on node 0 (needed for several nodes).", rich_help_panel="Where"
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto, cpu, cuda or mps.", rich_help_panel="Where")
+    ] = None,
     precision: PrecisionOpt = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).", rich_help_panel="Where")] = None,
-    seq_len: Annotated[Int, typer.Option("--seq-len", help="Tokens per sequence.", rich_help_panel="Optimisation")] = None,
-    batch_tokens: Annotated[Int, typer.Option("--batch-tokens", help="Global batch in tokens (all processes, all micro-steps).", rich_help_panel="Optimisation")] = None,
-    micro_batch: Annotated[Int, typer.Option("--micro-batch", help="Sequences per process per micro-step.", rich_help_panel="Optimisation")] = None,
-    max_steps: Annotated[Int, typer.Option("--max-steps", help="Optimizer steps in the whole run.", rich_help_panel="Optimisation")] = None,
+    compile: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).", rich_help_panel="Where"),
+    ] = None,
+    seq_len: Annotated[
+        Int, typer.Option("--seq-len", help="Tokens per sequence.", rich_help_panel="Optimisation")
+    ] = None,
+    batch_tokens: Annotated[
+        Int,
+        typer.Option(
+            "--batch-tokens",
+            help="Global batch in tokens (all processes, all micro-steps).",
+            rich_help_panel="Optimisation",
+        ),
+    ] = None,
+    micro_batch: Annotated[
+        Int, typer.Option("--micro-batch", help="Sequences per process per micro-step.", rich_help_panel="Optimisation")
+    ] = None,
+    max_steps: Annotated[
+        Int, typer.Option("--max-steps", help="Optimizer steps in the whole run.", rich_help_panel="Optimisation")
+    ] = None,
     lr: Annotated[Float, typer.Option("--lr", help="Peak learning rate.", rich_help_panel="Optimisation")] = None,
     warmup_steps: Annotated[Int, typer.Option("--warmup-steps", rich_help_panel="Optimisation")] = None,
-    schedule: Annotated[Optional[str], typer.Option("--schedule", help="cosine or wsd (warmup-stable-decay).", rich_help_panel="Optimisation")] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option("--schedule", help="cosine or wsd (warmup-stable-decay).", rich_help_panel="Optimisation"),
+    ] = None,
     weight_decay: Annotated[Float, typer.Option("--weight-decay", rich_help_panel="Optimisation")] = None,
     grad_clip: Annotated[Float, typer.Option("--grad-clip", rich_help_panel="Optimisation")] = None,
     seed: Annotated[Int, typer.Option("--seed", rich_help_panel="Optimisation")] = None,
-    eval_every: Annotated[Int, typer.Option("--eval-every", help="Validation loss every N steps.", rich_help_panel="Evaluation and logging")] = None,
-    eval_tokens: Annotated[Int, typer.Option("--eval-tokens", help="Validation budget in tokens (0 = off).", rich_help_panel="Evaluation and logging")] = None,
-    hellaswag_every: Annotated[Int, typer.Option("--hellaswag-every", help="HellaSwag every N steps (0 = off).", rich_help_panel="Evaluation and logging")] = None,
-    hellaswag_limit: Annotated[Int, typer.Option("--hellaswag-limit", help="Only the first N HellaSwag examples.", rich_help_panel="Evaluation and logging")] = None,
-    sample_every: Annotated[Int, typer.Option("--sample-every", help="A short sample every N steps.", rich_help_panel="Evaluation and logging")] = None,
-    checkpoint_every: Annotated[Int, typer.Option("--checkpoint-every", help="Checkpoint every N steps (and at the end).", rich_help_panel="Evaluation and logging")] = None,
-    keep_checkpoints: Annotated[Int, typer.Option("--keep", help="Keep the last K checkpoints (0 = all).", rich_help_panel="Evaluation and logging")] = None,
-    log_every: Annotated[Int, typer.Option("--log-every", help="Log line every N steps when not on a terminal.", rich_help_panel="Evaluation and logging")] = None,
-    tensorboard: Annotated[Optional[bool], typer.Option("--tensorboard/--no-tensorboard", help="Also log to TensorBoard.", rich_help_panel="Evaluation and logging")] = None,
-    wandb: Annotated[Optional[str], typer.Option("--wandb", help="Also log to this wandb project.", rich_help_panel="Evaluation and logging")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the torchrun command and resolved config; do not train.", rich_help_panel="Run")] = False,
+    eval_every: Annotated[
+        Int,
+        typer.Option("--eval-every", help="Validation loss every N steps.", rich_help_panel="Evaluation and logging"),
+    ] = None,
+    eval_tokens: Annotated[
+        Int,
+        typer.Option(
+            "--eval-tokens", help="Validation budget in tokens (0 = off).", rich_help_panel="Evaluation and logging"
+        ),
+    ] = None,
+    hellaswag_every: Annotated[
+        Int,
+        typer.Option(
+            "--hellaswag-every", help="HellaSwag every N steps (0 = off).", rich_help_panel="Evaluation and logging"
+        ),
+    ] = None,
+    hellaswag_limit: Annotated[
+        Int,
+        typer.Option(
+            "--hellaswag-limit", help="Only the first N HellaSwag examples.", rich_help_panel="Evaluation and logging"
+        ),
+    ] = None,
+    sample_every: Annotated[
+        Int,
+        typer.Option("--sample-every", help="A short sample every N steps.", rich_help_panel="Evaluation and logging"),
+    ] = None,
+    checkpoint_every: Annotated[
+        Int,
+        typer.Option(
+            "--checkpoint-every",
+            help="Checkpoint every N steps (and at the end).",
+            rich_help_panel="Evaluation and logging",
+        ),
+    ] = None,
+    keep_checkpoints: Annotated[
+        Int,
+        typer.Option("--keep", help="Keep the last K checkpoints (0 = all).", rich_help_panel="Evaluation and logging"),
+    ] = None,
+    log_every: Annotated[
+        Int,
+        typer.Option(
+            "--log-every",
+            help="Log line every N steps when not on a terminal.",
+            rich_help_panel="Evaluation and logging",
+        ),
+    ] = None,
+    tensorboard: Annotated[
+        bool | None,
+        typer.Option(
+            "--tensorboard/--no-tensorboard", help="Also log to TensorBoard.", rich_help_panel="Evaluation and logging"
+        ),
+    ] = None,
+    wandb: Annotated[
+        str | None,
+        typer.Option("--wandb", help="Also log to this wandb project.", rich_help_panel="Evaluation and logging"),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print the torchrun command and resolved config; do not train.", rich_help_panel="Run"
+        ),
+    ] = False,
 ):
     """Train a GPT on tokenized shards: builds and runs the torchrun command, one process per GPU."""
     from gptkit.train.config import LaunchConfig
     from gptkit.train.launch import train as run_train
 
     flags = dict(
-        preset=preset, data=data, init_from=init_from, seq_len=seq_len, batch_tokens=batch_tokens, micro_batch=micro_batch,
-        max_steps=max_steps, lr=lr, warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
-        grad_clip=grad_clip, device=device, precision=precision, compile=compile, seed=seed, eval_every=eval_every,
-        eval_tokens=eval_tokens, hellaswag_every=hellaswag_every, hellaswag_limit=hellaswag_limit,
-        sample_every=sample_every, checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-        log_every=log_every, tensorboard=tensorboard, wandb=wandb,
+        preset=preset,
+        data=data,
+        init_from=init_from,
+        seq_len=seq_len,
+        batch_tokens=batch_tokens,
+        micro_batch=micro_batch,
+        max_steps=max_steps,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        schedule=schedule,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        device=device,
+        precision=precision,
+        compile=compile,
+        seed=seed,
+        eval_every=eval_every,
+        eval_tokens=eval_tokens,
+        hellaswag_every=hellaswag_every,
+        hellaswag_limit=hellaswag_limit,
+        sample_every=sample_every,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        log_every=log_every,
+        tensorboard=tensorboard,
+        wandb=wandb,
     )
-    given = dict(gpus=gpus, nproc=nproc, nodes=nodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port)
+    given = dict(
+        gpus=gpus, nproc=nproc, nodes=nodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port
+    )
     launch_flags = {k for k, v in given.items() if v is not None}
     launch = LaunchConfig(**{k: v for k, v in given.items() if v is not None})
-    rc = run_train(flags, launch, config_file=config, name=name, out=out, resume=resume,
-                   launch_flags=launch_flags, dry_run=dry_run)
+    rc = run_train(
+        flags, launch, config_file=config, name=name, out=out, resume=resume, launch_flags=launch_flags, dry_run=dry_run
+    )
     if rc:
         raise typer.Exit(rc)

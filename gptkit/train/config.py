@@ -61,7 +61,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
         check_keys(d, TRAIN_KEYS, source)
         return cls(**d)
 
@@ -89,14 +89,34 @@ TRAIN_PRESETS: dict[str, dict] = {
     "gpt2-large": dict(micro_batch=16, lr=2.5e-4),
     "gpt2-xl": dict(micro_batch=8, lr=2e-4),
     "small": dict(
-        seq_len=256, batch_tokens=16_384, micro_batch=16, max_steps=2000, lr=1e-3, warmup_steps=100,
-        eval_every=100, eval_tokens=65_536, hellaswag_every=500, hellaswag_limit=500, sample_every=200,
-        checkpoint_every=200, log_every=1,
+        seq_len=256,
+        batch_tokens=16_384,
+        micro_batch=16,
+        max_steps=2000,
+        lr=1e-3,
+        warmup_steps=100,
+        eval_every=100,
+        eval_tokens=65_536,
+        hellaswag_every=500,
+        hellaswag_limit=500,
+        sample_every=200,
+        checkpoint_every=200,
+        log_every=1,
     ),
     "tiny": dict(
-        seq_len=128, batch_tokens=4096, micro_batch=16, max_steps=500, lr=2e-3, warmup_steps=20,
-        eval_every=50, eval_tokens=16_384, hellaswag_every=0, hellaswag_limit=200, sample_every=100,
-        checkpoint_every=100, log_every=1,
+        seq_len=128,
+        batch_tokens=4096,
+        micro_batch=16,
+        max_steps=500,
+        lr=2e-3,
+        warmup_steps=20,
+        eval_every=50,
+        eval_tokens=16_384,
+        hellaswag_every=0,
+        hellaswag_limit=200,
+        sample_every=100,
+        checkpoint_every=100,
+        log_every=1,
     ),
 }
 
@@ -257,19 +277,28 @@ class ResolvedRun:
 
     def to_dict(self) -> dict:
         return {
-            "train": self.train.to_dict(), "launch": self.launch.to_dict(), "plan": self.plan.to_dict(),
-            "data_dir": self.data_dir, "run_dir": self.run_dir, "resume_from": self.resume_from, **self.extra,
+            "train": self.train.to_dict(),
+            "launch": self.launch.to_dict(),
+            "plan": self.plan.to_dict(),
+            "data_dir": self.data_dir,
+            "run_dir": self.run_dir,
+            "resume_from": self.resume_from,
+            **self.extra,
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ResolvedRun":
+    def from_dict(cls, d: dict) -> ResolvedRun:
         known = {"train", "launch", "plan", "data_dir", "run_dir", "resume_from"}
         return cls(
-            train=TrainConfig.from_dict(d["train"]), launch=LaunchConfig(**d["launch"]), plan=Plan(**d["plan"]),
-            data_dir=d["data_dir"], run_dir=d["run_dir"], resume_from=d.get("resume_from"),
+            train=TrainConfig.from_dict(d["train"]),
+            launch=LaunchConfig(**d["launch"]),
+            plan=Plan(**d["plan"]),
+            data_dir=d["data_dir"],
+            run_dir=d["run_dir"],
+            resume_from=d.get("resume_from"),
             extra={k: v for k, v in d.items() if k not in known},
         )
 
     @classmethod
-    def read(cls, path: str | Path) -> "ResolvedRun":
+    def read(cls, path: str | Path) -> ResolvedRun:
         return cls.from_dict(json.loads(Path(path).read_text()))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gptkit.data.shards import open_shard, read_header
 from gptkit.errors import GptkitError
-from gptkit.shards import open_shard, read_header
 
 SCAN_CHUNK = 1 << 24  # tokens per chunk when looking for document boundaries (bounded memory)
 
@@ -28,7 +28,7 @@ SCAN_CHUNK = 1 << 24  # tokens per chunk when looking for document boundaries (b
 def check_data(data: str | Path | None) -> tuple[Path, list[Path], list[Path], dict]:
     """(directory, val shards, train shards, manifest) of --data (a directory, a name under shards/,
     or None for the newest tokenized data set), with the checks training needs."""
-    from gptkit.tokenize import find_shards, resolve_shards_dir
+    from gptkit.data.tokenize import find_shards, resolve_shards_dir
 
     data_dir = resolve_shards_dir(data).resolve()
     val, train, manifest = find_shards(data_dir)

@@ -30,7 +30,8 @@ def find_hellaswag(root: Path | None = None) -> list[Path]:
     if not root.is_dir():
         return []
     files = sorted(
-        p for p in root.rglob("*")
+        p
+        for p in root.rglob("*")
         if p.suffix in (".parquet", ".jsonl") and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )  # hidden folders hold download bookkeeping, never data
     val = [p for p in files if "val" in str(p.relative_to(root)).lower()]

@@ -26,7 +26,14 @@ from pathlib import Path
 from gptkit import paths
 from gptkit.errors import GptkitError
 from gptkit.train.config import (
-    LaunchConfig, ResolvedRun, TrainConfig, load_config_file, merge, plan_batches, preset_config, split_settings,
+    LaunchConfig,
+    ResolvedRun,
+    TrainConfig,
+    load_config_file,
+    merge,
+    plan_batches,
+    preset_config,
+    split_settings,
     validate,
 )
 from gptkit.train.main import ERRORS_DIR, LAUNCHER_ENV
@@ -43,7 +50,9 @@ def newest_run() -> Path | None:
     return max(runs, key=lambda d: list_checkpoints(d)[-1][1].stat().st_mtime) if runs else None
 
 
-def resolve_run_dir(name: str | None, out: str | Path | None, resume: str | None, preset: str) -> tuple[Path, Path | None]:
+def resolve_run_dir(
+    name: str | None, out: str | Path | None, resume: str | None, preset: str
+) -> tuple[Path, Path | None]:
     """(run directory, checkpoint to resume from or None)."""
     from gptkit.checkpoint import is_checkpoint, latest_checkpoint
 
@@ -62,7 +71,9 @@ def resolve_run_dir(name: str | None, out: str | Path | None, resume: str | None
             if named.is_dir() and latest_checkpoint(named):
                 ckpt = latest_checkpoint(named)
             else:
-                raise GptkitError(f"--resume {resume}: not a checkpoint, nor a run directory holding step_* checkpoints")
+                raise GptkitError(
+                    f"--resume {resume}: not a checkpoint, nor a run directory holding step_* checkpoints"
+                )
         run_dir = run_dir or ckpt.parent
     elif resume == "auto":
         run_dir = run_dir or newest_run()
@@ -98,7 +109,9 @@ def resolve_devices(cfg: TrainConfig, launch: LaunchConfig) -> tuple[str, int]:
     n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if want == "cpu" or (want == "auto" and (launch.gpus == 0 or n_gpu == 0)):
         if launch.gpus:
-            raise GptkitError(f"--gpus {launch.gpus} but torch sees no CUDA GPU; use --gpus 0 --nproc N to train on CPU")
+            raise GptkitError(
+                f"--gpus {launch.gpus} but torch sees no CUDA GPU; use --gpus 0 --nproc N to train on CPU"
+            )
         return "cpu", launch.nproc
     if want == "mps":
         if launch.nproc != 1 or launch.nodes != 1:
@@ -116,7 +129,9 @@ def _is_local(addr: str) -> bool:
     if addr in ("localhost", "127.0.0.1", "::1", "0.0.0.0") or addr.startswith("127."):
         return True
     try:
-        return addr in {socket.gethostname(), socket.getfqdn()} or addr in socket.gethostbyname_ex(socket.gethostname())[2]
+        return (
+            addr in {socket.gethostname(), socket.getfqdn()} or addr in socket.gethostbyname_ex(socket.gethostname())[2]
+        )
     except OSError:
         return False
 
@@ -138,8 +153,14 @@ def check_port(addr: str, port: int) -> None:
 
 # --- resolving a run -----------------------------------------------------------------------------
 def prepare(
-    flags: dict, launch: LaunchConfig, *, config_file: str | Path | None = None, name: str | None = None,
-    out: str | Path | None = None, resume: str | None = None, launch_flags: set[str] | None = None,
+    flags: dict,
+    launch: LaunchConfig,
+    *,
+    config_file: str | Path | None = None,
+    name: str | None = None,
+    out: str | Path | None = None,
+    resume: str | None = None,
+    launch_flags: set[str] | None = None,
 ) -> ResolvedRun:
     """Flags (TrainConfig keys given on the command line, None = not given) -> a ResolvedRun, validated."""
     from gptkit.train.data import TokenStream, check_data, tokenizer_info
@@ -156,7 +177,9 @@ def prepare(
         base = TrainConfig.from_dict(read_checkpoint_config(ckpt), source=f"{ckpt}/config.json")
         for src in (file_train, flags):
             if src.get("preset", base.preset) != base.preset:
-                raise GptkitError(f"cannot change the model preset of a run being resumed ({base.preset} -> {src['preset']})")
+                raise GptkitError(
+                    f"cannot change the model preset of a run being resumed ({base.preset} -> {src['preset']})"
+                )
     else:
         base = preset_config(preset)
     cfg = merge(merge(base, file_train, str(config_file)), flags, "command line")
@@ -166,8 +189,10 @@ def prepare(
 
         done = int(read_json(ckpt / "trainer.json").get("step", 0))
         if done >= cfg.max_steps:
-            raise GptkitError(f"{ckpt.parent} already finished ({done} of {cfg.max_steps} steps); "
-                              "give a larger --max-steps to train further")
+            raise GptkitError(
+                f"{ckpt.parent} already finished ({done} of {cfg.max_steps} steps); "
+                "give a larger --max-steps to train further"
+            )
 
     device_type, nproc = resolve_devices(cfg, launch)
     world = nproc * launch.nodes
@@ -188,12 +213,18 @@ def prepare(
     check_backends(cfg.tensorboard, cfg.wandb)
 
     if launch.nodes > 1 and launch.master_port is None:
-        raise GptkitError("several nodes need a rendezvous port: give every node the same --master-addr and --master-port")
+        raise GptkitError(
+            "several nodes need a rendezvous port: give every node the same --master-addr and --master-port"
+        )
     if launch.master_port is not None and launch.node_rank == 0 and _is_local(launch.master_addr):
         check_port(launch.master_addr, launch.master_port)
 
     return ResolvedRun(
-        train=cfg, launch=launch, plan=plan, data_dir=str(data_dir), run_dir=str(run_dir),
+        train=cfg,
+        launch=launch,
+        plan=plan,
+        data_dir=str(data_dir),
+        run_dir=str(run_dir),
         resume_from=str(ckpt) if ckpt else None,
         extra={"device_type": device_type, "nproc_per_node": nproc, "tokenizer": tokenizer, "vocab_size": vocab},
     )
@@ -208,7 +239,9 @@ def check_init_from(path: str, tokenizer: str, vocab: int, seq_len: int) -> Path
     if p.is_dir() and not is_checkpoint(p):
         p = latest_checkpoint(p) or p
     if not is_checkpoint(p):
-        raise GptkitError(f"--init-from {path}: not a gptkit checkpoint; make one with `gptkit convert SRC DIR --to gptkit`")
+        raise GptkitError(
+            f"--init-from {path}: not a gptkit checkpoint; make one with `gptkit convert SRC DIR --to gptkit`"
+        )
     meta = read_json(p / CONFIG)
     mc = GPTConfig.from_dict(meta.get("model", {}))
     if meta.get("tokenizer") != tokenizer or mc.vocab_size != vocab:
@@ -217,7 +250,9 @@ def check_init_from(path: str, tokenizer: str, vocab: int, seq_len: int) -> Path
             f"the data's ({tokenizer}, {vocab})"
         )
     if seq_len > mc.block_size:
-        raise GptkitError(f"--seq-len {seq_len} exceeds the model's context length {mc.block_size} (--init-from {path})")
+        raise GptkitError(
+            f"--seq-len {seq_len} exceeds the model's context length {mc.block_size} (--init-from {path})"
+        )
     return p
 
 
@@ -229,9 +264,18 @@ def torchrun_command(rr: ResolvedRun) -> list[str]:
     else:
         # c10d rendezvous: the node with --node-rank 0 hosts the store at HOST:PORT, the others join.
         cmd += [
-            "--nnodes", str(launch.nodes), "--node-rank", str(launch.node_rank),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{launch.master_addr}:{launch.master_port}",
-            "--rdzv-id", Path(rr.run_dir).name, "--rdzv-conf", f"is_host={int(launch.node_rank == 0)}",
+            "--nnodes",
+            str(launch.nodes),
+            "--node-rank",
+            str(launch.node_rank),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"{launch.master_addr}:{launch.master_port}",
+            "--rdzv-id",
+            Path(rr.run_dir).name,
+            "--rdzv-conf",
+            f"is_host={int(launch.node_rank == 0)}",
         ]
     cmd += ["--max-restarts", "0", "-m", "gptkit.train.main", rr.run_dir]
     return cmd
@@ -318,8 +362,18 @@ def worker_errors(run_dir: Path) -> list[str]:
     return [f.read_text().strip() for f in files]
 
 
-def train(flags: dict, launch: LaunchConfig, *, config_file=None, name=None, out=None, resume=None,
-          launch_flags: set[str] | None = None, dry_run: bool = False, echo=print) -> int:
+def train(
+    flags: dict,
+    launch: LaunchConfig,
+    *,
+    config_file=None,
+    name=None,
+    out=None,
+    resume=None,
+    launch_flags: set[str] | None = None,
+    dry_run: bool = False,
+    echo=print,
+) -> int:
     """Resolve, write RUN/config.json, run torchrun. Returns the exit code; a worker's error is raised."""
     rr = prepare(flags, launch, config_file=config_file, name=name, out=out, resume=resume, launch_flags=launch_flags)
     cmd = torchrun_command(rr)

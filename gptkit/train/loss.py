@@ -82,8 +82,9 @@ def chunk_rows(vocab: int, n: int | None = None) -> int:
     return -(-n // chunks)
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         workspace: torch.Tensor | None = None) -> torch.Tensor:
+def linear_cross_entropy(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, workspace: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean cross-entropy of (h @ weight.T) against targets, without keeping the logits."""
     need = chunk_rows(weight.size(0), h.size(0)) * weight.size(0)
     if workspace is None or workspace.numel() < need:

@@ -74,8 +74,18 @@ def _fmt_eta(seconds: float) -> str:
 class Reporter:
     """Rank 0's reporting. Other ranks get a Reporter with enabled=False, which does nothing."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, max_steps: int, start_step: int,
-                 log_every: int = 1, tensorboard: bool = False, wandb: str | None = None, config: dict | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        max_steps: int,
+        start_step: int,
+        log_every: int = 1,
+        tensorboard: bool = False,
+        wandb: str | None = None,
+        config: dict | None = None,
+    ):
         self.enabled = enabled
         self.max_steps, self.log_every = max_steps, log_every
         self.progress = self.task = self.tb = self.wandb = None
@@ -90,8 +100,13 @@ class Reporter:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
             self.progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                console=self.console, transient=False, refresh_per_second=4,
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                console=self.console,
+                transient=False,
+                refresh_per_second=4,
             )
             self.task = self.progress.add_task("train", total=max_steps, completed=start_step, info="starting")
             self.progress.start()
@@ -119,18 +134,40 @@ class Reporter:
         if self.wandb:
             self.wandb.log(scalars, step=step)
 
-    def train_step(self, step: int, *, loss: float, lr: float, grad_norm: float, tokens: int,
-                   tok_per_s: float, mfu: float | None, dt: float, eta_s: float) -> None:
+    def train_step(
+        self,
+        step: int,
+        *,
+        loss: float,
+        lr: float,
+        grad_norm: float,
+        tokens: int,
+        tok_per_s: float,
+        mfu: float | None,
+        dt: float,
+        eta_s: float,
+    ) -> None:
         """Record the step that just completed (`step` optimizer steps are now done)."""
         if not self.enabled:
             return
-        self._write({
-            "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": tokens,
-            "tok_per_s": tok_per_s, "mfu": mfu, "dt": dt, "time": time.time(),
-        })
+        self._write(
+            {
+                "step": step,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": tokens,
+                "tok_per_s": tok_per_s,
+                "mfu": mfu,
+                "dt": dt,
+                "time": time.time(),
+            }
+        )
         mfu_s = f"{mfu:.1%}" if mfu is not None else "n/a"
-        info = (f"loss {loss:.4f} | lr {lr:.2e} | gnorm {grad_norm:.2f} | {_fmt_tokens(tok_per_s)} tok/s "
-                f"| mfu {mfu_s} | eta {_fmt_eta(eta_s)}")
+        info = (
+            f"loss {loss:.4f} | lr {lr:.2e} | gnorm {grad_norm:.2f} | {_fmt_tokens(tok_per_s)} tok/s "
+            f"| mfu {mfu_s} | eta {_fmt_eta(eta_s)}"
+        )
         if self.progress:
             self.progress.update(self.task, completed=step, info=info)
         elif step % self.log_every == 0 or step == self.max_steps:

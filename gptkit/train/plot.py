@@ -32,7 +32,9 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
         matplotlib.use("Agg")  # files only, no display needed
         import matplotlib.pyplot as plt
     except ImportError:
-        raise GptkitError("`gptkit plot` needs matplotlib: pip install 'gptkit[plot]' (or pip install matplotlib)") from None
+        raise GptkitError(
+            "`gptkit plot` needs matplotlib: pip install 'gptkit[plot]' (or pip install matplotlib)"
+        ) from None
 
     rows = read_metrics(run_dir)
     train = [r for r in rows if "loss" in r]

@@ -5,8 +5,16 @@ from __future__ import annotations
 import math
 
 
-def lr_at(step: int, *, lr: float, max_steps: int, warmup_steps: int, min_lr_ratio: float = 0.1,
-          schedule: str = "cosine", decay_frac: float = 0.2) -> float:
+def lr_at(
+    step: int,
+    *,
+    lr: float,
+    max_steps: int,
+    warmup_steps: int,
+    min_lr_ratio: float = 0.1,
+    schedule: str = "cosine",
+    decay_frac: float = 0.2,
+) -> float:
     """Linear warmup over warmup_steps, then
 
     - cosine: cosine decay from lr to lr * min_lr_ratio at max_steps;

@@ -125,7 +125,9 @@ class Trainer:
         self.tokenizer_name, vocab_size, self.eot = datamod.tokenizer_info(manifest, data_dir)
         self.train_stream = datamod.TokenStream(train_paths, self.eot, cfg.seed, shuffle=True)
         self.val_stream = datamod.TokenStream(val_paths, self.eot, cfg.seed, shuffle=False)
-        self.batches = datamod.TrainBatches(self.train_stream, cfg.seq_len, plan.micro_batch, dist.rank, dist.world_size)
+        self.batches = datamod.TrainBatches(
+            self.train_stream, cfg.seq_len, plan.micro_batch, dist.rank, dist.world_size
+        )
 
         # Model: same initial weights on every rank (DDP would broadcast rank 0's anyway).
         torch.manual_seed(cfg.seed)
@@ -145,7 +147,11 @@ class Trainer:
 
         fused = self.device.type in ("cuda", "cpu")  # one kernel per step instead of a loop of tensors
         self.optimizer = torch.optim.AdamW(
-            self.model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused,
+            self.model.param_groups(cfg.weight_decay),
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+            eps=cfg.eps,
+            fused=fused,
         )
         if opt_state is not None:
             self.optimizer.load_state_dict(opt_state)
@@ -175,8 +181,11 @@ class Trainer:
         self.peak = None
         if dist.master:
             self.peak = mfu.peak_flops(
-                self.device.type, self.precision.name, torch.backends.cuda.matmul.allow_tf32,
-                world_size=dist.world_size, nodes=rr.launch.nodes,
+                self.device.type,
+                self.precision.name,
+                torch.backends.cuda.matmul.allow_tf32,
+                world_size=dist.world_size,
+                nodes=rr.launch.nodes,
             )
         self.stop_requested = False
         self.last_saved = self.step if rr.resume_from else -1
@@ -202,12 +211,22 @@ class Trainer:
         if not self.dist.master:
             return
         state = {
-            "step": self.step, "data_pos": self.data_pos, "tokens": self.tokens_seen, "seed": self.cfg.seed,
-            "world_size": self.dist.world_size, "grad_accum": self.plan.grad_accum, "time": time.time(),
+            "step": self.step,
+            "data_pos": self.data_pos,
+            "tokens": self.tokens_seen,
+            "seed": self.cfg.seed,
+            "world_size": self.dist.world_size,
+            "grad_accum": self.plan.grad_accum,
+            "time": time.time(),
         }
         save_checkpoint(
-            self.run_dir / step_dirname(self.step), self.model, config=self.model_config, tokenizer=self.tokenizer_name,
-            train_config=self.cfg.to_dict(), optimizer_state=self.optimizer.state_dict(), trainer_state=state,
+            self.run_dir / step_dirname(self.step),
+            self.model,
+            config=self.model_config,
+            tokenizer=self.tokenizer_name,
+            train_config=self.cfg.to_dict(),
+            optimizer_state=self.optimizer.state_dict(),
+            trainer_state=state,
         )
         prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
 
@@ -216,8 +235,14 @@ class Trainer:
     def val_loss(self) -> float:
         self.model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum of row losses, rows
-        for buf in datamod.val_rows(self.val_stream, self.cfg.seq_len, self.cfg.eval_tokens, self.dist.rank,
-                                    self.dist.world_size, self.plan.micro_batch):
+        for buf in datamod.val_rows(
+            self.val_stream,
+            self.cfg.seq_len,
+            self.cfg.eval_tokens,
+            self.dist.rank,
+            self.dist.world_size,
+            self.plan.micro_batch,
+        ):
             x, y = self._to_device(buf)
             with self.precision.autocast():
                 _, loss = self.model(x, y)
@@ -228,14 +253,23 @@ class Trainer:
         return float(total[0] / total[1])
 
     def sample(self) -> str:
-        from gptkit.sample import SampleConfig, sample_text
-        from gptkit.tokenizer import get_tokenizer
+        from gptkit.data.tokenizers import get_tokenizer
+        from gptkit.generate import SampleConfig, sample_text
 
         was = self.model.training
         self.model.eval()
         sc = SampleConfig(max_new_tokens=self.cfg.sample_tokens, temperature=1.0, top_k=50, seed=self.cfg.seed)
-        text = sample_text(self.model, get_tokenizer(self.tokenizer_name), self.cfg.sample_prompt, sc,
-                           autocast=self.precision.autocast()).samples[0].text
+        text = (
+            sample_text(
+                self.model,
+                get_tokenizer(self.tokenizer_name),
+                self.cfg.sample_prompt,
+                sc,
+                autocast=self.precision.autocast(),
+            )
+            .samples[0]
+            .text
+        )
         self.model.train(was)
         return self.cfg.sample_prompt + text
 
@@ -250,8 +284,15 @@ class Trainer:
         """One optimizer step over the global batch. Returns (loss, grad norm, lr)."""
         cfg, plan = self.cfg, self.plan
         torch.manual_seed(step_seed(cfg.seed, self.step, self.dist.rank))
-        lr = lr_at(self.step, lr=cfg.lr, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
-                   min_lr_ratio=cfg.min_lr_ratio, schedule=cfg.schedule, decay_frac=cfg.decay_frac)
+        lr = lr_at(
+            self.step,
+            lr=cfg.lr,
+            max_steps=cfg.max_steps,
+            warmup_steps=cfg.warmup_steps,
+            min_lr_ratio=cfg.min_lr_ratio,
+            schedule=cfg.schedule,
+            decay_frac=cfg.decay_frac,
+        )
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -279,8 +320,11 @@ class Trainer:
         gnorm = grad_norm.item()
         if not math.isfinite(loss_val) or (self.scaler is None and not math.isfinite(gnorm)):
             what = f"loss {loss_val}" if not math.isfinite(loss_val) else f"gradient norm {gnorm}"
-            last = f"the last good checkpoint is {self.run_dir / step_dirname(self.last_saved)}" if self.last_saved > 0 \
+            last = (
+                f"the last good checkpoint is {self.run_dir / step_dirname(self.last_saved)}"
+                if self.last_saved > 0
                 else "no checkpoint was saved yet"
+            )
             raise TrainingError(
                 f"{what} at step {self.step + 1} (lr {lr:.3g}); training stopped without saving; {last}; "
                 "lower --lr or raise --warmup-steps and resume with --resume auto"
@@ -301,8 +345,16 @@ class Trainer:
         cfg, d = self.cfg, self.dist
         if d.master and self.rr.resume_from:
             truncate_metrics(self.run_dir, self.step)
-        rep = Reporter(self.run_dir, enabled=d.master, max_steps=cfg.max_steps, start_step=self.step,
-                       log_every=cfg.log_every, tensorboard=cfg.tensorboard, wandb=cfg.wandb, config=self.rr.to_dict())
+        rep = Reporter(
+            self.run_dir,
+            enabled=d.master,
+            max_steps=cfg.max_steps,
+            start_step=self.step,
+            log_every=cfg.log_every,
+            tensorboard=cfg.tensorboard,
+            wandb=cfg.wandb,
+            config=self.rr.to_dict(),
+        )
         examples, tokenizer = self._hellaswag_setup(rep)
         if d.master:
             rep.print(
@@ -319,8 +371,15 @@ class Trainer:
                 if cfg.eval_tokens and (self.step % cfg.eval_every == 0 or done):
                     rep.event(self.step, val_loss=self.val_loss())
                 if examples and (self.step % cfg.hellaswag_every == 0 or done):
-                    r = hellaswag.evaluate(self.model, examples, tokenizer, device=self.device,
-                                           autocast=self.precision.autocast, rank=d.rank, world_size=d.world_size)
+                    r = hellaswag.evaluate(
+                        self.model,
+                        examples,
+                        tokenizer,
+                        device=self.device,
+                        autocast=self.precision.autocast,
+                        rank=d.rank,
+                        world_size=d.world_size,
+                    )
                     rep.event(self.step, hellaswag=r["acc_norm"], hellaswag_acc=r["acc"], hellaswag_n=r["n"])
                 if d.master and cfg.sample_tokens and self.step > 0 and (self.step % cfg.sample_every == 0 or done):
                     rep.event(self.step, sample=self.sample())
@@ -335,15 +394,22 @@ class Trainer:
                     mb = self.plan.micro_batch
                     raise TrainingError(
                         f"CUDA out of memory at --micro-batch {mb}; try --micro-batch {max(1, mb // 2)} "
-                        f"(gradient accumulation keeps the global batch at {cfg.batch_tokens} tokens)", collective=False,
+                        f"(gradient accumulation keeps the global batch at {cfg.batch_tokens} tokens)",
+                        collective=False,
                     ) from None
                 dt = time.perf_counter() - t0
                 _hook_after_step(self.step)
                 dt_avg = dt if dt_avg is None else 0.9 * dt_avg + 0.1 * dt
                 tok_s = self.plan.rows * cfg.seq_len / dt
                 rep.train_step(
-                    self.step, loss=loss, lr=lr, grad_norm=gnorm, tokens=self.tokens_seen, tok_per_s=tok_s,
-                    mfu=(self.flops_per_token * tok_s / self.peak) if self.peak else None, dt=dt,
+                    self.step,
+                    loss=loss,
+                    lr=lr,
+                    grad_norm=gnorm,
+                    tokens=self.tokens_seen,
+                    tok_per_s=tok_s,
+                    mfu=(self.flops_per_token * tok_s / self.peak) if self.peak else None,
+                    dt=dt,
                     eta_s=dt_avg * (cfg.max_steps - self.step),
                 )
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps or self.stop_requested:
@@ -363,7 +429,7 @@ class Trainer:
         if not files:
             rep.print("HellaSwag: no data (run `gptkit download hellaswag`); skipping that evaluation")
             return None, None
-        from gptkit.tokenizer import get_tokenizer
+        from gptkit.data.tokenizers import get_tokenizer
 
         return hellaswag.load_examples(files, cfg.hellaswag_limit), get_tokenizer(self.tokenizer_name)
 

@@ -24,9 +24,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from gptkit import __version__
 
@@ -148,7 +148,7 @@ def torch_wheel_tag(driver_cuda: str | None) -> str | None:
     fitting = [v for v in same_major if version_tuple(v) <= have[:2]]
     # CUDA minor-version compatibility: a 12.x runtime runs on any 12.x driver (PTX JIT aside),
     # so the oldest wheel of the driver's major version is next best; then older major versions.
-    choice = (fitting[-1:] or same_major[:1] or [v for v in TORCH_WHEEL_CUDA if version_tuple(v) <= have[:2]][-1:])
+    choice = fitting[-1:] or same_major[:1] or [v for v in TORCH_WHEEL_CUDA if version_tuple(v) <= have[:2]][-1:]
     return "cu" + choice[0].replace(".", "") if choice else None
 
 
@@ -239,8 +239,12 @@ class _Tool:
             return
         try:
             self.proc = subprocess.Popen(
-                [path, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                text=True, errors="replace",
+                [path, *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
             )
         except OSError as e:
             self.error = f"could not run {path}: {e.strerror or e}"
@@ -358,22 +362,33 @@ def check_nvidia_smi(ctx: _Context) -> Check:
     plain = ctx.smi_plain.result()
     if plain.path is None:
         return Check(
-            "nvidia-smi", WARN, "not found: no NVIDIA driver / no GPU (or nvidia-smi is not on PATH)",
+            "nvidia-smi",
+            WARN,
+            "not found: no NVIDIA driver / no GPU (or nvidia-smi is not on PATH)",
             "nothing to do on a CPU machine; on a GPU machine install the NVIDIA driver (it provides nvidia-smi)",
         )
     if plain.error:
-        return Check("nvidia-smi", WARN, plain.error, "check the driver with `nvidia-smi`; a hung GPU may need a reset or reboot")
+        return Check(
+            "nvidia-smi", WARN, plain.error, "check the driver with `nvidia-smi`; a hung GPU may need a reset or reboot"
+        )
     if plain.returncode != 0:
         msg = _first_line(plain.output) or f"exit code {plain.returncode}"
         data = {"path": plain.path, "returncode": plain.returncode, "output": plain.output.strip()[:500]}
         if "version mismatch" in plain.output.lower():
             return Check(
-                "nvidia-smi", FAIL, msg, "reboot: the loaded kernel driver is older than the installed driver libraries", data
+                "nvidia-smi",
+                FAIL,
+                msg,
+                "reboot: the loaded kernel driver is older than the installed driver libraries",
+                data,
             )
         if "couldn't communicate" in plain.output or "driver is not loaded" in plain.output.lower():
             return Check(
-                "nvidia-smi", WARN, "installed, but the NVIDIA driver is not loaded (no GPU usable)",
-                "install a driver matching the kernel and load it (`sudo modprobe nvidia` or reboot)", data,
+                "nvidia-smi",
+                WARN,
+                "installed, but the NVIDIA driver is not loaded (no GPU usable)",
+                "install a driver matching the kernel and load it (`sudo modprobe nvidia` or reboot)",
+                data,
             )
         return Check("nvidia-smi", WARN, msg, "run `nvidia-smi` and fix the driver error it reports", data)
 
@@ -383,11 +398,19 @@ def check_nvidia_smi(ctx: _Context) -> Check:
     head = f"driver {ctx.driver_version or '?'}, supports CUDA ≤ {ctx.driver_cuda or '?'}"
     if query.error or query.returncode != 0:
         why = query.error or _first_line(query.output) or f"exit code {query.returncode}"
-        return Check("nvidia-smi", WARN, f"{head}; could not list GPUs: {why}", "update the NVIDIA driver (510 or newer)", data)
+        return Check(
+            "nvidia-smi", WARN, f"{head}; could not list GPUs: {why}", "update the NVIDIA driver (510 or newer)", data
+        )
     ctx.smi_gpus = parse_gpu_query(query.output)
     data["gpus"] = [asdict(g) | {"native_bf16": g.native_bf16} for g in ctx.smi_gpus]
     if not ctx.smi_gpus:
-        return Check("nvidia-smi", WARN, f"{head}; no GPUs listed", "check that the GPUs are visible to this machine/container", data)
+        return Check(
+            "nvidia-smi",
+            WARN,
+            f"{head}; no GPUs listed",
+            "check that the GPUs are visible to this machine/container",
+            data,
+        )
     return Check("nvidia-smi", OK, f"{head}; {describe_gpus(ctx.smi_gpus)}", data=data)
 
 
@@ -410,13 +433,17 @@ def check_nvcc(ctx: _Context) -> Check:
         return Check("nvcc", OK, "not installed (not needed for pip torch wheels)", data={"version": None})
     if r.error or r.returncode != 0:
         return Check(
-            "nvcc", WARN, f"{r.path}: {r.error or _first_line(r.output) or f'exit code {r.returncode}'}",
+            "nvcc",
+            WARN,
+            f"{r.path}: {r.error or _first_line(r.output) or f'exit code {r.returncode}'}",
             "reinstall the CUDA toolkit or remove the broken nvcc from PATH (pip torch wheels do not need it)",
             {"path": r.path},
         )
     version = parse_nvcc_version(r.output)
     return Check(
-        "nvcc", OK, f"CUDA toolkit {version or '(unknown version)'} ({r.path}); only used to build extensions",
+        "nvcc",
+        OK,
+        f"CUDA toolkit {version or '(unknown version)'} ({r.path}); only used to build extensions",
         data={"path": r.path, "version": version},
     )
 
@@ -426,13 +453,18 @@ def check_torch(ctx: _Context) -> Check:
         import torch
     except Exception as e:  # noqa: BLE001 - ImportError, OSError from missing CUDA libraries, ...
         ctx.torch_error = f"{type(e).__name__}: {e}"
-        return Check("torch", FAIL, f"import failed: {ctx.torch_error}", "pip install 'torch>=2.4' (see README for CUDA wheels)")
+        return Check(
+            "torch", FAIL, f"import failed: {ctx.torch_error}", "pip install 'torch>=2.4' (see README for CUDA wheels)"
+        )
     ctx.torch = torch
     data = {"version": torch.__version__, "cuda": torch.version.cuda, "hip": getattr(torch.version, "hip", None)}
     if version_tuple(torch.__version__)[:2] < MIN_TORCH:
         return Check(
-            "torch", FAIL, f"{torch.__version__} is too old (gptkit needs ≥ {'.'.join(map(str, MIN_TORCH))})",
-            "pip install -U 'torch>=2.4'", data,
+            "torch",
+            FAIL,
+            f"{torch.__version__} is too old (gptkit needs ≥ {'.'.join(map(str, MIN_TORCH))})",
+            "pip install -U 'torch>=2.4'",
+            data,
         )
     if torch.version.cuda is None:
         build = "ROCm build (HIP " + data["hip"] + ")" if data["hip"] else "CPU-only build"
@@ -451,8 +483,11 @@ def check_cudnn(ctx: _Context) -> Check:
     data = {"version": version, "available": available}
     if not available:
         return Check(
-            "cuDNN", WARN, "not usable by this CUDA torch build",
-            "reinstall the CUDA torch wheel (it brings its own cuDNN via the nvidia-cudnn package)", data,
+            "cuDNN",
+            WARN,
+            "not usable by this CUDA torch build",
+            "reinstall the CUDA torch wheel (it brings its own cuDNN via the nvidia-cudnn package)",
+            data,
         )
     return Check("cuDNN", OK, f"{version}, usable", data=data)
 
@@ -464,16 +499,23 @@ def check_nccl(ctx: _Context) -> Check:
     available = dist.is_available() and dist.is_nccl_available()
     if not available:
         if torch.version.cuda is None:
-            return Check("NCCL", OK, "not in this torch build (no CUDA); multi-process runs use gloo", data={"version": None})
+            return Check(
+                "NCCL", OK, "not in this torch build (no CUDA); multi-process runs use gloo", data={"version": None}
+            )
         many = len(ctx.smi_gpus) > 1
         return Check(
-            "NCCL", WARN if many else OK, "not available in this torch build",
-            "multi-GPU training needs NCCL: use the Linux CUDA torch wheel" if many else "", {"version": None},
+            "NCCL",
+            WARN if many else OK,
+            "not available in this torch build",
+            "multi-GPU training needs NCCL: use the Linux CUDA torch wheel" if many else "",
+            {"version": None},
         )
     try:
         v = torch.cuda.nccl.version()
     except Exception as e:  # noqa: BLE001 - older torch / missing library
-        return Check("NCCL", WARN, f"available but its version is unreadable ({type(e).__name__}: {e})", "", {"version": None})
+        return Check(
+            "NCCL", WARN, f"available but its version is unreadable ({type(e).__name__}: {e})", "", {"version": None}
+        )
     version = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
     return Check("NCCL", OK, version, data={"version": version})
 
@@ -494,10 +536,21 @@ def check_gpus(ctx: _Context) -> Check:
             return Check("GPUs", OK, "none visible to torch (training runs on CPU)", data=data)
         seen = f"nvidia-smi shows {smi_n} GPU{'s' * (smi_n > 1)} but torch sees none"
         if torch.version.cuda is None:
-            return Check("GPUs", FAIL, f"{seen}: torch {torch.__version__} is a CPU-only build",
-                         install_cuda_torch_hint(ctx.driver_cuda), data)
+            return Check(
+                "GPUs",
+                FAIL,
+                f"{seen}: torch {torch.__version__} is a CPU-only build",
+                install_cuda_torch_hint(ctx.driver_cuda),
+                data,
+            )
         if visible is not None:
-            return Check("GPUs", FAIL, f"{seen}: CUDA_VISIBLE_DEVICES={visible!r}", "unset CUDA_VISIBLE_DEVICES or list GPU ids in it", data)
+            return Check(
+                "GPUs",
+                FAIL,
+                f"{seen}: CUDA_VISIBLE_DEVICES={visible!r}",
+                "unset CUDA_VISIBLE_DEVICES or list GPU ids in it",
+                data,
+            )
         status, why, fix = cuda_compat(torch.version.cuda, ctx.driver_cuda)
         if why:
             return Check("GPUs", FAIL, f"{seen}: {why}", fix, data)
@@ -506,22 +559,41 @@ def check_gpus(ctx: _Context) -> Check:
             err = "torch.cuda.is_available() is False"
         except Exception as e:  # noqa: BLE001 - the CUDA init error is the useful part
             err = _first_line(str(e))
-        return Check("GPUs", FAIL, f"{seen}: {err}", "run `python -c 'import torch; torch.cuda.init()'` and fix the error it reports", data)
+        return Check(
+            "GPUs",
+            FAIL,
+            f"{seen}: {err}",
+            "run `python -c 'import torch; torch.cuda.init()'` and fix the error it reports",
+            data,
+        )
 
     for i in range(count):
         dev = torch.device("cuda", i)
         major, minor = torch.cuda.get_device_capability(dev)
         props = torch.cuda.get_device_properties(dev)
-        data["gpus"].append({
-            "index": i, "name": torch.cuda.get_device_name(dev), "memory_mib": props.total_memory // 2**20,
-            "compute_capability": f"{major}.{minor}", "native_bf16": native_bf16(dev),
-        })
+        data["gpus"].append(
+            {
+                "index": i,
+                "name": torch.cuda.get_device_name(dev),
+                "memory_mib": props.total_memory // 2**20,
+                "compute_capability": f"{major}.{minor}",
+                "native_bf16": native_bf16(dev),
+            }
+        )
     precision = resolve_precision("auto", torch.device("cuda", 0))
     data["precision"] = precision.name
-    names = ", ".join(f"{g['name']} (cc {g['compute_capability']}, bf16 {'yes' if g['native_bf16'] else 'no'})" for g in data["gpus"])
+    names = ", ".join(
+        f"{g['name']} (cc {g['compute_capability']}, bf16 {'yes' if g['native_bf16'] else 'no'})" for g in data["gpus"]
+    )
     detail = f"{count}: {names}; auto precision → {precision.reason}"
     if smi_n > count and visible is None:
-        return Check("GPUs", WARN, f"{detail}; nvidia-smi shows {smi_n}", "check which GPUs are assigned to this process/container", data)
+        return Check(
+            "GPUs",
+            WARN,
+            f"{detail}; nvidia-smi shows {smi_n}",
+            "check which GPUs are assigned to this process/container",
+            data,
+        )
     return Check("GPUs", OK, detail, data=data)
 
 
@@ -532,10 +604,25 @@ def check_cpu(ctx: _Context) -> Check:
     cores = os.cpu_count() or 0
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     flags = cpu_flags()
-    simd = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX-BF16")) if flag in flags]
+    simd = [
+        name
+        for flag, name in (
+            ("avx2", "AVX2"),
+            ("avx512f", "AVX-512"),
+            ("avx512_bf16", "AVX512-BF16"),
+            ("amx_bf16", "AMX-BF16"),
+        )
+        if flag in flags
+    ]
     precision = resolve_precision("auto", torch.device("cpu"))
-    data = {"cores": cores, "usable_cores": usable, "simd": simd, "native_bf16": cpu_has_native_bf16(),
-            "torch_threads": torch.get_num_threads(), "precision": precision.name}
+    data = {
+        "cores": cores,
+        "usable_cores": usable,
+        "simd": simd,
+        "native_bf16": cpu_has_native_bf16(),
+        "torch_threads": torch.get_num_threads(),
+        "precision": precision.name,
+    }
     isa = ", ".join(simd) if simd else ("flags unknown" if not flags else "no AVX2")
     bf16 = "native bf16" if data["native_bf16"] else "no native bf16"
     return Check("CPU", OK, f"{usable}/{cores} cores, {isa}, {bf16} → auto precision {precision.name}", data=data)
@@ -556,7 +643,11 @@ def check_attention(ctx: _Context) -> Check:
         dtype = torch.bfloat16 if native_bf16(device) else torch.float16
     else:
         dtype = torch.float32
-    backends = {"flash": SDPBackend.FLASH_ATTENTION, "mem-efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    backends = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "mem-efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
     if device.type == "cuda" and hasattr(SDPBackend, "CUDNN_ATTENTION"):
         backends["cudnn"] = SDPBackend.CUDNN_ATTENTION
     q = torch.randn(1, 2, 64, 64, device=device, dtype=dtype)  # (B, nh, T, hs), as in the model
@@ -580,14 +671,29 @@ def check_attention(ctx: _Context) -> Check:
     if device.type == "cpu" and not runs["mem-efficient"]:
         detail += "; mem-efficient is CUDA-only"
     if not runs["math"] and not any(runs.values()):
-        return Check("attention", FAIL, f"{detail}: no attention backend runs", "reinstall torch; SDPA must run for any model", data)
+        return Check(
+            "attention",
+            FAIL,
+            f"{detail}: no attention backend runs",
+            "reinstall torch; SDPA must run for any model",
+            data,
+        )
     fused = any(ok for n, ok in runs.items() if n != "math")
     if not fused:
-        fix = ("flash needs compute capability ≥ 8.0 and mem-efficient ≥ 5.0; upgrade torch if your GPU qualifies"
-               if device.type == "cuda" else "upgrade torch (≥ 2.3 has the CPU flash kernel)")
+        fix = (
+            "flash needs compute capability ≥ 8.0 and mem-efficient ≥ 5.0; upgrade torch if your GPU qualifies"
+            if device.type == "cuda"
+            else "upgrade torch (≥ 2.3 has the CPU flash kernel)"
+        )
         return Check("attention", WARN, f"{detail}: only the slow math kernel runs", fix, data)
     if device.type == "cuda" and native_bf16(device) and not runs["flash"]:
-        return Check("attention", WARN, f"{detail}: FlashAttention should run on this GPU", "upgrade torch to a current CUDA wheel", data)
+        return Check(
+            "attention",
+            WARN,
+            f"{detail}: FlashAttention should run on this GPU",
+            "upgrade torch to a current CUDA wheel",
+            data,
+        )
     return Check("attention", OK, detail, data=data)
 
 
@@ -599,18 +705,30 @@ def check_torchrun(ctx: _Context) -> Check:
 
     launcher = importlib.util.find_spec("torch.distributed.run") is not None
     available = dist.is_available()
-    backends = [b for b, ok in (("gloo", available and dist.is_gloo_available()), ("nccl", available and dist.is_nccl_available())) if ok]
+    backends = [
+        b
+        for b, ok in (
+            ("gloo", available and dist.is_gloo_available()),
+            ("nccl", available and dist.is_nccl_available()),
+        )
+        if ok
+    ]
     script = shutil.which("torchrun")
     data = {"launcher": launcher, "distributed": available, "backends": backends, "torchrun_path": script}
     if not (launcher and available):
-        return Check("torchrun", WARN, "torch.distributed is not available in this torch build: single process only",
-                     "for multi-GPU training install the Linux CUDA torch wheel", data)
+        return Check(
+            "torchrun",
+            WARN,
+            "torch.distributed is not available in this torch build: single process only",
+            "for multi-GPU training install the Linux CUDA torch wheel",
+            data,
+        )
     where = f"torchrun at {script}" if script else "python -m torch.distributed.run"
     return Check("torchrun", OK, f"{where}; backends: {', '.join(backends) or 'none'}", data=data)
 
 
 def check_endpoint(ctx: _Context) -> Check:
-    from gptkit.endpoint import MIRROR_ENDPOINT, is_official
+    from gptkit.hub.endpoint import MIRROR_ENDPOINT, is_official
 
     data = {"endpoint": ctx.endpoint, "source": ctx.endpoint_source}
     head = f"{ctx.endpoint} (from {ctx.endpoint_source})"
@@ -619,22 +737,36 @@ def check_endpoint(ctx: _Context) -> Check:
     p = ctx.probe.result()
     data |= {"http_status": p.status, "error": p.error, "ms": None if p.ms is None else round(p.ms)}
     if p.status is None:
-        fix = (f"behind a firewall? use --mirror or export HF_ENDPOINT={MIRROR_ENDPOINT}" if is_official(ctx.endpoint)
-               else f"start that server (e.g. `gptkit mirror serve`) or use --mirror (HF_ENDPOINT={MIRROR_ENDPOINT})")
+        fix = (
+            f"behind a firewall? use --mirror or export HF_ENDPOINT={MIRROR_ENDPOINT}"
+            if is_official(ctx.endpoint)
+            else f"start that server (e.g. `gptkit mirror serve`) or use --mirror (HF_ENDPOINT={MIRROR_ENDPOINT})"
+        )
         return Check("HF endpoint", WARN, f"{head}; unreachable: {p.error}", fix, data)
     answer = f"answers (HTTP {p.status}, {p.ms:.0f} ms)"
     if p.status >= 500:
-        return Check("HF endpoint", WARN, f"{head}; {answer}: server error", "try again later or use another endpoint (--mirror)", data)
+        return Check(
+            "HF endpoint",
+            WARN,
+            f"{head}; {answer}: server error",
+            "try again later or use another endpoint (--mirror)",
+            data,
+        )
     return Check("HF endpoint", OK, f"{head}; {answer}", data=data)
 
 
 def check_vocab(ctx: _Context) -> Check:
-    from gptkit.tokenizer import gpt2_vocab_offline
+    from gptkit.data.tokenizers import gpt2_vocab_offline
 
     where = gpt2_vocab_offline()
     if where is None:
-        return Check("GPT-2 vocab", WARN, "not available offline (the `bytes` tokenizer still works)",
-                     "run `python scripts/get_gpt2_vocab.py` or `gptkit download gpt2`", {"path": None})
+        return Check(
+            "GPT-2 vocab",
+            WARN,
+            "not available offline (the `bytes` tokenizer still works)",
+            "run `python scripts/get_gpt2_vocab.py` or `gptkit download gpt2`",
+            {"path": None},
+        )
     return Check("GPT-2 vocab", OK, f"offline at {where}", data={"path": where})
 
 
@@ -647,8 +779,10 @@ def check_disk(ctx: _Context) -> Check:
     detail = f"{usage.free / GB:.1f} GB free at {where}" + ("" if where == target else f" (for {target})")
     fix = ""
     if status != OK:
-        fix = (f"FineWeb-Edu 10B needs ~{DISK_WARN_BYTES // GB} GB (parquet + token shards): free space, "
-               "or set GPTKIT_HOME to a bigger disk")
+        fix = (
+            f"FineWeb-Edu 10B needs ~{DISK_WARN_BYTES // GB} GB (parquet + token shards): free space, "
+            "or set GPTKIT_HOME to a bigger disk"
+        )
     return Check("disk", status, detail, fix, data)
 
 
@@ -675,8 +809,12 @@ def _safe(name: str, fn: Callable[[_Context], Check], ctx: _Context) -> Check:
     except _Skip as e:
         check = Check(name, WARN, str(e), "fix the torch row first")
     except Exception as e:  # noqa: BLE001 - doctor must report, never crash
-        check = Check(name, FAIL, f"check crashed: {type(e).__name__}: {_first_line(str(e))}",
-                      "please report this with the output of `gptkit doctor --json`")
+        check = Check(
+            name,
+            FAIL,
+            f"check crashed: {type(e).__name__}: {_first_line(str(e))}",
+            "please report this with the output of `gptkit doctor --json`",
+        )
     check.seconds = round(time.perf_counter() - start, 3)
     return check
 

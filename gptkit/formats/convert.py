@@ -32,8 +32,16 @@ import torch
 
 from gptkit import __version__
 from gptkit.checkpoint import (
-    CONFIG, STEP_RE, TIED_KEY, WEIGHTS, clean_state_dict, latest_checkpoint, load_checkpoint, model_from_state_dict,
-    read_json, save_checkpoint,
+    CONFIG,
+    STEP_RE,
+    TIED_KEY,
+    WEIGHTS,
+    clean_state_dict,
+    latest_checkpoint,
+    load_checkpoint,
+    model_from_state_dict,
+    read_json,
+    save_checkpoint,
 )
 from gptkit.errors import GptkitError
 from gptkit.fsutil import write_json_atomic
@@ -43,8 +51,9 @@ FORMATS = ("gptkit", "pt", "safetensors", "hf", "gguf")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SUFFIX_FORMAT = {".pt": "pt", ".pth": "pt", ".ckpt": "pt", ".bin": "pt", ".safetensors": "safetensors", ".gguf": "gguf"}
 KNOWN_VOCABS = {"gpt2": GPT2_VOCAB_SIZE, "bytes": 256}
-FORMAT_HELP = ("a gptkit checkpoint or run directory, a Hugging Face model directory, "
-               "or a .pt, .safetensors or .gguf file")
+FORMAT_HELP = (
+    "a gptkit checkpoint or run directory, a Hugging Face model directory, or a .pt, .safetensors or .gguf file"
+)
 
 
 @dataclass
@@ -63,6 +72,7 @@ class Loaded:
 
 
 # --- format detection --------------------------------------------------------------------------
+
 
 def detect_format(path: Path) -> str:
     """By content, not by name: directories by their config.json, files by their first bytes."""
@@ -104,6 +114,7 @@ def output_format(dst: Path, to: str | None) -> str:
 
 
 # --- state dicts from other projects -----------------------------------------------------------
+
 
 def to_gptkit_names(sd: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
     """Any GPT-2 state dict (HF Conv1D or Linear layout, with or without `transformer.`, compile/DDP
@@ -160,9 +171,16 @@ def assemble(sd: dict[str, torch.Tensor], hints: dict, source, fmt: str, meta: d
     padded = max(hints.get("padded_vocab_size") or 0, rows, pad_vocab(vocab))
     try:
         config = GPTConfig(
-            block_size=hints.get("block_size", sd["transformer.wpe.weight"].shape[0] if "transformer.wpe.weight" in sd else 1024),
-            vocab_size=vocab, padded_vocab_size=padded, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-            dropout=float(hints.get("dropout", 0.0)), layer_norm_epsilon=float(hints.get("layer_norm_epsilon", 1e-5)),
+            block_size=hints.get(
+                "block_size", sd["transformer.wpe.weight"].shape[0] if "transformer.wpe.weight" in sd else 1024
+            ),
+            vocab_size=vocab,
+            padded_vocab_size=padded,
+            n_layer=n_layer,
+            n_head=n_head,
+            n_embd=n_embd,
+            dropout=float(hints.get("dropout", 0.0)),
+            layer_norm_epsilon=float(hints.get("layer_norm_epsilon", 1e-5)),
         )
     except ValueError as e:
         raise GptkitError(f"{source}: inconsistent model config ({e})") from None
@@ -173,6 +191,7 @@ def assemble(sd: dict[str, torch.Tensor], hints: dict, source, fmt: str, meta: d
 
 
 # --- readers -----------------------------------------------------------------------------------
+
 
 class PickledConfig:
     """Inert stand-in for a GPTConfig dataclass pickled by nanoGPT-family training scripts.
@@ -220,7 +239,13 @@ def read_pt(path: Path) -> Loaded:
             hints.update(g.get("model", {}))
             hints["tokenizer"] = g.get("tokenizer")
         elif isinstance(obj.get("model_args"), dict):  # nanoGPT ckpt.pt
-            hints.update({k: v for k, v in obj["model_args"].items() if k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")})
+            hints.update(
+                {
+                    k: v
+                    for k, v in obj["model_args"].items()
+                    if k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")
+                }
+            )
         elif obj.get("config") is not None:  # build-nanogpt model_XXXXX.pt: a pickled GPTConfig (or a dict)
             c = obj["config"]
             c = c if isinstance(c, dict) else vars(c)
@@ -231,7 +256,9 @@ def read_pt(path: Path) -> Loaded:
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         sd = obj  # a bare state dict
     else:
-        raise GptkitError(f"{path}: not a model checkpoint (expected a state dict, or a dict with a 'model' state dict)")
+        raise GptkitError(
+            f"{path}: not a model checkpoint (expected a state dict, or a dict with a 'model' state dict)"
+        )
     return assemble(to_gptkit_names(sd, path), hints, path, "pt", meta)
 
 
@@ -243,7 +270,9 @@ def read_safetensors(path: Path) -> Loaded:
             meta = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, header errors
-        raise GptkitError(f"{path}: cannot read weights ({e.__class__.__name__}); the file is corrupt or truncated") from None
+        raise GptkitError(
+            f"{path}: cannot read weights ({e.__class__.__name__}); the file is corrupt or truncated"
+        ) from None
     hints: dict = {}
     if "gptkit.config" in meta:
         try:
@@ -267,7 +296,11 @@ def read_hf(path: Path) -> Loaded:
         raise GptkitError(f"{path}: activation {act!r} differs from GPT-2's tanh GELU, which gptkit's model uses")
     if cfg.get("n_inner") not in (None, 4 * cfg["n_embd"]):
         raise GptkitError(f"{path}: n_inner {cfg['n_inner']} differs from 4 * n_embd, which gptkit's model uses")
-    if cfg.get("scale_attn_by_inverse_layer_idx") or cfg.get("reorder_and_upcast_attn") or cfg.get("scale_attn_weights") is False:
+    if (
+        cfg.get("scale_attn_by_inverse_layer_idx")
+        or cfg.get("reorder_and_upcast_attn")
+        or cfg.get("scale_attn_weights") is False
+    ):
         raise GptkitError(f"{path}: non-standard GPT-2 attention options; gptkit's model cannot reproduce them")
     if cfg.get("tie_word_embeddings") is False:
         raise GptkitError(f"{path}: untied embeddings; gptkit models always tie lm_head to wte")
@@ -283,14 +316,18 @@ def read_hf(path: Path) -> Loaded:
             try:
                 sd.update(load_file(str(f)))
             except Exception as e:  # noqa: BLE001
-                raise GptkitError(f"{f}: cannot read weights ({e.__class__.__name__}); the file is corrupt or truncated") from None
+                raise GptkitError(
+                    f"{f}: cannot read weights ({e.__class__.__name__}); the file is corrupt or truncated"
+                ) from None
     elif (path / "pytorch_model.bin").is_file():
         sd = torch_load(path / "pytorch_model.bin")
     else:
         raise GptkitError(f"{path}: no model.safetensors or pytorch_model.bin")
     g = cfg.get("gptkit", {}) if isinstance(cfg.get("gptkit"), dict) else {}
     hints = {
-        "n_layer": cfg["n_layer"], "n_head": cfg["n_head"], "block_size": cfg.get("n_positions", 1024),
+        "n_layer": cfg["n_layer"],
+        "n_head": cfg["n_head"],
+        "block_size": cfg.get("n_positions", 1024),
         "layer_norm_epsilon": cfg.get("layer_norm_epsilon", 1e-5),
         "tokenizer": g.get("tokenizer") or ("gpt2" if (path / "vocab.json").is_file() else None),
         "padded_vocab_size": g.get("padded_vocab_size"),
@@ -307,8 +344,12 @@ GGUF_NAMES = {
     "transformer.ln_f.bias": "output_norm.bias",
 }
 GGUF_BLOCK_NAMES = {
-    "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
-    "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down",
+    "ln_1": "attn_norm",
+    "attn.c_attn": "attn_qkv",
+    "attn.c_proj": "attn_output",
+    "ln_2": "ffn_norm",
+    "mlp.c_fc": "ffn_up",
+    "mlp.c_proj": "ffn_down",
 }
 
 
@@ -374,7 +415,9 @@ def read_gguf(path: Path) -> Loaded:
     except GptkitError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated files surface as ValueError/IndexError from numpy
-        raise GptkitError(f"{path}: cannot read GGUF ({e.__class__.__name__}); the file is corrupt or truncated") from None
+        raise GptkitError(
+            f"{path}: cannot read GGUF ({e.__class__.__name__}); the file is corrupt or truncated"
+        ) from None
     tokenizer = fields.get("gptkit.tokenizer")
     if tokenizer is None and tok_model == "gpt2":
         if n_tokens == GPT2_VOCAB_SIZE and last_token == "<|endoftext|>":
@@ -383,9 +426,11 @@ def read_gguf(path: Path) -> Loaded:
             tokenizer = "bytes"
     a = f"{arch}."
     hints = {
-        "n_layer": fields.get(a + "block_count"), "n_head": fields.get(a + "attention.head_count"),
+        "n_layer": fields.get(a + "block_count"),
+        "n_head": fields.get(a + "attention.head_count"),
         "block_size": fields.get(a + "context_length"),
-        "layer_norm_epsilon": fields.get(a + "attention.layer_norm_epsilon", 1e-5), "tokenizer": tokenizer,
+        "layer_norm_epsilon": fields.get(a + "attention.layer_norm_epsilon", 1e-5),
+        "tokenizer": tokenizer,
         "padded_vocab_size": fields.get("gptkit.padded_vocab_size"),
     }
     hints = {k: v for k, v in hints.items() if v is not None}
@@ -411,6 +456,7 @@ def load(path: str | Path, fmt: str | None = None) -> Loaded:
 
 # --- writers -----------------------------------------------------------------------------------
 
+
 def cast_state_dict(sd: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
 
@@ -424,13 +470,22 @@ def write_gptkit(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
 
 def write_pt(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
     sd = cast_state_dict(m.state_dict, dtype)
-    sd[TIED_KEY] = sd["transformer.wte.weight"]  # nanoGPT's state dict has both names; torch.save stores the storage once
+    sd[TIED_KEY] = sd[
+        "transformer.wte.weight"
+    ]  # nanoGPT's state dict has both names; torch.save stores the storage once
     c = m.config
     obj = {
         "model": sd,
         # nanoGPT's GPTConfig(**model_args); its vocab_size is our padded row count
-        "model_args": dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size,
-                           bias=True, vocab_size=c.padded_vocab_size, dropout=c.dropout),
+        "model_args": dict(
+            n_layer=c.n_layer,
+            n_head=c.n_head,
+            n_embd=c.n_embd,
+            block_size=c.block_size,
+            bias=True,
+            vocab_size=c.padded_vocab_size,
+            dropout=c.dropout,
+        ),
         "iter_num": int(m.meta.get("step") or 0),
         "best_val_loss": 1e9,
         "config": {},
@@ -443,8 +498,12 @@ def write_pt(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
 def write_safetensors(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
     from safetensors.torch import save_file
 
-    meta = {"format": "pt", "gptkit.config": json.dumps(m.config.to_dict()), "gptkit.tokenizer": m.tokenizer,
-            "producer": f"gptkit {__version__}"}
+    meta = {
+        "format": "pt",
+        "gptkit.config": json.dumps(m.config.to_dict()),
+        "gptkit.tokenizer": m.tokenizer,
+        "producer": f"gptkit {__version__}",
+    }
     save_file(cast_state_dict(m.state_dict, dtype), str(out), metadata=meta)
     return []
 
@@ -456,7 +515,7 @@ def gpt2_hf_vocab() -> tuple[dict[str, int], list[str]]:
     Each token's merge is recovered by running BPE on its bytes with only the lower-ranked merges:
     what is left is exactly two parts, the pair whose merge created the token.
     """
-    from gptkit.tokenizer import bytes_to_unicode, get_tokenizer
+    from gptkit.data.tokenizers import bytes_to_unicode, get_tokenizer
 
     enc = get_tokenizer("gpt2").enc
     eot = enc.eot_token
@@ -489,24 +548,56 @@ def write_hf_tokenizer(out: Path, block_size: int) -> None:
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     eot = "<|endoftext|>"
-    write_json_atomic(out / "tokenizer_config.json", {
-        "tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size, "add_prefix_space": False,
-        "bos_token": eot, "eos_token": eot, "unk_token": eot,
-    })
+    write_json_atomic(
+        out / "tokenizer_config.json",
+        {
+            "tokenizer_class": "GPT2Tokenizer",
+            "model_max_length": block_size,
+            "add_prefix_space": False,
+            "bos_token": eot,
+            "eos_token": eot,
+            "unk_token": eot,
+        },
+    )
     write_json_atomic(out / "special_tokens_map.json", {"bos_token": eot, "eos_token": eot, "unk_token": eot})
     # The same tokenizer for the `tokenizers` library (fast tokenizers, TGI, candle, ...):
     # byte-level pre-tokenisation and decoding around a plain BPE model.
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    write_json_atomic(out / "tokenizer.json", {
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": vocab[eot], "content": eot, "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": False, "special": True}],
-        "normalizer": None, "pre_tokenizer": byte_level, "post_processor": {**byte_level, "trim_offsets": False},
-        "decoder": byte_level,
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                  "vocab": vocab, "merges": merges},
-    })
+    write_json_atomic(
+        out / "tokenizer.json",
+        {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [
+                {
+                    "id": vocab[eot],
+                    "content": eot,
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "special": True,
+                }
+            ],
+            "normalizer": None,
+            "pre_tokenizer": byte_level,
+            "post_processor": {**byte_level, "trim_offsets": False},
+            "decoder": byte_level,
+            "model": {
+                "type": "BPE",
+                "dropout": None,
+                "unk_token": None,
+                "continuing_subword_prefix": "",
+                "end_of_word_suffix": "",
+                "fuse_unk": False,
+                "byte_fallback": False,
+                "ignore_merges": False,
+                "vocab": vocab,
+                "merges": merges,
+            },
+        },
+    )
 
 
 HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -527,16 +618,35 @@ def write_hf(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
         sd[k] = v
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     eot = {"gpt2": GPT2_VOCAB_SIZE - 1, "bytes": 0}.get(m.tokenizer)
-    write_json_atomic(out / "config.json", {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
-        "vocab_size": c.vocab_size, "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd,
-        "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": None, "layer_norm_epsilon": c.layer_norm_epsilon,
-        "resid_pdrop": c.dropout, "embd_pdrop": c.dropout, "attn_pdrop": c.dropout, "initializer_range": 0.02,
-        "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-        "tie_word_embeddings": True, "use_cache": True, "bos_token_id": eot, "eos_token_id": eot,
-        "torch_dtype": HF_DTYPE_NAMES[dtype],
-        "gptkit": {"tokenizer": m.tokenizer, "padded_vocab_size": c.padded_vocab_size, "version": __version__},
-    })
+    write_json_atomic(
+        out / "config.json",
+        {
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "activation_function": "gelu_new",
+            "vocab_size": c.vocab_size,
+            "n_positions": c.block_size,
+            "n_ctx": c.block_size,
+            "n_embd": c.n_embd,
+            "n_layer": c.n_layer,
+            "n_head": c.n_head,
+            "n_inner": None,
+            "layer_norm_epsilon": c.layer_norm_epsilon,
+            "resid_pdrop": c.dropout,
+            "embd_pdrop": c.dropout,
+            "attn_pdrop": c.dropout,
+            "initializer_range": 0.02,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "reorder_and_upcast_attn": False,
+            "tie_word_embeddings": True,
+            "use_cache": True,
+            "bos_token_id": eot,
+            "eos_token_id": eot,
+            "torch_dtype": HF_DTYPE_NAMES[dtype],
+            "gptkit": {"tokenizer": m.tokenizer, "padded_vocab_size": c.padded_vocab_size, "version": __version__},
+        },
+    )
     write_json_atomic(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
     if m.tokenizer == "gpt2":
         write_hf_tokenizer(out, c.block_size)
@@ -555,13 +665,19 @@ def write_gguf(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
         import numpy as np
     except ImportError:
         raise GptkitError("writing GGUF needs the gguf package: pip install gguf") from None
-    from gptkit.tokenizer import bytes_to_unicode
+    from gptkit.data.tokenizers import bytes_to_unicode
 
     c = m.config
-    qtype = {torch.float32: gguf.GGMLQuantizationType.F32, torch.float16: gguf.GGMLQuantizationType.F16,
-             torch.bfloat16: gguf.GGMLQuantizationType.BF16}[dtype]
-    ftype = {torch.float32: gguf.LlamaFileType.ALL_F32, torch.float16: gguf.LlamaFileType.MOSTLY_F16,
-             torch.bfloat16: gguf.LlamaFileType.MOSTLY_BF16}[dtype]
+    qtype = {
+        torch.float32: gguf.GGMLQuantizationType.F32,
+        torch.float16: gguf.GGMLQuantizationType.F16,
+        torch.bfloat16: gguf.GGMLQuantizationType.BF16,
+    }[dtype]
+    ftype = {
+        torch.float32: gguf.LlamaFileType.ALL_F32,
+        torch.float16: gguf.LlamaFileType.MOSTLY_F16,
+        torch.bfloat16: gguf.LlamaFileType.MOSTLY_BF16,
+    }[dtype]
     w = gguf.GGUFWriter(str(out), arch="gpt2")
     w.add_name(m.path.stem or "gptkit-model")
     w.add_block_count(c.n_layer)
@@ -621,6 +737,7 @@ WRITERS = {"gptkit": write_gptkit, "pt": write_pt, "safetensors": write_safetens
 
 # --- verification ------------------------------------------------------------------------------
 
+
 def fixed_prompts(config: GPTConfig, n: int = 2, length: int = 16) -> torch.Tensor:
     """The same (n, length) token ids every time: seeded, within the real vocabulary."""
     g = torch.Generator().manual_seed(1234)
@@ -650,22 +767,31 @@ def verify(src: Loaded, out: Path, fmt: str, dtype: torch.dtype) -> Verification
     c, b = src.config, back.config
     for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
         if getattr(c, name) != getattr(b, name):
-            raise GptkitError(f"verification failed: {name} is {getattr(b, name)} in the output but {getattr(c, name)} in the source")
+            raise GptkitError(
+                f"verification failed: {name} is {getattr(b, name)} in the output but {getattr(c, name)} in the source"
+            )
     if back.tokenizer != src.tokenizer:
-        raise GptkitError(f"verification failed: the output says tokenizer {back.tokenizer!r}, the source {src.tokenizer!r}")
+        raise GptkitError(
+            f"verification failed: the output says tokenizer {back.tokenizer!r}, the source {src.tokenizer!r}"
+        )
     idx = fixed_prompts(c)
-    rounded = {k: v if fmt == "gguf" and gguf_keeps_f32(k, v) else v.to(dtype).float() for k, v in src.state_dict.items()}
+    rounded = {
+        k: v if fmt == "gguf" and gguf_keeps_f32(k, v) else v.to(dtype).float() for k, v in src.state_dict.items()
+    }
     ref = logits_of(model_from_state_dict(c, rounded, source=src.path), idx, c.vocab_size)
     got = logits_of(back.build_model(), idx, c.vocab_size)
     exact = logits_of(src.build_model(), idx, c.vocab_size) if dtype != torch.float32 else ref
     diff = (ref - got).abs().max().item()
     tol = 1e-5 * max(1.0, ref.abs().max().item())
     if not diff <= tol:
-        raise GptkitError(f"verification failed: logits of the written {fmt} differ from the source by {diff:.3g} (> {tol:.3g})")
+        raise GptkitError(
+            f"verification failed: logits of the written {fmt} differ from the source by {diff:.3g} (> {tol:.3g})"
+        )
     return Verification(diff, tol, (exact - got).abs().max().item())
 
 
 # --- convert -----------------------------------------------------------------------------------
+
 
 @dataclass
 class ConvertResult:
@@ -687,8 +813,14 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def convert(src: str | Path, dst: str | Path, to: str | None = None, dtype: str = "fp32", verify_output: bool = True,
-            force: bool = False) -> ConvertResult:
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    to: str | None = None,
+    dtype: str = "fp32",
+    verify_output: bool = True,
+    force: bool = False,
+) -> ConvertResult:
     """Convert `src` (any readable format) to `dst` in format `to` (from dst's suffix if not given)."""
     src, dst = Path(src), Path(dst)
     fmt = output_format(dst, to)

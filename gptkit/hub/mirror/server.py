@@ -54,9 +54,32 @@ MANIFEST_NAME = ".gptkit-download.json"
 HIDDEN_TOP = {MANIFEST_NAME, ".gptkit", ".cache"}
 # Files the Hub stores with Git LFS by default (its standard .gitattributes), plus anything big.
 LFS_SUFFIXES = (
-    ".parquet", ".arrow", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx",
-    ".gguf", ".npy", ".npz", ".pkl", ".pickle", ".zip", ".gz", ".tar", ".zst", ".xz", ".7z", ".model",
-    ".tflite", ".ot", ".joblib", ".wasm",
+    ".parquet",
+    ".arrow",
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".gguf",
+    ".npy",
+    ".npz",
+    ".pkl",
+    ".pickle",
+    ".zip",
+    ".gz",
+    ".tar",
+    ".zst",
+    ".xz",
+    ".7z",
+    ".model",
+    ".tflite",
+    ".ot",
+    ".joblib",
+    ".wasm",
 )
 LFS_MIN_SIZE = 10 * 1024 * 1024
 TYPE_PREFIXES = {"models": "model", "datasets": "dataset", "spaces": "space"}
@@ -440,7 +463,12 @@ def _iso(ts: float) -> str:
 
 def _entry(view: RepoView, path: str, is_dir: bool) -> dict:
     if is_dir:
-        return {"type": "directory", "oid": hashlib.sha1(f"{view.commit}:{path}".encode()).hexdigest(), "size": 0, "path": path}
+        return {
+            "type": "directory",
+            "oid": hashlib.sha1(f"{view.commit}:{path}".encode()).hexdigest(),
+            "size": 0,
+            "path": path,
+        }
     f = view.files[path]
     sha, oid = f.hashes()
     out = {"type": "file", "oid": oid, "size": f.size, "path": path}
@@ -459,7 +487,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --
     @property
-    def mirror(self) -> "MirrorServer":
+    def mirror(self) -> MirrorServer:
         return self.server.mirror  # type: ignore[attr-defined]
 
     def log_message(self, format, *args):  # noqa: A002 - signature of the base class
@@ -783,8 +811,8 @@ class _HTTPServer(ThreadingHTTPServer):
 class MirrorServer:
     """A Hub mirror over ROOT folders, in a background thread (context manager) or the foreground.
 
-        with MirrorServer(root, port=0) as srv:       # port 0: a free port
-            os.environ["HF_ENDPOINT"] = srv.url
+    with MirrorServer(root, port=0) as srv:       # port 0: a free port
+        os.environ["HF_ENDPOINT"] = srv.url
     """
 
     def __init__(
@@ -867,7 +895,7 @@ class MirrorServer:
         finally:
             self._httpd.server_close()
 
-    def start(self) -> "MirrorServer":
+    def start(self) -> MirrorServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         self._thread.start()
         return self
@@ -879,7 +907,7 @@ class MirrorServer:
             self._thread = None
         self._httpd.server_close()
 
-    def __enter__(self) -> "MirrorServer":
+    def __enter__(self) -> MirrorServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

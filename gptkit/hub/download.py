@@ -31,15 +31,15 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 from gptkit import paths
-from gptkit.endpoint import is_official, resolve_endpoint
 from gptkit.errors import GptkitError
 from gptkit.fsutil import write_json_atomic
+from gptkit.hub.endpoint import is_official, resolve_endpoint
 
 MANIFEST_NAME = ".gptkit-download.json"
 STATE_DIR = ".gptkit"
@@ -64,7 +64,14 @@ class Preset:
     about: str = ""
 
 
-_GPT2_FILES = ("model.safetensors", "config.json", "generation_config.json", "vocab.json", "merges.txt", "tokenizer.json")
+_GPT2_FILES = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.json",
+)
 
 
 def _fineweb_subsets() -> tuple:
@@ -75,21 +82,43 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset(
-            "fineweb-edu", "HuggingFaceFW/fineweb-edu", "dataset", ("sample/10BT/*.parquet",), ("README.md",),
-            _fineweb_subsets(), "≈27 GB (sample-10BT, 14 files); sample-100BT ≈270 GB, sample-350BT ≈1 TB",
+            "fineweb-edu",
+            "HuggingFaceFW/fineweb-edu",
+            "dataset",
+            ("sample/10BT/*.parquet",),
+            ("README.md",),
+            _fineweb_subsets(),
+            "≈27 GB (sample-10BT, 14 files); sample-100BT ≈270 GB, sample-350BT ≈1 TB",
             "FineWeb-Edu, educational web text (parquet, column `text`)",
         ),
         Preset(
-            "fineweb", "HuggingFaceFW/fineweb", "dataset", ("sample/10BT/*.parquet",), ("README.md",),
-            _fineweb_subsets(), "≈30 GB (sample-10BT); sample-100BT ≈300 GB, sample-350BT ≈1 TB",
+            "fineweb",
+            "HuggingFaceFW/fineweb",
+            "dataset",
+            ("sample/10BT/*.parquet",),
+            ("README.md",),
+            _fineweb_subsets(),
+            "≈30 GB (sample-10BT); sample-100BT ≈300 GB, sample-350BT ≈1 TB",
             "FineWeb, filtered Common Crawl (parquet, column `text`)",
         ),
         Preset(
             # The author's repo; its main branch holds the splits as parquet under data/.
-            "hellaswag", "Rowan/hellaswag", "dataset", ("data/validation-*.parquet",), ("README.md",),
-            size="≈11 MB", about="HellaSwag validation set, 10,042 examples (ctx, endings, label as a string)",
+            "hellaswag",
+            "Rowan/hellaswag",
+            "dataset",
+            ("data/validation-*.parquet",),
+            ("README.md",),
+            size="≈11 MB",
+            about="HellaSwag validation set, 10,042 examples (ctx, endings, label as a string)",
         ),
-        Preset("gpt2", "openai-community/gpt2", "model", _GPT2_FILES, size="≈0.55 GB", about="GPT-2 124M weights + tokenizer"),
+        Preset(
+            "gpt2",
+            "openai-community/gpt2",
+            "model",
+            _GPT2_FILES,
+            size="≈0.55 GB",
+            about="GPT-2 124M weights + tokenizer",
+        ),
         Preset("gpt2-medium", "openai-community/gpt2-medium", "model", _GPT2_FILES, size="≈1.5 GB", about="GPT-2 350M"),
         Preset("gpt2-large", "openai-community/gpt2-large", "model", _GPT2_FILES, size="≈3.3 GB", about="GPT-2 774M"),
         Preset("gpt2-xl", "openai-community/gpt2-xl", "model", _GPT2_FILES, size="≈6.5 GB", about="GPT-2 1.5B"),
@@ -178,7 +207,9 @@ def preserved_endpoint_state():
     import huggingface_hub.constants as hc
 
     env = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_HUB_DISABLE_XET")}
-    saved = {k: getattr(hc, k) for k in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_URL_HOSTS", "HF_HUB_DISABLE_XET")}
+    saved = {
+        k: getattr(hc, k) for k in ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_URL_HOSTS", "HF_HUB_DISABLE_XET")
+    }
     ds_config = sys.modules.get("datasets.config")
     ds_saved = (ds_config.HF_ENDPOINT, ds_config.HUB_DATASETS_URL) if ds_config is not None else None
     try:
@@ -321,14 +352,18 @@ def _transient(e: BaseException) -> str | None:
         return "timed out"
     if isinstance(e, httpx2.TransportError):
         return f"connection error ({type(e).__name__})"
-    if isinstance(e, HfHubHTTPError) and e.response is not None and e.response.status_code in (408, 429, 500, 502, 503, 504):
+    if (
+        isinstance(e, HfHubHTTPError)
+        and e.response is not None
+        and e.response.status_code in (408, 429, 500, 502, 503, 504)
+    ):
         return f"HTTP {e.response.status_code}"
     if isinstance(e, OSError) and "Consistency check failed" in str(e):
         return "incomplete transfer"
     return None
 
 
-def _explain(e: BaseException, ctx: "_Context | None", endpoint: str, repo: str, revision: str | None) -> GptkitError:
+def _explain(e: BaseException, ctx: _Context | None, endpoint: str, repo: str, revision: str | None) -> GptkitError:
     """The one-line message for an error that survived the retries."""
     import httpx2
     from huggingface_hub.errors import (
@@ -358,7 +393,11 @@ def _explain(e: BaseException, ctx: "_Context | None", endpoint: str, repo: str,
     if isinstance(e, HFValidationError):
         return GptkitError(f"invalid repo id or revision for {repo!r}: {str(e).splitlines()[0]}")
     if isinstance(e, httpx2.ConnectError):
-        fix = "behind a firewall? try --mirror" if is_official(endpoint) else "check --endpoint / HF_ENDPOINT and the network"
+        fix = (
+            "behind a firewall? try --mirror"
+            if is_official(endpoint)
+            else "check --endpoint / HF_ENDPOINT and the network"
+        )
         return GptkitError(f"cannot reach {where} ({_reason(e)}); {fix}{tail}")
     if isinstance(e, httpx2.TimeoutException):
         return GptkitError(f"{where} timed out{tail}")
@@ -404,7 +443,12 @@ class _Context:
     def record(self, rf: RemoteFile, sha256: str) -> None:
         with self.lock:
             self.entries[rf.path] = {
-                "path": rf.path, "size": rf.size, "sha256": sha256, "oid": rf.oid, "lfs": rf.lfs, "commit": self.commit,
+                "path": rf.path,
+                "size": rf.size,
+                "sha256": sha256,
+                "oid": rf.oid,
+                "lfs": rf.lfs,
+                "commit": self.commit,
             }
 
     def write_manifest(self, complete: bool, selection: list[RemoteFile]) -> None:
@@ -486,8 +530,12 @@ def _fetch_one(ctx: _Context, rf: RemoteFile) -> None:
         # Only on huggingface.co (configure_endpoint switches Xet off elsewhere). Xet keeps its own
         # chunk cache, so an interrupted file costs little to restart.
         xet_get(
-            incomplete_path=part, xet_file_data=meta.xet_file_data, headers=headers, expected_size=rf.size,
-            displayed_filename=rf.path, tqdm_class=ctx.bar_class,
+            incomplete_path=part,
+            xet_file_data=meta.xet_file_data,
+            headers=headers,
+            expected_size=rf.size,
+            displayed_filename=rf.path,
+            tqdm_class=ctx.bar_class,
         )
     else:
         have = part.stat().st_size if part.exists() else 0
@@ -497,8 +545,13 @@ def _fetch_one(ctx: _Context, rf: RemoteFile) -> None:
             f.truncate(have)
             f.seek(have)
             http_get(
-                location, f, resume_size=have, headers=headers, expected_size=rf.size,
-                displayed_filename=rf.path, tqdm_class=ctx.bar_class,
+                location,
+                f,
+                resume_size=have,
+                headers=headers,
+                expected_size=rf.size,
+                displayed_filename=rf.path,
+                tqdm_class=ctx.bar_class,
             )
     size = part.stat().st_size
     sha256, git_oid = _hash_file(part)
@@ -529,10 +582,14 @@ def _select(files: list[RemoteFile], target: Target, include, exclude, shards) -
         data = data[:shards]
     if not data:
         what = ", ".join(patterns) if patterns else "any file"
-        raise GptkitError(f"no file in {target.repo_id} matches {what}" + (f" minus {', '.join(exclude)}" if exclude else ""))
+        raise GptkitError(
+            f"no file in {target.repo_id} matches {what}" + (f" minus {', '.join(exclude)}" if exclude else "")
+        )
     chosen = {f.path for f in data}
     if not include:
-        data += [f for f in files if f.path not in chosen and match(f.path, target.extra) and not match(f.path, exclude)]
+        data += [
+            f for f in files if f.path not in chosen and match(f.path, target.extra) and not match(f.path, exclude)
+        ]
     return sorted(data, key=lambda f: f.path)
 
 
@@ -589,15 +646,26 @@ def download(
     ctx: _Context | None = None
     try:
         info = _retry(
-            lambda: api.repo_info(target.repo_id, repo_type=target.repo_type, revision=requested, timeout=METADATA_TIMEOUT),
-            f"{target.repo_id}: repo info", log, retries, backoff, CONNECT_ATTEMPTS,
+            lambda: api.repo_info(
+                target.repo_id, repo_type=target.repo_type, revision=requested, timeout=METADATA_TIMEOUT
+            ),
+            f"{target.repo_id}: repo info",
+            log,
+            retries,
+            backoff,
+            CONNECT_ATTEMPTS,
         )
         commit = info.sha
         if not commit:
             raise GptkitError(f"{redact_url(url)} gave no commit for {repo}; is it a Hugging Face Hub endpoint?")
         tree = _retry(
-            lambda: list(api.list_repo_tree(target.repo_id, repo_type=target.repo_type, revision=commit, recursive=True)),
-            f"{target.repo_id}: file list", log, retries, backoff,
+            lambda: list(
+                api.list_repo_tree(target.repo_id, repo_type=target.repo_type, revision=commit, recursive=True)
+            ),
+            f"{target.repo_id}: file list",
+            log,
+            retries,
+            backoff,
         )
         remote = [
             RemoteFile(f.path, f.size, f.blob_id, f.lfs.sha256 if f.lfs else None, getattr(f, "xet_hash", None))
@@ -628,17 +696,32 @@ def download(
         need = sum(rf.size for rf in todo) - partial_bytes
         free = _free_bytes(dest)
         result = DownloadResult(
-            target.name, target.repo_id, target.repo_type, requested, commit, redact_url(url), dest, selection,
-            [rf.path for rf in todo], [rf.path for rf in done], sum(rf.size for rf in selection), need, free,
-            dry_run, xet_off,
+            target.name,
+            target.repo_id,
+            target.repo_type,
+            requested,
+            commit,
+            redact_url(url),
+            dest,
+            selection,
+            [rf.path for rf in todo],
+            [rf.path for rf in done],
+            sum(rf.size for rf in selection),
+            need,
+            free,
+            dry_run,
+            xet_off,
         )
         if need > free:
             raise GptkitError(f"not enough free disk space in {dest}: need {human(need)}, {human(free)} free")
         if dry_run:
             return result
-        if not todo and old is not None and old.get("complete") and set(old.get("selection", [])) >= {
-            rf.path for rf in selection
-        }:
+        if (
+            not todo
+            and old is not None
+            and old.get("complete")
+            and set(old.get("selection", [])) >= {rf.path for rf in selection}
+        ):
             return result  # nothing to do, and the manifest already says so
         dest.mkdir(parents=True, exist_ok=True)
         lock = _lock_dir(dest)
@@ -694,7 +777,9 @@ def _is_complete(path: Path, rf: RemoteFile, entry: dict | None) -> bool:
     return _matches(rf, sha256, git_oid)
 
 
-def _run_workers(ctx: _Context, todo: list[RemoteFile], workers: int, retries: int, backoff: float, initial: int) -> None:
+def _run_workers(
+    ctx: _Context, todo: list[RemoteFile], workers: int, retries: int, backoff: float, initial: int
+) -> None:
     """Fetch `todo` with a few daemon threads (so Ctrl-C ends the process at once; partial files stay)."""
     if not todo:
         return

@@ -183,7 +183,7 @@ def ranks_from_hf_dir(d: Path) -> dict[bytes, int] | None:
     return ranks
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gpt2() -> TiktokenTokenizer:
     import tiktoken
 

@@ -30,9 +30,9 @@ import shutil
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from gptkit import paths
 from gptkit.errors import GptkitError
@@ -75,7 +75,9 @@ def resolve_shards_dir(name_or_dir: str | Path | None) -> Path:
         d = paths.shards_dir(name_or_dir)
         if d.is_dir():
             return d
-        raise GptkitError(f"no tokenized dataset named {name_or_dir!r} (looked in {d}); run `gptkit tokenize {name_or_dir}`")
+        raise GptkitError(
+            f"no tokenized dataset named {name_or_dir!r} (looked in {d}); run `gptkit tokenize {name_or_dir}`"
+        )
     raise GptkitError(f"{p}: no such directory")
 
 
@@ -83,7 +85,9 @@ def read_manifest(d: Path) -> dict:
     f = d / MANIFEST
     if not f.is_file():
         if (d / PARTIAL_DIR).is_dir():
-            raise GptkitError(f"{d}: tokenization was interrupted; re-run the same `gptkit tokenize` command to resume it")
+            raise GptkitError(
+                f"{d}: tokenization was interrupted; re-run the same `gptkit tokenize` command to resume it"
+            )
         if any(d.glob("*.bin")) or any(d.glob("*.npy")):
             raise GptkitError(f"{d}: token files without a {MANIFEST}; run `gptkit tokenize {d}` to convert them")
         raise GptkitError(f"{d}: no {MANIFEST} here; run `gptkit tokenize SRC --out {d}` first")
@@ -115,7 +119,7 @@ def find_shards(name_or_dir: str | Path | None) -> tuple[list[Path], list[Path],
 
 def _listed_shard(d: Path, entry: dict) -> tuple[Path, int]:
     """A shard the manifest lists: present, with a valid header whose count matches the manifest."""
-    from gptkit import shards
+    from gptkit.data import shards
 
     p = d / entry["filename"]
     if not p.is_file():
@@ -133,7 +137,7 @@ def verify(name_or_dir: str | Path) -> dict:
     """
     import numpy as np
 
-    from gptkit import shards
+    from gptkit.data import shards
 
     d = resolve_shards_dir(name_or_dir)
     m = read_manifest(d)
@@ -143,7 +147,9 @@ def verify(name_or_dir: str | Path) -> dict:
         p, n = _listed_shard(d, s)
         digest = _sha256(p)
         if digest != s["sha256"]:
-            raise GptkitError(f"{p}: sha256 {digest[:12]}… does not match {MANIFEST} ({s['sha256'][:12]}…); the file is corrupt")
+            raise GptkitError(
+                f"{p}: sha256 {digest[:12]}… does not match {MANIFEST} ({s['sha256'][:12]}…); the file is corrupt"
+            )
         toks = shards.open_shard(p)
         docs = 0
         for i in range(0, n, READ_TOKENS):
@@ -201,7 +207,7 @@ def _file_kind(p: Path) -> str | None:
 
 def _is_token_bin(p: Path) -> bool:
     """An llm.c shard (magic header) or a nanoGPT train.bin/val.bin (raw uint16)."""
-    from gptkit import shards
+    from gptkit.data import shards
 
     if p.stem.lower() in ("train", "val"):
         return True
@@ -296,7 +302,9 @@ def _path_source(p: Path, spec: str, name: str | None, text_column: str, log: Ca
         if text and tokens:
             raise GptkitError(f"{p} holds both text files and token files (.npy/.bin); point at one kind")
         if not text and not tokens:
-            raise GptkitError(f"{p}: empty source: no .parquet, .jsonl, .jsonl.gz or .txt files (or .npy/.bin token files)")
+            raise GptkitError(
+                f"{p}: empty source: no .parquet, .jsonl, .jsonl.gz or .txt files (or .npy/.bin token files)"
+            )
     else:
         root = p.parent
         k = _file_kind(p)
@@ -336,14 +344,16 @@ def _path_source(p: Path, spec: str, name: str | None, text_column: str, log: Ca
 
 def _download_record(root: Path, log: Callable[[str], None]) -> dict:
     """Repo and revision from the `gptkit download` manifest of the folder, if there is one."""
-    from gptkit import hub
+    from gptkit.hub import download as hub
 
     rec = hub.read_manifest(root)
     if rec is None:
         return {}
     if not rec.get("complete", True):
         log(f"note: the download in {root} is not complete; tokenizing the files that are there")
-    return {k: rec[k] for k in ("repo_id", "repo_type", "revision", "commit", "endpoint") if isinstance(rec.get(k), str)}
+    return {
+        k: rec[k] for k in ("repo_id", "repo_type", "revision", "commit", "endpoint") if isinstance(rec.get(k), str)
+    }
 
 
 def _order_token_files(files: list[Path]) -> list[Path]:
@@ -398,7 +408,9 @@ def _hub_error(e: Exception, repo_id: str, revision: str | None, endpoint: str) 
     if isinstance(e, hf_errors.OfflineModeIsEnabled):
         return GptkitError(f"dataset {repo_id} is not available offline (HF_HUB_OFFLINE is set); download it first")
     if isinstance(e, hf_errors.HfHubHTTPError):
-        return GptkitError(f"{endpoint} answered {e.__class__.__name__} for dataset {repo_id}: {str(e).splitlines()[0]}")
+        return GptkitError(
+            f"{endpoint} answered {e.__class__.__name__} for dataset {repo_id}: {str(e).splitlines()[0]}"
+        )
     return GptkitError(
         f"{repo_id} is not a local file or folder, and the Hugging Face endpoint {endpoint} cannot be reached "
         f"({e.__class__.__name__}); check the path, --endpoint/HF_ENDPOINT or your network"
@@ -408,11 +420,13 @@ def _hub_error(e: Exception, repo_id: str, revision: str | None, endpoint: str) 
 def _hf_source(repo_id, text_column, subset, split, revision, endpoint) -> Source:
     from huggingface_hub import HfApi
 
-    from gptkit.endpoint import resolve_endpoint
+    from gptkit.hub.endpoint import resolve_endpoint
 
     endpoint = resolve_endpoint(endpoint)
     if os.environ.get("GPTKIT_OFFLINE") == "1":
-        raise GptkitError(f"{repo_id} is not a local file or folder, and GPTKIT_OFFLINE=1 forbids streaming it from {endpoint}")
+        raise GptkitError(
+            f"{repo_id} is not a local file or folder, and GPTKIT_OFFLINE=1 forbids streaming it from {endpoint}"
+        )
     try:
         info = HfApi(endpoint=endpoint).dataset_info(repo_id, revision=revision, timeout=30)
     except Exception as e:  # noqa: BLE001 - connection and HTTP errors come in many types
@@ -506,7 +520,7 @@ def _hf_batches(src: Source, unit_bytes: int, skip_units: int) -> Iterator[list[
     import datasets
     from datasets import DownloadConfig
 
-    from gptkit.hub import use_endpoint  # points datasets/huggingface_hub at it, whatever the import order
+    from gptkit.hub.download import use_endpoint  # points datasets/huggingface_hub at it, whatever the import order
 
     hf = src.hf
     col = hf["text_column"]
@@ -522,7 +536,9 @@ def _hf_batches(src: Source, unit_bytes: int, skip_units: int) -> Iterator[list[
             )
             names = list(ds.features) if ds.features is not None else None
             if names is not None and col not in names:
-                raise GptkitError(f"dataset {hf['repo_id']} has no column {col!r} (columns: {', '.join(names[:8])}); use --text-column")
+                raise GptkitError(
+                    f"dataset {hf['repo_id']} has no column {col!r} (columns: {', '.join(names[:8])}); use --text-column"
+                )
             if names is not None:
                 ds = ds.select_columns([col])
             it = iter(ds)
@@ -547,7 +563,9 @@ def _hf_batches(src: Source, unit_bytes: int, skip_units: int) -> Iterator[list[
         except ValueError as e:  # e.g. an unknown split or subset: datasets lists the valid ones
             raise GptkitError(f"dataset {hf['repo_id']}: {str(e).splitlines()[0]}") from None
         except Exception as e:  # noqa: BLE001 - connection errors while streaming
-            if e.__class__.__module__.startswith(("huggingface_hub", "httpx", "requests", "fsspec", "aiohttp")) or isinstance(e, OSError):
+            if e.__class__.__module__.startswith(
+                ("huggingface_hub", "httpx", "requests", "fsspec", "aiohttp")
+            ) or isinstance(e, OSError):
                 raise _hub_error(e, hf["repo_id"], hf["revision"], hf["endpoint"]) from None
             raise
 
@@ -556,7 +574,7 @@ def _token_file(f: Path):
     """(read-only array, length) of an existing token file: .npy, llm.c shard, or raw uint16 .bin."""
     import numpy as np
 
-    from gptkit import shards
+    from gptkit.data import shards
 
     if f.suffix.lower() == ".npy":
         try:
@@ -583,13 +601,22 @@ def _token_file(f: Path):
 _W: dict = {}  # per-process worker context, set by _init_worker
 
 
-def _init_worker(tok_name: str, vocab_hash: str, files: list[str], kinds: list[str], text_column: str, strict: bool, unit_bytes: int, watch: bool):
+def _init_worker(
+    tok_name: str,
+    vocab_hash: str,
+    files: list[str],
+    kinds: list[str],
+    text_column: str,
+    strict: bool,
+    unit_bytes: int,
+    watch: bool,
+):
     import signal
     import threading
 
     import numpy as np
 
-    from gptkit.tokenizer import get_tokenizer
+    from gptkit.data.tokenizers import get_tokenizer
 
     # Never raise here: a Pool restarts workers whose initializer fails, forever. _work reports it.
     try:
@@ -599,8 +626,14 @@ def _init_worker(tok_name: str, vocab_hash: str, files: list[str], kinds: list[s
         tok, error = None, str(e)
     _W.update(
         error=error,
-        tok=tok, eot=np.array([tok.eot_token if tok else 0], dtype=np.uint32), files=[Path(f) for f in files], kinds=kinds,
-        col=text_column, strict=strict, unit_bytes=unit_bytes, pq=(None, None),
+        tok=tok,
+        eot=np.array([tok.eot_token if tok else 0], dtype=np.uint32),
+        files=[Path(f) for f in files],
+        kinds=kinds,
+        col=text_column,
+        strict=strict,
+        unit_bytes=unit_bytes,
+        pq=(None, None),
     )
     if watch:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
@@ -707,7 +740,9 @@ def _encode_jsonl(data: bytes, i: int, offset: int):
             raise GptkitError(f"{path}: the record at byte {where} has no {col!r} field; choose one with --text-column")
         t = obj[col]
         if t is not None and not isinstance(t, str):
-            raise GptkitError(f"{path}: field {col!r} holds {type(t).__name__}, not text; choose another with --text-column")
+            raise GptkitError(
+                f"{path}: field {col!r} holds {type(t).__name__}, not text; choose another with --text-column"
+            )
         docs.append(t)
     return _encode_docs(docs, bad, len(data))
 
@@ -807,7 +842,7 @@ class _ShardWriter:
         return ("val", self.s.val_tokens) if k == 0 else ("train", self.s.shard_tokens)
 
     def _open(self, split: str):
-        from gptkit import shards
+        from gptkit.data import shards
 
         self.f = open(self.pdir / CURRENT, "wb")
         self.f.write(bytes(shards.HEADER_BYTES))
@@ -833,7 +868,7 @@ class _ShardWriter:
         return taken
 
     def commit(self, next_unit: int, next_offset: int) -> None:
-        from gptkit import shards
+        from gptkit.data import shards
 
         self.f.seek(0)
         self.f.write(shards.make_header(self.count))
@@ -848,7 +883,9 @@ class _ShardWriter:
         docs = _count_eot(tmp, self.count, self.eot)
         os.replace(tmp, self.pdir / name)
         fsync_dir(self.pdir)
-        self.state["shards"].append({"filename": name, "split": self.split, "tokens": self.count, "documents": docs, "sha256": digest})
+        self.state["shards"].append(
+            {"filename": name, "split": self.split, "tokens": self.count, "documents": docs, "sha256": digest}
+        )
         self.state["next_unit"], self.state["skip"] = next_unit, next_offset
         self.state["replaced_at_commit"] = self.state["replaced"]
         if self.save_state:
@@ -859,7 +896,7 @@ class _ShardWriter:
 def _count_eot(path: Path, n: int, eot: int) -> int:
     import numpy as np
 
-    from gptkit import shards
+    from gptkit.data import shards
 
     toks = np.memmap(path, dtype="<u2", mode="r", offset=shards.HEADER_BYTES, shape=(n,)) if n else np.zeros(0, "<u2")
     return sum(int(np.count_nonzero(toks[i : i + READ_TOKENS] == eot)) for i in range(0, n, READ_TOKENS))
@@ -881,8 +918,8 @@ def tokenize(
     progress: Callable[[dict], None] | None = None,
 ) -> Result:
     """Tokenize SRC into shards under OUT (default paths.shards_dir(<source name>)); resumable."""
-    from gptkit import shards
-    from gptkit.tokenizer import Tokenizer, get_tokenizer
+    from gptkit.data import shards
+    from gptkit.data.tokenizers import Tokenizer, get_tokenizer
 
     s = settings or Settings()
     log = log or (lambda msg: None)
@@ -891,7 +928,9 @@ def tokenize(
         raise GptkitError("--shard-tokens and --val-tokens must be at least 1, and --max-tokens at least 2")
     if s.shard_tokens >= 2**31 or s.val_tokens >= 2**31:
         raise GptkitError("--shard-tokens and --val-tokens must be below 2^31 (the shard header holds an int32 count)")
-    source = resolve_source(src, s.text_column, subset=subset, split=split, revision=revision, endpoint=endpoint, log=log)
+    source = resolve_source(
+        src, s.text_column, subset=subset, split=split, revision=revision, endpoint=endpoint, log=log
+    )
     tok = s.tokenizer if isinstance(s.tokenizer, Tokenizer) else get_tokenizer(s.tokenizer)
     if tok.vocab_size > shards.MAX_VOCAB:
         raise GptkitError(
@@ -940,7 +979,14 @@ def tokenize(
         if state is None:
             shutil.rmtree(pdir)
     if state is None:
-        state = {"fingerprint": fingerprint, "shards": [], "next_unit": 0, "skip": 0, "replaced": 0, "replaced_at_commit": 0}
+        state = {
+            "fingerprint": fingerprint,
+            "shards": [],
+            "next_unit": 0,
+            "skip": 0,
+            "replaced": 0,
+            "replaced_at_commit": 0,
+        }
     else:
         state["replaced"] = state["replaced_at_commit"]
     created_out = not out.exists()
@@ -967,7 +1013,14 @@ def tokenize(
         total += writer.add(tokens, index, base, split_hint, remaining)
         done_bytes += nbytes
         if progress:
-            progress({"bytes": done_bytes, "total_bytes": source.total_bytes, "tokens": total, "shards": len(state["shards"])})
+            progress(
+                {
+                    "bytes": done_bytes,
+                    "total_bytes": source.total_bytes,
+                    "tokens": total,
+                    "shards": len(state["shards"]),
+                }
+            )
         if delay:
             time.sleep(delay)
         return s.max_tokens is not None and total >= s.max_tokens
@@ -976,7 +1029,9 @@ def tokenize(
         _run_units(source, state["next_unit"], unit_bytes, tok, s, workers, consume)
         _finish(writer, state, s, source)
         if not any(x["split"] == "train" for x in state["shards"]):
-            raise GptkitError(f"{source.spec}: no training data (only validation tokens); lower --val-tokens or add data")
+            raise GptkitError(
+                f"{source.spec}: no training data (only validation tokens); lower --val-tokens or add data"
+            )
     except GptkitError:
         if writer.f is not None:
             writer.f.close()
@@ -992,7 +1047,12 @@ def tokenize(
         "version": MANIFEST_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tokenizer": tok_info,
-        "shard_format": {"header_int32": shards.HEADER_INTS, "magic": shards.MAGIC, "version": shards.VERSION, "dtype": "uint16"},
+        "shard_format": {
+            "header_int32": shards.HEADER_INTS,
+            "magic": shards.MAGIC,
+            "version": shards.VERSION,
+            "dtype": "uint16",
+        },
         "source": source.info,
         "shard_tokens": s.shard_tokens,
         "val_tokens": s.val_tokens,
@@ -1052,7 +1112,15 @@ def _run_units(source: Source, start: int, unit_bytes: int, tok, s: Settings, wo
                 return
         return
     n_workers = max(1, workers or default_workers())
-    init = (tok.name, tok.vocab_hash, [str(f) for f in source.files], source.file_kinds, s.text_column, s.strict, unit_bytes)
+    init = (
+        tok.name,
+        tok.vocab_hash,
+        [str(f) for f in source.files],
+        source.file_kinds,
+        s.text_column,
+        s.strict,
+        unit_bytes,
+    )
     todo = ((i, u, b) for i, u, b in units if i >= start)
     if source.kind == "builtin" or (source.kind == "files" and "jsonl.gz" not in source.file_kinds):
         todo = list(todo)  # small descriptors: count them, and start no more workers than there are units
@@ -1086,13 +1154,18 @@ def _finish(writer: _ShardWriter, state: dict, s: Settings, source: Source) -> N
     """Commit the last, partial shard; a source smaller than --val-tokens is split 1:9 into val and train."""
     import numpy as np
 
-    from gptkit import shards
+    from gptkit.data import shards
 
     if writer.f is None:
         if not state["shards"]:
             raise GptkitError(f"{source.spec}: empty source: no text found")
         return
-    if state["shards"] or writer.split != "val" or source.kind == "tokens" and any(_token_split(f) == "val" for f in source.files):
+    if (
+        state["shards"]
+        or writer.split != "val"
+        or source.kind == "tokens"
+        and any(_token_split(f) == "val" for f in source.files)
+    ):
         writer.commit(state["next_unit"], state["skip"])  # the position is only used if a later run resumes
         return
     # Everything fit into what was to be the validation shard: keep a tenth for validation.

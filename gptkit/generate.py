@@ -16,10 +16,10 @@ from __future__ import annotations
 import codecs
 import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -53,8 +53,10 @@ class SampleConfig:
 
 # --- logits -> token ---------------------------------------------------------------------------
 
-def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                    top_p: float | None = None) -> torch.Tensor:
+
+def logits_to_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
     """(B, V) logits -> (B, V) probabilities after temperature, then top-k, then top-p (nucleus)."""
     logits = logits.float() / max(temperature, 1e-5)
     if top_k is not None and top_k < logits.size(-1):
@@ -72,8 +74,15 @@ def logits_to_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int |
     return torch.softmax(logits, dim=-1)
 
 
-def next_token(logits: torch.Tensor, *, vocab_size: int, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def next_token(
+    logits: torch.Tensor,
+    *,
+    vocab_size: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """(B, padded_V) logits of the last position -> (B,) token ids, always < vocab_size.
 
     The padded rows of the vocabulary (ids >= the tokenizer's vocab_size) are cut off first, so
@@ -96,11 +105,18 @@ Sampler = Callable[[torch.Tensor], torch.Tensor]  # (B, V) logits -> (B,) ids
 
 
 def make_sampler(cfg: SampleConfig, vocab_size: int, generator: torch.Generator | None) -> Sampler:
-    return partial(next_token, vocab_size=vocab_size, temperature=cfg.temperature, top_k=cfg.top_k,
-                   top_p=cfg.top_p, generator=generator)
+    return partial(
+        next_token,
+        vocab_size=vocab_size,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        generator=generator,
+    )
 
 
 # --- model steps -------------------------------------------------------------------------------
+
 
 def prefill(model: GPT, idx: torch.Tensor, sample: Sampler) -> torch.Tensor:
     """Run the (B, T) prompt from position 0, filling the KV cache; return the first new (B,) token."""
@@ -194,6 +210,7 @@ def generate(
 
 # --- decoding layout ------------------------------------------------------------------------------
 
+
 class WideLinear(nn.Module):
     """y = x @ W^T + b with W kept transposed, (in, out), for batch-1 decoding on a CPU.
 
@@ -232,6 +249,7 @@ def prepare_for_decoding(model: GPT) -> GPT:
 
 
 # --- text out ------------------------------------------------------------------------------------
+
 
 class StreamDecoder:
     """Token ids in, text out, emitting only complete UTF-8 characters.
@@ -272,8 +290,16 @@ class SampleResult:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def sample_text(model: GPT, tokenizer, prompt: str, cfg: SampleConfig, *, autocast=None,
-                on_text: Callable[[int, str], None] | None = None, model_name: str = "") -> SampleResult:
+def sample_text(
+    model: GPT,
+    tokenizer,
+    prompt: str,
+    cfg: SampleConfig,
+    *,
+    autocast=None,
+    on_text: Callable[[int, str], None] | None = None,
+    model_name: str = "",
+) -> SampleResult:
     """Generate cfg.num_samples continuations of `prompt`. `on_text(row, piece)` receives text as it is
     made for row 0 (the streamed sample); the other rows are complete when this returns."""
     cfg.validate()
@@ -286,8 +312,9 @@ def sample_text(model: GPT, tokenizer, prompt: str, cfg: SampleConfig, *, autoca
     reasons = ["max_new_tokens"] * B
     t0 = time.perf_counter()
     steps = 0
-    for step in generate(model, ids, cfg, vocab_size=tokenizer.vocab_size, eot_token=tokenizer.eot_token,
-                         autocast=autocast):
+    for step in generate(
+        model, ids, cfg, vocab_size=tokenizer.vocab_size, eot_token=tokenizer.eot_token, autocast=autocast
+    ):
         steps += 1
         for r, t in enumerate(step.tolist()):
             if finished[r]:
@@ -314,6 +341,7 @@ def sample_text(model: GPT, tokenizer, prompt: str, cfg: SampleConfig, *, autoca
 
 
 # --- which model ---------------------------------------------------------------------------------
+
 
 def newest_run_checkpoint() -> Path | None:
     """The latest checkpoint of the most recently written run under runs_dir(), if any."""
@@ -354,13 +382,13 @@ def resolve_model_path(spec: str | None, *, endpoint: str | None = None) -> Path
     local = paths.data_dir(spec)
     if _complete_hf_dir(local):
         return local
-    from gptkit import hub  # a hub name not on disk yet: download it (resumes a partial download)
+    from gptkit.hub import download as hub  # a hub name not on disk yet: download it (resumes a partial download)
 
     return Path(hub.download(spec, endpoint=endpoint).local_dir)
 
 
 def _complete_hf_dir(d: Path) -> bool:
-    from gptkit import hub
+    from gptkit.hub import download as hub
 
     manifest = hub.read_manifest(d) if d.is_dir() else None
     if manifest is not None:
@@ -370,8 +398,8 @@ def _complete_hf_dir(d: Path) -> bool:
 
 def load_for_sampling(path: Path, device: torch.device):
     """(model, tokenizer, description) for any format convert reads; checks the vocabularies agree."""
-    from gptkit.convert import load
-    from gptkit.tokenizer import get_tokenizer
+    from gptkit.data.tokenizers import get_tokenizer
+    from gptkit.formats.convert import load
 
     loaded = load(path)
     tokenizer = get_tokenizer(loaded.tokenizer)
