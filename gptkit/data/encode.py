@@ -36,7 +36,7 @@ from gptkit.errors import GptkitError
 UNIT_BYTES = 8 << 20
 
 # consume(unit index, uint16 tokens, invalid UTF-8 replaced, source bytes, split or None) -> stop?
-Consume = Callable[[int, Any, int, int, "str | None"], bool]
+Consume = Callable[[int, Any, int, int, str | None], bool]
 
 
 def default_unit_bytes() -> int:
