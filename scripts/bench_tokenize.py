@@ -239,7 +239,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="also print one JSON line")
     args = ap.parse_args()
 
-    from gptkit.data.tokenize import default_workers
+    from gptkit.data.encode import default_workers
 
     workers = args.workers or default_workers()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -257,7 +257,7 @@ def main() -> int:
     # machine that makes the ratio conservative rather than flattering.
     before = limit_single_thread(inputs[1][0], args.sample_mb)
     runs = {}
-    for mult, (f, nbytes) in inputs.items():
+    for mult, (f, _nbytes) in inputs.items():
         runs[mult] = run_tokenize(f, args.workdir / f"out-x{mult}", workers, env)
     after = limit_single_thread(inputs[1][0], args.sample_mb)
     concurrent = limit_concurrent(inputs[1][0], args.sample_mb, workers)

@@ -44,7 +44,7 @@ def expected_stream(docs, tok=GPT2):
 
 
 def all_tokens(d):
-    val, train, m = tz.find_shards(d)
+    val, train, m = shards.find_shards(d)
     return np.concatenate([np.asarray(shards.open_shard(p)) for p in val + train]), m
 
 
@@ -69,7 +69,7 @@ def test_default_source_is_the_builtin_corpus(gptkit_home):
 
     r = run_cli("tokenize", check=True)
     assert "pydoc" in r.stderr and "--data pydoc" in r.stdout
-    val, train, m = tz.find_shards("pydoc")
+    val, train, m = shards.find_shards("pydoc")
     assert val == [paths.shards_dir("pydoc") / "val_000000.bin"]
     assert [p.name for p in train] == ["train_000001.bin"]
     docs = [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
@@ -87,7 +87,7 @@ def test_default_source_is_the_builtin_corpus(gptkit_home):
     ]
     # Running it again is a no-op, and find_shards(None) finds the newest dataset.
     assert tz.tokenize("pydoc").status == "up to date"
-    assert tz.find_shards(None)[2]["fingerprint"] == m["fingerprint"]
+    assert shards.find_shards(None)[2]["fingerprint"] == m["fingerprint"]
 
 
 def test_formats_agree_shards_are_exact_and_workers_do_not_matter(tmp_path):
@@ -121,10 +121,10 @@ def test_formats_agree_shards_are_exact_and_workers_do_not_matter(tmp_path):
     assert tree_hashes(tmp_path / "o2") == {
         k: v for k, v in tree_hashes(tmp_path / "o1").items() if k != "manifest.json"
     } | {"manifest.json": tree_hashes(tmp_path / "o2")["manifest.json"]}
-    assert tz.read_manifest(tmp_path / "o2")["shards"] == ref.manifest["shards"]
+    assert shards.read_manifest(tmp_path / "o2")["shards"] == ref.manifest["shards"]
     # jsonl (with blank lines) and jsonl.gz with another column name give the same stream.
     tz.tokenize(str(src / "j"), tmp_path / "o3", s, workers=2, unit_bytes=20_000)
-    assert tz.read_manifest(tmp_path / "o3")["shards"] == ref.manifest["shards"]
+    assert shards.read_manifest(tmp_path / "o3")["shards"] == ref.manifest["shards"]
     tz.tokenize(
         str(src / "j.jsonl.gz"),
         tmp_path / "o4",
@@ -132,7 +132,7 @@ def test_formats_agree_shards_are_exact_and_workers_do_not_matter(tmp_path):
         workers=1,
         unit_bytes=20_000,
     )
-    assert tz.read_manifest(tmp_path / "o4")["shards"] == ref.manifest["shards"]
+    assert shards.read_manifest(tmp_path / "o4")["shards"] == ref.manifest["shards"]
     # The bytes tokenizer and --max-tokens.
     tz.tokenize(
         str(src / "pq"),
@@ -215,7 +215,7 @@ def test_kill9_at_any_point_then_resume_is_byte_identical(tmp_path):
     write_parquet(tmp_path / "src" / "data.parquet", docs, row_group_size=8)
     src, out = tmp_path / "src", tmp_path / "out"
     args = [src, "-o", out, "-j", "2", "--shard-tokens", "2500", "--val-tokens", "1500"]
-    env = {"GPTKIT_TOKENIZE_UNIT_BYTES": "6000", "GPTKIT_TOKENIZE_TEST_DELAY": "0.04"}
+    env = {"GPTKIT_FAULTS": "tokenize.unit_bytes=6000,tokenize.unit_delay=0.04"}
     partial = out / ".partial"
 
     def committed():
@@ -230,8 +230,8 @@ def test_kill9_at_any_point_then_resume_is_byte_identical(tmp_path):
     assert killed[1] and killed[2], "the run finished before it could be killed"
     assert committed() >= 4 and not (out / "manifest.json").exists()
     with pytest.raises(GptkitError, match="interrupted"):
-        tz.find_shards(out)
-    r = run_cli("tokenize", *args, env={"GPTKIT_TOKENIZE_UNIT_BYTES": "6000"}, check=True)
+        shards.find_shards(out)
+    r = run_cli("tokenize", *args, env={"GPTKIT_FAULTS": "tokenize.unit_bytes=6000"}, check=True)
     assert "resuming" in r.stderr and r.stdout.startswith("resumed")
     assert not partial.exists()
     # The reference: one uninterrupted run, in-process, one worker, default unit size.
@@ -240,9 +240,9 @@ def test_kill9_at_any_point_then_resume_is_byte_identical(tmp_path):
     assert {k: v for k, v in got.items() if k != "manifest.json"} == {
         k: v for k, v in want.items() if k != "manifest.json"
     }
-    assert tz.read_manifest(out)["shards"] == tz.read_manifest(tmp_path / "ref")["shards"]
+    assert shards.read_manifest(out)["shards"] == shards.read_manifest(tmp_path / "ref")["shards"]
     assert len(want) > 8
-    tz.verify(out)
+    shards.verify(out)
 
 
 def test_verify_catches_corruption(tmp_path):
@@ -258,7 +258,7 @@ def test_verify_catches_corruption(tmp_path):
     assert "sha256" in assert_one_line_error(run_cli("tokenize", "--verify", out))
     shard.write_bytes(good[:-2])  # truncated
     with pytest.raises(GptkitError, match="file has"):
-        tz.verify(out)
+        shards.verify(out)
     # A token outside the vocabulary, with the hash updated so only the range check can catch it.
     bad = bytearray(good)
     bad[1024:1026] = (60000).to_bytes(2, "little")
@@ -267,9 +267,9 @@ def test_verify_catches_corruption(tmp_path):
     next(x for x in m["shards"] if x["filename"] == shard.name)["sha256"] = hashlib.sha256(bytes(bad)).hexdigest()
     (out / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(GptkitError, match="outside the vocabulary"):
-        tz.verify(out)
+        shards.verify(out)
     with pytest.raises(GptkitError, match="no such directory"):
-        tz.verify(tmp_path / "nope" / "x")
+        shards.verify(tmp_path / "nope" / "x")
 
 
 def test_converts_build_nanogpt_npy_and_nanogpt_bin(tmp_path):
@@ -287,7 +287,7 @@ def test_converts_build_nanogpt_npy_and_nanogpt_bin(tmp_path):
         arrays[name] = a
         np.save(npy / f"{name}.npy", a)
     tz.tokenize(str(npy), tmp_path / "o1", tz.Settings(shard_tokens=4000))
-    val, train, m = tz.find_shards(tmp_path / "o1")
+    val, train, m = shards.find_shards(tmp_path / "o1")
     assert [x["tokens"] for x in m["shards"]] == [3000, 4000, 4000, 1100]
     assert [x["split"] for x in m["shards"]] == ["val", "train", "train", "train"]
     toks, _ = all_tokens(tmp_path / "o1")
@@ -375,10 +375,10 @@ def test_bad_input_is_one_line_and_leaves_existing_shards_alone(tmp_path):
         line = assert_one_line_error(run_cli("tokenize", *args, "-o", out, *force))
         assert expect in line, (args, line)
         assert tree_hashes(out) == before, args
-    tz.verify(out)
+    shards.verify(out)
     # --force replaces it, with the old shards gone and the new verified.
     run_cli("tokenize", tmp_path / "nocol.parquet", "--text-column", "content", "-o", out, "--force", check=True)
-    assert tz.read_manifest(out)["totals"]["documents"] == 2 and set(tree_hashes(out)) == {
+    assert shards.read_manifest(out)["totals"]["documents"] == 2 and set(tree_hashes(out)) == {
         "manifest.json",
         "val_000000.bin",
         "train_000001.bin",
@@ -426,12 +426,12 @@ def test_killed_while_installing_the_finished_shards(tmp_path):
     tz.tokenize(str(tmp_path / "d.parquet"), out, s, workers=1)
     want = tree_hashes(out)
     # Killed half-way: the manifest and one shard still in .partial, the other shards already moved.
-    partial = out / tz.PARTIAL_DIR
+    partial = out / shards.PARTIAL_DIR
     partial.mkdir()
     os.replace(out / "manifest.json", partial / "manifest.json")
     os.replace(out / "val_000000.bin", partial / "val_000000.bin")
     with pytest.raises(GptkitError, match="interrupted"):
-        tz.find_shards(out)
+        shards.find_shards(out)
     assert tz.tokenize(str(tmp_path / "d.parquet"), out, s, workers=1).status == "resumed"
     assert tree_hashes(out) == want
     # Killed after manifest.json was in place but before .partial was removed.

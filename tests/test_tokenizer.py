@@ -52,7 +52,7 @@ def test_vocab_json_and_merges_give_the_same_vocabulary(tmp_path, monkeypatch, f
     empty_cache.mkdir()
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(empty_cache))
     monkeypatch.setenv("GPTKIT_HOME", str(home))
-    monkeypatch.setenv("GPTKIT_OFFLINE", "1")
+    monkeypatch.setenv("GPTKIT_FAULTS", "hub.offline=1")
     tk._gpt2.cache_clear()
     tok = tk.get_tokenizer("gpt2")
     assert "vocab.json" in tok.source
@@ -88,7 +88,7 @@ def test_stale_cache_file_is_skipped(tmp_path, monkeypatch, fresh_gpt2):
     (home / "tiktoken" / tk.R50K_FILENAME).write_bytes(open(good, "rb").read())
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
     monkeypatch.setenv("GPTKIT_HOME", str(home))
-    monkeypatch.setenv("GPTKIT_OFFLINE", "1")
+    monkeypatch.setenv("GPTKIT_FAULTS", "hub.offline=1")
     tok = tk.get_tokenizer("gpt2")
     assert str(home / "tiktoken") in tok.source
     assert tok.encode("Hello world") == [15496, 995]
@@ -114,7 +114,7 @@ def test_unknown_tokenizer():
 def test_no_vocabulary_anywhere_names_the_fix(tmp_path, monkeypatch, fresh_gpt2):
     empty = tmp_path / "empty"
     empty.mkdir()
-    env = {"TIKTOKEN_CACHE_DIR": str(empty), "GPTKIT_HOME": str(empty), "GPTKIT_OFFLINE": "1"}
+    env = {"TIKTOKEN_CACHE_DIR": str(empty), "GPTKIT_HOME": str(empty), "GPTKIT_FAULTS": "hub.offline=1"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert tk.gpt2_vocab_offline() is None

@@ -43,7 +43,7 @@ def docs_of(tokens, eot=0):
 
 @pytest.fixture
 def toy(tmp_path):
-    from gptkit.data.tokenize import find_shards
+    from gptkit.data.shards import find_shards
 
     d = make_dataset(tmp_path / "toy", docs=120, shard_tokens=2000)
     val, train, manifest = find_shards(d)

@@ -1,11 +1,11 @@
-"""`gptkit tokenize [SRC]`: text -> uint16 token shards + manifest.json (see gptkit/tokenize.py)."""
+"""`gptkit tokenize [SRC]`: text -> uint16 token shards + manifest.json (see gptkit/data/tokenize.py)."""
 
 from __future__ import annotations
 
 import json
 import re
 import sys
-from typing import Annotated
+from typing import Annotated, overload
 
 import typer
 
@@ -15,6 +15,12 @@ from gptkit.errors import GptkitError
 _SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
 
 
+@overload
+def parse_count(value: str, option: str) -> int: ...
+@overload
+def parse_count(value: None, option: str) -> None: ...
+@overload
+def parse_count(value: str | None, option: str) -> int | None: ...
 def parse_count(value: str | None, option: str) -> int | None:
     """'100M', '1.5B', '2e6', '100_000' -> int."""
     if value is None:
@@ -45,9 +51,7 @@ def tokenize(
             "--val-tokens", help="Tokens in shard 0, the validation shard (a source smaller than this is split 1:9)."
         ),
     ] = "10M",
-    max_tokens: Annotated[
-        str | None, typer.Option("--max-tokens", help="Stop after this many tokens in all.")
-    ] = None,
+    max_tokens: Annotated[str | None, typer.Option("--max-tokens", help="Stop after this many tokens in all.")] = None,
     workers: Annotated[
         int | None, typer.Option("--workers", "-j", help="Worker processes (default: all cores).")
     ] = None,
@@ -73,12 +77,13 @@ def tokenize(
     json_out: JsonOut = False,
 ):
     """Tokenize text into uint16 shards (llm.c format) for `gptkit train`. Resumable: re-run after an interruption."""
+    from gptkit.data import shards
     from gptkit.data import tokenize as lib
 
     if verify is not None:
         if src is not None:
             raise GptkitError("give either SRC or --verify DIR, not both")
-        summary = lib.verify(verify)
+        summary = shards.verify(verify)
         if json_out:
             print(json.dumps({"ok": True, **summary}))
         else:

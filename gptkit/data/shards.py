@@ -1,16 +1,27 @@
-"""The token shard format, shared by tokenize (writer) and train (reader).
+"""A tokenized dataset on disk: the shard format, the manifest, finding the shards and verifying them.
 
-Byte-compatible with llm.c and modded-nanogpt: a header of 256 little-endian int32 values
-(magic 20240520, version 1, token count, zeros), followed by the tokens as little-endian uint16.
+Layout of a tokenized dataset (default: gptkit.paths.shards_dir(NAME)):
+
+    manifest.json          written last: its presence means the shards are complete
+    val_000000.bin         shard 0 is validation (the first --val-tokens tokens)
+    train_000001.bin ...   training shards, --shard-tokens tokens each (the last may be shorter)
+    .partial/              only while a run is in progress or was interrupted (resume state)
+
+A shard is byte-compatible with llm.c and modded-nanogpt: a header of 256 little-endian int32
+values (magic 20240520, version 1, token count, zeros), followed by the tokens as little-endian
+uint16. gptkit/data/writer.py writes them; `find_shards(name_or_dir)` is what `gptkit train` calls.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
+import time
 from pathlib import Path
 
 import numpy as np
 
+from gptkit import paths
 from gptkit.errors import GptkitError
 
 MAGIC = 20240520
@@ -19,26 +30,20 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 MAX_VOCAB = 2**16  # uint16 tokens
 
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "gptkit.shards"
+MANIFEST_VERSION = 1
+PARTIAL_DIR = ".partial"
+READ_TOKENS = 1 << 22  # tokens per read when converting or verifying existing token files
+
+
+# --------------------------------------------------------------------------- one shard
+
 
 def make_header(num_tokens: int) -> bytes:
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = MAGIC, VERSION, num_tokens
     return header.tobytes()
-
-
-def write_shard(path: str | Path, tokens: np.ndarray) -> None:
-    """Write one shard under a temporary name, fsync it and rename it into place."""
-    path = Path(path)
-    tokens = np.asarray(tokens)
-    if tokens.size and int(tokens.max()) >= MAX_VOCAB:
-        raise GptkitError(f"token id {int(tokens.max())} does not fit in uint16")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(make_header(len(tokens)))
-        f.write(tokens.astype("<u2", copy=False).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_header(path: str | Path) -> int:
@@ -68,3 +73,146 @@ def open_shard(path: str | Path) -> np.ndarray:
     """Memory-map a shard's tokens (uint16, read-only) after validating its header."""
     n = read_header(path)
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(n,))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+def build_manifest(
+    *,
+    tokenizer: dict,
+    source: dict,
+    settings: dict,
+    replaced: int,
+    shards: list[dict],
+    fingerprint: str,
+) -> dict:
+    """The manifest of finished shards; `settings` holds shard_tokens, val_tokens, max_tokens, strict."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tokenizer": tokenizer,
+        "shard_format": {"header_int32": HEADER_INTS, "magic": MAGIC, "version": VERSION, "dtype": "uint16"},
+        "source": source,
+        **settings,
+        "replaced_invalid_utf8": replaced,
+        "totals": {
+            "tokens": sum(x["tokens"] for x in shards),
+            "documents": sum(x["documents"] for x in shards),
+            "val_tokens": sum(x["tokens"] for x in shards if x["split"] == "val"),
+            "train_tokens": sum(x["tokens"] for x in shards if x["split"] == "train"),
+            "shards": len(shards),
+        },
+        "shards": shards,
+        "fingerprint": fingerprint,
+    }
+
+
+def read_manifest(d: Path) -> dict:
+    f = d / MANIFEST
+    if not f.is_file():
+        if (d / PARTIAL_DIR).is_dir():
+            raise GptkitError(
+                f"{d}: tokenization was interrupted; re-run the same `gptkit tokenize` command to resume it"
+            )
+        if any(d.glob("*.bin")) or any(d.glob("*.npy")):
+            raise GptkitError(f"{d}: token files without a {MANIFEST}; run `gptkit tokenize {d}` to convert them")
+        raise GptkitError(f"{d}: no {MANIFEST} here; run `gptkit tokenize SRC --out {d}` first")
+    try:
+        m = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise GptkitError(f"{f}: unreadable manifest ({e})") from None
+    if m.get("format") != MANIFEST_FORMAT or m.get("version") != MANIFEST_VERSION:
+        raise GptkitError(f"{f}: not a gptkit shard manifest (format {m.get('format')!r} version {m.get('version')!r})")
+    return m
+
+
+# --------------------------------------------------------------------------- finding and verifying
+
+
+def resolve_shards_dir(name_or_dir: str | Path | None) -> Path:
+    """A directory, a dataset name (-> paths.shards_dir(name)), or None (-> the newest tokenized dataset)."""
+    if name_or_dir is None:
+        root = paths.shards_dir()
+        done = sorted(root.glob(f"*/{MANIFEST}"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+        if not done:
+            raise GptkitError(f"no tokenized data in {root}; run `gptkit tokenize` first")
+        return done[-1].parent
+    p = Path(name_or_dir).expanduser()
+    if p.is_dir():
+        return p
+    if isinstance(name_or_dir, str) and not any(s in name_or_dir for s in ("./", "~")) and not p.is_absolute():
+        d = paths.shards_dir(name_or_dir)
+        if d.is_dir():
+            return d
+        raise GptkitError(
+            f"no tokenized dataset named {name_or_dir!r} (looked in {d}); run `gptkit tokenize {name_or_dir}`"
+        )
+    raise GptkitError(f"{p}: no such directory")
+
+
+def find_shards(name_or_dir: str | Path | None) -> tuple[list[Path], list[Path], dict]:
+    """(validation shard paths, training shard paths, manifest) of a tokenized dataset.
+
+    Checks that every listed shard exists and that its header agrees with the manifest (cheap:
+    one 1 KB read per shard); `verify()` also checks hashes and the token range.
+    """
+    d = resolve_shards_dir(name_or_dir)
+    m = read_manifest(d)
+    val: list[Path] = []
+    train: list[Path] = []
+    for s in m["shards"]:
+        p, _ = _listed_shard(d, s)
+        (val if s["split"] == "val" else train).append(p)
+    if not train:
+        raise GptkitError(f"{d}: no training shards")
+    return val, train, m
+
+
+def _listed_shard(d: Path, entry: dict) -> tuple[Path, int]:
+    """A shard the manifest lists: present, with a valid header whose count matches the manifest."""
+    p = d / entry["filename"]
+    if not p.is_file():
+        raise GptkitError(f"{p}: shard listed in {MANIFEST} is missing; re-run `gptkit tokenize` with --force")
+    n = read_header(p)
+    if n != entry["tokens"]:
+        raise GptkitError(f"{p}: header says {n} tokens but {MANIFEST} says {entry['tokens']}")
+    return p, n
+
+
+def verify(name_or_dir: str | Path) -> dict:
+    """Check every shard against the manifest: header, token count, sha256, token range, documents.
+
+    Returns a summary; raises GptkitError (one line) on the first problem.
+    """
+    d = resolve_shards_dir(name_or_dir)
+    m = read_manifest(d)
+    vocab, eot = m["tokenizer"]["vocab_size"], m["tokenizer"]["eot"]
+    total = 0
+    for s in m["shards"]:
+        p, n = _listed_shard(d, s)
+        digest = sha256_file(p)
+        if digest != s["sha256"]:
+            raise GptkitError(
+                f"{p}: sha256 {digest[:12]}… does not match {MANIFEST} ({s['sha256'][:12]}…); the file is corrupt"
+            )
+        toks = open_shard(p)
+        docs = 0
+        for i in range(0, n, READ_TOKENS):
+            chunk = np.asarray(toks[i : i + READ_TOKENS])
+            if chunk.size and int(chunk.max()) >= vocab:
+                raise GptkitError(f"{p}: token id {int(chunk.max())} is outside the vocabulary (size {vocab})")
+            docs += int(np.count_nonzero(chunk == eot))
+        if docs != s["documents"]:
+            raise GptkitError(f"{p}: {docs} documents (end-of-text tokens) but {MANIFEST} says {s['documents']}")
+        total += n
+    return {"dir": str(d), "shards": len(m["shards"]), "tokens": total, "tokenizer": m["tokenizer"]["name"]}

@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from gptkit import paths
+from gptkit import faults, paths
 from gptkit.errors import GptkitError
 
 TOKENIZERS = ("gpt2", "bytes")
@@ -156,7 +156,7 @@ def bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def ranks_from_hf_dir(d: Path) -> dict[bytes, int] | None:
@@ -202,7 +202,7 @@ def _gpt2() -> TiktokenTokenizer:
         ranks = ranks_from_hf_dir(d)
         if ranks is not None:
             return make(ranks, f"vocab.json + merges.txt ({d})")
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("GPTKIT_OFFLINE") == "1":
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or faults.active("hub.offline"):
         raise GptkitError(f"the GPT-2 vocabulary is not available offline; {FIX_HINT}")
     try:
         from tiktoken.load import load_tiktoken_bpe

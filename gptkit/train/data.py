@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from gptkit.data.shards import open_shard, read_header
+from gptkit.data.shards import find_shards, open_shard, read_header, resolve_shards_dir
 from gptkit.errors import GptkitError
 
 SCAN_CHUNK = 1 << 24  # tokens per chunk when looking for document boundaries (bounded memory)
@@ -28,8 +29,6 @@ SCAN_CHUNK = 1 << 24  # tokens per chunk when looking for document boundaries (b
 def check_data(data: str | Path | None) -> tuple[Path, list[Path], list[Path], dict]:
     """(directory, val shards, train shards, manifest) of --data (a directory, a name under shards/,
     or None for the newest tokenized data set), with the checks training needs."""
-    from gptkit.data.tokenize import find_shards, resolve_shards_dir
-
     data_dir = resolve_shards_dir(data).resolve()
     val, train, manifest = find_shards(data_dir)
     if not val:
@@ -40,7 +39,7 @@ def check_data(data: str | Path | None) -> tuple[Path, list[Path], list[Path], d
 
 def tokenizer_info(manifest: dict, where: Path | str = "manifest") -> tuple[str, int, int]:
     """(tokenizer name, vocabulary size, end-of-text id) from a shard manifest."""
-    tok = manifest.get("tokenizer")
+    tok: Any = manifest.get("tokenizer")
     try:
         return str(tok["name"]), int(tok["vocab_size"]), int(tok["eot"])
     except (TypeError, KeyError, ValueError):
@@ -54,8 +53,8 @@ class _Shard:
     def __init__(self, path: Path, eot: int):
         self.tokens = open_shard(path)
         n = len(self.tokens)
-        starts = [np.flatnonzero(self.tokens[i : i + SCAN_CHUNK] == eot) + i for i in range(0, n, SCAN_CHUNK)]
-        starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+        found = [np.flatnonzero(self.tokens[i : i + SCAN_CHUNK] == eot) + i for i in range(0, n, SCAN_CHUNK)]
+        starts = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
         if len(starts) == 0 or starts[0] != 0:
             starts = np.concatenate([[0], starts])  # a leading piece before the first end-of-text
         self.starts = starts.astype(np.int64)

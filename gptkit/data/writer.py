@@ -1,0 +1,244 @@
+"""Writing shards: the partial directory, the resume state, and moving finished shards into place.
+
+While a run is in progress everything goes to OUT/.partial: the shard being written (CURRENT),
+finished shards under their final names, and state.json, saved after each finished shard with the
+exact resume point (unit, token offset inside it). A re-run after any crash rebuilds exactly the
+same bytes from there. At the end the manifest is written into .partial and `install` moves the
+shards into OUT, the manifest last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from gptkit.data import shards
+from gptkit.data.shards import MANIFEST, PARTIAL_DIR, READ_TOKENS
+from gptkit.errors import GptkitError
+from gptkit.fsutil import fsync_dir, write_json_atomic
+
+STATE = "state.json"
+CURRENT = ".current.bin.tmp"
+
+
+class ShardWriter:
+    """Appends the token stream to the current shard on disk and commits full shards.
+
+    Memory stays constant: tokens go straight to a temporary file, which gets its header,
+    fsync and final name when full. The state saved after each commit is the exact resume point.
+    """
+
+    def __init__(self, pdir: Path, shard_tokens: int, val_tokens: int, eot: int, state: dict):
+        self.pdir, self.eot, self.state = pdir, eot, state
+        self.shard_tokens, self.val_tokens = shard_tokens, val_tokens
+        self.f: IO[bytes] | None = None
+        self.count = 0  # tokens in the current shard
+        self.split: str | None = None
+        self.save_state = True
+
+    def _target(self, split_hint: str | None) -> tuple[str, int]:
+        k = len(self.state["shards"])
+        if split_hint is not None:
+            return split_hint, self.shard_tokens
+        return ("val", self.val_tokens) if k == 0 else ("train", self.shard_tokens)
+
+    def _open(self, split: str) -> IO[bytes]:
+        self.f = open(self.pdir / CURRENT, "wb")
+        self.f.write(bytes(shards.HEADER_BYTES))
+        self.count, self.split = 0, split
+        return self.f
+
+    def add(self, tokens: Any, unit: int, base: int, split_hint: str | None, remaining: int | None) -> int:
+        """Write tokens (unit `unit`, starting at offset `base` in its output); returns tokens taken."""
+        if split_hint is not None and self.f is not None and self.split != split_hint and self.count:
+            self.commit(unit, base)
+        taken = 0
+        n = len(tokens) if remaining is None else min(len(tokens), remaining)
+        while taken < n:
+            f = self.f if self.f is not None else self._open(self._target(split_hint)[0])
+            target = self._target(split_hint)[1]
+            take = min(target - self.count, n - taken)
+            f.write(tokens[taken : taken + take].tobytes())
+            self.count += take
+            taken += take
+            if self.count == target:
+                at_end = taken == len(tokens)
+                self.commit(unit + 1 if at_end else unit, 0 if at_end else base + taken)
+        return taken
+
+    def commit(self, next_unit: int, next_offset: int) -> None:
+        assert self.f is not None, "commit without an open shard"
+        self.f.seek(0)
+        self.f.write(shards.make_header(self.count))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        self.f = None
+        k = len(self.state["shards"])
+        name = f"{self.split}_{k:06d}.bin"
+        tmp = self.pdir / CURRENT
+        digest = shards.sha256_file(tmp)
+        docs = _count_eot(tmp, self.count, self.eot)
+        os.replace(tmp, self.pdir / name)
+        fsync_dir(self.pdir)
+        self.state["shards"].append(
+            {"filename": name, "split": self.split, "tokens": self.count, "documents": docs, "sha256": digest}
+        )
+        self.state["next_unit"], self.state["skip"] = next_unit, next_offset
+        self.state["replaced_at_commit"] = self.state["replaced"]
+        if self.save_state:
+            write_json_atomic(self.pdir / STATE, self.state, indent=1)
+        self.count = 0
+
+    def finish(self, spec: str, splits_given: bool) -> None:
+        """Commit the last, partial shard; a source smaller than --val-tokens is split 1:9 into val and train.
+
+        `splits_given`: the source names its own validation split, which is kept as it is.
+        """
+        import numpy as np
+
+        state = self.state
+        if self.f is None:
+            if not state["shards"]:
+                raise GptkitError(f"{spec}: empty source: no text found")
+            return
+        if state["shards"] or self.split != "val" or splits_given:
+            self.commit(state["next_unit"], state["skip"])  # the position is only used if a later run resumes
+            return
+        # Everything fit into what was to be the validation shard: keep a tenth for validation.
+        n = self.count
+        self.f.close()
+        self.f = None
+        if n < 2:
+            raise GptkitError(f"{spec}: empty source: {n} token(s) of text")
+        staged = self.pdir / ".all.bin.tmp"
+        os.replace(self.pdir / CURRENT, staged)
+        toks = np.memmap(staged, dtype="<u2", mode="r", offset=shards.HEADER_BYTES, shape=(n,))
+        self.val_tokens = max(1, n // 10)
+        # No resume point inside this split: if killed here, the saved state still says "nothing done"
+        # and the re-run redoes this (small) source from the start.
+        self.save_state = False
+        for i in range(0, n, READ_TOKENS):
+            self.add(np.asarray(toks[i : min(n, i + READ_TOKENS)]), 0, 0, None, None)
+        if self.f is not None:
+            self.commit(0, 0)
+        del toks
+        staged.unlink()
+
+
+def _count_eot(path: Path, n: int, eot: int) -> int:
+    import numpy as np
+
+    toks = np.memmap(path, dtype="<u2", mode="r", offset=shards.HEADER_BYTES, shape=(n,)) if n else np.zeros(0, "<u2")
+    return sum(int(np.count_nonzero(toks[i : i + READ_TOKENS] == eot)) for i in range(0, n, READ_TOKENS))
+
+
+@dataclass
+class Start:
+    """Where a run starts, after looking at what an earlier run left in OUT."""
+
+    state: dict  # the resume state (fresh: nothing done)
+    created_out: bool = False
+    done: dict | None = None  # the manifest, when there is nothing left to do
+    status: str = ""  # with `done`: "up to date", or "resumed" (an interrupted install was finished)
+
+
+def start(out: Path, fingerprint: str, force: bool, log: Callable[[str], None]) -> Start:
+    """Decide what to do with what is already in OUT, before writing anything, and prepare .partial."""
+    pdir = out / PARTIAL_DIR
+    if (out / MANIFEST).is_file() and not force:
+        old = _read_json(out / MANIFEST) or {}
+        if old.get("fingerprint") != fingerprint:
+            raise GptkitError(
+                f"{out} already holds shards of another source or other settings; give --out DIR, or --force to replace them"
+            )
+        if pdir.is_dir() and not (pdir / STATE).is_file() and not (pdir / MANIFEST).is_file():
+            shutil.rmtree(pdir)  # left over from a run killed just after it finished
+        if not pdir.exists():
+            log(f"{out} is already tokenized from this source with these settings")
+            return Start({}, done=shards.read_manifest(out), status="up to date")
+    state = None
+    if pdir.is_dir():
+        old_state = _read_json(pdir / STATE) or _read_json(pdir / MANIFEST)
+        if old_state is not None and old_state.get("fingerprint") == fingerprint:
+            if (pdir / MANIFEST).is_file():  # killed while moving the finished shards into place
+                return Start({}, done=install(pdir, out), status="resumed")
+            state = old_state
+            log(f"resuming: {len(state['shards'])} shard(s) already done in {pdir}")
+        elif old_state is not None and old_state.get("shards") and not force:
+            raise GptkitError(
+                f"{pdir} holds an interrupted run with another source or other settings; "
+                "re-run that command to finish it, or add --force to discard it"
+            )
+        if state is None:
+            shutil.rmtree(pdir)
+    if state is None:
+        state = {
+            "fingerprint": fingerprint,
+            "shards": [],
+            "next_unit": 0,
+            "skip": 0,
+            "replaced": 0,
+            "replaced_at_commit": 0,
+        }
+    else:
+        state["replaced"] = state["replaced_at_commit"]
+    created_out = not out.exists()
+    pdir.mkdir(parents=True, exist_ok=True)
+    for stale in pdir.glob(".*.tmp*"):  # tokens after the last commit are redone
+        stale.unlink()
+    return Start(state, created_out)
+
+
+def abandon(writer: ShardWriter, out: Path, created_out: bool) -> None:
+    """After a failed run: keep what is worth resuming, else leave no trace."""
+    if writer.f is not None:
+        writer.f.close()
+    if not writer.state["shards"]:
+        shutil.rmtree(writer.pdir, ignore_errors=True)
+        if created_out:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
+def complete(pdir: Path, out: Path, manifest: dict) -> dict:
+    """Write the manifest, drop the resume state and install the shards; returns the manifest."""
+    write_json_atomic(pdir / MANIFEST, manifest, indent=1)
+    with contextlib.suppress(FileNotFoundError):
+        (pdir / STATE).unlink()
+    return install(pdir, out)
+
+
+def install(pdir: Path, out: Path) -> dict:
+    """Move finished shards from .partial into OUT; the manifest goes last. Safe to redo after a crash."""
+    m = json.loads((pdir / MANIFEST).read_text(encoding="utf-8"))
+    new = {x["filename"] for x in m["shards"]}
+    old_manifest = _read_json(out / MANIFEST)
+    if old_manifest is not None:
+        os.replace(out / MANIFEST, pdir / "previous-manifest.json")
+    old_manifest = old_manifest or _read_json(pdir / "previous-manifest.json")
+    for x in (old_manifest or {}).get("shards", []):
+        if x["filename"] not in new:
+            with contextlib.suppress(FileNotFoundError):
+                (out / x["filename"]).unlink()
+    for name in sorted(new):
+        if (pdir / name).is_file():
+            os.replace(pdir / name, out / name)
+    fsync_dir(out)
+    os.replace(pdir / MANIFEST, out / MANIFEST)
+    fsync_dir(out)
+    shutil.rmtree(pdir, ignore_errors=True)
+    return m
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
