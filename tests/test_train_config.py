@@ -1,4 +1,4 @@
-"""Config resolution, batch arithmetic, schedules, MFU tables, the torchrun command (no processes)."""
+"""Config resolution, batch arithmetic, schedules, the torchrun command (no processes). MFU: test_mfu.py."""
 
 import json
 
@@ -7,7 +7,6 @@ from test_train_data import make_dataset
 
 from gptkit.errors import GptkitError
 from gptkit.train import config as C
-from gptkit.train import mfu
 from gptkit.train.launch import prepare, torchrun_command, worker_env
 from gptkit.train.metrics import read_metrics, truncate_metrics
 from gptkit.train.schedule import lr_at
@@ -105,29 +104,6 @@ def test_resume_refuses_to_overwrite_and_needs_a_real_checkpoint(gptkit_home, tm
         prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0), name="x", resume="auto")
     with pytest.raises(GptkitError, match="not a checkpoint"):
         prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0), resume=str(tmp_path))
-
-
-def test_gpu_peak_table():
-    assert mfu.gpu_peak_flops("NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(989.4e12)
-    assert mfu.gpu_peak_flops("NVIDIA H100 PCIe", "bf16") == pytest.approx(756e12)
-    assert mfu.gpu_peak_flops("NVIDIA A100-SXM4-40GB", "tf32") == pytest.approx(156e12)
-    assert mfu.gpu_peak_flops("NVIDIA A10G", "bf16") == pytest.approx(70e12)
-    assert mfu.gpu_peak_flops("NVIDIA L40S", "bf16") == pytest.approx(362.1e12)
-    assert mfu.gpu_peak_flops("NVIDIA L4", "bf16") == pytest.approx(121e12)
-    assert mfu.gpu_peak_flops("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 on Volta
-    assert mfu.gpu_peak_flops("Some Future GPU", "bf16") is None
-
-
-def test_cpu_peak_is_measured_once_and_cached(gptkit_home, monkeypatch):
-    calls = []
-    monkeypatch.setattr(mfu, "measure_cpu_peak_flops", lambda: calls.append(1) or 1.5e11)
-    assert mfu.cpu_peak_flops() == 1.5e11 and mfu.cpu_peak_flops() == 1.5e11
-    assert len(calls) == 1 and json.loads((gptkit_home / "cpu_peak.json").read_text())["flops"] == 1.5e11
-
-
-def test_real_cpu_peak_measurement_is_plausible():
-    flops = mfu.measure_cpu_peak_flops(threads=1, n=256, seconds=0.2)
-    assert 1e8 < flops < 1e13
 
 
 def test_truncating_metrics_on_resume(tmp_path):

@@ -382,9 +382,13 @@ def train(
         echo(json.dumps(rr.to_dict(), indent=2))
         return 0
     if rr.extra["device_type"] == "cpu":
+        import torch
+
+        from gptkit.device import resolve_precision
         from gptkit.train.mfu import cpu_peak_flops
 
-        cpu_peak_flops()  # measured once per machine, before the workers compete for the cores
+        # Measured once per machine and precision, before the workers compete for the cores.
+        cpu_peak_flops(resolve_precision(rr.train.precision, torch.device("cpu")).name)
     write_run_config(rr)
     run_dir = Path(rr.run_dir)
     errs = run_dir / ERRORS_DIR

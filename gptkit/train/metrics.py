@@ -6,6 +6,7 @@ kind of measurement:
     {"step", "val_loss"}                                                                validation
     {"step", "hellaswag", "hellaswag_acc", "hellaswag_n"}                               HellaSwag
     {"step", "sample"}                                                                  a text sample
+    {"step", "mfu_note"}                         MFU read above 100%: peak re-measured, or clamped
 """
 
 from __future__ import annotations

@@ -178,9 +178,10 @@ class Trainer:
         self.train_model = train_model
 
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
-        self.peak = None
+        self.mfu: mfu.MfuMeter | None = None
         if dist.master:
-            self.peak = mfu.peak_flops(
+            self.mfu = mfu.meter_for_run(
+                self.flops_per_token,
                 self.device.type,
                 self.precision.name,
                 torch.backends.cuda.matmul.allow_tf32,
@@ -408,10 +409,12 @@ class Trainer:
                     grad_norm=gnorm,
                     tokens=self.tokens_seen,
                     tok_per_s=tok_s,
-                    mfu=(self.flops_per_token * tok_s / self.peak) if self.peak else None,
+                    mfu=self.mfu.reading(tok_s) if self.mfu else None,
                     dt=dt,
                     eta_s=dt_avg * (cfg.max_steps - self.step),
                 )
+                for note in self.mfu.take_notes() if self.mfu else []:
+                    rep.event(self.step, mfu_note=note)
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps or self.stop_requested:
                     self.save()
                 if self.stop_requested:

@@ -1,0 +1,474 @@
+#!/usr/bin/env python3
+"""gptkit on a CUDA machine, checked in under 8 minutes, written to ONE JSON report.
+
+Stages, each recorded on its own (a failure, CUDA out-of-memory included, is written into the report
+and the next stage runs); the report is rewritten after every stage, so a run cut short still says
+how far it got:
+
+  1 doctor         `python -m gptkit doctor --json`
+  2 parity         CUDA bf16 logits vs CPU fp32 logits of one randomly initialised GPT-2 (124M)
+  3 train_124m     the gpt2 preset, 30 steps of synthetic tokens with torch.compile, bf16 and flash
+                   SDPA at micro-batches 16, 32, 64: tok/s, MFU, peak memory (gptkit.model.GPT and
+                   gptkit.device in this process; gptkit.train.loss is the CPU fp32 path, not used on CUDA)
+  4 ddp            `gptkit train` through torchrun on every visible GPU, 10 steps, on shards made by
+                   `gptkit tokenize` (--no-compile: stage 3 covers the compiler, this one the launcher
+                   and the NCCL collectives, within the time budget)
+  5 sample         `gptkit sample` tokens/s from a random 124M gptkit checkpoint
+  6 kv_cache       KV-cache decoding vs full recomputation (gptkit.generate), same tokens fed in
+
+Anchors for the MFU figures: llm.c trains GPT-2 124M at about 38-41% MFU on an H100 and 56-60% on
+an A100 (same 6N + attention FLOPs count).
+
+    python scripts/gpu_check.py                      # writes gpu_check.json
+    python scripts/gpu_check.py --out /tmp/r.json --steps 20
+
+Without CUDA it prints "no CUDA device: nothing to check", writes that to the report and exits 0.
+Exit 1 when a stage failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET_S = 450.0  # 7.5 minutes: the stages stop starting new work after this
+ANCHORS = {"llm.c GPT-2 124M MFU": {"H100": "38-41%", "A100": "56-60%"}}
+ANCHOR_TEXT = "llm.c GPT-2 124M: ~38-41% MFU on H100, ~56-60% on A100"
+NO_CUDA = "no CUDA device: nothing to check"
+# bf16 keeps 8 bits of mantissa: on a random GPT-2 (logit std ~0.55) bf16 vs fp32 differ by ~0.02 at
+# most (measured with CPU bf16 autocast); 0.1 leaves room for other kernels, not for a wrong one.
+BF16_TOL = {"max_abs": 0.1, "mean_abs": 0.02}
+FP32_TOL = {"max_abs": 1e-3}
+
+
+# --- the report and the stage runner (pure: tested without a GPU) --------------------------------
+
+
+class Report:
+    """The one JSON document; written whole (temp file + rename) every time it changes."""
+
+    def __init__(self, path: Path, **meta):
+        self.path = Path(path)
+        self.data: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **meta, "stages": {}}
+        self.write()
+
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
+        os.replace(tmp, self.path)
+
+
+def is_oom(e: BaseException) -> bool:
+    return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+Stage = Callable[[], dict]
+
+
+def run_stages(
+    report: Report, stages: list[tuple[str, Stage]], deadline: float, echo: Callable[[str], None] = print
+) -> bool:
+    """Run each stage, record its result or its failure, rewrite the report after each. True if all ok."""
+    all_ok = True
+    for name, fn in stages:
+        if time.monotonic() >= deadline:
+            report.data["stages"][name] = {"status": "skipped", "reason": "out of time"}
+            report.write()
+            echo(f"[{name}] skipped: out of time")
+            all_ok = False
+            continue
+        report.data["stages"][name] = {"status": "running"}
+        report.write()
+        t0 = time.monotonic()
+        try:
+            entry = dict(fn())
+            entry["status"] = "failed" if entry.get("passed") is False else "ok"
+        # A check script: whatever a stage raises (a driver fault, a compiler error, a bug) is a
+        # finding to record with its traceback, and the remaining stages still run.
+        except Exception as e:  # noqa: BLE001
+            entry = {
+                "status": "error",
+                "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                "oom": is_oom(e),
+                "traceback": traceback.format_exc(limit=8),
+            }
+        entry["seconds"] = round(time.monotonic() - t0, 2)
+        report.data["stages"][name] = entry
+        report.write()
+        all_ok = all_ok and entry["status"] == "ok"
+        echo(
+            f"[{name}] {entry['status']} ({entry['seconds']:.0f} s){': ' + entry['error'] if 'error' in entry else ''}"
+        )
+    return all_ok
+
+
+# --- the stages -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    work: Path  # scratch directory
+    deadline: float  # time.monotonic() after which no new work starts
+    steps: int = 30
+    micro_batches: tuple[int, ...] = (16, 32, 64)
+    echo: Callable[[str], None] = print
+    env: dict = field(default_factory=dict)
+
+    def left(self) -> float:
+        return max(1.0, self.deadline - time.monotonic())
+
+
+def gptkit_cli(ctx: Ctx, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """`python -m gptkit ARGS`; on timeout its whole process group goes (torchrun's workers too)."""
+    cmd = [sys.executable, "-m", "gptkit", *args]
+    p = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **ctx.env},
+        start_new_session=True,
+    )
+    try:
+        out, err = p.communicate(timeout=min(timeout, ctx.left()))
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
+def tail(text: str, n: int = 1500) -> str:
+    return text[-n:]
+
+
+def stage_doctor(ctx: Ctx) -> dict:
+    r = gptkit_cli(ctx, "doctor", "--json", "--timeout", "3", timeout=90)
+    try:
+        doc = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        return {"passed": False, "exit_code": r.returncode, "stdout": tail(r.stdout), "stderr": tail(r.stderr)}
+    failed = [c["name"] for c in doc.get("checks", []) if c.get("status") == "fail"]
+    # Failing checks are reported; only a doctor that cannot run fails this stage (offline machines
+    # fail the network checks by design).
+    return {"exit_code": r.returncode, "failed_checks": failed, "report": doc}
+
+
+def gpt2_model(vocab: int | None = None, seed: int = 0):
+    import torch
+
+    from gptkit.model import GPT, get_preset
+
+    cfg = get_preset("gpt2") if vocab is None else get_preset("gpt2").with_vocab(vocab)
+    torch.manual_seed(seed)
+    return GPT(cfg)
+
+
+def stage_parity(ctx: Ctx) -> dict:
+    import torch
+
+    from gptkit.device import resolve_precision
+
+    cpu_model = gpt2_model().eval()
+    gpu_model = gpt2_model().cuda().eval()  # same seed: the same weights
+    vocab = cpu_model.config.vocab_size
+    idx = torch.randint(0, vocab, (2, 128), generator=torch.Generator().manual_seed(1))
+    prec = resolve_precision("auto", torch.device("cuda"))
+    with torch.inference_mode():
+        ref = cpu_model(idx)[0][..., :vocab].float()
+        with prec.autocast():
+            got = gpu_model(idx.cuda())[0][..., :vocab].float().cpu()
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            got32 = gpu_model(idx.cuda())[0][..., :vocab].float().cpu()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+    d, d32 = (got - ref).abs(), (got32 - ref).abs()
+    out = {
+        "shape": list(idx.shape),
+        "precision": prec.name,
+        "logit_std": ref.std().item(),
+        "max_abs": d.max().item(),
+        "mean_abs": d.mean().item(),
+        "top1_agree": (got.argmax(-1) == ref.argmax(-1)).float().mean().item(),
+        "tolerance": BF16_TOL,
+        "fp32_max_abs": d32.max().item(),
+        "fp32_tolerance": FP32_TOL,
+    }
+    out["passed"] = (
+        out["max_abs"] <= BF16_TOL["max_abs"]
+        and out["mean_abs"] <= BF16_TOL["mean_abs"]
+        and out["fp32_max_abs"] <= FP32_TOL["max_abs"]
+    )
+    return out
+
+
+def train_speed(micro_batch: int, steps: int, prec, peak: float | None) -> dict:
+    """`steps` optimizer steps of the gpt2 preset at `micro_batch` x 1024 tokens on cuda."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from gptkit.train.mfu import MfuMeter
+
+    model = gpt2_model().cuda().train()
+    T = model.config.block_size
+    opt = torch.optim.AdamW(model.param_groups(0.1), lr=6e-4, betas=(0.9, 0.95), fused=True)
+    compiled = torch.compile(model)
+    data = torch.randint(0, model.config.vocab_size, (micro_batch, T + 1), device="cuda")
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()  # as the trainer feeds them
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # flash or an error: never a silent fallback
+        for _ in range(steps):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            with prec.autocast():
+                _, loss = compiled(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+    warm = min(5, steps - 1)  # the first steps compile and autotune
+    dt = statistics.median(times[warm:])
+    tok_s = micro_batch * T / dt
+    meter = MfuMeter(model.flops_per_token(T), peak)
+    return {
+        "first_step_s": round(times[0], 2),
+        "step_ms_median": round(dt * 1e3, 2),
+        "tok_per_s": round(tok_s),
+        "mfu": meter.reading(tok_s),
+        "mfu_unclamped": meter.raw(tok_s),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "loss_last": loss.item(),
+        "timed_steps": len(times) - warm,
+    }
+
+
+def stage_train_124m(ctx: Ctx) -> dict:
+    import torch
+
+    from gptkit.device import configure_matmul, resolve_precision
+    from gptkit.model import get_preset
+    from gptkit.train.mfu import gpu_peak_flops
+
+    dev = torch.device("cuda")
+    configure_matmul(dev)
+    prec = resolve_precision("auto", dev)
+    name = torch.cuda.get_device_name()
+    peak = gpu_peak_flops(name, prec.name if prec.name in ("bf16", "fp16") else "tf32")
+    runs: dict[str, dict] = {}
+    for mb in ctx.micro_batches:
+        if time.monotonic() >= ctx.deadline - 90:  # a compile and 30 steps take about a minute
+            runs[str(mb)] = {"skipped": "out of time"}
+            continue
+        try:
+            runs[str(mb)] = train_speed(mb, ctx.steps, prec, peak)
+        except torch.cuda.OutOfMemoryError as e:
+            runs[str(mb)] = {"oom": True, "error": str(e).splitlines()[0]}
+        finally:
+            torch._dynamo.reset()
+            gc.collect()
+            torch.cuda.empty_cache()
+        r = runs[str(mb)]
+        if "tok_per_s" in r:
+            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (GPU not in the peak table)"
+            ctx.echo(
+                f"  micro-batch {mb}: {r['tok_per_s']:,} tok/s, MFU {mfu} ({ANCHOR_TEXT}), "
+                f"peak memory {r['peak_mem_gib']} GiB"
+            )
+        else:
+            ctx.echo(f"  micro-batch {mb}: {r.get('error') or r.get('skipped')}")
+    measured = [r for r in runs.values() if "tok_per_s" in r]
+    return {
+        "gpu": name,
+        "precision": prec.name,
+        "sdpa": "flash",
+        "compile": True,
+        "seq_len": get_preset("gpt2").block_size,
+        "peak_tflops": peak / 1e12 if peak else None,
+        "anchors": ANCHORS,
+        "micro_batches": runs,
+        "passed": bool(measured),
+    }
+
+
+def stage_ddp(ctx: Ctx) -> dict:
+    import torch
+
+    gpus = torch.cuda.device_count()
+    src = ctx.work / "ddp_src" / "text.txt"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    words = "the quick brown fox jumps over a lazy dog while gptkit checks its collectives".split()
+    src.write_text("\n".join(" ".join(words[(i + j) % len(words)] for j in range(40)) for i in range(3000)))
+    shards = ctx.work / "ddp_shards"
+    r = gptkit_cli(
+        ctx, "tokenize", str(src), "--tokenizer", "bytes", "--out", str(shards), "--shard-tokens", "200000",
+        "--val-tokens", "20000", "--workers", "2", timeout=120,
+    )  # fmt: skip
+    if r.returncode:
+        return {"passed": False, "step": "tokenize", "exit_code": r.returncode, "stderr": tail(r.stderr)}
+    run_dir = ctx.work / "ddp_run"
+    seq, mb = 128, 8
+    r = gptkit_cli(
+        ctx, "train", "--preset", "tiny", "--data", str(shards), "--out", str(run_dir), "--gpus", str(gpus),
+        "--seq-len", str(seq), "--micro-batch", str(mb), "--batch-tokens", str(seq * mb * gpus),
+        "--max-steps", "10", "--warmup-steps", "2", "--eval-tokens", "0", "--hellaswag-every", "0",
+        "--sample-every", "1000", "--checkpoint-every", "10", "--log-every", "1", "--no-compile", timeout=300,
+    )  # fmt: skip
+    from gptkit.train.metrics import read_metrics
+
+    train = [m for m in read_metrics(run_dir) if "loss" in m]
+    out = {
+        "gpus": gpus,
+        "exit_code": r.returncode,
+        "steps": len(train),
+        "loss_first_last": [train[0]["loss"], train[-1]["loss"]] if train else None,
+        "tok_per_s_last": train[-1]["tok_per_s"] if train else None,
+        "checkpoint": (run_dir / "step_000010").is_dir(),
+        "nccl": f"NCCL all-reduce across {gpus} GPUs" if gpus > 1 else "NCCL collectives were not exercised (one GPU)",
+    }
+    if r.returncode:
+        out["stderr"] = tail(r.stderr)
+    out["passed"] = r.returncode == 0 and len(train) == 10 and out["checkpoint"]
+    return out
+
+
+def stage_sample(ctx: Ctx) -> dict:
+    from gptkit.checkpoint import save_checkpoint
+    from gptkit.data.tokenizers import gpt2_vocab_offline
+
+    # The GPT-2 vocabulary may be absent on an offline machine: then the same architecture on bytes.
+    tokenizer = "gpt2" if gpt2_vocab_offline() else "bytes"
+    model = gpt2_model(None if tokenizer == "gpt2" else 256)
+    ck = save_checkpoint(ctx.work / "sample_ck", model, config=model.config, tokenizer=tokenizer)
+    n = 256
+    t = time.monotonic()
+    r = gptkit_cli(
+        ctx, "sample", "The", "--model", str(ck), "--max-new-tokens", str(n), "--temperature", "1",
+        "--top-k", "50", "--seed", "0", "--json", timeout=180,
+    )  # fmt: skip
+    wall = time.monotonic() - t
+    if r.returncode:
+        return {"passed": False, "exit_code": r.returncode, "stderr": tail(r.stderr)}
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    ctx.echo(f"  sample: {res['tokens_per_second']:.0f} tokens/s ({res['new_tokens']} tokens)")
+    return {
+        "tokenizer": tokenizer,
+        "params_m": round(model.num_params() / 1e6, 1),
+        "new_tokens": res["new_tokens"],
+        "tokens_per_second": res["tokens_per_second"],
+        "command_wall_s": round(wall, 2),
+        "passed": res["new_tokens"] > 0,
+    }
+
+
+def stage_kv_cache(ctx: Ctx) -> dict:
+    """Feed the tokens full recomputation chose through the KV-cache path; compare the logits."""
+    import torch
+
+    from gptkit.device import resolve_precision
+    from gptkit.generate import SampleConfig, decode_one, full_recompute, make_sampler, prefill
+
+    model = gpt2_model().cuda().eval()
+    vocab = model.config.vocab_size
+    T, n = 16, 48
+    prompt = torch.randint(0, vocab, (1, T), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    greedy = make_sampler(SampleConfig(temperature=0, top_k=None), vocab, None)
+    prec = resolve_precision("auto", torch.device("cuda"))
+    out: dict = {"prompt_tokens": T, "new_tokens": n}
+    ok = True
+    for mode, tol in (("fp32", FP32_TOL["max_abs"]), (prec.name, BF16_TOL["max_abs"])):
+        captured: list[torch.Tensor] = []
+
+        def capture(logits: torch.Tensor, _captured: list = captured) -> torch.Tensor:
+            _captured.append(logits.float())
+            return greedy(logits)
+
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = mode != "fp32" and old
+        ac = prec.autocast() if mode != "fp32" else torch.autocast("cuda", enabled=False)
+        try:
+            with torch.inference_mode(), ac:
+                full = torch.stack(list(full_recompute(model, prompt, n, greedy)), dim=1)  # (1, n)
+                ref = model(torch.cat([prompt, full], dim=1))[0][:, T - 1 : T + n - 1].float()
+                model.setup_kv_cache(1, max_len=T + n)
+                try:
+                    prefill(model, prompt, capture)
+                    for i in range(n - 1):
+                        decode_one(model, full[:, i], T + i, capture)
+                finally:
+                    model.clear_kv_cache()
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+        kv = torch.stack(captured, dim=1)
+        diff = (kv - ref).abs().max().item()
+        agree = (kv[..., :vocab].argmax(-1) == full).float().mean().item()
+        out[mode] = {"max_abs_logit_diff": diff, "tolerance": tol, "next_token_agree": agree}
+        ok = ok and diff <= tol
+    out["passed"] = ok
+    return out
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="the JSON report (default: %(default)s)")
+    ap.add_argument("--steps", type=int, default=30, help="steps per micro-batch in the 124M stage")
+    ap.add_argument("--budget", type=float, default=BUDGET_S, help="seconds after which no new work starts")
+    args = ap.parse_args(argv)
+
+    if str(ROOT) not in sys.path:  # run from a checkout without installing gptkit
+        sys.path.insert(0, str(ROOT))
+    import torch
+
+    import gptkit
+
+    meta = {"gptkit": gptkit.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}
+    if not torch.cuda.is_available():
+        report = Report(args.out, cuda=False, message=NO_CUDA, **meta)
+        print(NO_CUDA)
+        return 0
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    report = Report(args.out, cuda=True, gpus=gpus, cuda_version=torch.version.cuda, anchors=ANCHORS, **meta)
+    print(f"gpu_check: {len(gpus)} x {gpus[0]}; report: {args.out}")
+    deadline = time.monotonic() + args.budget
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
+        ctx = Ctx(work=Path(tmp), deadline=deadline, steps=args.steps, env={"PYTHONPATH": pythonpath})
+        stages: list[tuple[str, Stage]] = [
+            ("doctor", lambda: stage_doctor(ctx)),
+            ("parity", lambda: stage_parity(ctx)),
+            ("train_124m", lambda: stage_train_124m(ctx)),
+            ("ddp", lambda: stage_ddp(ctx)),
+            ("sample", lambda: stage_sample(ctx)),
+            ("kv_cache", lambda: stage_kv_cache(ctx)),
+        ]
+        ok = run_stages(report, stages, deadline)
+    report.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    report.data["ok"] = ok
+    report.write()
+    print(f"gpu_check: {'all stages ok' if ok else 'some stages failed'}; report: {args.out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
