@@ -200,9 +200,14 @@ def resolve_checkpoint(path: Path) -> Path | None:
     return latest_checkpoint(path) if path.is_dir() else None
 
 
+def read_meta(path: Path) -> dict:
+    """A checkpoint's config.json as it is, without reading the weights."""
+    return read_json(path / CONFIG)
+
+
 def read_config(path: Path) -> tuple[GPTConfig, dict]:
     """A checkpoint's model config and its whole config.json, without reading the weights."""
-    meta = read_json(path / CONFIG)
+    meta = read_meta(path)
     if "model" not in meta:
         raise GptkitError(f"{path / CONFIG}: no 'model' section; not a gptkit checkpoint config")
     try:

@@ -75,9 +75,9 @@ def resolve_run_dir(
 
 def read_checkpoint_config(ckpt: Path) -> dict:
     """The training config a checkpoint was written with; refused for a checkpoint that cannot be resumed."""
-    from gptkit.checkpoint import has_trainer_state, read_config
+    from gptkit.checkpoint import has_trainer_state, read_meta
 
-    _, meta = read_config(ckpt)
+    meta = read_meta(ckpt)
     if not meta.get("train") or not has_trainer_state(ckpt):
         raise GptkitError(f"{ckpt}: holds no training state (an exported model?); it cannot be resumed")
     return meta["train"]
