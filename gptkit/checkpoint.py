@@ -24,7 +24,7 @@ import torch
 
 from gptkit import __version__
 from gptkit.errors import GptkitError
-from gptkit.fsutil import fsync_dir, write_json_atomic
+from gptkit.fsutil import atomic_output, write_json_atomic
 from gptkit.model import GPT, GPTConfig
 
 WEIGHTS = "model.safetensors"
@@ -69,39 +69,27 @@ def save_checkpoint(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-
-    sd = {k: v.cpu() for k, v in clean_state_dict(model.state_dict()).items()}
-    save_file(sd, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": f"gptkit {__version__}"})
-    meta = {
-        "gptkit_version": __version__,
-        "model": config.to_dict(),
-        "tokenizer": tokenizer,
-        "train": train_config or {},
-    }
-    if trainer_state is not None and "step" in trainer_state:
-        meta["step"] = trainer_state["step"]
-    meta.update(extra or {})
-    write_json_atomic(tmp / CONFIG, meta)
-    if optimizer_state is not None:
-        torch.save(optimizer_state, tmp / OPTIMIZER)
-    if trainer_state is not None:
-        write_json_atomic(tmp / TRAINER, trainer_state)
-    for f in tmp.iterdir():  # data on disk before the rename makes the checkpoint visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-
-    old = None
-    if path.exists():  # re-saving the same step: move the old one aside, swap, then delete it
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with atomic_output(path) as tmp:  # re-saving the same step replaces the old one whole
+        tmp.mkdir()
+        sd = {k: v.cpu() for k, v in clean_state_dict(model.state_dict()).items()}
+        save_file(sd, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": f"gptkit {__version__}"})
+        meta = {
+            "gptkit_version": __version__,
+            "model": config.to_dict(),
+            "tokenizer": tokenizer,
+            "train": train_config or {},
+        }
+        if trainer_state is not None and "step" in trainer_state:
+            meta["step"] = trainer_state["step"]
+        meta.update(extra or {})
+        write_json_atomic(tmp / CONFIG, meta)
+        if optimizer_state is not None:
+            torch.save(optimizer_state, tmp / OPTIMIZER)
+        if trainer_state is not None:
+            write_json_atomic(tmp / TRAINER, trainer_state)
+        for f in tmp.iterdir():  # data on disk before the rename makes the checkpoint visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     return path
 
 
@@ -137,8 +125,11 @@ class Checkpoint:
             ) from None
 
     def trainer_state(self) -> dict | None:
-        f = self.path / TRAINER
-        return read_json(f) if f.exists() else None
+        return read_trainer_state(self.path)
+
+    def load_into(self, model: torch.nn.Module) -> None:
+        """Copy these weights into an existing model of the same config (resuming training)."""
+        load_weights(model, self.state_dict)
 
 
 def read_json(path: Path) -> dict:
@@ -166,9 +157,16 @@ def model_from_state_dict(config: GPTConfig, sd: dict[str, torch.Tensor], device
         if tuple(sd[k].shape) != tuple(shape):
             raise GptkitError(f"{source}: {k} has shape {tuple(sd[k].shape)} but the config expects {tuple(shape)}")
     model = model.to_empty(device=device)
-    model.load_state_dict({**sd, TIED_KEY: sd["transformer.wte.weight"]}, strict=True)
-    model.lm_head.weight = model.transformer.wte.weight  # to_empty unties; tie again
+    load_weights(model, sd)
+    model.lm_head.weight = model.get_parameter("transformer.wte.weight")  # to_empty unties; tie again
     return model.eval()
+
+
+def load_weights(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> None:
+    """Load `sd` (any wrapper prefixes, lm_head optional) into `model` in place, strictly; the tied
+    lm_head gets the token embedding, which the file stores once."""
+    sd = clean_state_dict(sd)
+    model.load_state_dict({**sd, TIED_KEY: sd["transformer.wte.weight"]}, strict=True)
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -183,25 +181,49 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     path = Path(path)
     if not path.exists():
         raise GptkitError(f"{path}: no such checkpoint or run directory")
-    if not is_checkpoint(path):
-        latest = latest_checkpoint(path) if path.is_dir() else None
-        if latest is None:
-            raise GptkitError(
-                f"{path}: not a gptkit checkpoint (no {WEIGHTS} + {CONFIG}) and holds no step_* checkpoints"
-            )
-        path = latest
-    meta = read_json(path / CONFIG)
-    if "model" not in meta:
-        raise GptkitError(f"{path / CONFIG}: no 'model' section; not a gptkit checkpoint config")
-    try:
-        config = GPTConfig.from_dict(meta["model"])
-    except (TypeError, ValueError) as e:
-        raise GptkitError(f"{path / CONFIG}: invalid model config ({e})") from None
+    found = resolve_checkpoint(path)
+    if found is None:
+        raise GptkitError(f"{path}: not a gptkit checkpoint (no {WEIGHTS} + {CONFIG}) and holds no step_* checkpoints")
+    path = found
+    config, meta = read_config(path)
     try:
         sd = load_file(str(path / WEIGHTS), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise GptkitError(f"{path / WEIGHTS}: cannot read weights ({e}); the file is corrupt or truncated") from None
     return Checkpoint(path=path, config=config, tokenizer=meta.get("tokenizer", "gpt2"), meta=meta, state_dict=sd)
+
+
+def resolve_checkpoint(path: Path) -> Path | None:
+    """`path` if it is a checkpoint, the latest checkpoint in it if it is a run directory, else None."""
+    if is_checkpoint(path):
+        return path
+    return latest_checkpoint(path) if path.is_dir() else None
+
+
+def read_meta(path: Path) -> dict:
+    """A checkpoint's config.json as it is, without reading the weights."""
+    return read_json(path / CONFIG)
+
+
+def read_config(path: Path) -> tuple[GPTConfig, dict]:
+    """A checkpoint's model config and its whole config.json, without reading the weights."""
+    meta = read_meta(path)
+    if "model" not in meta:
+        raise GptkitError(f"{path / CONFIG}: no 'model' section; not a gptkit checkpoint config")
+    try:
+        return GPTConfig.from_dict(meta["model"]), meta
+    except (TypeError, ValueError) as e:
+        raise GptkitError(f"{path / CONFIG}: invalid model config ({e})") from None
+
+
+def read_trainer_state(path: Path) -> dict | None:
+    """trainer.json of a checkpoint written by training; None for an exported or converted one."""
+    f = path / TRAINER
+    return read_json(f) if f.exists() else None
+
+
+def has_trainer_state(path: Path) -> bool:
+    return (path / TRAINER).is_file()
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:

@@ -23,12 +23,13 @@ from gptkit.errors import GptkitError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """'auto' -> cuda if present, else mps, else cpu. An explicit device must exist."""
+def pick_device(requested: str = "auto", *, allow_mps: bool = True) -> torch.device:
+    """'auto' -> cuda if present, else mps (unless `allow_mps` is False), else cpu. An explicit
+    device must exist. The one device choice: sampling, doctor and training all come here."""
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if allow_mps and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:

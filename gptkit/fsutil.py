@@ -1,4 +1,4 @@
-"""Crash-safe file writes shared by download, tokenize and checkpoints (stdlib only: tokenize's
+"""Crash-safe file writes shared by download, tokenize, checkpoints and convert (stdlib only: tokenize's
 worker processes import this, and must not pay for torch)."""
 
 from __future__ import annotations
@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -30,3 +32,39 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, link or directory tree if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final` to write a file or directory at; when the block ends
+    without an error, swap it into place with `replace_atomically`, else remove it."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    remove_path(tmp)
+    try:
+        yield tmp
+        replace_atomically(tmp, final)
+    finally:
+        remove_path(tmp)
+
+
+def replace_atomically(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`. An existing `final` is moved aside first and deleted after, so at
+    every moment `final` is either the whole old one or the whole new one, never a mix."""
+    old = None
+    if final.exists() or final.is_symlink():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        remove_path(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        remove_path(old)

@@ -8,7 +8,8 @@
     generate          composes them around the model's pre-allocated KV cache; stops at EOT
 
 Plus `StreamDecoder`, which turns a stream of token ids into text without ever printing half a
-character, and the model resolution `gptkit sample --model` uses.
+character, and `sample_text`, which puts them together. Finding and loading the model is
+gptkit.models.
 """
 
 from __future__ import annotations
@@ -19,10 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from gptkit.errors import GptkitError
 from gptkit.model import GPT
@@ -168,7 +167,7 @@ def generate(
     if T >= block:
         raise GptkitError(f"the prompt is {T} tokens but the model's context is {block}; shorten it")
     n = min(cfg.max_new_tokens, block - T)
-    device = model.transformer.wte.weight.device
+    device = model.get_parameter("transformer.wte.weight").device
     generator = None
     if cfg.temperature > 0:
         generator = torch.Generator(device=device)
@@ -196,56 +195,16 @@ def generate(
             return
         model.setup_kv_cache(cfg.num_samples, max_len=T + n)
         try:
-            token = finish(prefill(model, idx, sample))
-            yield token
+            first = finish(prefill(model, idx, sample))
+            yield first
             if n == 1 or (stop is not None and bool(done.all())):
                 return
-            for token in decode_n(model, token, T, n - 1, sample):
+            for token in decode_n(model, first, T, n - 1, sample):
                 yield finish(token)
                 if stop is not None and bool(done.all()):
                     return
         finally:
             model.clear_kv_cache()
-
-
-# --- decoding layout ------------------------------------------------------------------------------
-
-
-class WideLinear(nn.Module):
-    """y = x @ W^T + b with W kept transposed, (in, out), for batch-1 decoding on a CPU.
-
-    Decoding one token is a matrix-vector product per weight, bound by memory bandwidth. For the
-    matrices that widen (out > in: c_attn, c_fc and the 768 -> 50,304 lm_head) the BLAS streams the
-    (in, out) layout markedly faster than nn.Linear's (out, in) on the CPUs we measured (about 1.4x
-    for c_fc and 1.5x for lm_head with MKL on an AVX2 EPYC); for the narrowing ones it is the
-    other way round, so those stay nn.Linear. Values are the same fp32 weights: only the order of
-    the sums changes, so logits agree to fp32 rounding.
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.register_buffer("weight_t", weight.detach().t().contiguous())  # (in, out)
-        self.register_buffer("bias", None if bias is None else bias.detach())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.size(-1))  # (B*T, in)
-        y = flat @ self.weight_t if self.bias is None else torch.addmm(self.bias, flat, self.weight_t)
-        return y.view(*x.shape[:-1], self.weight_t.size(1))
-
-
-def prepare_for_decoding(model: GPT) -> GPT:
-    """Switch a CPU model to the decoding layout above, in place (sampling only: the changed model
-    no longer has gptkit's parameter names, so it is not for training or saving). The lm_head gets
-    its own transposed copy of wte (+ padded_vocab x n_embd floats); the embedding lookup keeps wte.
-    """
-    if model.transformer.wte.weight.device.type != "cpu" or getattr(model, "decoding_layout", False):
-        return model
-    for block in model.transformer.h:
-        block.attn.c_attn = WideLinear(block.attn.c_attn.weight, block.attn.c_attn.bias)
-        block.mlp.c_fc = WideLinear(block.mlp.c_fc.weight, block.mlp.c_fc.bias)
-    model.lm_head = WideLinear(model.transformer.wte.weight, None)
-    model.decoding_layout = True
-    return model.eval()
 
 
 # --- text out ------------------------------------------------------------------------------------
@@ -338,76 +297,3 @@ def sample_text(
             reasons[r] = "context"
     samples = [Sample(texts[r], toks[r], reasons[r]) for r in range(B)]
     return SampleResult(prompt=prompt, samples=samples, new_tokens=steps * B, seconds=seconds, model=model_name)
-
-
-# --- which model ---------------------------------------------------------------------------------
-
-
-def newest_run_checkpoint() -> Path | None:
-    """The latest checkpoint of the most recently written run under runs_dir(), if any."""
-    from gptkit import paths
-    from gptkit.checkpoint import latest_checkpoint
-
-    runs = paths.runs_dir()
-    if not runs.is_dir():
-        return None
-    found = []
-    for run in runs.iterdir():
-        if run.is_dir() and not run.name.startswith("."):
-            ck = latest_checkpoint(run)
-            if ck is not None:
-                found.append((ck.stat().st_mtime, ck))
-    return max(found)[1] if found else None
-
-
-def resolve_model_path(spec: str | None, *, endpoint: str | None = None) -> Path:
-    """--model as a path (run, checkpoint, .pt, .safetensors, .gguf, HF dir) or a hub name such as gpt2.
-
-    No --model: the newest local run, else pretrained gpt2. A hub name is looked up in
-    data_dir(name) first (where `gptkit download` puts it) and downloaded only when absent.
-    """
-    from gptkit import paths
-
-    if spec is None:
-        ck = newest_run_checkpoint()
-        if ck is not None:
-            return ck
-        spec = "gpt2"
-    p = Path(spec).expanduser()
-    if p.exists():
-        return p
-    looks_like_path = spec.startswith((".", "/", "~")) or Path(spec).suffix in (".pt", ".safetensors", ".gguf", ".bin")
-    if looks_like_path or spec.count("/") > 1:
-        raise GptkitError(f"--model {spec}: no such file or directory")
-    local = paths.data_dir(spec)
-    if _complete_hf_dir(local):
-        return local
-    from gptkit.hub import download as hub  # a hub name not on disk yet: download it (resumes a partial download)
-
-    return Path(hub.download(spec, endpoint=endpoint).local_dir)
-
-
-def _complete_hf_dir(d: Path) -> bool:
-    from gptkit.hub import download as hub
-
-    manifest = hub.read_manifest(d) if d.is_dir() else None
-    if manifest is not None:
-        return bool(manifest.get("complete"))
-    return (d / "config.json").is_file() and any((d / w).is_file() for w in ("model.safetensors", "pytorch_model.bin"))
-
-
-def load_for_sampling(path: Path, device: torch.device):
-    """(model, tokenizer, description) for any format convert reads; checks the vocabularies agree."""
-    from gptkit.data.tokenizers import get_tokenizer
-    from gptkit.formats.convert import load
-
-    loaded = load(path)
-    tokenizer = get_tokenizer(loaded.tokenizer)
-    cfg = loaded.config
-    if cfg.vocab_size != tokenizer.vocab_size:
-        raise GptkitError(
-            f"{path}: the model has a vocabulary of {cfg.vocab_size} but its tokenizer {tokenizer.name!r} has "
-            f"{tokenizer.vocab_size}; this checkpoint does not go with that tokenizer"
-        )
-    model = prepare_for_decoding(loaded.build_model(device))
-    return model, tokenizer, f"{loaded.path} ({loaded.format})"

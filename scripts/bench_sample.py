@@ -42,8 +42,9 @@ def main() -> int:
 
     from gptkit.checkpoint import save_checkpoint
     from gptkit.formats.convert import convert
-    from gptkit.generate import SampleConfig, generate, load_for_sampling
+    from gptkit.generate import SampleConfig, generate
     from gptkit.model import GPT, get_preset
+    from gptkit.models import load_for_sampling
 
     hf_logging.set_verbosity_error()
     if args.threads:

@@ -14,10 +14,11 @@ from conftest import assert_one_line_error, run_cli
 from gptkit.checkpoint import load_checkpoint, save_checkpoint
 from gptkit.data.tokenizers import get_tokenizer
 from gptkit.errors import GptkitError
-from gptkit.formats import convert as convert_mod
+from gptkit.formats import registry
 from gptkit.formats.convert import convert, detect_format, load
-from gptkit.generate import SampleConfig, generate, load_for_sampling
+from gptkit.generate import SampleConfig, generate
 from gptkit.model import GPT, GPTConfig
+from gptkit.models import load_for_sampling
 
 GPT2_V = 50257
 
@@ -401,14 +402,14 @@ def test_failed_verification_leaves_the_old_output_alone(tmp_path, monkeypatch):
     ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
     dst = tmp_path / "out.safetensors"
     dst.write_bytes(b"previous version")
-    real = convert_mod.WRITERS["safetensors"]
+    real = registry.FORMATS["safetensors"]
 
     def faulty(m, out, dtype):  # a writer bug: one bias written wrong
         sd = dict(m.state_dict)
         sd["transformer.ln_f.bias"] = sd["transformer.ln_f.bias"] + 0.5
-        return real(dataclasses.replace(m, state_dict=sd), out, dtype)
+        return real.write(dataclasses.replace(m, state_dict=sd), out, dtype)
 
-    monkeypatch.setitem(convert_mod.WRITERS, "safetensors", faulty)
+    monkeypatch.setitem(registry.FORMATS, "safetensors", dataclasses.replace(real, write=faulty))
     with pytest.raises(GptkitError, match="verification failed"):
         convert(ck, dst, force=True)
     assert dst.read_bytes() == b"previous version"

@@ -15,11 +15,10 @@ from gptkit.generate import (
     generate,
     logits_to_probs,
     next_token,
-    prepare_for_decoding,
-    resolve_model_path,
     sample_text,
 )
 from gptkit.model import GPT, GPTConfig
+from gptkit.models import prepare_for_decoding, resolve_model_path
 
 
 def random_model(vocab=256, padded=None, seed=0, **kw):
@@ -155,9 +154,10 @@ def test_stops_at_eot():
 def test_same_seed_same_text_different_seed_different_text():
     model = random_model()
     tok = BytesTokenizer()
-    cfg = lambda seed: SampleConfig(
-        max_new_tokens=40, temperature=1.0, top_k=None, num_samples=2, seed=seed, stop_at_eot=False
-    )  # noqa: E731
+
+    def cfg(seed):
+        return SampleConfig(max_new_tokens=40, temperature=1.0, top_k=None, num_samples=2, seed=seed, stop_at_eot=False)
+
     a = [s.tokens for s in sample_text(model, tok, "hello", cfg(1)).samples]
     b = [s.tokens for s in sample_text(model, tok, "hello", cfg(1)).samples]
     c = [s.tokens for s in sample_text(model, tok, "hello", cfg(2)).samples]
@@ -273,7 +273,7 @@ def test_hub_name_is_fetched_through_the_mirror(gptkit_home, tmp_path):
     from hubfixtures import make_model_repo, running_mirror
 
     from gptkit import paths
-    from gptkit.generate import load_for_sampling
+    from gptkit.models import load_for_sampling
 
     make_model_repo(tmp_path / "hub" / "gpt2", "openai-community/gpt2", vocab="gpt2", n_positions=32)
     with running_mirror(tmp_path / "hub") as server:

@@ -47,8 +47,9 @@ def sample(
 
     from gptkit.device import pick_device, resolve_precision
     from gptkit.errors import GptkitError
-    from gptkit.generate import SampleConfig, load_for_sampling, resolve_model_path, sample_text
+    from gptkit.generate import SampleConfig, sample_text
     from gptkit.hub.endpoint import resolve_endpoint
+    from gptkit.models import load_for_sampling, resolve_model_path
 
     if prompt is not None and prompt_file is not None:
         raise GptkitError("give either a PROMPT or --prompt-file, not both")

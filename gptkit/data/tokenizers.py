@@ -232,3 +232,9 @@ def gpt2_vocab_offline() -> str | None:
         if (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
             return str(d)
     return None
+
+
+# Vocabulary size and end-of-text id of each built-in tokenizer, known without loading it (gpt2's
+# BPE files may be absent, e.g. while converting a model). <|endoftext|> is GPT-2's last token.
+VOCAB_SIZES = {"gpt2": GPT2_EOT + 1, "bytes": BytesTokenizer.vocab_size}
+EOT_TOKENS = {"gpt2": GPT2_EOT, "bytes": BytesTokenizer.eot_token}

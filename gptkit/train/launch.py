@@ -25,6 +25,7 @@ from pathlib import Path
 
 from gptkit import paths
 from gptkit.errors import GptkitError
+from gptkit.runs import CONFIG_FILE, find_run, newest_run
 from gptkit.train.config import (
     LaunchConfig,
     ResolvedRun,
@@ -38,18 +39,8 @@ from gptkit.train.config import (
 )
 from gptkit.train.main import ERRORS_DIR, LAUNCHER_ENV
 
-CONFIG_FILE = "config.json"
-
 
 # --- run directory and resume --------------------------------------------------------------------
-def newest_run() -> Path | None:
-    from gptkit.checkpoint import list_checkpoints
-
-    root = paths.runs_dir()
-    runs = [d for d in root.iterdir() if d.is_dir() and list_checkpoints(d)] if root.is_dir() else []
-    return max(runs, key=lambda d: list_checkpoints(d)[-1][1].stat().st_mtime) if runs else None
-
-
 def resolve_run_dir(
     name: str | None, out: str | Path | None, resume: str | None, preset: str
 ) -> tuple[Path, Path | None]:
@@ -62,18 +53,13 @@ def resolve_run_dir(
     ckpt = None
     if resume and resume != "auto":
         p = Path(resume).expanduser().resolve()
+        run = None if is_checkpoint(p) else find_run(resume)
         if is_checkpoint(p):
             ckpt = p
-        elif p.is_dir() and latest_checkpoint(p):
-            ckpt = latest_checkpoint(p)
-        else:
-            named = paths.runs_dir(resume)
-            if named.is_dir() and latest_checkpoint(named):
-                ckpt = latest_checkpoint(named)
-            else:
-                raise GptkitError(
-                    f"--resume {resume}: not a checkpoint, nor a run directory holding step_* checkpoints"
-                )
+        elif run is not None:
+            ckpt = latest_checkpoint(run.resolve())
+        if ckpt is None:
+            raise GptkitError(f"--resume {resume}: not a checkpoint, nor a run directory holding step_* checkpoints")
         run_dir = run_dir or ckpt.parent
     elif resume == "auto":
         run_dir = run_dir or newest_run()
@@ -88,10 +74,11 @@ def resolve_run_dir(
 
 
 def read_checkpoint_config(ckpt: Path) -> dict:
-    from gptkit.checkpoint import read_json
+    """The training config a checkpoint was written with; refused for a checkpoint that cannot be resumed."""
+    from gptkit.checkpoint import has_trainer_state, read_meta
 
-    meta = read_json(ckpt / "config.json")
-    if not meta.get("train") or not (ckpt / "trainer.json").is_file():
+    meta = read_meta(ckpt)
+    if not meta.get("train") or not has_trainer_state(ckpt):
         raise GptkitError(f"{ckpt}: holds no training state (an exported model?); it cannot be resumed")
     return meta["train"]
 
@@ -101,13 +88,19 @@ def resolve_devices(cfg: TrainConfig, launch: LaunchConfig) -> tuple[str, int]:
     """(device type, processes on this node)."""
     import torch
 
+    from gptkit.device import pick_device
+
     if launch.nproc < 1 or launch.nodes < 1 or not 0 <= launch.node_rank < launch.nodes:
         raise GptkitError("--nproc and --nodes must be at least 1, and --node-rank in [0, --nodes)")
     want = cfg.device
     if want not in ("auto", "cpu", "cuda", "mps"):
         raise GptkitError(f"--device {want!r}: use auto, cpu, cuda or mps (GPUs per node are chosen with --gpus)")
+    if want == "auto":
+        # Never MPS by itself: training runs as DDP processes, and MPS has no collective backend
+        # (gloo works on CPU tensors only), so auto training is CUDA or CPU; --device mps is explicit.
+        want = "cpu" if launch.gpus == 0 else pick_device("auto", allow_mps=False).type
     n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if want == "cpu" or (want == "auto" and (launch.gpus == 0 or n_gpu == 0)):
+    if want == "cpu":
         if launch.gpus:
             raise GptkitError(
                 f"--gpus {launch.gpus} but torch sees no CUDA GPU; use --gpus 0 --nproc N to train on CPU"
@@ -232,18 +225,15 @@ def prepare(
 
 def check_init_from(path: str, tokenizer: str, vocab: int, seq_len: int) -> Path:
     """--init-from must be a gptkit checkpoint whose vocabulary and context fit the data and run."""
-    from gptkit.checkpoint import CONFIG, is_checkpoint, latest_checkpoint, read_json
-    from gptkit.model import GPTConfig
+    from gptkit.checkpoint import read_config, resolve_checkpoint
 
     p = Path(path).expanduser().resolve()
-    if p.is_dir() and not is_checkpoint(p):
-        p = latest_checkpoint(p) or p
-    if not is_checkpoint(p):
+    found = resolve_checkpoint(p)
+    if found is None:
         raise GptkitError(
             f"--init-from {path}: not a gptkit checkpoint; make one with `gptkit convert SRC DIR --to gptkit`"
         )
-    meta = read_json(p / CONFIG)
-    mc = GPTConfig.from_dict(meta.get("model", {}))
+    mc, meta = read_config(found)
     if meta.get("tokenizer") != tokenizer or mc.vocab_size != vocab:
         raise GptkitError(
             f"--init-from {path}: the model's vocabulary ({meta.get('tokenizer')}, {mc.vocab_size}) does not match "
@@ -253,7 +243,7 @@ def check_init_from(path: str, tokenizer: str, vocab: int, seq_len: int) -> Path
         raise GptkitError(
             f"--seq-len {seq_len} exceeds the model's context length {mc.block_size} (--init-from {path})"
         )
-    return p
+    return found
 
 
 def torchrun_command(rr: ResolvedRun) -> list[str]:

@@ -6,22 +6,26 @@ from pathlib import Path
 
 from gptkit import paths
 from gptkit.errors import GptkitError
+from gptkit.runs import find_run, newest_run
 from gptkit.train.metrics import METRICS, read_metrics
+
+
+def metrics_file(run_dir: Path) -> Path | None:
+    f = run_dir / METRICS
+    return f if f.is_file() else None
 
 
 def resolve_run(run: str | None) -> Path:
     """A run directory, a name under runs/, or (None) the run that logged most recently."""
     if run is None:
-        root = paths.runs_dir()
-        runs = [d for d in root.iterdir() if (d / METRICS).is_file()] if root.is_dir() else []
-        if not runs:
-            raise GptkitError(f"no runs with {METRICS} under {root}; train first or give a run directory")
-        return max(runs, key=lambda d: (d / METRICS).stat().st_mtime)
-    p = Path(run).expanduser()
-    for cand in (p, paths.runs_dir(run)):
-        if (cand / METRICS).is_file():
-            return cand
-    raise GptkitError(f"{run}: no {METRICS} there (nor under {paths.runs_dir()}); is it a `gptkit train` run?")
+        found = newest_run(metrics_file)
+        if found is None:
+            raise GptkitError(f"no runs with {METRICS} under {paths.runs_dir()}; train first or give a run directory")
+        return found
+    found = find_run(run, metrics_file)
+    if found is None:
+        raise GptkitError(f"{run}: no {METRICS} there (nor under {paths.runs_dir()}); is it a `gptkit train` run?")
+    return found
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:

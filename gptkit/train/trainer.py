@@ -23,18 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptkit.checkpoint import clean_state_dict, load_checkpoint, prune_checkpoints, save_checkpoint, step_dirname
+from gptkit.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint, step_dirname
 from gptkit.device import configure_matmul, resolve_precision
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, get_preset
+from gptkit.runs import CONFIG_FILE
 from gptkit.train import data as datamod
 from gptkit.train import hellaswag, mfu, signals
 from gptkit.train.config import ResolvedRun, plan_batches
 from gptkit.train.loss import FusedLossGPT
 from gptkit.train.metrics import Reporter, truncate_metrics
 from gptkit.train.schedule import lr_at
-
-CONFIG_FILE = "config.json"
 
 
 class TrainingError(GptkitError):
@@ -199,9 +198,7 @@ class Trainer:
         ts = ck.trainer_state()
         if ts is None or "data_pos" not in ts:
             raise TrainingError(f"{ck.path}: no trainer state; it cannot be resumed (use it with `gptkit sample`)")
-        sd = clean_state_dict(ck.state_dict)
-        sd["lm_head.weight"] = sd["transformer.wte.weight"]
-        self.model.load_state_dict(sd)
+        ck.load_into(self.model)
         self.step, self.data_pos, self.tokens_seen = int(ts["step"]), int(ts["data_pos"]), int(ts.get("tokens", 0))
         return ck.optimizer_state(device=self.device)
 

@@ -1,0 +1,12 @@
+"""Every model format gptkit reads and writes, by name. Adding one: a module with detect, read and
+write that turns the file into a `Loaded` and back, and its FORMAT listed here."""
+
+from __future__ import annotations
+
+from gptkit.formats import gguf, hf, native, pt, safetensors
+from gptkit.formats.loaded import Format
+
+# In the order users see them. Detection tries them in this order too, except that a directory is
+# tried as hf before gptkit: a run directory also holds a config.json, only HF's names a model_type.
+FORMATS: dict[str, Format] = {f.name: f for f in (native.FORMAT, pt.FORMAT, safetensors.FORMAT, hf.FORMAT, gguf.FORMAT)}
+DETECTION_ORDER = ("hf", "gptkit", "pt", "safetensors", "gguf")
