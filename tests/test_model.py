@@ -180,3 +180,22 @@ def test_weight_decay_groups():
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
     assert n == model.num_params(non_embedding=False)
+
+
+def test_shape_fields_bias_and_activation():
+    import torch.nn.functional as F
+
+    from gptkit.model import GPT, GPTConfig
+
+    base = dict(block_size=16, vocab_size=50, padded_vocab_size=64, n_layer=2, n_head=2, n_embd=32)
+    no_bias = GPT(GPTConfig(**base, bias=False))
+    assert not [n for n, _ in no_bias.named_parameters() if n.endswith(".bias")]
+    with_bias = GPT(GPTConfig(**base))
+    assert sum(p.numel() for p in with_bias.parameters()) > sum(p.numel() for p in no_bias.parameters())
+    exact = GPT(GPTConfig(**base, activation="gelu")).eval()
+    x = torch.randn(3, 32)
+    mlp = exact.transformer.h[0].mlp
+    torch.testing.assert_close(mlp(x), mlp.c_proj(F.gelu(mlp.c_fc(x))))  # erf form, not tanh
+    for bad in (dict(activation="relu"), dict(dropout=1.5), dict(n_layer=0), dict(layer_norm_epsilon=0.0)):
+        with pytest.raises(ValueError):
+            GPTConfig(**{**base, **bad})

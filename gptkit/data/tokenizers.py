@@ -32,13 +32,33 @@ FIX_HINT = "run `python scripts/get_gpt2_vocab.py` (PyPI only) or `gptkit downlo
 
 
 class Tokenizer:
-    """The small interface every command uses: encode, decode, eot_token, vocab_size, vocab_hash."""
+    """The small interface every command uses: encode, decode, eot_token, vocab_size, vocab_hash.
+
+    `spec` is what `get_tokenizer` takes to build the same tokenizer again (a name, or a path), so
+    worker processes can rebuild it; `vocab_hash` proves they did. `kind` is builtin, chars or hf.
+    `eot_token` is None for vocabularies without one (nanoGPT's character vocabularies).
+    `cut_safe`: plain text may be split where tokenize cuts it (see data/tokenize) without changing
+    the tokens.
+    """
 
     name: str
+    kind: str = "builtin"
+    spec: str
     vocab_size: int
-    eot_token: int
+    eot_token: int | None
     vocab_hash: str
     source: str
+    cut_safe: bool = True
+
+    def info(self) -> dict:
+        """The tokenizer block written into manifests, run configs and checkpoints."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "vocab_size": self.vocab_size,
+            "eot": self.eot_token,
+            "vocab_hash": self.vocab_hash,
+        }
 
     def encode(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -61,6 +81,7 @@ class Tokenizer:
 
 class BytesTokenizer(Tokenizer):
     name = "bytes"
+    spec = "bytes"
     vocab_size = 256
     eot_token = 0
     vocab_hash = hashlib.sha256(bytes(range(256))).hexdigest()
@@ -81,6 +102,7 @@ class BytesTokenizer(Tokenizer):
 class TiktokenTokenizer(Tokenizer):
     def __init__(self, name: str, enc, source: str, vocab_hash: str):
         self.name = name
+        self.spec = name
         self.enc = enc
         self.eot_token = enc.eot_token
         self.vocab_size = enc.n_vocab
@@ -215,12 +237,186 @@ def _gpt2() -> TiktokenTokenizer:
     return make(ranks, "tiktoken download")
 
 
-def get_tokenizer(name: str) -> Tokenizer:
+def get_tokenizer(spec: str | Path) -> Tokenizer:
+    """A tokenizer by name (gpt2, bytes) or from files a user brings: a tokenizer.json, a directory
+    with tokenizer.json or vocab.json + merges.txt, nanoGPT's meta.pkl (or its data directory), or
+    a `tokenizer/` folder gptkit saved."""
+    name = str(spec)
     if name == "gpt2":
         return _gpt2()
     if name == "bytes":
         return BytesTokenizer()
-    raise GptkitError(f"unknown tokenizer {name!r}; choose one of: {', '.join(TOKENIZERS)}")
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise GptkitError(
+            f"unknown tokenizer {name!r}; choose one of: {', '.join(TOKENIZERS)}, or give a tokenizer.json, "
+            "a vocab.json + merges.txt directory or a nanoGPT meta.pkl"
+        )
+    return _from_files(path.resolve())
+
+
+def _from_files(path: Path) -> Tokenizer:
+    from gptkit.data import vocab_files as vf
+
+    if path.is_dir() and (path / vf.SAVED_INFO).is_file():
+        return load_saved(path)
+    meta = path if path.name == "meta.pkl" else path / "meta.pkl"
+    if meta.is_file() and not (path.is_dir() and (path / vf.HF_FILE).is_file()):
+        chars = vf.chars_from_meta(vf.read_meta_pkl(meta), meta)
+        return CharTokenizer(chars, None, spec=str(meta), source=f"nanoGPT meta.pkl ({meta})")
+    if path.is_file() and path.suffix == ".json" and path.name == vf.CHARS_FILE:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return CharTokenizer(d["chars"], d.get("eot"), spec=str(path), source=f"character vocabulary ({path})")
+    if path.is_dir() and _is_gpt2(path):
+        return _gpt2()  # GPT-2's own files: the same vocabulary through tiktoken, which is faster
+    tk = vf.load_hf_tokenizer(path)
+    return HFTokenizer(tk, spec=str(path), source=f"Hugging Face tokenizer ({path})")
+
+
+def _is_gpt2(d: Path) -> bool:
+    try:
+        ranks = ranks_from_hf_dir(d)
+    except GptkitError:
+        return False
+    return ranks is not None and len(ranks) == GPT2_EOT and ranks_hash(ranks) == _gpt2().vocab_hash
+
+
+class CharTokenizer(Tokenizer):
+    """A character vocabulary: one id per character (nanoGPT's shakespeare_char has 65)."""
+
+    kind = "chars"
+
+    def __init__(self, chars: list[str], eot: int | None, *, spec: str, source: str):
+        from gptkit.data.vocab_files import chars_hash
+
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        self.name = f"chars-{len(self.chars)}"
+        self.vocab_size = len(self.chars)
+        self.eot_token = eot
+        self.vocab_hash = chars_hash(self.chars)
+        self.spec, self.source = spec, source
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as e:
+            raise GptkitError(f"character {e.args[0]!r} is not in the {self.name} vocabulary ({self.source})") from None
+
+    def decode_bytes(self, ids) -> bytes:
+        return "".join(self.chars[int(i)] for i in ids if 0 <= int(i) < self.vocab_size).encode("utf-8")
+
+
+class HFTokenizer(Tokenizer):
+    """Any Hugging Face `tokenizers` model (BPE, WordPiece, Unigram, ...) from the user's files."""
+
+    kind = "hf"
+
+    def __init__(self, tk, *, spec: str, source: str):
+        from gptkit.data.vocab_files import EOT_NAMES, hf_vocab_hash
+
+        self.tk = tk
+        self.vocab_size = tk.get_vocab_size(with_added_tokens=True)
+        vocab = tk.get_vocab(with_added_tokens=True)
+        self.eot_token = next((vocab[t] for t in EOT_NAMES if t in vocab), None)
+        self.vocab_hash = hf_vocab_hash(tk)
+        self.name = f"hf-{self.vocab_hash[:8]}"
+        self.spec, self.source = spec, source
+        # Byte-level BPE with GPT-2's pre-tokenizer splits text exactly where GPT-2's does; any
+        # other pre-tokenizer might join text across tokenize's cut points, so files stay whole.
+        spec_json = json.loads(tk.to_str())
+        self._added = {a["content"] for a in spec_json.get("added_tokens") or []}
+        pre = spec_json.get("pre_tokenizer") or {}
+        self.byte_level = pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+        self.cut_safe = self.byte_level and not pre.get("add_prefix_space", False)
+        if self.byte_level:
+            self._byte_of = {c: b for b, c in bytes_to_unicode().items()}
+
+    def encode(self, text: str) -> list[int]:
+        return self.tk.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tk.encode_batch(texts, add_special_tokens=False)]
+
+    def decode_bytes(self, ids) -> bytes:
+        ids = [int(i) for i in ids if 0 <= int(i) < self.vocab_size]
+        if self.byte_level:  # exact bytes, so a character split across tokens streams correctly
+            out = bytearray()
+            for i in ids:
+                piece = self.tk.id_to_token(i)
+                if piece is None:
+                    continue
+                if piece in self._added:
+                    out += piece.encode("utf-8")
+                    continue
+                try:
+                    out += bytes(self._byte_of[c] for c in piece)
+                except KeyError:  # an added token written as plain text
+                    out += piece.encode("utf-8")
+            return bytes(out)
+        return self.tk.decode(ids, skip_special_tokens=False).encode("utf-8")
+
+
+def save_tokenizer(tok: Tokenizer, folder: Path) -> None:
+    """Write what it takes to load `tok` again into FOLDER (a `tokenizer/` folder beside shards, a
+    run or a checkpoint). Built-in tokenizers need only their info."""
+    from gptkit.data import vocab_files as vf
+    from gptkit.fsutil import write_json_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(tok, CharTokenizer):
+        write_json_atomic(folder / vf.CHARS_FILE, {"chars": tok.chars, "eot": tok.eot_token})
+    elif isinstance(tok, HFTokenizer):
+        tmp = folder / f".{vf.HF_FILE}.tmp"
+        tok.tk.save(str(tmp))
+        tmp.replace(folder / vf.HF_FILE)
+    write_json_atomic(folder / vf.SAVED_INFO, tok.info())
+
+
+def load_saved(folder: Path, expected: dict | None = None) -> Tokenizer:
+    """The tokenizer saved in FOLDER, checked against its recorded info (and `expected`, the block a
+    manifest or checkpoint holds): a different vocabulary is an error, never a silent swap."""
+    from gptkit.data import vocab_files as vf
+
+    info = json.loads((folder / vf.SAVED_INFO).read_text(encoding="utf-8"))
+    kind = info.get("kind", "builtin")
+    if kind == "builtin":
+        tok = get_tokenizer(info["name"])
+    elif kind == "chars":
+        d = json.loads((folder / vf.CHARS_FILE).read_text(encoding="utf-8"))
+        tok = CharTokenizer(d["chars"], d.get("eot"), spec=str(folder), source=f"saved character vocabulary ({folder})")
+    elif kind == "hf":
+        tok = HFTokenizer(
+            vf.load_hf_tokenizer(folder / vf.HF_FILE), spec=str(folder), source=f"saved tokenizer ({folder})"
+        )
+    else:
+        raise GptkitError(f"{folder}: unknown tokenizer kind {kind!r}")
+    for want in (info, expected):
+        if want and want.get("vocab_hash") and want["vocab_hash"] != tok.vocab_hash:
+            raise GptkitError(
+                f"{folder}: the tokenizer files do not match the recorded vocabulary (hash {want['vocab_hash'][:12]}…); "
+                "they were changed or mixed up"
+            )
+    return tok
+
+
+def tokenizer_for(block: dict | str, folder: Path | None, where: str) -> Tokenizer:
+    """The tokenizer a manifest, run or checkpoint records: its saved `tokenizer/` folder when
+    there is one, else the built-in it names, checked by hash either way."""
+    from gptkit.data.vocab_files import SAVED_DIR, SAVED_INFO
+
+    info = {"name": block} if isinstance(block, str) else dict(block)
+    if folder is not None and (folder / SAVED_DIR / SAVED_INFO).is_file():
+        return load_saved(folder / SAVED_DIR, info)
+    if info.get("kind", "builtin") != "builtin" or info.get("name") not in TOKENIZERS:
+        raise GptkitError(
+            f"{where}: uses tokenizer {info.get('name')!r}, whose files are missing "
+            f"(expected a {SAVED_DIR}/ folder beside it)"
+        )
+    tok = get_tokenizer(info["name"])
+    if info.get("vocab_hash") and info["vocab_hash"] != tok.vocab_hash:
+        raise GptkitError(f"{where}: recorded {info['name']} vocabulary differs from the one found here ({tok.source})")
+    return tok
 
 
 def gpt2_vocab_offline() -> str | None:
