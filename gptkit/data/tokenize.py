@@ -37,6 +37,7 @@ from pathlib import Path
 from gptkit import paths
 from gptkit.errors import GptkitError
 from gptkit.fsutil import fsync_dir, write_json_atomic
+from gptkit.hub.errors import explain
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "gptkit.shards"
@@ -344,9 +345,9 @@ def _path_source(p: Path, spec: str, name: str | None, text_column: str, log: Ca
 
 def _download_record(root: Path, log: Callable[[str], None]) -> dict:
     """Repo and revision from the `gptkit download` manifest of the folder, if there is one."""
-    from gptkit.hub import download as hub
+    from gptkit.hub.manifest import read_manifest
 
-    rec = hub.read_manifest(root)
+    rec = read_manifest(root)
     if rec is None:
         return {}
     if not rec.get("complete", True):
@@ -395,28 +396,6 @@ def _plan_parquet(src: Source, text_column: str) -> None:
         src.parquet_units[i] = units
 
 
-def _hub_error(e: Exception, repo_id: str, revision: str | None, endpoint: str) -> GptkitError:
-    from huggingface_hub import errors as hf_errors
-
-    if isinstance(e, hf_errors.RevisionNotFoundError):
-        return GptkitError(f"dataset {repo_id} has no revision {revision!r} at {endpoint}")
-    if isinstance(e, (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError)):
-        return GptkitError(
-            f"dataset {repo_id} not found at {endpoint} (or it needs a token in HF_TOKEN); "
-            "it is not a local path either"
-        )
-    if isinstance(e, hf_errors.OfflineModeIsEnabled):
-        return GptkitError(f"dataset {repo_id} is not available offline (HF_HUB_OFFLINE is set); download it first")
-    if isinstance(e, hf_errors.HfHubHTTPError):
-        return GptkitError(
-            f"{endpoint} answered {e.__class__.__name__} for dataset {repo_id}: {str(e).splitlines()[0]}"
-        )
-    return GptkitError(
-        f"{repo_id} is not a local file or folder, and the Hugging Face endpoint {endpoint} cannot be reached "
-        f"({e.__class__.__name__}); check the path, --endpoint/HF_ENDPOINT or your network"
-    )
-
-
 def _hf_source(repo_id, text_column, subset, split, revision, endpoint) -> Source:
     from huggingface_hub import HfApi
 
@@ -430,7 +409,7 @@ def _hf_source(repo_id, text_column, subset, split, revision, endpoint) -> Sourc
     try:
         info = HfApi(endpoint=endpoint).dataset_info(repo_id, revision=revision, timeout=30)
     except Exception as e:  # noqa: BLE001 - connection and HTTP errors come in many types
-        raise _hub_error(e, repo_id, revision, endpoint) from None
+        raise explain(e, f"dataset {repo_id}", endpoint, revision) from None
     rec = {
         "type": "huggingface",
         "spec": repo_id,
@@ -520,7 +499,7 @@ def _hf_batches(src: Source, unit_bytes: int, skip_units: int) -> Iterator[list[
     import datasets
     from datasets import DownloadConfig
 
-    from gptkit.hub.download import use_endpoint  # points datasets/huggingface_hub at it, whatever the import order
+    from gptkit.hub.endpoint import use_endpoint  # points datasets/huggingface_hub at it, whatever the import order
 
     hf = src.hf
     col = hf["text_column"]
@@ -566,7 +545,7 @@ def _hf_batches(src: Source, unit_bytes: int, skip_units: int) -> Iterator[list[
             if e.__class__.__module__.startswith(
                 ("huggingface_hub", "httpx", "requests", "fsspec", "aiohttp")
             ) or isinstance(e, OSError):
-                raise _hub_error(e, hf["repo_id"], hf["revision"], hf["endpoint"]) from None
+                raise explain(e, f"dataset {hf['repo_id']}", hf["endpoint"], hf["revision"]) from None
             raise
 
 
