@@ -20,6 +20,8 @@ from hubfixtures import RequestLog, finish_repo, hf_state, hub, running_mirror  
 from gptkit import paths
 from gptkit.errors import GptkitError
 from gptkit.hub import download as gk_hub
+from gptkit.hub import plan as hub_plan
+from gptkit.hub.plan import human
 from gptkit.hub.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("hf_state")  # each test leaves HF_ENDPOINT & co. as it found them
@@ -176,7 +178,7 @@ def test_dry_run_lists_files_and_checks_free_disk(hub, gptkit_home, monkeypatch)
         assert rel in r.stdout
     assert "002_00000" not in r.stdout
     total = sizes["README.md"] + sizes["sample/10BT/000_00000.parquet"] + sizes["sample/10BT/001_00000.parquet"]
-    assert f"3 files, {gk_hub.human(total)}" in r.stdout and "free in" in r.stdout
+    assert f"3 files, {human(total)}" in r.stdout and "free in" in r.stdout
     assert not paths.data_dir("fineweb-edu").exists()  # nothing written
 
     # After one shard, a dry run of two reports the difference.
@@ -187,7 +189,7 @@ def test_dry_run_lists_files_and_checks_free_disk(hub, gptkit_home, monkeypatch)
 
     # Not enough disk: refused before anything is written, in a dry run and a real run alike.
     before = snapshot(paths.data_dir("fineweb-edu"))
-    monkeypatch.setattr(gk_hub, "_free_bytes", lambda path: 1000)
+    monkeypatch.setattr(hub_plan, "free_bytes", lambda path: 1000)
     for dry in (True, False):
         with pytest.raises(GptkitError, match="not enough free disk space"):
             gk_hub.download("fineweb-edu", endpoint=hub.url, shards=3, dry_run=dry)
@@ -286,3 +288,16 @@ def test_bad_input_is_one_line_and_loses_nothing(hub, gptkit_home):
         with pytest.raises(GptkitError, match=re.escape(message)):
             gk_hub.download(**kwargs)
     assert snapshot(folder) == before
+
+
+def test_endpoint_patching_tolerates_a_huggingface_hub_without_hf_url_hosts(monkeypatch):
+    # huggingface_hub 0.26 has no constants.HF_URL_HOSTS (nor HF_HUB_DISABLE_XET before Xet existed).
+    from gptkit.hub.endpoint import configure_endpoint, preserved_endpoint_state
+
+    hc = huggingface_hub.constants
+    for name in ("HF_URL_HOSTS", "HF_HUB_DISABLE_XET"):
+        monkeypatch.delattr(hc, name)
+    with preserved_endpoint_state():
+        assert configure_endpoint("http://127.0.0.1:9") is True
+        assert hc.ENDPOINT == "http://127.0.0.1:9" and not hasattr(hc, "HF_URL_HOSTS")
+    assert hc.ENDPOINT != "http://127.0.0.1:9" and not hasattr(hc, "HF_HUB_DISABLE_XET")

@@ -63,6 +63,7 @@ def download(
     """
     from gptkit.hub import download as hub
     from gptkit.hub import presets
+    from gptkit.hub.plan import human
 
     if list_presets:
         return _print_presets(presets, json_out)
@@ -116,15 +117,15 @@ def download(
     if dry_run:
         pending = set(result.fetched)
         for f in result.files:
-            print(f"  {'get ' if f.path in pending else 'have'}  {hub.human(f.size):>10}  {f.path}")
+            print(f"  {'get ' if f.path in pending else 'have'}  {human(f.size):>10}  {f.path}")
         print(
-            f"{repo}: {_files(result.files)}, {hub.human(result.total_bytes)}; to download "
-            f"{_files(result.fetched)}, {hub.human(result.fetch_bytes)}; "
-            f"{hub.human(result.free_bytes)} free in {result.local_dir}"
+            f"{repo}: {_files(result.files)}, {human(result.total_bytes)}; to download "
+            f"{_files(result.fetched)}, {human(result.fetch_bytes)}; "
+            f"{human(result.free_bytes)} free in {result.local_dir}"
         )
         return
     print(
-        f"{repo}: {_files(result.fetched)} downloaded ({hub.human(result.fetch_bytes)}), "
+        f"{repo}: {_files(result.fetched)} downloaded ({human(result.fetch_bytes)}), "
         f"{len(result.skipped)} already complete -> {result.local_dir}"
     )
 
@@ -183,7 +184,7 @@ class _Display:
     def update(self, p: Progress) -> None:
         if self.live is None:
             if p.finished and not self.quiet:
-                from gptkit.hub.download import human
+                from gptkit.hub.plan import human
 
                 print(f"  {p.file} ({human(p.file_size)})", flush=True)
             return
@@ -201,7 +202,7 @@ class _Display:
 
     def log(self, msg: str) -> None:
         if self.live is not None:
-            self.live.console.print(msg, markup=False, highlight=False)
+            self.live.console.print(msg, markup=False, highlight=False, soft_wrap=True)
         else:  # stdout, unless it carries --json
             print(msg, file=sys.stderr if self.quiet else sys.stdout, flush=True)
 

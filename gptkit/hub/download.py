@@ -26,11 +26,10 @@ import functools
 import glob
 import os
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
@@ -38,9 +37,19 @@ from urllib.parse import urlsplit
 from gptkit import paths
 from gptkit.errors import GptkitError
 from gptkit.hub import errors as hub_errors
+from gptkit.hub import plan
 from gptkit.hub.endpoint import configure_endpoint, redact_url, resolve_endpoint
-from gptkit.hub.manifest import MANIFEST_NAME, file_entry, hash_file, write_manifest
-from gptkit.hub.plan import RemoteFile, list_files, matches, previous_download, select, split_complete
+from gptkit.hub.manifest import file_entry, hash_file, write_manifest
+from gptkit.hub.plan import (
+    DownloadResult,
+    RemoteFile,
+    human,
+    list_files,
+    matches,
+    previous_download,
+    select,
+    split_complete,
+)
 from gptkit.hub.presets import Target, resolve_target
 
 STATE_DIR = ".gptkit"
@@ -67,50 +76,12 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 
 
-@dataclass
-class DownloadResult:
-    name: str
-    repo_id: str
-    repo_type: str
-    revision: str
-    commit: str
-    endpoint: str
-    local_dir: Path
-    files: list[RemoteFile]  # the selection
-    fetched: list[str] = field(default_factory=list)  # downloaded by this run (or, dry run: to download)
-    skipped: list[str] = field(default_factory=list)  # already complete
-    total_bytes: int = 0
-    fetch_bytes: int = 0  # bytes transferred (dry run: still to transfer)
-    free_bytes: int = 0
-    dry_run: bool = False
-    xet_disabled: bool = False
-
-    @property
-    def manifest(self) -> Path:
-        return self.local_dir / MANIFEST_NAME
-
-
 class _Corrupt(Exception):
     """A transfer that completed with the wrong size or hash: retried from scratch."""
 
 
 def _retryable() -> tuple[type[BaseException], ...]:
     return (_Corrupt, *hub_errors.user_errors())
-
-
-def human(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
-
-
-def _free_bytes(path: Path) -> int:
-    p = path
-    while not p.exists():
-        p = p.parent
-    return shutil.disk_usage(p).free
 
 
 class _Context:
@@ -339,7 +310,7 @@ def download(
             ctx.record(rf, sha256)
         partial_bytes = sum(_partial_size(ctx, rf) for rf in todo)
         need = sum(rf.size for rf in todo) - partial_bytes
-        free = _free_bytes(dest)
+        free = plan.free_bytes(dest)
         result = DownloadResult(
             target.name,
             target.repo_id,

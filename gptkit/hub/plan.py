@@ -1,15 +1,17 @@
-"""What a download fetches: the repo's files at a commit, the selection, and what is already on disk."""
+"""What a download fetches: the repo's files at a commit, the selection, what is already on disk, and
+whether the rest fits (a dry run stops here, with the DownloadResult of the plan)."""
 
 from __future__ import annotations
 
 import fnmatch
+import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gptkit.errors import GptkitError
-from gptkit.hub.manifest import hash_file, read_manifest
+from gptkit.hub.manifest import MANIFEST_NAME, hash_file, read_manifest
 from gptkit.hub.presets import Target
 
 
@@ -24,6 +26,44 @@ class RemoteFile:
     @property
     def lfs(self) -> bool:
         return self.sha256 is not None
+
+
+@dataclass
+class DownloadResult:
+    name: str
+    repo_id: str
+    repo_type: str
+    revision: str
+    commit: str
+    endpoint: str
+    local_dir: Path
+    files: list[RemoteFile]  # the selection
+    fetched: list[str] = field(default_factory=list)  # downloaded by this run (or, dry run: to download)
+    skipped: list[str] = field(default_factory=list)  # already complete
+    total_bytes: int = 0
+    fetch_bytes: int = 0  # bytes transferred (dry run: still to transfer)
+    free_bytes: int = 0
+    dry_run: bool = False
+    xet_disabled: bool = False
+
+    @property
+    def manifest(self) -> Path:
+        return self.local_dir / MANIFEST_NAME
+
+
+def human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def free_bytes(path: Path) -> int:
+    p = path
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
 
 
 def list_files(api: Any, target: Target, commit: str) -> list[RemoteFile]:

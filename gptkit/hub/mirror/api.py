@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from gptkit.hub.manifest import lfs_pointer
-from gptkit.hub.mirror.catalog import TYPE_PREFIXES, HubError, RepoView, safe_rel
+from gptkit.hub.mirror.catalog import HEX40, TYPE_PREFIXES, HubError, RepoFile, RepoView, safe_rel
 
 API_ACTIONS = ("revision", "tree", "paths-info")
 
@@ -30,6 +30,22 @@ def route(segs: list[str]) -> tuple[str, str, str | None, list[str]] | None:
     if len(rest) in (1, 2):
         return TYPE_PREFIXES[segs[1]], "/".join(unquote(s) for s in rest), None, []
     return None
+
+
+def resolve_route(segs: list[str]) -> tuple[str, str, str, str] | None:
+    """[datasets/]REPO/resolve/REV/PATH -> (repo_type, repo_id, revision, path); None for other paths."""
+    repo_type = "model"
+    if segs and segs[0] in ("datasets", "spaces"):
+        repo_type, segs = TYPE_PREFIXES[segs[0]], segs[1:]
+    for n in (1, 2):
+        if len(segs) > n + 1 and segs[n] == "resolve":
+            path = safe_rel("/".join(unquote(s) for s in segs[n + 2 :]))
+            return repo_type, "/".join(unquote(s) for s in segs[:n]), unquote(segs[n + 1]), path
+    return None
+
+
+def flag(query: dict[str, list[str]], name: str) -> bool:
+    return query.get(name, ["false"])[0].lower() in ("1", "true")
 
 
 def repo_info(view: RepoView, blobs: bool) -> dict[str, Any]:
@@ -119,6 +135,27 @@ def entry(view: RepoView, path: str, is_dir: bool) -> dict[str, Any]:
     if f.lfs:
         out["lfs"] = {"oid": sha, "size": f.size, "pointerSize": len(lfs_pointer(sha, f.size))}
     return out
+
+
+def file_headers(view: RepoView, f: RepoFile, revision: str, xet_base: str | None) -> dict[str, str]:
+    """The headers huggingface_hub reads from a file's HEAD/GET: etag, commit, LFS size; with xet_base, the
+    Xet headers an upstream Xet-backed file has through a plain mirror (a Xet client that trusted them
+    would leave the mirror for the refresh route, here a 404)."""
+    etag = f.etag
+    headers = {
+        "ETag": f'"{etag}"',
+        "X-Repo-Commit": view.commit,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "public, max-age=31536000, immutable" if HEX40.match(revision) else "no-cache",
+    }
+    if f.lfs:
+        headers["X-Linked-Etag"] = f'"{etag}"'
+        headers["X-Linked-Size"] = str(f.size)
+    if xet_base is not None:
+        headers["X-Xet-Hash"] = hashlib.sha256(f"xet:{etag}".encode()).hexdigest()
+        route = f"/api/{view.repo_type}s/{view.repo_id}/xet-read-token/{view.commit}"
+        headers["X-Xet-Refresh-Route"] = xet_base + route
+    return headers
 
 
 def parse_range(header: str, size: int) -> tuple[int, int] | None:

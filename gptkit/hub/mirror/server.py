@@ -28,7 +28,6 @@ counts the faults injected.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import mimetypes
 import socket
@@ -45,7 +44,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from gptkit import faults
 from gptkit.errors import GptkitError
 from gptkit.hub.mirror import api
-from gptkit.hub.mirror.catalog import HEX40, TYPE_PREFIXES, Catalog, HubError, RepoView, file_hashes, inside, safe_rel
+from gptkit.hub.mirror.catalog import Catalog, HubError, RepoView, file_hashes, inside, safe_rel
 
 WRITE_METHODS = ("POST", "PUT", "DELETE", "PATCH")
 CHUNK = 256 * 1024
@@ -205,15 +204,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._index()
         if api_route is not None:
             return self._api(*api_route, query=parse_qs(parts.query))
-        repo_type = "model"
-        if segs[0] in ("datasets", "spaces"):
-            repo_type, segs = TYPE_PREFIXES[segs[0]], segs[1:]
-        for n in (1, 2):
-            if len(segs) > n + 1 and segs[n] == "resolve":
-                repo_id = "/".join(unquote(s) for s in segs[:n])
-                path = safe_rel("/".join(unquote(s) for s in segs[n + 2 :]))
-                return self._resolve(repo_type, repo_id, unquote(segs[n + 1]), path)
-        raise HubError(404, None, "Not found")
+        file = api.resolve_route(segs)
+        if file is None:
+            raise HubError(404, None, "Not found")
+        return self._resolve(*file)
 
     def _api(self, repo_type: str, repo_id: str, action: str | None, args: list[str], query: dict[str, list[str]]):
         if action is None:
@@ -234,14 +228,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._json({"mirror": "gptkit", "repos": repos})
 
     def _repo_info(self, view: RepoView, query: dict[str, list[str]]) -> None:
-        self._json(api.repo_info(view, blobs=_flag(query, "blobs")))
+        self._json(api.repo_info(view, blobs=api.flag(query, "blobs")))
 
     def _tree(self, view: RepoView, path: str, query: dict[str, list[str]]) -> None:
         cursor = query.get("cursor", ["0"])[0] or "0"
         if not cursor.isdigit():
             raise HubError(400, None, f"invalid cursor {cursor!r}")
-        page_size = self.mirror.page_size if not _flag(query, "expand") else min(self.mirror.page_size, 50)
-        page, more = api.tree_page(view, path, _flag(query, "recursive"), int(cursor), page_size)
+        page_size = self.mirror.page_size if not api.flag(query, "expand") else min(self.mirror.page_size, 50)
+        page, more = api.tree_page(view, path, api.flag(query, "recursive"), int(cursor), page_size)
         headers = {}
         if more:
             q = [(k, v) for k, vs in query.items() if k != "cursor" for v in vs] + [("cursor", str(more))]
@@ -259,23 +253,9 @@ class _Handler(BaseHTTPRequestHandler):
         real = f.local.resolve() if f is not None else None
         if f is None or real is None or not inside(real, view.root) or not real.is_file():  # re-checked at serve time
             raise HubError(404, "EntryNotFound", f"{path} does not exist on {view.commit}", view.commit)
-        etag, size = f.etag, f.size
-        headers = {
-            "ETag": f'"{etag}"',
-            "X-Repo-Commit": view.commit,
-            "Accept-Ranges": "bytes",
-            "Last-Modified": self.date_time_string(real.stat().st_mtime),
-            "Cache-Control": "public, max-age=31536000, immutable" if HEX40.match(revision) else "no-cache",
-        }
-        if f.lfs:
-            headers["X-Linked-Etag"] = f'"{etag}"'
-            headers["X-Linked-Size"] = str(size)
-        if self.mirror.xet_headers:
-            # What an upstream Xet-backed file looks like through a plain mirror: a Xet client that
-            # trusts these would leave the mirror for the refresh route (here: a 404).
-            headers["X-Xet-Hash"] = hashlib.sha256(f"xet:{etag}".encode()).hexdigest()
-            route = f"/api/{repo_type}s/{repo_id}/xet-read-token/{view.commit}"
-            headers["X-Xet-Refresh-Route"] = self.mirror.url + route
+        size = f.size
+        headers = api.file_headers(view, f, revision, self.mirror.url if self.mirror.xet_headers else None)
+        headers["Last-Modified"] = self.date_time_string(real.stat().st_mtime)
         start, end, status = 0, size - 1, 200
         rng = self.headers.get("Range")
         if rng:
@@ -316,10 +296,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-
-
-def _flag(query: dict[str, list[str]], name: str) -> bool:
-    return query.get(name, ["false"])[0].lower() in ("1", "true")
 
 
 class _HTTPServer(ThreadingHTTPServer):
