@@ -1,7 +1,7 @@
 """Small fake Hub repos on disk, and the gptkit mirror serving them over loopback.
 
 The test suite's hub: every download test runs the real huggingface_hub / datasets clients against
-`gptkit.mirror.MirrorServer` on 127.0.0.1, never a mock.
+`gptkit.hub.mirror.server.MirrorServer` on 127.0.0.1, never a mock.
 
 Build repos (each returns a FakeRepo: repo_id, repo_type, path, commit, files {path: sha256}):
 

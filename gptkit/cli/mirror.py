@@ -1,4 +1,4 @@
-"""`gptkit mirror serve`: repos on this machine, served to huggingface_hub / datasets clients (gptkit.mirror)."""
+"""`gptkit mirror serve`: repos on this machine, served to huggingface_hub / datasets clients (gptkit.hub.mirror)."""
 
 from __future__ import annotations
 

@@ -262,7 +262,7 @@ class Catalog:
             return [root / repo_id, root / "models" / repo_id]
         return [root / f"{repo_type}s" / repo_id]
 
-    def _from_download(self, root, folder, repo_type, repo_id, revision) -> RepoView:
+    def _from_download(self, root: Path, folder: Path, repo_type: str, repo_id: str, revision: str) -> RepoView:
         info = read_manifest(folder) or {}
         commit = info.get("commit") or _synthetic_commit(folder)
         names = {commit, "main", info.get("revision") or "main"}
@@ -279,7 +279,7 @@ class Catalog:
                 files[rel] = RepoFile(rel, real, size, is_lfs_name(rel, size))
         return RepoView(repo_type, repo_id, commit, root, files, _mtime(folder / MANIFEST_NAME))
 
-    def _from_cache(self, root, storage, repo_type, repo_id, revision) -> RepoView:
+    def _from_cache(self, root: Path, storage: Path, repo_type: str, repo_id: str, revision: str) -> RepoView:
         rev = safe_rel(revision)
         if HEX40.match(rev) and (storage / "snapshots" / rev).is_dir():
             commit = rev
@@ -303,7 +303,7 @@ class Catalog:
                 files[rel] = RepoFile(rel, real, size, is_lfs_name(rel, size))
         return RepoView(repo_type, repo_id, commit, root, files, _mtime(snap))
 
-    def _from_plain(self, root, folder, repo_type, repo_id, revision) -> RepoView:
+    def _from_plain(self, root: Path, folder: Path, repo_type: str, repo_id: str, revision: str) -> RepoView:
         walked = _walk_files(folder, root, HIDDEN_TOP)
         files, commits, n_meta = {}, set(), 0
         for rel, real in walked.items():
