@@ -55,9 +55,9 @@ def resolve_model_path(spec: str | None, *, endpoint: str | None = None) -> Path
 
 
 def _complete_hf_dir(d: Path) -> bool:
-    from gptkit.hub import download as hub
+    from gptkit.hub.manifest import read_manifest
 
-    manifest = hub.read_manifest(d) if d.is_dir() else None
+    manifest = read_manifest(d) if d.is_dir() else None
     if manifest is not None:
         return bool(manifest.get("complete"))
     return (d / "config.json").is_file() and any((d / w).is_file() for w in ("model.safetensors", "pytorch_model.bin"))

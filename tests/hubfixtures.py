@@ -1,7 +1,7 @@
 """Small fake Hub repos on disk, and the gptkit mirror serving them over loopback.
 
 The test suite's hub: every download test runs the real huggingface_hub / datasets clients against
-`gptkit.mirror.MirrorServer` on 127.0.0.1, never a mock.
+`gptkit.hub.mirror.server.MirrorServer` on 127.0.0.1, never a mock.
 
 Build repos (each returns a FakeRepo: repo_id, repo_type, path, commit, files {path: sha256}):
 
@@ -14,13 +14,18 @@ mirror serves it under its repo id at a fixed commit (FakeRepo.commit); `layout=
 the files only (served at revision main, ROOT/ORG/NAME or ROOT/datasets/ORG/NAME).
 
     build_hub(root) -> dict[name, FakeRepo]    the standard set: fineweb-edu, fineweb, hellaswag, gpt2
-    running_mirror(root, **kw)                 context manager -> a started MirrorServer (.url, .requests, ...)
+    running_mirror(root, **kw)                 context manager -> a started MirrorServer (.url, .injected, ...)
+    RequestLog()                               an on_request callback keeping what clients asked:
+                                               running_mirror(root, on_request=log); log.max_in_flight()
+
+Faults (5xx answers, cut bodies, slow transfers) come from gptkit.faults, read by the server per request:
+monkeypatch.setenv("GPTKIT_FAULTS", "mirror.error_rate=0.25,mirror.cut_rate=0.4"); server.injected counts them.
 
 Pytest fixtures (import them into a test module: `from hubfixtures import hub  # noqa: F401`):
 
-    hub       session-scoped Hub(url, root, repos, server): build_hub + a running mirror. Tests that count
-              requests call hub.server.requests.clear() first; tests that need faults start their own
-              running_mirror(hub.root, faults=Faults(...)).
+    hub       session-scoped Hub(url, root, repos, server, requests): build_hub + a running mirror whose
+              requests land in hub.requests (a RequestLog). Tests that count requests call
+              hub.requests.clear() first; tests that need faults start their own running_mirror.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from pathlib import Path
 
 import pytest
 
-from gptkit.hub.mirror.server import MANIFEST_NAME, Faults, MirrorServer, file_hashes, is_lfs_name  # noqa: F401 - re-exported
+from gptkit.hub.manifest import MANIFEST_NAME, lfs_oid
+from gptkit.hub.mirror.catalog import file_hashes, is_lfs_name
+from gptkit.hub.mirror.server import MirrorServer, Request
 
 WORDS = (
     "the of and to in is that for it as was with be by on not he this are or his from at which but have an they "
@@ -96,8 +103,7 @@ def finish_repo(folder: Path, repo_id: str, repo_type: str, layout: str, revisio
             size = p.stat().st_size
             lfs = is_lfs_name(rel, size)
             if lfs:  # a git oid of an LFS file is the id of its pointer
-                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n".encode()
-                oid = hashlib.sha1(f"blob {len(pointer)}\0".encode() + pointer).hexdigest()
+                oid = lfs_oid(sha, size)
             entries.append({"path": rel, "size": size, "sha256": sha, "oid": oid, "lfs": lfs})
     commit = None
     if layout == "download":
@@ -173,7 +179,7 @@ def make_hellaswag_repo(
                 "activity_label": [rng.choice(WORDS).capitalize() for _ in range(rows)],
                 "ctx_a": ctx_a,
                 "ctx_b": ctx_b,
-                "ctx": [f"{a} {b}" for a, b in zip(ctx_a, ctx_b)],
+                "ctx": [f"{a} {b}" for a, b in zip(ctx_a, ctx_b, strict=True)],
                 "endings": [[_text(rng, 8) for _ in range(4)] for _ in range(rows)],
                 "source_id": [f"activitynet~v_{rng.getrandbits(32):08x}" for _ in range(rows)],
                 "split": [split] * rows,
@@ -205,7 +211,7 @@ def _tiny_bpe(n_merges: int = 40, seed: int = 0) -> tuple[dict[bytes, int], list
     for _ in range(n_merges):
         counts: dict[tuple[bytes, bytes], int] = {}
         for s in seqs:
-            for a, b in zip(s, s[1:]):
+            for a, b in zip(s, s[1:], strict=False):
                 counts[(a, b)] = counts.get((a, b), 0) + 1
         if not counts:
             break
@@ -403,10 +409,26 @@ def build_hub(root: Path, *, vocab: str = "tiny") -> dict[str, FakeRepo]:
 def running_mirror(root, **kwargs) -> Iterator[MirrorServer]:
     """A MirrorServer on a free loopback port, in a background thread, stopped on exit.
 
-    kwargs go to MirrorServer: faults=Faults(error_rate, cut_rate), rate_limit (bytes/s per response),
-    page_size (tree listing page), xet_headers (advertise Xet like the real Hub)."""
+    kwargs go to MirrorServer: on_request (e.g. a RequestLog), page_size (tree listing page),
+    xet_headers (advertise Xet like the real Hub). Faults: GPTKIT_FAULTS (module docstring)."""
     with MirrorServer(root, "127.0.0.1", 0, **kwargs) as server:
         yield server
+
+
+class RequestLog(list):
+    """An on_request callback that keeps every answered request (gptkit.hub.mirror.server.Request dicts)."""
+
+    def __call__(self, request: Request) -> None:
+        self.append(request)
+
+    def max_in_flight(self) -> int:
+        """The most requests that were being answered at the same time."""
+        edges = sorted([(r["time"], 1) for r in self] + [(r["time"] + r["seconds"], -1) for r in self])
+        most = now = 0
+        for _, step in edges:
+            now += step
+            most = max(most, now)
+        return most
 
 
 @dataclass
@@ -415,19 +437,21 @@ class Hub:
     root: Path
     repos: dict[str, FakeRepo]
     server: MirrorServer
+    requests: RequestLog
 
 
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory) -> Iterator[Hub]:
     root = tmp_path_factory.mktemp("hub")
     repos = build_hub(root)
-    with running_mirror(root) as server:
-        yield Hub(server.url, root, repos, server)
+    log = RequestLog()
+    with running_mirror(root, on_request=log) as server:
+        yield Hub(server.url, root, repos, server, log)
 
 
 def preserved_hf_state():
-    """Undo what gptkit.hub.configure_endpoint changes process-wide after a test (a context manager)."""
-    from gptkit.hub.download import preserved_endpoint_state
+    """Undo what gptkit.hub.endpoint.configure_endpoint changes process-wide after a test (a context manager)."""
+    from gptkit.hub.endpoint import preserved_endpoint_state
 
     return preserved_endpoint_state()
 

@@ -61,8 +61,9 @@ def hub(tmp_path_factory):
     """Our own Hub mirror on loopback (it records each request, and whether it carried a token)."""
     from gptkit.hub.mirror.server import MirrorServer
 
-    with MirrorServer(tmp_path_factory.mktemp("mirror_root")) as server:
-        yield server.url, server.requests
+    seen: list = []
+    with MirrorServer(tmp_path_factory.mktemp("mirror_root"), on_request=seen.append) as server:
+        yield server.url, seen
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,14 @@ import huggingface_hub  # imported before any HF_ENDPOINT is set: gptkit must no
 import huggingface_hub.constants
 import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
-from hubfixtures import Faults, finish_repo, hf_state, hub, running_mirror  # noqa: F401 - hub, hf_state: fixtures
+from hubfixtures import RequestLog, finish_repo, hf_state, hub, running_mirror  # noqa: F401 - hub, hf_state: fixtures
 
 from gptkit import paths
 from gptkit.errors import GptkitError
 from gptkit.hub import download as gk_hub
+from gptkit.hub import plan as hub_plan
+from gptkit.hub.plan import human
+from gptkit.hub.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("hf_state")  # each test leaves HF_ENDPOINT & co. as it found them
 
@@ -28,8 +31,8 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def resolve_gets(server, path_part: str) -> list[dict]:
-    return [r for r in server.requests if r["method"] == "GET" and "/resolve/" in r["path"] and path_part in r["path"]]
+def resolve_gets(requests, path_part: str) -> list[dict]:
+    return [r for r in requests if r["method"] == "GET" and "/resolve/" in r["path"] and path_part in r["path"]]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
@@ -44,8 +47,9 @@ def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
 def test_preset_with_shards_through_hf_endpoint_set_after_import(hub, gptkit_home, monkeypatch):
     assert huggingface_hub.constants.ENDPOINT != hub.url  # huggingface_hub has already read HF_ENDPOINT
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
-    hub.server.requests.clear()
-    result = gk_hub.download("fineweb-edu", shards=2, progress=False, log=lambda m: None)
+    hub.requests.clear()
+    events, notes = [], []
+    result = gk_hub.download("fineweb-edu", shards=2, progress=events.append, log=notes.append)
 
     repo = hub.repos["fineweb-edu"]
     want = ["README.md", "sample/10BT/000_00000.parquet", "sample/10BT/001_00000.parquet"]
@@ -56,13 +60,18 @@ def test_preset_with_shards_through_hf_endpoint_set_after_import(hub, gptkit_hom
     assert not (result.local_dir / "sample/10BT/002_00000.parquet").exists()
     assert not (result.local_dir / "sample/100BT").exists()
     # Everything came from the mirror, and Xet is off for the whole process.
-    assert {r["path"].split("/resolve/")[1].split("/", 1)[1] for r in resolve_gets(hub.server, "")} == set(want)
+    assert {r["path"].split("/resolve/")[1].split("/", 1)[1] for r in resolve_gets(hub.requests, "")} == set(want)
     assert result.xet_disabled and huggingface_hub.constants.HF_HUB_DISABLE_XET is True
+    assert any("Xet transfers off" in n for n in notes)
+    # The library draws nothing: progress comes as events, every file finishing once, the total reached.
+    assert sorted(e.file for e in events if e.finished) == want
+    total = sum((repo.path / rel).stat().st_size for rel in want)
+    assert {e.total for e in events} == {total} and max(e.done for e in events) == total
+    assert all(0 <= e.file_done <= e.file_size for e in events)
     # The manifest tokenize relies on.
     m = json.loads((result.local_dir / ".gptkit-download.json").read_text())
     assert (m["repo_id"], m["repo_type"], m["commit"], m["complete"]) == (repo.repo_id, "dataset", repo.commit, True)
     assert {e["path"]: e["sha256"] for e in m["files"]} == {p: repo.sha256(p) for p in want}
-    assert gk_hub.local_files("fineweb-edu", (".parquet",)) == [result.local_dir / p for p in want[1:]]
 
 
 def test_cli_with_endpoint_flag_and_default_location(hub, gptkit_home):
@@ -72,7 +81,7 @@ def test_cli_with_endpoint_flag_and_default_location(hub, gptkit_home):
     assert "Xet transfers off" in r.stdout and "6 files downloaded" in r.stdout
     folder = gptkit_home / "data" / "gpt2"
     repo = hub.repos["gpt2"]
-    for name in gk_hub.PRESETS["gpt2"].files:
+    for name in PRESETS["gpt2"].files:
         assert sha256(folder / name) == repo.sha256(name)
     assert not (folder / "README.md").exists()  # not part of the preset
     # The folder is one the tokenizer resolves GPT-2 vocab from (vocab.json + merges.txt).
@@ -81,7 +90,7 @@ def test_cli_with_endpoint_flag_and_default_location(hub, gptkit_home):
     assert len(ranks_from_hf_dir(folder)) == json.loads((folder / "config.json").read_text())["vocab_size"] - 1
 
 
-def test_rerun_skips_complete_files_and_finishes_an_interrupted_one(tmp_path, gptkit_home):
+def test_rerun_skips_complete_files_and_finishes_an_interrupted_one(tmp_path, gptkit_home, monkeypatch):
     # A repo whose small file completes first, then a big one that we kill -9 midway.
     src = tmp_path / "hub" / "big"
     src.mkdir(parents=True)
@@ -91,7 +100,9 @@ def test_rerun_skips_complete_files_and_finishes_an_interrupted_one(tmp_path, gp
     (src / "b_big.bin").write_bytes(os.urandom(size))
     repo = finish_repo(src, "org/big", "model", "download")
     dest = tmp_path / "out"
-    with running_mirror(tmp_path / "hub", rate_limit=6_000_000) as server:
+    monkeypatch.setenv("GPTKIT_FAULTS", "mirror.rate_limit=6000000")  # bytes/s: slow enough to kill midway
+    log = RequestLog()
+    with running_mirror(tmp_path / "hub", on_request=log) as server:
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -126,36 +137,36 @@ def test_rerun_skips_complete_files_and_finishes_an_interrupted_one(tmp_path, gp
         assert 0 < have < size and not (dest / "b_big.bin").exists()
         assert sha256(dest / "a_small.txt") == repo.sha256("a_small.txt")
 
-        server.rate_limit = None
-        server.requests.clear()
-        result = gk_hub.download("org/big", endpoint=server.url, local_dir=dest, progress=False, log=lambda m: None)
+        monkeypatch.delenv("GPTKIT_FAULTS")
+        log.clear()
+        result = gk_hub.download("org/big", endpoint=server.url, local_dir=dest)
         assert result.skipped == ["a_small.txt"] and result.fetched == ["b_big.bin"]
         assert sha256(dest / "b_big.bin") == repo.sha256("b_big.bin")
-        assert not resolve_gets(server, "a_small.txt")  # the complete file was not fetched again
-        ranges = [r["range"] for r in resolve_gets(server, "b_big.bin")]
+        assert not resolve_gets(log, "a_small.txt")  # the complete file was not fetched again
+        # (the killed run's own request may be logged late, as "client gone")
+        ranges = [r["range"] for r in resolve_gets(log, "b_big.bin") if r["note"] != "client gone"]
         assert ranges and ranges[0] == f"bytes={have}-"  # the big one resumed where the killed run stopped
         assert not list(partial.glob("*.part"))
 
 
-def test_download_survives_5xx_and_cut_connections(hub, tmp_path):
-    faults = Faults(error_rate=0.25, cut_rate=0.4)
-    with running_mirror(hub.root, faults=faults) as server:
+def test_download_survives_5xx_and_cut_connections(hub, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPTKIT_FAULTS", "mirror.error_rate=0.25,mirror.cut_rate=0.4")
+    log = RequestLog()
+    with running_mirror(hub.root, on_request=log) as server:
         for name, extra in (("fineweb-edu", {"subset": "sample-100BT"}), ("gpt2", {})):
             result = gk_hub.download(
                 name,
                 endpoint=server.url,
                 local_dir=tmp_path / name,
-                progress=False,
                 backoff=0.05,
-                log=lambda m: None,
                 **extra,
             )
             repo = hub.repos[name]
             assert result.fetched
             for rel in result.fetched:
                 assert sha256(tmp_path / name / rel) == repo.sha256(rel)
-        assert faults.counts["5xx"] >= 3 and faults.counts["cut"] >= 3
-        assert any(r["note"] == "cut" for r in resolve_gets(server, ""))  # bodies really were cut
+        assert server.injected["5xx"] >= 3 and server.injected["cut"] >= 3
+        assert any(r["note"] == "cut" for r in resolve_gets(log, ""))  # bodies really were cut
 
 
 def test_dry_run_lists_files_and_checks_free_disk(hub, gptkit_home, monkeypatch):
@@ -167,21 +178,21 @@ def test_dry_run_lists_files_and_checks_free_disk(hub, gptkit_home, monkeypatch)
         assert rel in r.stdout
     assert "002_00000" not in r.stdout
     total = sizes["README.md"] + sizes["sample/10BT/000_00000.parquet"] + sizes["sample/10BT/001_00000.parquet"]
-    assert f"3 files, {gk_hub.human(total)}" in r.stdout and "free in" in r.stdout
+    assert f"3 files, {human(total)}" in r.stdout and "free in" in r.stdout
     assert not paths.data_dir("fineweb-edu").exists()  # nothing written
 
     # After one shard, a dry run of two reports the difference.
-    gk_hub.download("fineweb-edu", endpoint=hub.url, shards=1, progress=False, log=lambda m: None)
-    plan = gk_hub.download("fineweb-edu", endpoint=hub.url, shards=2, dry_run=True, log=lambda m: None)
+    gk_hub.download("fineweb-edu", endpoint=hub.url, shards=1)
+    plan = gk_hub.download("fineweb-edu", endpoint=hub.url, shards=2, dry_run=True)
     assert plan.fetched == ["sample/10BT/001_00000.parquet"]
     assert plan.fetch_bytes == sizes["sample/10BT/001_00000.parquet"]
 
     # Not enough disk: refused before anything is written, in a dry run and a real run alike.
     before = snapshot(paths.data_dir("fineweb-edu"))
-    monkeypatch.setattr(gk_hub, "_free_bytes", lambda path: 1000)
+    monkeypatch.setattr(hub_plan, "free_bytes", lambda path: 1000)
     for dry in (True, False):
         with pytest.raises(GptkitError, match="not enough free disk space"):
-            gk_hub.download("fineweb-edu", endpoint=hub.url, shards=3, dry_run=dry, progress=False, log=lambda m: None)
+            gk_hub.download("fineweb-edu", endpoint=hub.url, shards=3, dry_run=dry)
     assert snapshot(paths.data_dir("fineweb-edu")) == before
 
 
@@ -194,8 +205,6 @@ def test_include_exclude_subset_and_revision(hub, tmp_path):
         local_dir=tmp_path / "a",
         include=["sample/100BT/*", "README.md"],
         exclude=["*/001_*"],
-        progress=False,
-        log=lambda m: None,
     )
     assert sorted(r.fetched) == ["README.md", "sample/100BT/000_00000.parquet"]
     r = gk_hub.download(
@@ -205,8 +214,6 @@ def test_include_exclude_subset_and_revision(hub, tmp_path):
         revision=repo.commit,
         endpoint=hub.url,
         local_dir=tmp_path / "b",
-        progress=False,
-        log=lambda m: None,
     )
     assert sorted(r.fetched) == ["README.md", "sample/100BT/000_00000.parquet"]
     assert json.loads((tmp_path / "b" / ".gptkit-download.json").read_text())["revision"] == repo.commit
@@ -219,21 +226,22 @@ def test_include_exclude_subset_and_revision(hub, tmp_path):
 
 def test_xet_is_off_for_mirrors_even_when_the_mirror_advertises_it(hub, tmp_path):
     # hf-mirror.com passes the Hub's Xet headers through; a Xet client would then leave the mirror.
-    with running_mirror(hub.root, xet_headers=True) as server:
-        result = gk_hub.download("gpt2", endpoint=server.url, local_dir=tmp_path / "g", progress=False, log=print)
+    log = RequestLog()
+    with running_mirror(hub.root, xet_headers=True, on_request=log) as server:
+        result = gk_hub.download("gpt2", endpoint=server.url, local_dir=tmp_path / "g")
         assert len(result.fetched) == 6
         # Other huggingface_hub users in the process go through the mirror as well.
         p = huggingface_hub.hf_hub_download(
             "openai-community/gpt2", "model.safetensors", endpoint=server.url, cache_dir=tmp_path / "cache"
         )
         assert sha256(p) == hub.repos["gpt2"].sha256("model.safetensors")
-        assert not [r for r in server.requests if "xet" in r["path"]]
+        assert not [r for r in log if "xet" in r["path"]]
 
 
 def test_token_is_sent_but_never_printed(hub, gptkit_home):
     token = "hf_gptkitTestTokenDoNotPrint0123456789"
     env = {"HF_TOKEN": token}
-    hub.server.requests.clear()
+    hub.requests.clear()
     ok = run_cli("download", "hellaswag", "--endpoint", hub.url, env=env)
     bad = run_cli("download", "org/missing", "--endpoint", hub.url, env=env)
     assert ok.returncode == 0 and bad.returncode == 1
@@ -241,7 +249,7 @@ def test_token_is_sent_but_never_printed(hub, gptkit_home):
         assert token not in r.stdout + r.stderr
     # Every request for the repo carries the token (huggingface_hub's own housekeeping calls, such
     # as its daily /api/agent-harnesses fetch, are not the download's and may go without it).
-    repo_requests = [r for r in hub.server.requests if "hellaswag" in r["path"] or "org/missing" in r["path"]]
+    repo_requests = [r for r in hub.requests if "hellaswag" in r["path"] or "org/missing" in r["path"]]
     assert repo_requests and all(r["auth"] for r in repo_requests), [r for r in repo_requests if not r["auth"]]
     log = (gptkit_home / "data" / "hellaswag" / ".gptkit-download.json").read_text()
     assert token not in log and "data/validation-00000-of-00001.parquet" in log
@@ -260,8 +268,8 @@ def test_bad_input_is_one_line_and_loses_nothing(hub, gptkit_home):
     before = snapshot(folder)
     cases = [
         (("org/does-not-exist", "--endpoint", hub.url), "repository model org/does-not-exist not found"),
-        (("gpt2", "--revision", "no-such-branch", "--endpoint", hub.url), "revision 'no-such-branch' not found"),
-        (("gpt2", "--endpoint", f"http://127.0.0.1:{_closed_port()}"), "cannot reach"),
+        (("gpt2", "--revision", "no-such-branch", "--endpoint", hub.url), "has no revision 'no-such-branch'"),
+        (("gpt2", "--endpoint", f"http://127.0.0.1:{_closed_port()}"), "cannot be reached"),
         (("gpt2", "--endpoint", "not a url"), "invalid Hugging Face endpoint"),
         (("no-such-preset",), "unknown preset"),
     ]
@@ -278,5 +286,18 @@ def test_bad_input_is_one_line_and_loses_nothing(hub, gptkit_home):
         (dict(name_or_repo="gpt2", shards=0, endpoint=hub.url), "--shards must be at least 1"),
     ):
         with pytest.raises(GptkitError, match=re.escape(message)):
-            gk_hub.download(**kwargs, progress=False, log=lambda m: None)
+            gk_hub.download(**kwargs)
     assert snapshot(folder) == before
+
+
+def test_endpoint_patching_tolerates_a_huggingface_hub_without_hf_url_hosts(monkeypatch):
+    # huggingface_hub 0.26 has no constants.HF_URL_HOSTS (nor HF_HUB_DISABLE_XET before Xet existed).
+    from gptkit.hub.endpoint import configure_endpoint, preserved_endpoint_state
+
+    hc = huggingface_hub.constants
+    for name in ("HF_URL_HOSTS", "HF_HUB_DISABLE_XET"):
+        monkeypatch.delattr(hc, name)
+    with preserved_endpoint_state():
+        assert configure_endpoint("http://127.0.0.1:9") is True
+        assert hc.ENDPOINT == "http://127.0.0.1:9" and not hasattr(hc, "HF_URL_HOSTS")
+    assert hc.ENDPOINT != "http://127.0.0.1:9" and not hasattr(hc, "HF_HUB_DISABLE_XET")

@@ -2,6 +2,8 @@
 
 import hashlib
 import http.client
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -12,11 +14,19 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
-from hubfixtures import hf_state, hub, make_dataset_repo, make_model_repo, running_mirror  # noqa: F401 - fixtures
+from hubfixtures import (  # noqa: F401 - hub, hf_state: fixtures
+    RequestLog,
+    hf_state,
+    hub,
+    make_dataset_repo,
+    make_model_repo,
+    running_mirror,
+)
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
-from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from gptkit.hub import download as gk_hub
+from gptkit.hub.endpoint import use_endpoint
 
 pytestmark = pytest.mark.usefixtures("hf_state")
 
@@ -25,15 +35,19 @@ def sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def raw(url: str, method: str, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    """One HTTP request with the path sent exactly as given (no client-side normalisation)."""
+def raw(url: str, method: str, path: str, headers: dict | None = None, body: bytes | None = None):
+    """One HTTP request with the path sent exactly as given (no client-side normalisation);
+    returns (status, headers, body)."""
     host, port = url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
     try:
         conn.putrequest(method, path, skip_accept_encoding=True)
-        for k, v in (headers or {}).items():
+        headers = dict(headers or {})
+        if body is not None:
+            headers.setdefault("Content-Length", str(len(body)))
+        for k, v in headers.items():
             conn.putheader(k, v)
-        conn.endheaders()
+        conn.endheaders(body)
         r = conn.getresponse()
         return r.status, dict(r.getheaders()), r.read()
     finally:
@@ -54,7 +68,7 @@ def test_hf_cache_layout_is_served(hub, tmp_path):
     with running_mirror(tmp_path / "hf_home") as server:
         api = HfApi(endpoint=server.url)
         assert api.model_info("openai-community/gpt2").sha == hub.repos["gpt2"].commit  # from refs/main
-        result = gk_hub.download("gpt2", endpoint=server.url, local_dir=tmp_path / "g", progress=False, log=print)
+        result = gk_hub.download("gpt2", endpoint=server.url, local_dir=tmp_path / "g")
         assert result.commit == hub.repos["gpt2"].commit
         for rel in result.fetched:
             assert sha256(tmp_path / "g" / rel) == hub.repos["gpt2"].sha256(rel)
@@ -80,11 +94,12 @@ def test_plain_folder_layout_pagination_and_paths_info(hub, tmp_path):
     snapshot_download(
         "openai-community/gpt2", endpoint=hub.url, local_dir=tmp_path / "root" / "openai-community" / "gpt2"
     )
-    with running_mirror(tmp_path / "root", page_size=2) as server:
+    log = RequestLog()
+    with running_mirror(tmp_path / "root", page_size=2, on_request=log) as server:
         assert HfApi(endpoint=server.url).model_info("openai-community/gpt2").sha == hub.repos["gpt2"].commit
         api = HfApi(endpoint=server.url)
         listed = {f.path: f for f in api.list_repo_tree("org/plain", repo_type="dataset", recursive=True)}
-        server_pages = [r for r in server.requests if "/tree/" in r["path"]]
+        server_pages = [r for r in log if "/tree/" in r["path"]]
         assert len(server_pages) > 3  # 7 entries, 2 per page: followed the Link headers
         assert set(p for p, f in listed.items() if hasattr(f, "size") and f.size) == set(repo.files)
         for p, sha in repo.files.items():
@@ -174,9 +189,63 @@ def test_read_only_and_no_path_outside_root(tmp_path):
     )
 
 
-def test_many_clients_at_once(hub, tmp_path):
+def test_malformed_requests_get_a_4xx_with_a_json_error(hub):
+    api = "/api/models/openai-community/gpt2"
+    as_json = {"Content-Type": "application/json"}
+    cases = [
+        ("GET", f"{api}/tree/main?cursor=abc", {}, None),
+        ("GET", f"{api}/tree/main?cursor=-5", {}, None),
+        ("POST", f"{api}/paths-info/main", as_json, b"[]"),
+        ("POST", f"{api}/paths-info/main", as_json, b'{"paths": 123}'),
+        ("POST", f"{api}/paths-info/main", as_json, b'{"paths": ["config.json", 7]}'),
+        ("POST", f"{api}/paths-info/main", as_json, b"{not json"),
+        ("POST", f"{api}/paths-info/main", {**as_json, "Content-Length": "lots"}, b'{"paths": []}'),
+        ("POST", f"{api}/paths-info/main", {**as_json, "Content-Length": str(1 << 30)}, b"{}"),
+        ("GET", f"{api}/tree/main/..%2F..%2F..", {}, None),
+        ("BREW", "/", {}, None),  # an unknown method: the base server's own error page, as JSON too
+    ]
+    for method, path, headers, body in cases:
+        status, got, text = raw(hub.url, method, path, headers, body)
+        assert 400 <= status < 500 or (method == "BREW" and status == 501), (path, body, status)
+        assert got["Content-Type"] == "application/json" and json.loads(text)["error"], (path, body, text)
+    # ... and the server is fine afterwards.
+    status, _, text = raw(hub.url, "POST", f"{api}/paths-info/main", as_json, b'{"paths": ["config.json"]}')
+    assert status == 200 and [e["path"] for e in json.loads(text)] == ["config.json"]
+
+
+def test_every_write_is_refused_as_read_only(hub):
+    repo = "openai-community/gpt2"
+    writes = [
+        ("POST", f"/api/models/{repo}/preupload/main"),
+        ("POST", f"/api/models/{repo}/commit/main"),
+        ("POST", "/api/models/org/missing/commit/main"),  # read-only comes first, whatever the repo
+        ("POST", "/api/repos/create"),
+        ("DELETE", "/api/repos/delete"),
+        ("PUT", f"/api/models/{repo}/settings"),
+        ("POST", f"/api/models/{repo}/branch/dev"),
+        ("DELETE", f"/api/models/{repo}/tag/v1"),
+        ("POST", f"/{repo}.git/info/lfs/objects/batch"),
+        ("PUT", f"/{repo}/resolve/main/config.json"),
+        ("PATCH", f"/{repo}/resolve/main/config.json"),
+        ("POST", f"/datasets/{repo}/resolve/main/README.md"),
+    ]
+    for method, path in writes:
+        status, headers, body = raw(hub.url, method, path, {"Content-Type": "application/json"}, b'{"x": 1}')
+        assert status == 405 and headers["X-Error-Code"] == "ReadOnly", (method, path, status, headers)
+        assert "read-only" in json.loads(body)["error"]
+    # The real client says so, instead of "repository not found".
+    api = HfApi(endpoint=hub.url, token="hf_gptkitTestTokenNotReal")
+    with pytest.raises(HfHubHTTPError) as e:
+        api.upload_file(path_or_fileobj=b"hello", path_in_repo="hello.txt", repo_id=repo)
+    assert "read-only" in str(e.value) and not isinstance(e.value, RepositoryNotFoundError)
+    assert e.value.response is not None and e.value.response.status_code == 405
+
+
+def test_many_clients_at_once(hub, tmp_path, monkeypatch):
     # Slow responses (100 kB/s) so the clients overlap; a server handling one at a time would show 1.
-    with running_mirror(hub.root, rate_limit=100_000) as server:
+    monkeypatch.setenv("GPTKIT_FAULTS", "mirror.rate_limit=100000")
+    log = RequestLog()
+    with running_mirror(hub.root, on_request=log) as server:
         results, errors = {}, []
 
         def client(i):
@@ -198,7 +267,7 @@ def test_many_clients_at_once(hub, tmp_path):
             t.join(120)
         assert not errors and len(results) == 6
         assert set(results.values()) == {hub.repos["gpt2"].sha256("model.safetensors")}
-        assert server.max_in_flight >= 3
+        assert log.max_in_flight() >= 3
 
 
 def test_datasets_streams_parquet_through_the_mirror(hub, gptkit_home):
@@ -210,18 +279,19 @@ def test_datasets_streams_parquet_through_the_mirror(hub, gptkit_home):
     want = [
         t for i in range(3) for t in pq.read_table(repo.path / f"sample/10BT/{i:03d}_00000.parquet")["text"].to_pylist()
     ]
-    with gk_hub.use_endpoint(hub.url):
+    with use_endpoint(hub.url):
         ds = datasets.load_dataset(repo.repo_id, name="sample-10BT", split="train", streaming=True)
         assert [ex["text"] for ex in ds] == want
 
     # The cluster case: the head node downloads 2 shards, serves its data folder, a worker streams them.
-    gk_hub.download("fineweb-edu", endpoint=hub.url, shards=2, progress=False, log=lambda m: None)
-    with running_mirror(gptkit_home / "data") as head:
-        with gk_hub.use_endpoint(head.url):
+    gk_hub.download("fineweb-edu", endpoint=hub.url, shards=2)
+    log = RequestLog()
+    with running_mirror(gptkit_home / "data", on_request=log) as head:
+        with use_endpoint(head.url):
             ds = datasets.load_dataset(repo.repo_id, name="sample-10BT", split="train", streaming=True)
             texts = [ex["text"] for ex in ds]
         assert texts == want[: len(texts)] and len(texts) == 2 * len(want) // 3
-        assert any("/resolve/" in r["path"] and r["status"] == 206 for r in head.requests)  # parquet read by ranges
+        assert any("/resolve/" in r["path"] and r["status"] == 206 for r in log)  # parquet read by ranges
 
 
 def _free_port() -> int:
@@ -238,6 +308,7 @@ def test_cli_serve_and_its_bad_input(hub, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        env={**os.environ, "GPTKIT_FAULTS": "mirror.error_rate=0.2"},  # a fault drill: the download still completes
     )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -248,9 +319,11 @@ def test_cli_serve_and_its_bad_input(hub, tmp_path):
                 break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(proc.stderr.read() if proc.poll() is not None else "mirror did not start")
+                    raise AssertionError(
+                        proc.stderr.read() if proc.poll() is not None else "mirror did not start"
+                    ) from None
                 time.sleep(0.1)
-        result = gk_hub.download("hellaswag", endpoint=url, local_dir=tmp_path / "h", progress=False, log=print)
+        result = gk_hub.download("hellaswag", endpoint=url, local_dir=tmp_path / "h", backoff=0.05)
         rel = "data/validation-00000-of-00001.parquet"
         assert result.fetched == ["README.md", rel] or sorted(result.fetched) == sorted(["README.md", rel])
         assert sha256(tmp_path / "h" / rel) == hub.repos["hellaswag"].sha256(rel)
@@ -263,3 +336,5 @@ def test_cli_serve_and_its_bad_input(hub, tmp_path):
         proc.wait(10)
     r = run_cli("mirror", "serve", str(tmp_path / "nope"), "--port", "0", timeout=60)
     assert "does not exist" in assert_one_line_error(r)
+    r = run_cli("mirror", "serve", str(hub.root), "--port", "0", env={"GPTKIT_FAULTS": "mirror.error_rate=lots"})
+    assert "needs a number" in assert_one_line_error(r)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gptkit.cli.options import Endpoint, JsonOut, Mirror
+
+if TYPE_CHECKING:
+    from gptkit.hub.download import Progress
 
 
 def download(
@@ -58,9 +62,11 @@ def download(
     A token, if needed, comes from $HF_TOKEN and is never printed.
     """
     from gptkit.hub import download as hub
+    from gptkit.hub import presets
+    from gptkit.hub.plan import human
 
     if list_presets:
-        return _print_presets(hub, json_out)
+        return _print_presets(presets, json_out)
     if not name:
         from gptkit.errors import GptkitError
 
@@ -69,22 +75,23 @@ def download(
     from huggingface_hub.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    result = hub.download(
-        name,
-        endpoint=endpoint,
-        mirror=mirror,
-        subset=subset,
-        shards=shards,
-        include=include,
-        exclude=exclude,
-        revision=revision,
-        local_dir=local_dir,
-        repo_type=repo_type,
-        dry_run=dry_run,
-        progress=sys.stderr.isatty() if progress is None else progress,
-        workers=workers,
-        log=lambda msg: print(msg, flush=True),
-    )
+    with _Display(bars=sys.stderr.isatty() if progress is None else progress, quiet=json_out) as display:
+        result = hub.download(
+            name,
+            endpoint=endpoint,
+            mirror=mirror,
+            subset=subset,
+            shards=shards,
+            include=include,
+            exclude=exclude,
+            revision=revision,
+            local_dir=local_dir,
+            repo_type=repo_type,
+            dry_run=dry_run,
+            workers=workers,
+            progress=display.update,
+            log=display.log,
+        )
     if json_out:
         import json
 
@@ -110,15 +117,15 @@ def download(
     if dry_run:
         pending = set(result.fetched)
         for f in result.files:
-            print(f"  {'get ' if f.path in pending else 'have'}  {hub.human(f.size):>10}  {f.path}")
+            print(f"  {'get ' if f.path in pending else 'have'}  {human(f.size):>10}  {f.path}")
         print(
-            f"{repo}: {_files(result.files)}, {hub.human(result.total_bytes)}; to download "
-            f"{_files(result.fetched)}, {hub.human(result.fetch_bytes)}; "
-            f"{hub.human(result.free_bytes)} free in {result.local_dir}"
+            f"{repo}: {_files(result.files)}, {human(result.total_bytes)}; to download "
+            f"{_files(result.fetched)}, {human(result.fetch_bytes)}; "
+            f"{human(result.free_bytes)} free in {result.local_dir}"
         )
         return
     print(
-        f"{repo}: {_files(result.fetched)} downloaded ({hub.human(result.fetch_bytes)}), "
+        f"{repo}: {_files(result.fetched)} downloaded ({human(result.fetch_bytes)}), "
         f"{len(result.skipped)} already complete -> {result.local_dir}"
     )
 
@@ -127,14 +134,82 @@ def _files(items) -> str:
     return f"{len(items)} file{'' if len(items) == 1 else 's'}"
 
 
-def _print_presets(hub, json_out: bool) -> None:
+def _print_presets(presets: ModuleType, json_out: bool) -> None:
     if json_out:
         import json
 
-        print(json.dumps(hub.presets_table(), indent=1))
+        print(json.dumps(presets.presets_table(), indent=1))
         return
-    for p in hub.list_presets():
+    for p in presets.list_presets():
         kind = "dataset" if p.repo_type == "dataset" else "model  "
         print(f"{p.name:<12} {kind} {p.repo_id:<28} {p.size}")
         print(f"{'':<12} {p.about}; files: {', '.join(p.files)}")
     print("Any other repo: gptkit download ORG/NAME [--repo-type dataset]. Exact sizes: --dry-run.")
+
+
+class _Display:
+    """Draws a download: Rich bars on stderr (one for the whole run, one per file in flight), or, without
+    bars, a line per finished file; notes (retries, Xet) as lines on stdout either way."""
+
+    def __init__(self, bars: bool, quiet: bool):
+        self.bars, self.quiet = bars, quiet  # quiet: --json, whose stdout is the JSON document only
+        self.live: Any = None  # a rich.progress.Progress while drawing
+        self.tasks: dict[str, Any] = {}  # file -> its bar
+        self.overall: Any = None
+
+    def __enter__(self) -> _Display:
+        if self.bars:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.live = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.live.__enter__()
+        return self
+
+    def update(self, p: Progress) -> None:
+        if self.live is None:
+            if p.finished and not self.quiet:
+                from gptkit.hub.plan import human
+
+                print(f"  {p.file} ({human(p.file_size)})", flush=True)
+            return
+        if self.overall is None:
+            self.overall = self.live.add_task("download", total=p.total)
+        self.live.update(self.overall, completed=p.done)
+        task = self.tasks.get(p.file)
+        if p.finished:
+            if task is not None:
+                self.live.remove_task(self.tasks.pop(p.file))
+            return
+        if task is None:
+            task = self.tasks[p.file] = self.live.add_task(_short(p.file), total=p.file_size)
+        self.live.update(task, completed=p.file_done)
+
+    def log(self, msg: str) -> None:
+        if self.live is not None:
+            self.live.console.print(msg, markup=False, highlight=False, soft_wrap=True)
+        else:  # stdout, unless it carries --json
+            print(msg, file=sys.stderr if self.quiet else sys.stdout, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= 40 else f"…{path[-39:]}"

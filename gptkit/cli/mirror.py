@@ -1,4 +1,4 @@
-"""`gptkit mirror serve`: repos on this machine, served to huggingface_hub / datasets clients (gptkit.mirror)."""
+"""`gptkit mirror serve`: repos on this machine, served to huggingface_hub / datasets clients (gptkit.hub.mirror)."""
 
 from __future__ import annotations
 
@@ -23,17 +23,14 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=0, max=65535)] = 8080,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
-    fail_rate: Annotated[
-        float, typer.Option("--fail-rate", hidden=True, help="Fraction of requests answered 503 (testing).")
-    ] = 0.0,
-    cut_rate: Annotated[
-        float, typer.Option("--cut-rate", hidden=True, help="Fraction of file bodies cut midway (testing).")
-    ] = 0.0,
 ):
-    """Serve downloaded repos read-only; clients use HF_ENDPOINT=http://HOST:PORT."""
+    """Serve downloaded repos read-only; clients use HF_ENDPOINT=http://HOST:PORT.
+
+    Fault drills: GPTKIT_FAULTS=mirror.error_rate=0.2,mirror.cut_rate=0.1,mirror.rate_limit=1e6 (bytes/s).
+    """
     from gptkit import paths
     from gptkit.errors import GptkitError
-    from gptkit.hub.mirror.server import Faults, MirrorServer
+    from gptkit.hub.mirror.server import MirrorServer, Request
 
     if not roots:
         from huggingface_hub import constants
@@ -41,10 +38,14 @@ def serve(
         roots = [p for p in (paths.data_dir(), Path(constants.HF_HUB_CACHE)) if p.is_dir()]
         if not roots:
             raise GptkitError(f"nothing to serve: {paths.data_dir()} does not exist yet; run `gptkit download` first")
-    faults = Faults(fail_rate, cut_rate) if (fail_rate or cut_rate) else None
-    server = MirrorServer(
-        roots, host, port, faults=faults, access_log=None if quiet else (lambda line: print(line, flush=True))
-    )
+
+    def access_log(r: Request) -> None:
+        note = f" ({r['note']})" if r["note"] else ""
+        print(
+            f'{r["client"]} "{r["method"]} {r["path"]}" {r["status"]} {r["sent"]} {r["seconds"]:.3f}s{note}', flush=True
+        )
+
+    server = MirrorServer(list(roots), host, port, on_request=None if quiet else access_log)
     repos = server.catalog.repos()
     for rtype, rid, where in repos:
         print(f"  {rtype:<7} {rid:<40} {where}")

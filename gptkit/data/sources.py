@@ -212,9 +212,9 @@ def _path_source(
 
 def _download_record(root: Path, log: Callable[[str], None]) -> dict:
     """Repo and revision from the `gptkit download` manifest of the folder, if there is one."""
-    from gptkit.hub import download as hub
+    from gptkit.hub.manifest import read_manifest
 
-    rec = hub.read_manifest(root)
+    rec = read_manifest(root)
     if rec is None:
         return {}
     if not rec.get("complete", True):
@@ -294,41 +294,18 @@ def token_file(f: Path) -> tuple[Any, int]:
 # --------------------------------------------------------------------------- Hugging Face datasets
 
 
-def _hub_error(e: Exception, repo_id: str, revision: str | None, endpoint: str) -> GptkitError:
-    from huggingface_hub import errors as hf_errors
-
-    if isinstance(e, hf_errors.RevisionNotFoundError):
-        return GptkitError(f"dataset {repo_id} has no revision {revision!r} at {endpoint}")
-    if isinstance(e, (hf_errors.RepositoryNotFoundError, hf_errors.GatedRepoError)):
-        return GptkitError(
-            f"dataset {repo_id} not found at {endpoint} (or it needs a token in HF_TOKEN); "
-            "it is not a local path either"
-        )
-    if isinstance(e, hf_errors.OfflineModeIsEnabled):
-        return GptkitError(f"dataset {repo_id} is not available offline (HF_HUB_OFFLINE is set); download it first")
-    if isinstance(e, hf_errors.HfHubHTTPError):
-        return GptkitError(
-            f"{endpoint} answered {e.__class__.__name__} for dataset {repo_id}: {str(e).splitlines()[0]}"
-        )
-    return GptkitError(
-        f"{repo_id} is not a local file or folder, and the Hugging Face endpoint {endpoint} cannot be reached "
-        f"({e.__class__.__name__}); check the path, --endpoint/HF_ENDPOINT or your network"
-    )
-
-
 @contextlib.contextmanager
 def _hub_errors(hf: dict, *more: type[Exception]) -> Iterator[None]:
     """Turn what the hub, the network or the disk raise (and `more`) into one line about this dataset."""
-    import httpx2  # huggingface_hub's HTTP client; its transport errors are not OSErrors
+    from gptkit.hub.errors import explain, user_errors
 
-    # HfHubHTTPError, OfflineModeIsEnabled and requests' errors are OSErrors.
-    failures: tuple[type[Exception], ...] = (OSError, httpx2.HTTPError, *more)
+    failures = (*user_errors(), *more)
     try:
         yield
     except GptkitError:
         raise
     except failures as e:
-        raise _hub_error(e, hf["repo_id"], hf["revision"], hf["endpoint"]) from None
+        raise explain(e, f"dataset {hf['repo_id']}", hf["endpoint"], hf["revision"]) from None
 
 
 def _hf_source(
@@ -364,7 +341,7 @@ def hf_batches(src: Source, unit_bytes: int, skip_units: int) -> Iterator[list[s
     from datasets import DownloadConfig
 
     # Points datasets and huggingface_hub at the endpoint, whatever the import order, then restores them.
-    from gptkit.hub.download import use_endpoint
+    from gptkit.hub.endpoint import use_endpoint
 
     hf = src.hf
     col = hf["text_column"]
