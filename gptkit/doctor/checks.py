@@ -88,7 +88,11 @@ def check_nvidia_smi(ctx: Context) -> Check:
         )
     if plain.returncode != 0:
         msg = first_line(plain.output) or f"exit code {plain.returncode}"
-        data: dict[str, Any] = {"path": plain.path, "returncode": plain.returncode, "output": plain.output.strip()[:500]}
+        data: dict[str, Any] = {
+            "path": plain.path,
+            "returncode": plain.returncode,
+            "output": plain.output.strip()[:500],
+        }
         if "version mismatch" in plain.output.lower():
             return Check(
                 "nvidia-smi",
