@@ -212,6 +212,8 @@ def train(
     launch = LaunchOverrides(
         gpus=gpus, nproc=nproc, nodes=nodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port
     )
-    rc = run_train(overrides, launch, config_file=config, name=name, out=out, resume=resume, dry_run=dry_run)
+    rc = run_train(
+        overrides, launch, config_file=config, name=name, out=out, resume=resume, dry_run=dry_run, echo=print
+    )
     if rc:
         raise typer.Exit(rc)

@@ -370,9 +370,11 @@ def train(
     out: str | Path | None = None,
     resume: str | None = None,
     dry_run: bool = False,
-    echo: Callable[[str], object] = print,
+    echo: Callable[[str], object],
 ) -> int:
-    """Resolve, write RUN/config.json, run torchrun. Returns the exit code; a worker's error is raised."""
+    """Resolve, write RUN/config.json, run torchrun. Returns the exit code; a worker's error is raised.
+
+    `echo` shows the command, the resolved config (--dry-run) and the stop notice."""
     rr = prepare(overrides, launch_overrides, config_file=config_file, name=name, out=out, resume=resume)
     cmd = torchrun_command(rr)
     echo("$ " + shlex.join(cmd))
