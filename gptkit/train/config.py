@@ -1,9 +1,9 @@
 """Training configuration: one dataclass for the run, one for the launch, presets per model size.
 
 Precedence, lowest first: the preset's defaults, the checkpoint being resumed, `--config FILE`
-(TOML or YAML, values type-checked against the dataclass fields), then the flags given on the
-command line (TrainOverrides / LaunchOverrides: typed, None = not given). The resolved TrainConfig is written into
-the run directory (config.json) and into every checkpoint.
+(TOML or YAML, each value checked against its field's type), then the flags given on the command
+line (TrainOverrides / LaunchOverrides: typed, None = not given). The resolved TrainConfig is
+written into the run directory (config.json) and into every checkpoint.
 
 Nothing here imports torch: the CLI validates a config before torchrun starts any process.
 """
