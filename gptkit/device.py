@@ -58,11 +58,16 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def compute_capability_has_bf16(major: int) -> bool:
+    """bf16 tensor cores arrived with compute capability 8.0 (Ampere)."""
+    return major >= 8
+
+
 def cuda_has_native_bf16(device: torch.device | None = None) -> bool:
     if not torch.cuda.is_available():
         return False
     major, _ = torch.cuda.get_device_capability(device)
-    return major >= 8
+    return compute_capability_has_bf16(major)
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -69,12 +69,12 @@ def bench_inproc(data: Path, steps: int, micro_batch: int, accum: int, threads: 
     """Best and median step times of the real Trainer in this process; peaks measured in between."""
     import torch
 
-    from gptkit.train.config import LaunchConfig
+    from gptkit.train.config import LaunchOverrides, TrainOverrides
     from gptkit.train.launch import prepare
     from gptkit.train.trainer import Dist, Trainer
 
     torch.set_num_threads(threads)
-    flags = dict(
+    overrides = TrainOverrides(
         preset="small",
         data=str(data),
         micro_batch=micro_batch,
@@ -86,7 +86,7 @@ def bench_inproc(data: Path, steps: int, micro_batch: int, accum: int, threads: 
         sample_every=10_000,
         checkpoint_every=10_000,
     )
-    rr = prepare(flags, LaunchConfig(gpus=0, nproc=1), out=data.parent / f"run-{data.name}")
+    rr = prepare(overrides, LaunchOverrides(gpus=0, nproc=1), out=data.parent / f"run-{data.name}")
     tr = Trainer(rr, Dist("cpu"))
     tr.train_step()  # warm-up: allocator, thread pool
     times = []

@@ -1,6 +1,8 @@
 """Config resolution, batch arithmetic, schedules, the torchrun command (no processes). MFU: test_mfu.py."""
 
 import json
+from itertools import pairwise
+from typing import get_type_hints
 
 import pytest
 from test_train_data import make_dataset
@@ -10,6 +12,8 @@ from gptkit.train import config as C
 from gptkit.train.launch import prepare, torchrun_command, worker_env
 from gptkit.train.metrics import read_metrics, truncate_metrics
 from gptkit.train.schedule import lr_at
+
+TINY = C.TrainOverrides(preset="tiny")
 
 
 def test_gpt2_preset_is_the_reproduction_recipe():
@@ -41,7 +45,7 @@ def test_schedules():
     assert lr_at(10, **kw) == pytest.approx(1.0) and lr_at(55, **kw) == pytest.approx(0.55)
     assert lr_at(100, **kw) == pytest.approx(0.1) and lr_at(500, **kw) == pytest.approx(0.1)
     cos = [lr_at(s, **kw) for s in range(10, 100)]
-    assert all(a >= b for a, b in zip(cos, cos[1:]))
+    assert all(a >= b for a, b in pairwise(cos))
     wsd = dict(kw, schedule="wsd", decay_frac=0.2)
     assert [lr_at(s, **wsd) for s in (10, 50, 79)] == [1.0, 1.0, 1.0]
     assert lr_at(90, **wsd) == pytest.approx(0.55) and lr_at(100, **wsd) == pytest.approx(0.1)
@@ -51,46 +55,82 @@ def test_config_files_and_flags_resolve_in_order(tmp_path, gptkit_home):
     make_dataset(gptkit_home / "shards" / "toy")
     toml = tmp_path / "run.toml"
     toml.write_text('preset = "tiny"\nlr = 0.01\nmax_steps = 50\nseq_len = 64\nnproc = 2\n')
-    rr = prepare({"max_steps": 7}, C.LaunchConfig(gpus=0), config_file=toml, name="r")
+    rr = prepare(C.TrainOverrides(max_steps=7), C.LaunchOverrides(gpus=0), config_file=toml, name="r")
     assert (rr.train.preset, rr.train.lr, rr.train.max_steps, rr.train.seq_len) == ("tiny", 0.01, 7, 64)
     assert rr.launch.nproc == 2 and rr.plan.world_size == 2
     assert rr.train.data == str((gptkit_home / "shards" / "toy").resolve())  # pinned for resumes
     yaml = tmp_path / "run.yaml"
     yaml.write_text("preset: tiny\nschedule: wsd\nwarmup-steps: 3\n")
-    rr = prepare({}, C.LaunchConfig(gpus=0, nproc=1), config_file=yaml, name="r", launch_flags={"nproc"})
+    rr = prepare(C.TrainOverrides(), C.LaunchOverrides(gpus=0, nproc=1), config_file=yaml, name="r")
     assert (rr.train.schedule, rr.train.warmup_steps) == ("wsd", 3)
     bad = tmp_path / "bad.toml"
     bad.write_text("learning_rate = 1\n")
     with pytest.raises(GptkitError, match="unknown setting 'learning_rate'"):
-        prepare({}, C.LaunchConfig(gpus=0), config_file=bad)
+        prepare(C.TrainOverrides(), C.LaunchOverrides(gpus=0), config_file=bad)
     bad.write_text('lr = "fast"\n')
     with pytest.raises(GptkitError, match="lr must be float"):
-        prepare({}, C.LaunchConfig(gpus=0), config_file=bad)
+        prepare(C.TrainOverrides(), C.LaunchOverrides(gpus=0), config_file=bad)
+
+
+def test_overrides_mirror_the_configs_field_for_field():
+    for overrides, config in ((C.TrainOverrides, C.TrainConfig), (C.LaunchOverrides, C.LaunchConfig)):
+        assert get_type_hints(overrides) == {k: t | None for k, t in get_type_hints(config).items()}
+    cfg = C.TrainOverrides(lr=0.5, compile=False, wandb=None).apply(C.preset_config("tiny"))
+    assert (cfg.lr, cfg.compile, cfg.wandb, cfg.max_steps) == (0.5, False, None, 500)  # None = not given
+
+
+def test_config_file_values_are_checked_against_the_field_types():
+    check = C.check_types
+    assert check({"lr": 1, "micro_batch": None, "max_steps": None}, C.TrainConfig, "f") == {
+        "lr": 1.0,  # an int is taken for a float
+        "micro_batch": None,  # may be None
+    }  # max_steps cannot be None: a bare key keeps the default
+    assert check({"master_port": 29500, "master_addr": "h"}, C.LaunchConfig, "f") == {
+        "master_port": 29500,
+        "master_addr": "h",
+    }
+    for key, value, want in (
+        ("max_steps", True, "int"),
+        ("max_steps", 1.5, "int"),
+        ("lr", "fast", "float"),
+        ("compile", 1, "bool"),
+        ("wandb", 3, "str"),
+    ):
+        with pytest.raises(GptkitError, match=f"^f: {key} must be {want}, got"):
+            check({key: value}, C.TrainConfig, "f")
+    with pytest.raises(GptkitError, match="nproc must be int"):
+        check({"nproc": "2"}, C.LaunchConfig, "f")
+
+
+def test_an_unknown_preset_is_refused_in_one_place():
+    for refuse in (C.preset_config, lambda name: C.validate(C.TrainConfig(preset=name))):
+        with pytest.raises(GptkitError, match="unknown model preset 'gpt5'; choose one of: gpt2, "):
+            refuse("gpt5")
 
 
 def test_torchrun_commands(gptkit_home):
     make_dataset(gptkit_home / "shards" / "toy")
-    rr = prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0, nproc=2), name="cmd")
+    rr = prepare(TINY, C.LaunchOverrides(gpus=0, nproc=2), name="cmd")
     cmd = torchrun_command(rr)
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node"] and "--standalone" in cmd
     assert cmd[-2:] == ["gptkit.train.main", rr.run_dir]
     env = worker_env(rr)
     assert env["GPTKIT_LAUNCHER"] == "1" and int(env["OMP_NUM_THREADS"]) >= 1
     rr = prepare(
-        {"preset": "tiny"},
-        C.LaunchConfig(gpus=0, nodes=2, node_rank=1, master_addr="10.1.2.3", master_port=29511),
+        TINY,
+        C.LaunchOverrides(gpus=0, nodes=2, node_rank=1, master_addr="10.1.2.3", master_port=29511),
         name="cmd",
     )
     cmd = " ".join(torchrun_command(rr))
     assert "--nnodes 2 --node-rank 1 --rdzv-backend c10d --rdzv-endpoint 10.1.2.3:29511" in cmd and "is_host=0" in cmd
     assert rr.plan.world_size == 2
     with pytest.raises(GptkitError, match="--master-port"):
-        prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0, nodes=2), name="cmd")
+        prepare(TINY, C.LaunchOverrides(gpus=0, nodes=2), name="cmd")
     import torch
 
     if not torch.cuda.is_available():
         with pytest.raises(GptkitError, match="no CUDA GPU"):
-            prepare({"preset": "tiny"}, C.LaunchConfig(gpus=2), name="cmd")
+            prepare(TINY, C.LaunchOverrides(gpus=2), name="cmd")
 
 
 def test_resume_refuses_to_overwrite_and_needs_a_real_checkpoint(gptkit_home, tmp_path):
@@ -99,11 +139,11 @@ def test_resume_refuses_to_overwrite_and_needs_a_real_checkpoint(gptkit_home, tm
     for f in ("model.safetensors", "config.json"):
         (gptkit_home / "runs" / "x" / "step_000002" / f).write_text("{}")
     with pytest.raises(GptkitError, match="already holds checkpoints; continue it with --resume auto"):
-        prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0), name="x")
+        prepare(TINY, C.LaunchOverrides(gpus=0), name="x")
     with pytest.raises(GptkitError, match="holds no training state"):
-        prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0), name="x", resume="auto")
+        prepare(TINY, C.LaunchOverrides(gpus=0), name="x", resume="auto")
     with pytest.raises(GptkitError, match="not a checkpoint"):
-        prepare({"preset": "tiny"}, C.LaunchConfig(gpus=0), resume=str(tmp_path))
+        prepare(TINY, C.LaunchOverrides(gpus=0), resume=str(tmp_path))
 
 
 def test_truncating_metrics_on_resume(tmp_path):
@@ -126,6 +166,6 @@ def test_optional_loggers_must_be_installed_before_launch(gptkit_home):
     for flag, module in (({"tensorboard": True}, "tensorboard"), ({"wandb": "proj"}, "wandb")):
         if importlib.util.find_spec(module) is None:
             with pytest.raises(GptkitError, match=f"pip install {module}"):
-                prepare({"preset": "tiny", **flag}, C.LaunchConfig(gpus=0), name="log")
+                prepare(C.TrainOverrides(preset="tiny", **flag), C.LaunchOverrides(gpus=0), name="log")
         else:
-            assert prepare({"preset": "tiny", **flag}, C.LaunchConfig(gpus=0), name="log")
+            assert prepare(C.TrainOverrides(preset="tiny", **flag), C.LaunchOverrides(gpus=0), name="log")

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from test_train_data import make_dataset
 
 from gptkit.errors import GptkitError
-from gptkit.train.config import LaunchConfig
+from gptkit.train.config import LaunchOverrides, TrainOverrides
 from gptkit.train.launch import train
 from gptkit.train.metrics import read_metrics
 
@@ -101,7 +101,7 @@ def home(tmp_path_factory):
 def launch(name, nproc, echo=lambda s: None, **overrides):
     flags = {**FLAGS, **overrides}
     resume = flags.pop("resume", None)
-    return train(flags, LaunchConfig(gpus=0, nproc=nproc), name=name, resume=resume, echo=echo)
+    return train(TrainOverrides(**flags), LaunchOverrides(gpus=0, nproc=nproc), name=name, resume=resume, echo=echo)
 
 
 @pytest.fixture(scope="module")
@@ -253,8 +253,8 @@ def test_two_nodes_on_loopback_equal_one_node(home, reference):
     )
     lines = []
     rc = train(
-        FLAGS,
-        LaunchConfig(gpus=0, nproc=1, nodes=2, node_rank=0, master_addr="127.0.0.1", master_port=port),
+        TrainOverrides(**FLAGS),
+        LaunchOverrides(gpus=0, nproc=1, nodes=2, node_rank=0, master_addr="127.0.0.1", master_port=port),
         name="twonode",
         echo=lines.append,
     )

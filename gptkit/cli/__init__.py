@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 
-def _version(value: bool):
+def _version(value: bool) -> None:
     if value:
         print(f"gptkit {__version__}")
         raise typer.Exit()
@@ -35,7 +35,7 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
-):
+) -> None:
     pass
 
 
@@ -51,6 +51,10 @@ app.command("plot")(plot.plot)
 
 def main() -> None:
     """Run the CLI: user errors become one line on stderr, never a traceback."""
+    # Typer (0.26 and newer) raises its own copy of click's exceptions and exports this one nowhere
+    # public; it is already loaded with typer, so importing it here costs nothing.
+    from typer._click.exceptions import NoArgsIsHelpError
+
     try:
         rv = app(standalone_mode=False)
     except GptkitError as e:
@@ -62,9 +66,8 @@ def main() -> None:
     except typer.TyperException as e:
         # Usage errors found while parsing (bad flag value, unknown option or command): one line
         # naming the command, instead of the multi-line usage box; exit 2 as usual for usage.
-        if type(e).__name__ == "NoArgsIsHelpError":  # bare `gptkit` / `gptkit mirror`: show help
-            ctx = getattr(e, "ctx", None)
-            print(ctx.get_help() if ctx else str(e))
+        if isinstance(e, NoArgsIsHelpError):  # bare `gptkit` / `gptkit mirror`: show help
+            print(e.ctx.get_help())
             sys.exit(0)
         ctx = getattr(e, "ctx", None)
         where = ctx.command_path if ctx is not None else "gptkit"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gptkit.cli.options import Endpoint, JsonOut, Mirror
+
+if TYPE_CHECKING:
+    from gptkit.doctor.checks import Check
 
 # Symbols and arrows in the table, with ASCII stand-ins for terminals that cannot show them.
 _ASCII = str.maketrans({"✓": "+", "✗": "x", "→": "->", "≤": "<=", "≥": ">=", "×": "x"})
@@ -27,52 +31,46 @@ def doctor(
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.1, max=60, help="Seconds to wait for the Hugging Face endpoint.")
     ] = 3.0,
-):
+) -> None:
     """Check drivers, CUDA, torch, GPUs, attention kernels, the HF endpoint, the GPT-2 vocab and free disk.
 
     Exit code 0 unless a check fails (✗); with --strict, warnings (!) fail too.
     """
     import json
-    import os
 
     from gptkit import paths
-    from gptkit.doctor import checks as lib
+    from gptkit.doctor import report
     from gptkit.errors import GptkitError
-    from gptkit.hub.endpoint import resolve_endpoint
+    from gptkit.hub.endpoint import resolve_endpoint_and_source
 
-    url = resolve_endpoint(endpoint, mirror)
-    source = (
-        "--endpoint"
-        if endpoint
-        else "--mirror"
-        if mirror
-        else "HF_ENDPOINT"
-        if os.environ.get("HF_ENDPOINT")
-        else "default"
-    )
+    url, source = resolve_endpoint_and_source(endpoint, mirror)
     target = data_dir if data_dir is not None else paths.home()
     if target.expanduser().exists() and not target.expanduser().is_dir():
         raise GptkitError(f"--data-dir {target} is a file, not a directory")
 
-    checks = lib.run_checks(url, source, target, timeout=timeout)
-    code = lib.exit_code(checks, strict)
+    checks = report.run_checks(url, source, target, timeout=timeout)
+    code = report.exit_code(checks, strict)
     if json_out:
-        print(json.dumps(lib.report(checks, strict), indent=2))
+        print(json.dumps(report.report(checks, strict), indent=2))
     else:
-        _print_table(checks, strict, ascii_only=not lib.stdout_can_encode("✓✗→≤×"))
+        _print_table(checks, strict, ascii_only=not _stdout_can_encode("✓✗→≤×"))
     if code:
         raise typer.Exit(code)
 
 
-def _print_table(checks, strict: bool, ascii_only: bool) -> None:
+def _print_table(checks: list[Check], strict: bool, ascii_only: bool) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    from gptkit.doctor import checks as lib
+    from gptkit.doctor.checks import FAIL, OK, WARN
+    from gptkit.doctor.report import summary
 
-    marks = {lib.OK: ("✓", "green"), lib.WARN: ("!", "yellow"), lib.FAIL: ("✗", "bold red")}
-    tr = (lambda s: s.translate(_ASCII)) if ascii_only else (lambda s: s)
+    marks = {OK: ("✓", "green"), WARN: ("!", "yellow"), FAIL: ("✗", "bold red")}
+
+    def tr(s: str) -> str:
+        return s.translate(_ASCII) if ascii_only else s
+
     table = Table(title="gptkit doctor", show_lines=False, title_justify="left")
     table.add_column("", no_wrap=True)
     table.add_column("check", no_wrap=True)
@@ -85,7 +83,15 @@ def _print_table(checks, strict: bool, ascii_only: bool) -> None:
         table.add_row(Text(tr(mark), style=style), c.name, cell)
     console = Console(highlight=False)
     console.print(table)
-    s = lib.summary(checks, strict)
+    s = summary(checks, strict)
     verdict = "FAILED" if s["exit_code"] else "OK"
     note = " (--strict: warnings fail)" if strict and s["warn"] else ""
     console.print(f"{s['ok']} ok, {s['warn']} warning(s), {s['fail']} failure(s): {verdict}{note}")
+
+
+def _stdout_can_encode(text: str) -> bool:
+    try:
+        text.encode(sys.stdout.encoding or "ascii")
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False

@@ -8,10 +8,9 @@ from typing import Annotated
 import typer
 
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, mps.")]
-Precision = Annotated[
-    str,
-    typer.Option("--precision", help="auto (bf16 only where the hardware runs it natively), fp32, bf16, fp16."),
-]
+_PRECISION_HELP = "auto (bf16 only where the hardware runs it natively), fp32, bf16, fp16."
+Precision = Annotated[str, typer.Option("--precision", help=_PRECISION_HELP)]
+OptionalPrecision = Annotated[str | None, typer.Option("--precision", help=_PRECISION_HELP)]  # None = not given
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 Endpoint = Annotated[
@@ -20,9 +19,3 @@ Endpoint = Annotated[
 ]
 Mirror = Annotated[bool, typer.Option("--mirror", help="Shorthand for --endpoint https://hf-mirror.com.")]
 OutDir = Annotated[Path | None, typer.Option("--out", "-o", help="Output directory.")]
-
-
-def not_implemented(command: str, issue: str) -> None:
-    from gptkit.errors import GptkitError
-
-    raise GptkitError(f"`gptkit {command}` is not implemented yet ({issue})")

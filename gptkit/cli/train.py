@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from gptkit.cli.options import Precision as PrecisionOpt
+from gptkit.cli.options import OptionalPrecision
 
-Int = Optional[int]
-Float = Optional[float]
+Int = int | None
+Float = float | None
 
 
 def train(
@@ -83,7 +83,7 @@ def train(
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu, cuda or mps.", rich_help_panel="Where")
     ] = None,
-    precision: PrecisionOpt = None,
+    precision: OptionalPrecision = None,
     compile: Annotated[
         bool | None,
         typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).", rich_help_panel="Where"),
@@ -176,12 +176,12 @@ def train(
             "--dry-run", help="Print the torchrun command and resolved config; do not train.", rich_help_panel="Run"
         ),
     ] = False,
-):
+) -> None:
     """Train a GPT on tokenized shards: builds and runs the torchrun command, one process per GPU."""
-    from gptkit.train.config import LaunchConfig
+    from gptkit.train.config import LaunchOverrides, TrainOverrides
     from gptkit.train.launch import train as run_train
 
-    flags = dict(
+    overrides = TrainOverrides(
         preset=preset,
         data=data,
         init_from=init_from,
@@ -209,13 +209,11 @@ def train(
         tensorboard=tensorboard,
         wandb=wandb,
     )
-    given = dict(
+    launch = LaunchOverrides(
         gpus=gpus, nproc=nproc, nodes=nodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port
     )
-    launch_flags = {k for k, v in given.items() if v is not None}
-    launch = LaunchConfig(**{k: v for k, v in given.items() if v is not None})
     rc = run_train(
-        flags, launch, config_file=config, name=name, out=out, resume=resume, launch_flags=launch_flags, dry_run=dry_run
+        overrides, launch, config_file=config, name=name, out=out, resume=resume, dry_run=dry_run, echo=print
     )
     if rc:
         raise typer.Exit(rc)

@@ -30,14 +30,24 @@ _MISSING = object()
 
 
 def resolve_endpoint(endpoint: str | None = None, mirror: bool = False) -> str:
+    return resolve_endpoint_and_source(endpoint, mirror)[0]
+
+
+def resolve_endpoint_and_source(endpoint: str | None = None, mirror: bool = False) -> tuple[str, str]:
+    """(URL, where it came from: "--endpoint", "--mirror", "HF_ENDPOINT" or "default")."""
     if endpoint and mirror:
         raise GptkitError("give either --endpoint or --mirror, not both")
-    url = endpoint or (MIRROR_ENDPOINT if mirror else None) or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
-    url = url.strip().rstrip("/")
+    candidates = (
+        ("--endpoint", endpoint),
+        ("--mirror", MIRROR_ENDPOINT if mirror else None),
+        ("HF_ENDPOINT", os.environ.get("HF_ENDPOINT")),
+        ("default", DEFAULT_ENDPOINT),
+    )
+    source, url = next((source, url.strip().rstrip("/")) for source, url in candidates if url)
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise GptkitError(f"invalid Hugging Face endpoint {url!r}; expected a URL such as {MIRROR_ENDPOINT}")
-    return url
+    return url, source
 
 
 def is_official(endpoint: str) -> bool:

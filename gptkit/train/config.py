@@ -1,8 +1,9 @@
 """Training configuration: one dataclass for the run, one for the launch, presets per model size.
 
 Precedence, lowest first: the preset's defaults, the checkpoint being resumed, `--config FILE`
-(TOML or YAML), then the flags given on the command line. The resolved TrainConfig is written into
-the run directory (config.json) and into every checkpoint.
+(TOML or YAML, each value checked against its field's type), then the flags given on the command
+line (TrainOverrides / LaunchOverrides: typed, None = not given). The resolved TrainConfig is
+written into the run directory (config.json) and into every checkpoint.
 
 Nothing here imports torch: the CLI validates a config before torchrun starts any process.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from gptkit.errors import GptkitError
 
@@ -81,6 +84,73 @@ class LaunchConfig:
         return asdict(self)
 
 
+@dataclass
+class TrainOverrides:
+    """TrainConfig settings given on the command line (or by a script): None = not given.
+
+    One field per TrainConfig field, so a setting given here wins over the preset, the checkpoint
+    being resumed and the config file. (A setting whose value may be None cannot be set to None here.)
+    """
+
+    preset: str | None = None
+    data: str | None = None
+    init_from: str | None = None
+    seq_len: int | None = None
+    batch_tokens: int | None = None
+    micro_batch: int | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    min_lr_ratio: float | None = None
+    warmup_steps: int | None = None
+    schedule: str | None = None
+    decay_frac: float | None = None
+    weight_decay: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    grad_clip: float | None = None
+    device: str | None = None
+    precision: str | None = None
+    compile: bool | None = None
+    seed: int | None = None
+    eval_every: int | None = None
+    eval_tokens: int | None = None
+    hellaswag_every: int | None = None
+    hellaswag_limit: int | None = None
+    sample_every: int | None = None
+    sample_tokens: int | None = None
+    sample_prompt: str | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int | None = None
+    log_every: int | None = None
+    tensorboard: bool | None = None
+    wandb: str | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def apply(self, cfg: TrainConfig) -> TrainConfig:
+        return replace(cfg, **self.given())
+
+
+@dataclass
+class LaunchOverrides:
+    """LaunchConfig settings given on the command line: None = not given (the file's or the default)."""
+
+    gpus: int | None = None
+    nproc: int | None = None
+    nodes: int | None = None
+    node_rank: int | None = None
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def apply(self, launch: LaunchConfig) -> LaunchConfig:
+        return replace(launch, **self.given())
+
+
 # Per model size: the GPT-2 reproduction recipe for the four OpenAI sizes (GPT-3 paper learning
 # rates); short CPU-sized schedules for the small ones.
 TRAIN_PRESETS: dict[str, dict] = {
@@ -131,10 +201,9 @@ def check_keys(d: dict, known: tuple[str, ...], source: str) -> None:
 
 
 def preset_config(name: str) -> TrainConfig:
-    from gptkit.model import PRESETS
+    from gptkit.model import get_preset
 
-    if name not in PRESETS:
-        raise GptkitError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    get_preset(name)  # refuses an unknown name
     return TrainConfig(preset=name, **TRAIN_PRESETS.get(name, {}))
 
 
@@ -173,22 +242,29 @@ def split_settings(d: dict) -> tuple[dict, dict]:
     return {k: v for k, v in d.items() if k in TRAIN_KEYS}, {k: v for k, v in d.items() if k in LAUNCH_KEYS}
 
 
-def merge(cfg: TrainConfig, overrides: dict, source: str) -> TrainConfig:
-    """Apply overrides, checking each value's type against the field's default type."""
-    types = {f.name: f.type for f in fields(TrainConfig)}
-    clean = {}
-    for k, v in overrides.items():
-        if v is None and "None" not in types[k]:
+def merge(cfg: TrainConfig, settings: dict[str, Any], source: str) -> TrainConfig:
+    """Apply settings read from a file, each value checked against its TrainConfig field's type."""
+    return replace(cfg, **check_types(settings, TrainConfig, source))
+
+
+def check_types(settings: dict[str, Any], cls: type, source: str) -> dict[str, Any]:
+    """The settings whose values fit the dataclass field types (an int is taken for a float). A None
+    for a field that cannot be None (a bare key in YAML) is dropped: the setting keeps its value."""
+    hints = get_type_hints(cls)
+    clean: dict[str, Any] = {}
+    for k, v in settings.items():
+        allowed = get_args(hints[k]) if get_origin(hints[k]) in (Union, UnionType) else (hints[k],)
+        if v is None:
+            if type(None) in allowed:
+                clean[k] = v
             continue
-        want = types[k].split("|")[0].strip()
-        if v is not None:
-            if want == "float" and isinstance(v, int) and not isinstance(v, bool):
-                v = float(v)
-            ok = {"int": int, "float": float, "str": str, "bool": bool}[want]
-            if not isinstance(v, ok) or (want == "int" and isinstance(v, bool)):
-                raise GptkitError(f"{source}: {k} must be {want}, got {v!r}")
+        want = next(t for t in allowed if t is not type(None))
+        if want is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, want) or (want is int and isinstance(v, bool)):
+            raise GptkitError(f"{source}: {k} must be {want.__name__}, got {v!r}")
         clean[k] = v
-    return replace(cfg, **clean)
+    return clean
 
 
 @dataclass
@@ -241,11 +317,9 @@ def divisors(n: int) -> list[int]:
 
 def validate(cfg: TrainConfig) -> None:
     """Value checks that need no data and no torch."""
-    from gptkit.model import PRESETS
+    from gptkit.model import get_preset
 
-    if cfg.preset not in PRESETS:
-        raise GptkitError(f"unknown model preset {cfg.preset!r}; choose one of: {', '.join(PRESETS)}")
-    block = PRESETS[cfg.preset].block_size
+    block = get_preset(cfg.preset).block_size  # refuses an unknown name
     if not 1 <= cfg.seq_len <= block:
         raise GptkitError(f"--seq-len {cfg.seq_len} must be between 1 and the {cfg.preset} preset's block size {block}")
     for name in ("batch_tokens", "max_steps", "eval_every", "sample_every", "checkpoint_every", "log_every"):

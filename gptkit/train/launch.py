@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,8 +29,11 @@ from gptkit.errors import GptkitError
 from gptkit.runs import CONFIG_FILE, find_run, newest_run
 from gptkit.train.config import (
     LaunchConfig,
+    LaunchOverrides,
     ResolvedRun,
     TrainConfig,
+    TrainOverrides,
+    check_types,
     load_config_file,
     merge,
     plan_batches,
@@ -146,36 +150,31 @@ def check_port(addr: str, port: int) -> None:
 
 # --- resolving a run -----------------------------------------------------------------------------
 def prepare(
-    flags: dict,
-    launch: LaunchConfig,
+    overrides: TrainOverrides,
+    launch_overrides: LaunchOverrides,
     *,
     config_file: str | Path | None = None,
     name: str | None = None,
     out: str | Path | None = None,
     resume: str | None = None,
-    launch_flags: set[str] | None = None,
 ) -> ResolvedRun:
-    """Flags (TrainConfig keys given on the command line, None = not given) -> a ResolvedRun, validated."""
+    """The settings given on the command line (None = not given) -> a ResolvedRun, validated."""
     from gptkit.train.data import TokenStream, check_data, tokenizer_info
     from gptkit.train.metrics import check_backends
 
-    flags = {k: v for k, v in flags.items() if v is not None}
     file_train, file_launch = split_settings(load_config_file(config_file)) if config_file else ({}, {})
-    for k, v in file_launch.items():  # the command line wins over the file
-        if k not in (launch_flags or set()):
-            launch = replace(launch, **{k: v})
-    preset = flags.get("preset") or file_train.get("preset") or "gpt2"
+    # The command line wins over the file.
+    launch = launch_overrides.apply(LaunchConfig(**check_types(file_launch, LaunchConfig, str(config_file))))
+    preset = overrides.preset or file_train.get("preset") or "gpt2"
     run_dir, ckpt = resolve_run_dir(name, out, resume, preset)
     if ckpt is not None:
         base = TrainConfig.from_dict(read_checkpoint_config(ckpt), source=f"{ckpt}/config.json")
-        for src in (file_train, flags):
-            if src.get("preset", base.preset) != base.preset:
-                raise GptkitError(
-                    f"cannot change the model preset of a run being resumed ({base.preset} -> {src['preset']})"
-                )
+        for asked in (file_train.get("preset", base.preset), overrides.preset or base.preset):
+            if asked != base.preset:
+                raise GptkitError(f"cannot change the model preset of a run being resumed ({base.preset} -> {asked})")
     else:
         base = preset_config(preset)
-    cfg = merge(merge(base, file_train, str(config_file)), flags, "command line")
+    cfg = overrides.apply(merge(base, file_train, str(config_file)))
     validate(cfg)
     if ckpt is not None:
         from gptkit.checkpoint import read_json
@@ -189,7 +188,7 @@ def prepare(
 
     device_type, nproc = resolve_devices(cfg, launch)
     world = nproc * launch.nodes
-    plan = plan_batches(cfg, world, micro_batch_given="micro_batch" in flags or "micro_batch" in file_train)
+    plan = plan_batches(cfg, world, micro_batch_given=overrides.micro_batch is not None or "micro_batch" in file_train)
 
     data_dir, val, train, manifest = check_data(cfg.data)
     cfg = replace(cfg, data=str(data_dir))  # a resume must read the same data, whatever is newest then
@@ -353,19 +352,20 @@ def worker_errors(run_dir: Path) -> list[str]:
 
 
 def train(
-    flags: dict,
-    launch: LaunchConfig,
+    overrides: TrainOverrides,
+    launch_overrides: LaunchOverrides,
     *,
-    config_file=None,
-    name=None,
-    out=None,
-    resume=None,
-    launch_flags: set[str] | None = None,
+    config_file: str | Path | None = None,
+    name: str | None = None,
+    out: str | Path | None = None,
+    resume: str | None = None,
     dry_run: bool = False,
-    echo=print,
+    echo: Callable[[str], object],
 ) -> int:
-    """Resolve, write RUN/config.json, run torchrun. Returns the exit code; a worker's error is raised."""
-    rr = prepare(flags, launch, config_file=config_file, name=name, out=out, resume=resume, launch_flags=launch_flags)
+    """Resolve, write RUN/config.json, run torchrun. Returns the exit code; a worker's error is raised.
+
+    `echo` shows the command, the resolved config (--dry-run) and the stop notice."""
+    rr = prepare(overrides, launch_overrides, config_file=config_file, name=name, out=out, resume=resume)
     cmd = torchrun_command(rr)
     echo("$ " + shlex.join(cmd))
     if dry_run:
