@@ -16,7 +16,7 @@ the files only (served at revision main, ROOT/ORG/NAME or ROOT/datasets/ORG/NAME
     build_hub(root) -> dict[name, FakeRepo]    the standard set: fineweb-edu, fineweb, hellaswag, gpt2
     running_mirror(root, **kw)                 context manager -> a started MirrorServer (.url, .requests, ...)
 
-Pytest fixtures (import them into a test module: `from hubfixtures import hub  # noqa: F401`):
+Pytest fixtures (registered for every test module by conftest.py: `pytest_plugins = ["hubfixtures"]`):
 
     hub       session-scoped Hub(url, root, repos, server): build_hub + a running mirror. Tests that count
               requests call hub.server.requests.clear() first; tests that need faults start their own
@@ -173,7 +173,7 @@ def make_hellaswag_repo(
                 "activity_label": [rng.choice(WORDS).capitalize() for _ in range(rows)],
                 "ctx_a": ctx_a,
                 "ctx_b": ctx_b,
-                "ctx": [f"{a} {b}" for a, b in zip(ctx_a, ctx_b)],
+                "ctx": [f"{a} {b}" for a, b in zip(ctx_a, ctx_b, strict=True)],
                 "endings": [[_text(rng, 8) for _ in range(4)] for _ in range(rows)],
                 "source_id": [f"activitynet~v_{rng.getrandbits(32):08x}" for _ in range(rows)],
                 "split": [split] * rows,
@@ -205,7 +205,7 @@ def _tiny_bpe(n_merges: int = 40, seed: int = 0) -> tuple[dict[bytes, int], list
     for _ in range(n_merges):
         counts: dict[tuple[bytes, bytes], int] = {}
         for s in seqs:
-            for a, b in zip(s, s[1:]):
+            for a, b in zip(s, s[1:], strict=False):
                 counts[(a, b)] = counts.get((a, b), 0) + 1
         if not counts:
             break

@@ -2,7 +2,6 @@
 
 import hashlib
 import http.client
-import socket
 import subprocess
 import sys
 import threading
@@ -11,8 +10,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_one_line_error, run_cli
-from hubfixtures import hf_state, hub, make_dataset_repo, make_model_repo, running_mirror  # noqa: F401 - fixtures
+from conftest import ROOT, assert_one_line_error, free_port, run_cli
+from hubfixtures import make_dataset_repo, make_model_repo, running_mirror
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -224,14 +223,8 @@ def test_datasets_streams_parquet_through_the_mirror(hub, gptkit_home):
         assert any("/resolve/" in r["path"] and r["status"] == 206 for r in head.requests)  # parquet read by ranges
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_serve_and_its_bad_input(hub, tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gptkit", "mirror", "serve", str(hub.root), "--port", str(port), "-q"],
         stdout=subprocess.PIPE,
