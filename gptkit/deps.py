@@ -16,13 +16,14 @@ from gptkit.errors import GptkitError
 # The floors of pyproject.toml's [project] dependencies; tests/test_deps.py keeps the two equal.
 MINIMUM: dict[str, str] = {
     "torch": "2.5",
-    "typer": "0.12",
-    "rich": "13",
-    "tiktoken": "0.7",
-    "datasets": "2.19",
-    "huggingface_hub": "0.24",
-    "safetensors": "0.4",
+    "typer": "0.28",
+    "rich": "13.8",
+    "tiktoken": "0.12",
+    "datasets": "5.1",
+    "huggingface_hub": "2.0",
+    "safetensors": "0.8",
     "numpy": "1.24",
+    "pyarrow": "24",
 }
 
 

@@ -257,7 +257,7 @@ def main() -> int:
     # machine that makes the ratio conservative rather than flattering.
     before = limit_single_thread(inputs[1][0], args.sample_mb)
     runs = {}
-    for mult, (f, nbytes) in inputs.items():
+    for mult, (f, _nbytes) in inputs.items():
         runs[mult] = run_tokenize(f, args.workdir / f"out-x{mult}", workers, env)
     after = limit_single_thread(inputs[1][0], args.sample_mb)
     concurrent = limit_concurrent(inputs[1][0], args.sample_mb, workers)

@@ -54,15 +54,15 @@ def _fake_versions(monkeypatch, **versions):
 
 
 def test_too_old(monkeypatch):
-    _fake_versions(monkeypatch, typer="0.11.1")
+    _fake_versions(monkeypatch, typer="0.27.3")
     with pytest.raises(GptkitError) as e:
         deps.check_dependencies()
-    assert str(e.value) == "gptkit needs typer>=0.12 (found 0.11.1): pip install -U 'typer>=0.12'"
+    assert str(e.value) == "gptkit needs typer>=0.28 (found 0.27.3): pip install -U 'typer>=0.28'"
 
 
 def test_missing(monkeypatch):
     _fake_versions(monkeypatch, safetensors=None)
-    with pytest.raises(GptkitError, match=r"safetensors>=0\.4 \(not installed\)"):
+    with pytest.raises(GptkitError, match=r"safetensors>=0\.8 \(not installed\)"):
         deps.check_dependencies()
 
 
@@ -73,11 +73,11 @@ def test_unreadable_version_is_not_judged(monkeypatch):
 
 def test_cli_refuses_an_old_dependency(tmp_path):
     # A dist-info ahead of site-packages on the path is what importlib.metadata finds first.
-    info = tmp_path / "huggingface_hub-0.20.0.dist-info"
+    info = tmp_path / "huggingface_hub-1.33.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: huggingface_hub\nVersion: 0.20.0\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: huggingface_hub\nVersion: 1.33.0\n")
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
     line = assert_one_line_error(run_cli("--version", env={"PYTHONPATH": path}))
     assert line == (
-        "gptkit: error: gptkit needs huggingface_hub>=0.24 (found 0.20.0): pip install -U 'huggingface_hub>=0.24'"
+        "gptkit: error: gptkit needs huggingface_hub>=2.0 (found 1.33.0): pip install -U 'huggingface_hub>=2.0'"
     )
