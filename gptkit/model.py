@@ -1,7 +1,7 @@
 """GPT-2, in one file.
 
 The architecture is OpenAI's GPT-2 exactly as Hugging Face's GPT2LMHeadModel implements it:
-learned position embeddings, pre-LayerNorm blocks, tanh-approximated GELU, biases everywhere,
+learned position embeddings, pre-LayerNorm blocks, tanh-approximated GELU, biases everywhere (both can be changed in the config, e.g. for nanoGPT models),
 and the token embedding tied to the output head. Parameter names match HF's, so importing or
 exporting HF weights is only the transpose of the four Conv1D matrices per block.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -94,6 +95,9 @@ class KVCache(nn.Module):
     Allocated once for the whole generation, so decoding never concatenates or reallocates.
     """
 
+    k: torch.Tensor  # buffers, registered below
+    v: torch.Tensor
+
     def __init__(self, batch_size, n_head, max_len, head_dim, dtype, device):
         super().__init__()
         shape = (batch_size, n_head, max_len, head_dim)
@@ -108,6 +112,10 @@ class KVCache(nn.Module):
         return self.k[:, :, : pos + t], self.v[:, :, : pos + t]
 
 
+class ResidualProjection(nn.Linear):
+    """A Linear that writes into the residual stream: GPT-2 scales its init (see GPT._init_weights)."""
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -115,8 +123,7 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v for all heads
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.c_proj.RESIDUAL_PROJECTION = True  # scaled init, see GPT._init_weights
+        self.c_proj = ResidualProjection(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: KVCache | None = None
 
@@ -157,8 +164,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.c_proj.RESIDUAL_PROJECTION = True
+        self.c_proj = ResidualProjection(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
         self.approximate = "tanh" if config.activation == "gelu_new" else "none"
 
@@ -182,19 +188,27 @@ class Block(nn.Module):
         return x
 
 
+class Transformer(nn.Module):
+    """Everything below lm_head, under HF's parameter names (transformer.wte.weight, transformer.h.0...)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.wte = nn.Embedding(config.padded_vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+
+    def blocks(self) -> list[Block]:
+        """The blocks, typed (iterating an nn.ModuleList yields plain Modules)."""
+        return [cast(Block, b) for b in self.h]
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
-            )
-        )
+        self.transformer = Transformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
         self.apply(self._init_weights)
@@ -204,7 +218,7 @@ class GPT(nn.Module):
         # residual stream scaled by 1/sqrt(2 * n_layer) (two per block) so its variance stays put.
         if isinstance(module, nn.Linear):
             std = 0.02
-            if getattr(module, "RESIDUAL_PROJECTION", False):
+            if isinstance(module, ResidualProjection):
                 std /= math.sqrt(2 * self.config.n_layer)
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
@@ -260,11 +274,11 @@ class GPT(nn.Module):
             raise ValueError(f"cache length {max_len} exceeds block_size {self.config.block_size}")
         w = self.transformer.wte.weight
         hs = self.config.n_embd // self.config.n_head
-        for block in self.transformer.h:
+        for block in self.transformer.blocks():
             block.attn.kv_cache = KVCache(batch_size, self.config.n_head, max_len, hs, dtype or w.dtype, w.device)
 
     def clear_kv_cache(self):
-        for block in self.transformer.h:
+        for block in self.transformer.blocks():
             block.attn.kv_cache = None
 
     # --- optimizer ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-# Sourced by test.sh and quickstart.sh: create (or reuse) the virtual environment and install
-# gptkit into it. Set GPTKIT_VENV to use another location.
+# Sourced by test.sh, quickstart.sh and check_floors.sh: create (or reuse) the virtual environment
+# and install gptkit into it. Set GPTKIT_VENV to use another location.
 VENV="${GPTKIT_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
@@ -13,8 +13,12 @@ if ! python -c "import torch" 2>/dev/null; then
   # wheel into the venv first and this step is skipped.
   pip install -q "torch==2.13.0"
 fi
+# Extras: test (pytest and the reference libraries), dev (ruff, mypy, import-linter: pinned),
+# gguf, plot. GPTKIT_EXTRAS overrides the list.
+EXTRAS="${GPTKIT_EXTRAS:-test,dev,gguf,plot}"
 if ! python -c "import gptkit, pytest, transformers, gguf, matplotlib" 2>/dev/null \
+   || { [[ ",$EXTRAS," == *",dev,"* ]] && ! python -c "import mypy, importlinter, ruff" 2>/dev/null; } \
    || [ pyproject.toml -nt "$VENV/.gptkit-installed" ]; then
-  pip install -q -e ".[test,gguf,plot]"
+  pip install -q -e ".[$EXTRAS]"
   touch "$VENV/.gptkit-installed"
 fi

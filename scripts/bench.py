@@ -74,7 +74,7 @@ def bench_train(quick: bool) -> list[dict]:
             }
         )
     # the goal is on the best mode of the GPT-2-vocabulary config
-    gv = [row for row, r in zip(rows, results) if r["config"] == "gpt2-vocab"]
+    gv = [row for row, r in zip(rows, results, strict=True) if r["config"] == "gpt2-vocab"]
     if gv:
         best = max(r["mfu"] for r in results if r["config"] == "gpt2-vocab")
         for row in gv:

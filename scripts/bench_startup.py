@@ -82,7 +82,7 @@ def main() -> int:
 
     bare = statistics.median(samples["python -c pass"])
     torch_ms = statistics.median(samples[TORCH]) if TORCH in samples else None
-    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(
         f"Start-up time, median of {args.runs} runs ({platform.python_implementation()} {platform.python_version()}, "
         f"{os.cpu_count()} CPUs{load}); gptkit run as `{' '.join(Path(a).name for a in base)}`.\n"

@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# Set up a virtual environment and run the whole test suite (CPU, offline, < 15 min on 2 cores).
-#   scripts/test.sh              all tests
-#   scripts/test.sh -k model     extra arguments go to pytest
+# Set up a virtual environment, lint and type-check, then run the whole test suite
+# (CPU, offline, < 15 min on 2 cores). CI runs exactly this (.ci/run).
+#   scripts/test.sh                  lint, types, import contracts, all tests
+#   scripts/test.sh -m "not slow"    the fast lane: skip the multi-process and long tests
+#   scripts/test.sh -k model         extra arguments go to pytest
+#   GPTKIT_LINT=0 scripts/test.sh    tests only (scripts/check_floors.sh: old dependencies, same tools)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_env.sh
+
+if [ "${GPTKIT_LINT:-1}" != 0 ]; then
+  # Seconds, before minutes of tests: each fails the run on its own.
+  echo "lint: ruff, ruff format, mypy, import contracts" >&2
+  ruff check --quiet .
+  ruff format --check --quiet .
+  mypy
+  lint-imports --no-cache
+fi
 
 # Tests never touch the user's own cache, data or runs.
 export GPTKIT_HOME="${GPTKIT_TEST_HOME:-$PWD/.test_home}"

@@ -21,7 +21,7 @@ the files only (served at revision main, ROOT/ORG/NAME or ROOT/datasets/ORG/NAME
 Faults (5xx answers, cut bodies, slow transfers) come from gptkit.faults, read by the server per request:
 monkeypatch.setenv("GPTKIT_FAULTS", "mirror.error_rate=0.25,mirror.cut_rate=0.4"); server.injected counts them.
 
-Pytest fixtures (import them into a test module: `from hubfixtures import hub  # noqa: F401`):
+Pytest fixtures (registered for every test module by conftest.py: `pytest_plugins = ["hubfixtures"]`):
 
     hub       session-scoped Hub(url, root, repos, server, requests): build_hub + a running mirror whose
               requests land in hub.requests (a RequestLog). Tests that count requests call

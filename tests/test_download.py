@@ -15,7 +15,7 @@ import huggingface_hub  # imported before any HF_ENDPOINT is set: gptkit must no
 import huggingface_hub.constants
 import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
-from hubfixtures import RequestLog, finish_repo, hf_state, hub, running_mirror  # noqa: F401 - hub, hf_state: fixtures
+from hubfixtures import RequestLog, finish_repo, running_mirror
 
 from gptkit import paths
 from gptkit.errors import GptkitError

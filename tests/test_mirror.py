@@ -4,7 +4,6 @@ import hashlib
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -13,15 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_one_line_error, run_cli
-from hubfixtures import (  # noqa: F401 - hub, hf_state: fixtures
-    RequestLog,
-    hf_state,
-    hub,
-    make_dataset_repo,
-    make_model_repo,
-    running_mirror,
-)
+from conftest import ROOT, assert_one_line_error, free_port, run_cli
+from hubfixtures import RequestLog, make_dataset_repo, make_model_repo, running_mirror
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -294,14 +286,8 @@ def test_datasets_streams_parquet_through_the_mirror(hub, gptkit_home):
         assert any("/resolve/" in r["path"] and r["status"] == 206 for r in log)  # parquet read by ranges
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_cli_serve_and_its_bad_input(hub, tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gptkit", "mirror", "serve", str(hub.root), "--port", str(port), "-q"],
         stdout=subprocess.PIPE,

@@ -9,21 +9,14 @@ loads the Hugging Face export.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
-from conftest import run_cli
+from conftest import free_port, run_cli
 from hubfixtures import WORDS, make_dataset_repo, make_hellaswag_repo
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -48,7 +41,7 @@ def mirror_process(tmp_path):
         except Exception:
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
-                raise AssertionError(f"mirror did not start:\n{proc.stdout.read()}")
+                raise AssertionError(f"mirror did not start:\n{proc.stdout.read()}") from None
             time.sleep(0.1)
     yield url
     proc.terminate()

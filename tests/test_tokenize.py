@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_cli
-from hubfixtures import hub, make_dataset_repo  # noqa: F401 - hub is a fixture
+from hubfixtures import make_dataset_repo
 
 from gptkit import paths
 from gptkit.data import shards

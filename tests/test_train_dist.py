@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, free_port
 from safetensors.torch import load_file
 from test_train_data import make_dataset
 
@@ -120,7 +120,7 @@ def assert_same(a: dict, b: dict, exact: bool):
         if exact:
             assert torch.equal(a[k], b[k]), f"{k} differs"
         else:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def cli(*args, env=None):
@@ -264,14 +264,6 @@ def test_two_nodes_on_loopback_equal_one_node(home, reference):
     assert "--nnodes 2 --node-rank 1" in out1
     run = home / "runs" / "twonode"
     assert_same(weights(run / "step_000008"), weights(reference / "step_000008"), exact=False)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(home, reference):

@@ -40,7 +40,7 @@ def test_training_view_of_the_model_gives_the_same_loss_and_gradients():
         (loss / 3).backward()
         torch.testing.assert_close(loss, ref)
         for n, p in model.named_parameters():
-            torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+            torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
     assert "workspace" not in dict(fused.named_buffers()) and fused.workspace is not None
 
 

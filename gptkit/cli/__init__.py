@@ -12,6 +12,7 @@ import typer
 
 from gptkit import __version__
 from gptkit.cli import convert, doctor, download, mirror, plot, sample, tokenize, train
+from gptkit.deps import check_dependencies
 from gptkit.errors import GptkitError
 
 app = typer.Typer(
@@ -56,6 +57,7 @@ def main() -> None:
     from typer._click.exceptions import NoArgsIsHelpError
 
     try:
+        check_dependencies()
         rv = app(standalone_mode=False)
     except GptkitError as e:
         print(f"gptkit: error: {e}", file=sys.stderr)

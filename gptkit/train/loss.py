@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from gptkit.model import GPT
+
 CHUNK_ELEMENTS = 1 << 26  # logits per chunk (256 MB in fp32): bounds the extra memory
 
 
@@ -96,7 +98,7 @@ class FusedLossGPT(nn.Module):
     """Training view of a GPT: (idx, targets) -> (None, loss) through the fused loss. It holds the
     same module, so DDP and the optimizer see the very same parameters."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: GPT):
         super().__init__()
         self.model = model
         self.workspace: torch.Tensor | None = None  # scratch, not state: never saved

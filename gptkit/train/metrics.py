@@ -169,7 +169,7 @@ class Reporter:
             f"loss {loss:.4f} | lr {lr:.2e} | gnorm {grad_norm:.2f} | {_fmt_tokens(tok_per_s)} tok/s "
             f"| mfu {mfu_s} | eta {_fmt_eta(eta_s)}"
         )
-        if self.progress:
+        if self.progress and self.task is not None:
             self.progress.update(self.task, completed=step, info=info)
         elif step % self.log_every == 0 or step == self.max_steps:
             self.console.print(f"step {step}/{self.max_steps} | {info}", markup=False)

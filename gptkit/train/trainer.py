@@ -19,9 +19,12 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gptkit.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint, step_dirname
 from gptkit.device import configure_matmul, resolve_precision
@@ -162,14 +165,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
 
         compile_ = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
-        train_model = self.model
+        train_model: nn.Module = self.model
         if self.device.type == "cpu" and self.precision.name == "fp32":
             train_model = FusedLossGPT(self.model)  # see loss.py: the logits dominate a CPU step
         if compile_:
-            train_model = torch.compile(train_model)
+            # Compiling a Module gives a Module (OptimizedModule); torch types the result as a callable.
+            train_model = cast(nn.Module, torch.compile(train_model))
         if dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             ids = [dist.local_rank] if self.device.type == "cuda" else None
             train_model = DDP(train_model, device_ids=ids)
         # Training goes through train_model (compiled, DDP); evaluation and sampling use self.model,
@@ -295,12 +297,15 @@ class Trainer:
             g["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
-        ddp = self.dist.distributed
         for micro in range(plan.grad_accum):
             x, y = self._to_device(self.batches.get(self.data_pos, micro))
             last = micro == plan.grad_accum - 1
             # Gradients are all-reduced once per step: only the last micro-step syncs.
-            sync = contextlib.nullcontext() if (last or not ddp) else self.train_model.no_sync()
+            sync = (
+                self.train_model.no_sync()
+                if isinstance(self.train_model, DDP) and not last
+                else contextlib.nullcontext()
+            )
             with sync:
                 with self.precision.autocast():
                     _, loss = self.train_model(x, y)
@@ -318,13 +323,13 @@ class Trainer:
         gnorm = grad_norm.item()
         if not math.isfinite(loss_val) or (self.scaler is None and not math.isfinite(gnorm)):
             what = f"loss {loss_val}" if not math.isfinite(loss_val) else f"gradient norm {gnorm}"
-            last = (
+            saved = (
                 f"the last good checkpoint is {self.run_dir / step_dirname(self.last_saved)}"
                 if self.last_saved > 0
                 else "no checkpoint was saved yet"
             )
             raise TrainingError(
-                f"{what} at step {self.step + 1} (lr {lr:.3g}); training stopped without saving; {last}; "
+                f"{what} at step {self.step + 1} (lr {lr:.3g}); training stopped without saving; {saved}; "
                 "lower --lr or raise --warmup-steps and resume with --resume auto"
             )
         if self.scaler:
