@@ -127,14 +127,6 @@ def test_decoding_layout_keeps_logits_and_tokens():
     assert tokens(fast, [1, 2, 3], cfg) == tokens(model, [1, 2, 3], cfg)
 
 
-def test_generation_stops_at_the_context_length():
-    model = random_model(block_size=16)
-    out = tokens(model, [1, 2, 3, 4, 5, 6], SampleConfig(max_new_tokens=100, temperature=0, stop_at_eot=False))
-    assert len(out[0]) == 10
-    with pytest.raises(GptkitError, match="context"):
-        tokens(model, list(range(1, 17)), SampleConfig(temperature=0))
-
-
 def test_stops_at_eot():
     model = random_model()
     free = tokens(model, [65, 66], SampleConfig(max_new_tokens=30, temperature=0, stop_at_eot=False))[0]
