@@ -8,7 +8,6 @@ from conftest import assert_one_line_error, run_cli
 
 from gptkit.checkpoint import save_checkpoint
 from gptkit.data.tokenizers import BytesTokenizer, get_tokenizer
-from gptkit.errors import GptkitError
 from gptkit.generate import (
     SampleConfig,
     StreamDecoder,
