@@ -26,7 +26,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -148,7 +148,7 @@ def crop_prompt(idx: torch.Tensor, block_size: int) -> torch.Tensor:
     return idx[:, -block_size:]
 
 
-def reference_decode(model: GPT, idx: torch.Tensor, n: int, sample: Sampler) -> Iterator[torch.Tensor]:
+def reference_decode(model: GPT, idx: torch.Tensor, n: int, sample: Sampler) -> Generator[torch.Tensor]:
     """Decoding without a cache: at every step the whole window through the model, cropped exactly as
     `generate` crops it (the prompt to block_size; past block_size, the last window_keep tokens)."""
     block = model.config.block_size
@@ -162,7 +162,7 @@ def reference_decode(model: GPT, idx: torch.Tensor, n: int, sample: Sampler) -> 
         yield token
 
 
-def cached_decode(model: GPT, idx: torch.Tensor, n: int, sample: Sampler) -> Iterator[torch.Tensor]:
+def cached_decode(model: GPT, idx: torch.Tensor, n: int, sample: Sampler) -> Generator[torch.Tensor]:
     """n tokens with the KV cache, restarting the window when the cache is full (module docstring)."""
     block = model.config.block_size
     window = crop_prompt(idx, block)
