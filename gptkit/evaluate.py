@@ -70,7 +70,8 @@ def check_tokenizer(manifest: dict, tokenizer, where: Path) -> None:
 
 def val_rows(val_paths: list[Path], eot: int, seq_len: int, tokens: int, batch_size: int):
     """Batches (B, seq_len + 1) int64 of the first `tokens` validation tokens, in order, each read once."""
-    from gptkit.train.data import TokenStream, val_rows as rows
+    from gptkit.train.data import TokenStream
+    from gptkit.train.data import val_rows as rows
 
     stream = TokenStream(val_paths, eot, seed=0, shuffle=False)
     if (stream.total - 1) // seq_len == 0 or tokens < seq_len:
