@@ -4,8 +4,17 @@
     next_token        logits -> one token per row (greedy at temperature 0)
     prefill           the prompt through the model, filling the KV cache -> first new token
     decode_one        one token through the model at position `pos` -> the next token
-    decode_n          decode_one repeated, yielding each token as it is made
+    cached_decode     prefill, then decode_one repeated, yielding each token as it is made
     generate          composes them around the model's pre-allocated KV cache; stops at EOT
+
+Past the context. Positions are learned and absolute (wpe has block_size rows), so a rolling KV
+cache, whose keys were computed at other positions, would be wrong. Instead the window restarts:
+when the cache is full, the most recent `window_keep(block_size)` tokens (half the context) are
+prefilled again at positions 0..k-1 and decoding goes on from there. Every token is then predicted
+from at most block_size preceding tokens at positions 0..block_size-1, as in training, at the cost
+of one k-token forward every block_size - k tokens. A prompt longer than the context keeps its last
+block_size tokens (sample_text reports how many it dropped). `reference_decode` is the same window
+policy without a cache, for the tests.
 
 Plus `StreamDecoder`, which turns a stream of token ids into text without ever printing half a
 character, and `sample_text`, which puts them together. Finding and loading the model is
@@ -17,7 +26,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -129,20 +138,54 @@ def decode_one(model: GPT, token: torch.Tensor, pos: int, sample: Sampler) -> to
     return sample(logits[:, -1])
 
 
-def decode_n(model: GPT, token: torch.Tensor, pos: int, n: int, sample: Sampler) -> Iterator[torch.Tensor]:
-    """Decode n tokens after `token` (which sits at `pos`), yielding each as soon as it exists."""
-    for i in range(n):
-        token = decode_one(model, token, pos + i, sample)
-        yield token
+def window_keep(block_size: int) -> int:
+    """Tokens kept when the window restarts: half the context (at least one)."""
+    return max(1, block_size // 2)
 
 
-def full_recompute(model: GPT, idx: torch.Tensor, n: int, sample: Sampler) -> Iterator[torch.Tensor]:
-    """Reference decoding without a cache: the whole sequence through the model at every step."""
+def crop_prompt(idx: torch.Tensor, block_size: int) -> torch.Tensor:
+    """A (B, T) prompt longer than the context keeps its last block_size tokens."""
+    return idx[:, -block_size:]
+
+
+def reference_decode(model: GPT, idx: torch.Tensor, n: int, sample: Sampler) -> Generator[torch.Tensor]:
+    """Decoding without a cache: at every step the whole window through the model, cropped exactly as
+    `generate` crops it (the prompt to block_size; past block_size, the last window_keep tokens)."""
+    block = model.config.block_size
+    window = crop_prompt(idx, block)
     for _ in range(n):
-        logits, _ = model(idx)
+        logits, _ = model(window)
         token = sample(logits[:, -1])
-        idx = torch.cat([idx, token.view(-1, 1)], dim=1)
+        window = torch.cat([window, token.view(-1, 1)], dim=1)
+        if window.size(1) > block:
+            window = window[:, -window_keep(block) :]
         yield token
+
+
+def cached_decode(model: GPT, idx: torch.Tensor, n: int, sample: Sampler) -> Generator[torch.Tensor]:
+    """n tokens with the KV cache, restarting the window when the cache is full (module docstring)."""
+    block = model.config.block_size
+    window = crop_prompt(idx, block)
+    B, T = window.shape
+    keep = window_keep(block)
+    model.setup_kv_cache(B, max_len=min(block, T + n))
+    try:
+        # The window's tokens, the ones the cache holds at positions 0..pos-1 (for restarts).
+        held = torch.zeros(B, block, dtype=torch.long, device=idx.device)
+        held[:, :T] = window
+        token, pos = prefill(model, window, sample), T
+        yield token
+        for _ in range(n - 1):
+            if pos == block:  # the cache is full: the last `keep` tokens again, at positions 0..keep-1
+                recent = torch.cat([held[:, block - keep + 1 :], token.view(-1, 1)], dim=1)  # (B, keep)
+                held[:, :keep] = recent
+                token, pos = prefill(model, recent, sample), keep
+            else:
+                held[:, pos] = token
+                token, pos = decode_one(model, token, pos, sample), pos + 1
+            yield token
+    finally:
+        model.clear_kv_cache()
 
 
 @torch.inference_mode()
@@ -156,17 +199,14 @@ def generate(
     autocast=None,
     use_cache: bool = True,
 ) -> Iterator[torch.Tensor]:
-    """Yield (num_samples,) new tokens per step. A row that has produced EOT keeps yielding EOT;
-    generation ends when every row has (or after max_new_tokens, or at the model's context length).
+    """Yield (num_samples,) new tokens per step, max_new_tokens of them whatever the context length
+    (past it the window restarts, module docstring). A row that has produced EOT keeps yielding EOT;
+    generation ends early when every row has.
     """
     cfg.validate()
-    T = len(prompt)
-    block = model.config.block_size
-    if T == 0:
+    if not prompt:
         raise GptkitError("empty prompt: give some text, or start from the end-of-text token")
-    if T >= block:
-        raise GptkitError(f"the prompt is {T} tokens but the model's context is {block}; shorten it")
-    n = min(cfg.max_new_tokens, block - T)
+    n = cfg.max_new_tokens
     device = model.get_parameter("transformer.wte.weight").device
     generator = None
     if cfg.temperature > 0:
@@ -177,34 +217,19 @@ def generate(
     stop = eot_token if cfg.stop_at_eot else None
     done = torch.zeros(cfg.num_samples, dtype=torch.bool, device=device)
     ctx = autocast if autocast is not None else contextlib.nullcontext()
-
-    def finish(token: torch.Tensor) -> torch.Tensor:
-        nonlocal done
-        if stop is None:
-            return token
-        token = token.masked_fill(done, stop)
-        done = done | (token == stop)
-        return token
-
+    decode = cached_decode if use_cache else reference_decode
     with ctx:
-        if not use_cache:
-            for token in full_recompute(model, idx, n, sample):
-                yield finish(token)
-                if stop is not None and bool(done.all()):
-                    return
-            return
-        model.setup_kv_cache(cfg.num_samples, max_len=T + n)
+        steps = decode(model, idx, n, sample)
         try:
-            first = finish(prefill(model, idx, sample))
-            yield first
-            if n == 1 or (stop is not None and bool(done.all())):
-                return
-            for token in decode_n(model, first, T, n - 1, sample):
-                yield finish(token)
+            for token in steps:
+                if stop is not None:
+                    token = token.masked_fill(done, stop)
+                    done = done | (token == stop)
+                yield token
                 if stop is not None and bool(done.all()):
                     return
         finally:
-            model.clear_kv_cache()
+            steps.close()  # releases the KV cache at once, even when the caller stops early
 
 
 # --- text out ------------------------------------------------------------------------------------
@@ -233,7 +258,7 @@ class StreamDecoder:
 class Sample:
     text: str
     tokens: list[int] = field(repr=False)
-    stop_reason: str  # eot | max_new_tokens | context
+    stop_reason: str  # eot | max_new_tokens
 
 
 @dataclass
@@ -243,6 +268,7 @@ class SampleResult:
     new_tokens: int
     seconds: float
     model: str
+    prompt_tokens_dropped: int = 0  # a prompt longer than the context keeps its last block_size tokens
 
     @property
     def tokens_per_second(self) -> float:
@@ -287,13 +313,11 @@ def sample_text(
             if r == 0 and on_text and piece:
                 on_text(0, piece)
     seconds = time.perf_counter() - t0
-    room = model.config.block_size - len(ids)
     for r in range(B):
         tail = decoders[r].flush()
         texts[r] += tail
         if r == 0 and on_text and tail:
             on_text(0, tail)
-        if reasons[r] == "max_new_tokens" and len(toks[r]) >= room and room < cfg.max_new_tokens:
-            reasons[r] = "context"
     samples = [Sample(texts[r], toks[r], reasons[r]) for r in range(B)]
-    return SampleResult(prompt=prompt, samples=samples, new_tokens=steps * B, seconds=seconds, model=model_name)
+    dropped = max(0, len(ids) - model.config.block_size)
+    return SampleResult(prompt, samples, steps * B, seconds, model_name, dropped)

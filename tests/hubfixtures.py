@@ -6,7 +6,9 @@ The test suite's hub: every download test runs the real huggingface_hub / datase
 Build repos (each returns a FakeRepo: repo_id, repo_type, path, commit, files {path: sha256}):
 
     make_dataset_repo(folder, "HuggingFaceFW/fineweb-edu", {"sample/10BT": 3, "sample/100BT": 2})
-    make_hellaswag_repo(folder)
+    make_hellaswag_repo(folder)                       parquet on main: data/{split}-00000-of-00001.parquet
+    make_hellaswag_repo(folder, layout_of="convert")  the refs/convert/parquet branch: default/{split}/0000.parquet
+    make_script_repo(folder)                          main with only a loading script (hellaswag.py) and README
     make_model_repo(folder, "openai-community/gpt2", vocab="tiny" | "gpt2")
 
 `layout="download"` (default) writes the folder as `gptkit download` does, manifest included, so the
@@ -164,16 +166,26 @@ def make_dataset_repo(
 
 
 def make_hellaswag_repo(
-    folder: Path, repo_id: str = "Rowan/hellaswag", *, rows: int = 12, seed: int = 1, layout: str = "download"
+    folder: Path,
+    repo_id: str = "Rowan/hellaswag",
+    *,
+    rows: int = 12,
+    seed: int = 1,
+    layout: str = "download",
+    layout_of: str = "main",
 ) -> FakeRepo:
-    """Rowan/hellaswag's layout: data/{train,validation,test}-00000-of-00001.parquet, label as a string."""
+    """Rowan/hellaswag's parquet, label as a string. layout_of="main": data/{train,validation,test}-00000-of-00001.parquet
+    on main; "convert": default/{split}/0000.parquet, the manifest recording revision refs/convert/parquet."""
     folder = Path(folder)
     rng = random.Random(seed)
+    if layout_of not in ("main", "convert"):
+        raise ValueError("layout_of must be 'main' or 'convert'")
     for split in ("train", "validation", "test"):
+        name = f"data/{split}-00000-of-00001.parquet" if layout_of == "main" else f"default/{split}/0000.parquet"
         ctx_a = [_text(rng, 12) for _ in range(rows)]
         ctx_b = [rng.choice(WORDS) for _ in range(rows)]
         write_parquet(
-            folder / "data" / f"{split}-00000-of-00001.parquet",
+            folder / name,
             {
                 "ind": list(range(rows)),
                 "activity_label": [rng.choice(WORDS).capitalize() for _ in range(rows)],
@@ -187,7 +199,18 @@ def make_hellaswag_repo(
                 "label": ["" if split == "test" else str(rng.randrange(4)) for _ in range(rows)],
             },
         )
+    if layout_of == "convert":
+        return finish_repo(folder, repo_id, "dataset", layout, revision="refs/convert/parquet")
     (folder / "README.md").write_text("---\nlanguage: en\n---\n# HellaSwag (test copy)\n")
+    return finish_repo(folder, repo_id, "dataset", layout)
+
+
+def make_script_repo(folder: Path, repo_id: str = "Rowan/hellaswag", *, layout: str = "download") -> FakeRepo:
+    """A dataset whose main branch holds only a loading script and a README, as Rowan/hellaswag's may."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "hellaswag.py").write_text("import datasets\n\n# a loading script: no data files on this branch\n")
+    (folder / "README.md").write_text("---\nlanguage: en\n---\n# HellaSwag (script only)\n")
     return finish_repo(folder, repo_id, "dataset", layout)
 
 

@@ -301,3 +301,55 @@ def test_endpoint_patching_tolerates_a_huggingface_hub_without_hf_url_hosts(monk
         assert configure_endpoint("http://127.0.0.1:9") is True
         assert hc.ENDPOINT == "http://127.0.0.1:9" and not hasattr(hc, "HF_URL_HOSTS")
     assert hc.ENDPOINT != "http://127.0.0.1:9" and not hasattr(hc, "HF_HUB_DISABLE_XET")
+
+
+# --- where a preset's files are: main, or the refs/convert/parquet branch ----------------------
+
+
+def hellaswag_hub(root: Path, layout: str) -> None:
+    from hubfixtures import make_hellaswag_repo, make_script_repo
+
+    if layout == "parquet-main":
+        make_hellaswag_repo(root / "hellaswag")
+    if layout in ("script-main+convert", "neither"):
+        make_script_repo(root / "hellaswag")
+    if layout in ("script-main+convert", "convert-only"):
+        make_hellaswag_repo(root / "hellaswag-parquet", layout_of="convert")
+
+
+@pytest.mark.parametrize(
+    "layout,revision,file",
+    [
+        ("parquet-main", "main", "data/validation-00000-of-00001.parquet"),
+        ("script-main+convert", "refs/convert/parquet", "default/validation/0000.parquet"),
+        ("convert-only", "refs/convert/parquet", "default/validation/0000.parquet"),  # e.g. a mirror of that download
+    ],
+)
+def test_hellaswag_found_whichever_layout_the_hub_has(layout, revision, file, tmp_path, gptkit_home):
+    from gptkit.train.hellaswag import find_hellaswag, load_examples
+
+    hellaswag_hub(tmp_path / "hub", layout)
+    log, notes = RequestLog(), []
+    with running_mirror(tmp_path / "hub", on_request=log) as server:
+        result = gk_hub.download("hellaswag", endpoint=server.url, log=notes.append)
+    assert result.revision == revision and file in result.fetched
+    assert not any("train" in f or "test" in f for f in result.fetched)  # only the validation split
+    assert any(f"from {revision} ({file})" in n for n in notes), notes  # it says which it used
+    m = json.loads((result.local_dir / ".gptkit-download.json").read_text())
+    assert m["revision"] == revision and m["commit"] == result.commit and m["complete"]
+    # The training-time reader finds it whichever layout it came from.
+    assert find_hellaswag(result.local_dir) == [result.local_dir / file]
+    assert len(load_examples(find_hellaswag(result.local_dir))) == 12
+    if revision != "main":  # the branch travelled percent-encoded, as huggingface_hub sends it
+        assert any("/revision/refs%2Fconvert%2Fparquet" in r["path"] for r in log)
+        assert all(f"/resolve/{result.commit}/" in r["path"] for r in log if "/resolve/" in r["path"])
+
+
+def test_hellaswag_in_neither_place_is_one_line(tmp_path, gptkit_home):
+    hellaswag_hub(tmp_path / "hub", "neither")
+    with running_mirror(tmp_path / "hub") as server:
+        line = assert_one_line_error(run_cli("download", "hellaswag", "--endpoint", server.url))
+    assert "Rowan/hellaswag has no HellaSwag validation split in parquet" in line
+    assert "*validation*.parquet on main" in line
+    assert "default/validation/*.parquet on refs/convert/parquet (no such revision)" in line
+    assert not (gptkit_home / "data" / "hellaswag").exists()

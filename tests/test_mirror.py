@@ -324,3 +324,47 @@ def test_cli_serve_and_its_bad_input(hub, tmp_path):
     assert "does not exist" in assert_one_line_error(r)
     r = run_cli("mirror", "serve", str(hub.root), "--port", "0", env={"GPTKIT_FAULTS": "mirror.error_rate=lots"})
     assert "needs a number" in assert_one_line_error(r)
+
+
+# --- branches: refs/convert/parquet beside main ---------------------------------------------------
+
+
+def test_a_convert_branch_is_served_beside_main(tmp_path):
+    """Two download folders of one repo, main (a loading script) and refs/convert/parquet: huggingface_hub
+    asks for the branch percent-encoded and gets the branch's commit, listing and files."""
+    from hubfixtures import make_hellaswag_repo, make_script_repo
+
+    main = make_script_repo(tmp_path / "hub" / "hellaswag")
+    conv = make_hellaswag_repo(tmp_path / "hub" / "hellaswag-parquet", layout_of="convert")
+    branch, rel = "refs/convert/parquet", "default/validation/0000.parquet"
+    log = RequestLog()
+    with running_mirror(tmp_path / "hub", on_request=log) as server:
+        api = HfApi(endpoint=server.url)
+        assert api.dataset_info("Rowan/hellaswag").sha == main.commit
+        assert api.dataset_info("Rowan/hellaswag", revision=branch).sha == conv.commit
+        assert api.dataset_info("Rowan/hellaswag", revision=conv.commit[:10]).sha == conv.commit
+        assert sorted(api.list_repo_files("Rowan/hellaswag", repo_type="dataset")) == ["README.md", "hellaswag.py"]
+        assert rel in api.list_repo_files("Rowan/hellaswag", repo_type="dataset", revision=branch)
+        cache = tmp_path / "cache"
+        p = hf_hub_download(
+            "Rowan/hellaswag", rel, repo_type="dataset", revision=branch, endpoint=server.url, cache_dir=cache
+        )
+        assert sha256(p) == conv.sha256(rel)
+        with pytest.raises(EntryNotFoundError):  # main does not have the branch's files
+            hf_hub_download("Rowan/hellaswag", rel, repo_type="dataset", endpoint=server.url, cache_dir=tmp_path / "c2")
+        with pytest.raises(RevisionNotFoundError):
+            api.dataset_info("Rowan/hellaswag", revision="refs/pr/7")
+    assert any(f"/resolve/{branch.replace('/', '%2F')}/" in r["path"] for r in log)
+    # The HF cache the client just wrote keeps the branch as refs/refs/convert/parquet; serving that
+    # cache, the mirror answers the branch from it.
+    storage = cache / "datasets--Rowan--hellaswag"
+    assert (storage / "refs" / "refs" / "convert" / "parquet").read_text() == conv.commit
+    with running_mirror(cache) as again:
+        api = HfApi(endpoint=again.url)
+        assert api.dataset_info("Rowan/hellaswag", revision=branch).sha == conv.commit
+        q = hf_hub_download(
+            "Rowan/hellaswag", rel, repo_type="dataset", revision=branch, endpoint=again.url, cache_dir=tmp_path / "c3"
+        )
+        assert sha256(q) == conv.sha256(rel)
+        with pytest.raises(RevisionNotFoundError):  # the cache holds no main
+            api.dataset_info("Rowan/hellaswag")

@@ -8,7 +8,6 @@ from conftest import assert_one_line_error, run_cli
 
 from gptkit.checkpoint import save_checkpoint
 from gptkit.data.tokenizers import BytesTokenizer, get_tokenizer
-from gptkit.errors import GptkitError
 from gptkit.generate import (
     SampleConfig,
     StreamDecoder,
@@ -125,14 +124,6 @@ def test_decoding_layout_keeps_logits_and_tokens():
         torch.testing.assert_close(fast(idx)[0], model(idx)[0], rtol=1e-5, atol=1e-5)
     cfg = SampleConfig(max_new_tokens=30, temperature=0, stop_at_eot=False)
     assert tokens(fast, [1, 2, 3], cfg) == tokens(model, [1, 2, 3], cfg)
-
-
-def test_generation_stops_at_the_context_length():
-    model = random_model(block_size=16)
-    out = tokens(model, [1, 2, 3, 4, 5, 6], SampleConfig(max_new_tokens=100, temperature=0, stop_at_eot=False))
-    assert len(out[0]) == 10
-    with pytest.raises(GptkitError, match="context"):
-        tokens(model, list(range(1, 17)), SampleConfig(temperature=0))
 
 
 def test_stops_at_eot():

@@ -12,6 +12,7 @@ import typer
 
 from gptkit import __version__
 from gptkit.cli import convert, doctor, download, mirror, plot, sample, tokenize, train
+from gptkit.cli import eval as eval_cmd
 from gptkit.deps import check_dependencies
 from gptkit.errors import GptkitError
 
@@ -48,6 +49,7 @@ app.command("train", context_settings={"allow_extra_args": False})(train.train)
 app.command("sample")(sample.sample)
 app.command("convert")(convert.convert)
 app.command("plot")(plot.plot)
+app.command("eval")(eval_cmd.eval_model)
 
 
 def main() -> None:

@@ -105,6 +105,7 @@ def sample(
                     "new_tokens": result.new_tokens,
                     "seconds": round(result.seconds, 4),
                     "tokens_per_second": round(result.tokens_per_second, 2),
+                    "prompt_tokens_dropped": result.prompt_tokens_dropped,
                     "samples": [
                         {"text": s.text, "tokens": len(s.tokens), "stop": s.stop_reason} for s in result.samples
                     ],
@@ -117,8 +118,12 @@ def sample(
     for i, s in enumerate(result.samples[1:], start=2):
         sys.stdout.write(f"\n--- sample {i}/{len(result.samples)} ---\n{prompt}{s.text}\n")
     sys.stdout.flush()
-    if result.samples[0].stop_reason == "context":
-        print(f"gptkit: stopped at the model's context length ({net.config.block_size} tokens)", file=sys.stderr)
+    if result.prompt_tokens_dropped:
+        print(
+            f"gptkit: the prompt is longer than the model's context ({net.config.block_size} tokens); "
+            f"its first {result.prompt_tokens_dropped} tokens were not seen",
+            file=sys.stderr,
+        )
     print(
         f"gptkit: {result.new_tokens} tokens in {result.seconds:.2f} s ({result.tokens_per_second:.1f} tokens/s)",
         file=sys.stderr,

@@ -29,7 +29,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
@@ -47,7 +47,6 @@ from gptkit.hub.plan import (
     list_files,
     matches,
     previous_download,
-    select,
     split_complete,
 )
 from gptkit.hub.presets import Target, resolve_target
@@ -281,25 +280,13 @@ def download(
 
     token = os.environ.get("HF_TOKEN") or None
     repo = f"{target.repo_type} {target.repo_id}"
-    requested = revision or "main"
+    requested = revision or "main"  # until _resolve has chosen where the files are
     api = HfApi(endpoint=url, token=token, library_name="gptkit")
     ctx: _Context | None = None
     try:
-        info = _retry(
-            lambda: api.repo_info(
-                target.repo_id, repo_type=target.repo_type, revision=requested, timeout=METADATA_TIMEOUT
-            ),
-            f"{target.repo_id}: repo info",
-            say,
-            retries,
-            backoff,
-            CONNECT_ATTEMPTS,
+        requested, commit, selection = _resolve(
+            api, target, url, revision, include, exclude, shards, say, retries, backoff
         )
-        commit = info.sha
-        if not commit:
-            raise GptkitError(f"{redact_url(url)} gave no commit for {repo}; is it a Hugging Face Hub endpoint?")
-        remote = _retry(lambda: list_files(api, target, commit), f"{target.repo_id}: file list", say, retries, backoff)
-        selection = select(remote, target, include, exclude, shards)
         dest = Path(local_dir).expanduser() if local_dir else paths.data_dir(target.name)
         old = previous_download(dest, target)
         ctx = _Context(target, url, requested, commit, dest, token)
@@ -358,6 +345,65 @@ def download(
         raise _scrub(GptkitError(f"{e.n} of {e.total} files failed; first {e.path}: {first}"), token) from None
     except _retryable() as e:  # a network, endpoint or disk error: one line; files on disk stay as they are
         raise _scrub(_explain(e, ctx, url, repo, requested), token) from None
+
+
+def _resolve(
+    api: Any,
+    target: Target,
+    url: str,
+    revision: str | None,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    shards: int | None,
+    say: Log,
+    retries: int,
+    backoff: float,
+) -> tuple[str, str, list[RemoteFile]]:
+    """(revision, commit, selection): the first of the target's sources with a matching file.
+
+    A preset lists where what it wants may be (gptkit.hub.presets: main, then e.g. refs/convert/parquet);
+    --include, or a repo id, means exactly those files at --revision (default main). An explicit
+    --revision replaces each source's revision, keeping the order of their globs.
+    """
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    if shards is not None and shards < 1:
+        raise GptkitError(f"--shards must be at least 1, got {shards}")
+    if include or not target.sources:
+        candidates = [(revision or "main", target.files)]
+    else:
+        candidates = list(dict.fromkeys((revision or rev, globs) for rev, globs in target.sources))
+    looked = []
+    for rev, globs in candidates:
+        where = f"{', '.join(globs or ('any file',))} on {rev}"
+        ask = functools.partial(
+            api.repo_info, target.repo_id, repo_type=target.repo_type, revision=rev, timeout=METADATA_TIMEOUT
+        )
+        try:
+            info = _retry(ask, f"{target.repo_id}: repo info", say, retries, backoff, CONNECT_ATTEMPTS)
+        except RevisionNotFoundError:
+            if len(candidates) == 1:
+                raise
+            looked.append(f"{where} (no such revision)")
+            continue
+        commit = info.sha
+        if not commit:
+            raise GptkitError(
+                f"{redact_url(url)} gave no commit for {target.repo_type} {target.repo_id}; "
+                "is it a Hugging Face Hub endpoint?"
+            )
+        listing = functools.partial(list_files, api, target, commit)
+        remote = _retry(listing, f"{target.repo_id}: file list", say, retries, backoff)
+        found = plan.matching(remote, globs, exclude)
+        if len(candidates) > 1 and not found:
+            looked.append(where)
+            continue
+        selection = plan.select(remote, replace(target, files=globs), include, exclude, shards)
+        if len(candidates) > 1:
+            names = ", ".join(f.path for f in found[:3]) + (", ..." if len(found) > 3 else "")
+            say(f"{target.repo_id}: {target.wants} from {rev} ({names})")
+        return rev, commit, selection
+    raise GptkitError(f"{target.repo_id} has no {target.wants}: looked for {' and '.join(looked)}")
 
 
 def _explain(e: BaseException, ctx: _Context | None, endpoint: str, repo: str, revision: str) -> GptkitError:

@@ -77,6 +77,19 @@ def list_files(api: Any, target: Target, commit: str) -> list[RemoteFile]:
     ]
 
 
+def _match(path: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, p + "*" if p.endswith("/") else p) for p in patterns)
+
+
+def matching(files: list[RemoteFile], patterns: tuple[str, ...] | None, exclude: list[str] | None) -> list[RemoteFile]:
+    """The files matching any of the globs (None: every file) and none of `exclude`, sorted by path."""
+    skip = list(exclude or [])
+    return sorted(
+        (f for f in files if (patterns is None or _match(f.path, patterns)) and not _match(f.path, skip)),
+        key=lambda f: f.path,
+    )
+
+
 def select(
     files: list[RemoteFile],
     target: Target,
@@ -84,15 +97,10 @@ def select(
     exclude: list[str] | None,
     shards: int | None,
 ) -> list[RemoteFile]:
-    def match(path: str, patterns: Iterable[str]) -> bool:
-        return any(fnmatch.fnmatchcase(path, p + "*" if p.endswith("/") else p) for p in patterns)
-
+    match = _match
     skip = list(exclude or [])
     patterns = tuple(include) if include else target.files
-    data = sorted(
-        (f for f in files if (patterns is None or match(f.path, patterns)) and not match(f.path, skip)),
-        key=lambda f: f.path,
-    )
+    data = matching(files, patterns, skip)
     if shards is not None:
         if shards < 1:
             raise GptkitError(f"--shards must be at least 1, got {shards}")

@@ -1,4 +1,13 @@
-"""Named downloads: `gptkit download fineweb-edu` and friends, and how a name or repo id becomes a target."""
+"""Named downloads: `gptkit download fineweb-edu` and friends, and how a name or repo id becomes a target.
+
+A preset names what it wants (HellaSwag's validation split), not one path: `files` are the globs on
+main, and `fallbacks` further (revision, globs) places to look, in order, for repos whose layout
+moved. Rowan/hellaswag is the case in point: its main branch may hold only a loading script
+(hellaswag.py), while the Hub's parquet conversion bot keeps every split on the branch
+`refs/convert/parquet` as default/{split}/NNNN.parquet. `gptkit download` takes the first place
+that has a matching file and says which (gptkit.hub.download). FineWeb and FineWeb-Edu are parquet
+on main already; their convert branch holds only a truncated copy, so they have no fallback.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +16,7 @@ from dataclasses import asdict, dataclass
 from gptkit.errors import GptkitError
 
 REPO_TYPES = ("model", "dataset")
+CONVERT_BRANCH = "refs/convert/parquet"  # where the Hub's bot keeps a parquet copy of a dataset
 
 
 @dataclass(frozen=True)
@@ -19,6 +29,8 @@ class Preset:
     subsets: tuple[tuple[str, tuple[str, ...]], ...] = ()  # --subset NAME -> globs replacing `files`
     size: str = ""  # approximate, for --list; --dry-run shows the exact figure
     about: str = ""
+    fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (revision, globs) tried in order after main
+    wants: str = ""  # what the globs stand for, for the messages ("HellaSwag's validation split")
 
 
 _GPT2_FILES = (
@@ -59,14 +71,17 @@ PRESETS: dict[str, Preset] = {
             "FineWeb, filtered Common Crawl (parquet, column `text`)",
         ),
         Preset(
-            # The author's repo; its main branch holds the splits as parquet under data/.
+            # The author's repo: parquet on main (data/validation-00000-of-00001.parquet) where the
+            # main branch has it, else the conversion bot's branch (default/validation/0000.parquet).
             "hellaswag",
             "Rowan/hellaswag",
             "dataset",
-            ("data/validation-*.parquet",),
+            ("*validation*.parquet",),
             ("README.md",),
-            size="≈11 MB",
+            size="≈6 MB",
             about="HellaSwag validation set, 10,042 examples (ctx, endings, label as a string)",
+            fallbacks=((CONVERT_BRANCH, ("default/validation/*.parquet",)),),
+            wants="HellaSwag validation split in parquet",
         ),
         Preset(
             "gpt2",
@@ -91,6 +106,9 @@ class Target:
     files: tuple[str, ...] | None  # None: the whole repo
     extra: tuple[str, ...]
     subset: str | None = None
+    # Where to look, in order: (revision, globs). Empty: `files` at the requested revision (or main).
+    sources: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    wants: str = ""
 
 
 def resolve_target(name_or_repo: str, repo_type: str | None = None, subset: str | None = None) -> Target:
@@ -109,7 +127,9 @@ def resolve_target(name_or_repo: str, repo_type: str | None = None, subset: str 
             if key not in subsets:
                 raise GptkitError(f"unknown subset {subset!r} for {preset.name}; choose one of: {', '.join(subsets)}")
             files, subset = subsets[key], key
-        return Target(preset.name, preset.repo_id, preset.repo_type, files, preset.extra, subset)
+        sources = (("main", files), *preset.fallbacks) if subset is None else (("main", files),)
+        wants = preset.wants or f"files matching {', '.join(files)}"
+        return Target(preset.name, preset.repo_id, preset.repo_type, files, preset.extra, subset, sources, wants)
     if subset is not None:
         raise GptkitError("--subset applies to the fineweb and fineweb-edu presets only; use --include for other repos")
     parts = name_or_repo.split("/")

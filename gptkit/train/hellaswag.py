@@ -96,7 +96,8 @@ def score_example(model, rows, masks, device, autocast):
     tokens, mask = tokens.to(device), mask.to(device)
     with torch.no_grad(), autocast():
         logits, _ = model(tokens)
-    logits = logits[:, :-1].float()  # position t predicts token t + 1
+    # position t predicts token t + 1; the padded vocabulary rows are no tokens, so not in the softmax
+    logits = logits[:, :-1, : model.config.vocab_size].float()
     losses = F.cross_entropy(logits.reshape(-1, logits.size(-1)), tokens[:, 1:].reshape(-1), reduction="none")
     losses = losses.view(len(rows), -1) * mask[:, 1:]
     total = losses.sum(dim=1)

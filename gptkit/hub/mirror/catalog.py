@@ -8,6 +8,15 @@ Layouts found under each ROOT (searched in this order):
                                            every snapshot and ref in it is a revision
     ROOT/ORG/NAME, ROOT/datasets/ORG/NAME  plain folders (e.g. `--local-dir`); revision `main`
 
+Branches. A download folder is served at the revision its manifest records and at its commit; a
+folder of main, a commit or a tag is also served as `main`, a folder of a `refs/...` branch (e.g.
+`refs/convert/parquet`, `refs/pr/7`) only under that name. Several folders may hold one repo, one per
+branch: ROOT/hellaswag (main) beside ROOT/hellaswag-parquet (refs/convert/parquet), say; a request
+takes the folder whose recorded revision or commit it names, else for `main` the first that serves
+main. In the HF cache a branch is a ref file as huggingface_hub writes it: refs/main, and
+refs/refs/convert/parquet for the convert branch. Clients send the revision percent-encoded
+(refs%2Fconvert%2Fparquet) in /api/.../revision/REV, /tree/REV and /resolve/REV/...
+
 Nothing outside a ROOT is ever served: `..` segments are refused and every file is resolved
 (symlinks included) and checked to lie inside its ROOT. Hashes come from what the layout records
 (the download manifest, the cache's blob names, huggingface_hub's local-dir metadata) and are
@@ -180,13 +189,13 @@ class Catalog:
         self._lock = threading.Lock()
 
     # gptkit download folders, indexed by their manifests (re-scanned at most every 2 s)
-    def _manifest_index(self, root: Path) -> dict[tuple[str, str], Path]:
+    def _manifest_index(self, root: Path) -> dict[tuple[str, str], list[Path]]:
         now = time.monotonic()
         with self._lock:
             hit = self._manifests.get(root)
             if hit and now - hit[0] < 2.0:
                 return hit[1]
-        index: dict[tuple[str, str], Path] = {}
+        index: dict[tuple[str, str], list[Path]] = {}
         for depth in range(4):
             pattern = "/".join(["*"] * depth + [MANIFEST_NAME])
             for m in sorted(root.glob(pattern)):
@@ -196,7 +205,7 @@ class Catalog:
                 if info is None:
                     continue
                 key = (info.get("repo_type", "model"), info["repo_id"])
-                index.setdefault(key, m.parent)
+                index.setdefault(key, []).append(m.parent)
         with self._lock:
             self._manifests[root] = (now, index)
         return index
@@ -205,8 +214,8 @@ class Catalog:
         """(repo_type, repo_id, location) of everything served, for the index page and the CLI."""
         out = []
         for root in self.roots:
-            for (rtype, rid), folder in self._manifest_index(root).items():
-                out.append((rtype, rid, str(folder)))
+            for (rtype, rid), folders in self._manifest_index(root).items():
+                out += [(rtype, rid, str(folder)) for folder in folders]
             for base in (root, root / "hub"):
                 if not base.is_dir():
                     continue
@@ -221,9 +230,9 @@ class Catalog:
         if not all(SEGMENT_RE.match(s) and s not in (".", "..") for s in repo_id.split("/")) or repo_id.count("/") > 1:
             raise HubError(404, "RepoNotFound", f"Repository {repo_id} not found")
         for root in self.roots:
-            folder = self._manifest_index(root).get((repo_type, repo_id))
-            if folder is not None:
-                return self._from_download(root, folder, repo_type, repo_id, revision)
+            folders = self._manifest_index(root).get((repo_type, repo_id))
+            if folders:
+                return self._from_download(root, _pick_folder(folders, revision), repo_type, repo_id, revision)
             for base in (root / "hub", root):
                 storage = base / f"{repo_type}s--{repo_id.replace('/', '--')}"
                 if (storage / "snapshots").is_dir():
@@ -265,8 +274,7 @@ class Catalog:
     def _from_download(self, root: Path, folder: Path, repo_type: str, repo_id: str, revision: str) -> RepoView:
         info = read_manifest(folder) or {}
         commit = info.get("commit") or _synthetic_commit(folder)
-        names = {commit, "main", info.get("revision") or "main"}
-        if revision not in names and not (len(revision) >= 7 and commit.startswith(revision)):
+        if _serves(info, commit, revision) is None:
             raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         known = {e["path"]: e for e in info.get("files", []) if isinstance(e, dict) and "path" in e}
         files = {}
@@ -326,6 +334,28 @@ class Catalog:
         if revision not in ("main", commit):
             raise HubError(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         return RepoView(repo_type, repo_id, commit, root, files, _mtime(folder))
+
+
+def _serves(info: dict, commit: str, revision: str) -> int | None:
+    """How well a download folder (its manifest, its commit) answers `revision`: 0 by its recorded revision
+    or commit, 1 as `main` (a folder of main, a commit or a tag; never one of a refs/... branch), None not."""
+    recorded = info.get("revision") or "main"
+    if revision in (recorded, commit) or (len(revision) >= 7 and commit.startswith(revision)):
+        return 0
+    if revision == "main" and not recorded.startswith("refs/"):
+        return 1
+    return None
+
+
+def _pick_folder(folders: list[Path], revision: str) -> Path:
+    """The download folder of one repo that serves `revision` best (the first found on a tie), else the first."""
+    ranked = []
+    for i, folder in enumerate(folders):
+        info = read_manifest(folder) or {}
+        rank = _serves(info, info.get("commit") or _synthetic_commit(folder), revision)
+        if rank is not None:
+            ranked.append((rank, i))
+    return folders[min(ranked)[1]] if ranked else folders[0]
 
 
 def _hf_local_metadata(folder: Path, rel: str, mtime: float) -> tuple[str, str] | None:
