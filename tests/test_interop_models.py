@@ -17,7 +17,6 @@ import random
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from conftest import assert_one_line_error, run_cli
 
 from gptkit.data.tokenizers import get_tokenizer
@@ -328,7 +327,7 @@ def test_tokenizer_option_is_checked_never_a_silent_swap(hf_model, tmp_path):
     line = assert_one_line_error(run_cli("sample", "hi", "--model", bare, "--device", "cpu"))
     assert "--tokenizer" in line
     r = convert(bare, tmp_path / "ck", to="gptkit", tokenizer=src / "tokenizer.json")
-    assert r.verification.tokenizer.status == "same ids"
+    assert r.verification.tokenizer.status == "same ids" and not any("--tokenizer" in n for n in r.notes)
     assert load(tmp_path / "ck").tokenizer.vocab_hash == get_tokenizer(src).vocab_hash
     line = assert_one_line_error(run_cli("convert", bare, tmp_path / "x.safetensors", "--tokenizer", "bytes"))
     assert "256 tokens" in line and "1000" in line

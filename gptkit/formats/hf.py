@@ -19,6 +19,7 @@ import torch
 from gptkit import __version__
 from gptkit.checkpoint import read_json
 from gptkit.data.tokenizers import (
+    GPT2_EOT,
     HFTokenizer,
     Tokenizer,
     bytes_to_unicode,
@@ -126,7 +127,7 @@ def gpt2_hf_vocab() -> tuple[dict[str, int], list[str]]:
     what is left is exactly two parts, the pair whose merge created the token.
     """
     tok = get_tokenizer("gpt2")
-    eot = tok.eot_token
+    eot = GPT2_EOT
     ranks = {tok.decode_bytes([i]): i for i in range(eot)}
     byte_char = bytes_to_unicode()
 

@@ -25,6 +25,7 @@ from gptkit.errors import GptkitError
 from gptkit.model import CONV1D_SUFFIXES, GPT, GPT2_VOCAB_SIZE, GPTConfig, pad_vocab
 
 NEEDS_TOKENIZER = "`gptkit sample` will need --tokenizer"
+ASSUMED_GPT2 = "no tokenizer in the source; assuming GPT-2's"
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Loaded:
                 + (f" ({rows} rows)" if rows != c.vocab_size else "")
                 + "; it is not this model's tokenizer"
             )
-        notes = [n for n in self.notes if not self.assumed_tokenizer or "assum" not in n]
+        notes = [n for n in self.notes if NEEDS_TOKENIZER not in n and not n.startswith(ASSUMED_GPT2)]
         return replace(self, config=config, tokenizer=tok, assumed_tokenizer=False, notes=notes)
 
 
@@ -127,7 +128,7 @@ def to_gptkit_names(sd: dict[str, Any], source: object) -> dict[str, torch.Tenso
 def nanogpt_default_tokenizer(rows: int) -> tuple[Tokenizer | None, list[str]]:
     """nanoGPT's convention when no meta.pkl is found: GPT-2's BPE, but only for its vocabulary size."""
     if rows in (GPT2_VOCAB_SIZE, pad_vocab(GPT2_VOCAB_SIZE)):
-        note = f"no tokenizer in the source; assuming GPT-2's ({rows} rows is nanoGPT's default vocabulary)"
+        note = f"{ASSUMED_GPT2} ({rows} rows is nanoGPT's default vocabulary)"
         return get_tokenizer("gpt2"), [note]
     return None, [f"no tokenizer found for a vocabulary of {rows} tokens; {NEEDS_TOKENIZER}"]
 

@@ -112,7 +112,7 @@ def read(path: Path) -> Loaded:
             )
             hints["bias"] = bool(args.get("bias", True))
             hints["activation"] = "gelu"
-            config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+            config: dict = obj["config"] if isinstance(obj.get("config"), dict) else {}
             found = find_meta_pkl(path, config.get("dataset"))
             if found is not None:
                 tokenizer = get_tokenizer(found)
