@@ -1,7 +1,7 @@
 """Which model `gptkit sample` uses and how it is loaded for decoding.
 
 resolve_model_path   --model (a path, a hub name, or nothing: the newest run, else gpt2) -> a path
-load_for_sampling    any format gptkit.formats reads -> (model in the decoding layout, tokenizer)
+load_for_sampling    any format gptkit.formats reads -> (model in the decoding layout, the model's own tokenizer)
 prepare_for_decoding the CPU decoding layout (WideLinear): same values, faster batch-1 matmuls
 """
 
@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from gptkit import paths
 from gptkit.checkpoint import latest_checkpoint
-from gptkit.data.tokenizers import Tokenizer, get_tokenizer
+from gptkit.data.tokenizers import Tokenizer
 from gptkit.errors import GptkitError
 from gptkit.formats.convert import load
 from gptkit.model import GPT, MLP, CausalSelfAttention
@@ -63,18 +63,29 @@ def _complete_hf_dir(d: Path) -> bool:
     return (d / "config.json").is_file() and any((d / w).is_file() for w in ("model.safetensors", "pytorch_model.bin"))
 
 
-def load_for_sampling(path: Path, device: torch.device) -> tuple[GPT, Tokenizer, str]:
-    """(model, tokenizer, description) for any format convert reads; checks the vocabularies agree."""
-    loaded = load(path)
-    tokenizer = get_tokenizer(loaded.tokenizer)
-    cfg = loaded.config
-    if cfg.vocab_size != tokenizer.vocab_size:
+def load_for_sampling(
+    path: Path, device: torch.device, tokenizer: str | Path | None = None
+) -> tuple[GPT, Tokenizer, str]:
+    """(model, its own tokenizer, description) for any format convert reads. `tokenizer` (--tokenizer)
+    is for models that carry none; it must fit the vocabulary and never replaces the model's own."""
+    loaded = load(path, tokenizer=tokenizer)
+    tok = loaded.tokenizer
+    if tok is None:
         raise GptkitError(
-            f"{path}: the model has a vocabulary of {cfg.vocab_size} but its tokenizer {tokenizer.name!r} has "
-            f"{tokenizer.vocab_size}; this checkpoint does not go with that tokenizer"
+            f"{path}: the model carries no tokenizer; name it with --tokenizer (a tokenizer.json, "
+            "a vocab.json + merges.txt directory, a nanoGPT meta.pkl, gpt2 or bytes)"
+        )
+    cfg = loaded.config
+    if cfg.vocab_size != tok.vocab_size:
+        raise GptkitError(
+            f"{path}: the model has a vocabulary of {cfg.vocab_size} but its tokenizer {tok.name!r} has "
+            f"{tok.vocab_size}; this checkpoint does not go with that tokenizer"
         )
     model = prepare_for_decoding(loaded.build_model(device))
-    return model, tokenizer, f"{loaded.path} ({loaded.format})"
+    described = f"{loaded.path} ({loaded.format}, tokenizer {tok.name}"
+    if loaded.assumed_tokenizer:
+        described += ", assumed: the source names none"
+    return model, tok, described + ")"
 
 
 # --- decoding layout ------------------------------------------------------------------------------

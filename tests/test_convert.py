@@ -126,7 +126,7 @@ def test_reads_what_transformers_writes(tmp_path):
     with torch.no_grad():
         ref = hf(idx).logits
     m = load(tmp_path / "hf")
-    assert m.format == "hf" and m.tokenizer == "gpt2" and m.config.padded_vocab_size == 50304
+    assert m.format == "hf" and m.tokenizer is None and m.config.padded_vocab_size == 50304  # no tokenizer files
     assert (logits(m.build_model(), idx) - ref).abs().max().item() <= 1e-5
 
     # The older pytorch_model.bin layout, read with weights_only
@@ -156,6 +156,7 @@ def test_round_trip_gptkit_pt_safetensors_hf_gptkit_is_bitwise_exact(gpt2_ck, tm
         src = dst
     back = load_checkpoint(tmp_path / "d")
     assert back.config == model.config and back.tokenizer == "gpt2"
+    assert json.loads((tmp_path / "d" / "tokenizer" / "gptkit-tokenizer.json").read_text())["name"] == "gpt2"
     original = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     assert back.state_dict.keys() == original.keys()
     for k, v in original.items():
@@ -253,7 +254,7 @@ def test_gguf_half_precision_types(tmp_path, dtype, qtype, ftype):
     assert types["position_embd.weight"] == "F32" and types["blk.0.attn_norm.weight"] == "F32"
     assert types["blk.0.ffn_up.bias"] == "F32"
     assert len(r.fields["tokenizer.ggml.tokens"].data) == 256
-    assert load(tmp_path / "m.gguf").tokenizer == "bytes"
+    assert load(tmp_path / "m.gguf").tokenizer.name == "bytes"
 
 
 def test_bf16_safetensors(gpt2_ck, tmp_path):
@@ -275,7 +276,8 @@ def compiled_state_dict(model):
 
 
 def test_nanogpt_ckpt_converts_and_samples(tmp_path):
-    model = random_model()  # nanoGPT: vocab_size 50304, the padded rows trained like the rest
+    # nanoGPT: vocab_size 50304, the padded rows trained like the rest; its MLP is the exact GELU
+    model = random_model(activation="gelu")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ckpt = {
         "model": compiled_state_dict(model),
@@ -286,7 +288,8 @@ def test_nanogpt_ckpt_converts_and_samples(tmp_path):
         "config": {"batch_size": 12, "learning_rate": 6e-4, "dataset": "openwebtext", "compile": True},
     }
     torch.save(ckpt, tmp_path / "ckpt.pt")
-    convert(tmp_path / "ckpt.pt", tmp_path / "ck", to="gptkit")
+    r = convert(tmp_path / "ckpt.pt", tmp_path / "ck", to="gptkit")
+    assert any("assuming GPT-2" in n for n in r.notes)  # no meta.pkl for openwebtext: nanoGPT's default, said
     back = load_checkpoint(tmp_path / "ck")
     assert back.config == model.config and back.tokenizer == "gpt2"
     assert back.meta["converted_from"]["step"] == 250
@@ -298,16 +301,20 @@ def test_nanogpt_ckpt_converts_and_samples(tmp_path):
 
 
 def test_nanogpt_without_biases(tmp_path):
-    model = random_model()
-    with torch.no_grad():
-        for k, p in model.named_parameters():
-            if k.endswith(".bias"):
-                p.zero_()
-    sd = {k: v for k, v in compiled_state_dict(model).items() if not k.endswith(".bias")}
+    model = random_model(bias=False, activation="gelu")
+    sd = compiled_state_dict(model)
+    assert not any(k.endswith(".bias") for k in sd)
     args = dict(n_layer=2, n_head=4, n_embd=32, block_size=32, bias=False, vocab_size=50304, dropout=0.0)
     torch.save({"model": sd, "model_args": args, "iter_num": 1}, tmp_path / "ckpt.pt")
     m = load(tmp_path / "ckpt.pt")
+    assert m.config.bias is False and m.config.activation == "gelu"
     assert torch.equal(logits(m.build_model(), prompt()), logits(model, prompt()))
+    # shapes a target cannot express are refused in one line, and nothing is written
+    for dst in ("hf", "m.gguf"):
+        line = assert_one_line_error(
+            run_cli("convert", tmp_path / "ckpt.pt", tmp_path / dst, "--to", dst.split(".")[-1])
+        )
+        assert "bias" in line and not (tmp_path / dst).exists()
 
 
 def test_build_nanogpt_checkpoint_with_pickled_config(tmp_path, monkeypatch):
@@ -331,7 +338,7 @@ def test_build_nanogpt_checkpoint_with_pickled_config(tmp_path, monkeypatch):
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)  # plain weights_only refuses the dataclass
     m = load(path)
-    assert m.config.n_head == 8 and m.meta["step"] == 5000 and m.tokenizer == "gpt2"
+    assert m.config.n_head == 8 and m.meta["step"] == 5000 and m.tokenizer.name == "gpt2"
     assert torch.equal(logits(m.build_model(), prompt()), logits(model, prompt()))
 
 

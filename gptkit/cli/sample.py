@@ -35,6 +35,14 @@ def sample(
         typer.Option("--top-p", help="Nucleus sampling: the smallest set holding this much probability (1: off)."),
     ] = 1.0,
     num_samples: Annotated[int, typer.Option("--num-samples", help="Independent continuations of the prompt.")] = 1,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            help="The model's tokenizer when it carries none: gpt2, bytes, a tokenizer.json, a vocab.json + merges.txt "
+            "directory or a nanoGPT meta.pkl (checked against the model's vocabulary).",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Same seed, same text.")] = None,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -72,8 +80,10 @@ def sample(
     dev = pick_device(device)
     prec = resolve_precision(precision, dev)
     path = resolve_model_path(model, endpoint=resolve_endpoint(endpoint, mirror))
-    net, tokenizer, described = load_for_sampling(path, dev)
+    net, tok, described = load_for_sampling(path, dev, tokenizer)
     prompt = prompt or ""
+    if not prompt and tok.eot_token is None:
+        raise GptkitError(f"the {tok.name} vocabulary has no end-of-text token to start from; give a PROMPT")
 
     def stream(_row: int, piece: str) -> None:
         sys.stdout.write(piece)
@@ -85,7 +95,7 @@ def sample(
         sys.stdout.flush()
     result = sample_text(
         net,
-        tokenizer,
+        tok,
         prompt,
         cfg,
         autocast=prec.autocast(),

@@ -1,19 +1,33 @@
 """GGUF files of arch gpt2, as llama.cpp's convert_hf_to_gguf writes them, through the `gguf` package
-(optional: only reading or writing GGUF needs it). Tokenizer metadata for gpt2 and bytes vocabularies.
+(optional: only reading or writing GGUF needs it).
+
+The tokenizer is llama.cpp's: tokenizer.ggml.model "gpt2" (byte-level BPE) with its tokens and
+merges, written for GPT-2's vocabulary, a user's byte-level BPE, and bytes; a vocabulary llama.cpp
+cannot express (characters, other HF models) rides only in gptkit's own metadata. llama.cpp's gpt2
+architecture is tanh GELU with biases: other shapes are refused.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import torch
 
 from gptkit.checkpoint import TIED_KEY
-from gptkit.data.tokenizers import EOT_TOKENS, VOCAB_SIZES, bytes_to_unicode
+from gptkit.data.tokenizers import VOCAB_SIZES, HFTokenizer, Tokenizer, bytes_to_unicode, get_tokenizer
 from gptkit.errors import GptkitError
 from gptkit.formats.hf import gpt2_hf_vocab
-from gptkit.formats.loaded import Format, Loaded, assemble, to_gptkit_names
+from gptkit.formats.loaded import (
+    NEEDS_TOKENIZER,
+    Format,
+    Loaded,
+    assemble,
+    to_gptkit_names,
+    tokenizer_from_record,
+    tokenizer_record,
+)
 
 
 def detect(path: Path, head: bytes | None) -> bool:
@@ -94,32 +108,108 @@ def read(path: Path) -> Loaded:
             sd[key] = torch.from_numpy(np.ascontiguousarray(data)).float()
         model_field = reader.fields.get("tokenizer.ggml.model")
         tok_model = gguf_field(model_field) if model_field is not None else None
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        n_tokens = len(tokens.data) if tokens is not None else 0
-        last_token = gguf_field(tokens, n_tokens - 1) if n_tokens else None
+        tokens = field_strings(reader.fields.get("tokenizer.ggml.tokens"))
+        merges = field_strings(reader.fields.get("tokenizer.ggml.merges"))
+        types_field = reader.fields.get("tokenizer.ggml.token_type")
+        types = [gguf_field(types_field, i) for i in range(len(types_field.data))] if types_field else []
+        control = [i for i, t in enumerate(types) if t == gguf.TokenType.CONTROL]
     except GptkitError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated files surface as ValueError/IndexError from numpy
         raise GptkitError(
             f"{path}: cannot read GGUF ({e.__class__.__name__}); the file is corrupt or truncated"
         ) from None
-    tokenizer = fields.get("gptkit.tokenizer")
-    if tokenizer is None and tok_model == "gpt2":
-        if n_tokens == VOCAB_SIZES["gpt2"] and last_token == "<|endoftext|>":
-            tokenizer = "gpt2"
-        elif n_tokens == VOCAB_SIZES["bytes"]:
-            tokenizer = "bytes"
+    tokenizer, notes = read_tokenizer(path, fields, tok_model, tokens, merges, control)
     a = f"{arch}."
     hints = {
         "n_layer": fields.get(a + "block_count"),
         "n_head": fields.get(a + "attention.head_count"),
         "block_size": fields.get(a + "context_length"),
         "layer_norm_epsilon": fields.get(a + "attention.layer_norm_epsilon", 1e-5),
-        "tokenizer": tokenizer,
         "padded_vocab_size": fields.get("gptkit.padded_vocab_size"),
     }
     hints = {k: v for k, v in hints.items() if v is not None}
-    return assemble(to_gptkit_names(sd, path), hints, path, "gguf")
+    return assemble(to_gptkit_names(sd, path), hints, path, "gguf", tokenizer=tokenizer, notes=notes)
+
+
+def field_strings(f) -> list[str]:
+    """All strings of an array field of a GGUFReader (tokens, merges); [] when absent."""
+    return [bytes(f.parts[i]).decode("utf-8") for i in f.data] if f is not None else []
+
+
+def read_tokenizer(
+    path: Path, fields: dict, tok_model: str | None, tokens: list[str], merges: list[str], control: list[int]
+) -> tuple[Tokenizer | None, list[str]]:
+    """llama.cpp's byte-level BPE (tokenizer.ggml.*) when the file has one, checked against the
+    vocabulary gptkit recorded; else the tokenizer gptkit stored in its own metadata."""
+    info = json.loads(fields["gptkit.tokenizer_info"]) if fields.get("gptkit.tokenizer_info") else {}
+    name = info.get("name") or fields.get("gptkit.tokenizer")
+    if tok_model != "gpt2" or not tokens or name in ("bytes",) or fields.get("gptkit.tokenizer_chars"):
+        tok = tokenizer_from_record(fields, path)
+        if tok is None and tok_model is None:
+            return None, [f"no tokenizer metadata; {NEEDS_TOKENIZER}"]
+        if tok is None and len(tokens) == VOCAB_SIZES["bytes"] and not merges:
+            tok = get_tokenizer("bytes")  # what gptkit wrote for its byte vocabulary before it recorded the name
+        if tok is None:
+            return None, [f"tokenizer.ggml.model {tok_model!r} is not byte-level BPE; {NEEDS_TOKENIZER}"]
+        return tok, []
+    if len(tokens) == VOCAB_SIZES["gpt2"] and tokens[-1] == "<|endoftext|>" and name in (None, "gpt2"):
+        tok = get_tokenizer("gpt2")
+        byte_char = bytes_to_unicode()
+        gpt2_tokens = ["".join(byte_char[b] for b in tok.decode_bytes([i])) for i in range(len(tokens) - 1)]
+        if tokens[:-1] != gpt2_tokens:
+            raise GptkitError(f"{path}: a 50,257-token vocabulary that is not GPT-2's; gptkit cannot read it")
+        return tok, []
+    tok = bpe_from_ggml(tokens, merges, control, path)
+    if info.get("vocab_hash") and info["vocab_hash"] != tok.vocab_hash:
+        raise GptkitError(f"{path}: its tokenizer.ggml tokens and merges differ from the vocabulary gptkit recorded")
+    return tok, []
+
+
+def bpe_from_ggml(tokens: list[str], merges: list[str], control: list[int], path: Path) -> HFTokenizer:
+    """llama.cpp's gpt2 tokenizer (byte-level BPE, GPT-2's pre-tokenizer) as a `tokenizers` model."""
+    try:
+        from tokenizers import AddedToken, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as TK
+    except ImportError:
+        raise GptkitError("reading a GGUF tokenizer needs the `tokenizers` package: pip install tokenizers") from None
+    pairs = []
+    for m in merges:
+        a, sep, b = m.partition(" ")
+        if not sep:
+            raise GptkitError(f"{path}: malformed tokenizer.ggml.merges entry {m!r}")
+        pairs.append((a, b))
+    tk = TK(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=pairs))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    if control:
+        tk.add_special_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in control])
+    return HFTokenizer(tk, spec=str(path), source=f"GGUF tokenizer ({path})")
+
+
+def ggml_vocab(tok: Tokenizer | None) -> tuple[list[str], list[str], set[int]] | None:
+    """(tokens by id, merges, special ids) for llama.cpp's byte-level BPE, or None if `tok` is not one."""
+    if tok is None:
+        return None
+    if tok.kind == "builtin" and tok.name == "gpt2":
+        vocab, merges = gpt2_hf_vocab()
+        return sorted(vocab, key=vocab.__getitem__), merges, {vocab["<|endoftext|>"]}
+    if tok.kind == "builtin" and tok.name == "bytes":
+        # Byte i is token i; llama.cpp's byte-level BPE with no merges then yields single bytes.
+        byte_char = bytes_to_unicode()
+        return [byte_char[i] for i in range(256)], [], {tok.eot_token or 0}
+    if isinstance(tok, HFTokenizer) and tok.byte_level:
+        spec = json.loads(tok.tk.to_str())
+        model = spec.get("model") or {}
+        if model.get("type") != "BPE":
+            return None
+        tokens = [tok.tk.id_to_token(i) for i in range(tok.vocab_size)]
+        if any(t is None for t in tokens):
+            return None  # ids with holes: llama.cpp's token list is dense
+        merges = [mg if isinstance(mg, str) else " ".join(mg) for mg in model.get("merges") or []]
+        special = {a["id"] for a in spec.get("added_tokens") or [] if a.get("special")}
+        return tokens, merges, special
+    return None
 
 
 def gguf_keeps_f32(key: str, v: torch.Tensor) -> bool:
@@ -128,12 +218,20 @@ def gguf_keeps_f32(key: str, v: torch.Tensor) -> bool:
 
 
 def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
+    c = m.config
+    unlike = [
+        w for w, differs in (("the exact GELU", c.activation != "gelu_new"), ("no biases", not c.bias)) if differs
+    ]
+    if unlike:
+        raise GptkitError(
+            f"GGUF's gpt2 architecture is tanh GELU with biases; this model has {' and '.join(unlike)}, "
+            "which llama.cpp would compute differently"
+        )
     try:
         import gguf
         import numpy as np
     except ImportError:
         raise GptkitError("writing GGUF needs the gguf package: pip install gguf") from None
-    c = m.config
     qtype = {
         torch.float32: gguf.GGMLQuantizationType.F32,
         torch.float16: gguf.GGMLQuantizationType.F16,
@@ -154,31 +252,36 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
     w.add_layer_norm_eps(c.layer_norm_epsilon)
     w.add_file_type(ftype)
     w.add_uint32("gptkit.padded_vocab_size", c.padded_vocab_size)
-    w.add_string("gptkit.tokenizer", m.tokenizer)
-    notes = []
-    if m.tokenizer == "gpt2":
-        vocab, merges = gpt2_hf_vocab()
-        tokens = sorted(vocab, key=vocab.__getitem__)
-        eot = vocab["<|endoftext|>"]
-    elif m.tokenizer == "bytes":
-        # Byte i is token i; llama.cpp's byte-level BPE with no merges then yields single bytes.
-        byte_char = bytes_to_unicode()
-        tokens, merges, eot = [byte_char[i] for i in range(256)], [], EOT_TOKENS["bytes"]
-    else:
-        tokens = None
-        notes.append(f"no tokenizer metadata: unknown tokenizer {m.tokenizer!r}")
-    if tokens is not None:
+    notes: list[str] = []
+    tok = m.tokenizer
+    ggml = ggml_vocab(tok)
+    record = tokenizer_record(tok)
+    if ggml is not None:
+        record.pop("gptkit.tokenizer_json", None)  # tokens and merges say it all
+    elif tok is not None:
+        notes.append(
+            f"no tokenizer.ggml metadata: llama.cpp's gpt2 tokenizer is byte-level BPE, which the {tok.name} "
+            "vocabulary is not (gptkit reads it from its own metadata)"
+        )
+    for key, value in record.items():
+        w.add_string(key, value)
+    if ggml is not None:
+        tokens, merges, special = ggml
+        eot = tok.eot_token if tok is not None else None
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("gpt-2")
         w.add_token_list(tokens)
-        w.add_token_types([gguf.TokenType.CONTROL if i == eot else gguf.TokenType.NORMAL for i in range(len(tokens))])
+        w.add_token_types(
+            [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))]
+        )
         if merges:
             w.add_token_merges(merges)
         else:
             notes.append("no merges: llama.cpp needs tokenizer.ggml.merges to tokenize text with this file")
-        w.add_bos_token_id(eot)
-        w.add_eos_token_id(eot)
-        w.add_unk_token_id(eot)
+        if eot is not None:
+            w.add_bos_token_id(eot)
+            w.add_eos_token_id(eot)
+            w.add_unk_token_id(eot)
     for k, v in m.state_dict.items():
         if k == "transformer.wte.weight":
             v = v[: c.vocab_size]

@@ -1,6 +1,11 @@
-"""Hugging Face GPT-2 directories: config.json + model.safetensors (or pytorch_model.bin), and on
-output the GPT-2 tokenizer files (vocab.json, merges.txt, tokenizer.json), rebuilt from the tiktoken
-ranks gptkit already has, so GPT2LMHeadModel and GPT2Tokenizer load the directory as it is.
+"""Hugging Face GPT-2 directories: config.json + model.safetensors (or pytorch_model.bin) and the
+model's own tokenizer files (tokenizer.json, or vocab.json + merges.txt).
+
+On output, the model's tokenizer as transformers' AutoTokenizer loads it: GPT-2's files rebuilt from
+the tiktoken ranks gptkit already has; a user's Hugging Face tokenizer as its tokenizer.json (plus
+vocab.json + merges.txt for byte-level BPE). Character and byte vocabularies have no HF equivalent:
+they go in a gptkit `tokenizer/` folder only gptkit reads. HF's GPT-2 always has biases; its
+activation_function says which GELU (gelu_new: tanh, gelu: exact).
 """
 
 from __future__ import annotations
@@ -13,9 +18,18 @@ import torch
 
 from gptkit import __version__
 from gptkit.checkpoint import read_json
-from gptkit.data.tokenizers import EOT_TOKENS, bytes_to_unicode, get_tokenizer
+from gptkit.data.tokenizers import (
+    GPT2_EOT,
+    HFTokenizer,
+    Tokenizer,
+    bytes_to_unicode,
+    get_tokenizer,
+    save_tokenizer,
+    tokenizer_for,
+)
+from gptkit.data.vocab_files import SAVED_DIR, SAVED_INFO
 from gptkit.errors import GptkitError
-from gptkit.formats.loaded import Format, Loaded, assemble, cast_state_dict, to_gptkit_names
+from gptkit.formats.loaded import NEEDS_TOKENIZER, Format, Loaded, assemble, cast_state_dict, to_gptkit_names
 from gptkit.formats.pt import torch_load
 from gptkit.fsutil import write_json_atomic
 from gptkit.model import CONV1D_SUFFIXES
@@ -36,8 +50,10 @@ def read(path: Path) -> Loaded:
     if missing:
         raise GptkitError(f"{path / 'config.json'}: no {', '.join(missing)}; not a GPT-2 config")
     act = cfg.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise GptkitError(f"{path}: activation {act!r} differs from GPT-2's tanh GELU, which gptkit's model uses")
+    if act not in HF_ACTIVATIONS:
+        raise GptkitError(
+            f"{path}: activation_function {act!r}; gptkit's model computes {', '.join(HF_ACTIVATIONS)} only"
+        )
     if cfg.get("n_inner") not in (None, 4 * cfg["n_embd"]):
         raise GptkitError(f"{path}: n_inner {cfg['n_inner']} differs from 4 * n_embd, which gptkit's model uses")
     if (
@@ -73,10 +89,34 @@ def read(path: Path) -> Loaded:
         "n_head": cfg["n_head"],
         "block_size": cfg.get("n_positions", 1024),
         "layer_norm_epsilon": cfg.get("layer_norm_epsilon", 1e-5),
-        "tokenizer": g.get("tokenizer") or ("gpt2" if (path / "vocab.json").is_file() else None),
         "padded_vocab_size": g.get("padded_vocab_size"),
+        "vocab_size": cfg.get("vocab_size"),
+        "bias": True,
+        "activation": HF_ACTIVATIONS[act],
     }
-    return assemble(to_gptkit_names(sd, path), hints, path, "hf")
+    tok, notes = read_tokenizer(path, g)
+    return assemble(to_gptkit_names(sd, path), hints, path, "hf", tokenizer=tok, notes=notes)
+
+
+# HF activation_function -> gptkit's activation (HF's ACT2FN: gelu_new and gelu_pytorch_tanh are the
+# same tanh approximation, gelu is the exact erf form).
+HF_ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu"}
+HF_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
+
+
+def read_tokenizer(path: Path, g: dict) -> tuple[Tokenizer | None, list[str]]:
+    """The directory's own tokenizer files, as AutoTokenizer would find them; else the gptkit
+    `tokenizer/` folder or built-in name that gptkit wrote for vocabularies HF cannot express."""
+    info = g.get("tokenizer_info") or g.get("tokenizer")
+    if (path / "tokenizer.json").is_file() or ((path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
+        tok = get_tokenizer(path)
+        want = info.get("vocab_hash") if isinstance(info, dict) else None
+        if want and want != tok.vocab_hash:
+            raise GptkitError(f"{path}: its tokenizer files differ from the vocabulary gptkit recorded in config.json")
+        return tok, []
+    if info or (path / SAVED_DIR / SAVED_INFO).is_file():
+        return tokenizer_for(info or {}, path, str(path)), []
+    return None, [f"no tokenizer files (tokenizer.json, or vocab.json + merges.txt); {NEEDS_TOKENIZER}"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -87,7 +127,7 @@ def gpt2_hf_vocab() -> tuple[dict[str, int], list[str]]:
     what is left is exactly two parts, the pair whose merge created the token.
     """
     tok = get_tokenizer("gpt2")
-    eot = tok.eot_token
+    eot = GPT2_EOT
     ranks = {tok.decode_bytes([i]): i for i in range(eot)}
     byte_char = bytes_to_unicode()
 
@@ -112,7 +152,7 @@ def gpt2_hf_vocab() -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
-def write_hf_tokenizer(out: Path, block_size: int) -> None:
+def write_gpt2_tokenizer(out: Path, block_size: int) -> None:
     vocab, merges = gpt2_hf_vocab()
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
@@ -172,11 +212,46 @@ def write_hf_tokenizer(out: Path, block_size: int) -> None:
 HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
+def write_user_tokenizer(tok: HFTokenizer, out: Path, block_size: int) -> None:
+    """A user's HF tokenizer: its tokenizer.json as it is, plus vocab.json + merges.txt when it is a
+    byte-level BPE (what GPT-2-style slow tokenizers and llama.cpp's converter read)."""
+    tok.tk.save(str(out / "tokenizer.json"))
+    spec = json.loads(tok.tk.to_str())
+    model = spec.get("model") or {}
+    if tok.byte_level and model.get("type") == "BPE":
+        merges = [mg if isinstance(mg, str) else " ".join(mg) for mg in model.get("merges") or []]
+        vocab = tok.tk.get_vocab(with_added_tokens=True)
+        (out / "vocab.json").write_text(
+            json.dumps(dict(sorted(vocab.items(), key=lambda kv: kv[1])), ensure_ascii=False), encoding="utf-8"
+        )
+        (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    special = {}
+    if tok.eot_token is not None:
+        eot = tok.tk.id_to_token(tok.eot_token)
+        special = {"bos_token": eot, "eos_token": eot, "unk_token": eot}
+    # PreTrainedTokenizerFast loads tokenizer.json as it is, so AutoTokenizer encodes exactly as the
+    # `tokenizers` library does; a class that rebuilds its own pipeline might not.
+    write_json_atomic(
+        out / "tokenizer_config.json",
+        {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size, **special},
+    )
+    write_json_atomic(out / "special_tokens_map.json", special)
+
+
+HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
 def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
     """A directory GPT2LMHeadModel.from_pretrained loads: Conv1D layout, the real vocabulary only."""
     from safetensors.torch import save_file
 
     c = m.config
+    if not c.bias:
+        raise GptkitError(
+            "Hugging Face GPT-2 has no bias=False: this model has no biases, so it cannot be written as hf"
+        )
+    act = next(k for k, v in HF_ACTIVATIONS.items() if v == c.activation)
+    tok = m.tokenizer
     out.mkdir()
     sd = {}
     for k, v in cast_state_dict(m.state_dict, dtype).items():
@@ -186,13 +261,16 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
             v = v[: c.vocab_size].contiguous()  # the padded rows are never used: HF has none
         sd[k] = v
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
-    eot = EOT_TOKENS.get(m.tokenizer)
+    eot = tok.eot_token if tok is not None else None
+    gptkit_block: dict = {"padded_vocab_size": c.padded_vocab_size, "version": __version__}
+    if tok is not None:
+        gptkit_block.update(tokenizer=tok.name, tokenizer_info=tok.info())
     write_json_atomic(
         out / "config.json",
         {
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
-            "activation_function": "gelu_new",
+            "activation_function": act,
             "vocab_size": c.vocab_size,
             "n_positions": c.block_size,
             "n_ctx": c.block_size,
@@ -213,14 +291,23 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
             "bos_token_id": eot,
             "eos_token_id": eot,
             "torch_dtype": HF_DTYPE_NAMES[dtype],
-            "gptkit": {"tokenizer": m.tokenizer, "padded_vocab_size": c.padded_vocab_size, "version": __version__},
+            "gptkit": gptkit_block,
         },
     )
     write_json_atomic(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
-    if m.tokenizer == "gpt2":
-        write_hf_tokenizer(out, c.block_size)
+    if tok is None:
+        return [f"no tokenizer files: the source has no tokenizer; {NEEDS_TOKENIZER}"]
+    if tok.kind == "builtin" and tok.name == "gpt2":
+        write_gpt2_tokenizer(out, c.block_size)
         return []
-    return [f"no tokenizer files: gptkit's {m.tokenizer!r} tokenizer has no Hugging Face equivalent"]
+    if isinstance(tok, HFTokenizer):
+        write_user_tokenizer(tok, out, c.block_size)
+        return []
+    save_tokenizer(tok, out / SAVED_DIR)
+    return [
+        f"no Hugging Face tokenizer files: the {tok.name} vocabulary has no Hugging Face equivalent "
+        f"(gptkit reads it from {SAVED_DIR}/)"
+    ]
 
 
 FORMAT = Format("hf", detect, read, write)

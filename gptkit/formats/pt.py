@@ -4,7 +4,13 @@ Every .pt is read with torch.load(weights_only=True): tensors and plain containe
 nanoGPT-family scripts pickle their GPTConfig dataclass; that one class name is mapped onto an inert
 stand-in that only holds attributes, so no code from the file ever runs.
 
-Written as nanoGPT's {'model', 'model_args', 'iter_num', ...}, with gptkit's full config alongside.
+Written as nanoGPT's {'model', 'model_args', 'iter_num', ...}, with gptkit's full config and the
+model's tokenizer (as plain strings) alongside.
+
+nanoGPT's ckpt.pt names no tokenizer; its sample.py looks for data/<config['dataset']>/meta.pkl and
+otherwise uses GPT-2. Reading one does the same, looking beside the checkpoint first, then under
+data/ in the current directory and in each directory above the checkpoint, and assumes GPT-2 only
+for GPT-2's vocabulary size. Its MLP is the exact GELU and its biases are optional (model_args['bias']).
 """
 
 from __future__ import annotations
@@ -19,8 +25,19 @@ import torch
 
 from gptkit import __version__
 from gptkit.checkpoint import TIED_KEY
+from gptkit.data.tokenizers import Tokenizer, get_tokenizer
 from gptkit.errors import GptkitError
-from gptkit.formats.loaded import Format, Loaded, assemble, cast_state_dict, to_gptkit_names
+from gptkit.formats.loaded import (
+    NEEDS_TOKENIZER,
+    Format,
+    Loaded,
+    assemble,
+    cast_state_dict,
+    nanogpt_default_tokenizer,
+    to_gptkit_names,
+    tokenizer_from_record,
+    tokenizer_record,
+)
 
 
 class PickledConfig:
@@ -62,38 +79,71 @@ def detect(path: Path, head: bytes | None) -> bool:
     return head is not None and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80")  # torch.save's zip, or a pickle
 
 
+def find_meta_pkl(path: Path, dataset: object) -> Path | None:
+    """nanoGPT's character vocabulary for a ckpt.pt: beside it, else data/<dataset>/meta.pkl under the
+    current directory or any directory above the checkpoint (nanoGPT's sample.py runs from the repo root)."""
+    candidates = [path.parent / "meta.pkl"]
+    if isinstance(dataset, str) and dataset and "/" not in dataset and dataset not in (".", ".."):
+        for root in [Path.cwd(), *path.resolve().parents]:
+            candidates.append(root / "data" / dataset / "meta.pkl")
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def read(path: Path) -> Loaded:
     obj = torch_load(path)
     hints: dict = {}
     meta: dict = {}
+    tokenizer: Tokenizer | None = None
+    notes: list[str] = []
+    assumed = False
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         sd = obj["model"]
-        if isinstance(obj.get("gptkit"), dict):  # gptkit's own .pt: the full config
+        rows = next((v.shape[0] for k, v in sd.items() if k.endswith("wte.weight") and hasattr(v, "shape")), 0)
+        if isinstance(obj.get("gptkit"), dict):  # gptkit's own .pt: the full config and the tokenizer
             g = obj["gptkit"]
             hints.update(g.get("model", {}))
-            hints["tokenizer"] = g.get("tokenizer")
-        elif isinstance(obj.get("model_args"), dict):  # nanoGPT ckpt.pt
+            tokenizer = tokenizer_from_record(g, path)
+            if tokenizer is None:
+                notes.append(f"the file names no tokenizer; {NEEDS_TOKENIZER}")
+        elif isinstance(obj.get("model_args"), dict):  # nanoGPT ckpt.pt: exact GELU, optional biases
+            args = obj["model_args"]
             hints.update(
-                {
-                    k: v
-                    for k, v in obj["model_args"].items()
-                    if k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")
-                }
+                {k: v for k, v in args.items() if k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
             )
+            hints["bias"] = bool(args.get("bias", True))
+            hints["activation"] = "gelu"
+            config: dict = obj["config"] if isinstance(obj.get("config"), dict) else {}
+            found = find_meta_pkl(path, config.get("dataset"))
+            if found is not None:
+                tokenizer = get_tokenizer(found)
+            else:
+                tokenizer, notes = nanogpt_default_tokenizer(rows)
+                assumed = tokenizer is not None
         elif obj.get("config") is not None:  # build-nanogpt model_XXXXX.pt: a pickled GPTConfig (or a dict)
             c = obj["config"]
             c = c if isinstance(c, dict) else vars(c)
             hints.update({k: v for k, v in c.items() if k in ("n_layer", "n_head", "n_embd", "block_size")})
+            tokenizer, notes = nanogpt_default_tokenizer(rows)  # build-nanogpt trains on GPT-2 tokens
+            assumed = tokenizer is not None
+        else:
+            tokenizer, notes = nanogpt_default_tokenizer(rows)
+            assumed = tokenizer is not None
         for key in ("iter_num", "step"):
             if isinstance(obj.get(key), int):
                 meta["step"] = obj[key]
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         sd = obj  # a bare state dict
+        rows = next((v.shape[0] for k, v in sd.items() if k.endswith("wte.weight")), 0)
+        tokenizer, notes = nanogpt_default_tokenizer(rows)
+        assumed = tokenizer is not None
+        notes.append("a bare state dict says nothing of its activation: assuming GPT-2's tanh GELU")
     else:
         raise GptkitError(
             f"{path}: not a model checkpoint (expected a state dict, or a dict with a 'model' state dict)"
         )
-    return assemble(to_gptkit_names(sd, path), hints, path, "pt", meta)
+    return assemble(
+        to_gptkit_names(sd, path), hints, path, "pt", meta, tokenizer=tokenizer, notes=notes, assumed=assumed
+    )
 
 
 def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
@@ -109,16 +159,21 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
             n_head=c.n_head,
             n_embd=c.n_embd,
             block_size=c.block_size,
-            bias=True,
+            bias=c.bias,
             vocab_size=c.padded_vocab_size,
             dropout=c.dropout,
         ),
         "iter_num": int(m.meta.get("step") or 0),
         "best_val_loss": 1e9,
         "config": {},
-        "gptkit": {"model": c.to_dict(), "tokenizer": m.tokenizer, "version": __version__},
+        "gptkit": {"model": c.to_dict(), "version": __version__, **tokenizer_record(m.tokenizer)},
     }
     torch.save(obj, out)
+    if c.activation != "gelu":
+        return [
+            "nanoGPT's own model.py computes the exact GELU, this model the tanh one: nanoGPT would get "
+            "slightly different logits from this file (gptkit reads it exactly)"
+        ]
     return ["nanoGPT can sample from it (init_from='resume'); it holds no optimizer state to resume training with"]
 
 

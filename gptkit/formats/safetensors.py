@@ -1,4 +1,4 @@
-"""One .safetensors file; gptkit's config and tokenizer ride in its metadata."""
+"""One .safetensors file; gptkit's config and the model's tokenizer (as strings) ride in its metadata."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ import torch
 
 from gptkit import __version__
 from gptkit.errors import GptkitError
-from gptkit.formats.loaded import Format, Loaded, assemble, cast_state_dict, to_gptkit_names
+from gptkit.formats.loaded import (
+    NEEDS_TOKENIZER,
+    Format,
+    Loaded,
+    assemble,
+    cast_state_dict,
+    nanogpt_default_tokenizer,
+    to_gptkit_names,
+    tokenizer_from_record,
+    tokenizer_record,
+)
 
 
 def detect(path: Path, head: bytes | None) -> bool:
@@ -36,9 +46,20 @@ def read(path: Path) -> Loaded:
             hints.update(json.loads(meta["gptkit.config"]))
         except json.JSONDecodeError:
             raise GptkitError(f"{path}: its gptkit.config metadata is not valid JSON") from None
-    if meta.get("gptkit.tokenizer"):
-        hints["tokenizer"] = meta["gptkit.tokenizer"]
-    return assemble(to_gptkit_names(sd, path), hints, path, "safetensors")
+    notes: list[str] = []
+    assumed = False
+    tokenizer = tokenizer_from_record(meta, path)
+    if tokenizer is None and "gptkit.config" in meta:
+        notes.append(f"the file names no tokenizer; {NEEDS_TOKENIZER}")
+    elif tokenizer is None:  # someone else's safetensors: only the weights
+        rows = next((v.shape[0] for k, v in sd.items() if k.endswith("wte.weight")), 0)
+        tokenizer, notes = nanogpt_default_tokenizer(rows)
+        assumed = tokenizer is not None
+        if "gptkit.config" not in meta:
+            notes.append("the file says nothing of its activation: assuming GPT-2's tanh GELU")
+    return assemble(
+        to_gptkit_names(sd, path), hints, path, "safetensors", tokenizer=tokenizer, notes=notes, assumed=assumed
+    )
 
 
 def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
@@ -47,8 +68,8 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
     meta = {
         "format": "pt",
         "gptkit.config": json.dumps(m.config.to_dict()),
-        "gptkit.tokenizer": m.tokenizer,
         "producer": f"gptkit {__version__}",
+        **tokenizer_record(m.tokenizer),
     }
     save_file(cast_state_dict(m.state_dict, dtype), str(out), metadata=meta)
     return []
