@@ -47,11 +47,11 @@ class EvalResult:
         return asdict(self)
 
 
-def load_model(path: Path, device: torch.device):
+def load_model(path: Path, device: torch.device, tokenizer: str | Path | None = None):
     """(model, tokenizer, description): the one place eval loads a model."""
     from gptkit.models import load_for_sampling
 
-    return load_for_sampling(path, device)
+    return load_for_sampling(path, device, tokenizer)
 
 
 def check_tokenizer(manifest: dict, tokenizer, where: Path) -> None:
@@ -109,6 +109,7 @@ def evaluate(
     batch_size: int = 8,
     device: str = "auto",
     precision: str = "auto",
+    tokenizer: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Validation loss (unless tokens == 0) and, with hellaswag, HellaSwag acc_norm. Raises GptkitError."""
@@ -136,16 +137,16 @@ def evaluate(
         hs_files = find_hellaswag(root)
         if not hs_files:
             raise GptkitError(f"no HellaSwag validation file in {root}; run `gptkit download hellaswag`")
-    model, tokenizer, described = load_model(model_path, dev)
+    model, tok, described = load_model(model_path, dev, tokenizer)
     model.eval()
-    result = EvalResult(described, tokenizer.name, str(dev), prec.name)
+    result = EvalResult(described, tok.name, str(dev), prec.name)
     if shards is not None:
         data_dir, val, _, manifest = shards
-        check_tokenizer(manifest, tokenizer, data_dir)
+        check_tokenizer(manifest, tok, data_dir)
         seq_len = model.config.block_size
         say(f"validation loss on {data_dir}: up to {tokens:,} tokens in rows of {seq_len}")
         t0 = time.perf_counter()
-        batches = val_rows(val, tokenizer.eot_token, seq_len, tokens, batch_size)
+        batches = val_rows(val, tok.eot_token, seq_len, tokens, batch_size)
         result.val_loss, result.val_tokens = val_loss(model, batches, dev, prec.autocast)
         result.data, result.seq_len = str(data_dir), seq_len
         result.seconds["val_loss"] = round(time.perf_counter() - t0, 3)
@@ -155,7 +156,7 @@ def evaluate(
         examples = hs.load_examples(hs_files, limit)
         say(f"HellaSwag: {len(examples):,} examples from {', '.join(str(f) for f in hs_files)}")
         t0 = time.perf_counter()
-        scores = hs.evaluate(model, examples, tokenizer, device=dev, autocast=prec.autocast)
+        scores = hs.evaluate(model, examples, tok, device=dev, autocast=prec.autocast)
         result.hellaswag = {**scores, "files": [str(f) for f in hs_files]}
         result.seconds["hellaswag"] = round(time.perf_counter() - t0, 3)
     return result

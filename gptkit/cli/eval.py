@@ -32,6 +32,10 @@ def eval_model(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Validation rows per forward pass.")] = 8,
     device: Device = "auto",
     precision: Precision = "auto",
+    tokenizer: Annotated[
+        str | None,
+        typer.Option("--tokenizer", metavar="SPEC", help="For models that carry no tokenizer (checked, never a swap)."),
+    ] = None,
     json_out: JsonOut = False,
     endpoint: Endpoint = None,
     mirror: Mirror = False,
@@ -54,6 +58,7 @@ def eval_model(
         batch_size=batch_size,
         device=device,
         precision=precision,
+        tokenizer=tokenizer,
         log=note,
     )
     if json_out:
