@@ -384,6 +384,7 @@ def test_bad_input_is_one_line_and_leaves_existing_shards_alone(tmp_path):
         "manifest.json",
         "val_000000.bin",
         "train_000001.bin",
+        "tokenizer/gptkit-tokenizer.json",
     }
 
 
