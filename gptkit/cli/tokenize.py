@@ -93,8 +93,8 @@ def tokenize(
         if src is not None:
             raise GptkitError("give either SRC or --verify DIR, not both")
         summary = shards.verify(verify, tokenizer)
-        for note in summary["notes"]:
-            print(f"note: {note}", file=sys.stderr)
+        for line in summary["notes"]:
+            print(f"note: {line}", file=sys.stderr)
         if json_out:
             print(json.dumps({"ok": True, **summary}))
         elif summary["hashes"]:
