@@ -104,6 +104,9 @@ def test_nanogpt_char_data_tokenize_train_checkpoint(tmp_path, gptkit_home):
     assert saved["chars"] == chars
     assert tokenizer_for(m["tokenizer"], out, "shards").decode(toks[: len(text)]) in text + text
     assert run_cli("tokenize", "--verify", out, check=True).stdout.startswith("ok:")
+    # gptkit's own shards converted again keep the vocabulary saved beside them
+    again = tz.tokenize(str(out), tmp_path / "again")
+    assert again.manifest["tokenizer"] == m["tokenizer"] and np.array_equal(all_tokens(tmp_path / "again")[0], toks)
 
     r = run_cli("train", "--data", out, "--name", "char", *TRAIN_FLAGS, env=ONE_THREAD, check=True)
     run = gptkit_home / "runs" / "char"
@@ -143,7 +146,7 @@ def test_nanogpt_bin_without_meta_assumes_gpt2_and_says_so(tmp_path):
 
 def test_meta_pkl_wins_over_another_tokenizer(tmp_path):
     nanogpt_char_dir(tmp_path / "sc", TEXT * 5)
-    with pytest.raises(GptkitError, match="meta.pkl says the token ids are a chars-"):
+    with pytest.raises(GptkitError, match="meta.pkl says the token ids are of the chars-"):
         tz.tokenize(str(tmp_path / "sc" / "train.bin"), tmp_path / "o", tz.Settings(tokenizer="bytes"))
 
 

@@ -40,7 +40,8 @@ class Source:
     total_bytes: int = 0
     parquet_units: dict = field(default_factory=dict)  # file index -> [(row_group, lo, hi, bytes)]
     hf: dict = field(default_factory=dict)
-    vocab_file: Path | None = None  # nanoGPT's meta.pkl beside token files: the vocabulary of their ids
+    # The vocabulary of token files' ids, found beside them: nanoGPT's meta.pkl, or a gptkit tokenizer/ folder
+    vocab_file: Path | None = None
 
     def identity(self) -> dict:
         """What the output depends on; a resumed or repeated run must see the same."""
@@ -212,8 +213,12 @@ def _path_source(
         for f in files:  # every header checked before anything is written: a bad file is named, never skipped
             token_file(f)
         src.total_bytes = sum(f.stat().st_size for f in files)
+        from gptkit.data.vocab_files import SAVED_DIR, SAVED_INFO
+
         if (root / "meta.pkl").is_file():
             src.vocab_file = root / "meta.pkl"
+        elif (root / SAVED_DIR / SAVED_INFO).is_file():
+            src.vocab_file = root / SAVED_DIR
     return src
 
 

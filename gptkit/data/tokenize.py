@@ -178,15 +178,15 @@ def tokenize(
 
 def choose_tokenizer(spec: str | Tokenizer | None, source: Source, log: Callable[[str], None]) -> Tokenizer:
     """The tokenizer for SOURCE: the one given, else for token files the vocabulary beside them
-    (nanoGPT's meta.pkl) or GPT-2, said in a log line, else GPT-2. Token files that come with a
-    meta.pkl refuse another tokenizer: their ids mean what meta.pkl says."""
+    (nanoGPT's meta.pkl, gptkit's tokenizer/) or GPT-2, said in a log line, else GPT-2. Token files
+    that come with a vocabulary refuse another tokenizer: their ids mean what it says."""
     beside = get_tokenizer(source.vocab_file) if source.vocab_file is not None else None
     if isinstance(spec, Tokenizer):
         tok = spec
     elif spec is not None:
         tok = get_tokenizer(spec)
     elif beside is not None:
-        log(f"the token ids use the character vocabulary in {source.vocab_file} ({beside.vocab_size} characters)")
+        log(f"the token ids use the vocabulary in {source.vocab_file} ({beside.name}, {beside.vocab_size} tokens)")
         return beside
     elif source.kind == "tokens":
         tok = get_tokenizer("gpt2")
@@ -198,6 +198,7 @@ def choose_tokenizer(spec: str | Tokenizer | None, source: Source, log: Callable
         tok = get_tokenizer("gpt2")
     if beside is not None and tok.vocab_hash != beside.vocab_hash:
         raise GptkitError(
-            f"{source.vocab_file} says the token ids are a {beside.name} vocabulary, not {tok.name}; leave --tokenizer out"
+            f"{source.vocab_file} says the token ids are of the {beside.name} vocabulary, not {tok.name}; "
+            "leave --tokenizer out"
         )
     return tok
