@@ -2,7 +2,9 @@
 
     step_000500/
         model.safetensors   weights; the tied wte/lm_head matrix stored once, no wrapper prefixes
-        config.json         {"model": GPTConfig, "tokenizer": name, "train": config, "step": n, ...}
+        config.json         {"model": GPTConfig, "tokenizer": name, "tokenizer_info": Tokenizer.info(),
+                             "train": config, "step": n, ...}
+        tokenizer/          the tokenizer (data/tokenizers.save_tokenizer; for built-ins only its info)
         optimizer.pt        (training only) optimizer state, tensors only: torch.load(weights_only=True)
         trainer.json        (training only) step, data position, anything else needed to resume
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 from gptkit import __version__
+from gptkit.data.tokenizers import Tokenizer
 from gptkit.errors import GptkitError
 from gptkit.fsutil import atomic_output, write_json_atomic
 from gptkit.model import GPT, GPTConfig
@@ -58,15 +61,27 @@ def save_checkpoint(
     model: torch.nn.Module,
     *,
     config: GPTConfig,
-    tokenizer: str,
+    tokenizer: Tokenizer | Path | str,
     train_config: dict | None = None,
     optimizer_state: dict | None = None,
     trainer_state: dict | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write a complete checkpoint directory at `path`, atomically. Returns `path`."""
+    """Write a complete checkpoint directory at `path`, atomically. Returns `path`.
+
+    `tokenizer`: the Tokenizer, or a saved `tokenizer/` folder (copied), goes into the checkpoint's
+    tokenizer/ with its info in config.json; a bare name (old callers) records only the name.
+    """
     from safetensors.torch import save_file
 
+    from gptkit.data.tokenizers import save_tokenizer
+    from gptkit.data.vocab_files import SAVED_DIR, SAVED_INFO
+
+    tok_info = None
+    if isinstance(tokenizer, Tokenizer):
+        tok_info = tokenizer.info()
+    elif isinstance(tokenizer, Path):
+        tok_info = read_json(tokenizer / SAVED_INFO)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:  # re-saving the same step replaces the old one whole
@@ -76,9 +91,15 @@ def save_checkpoint(
         meta = {
             "gptkit_version": __version__,
             "model": config.to_dict(),
-            "tokenizer": tokenizer,
+            "tokenizer": tok_info["name"] if tok_info else tokenizer,  # the name, for readers before tokenizer_info
             "train": train_config or {},
         }
+        if tok_info is not None:
+            meta["tokenizer_info"] = tok_info
+            if isinstance(tokenizer, Tokenizer):
+                save_tokenizer(tokenizer, tmp / SAVED_DIR)
+            else:
+                shutil.copytree(Path(tokenizer), tmp / SAVED_DIR)
         if trainer_state is not None and "step" in trainer_state:
             meta["step"] = trainer_state["step"]
         meta.update(extra or {})
@@ -87,9 +108,10 @@ def save_checkpoint(
             torch.save(optimizer_state, tmp / OPTIMIZER)
         if trainer_state is not None:
             write_json_atomic(tmp / TRAINER, trainer_state)
-        for f in tmp.iterdir():  # data on disk before the rename makes the checkpoint visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        for f in tmp.rglob("*"):  # data on disk before the rename makes the checkpoint visible
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
     return path
 
 
@@ -126,6 +148,10 @@ class Checkpoint:
 
     def trainer_state(self) -> dict | None:
         return read_trainer_state(self.path)
+
+    def load_tokenizer(self) -> Tokenizer:
+        """The tokenizer this checkpoint records (see `checkpoint_tokenizer`)."""
+        return checkpoint_tokenizer(self.path, self.meta)
 
     def load_into(self, model: torch.nn.Module) -> None:
         """Copy these weights into an existing model of the same config (resuming training)."""
@@ -220,6 +246,15 @@ def read_trainer_state(path: Path) -> dict | None:
     """trainer.json of a checkpoint written by training; None for an exported or converted one."""
     f = path / TRAINER
     return read_json(f) if f.exists() else None
+
+
+def checkpoint_tokenizer(path: Path, meta: dict | None = None) -> Tokenizer:
+    """The tokenizer of the checkpoint at PATH: its tokenizer/ folder, checked against the recorded
+    info, else the built-in its config names (checkpoints written before tokenizer/ existed)."""
+    from gptkit.data.tokenizers import tokenizer_for
+
+    meta = read_meta(path) if meta is None else meta
+    return tokenizer_for(meta.get("tokenizer_info") or meta.get("tokenizer", "gpt2"), path, str(path))
 
 
 def has_trainer_state(path: Path) -> bool:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -44,7 +45,7 @@ def test_round_trip_is_bitwise_exact(tmp_path):
     assert ck.tokenizer == "bytes" and ck.step == 7 and ck.train_config == {"lr": 1e-3}
     assert ck.config == model.config
     loaded = ck.build_model()
-    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b), k
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
     osd = ck.optimizer_state()
@@ -151,3 +152,39 @@ def test_missing_path(tmp_path):
         load_checkpoint(tmp_path / "nope")
     with pytest.raises(GptkitError, match="not a gptkit checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_checkpoint_carries_its_tokenizer(tmp_path):
+    """A Tokenizer (or its saved folder) goes into tokenizer/, its info into config.json; old
+    checkpoints, which name a built-in only, still give their tokenizer."""
+    from test_vocab_files import TEXT, write_meta
+
+    from gptkit.checkpoint import checkpoint_tokenizer
+    from gptkit.data.tokenizers import get_tokenizer
+
+    tok = get_tokenizer(write_meta(tmp_path / "sc", sorted(set(TEXT))))
+    torch.manual_seed(0)
+    model = GPT(get_preset("tiny").with_vocab(tok.vocab_size))
+    p = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer=tok)
+    meta = json.loads((p / "config.json").read_text())
+    assert meta["tokenizer"] == tok.name and meta["tokenizer_info"] == tok.info()
+    assert (p / "tokenizer" / "chars.json").is_file()
+    back = load_checkpoint(p).load_tokenizer()
+    assert back.vocab_hash == tok.vocab_hash and back.decode(back.encode(TEXT)) == TEXT
+    # from the saved folder: copied as it is
+    p2 = save_checkpoint(tmp_path / "ck2", model, config=model.config, tokenizer=p / "tokenizer")
+    assert checkpoint_tokenizer(p2).vocab_hash == tok.vocab_hash
+    # files that do not match the recorded vocabulary are refused, never used
+    chars = json.loads((p2 / "tokenizer" / "chars.json").read_text())
+    chars["chars"][0], chars["chars"][1] = chars["chars"][1], chars["chars"][0]
+    (p2 / "tokenizer" / "chars.json").write_text(json.dumps(chars))
+    with pytest.raises(GptkitError, match="do not match"):
+        checkpoint_tokenizer(p2)
+    # an old checkpoint: a name, no folder
+    old = save_checkpoint(tmp_path / "old", tiny_model(), config=tiny_model().config, tokenizer="bytes")
+    assert not (old / "tokenizer").exists() and "tokenizer_info" not in json.loads((old / "config.json").read_text())
+    assert load_checkpoint(old).load_tokenizer().name == "bytes"
+    # a character vocabulary whose files are gone: an error, not a built-in in its place
+    shutil.rmtree(p / "tokenizer")
+    with pytest.raises(GptkitError, match="files are missing"):
+        load_checkpoint(p).load_tokenizer()

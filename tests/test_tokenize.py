@@ -40,7 +40,8 @@ def corpus(n=120, seed=0):
 
 
 def expected_stream(docs, tok=GPT2):
-    return np.array([x for d in docs if d for x in [tok.eot_token, *tok.encode(d)]], dtype=np.uint16)
+    """build-nanogpt's fineweb.py: every document is [EOT] + its tokens (an empty one a lone EOT)."""
+    return np.array([x for d in docs for x in [tok.eot_token, *tok.encode(d)]], dtype=np.uint16)
 
 
 def all_tokens(d):
@@ -78,6 +79,7 @@ def test_default_source_is_the_builtin_corpus(gptkit_home):
     assert m["totals"]["val_tokens"] == len(toks) // 10 and m["totals"]["documents"] == len(docs)
     assert m["source"]["type"] == "builtin" and m["tokenizer"] == {
         "name": "gpt2",
+        "kind": "builtin",
         "vocab_size": 50257,
         "eot": 50256,
         "vocab_hash": GPT2.vocab_hash,
@@ -92,7 +94,7 @@ def test_default_source_is_the_builtin_corpus(gptkit_home):
 
 def test_formats_agree_shards_are_exact_and_workers_do_not_matter(tmp_path):
     docs = corpus()
-    docs[5] = ""  # an empty document is skipped, not an EOT of its own
+    docs[5] = ""  # an empty document is a lone EOT (build-nanogpt's fineweb.py)
     src = tmp_path / "src"
     write_parquet(src / "pq" / "a.parquet", docs[:70], row_group_size=16)
     write_parquet(src / "pq" / "b.parquet", docs[70:], row_group_size=1000)
@@ -109,7 +111,7 @@ def test_formats_agree_shards_are_exact_and_workers_do_not_matter(tmp_path):
     sizes = [x["tokens"] for x in m["shards"]]
     assert sizes[0] == 4000 and all(n == 9000 for n in sizes[1:-1]) and 0 < sizes[-1] <= 9000
     assert [x["split"] for x in m["shards"]] == ["val"] + ["train"] * (len(sizes) - 1)
-    assert m["totals"]["documents"] == len(docs) - 1 == sum(x["documents"] for x in m["shards"])
+    assert m["totals"]["documents"] == len(docs) == sum(x["documents"] for x in m["shards"])
     for x in m["shards"]:  # llm.c header and the recorded hash
         raw = (tmp_path / "o1" / x["filename"]).read_bytes()
         assert np.frombuffer(raw[:12], "<i4").tolist() == [20240520, 1, x["tokens"]]
@@ -382,6 +384,7 @@ def test_bad_input_is_one_line_and_leaves_existing_shards_alone(tmp_path):
         "manifest.json",
         "val_000000.bin",
         "train_000001.bin",
+        "tokenizer/gptkit-tokenizer.json",
     }
 
 

@@ -134,3 +134,29 @@ def test_validation_rows_are_split_across_ranks_without_overlap(toy):
     parts = [np.concatenate(list(val_rows(s, 16, 512, r, 2, 3))) for r in range(2)]
     assert len(whole) == 32 and sum(len(p) for p in parts) == 32
     assert np.array_equal(whole[0::2], parts[0]) and np.array_equal(whole[1::2], parts[1])
+
+
+def test_a_vocabulary_without_end_of_text_makes_each_shard_one_document(tmp_path):
+    """nanoGPT's character data: no end-of-text token, so shards are shuffled but never cut up."""
+    from gptkit.data.shards import make_header
+    from gptkit.train.data import TokenStream
+
+    paths = []
+    for i, n in enumerate([300, 500, 200]):
+        p = tmp_path / f"train_{i:06d}.bin"
+        p.write_bytes(make_header(n) + (np.arange(n) % 7 + 10 * i).astype("<u2").tobytes())
+        paths.append(p)
+    s = TokenStream(paths, eot=None, seed=4)
+    pieces = [np.asarray(np.fromfile(p, "<u2", offset=1024)) for p in paths]
+    seen = set()
+    for epoch in range(4):
+        e = np.empty(s.total, dtype=np.int64)
+        s.read(epoch * s.total, e)
+        pos, order = 0, []
+        while pos < len(e):  # each shard appears whole, in this epoch's order
+            i = next(i for i, p in enumerate(pieces) if np.array_equal(e[pos : pos + len(p)], p))
+            order.append(i)
+            pos += len(pieces[i])
+        assert sorted(order) == [0, 1, 2]
+        seen.add(tuple(order))
+    assert len(seen) > 1

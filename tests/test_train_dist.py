@@ -270,7 +270,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(home, reference):
     run = home / "runs" / "diverge"
     run.mkdir()
     shutil.copytree(reference / "step_000004", run / "step_000004")
-    before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (run / "step_000004").iterdir()}
+    before = {
+        str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in (run / "step_000004").rglob("*") if f.is_file()
+    }
     p = cli(
         "--gpus", "0", "--nproc", "2", "--name", "diverge", "--resume", "auto", "--lr", "1e30", "--warmup-steps", "0"
     )
@@ -278,7 +280,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(home, reference):
     line = assert_one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err))
     assert "nan" in line.lower() or "inf" in line.lower(), line
     assert "step_000004" in line and "lower --lr" in line
-    after = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in (run / "step_000004").iterdir()}
+    after = {
+        str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in (run / "step_000004").rglob("*") if f.is_file()
+    }
     assert after == before
     assert sorted(p.name for p in run.glob("step_*")) == ["step_000004"]
 

@@ -42,7 +42,16 @@ def tokenize(
         ),
     ] = None,
     out: OutDir = None,
-    tokenizer: Annotated[str, typer.Option("--tokenizer", help="gpt2 (BPE, 50257 tokens) or bytes (256).")] = "gpt2",
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            help="gpt2 (BPE, 50257 tokens), bytes (256), or your own: a tokenizer.json, a folder with tokenizer.json "
+            "or vocab.json + merges.txt, or nanoGPT's meta.pkl (or its data folder). Saved beside the shards. "
+            "Default: gpt2; for token files, the meta.pkl beside them, else gpt2 (said in a note).",
+            show_default=False,
+        ),
+    ] = None,
     text_column: Annotated[str, typer.Option("--text-column", help="Column / JSON field holding the text.")] = "text",
     shard_tokens: Annotated[str, typer.Option("--shard-tokens", help="Tokens per shard.")] = "100M",
     val_tokens: Annotated[
@@ -83,11 +92,18 @@ def tokenize(
     if verify is not None:
         if src is not None:
             raise GptkitError("give either SRC or --verify DIR, not both")
-        summary = shards.verify(verify)
+        summary = shards.verify(verify, tokenizer)
+        for line in summary["notes"]:
+            print(f"note: {line}", file=sys.stderr)
         if json_out:
             print(json.dumps({"ok": True, **summary}))
-        else:
+        elif summary["hashes"]:
             print(f"ok: {summary['dir']}: {summary['shards']} shards, {summary['tokens']:,} tokens, all hashes match")
+        else:
+            print(
+                f"ok: {summary['dir']}: {summary['shards']} {summary['format']} shards, {summary['tokens']:,} tokens; "
+                f"headers and token ids valid for {summary['tokenizer']} (no manifest, so no hashes to compare)"
+            )
         return
     from gptkit.hub.endpoint import resolve_endpoint
 
@@ -135,9 +151,10 @@ def tokenize(
         return
     t = m["totals"]
     speed = f" in {result.seconds:.1f}s" if result.status != "up to date" else ""
+    docs = f"{t['documents']:,} documents" if m["tokenizer"]["eot"] is not None else "no end-of-text token"
     print(
         f"{result.status}: {result.out}  {t['shards']} shards, {t['val_tokens']:,} val + {t['train_tokens']:,} train tokens, "
-        f"{t['documents']:,} documents ({m['tokenizer']['name']}){speed}"
+        f"{docs} ({m['tokenizer']['name']}, {m['tokenizer']['vocab_size']:,} tokens){speed}"
     )
     if m["replaced_invalid_utf8"]:
         print(f"note: {m['replaced_invalid_utf8']} invalid UTF-8 sequences were replaced by U+FFFD (see manifest.json)")

@@ -1,13 +1,16 @@
 """Encoding a source as one token stream: work units, the worker pool and what each worker does.
 
-The stream is every document, in source order, each preceded by the end-of-text token. The work
+The stream is every document, in source order, each preceded by the end-of-text token (an empty
+document is a lone end-of-text token; a vocabulary without one joins documents directly). The work
 is split into units (a parquet row group, a byte range of a jsonl/txt file, a batch of streamed
 rows); worker processes encode units in parallel and `encode_units` hands their tokens to the
 caller in unit order, so the stream does not depend on the number of workers or on the unit size.
 
 A unit is a small picklable tuple; workers turn it into tokens. Kinds:
   ("parquet", file, row_group, lo, hi)     rows [lo, hi) of one row group
-  ("jsonl", file, k) / ("txt", file, k)    the k-th byte range of a file (see _unit_range)
+  ("jsonl", file, k) / ("txt", file, k)    the k-th byte range of a file (see _unit_range); ("txt", file, -1)
+                                           is the whole file, for tokenizers whose tokens could change
+                                           where a plain-text file is cut (Tokenizer.cut_safe False)
   ("jsonl-data", file, offset, bytes)      lines read by the main process (gzip cannot seek)
   ("texts", list_of_str)                   documents read by the main process (streaming, builtin)
   ("tokens", file, lo, hi, split)          existing token ids, copied by the main process
@@ -52,7 +55,7 @@ def default_workers() -> int:
 # --------------------------------------------------------------------------- the units of a source
 
 
-def _units(src: Source, start: int, unit_bytes: int) -> Iterator[tuple[int, Any, int]]:
+def _units(src: Source, start: int, unit_bytes: int, cut_safe: bool = True) -> Iterator[tuple[int, Any, int]]:
     """(index, unit, source bytes) for every unit from `start` on, in a fixed order."""
     index = 0
 
@@ -81,9 +84,11 @@ def _units(src: Source, start: int, unit_bytes: int) -> Iterator[tuple[int, Any,
         if k == "parquet":
             for rg, lo, hi, nbytes in src.parquet_units[i]:
                 yield emit(("parquet", i, rg, lo, hi), nbytes)
+        elif k == "txt" and not cut_safe:  # one unit: no cut inside a document
+            yield emit((k, i, -1), f.stat().st_size)
         elif k in ("jsonl", "txt"):
             size = f.stat().st_size
-            for j in range(-(-size // unit_bytes)):
+            for j in range(max(1, -(-size // unit_bytes))):  # an empty .txt file is still one (empty) document
                 yield emit((k, i, j), min(unit_bytes, size - j * unit_bytes))
         else:  # jsonl.gz: decompress here, ship lines; units before `start` are only skipped
             with gzip.open(f, "rb") as fh:
@@ -126,7 +131,7 @@ def encode_units(
     """Feed units to the workers, at most a few per worker in flight, and consume results in order."""
     import numpy as np
 
-    units = _units(source, start, unit_bytes)
+    units = _units(source, start, unit_bytes, tok.cut_safe)
     if source.kind == "tokens":  # a copy with a range check: no encoding, so no workers
         arrays: dict[int, Any] = {}
         for index, unit, nbytes in units:
@@ -147,8 +152,9 @@ def encode_units(
         return
     n_workers = max(1, workers or default_workers())
     init = (
-        tok.name,
+        tok.spec,
         tok.vocab_hash,
+        source.spec,
         [str(f) for f in source.files],
         source.file_kinds,
         text_column,
@@ -192,8 +198,9 @@ _W: dict = {}  # per-process worker context, set by _init_worker
 
 
 def _init_worker(
-    tok_name: str,
+    tok_spec: str,
     vocab_hash: str,
+    source_spec: str,
     files: list[str],
     kinds: list[str],
     text_column: str,
@@ -211,14 +218,15 @@ def _init_worker(
     # Never raise here: a Pool restarts workers whose initializer fails, forever. _work reports it.
     tok: Tokenizer | None
     try:
-        tok = get_tokenizer(tok_name)
-        error = None if tok.vocab_hash == vocab_hash else f"a worker resolved a different {tok_name} vocabulary"
+        tok = get_tokenizer(tok_spec)
+        error = None if tok.vocab_hash == vocab_hash else f"a worker resolved a different vocabulary from {tok_spec}"
     except GptkitError as e:
         tok, error = None, str(e)
     _W.update(
         error=error,
         tok=tok,
-        eot=np.array([tok.eot_token if tok else 0], dtype=np.uint32),
+        eot=None if tok is None or tok.eot_token is None else np.array([tok.eot_token], dtype=np.uint32),
+        source=source_spec,
         files=[Path(f) for f in files],
         kinds=kinds,
         col=text_column,
@@ -246,9 +254,9 @@ def _work(unit: tuple) -> tuple[Any, int, int]:
     kind = unit[0]
     if kind == "parquet":
         _, i, rg, lo, hi = unit
-        return _encode_docs(_parquet_rows(i, rg, lo, hi), 0)
+        return _encode_docs(_parquet_rows(i, rg, lo, hi), 0, where=str(_W["files"][i]))
     if kind == "texts":
-        return _encode_docs(unit[1], 0)
+        return _encode_docs(unit[1], 0, where=_W["source"])
     if kind == "jsonl-data":
         _, i, offset, data = unit
         return _encode_jsonl(data, i, offset)
@@ -257,24 +265,31 @@ def _work(unit: tuple) -> tuple[Any, int, int]:
     if kind == "jsonl":
         return _encode_jsonl(data, i, start)
     text, bad = _decode(data, i, start)
-    return _encode_pieces([text], first_is_doc=(start == 0), replaced=bad, nbytes=len(data))
+    where = str(_W["files"][i])
+    return _encode_pieces([text], first_is_doc=(start == 0), replaced=bad, nbytes=len(data), where=where)
 
 
-def _encode_docs(texts: list, replaced: int, nbytes: int | None = None) -> tuple[Any, int, int]:
-    return _encode_pieces([t for t in texts if t], True, replaced, nbytes)
+def _encode_docs(texts: list, replaced: int, nbytes: int | None = None, *, where: str) -> tuple[Any, int, int]:
+    """Every document, an empty one (or a missing value) too: it becomes a lone end-of-text token."""
+    return _encode_pieces([t or "" for t in texts], True, replaced, nbytes, where)
 
 
-def _encode_pieces(texts: list[str], first_is_doc: bool, replaced: int, nbytes: int | None) -> tuple[Any, int, int]:
+def _encode_pieces(
+    texts: list[str], first_is_doc: bool, replaced: int, nbytes: int | None, where: str
+) -> tuple[Any, int, int]:
     """Concatenate [EOT] + tokens for each document (a txt piece that continues a file gets no EOT)."""
     import numpy as np
 
     tok, eot = _W["tok"], _W["eot"]
     parts = []
     for j, t in enumerate(texts):
-        if j > 0 or first_is_doc:
+        if eot is not None and (j > 0 or first_is_doc):
             parts.append(eot)
         if t:
-            parts.append(tok.encode_array(t))
+            try:
+                parts.append(tok.encode_array(t))
+            except GptkitError as e:  # e.g. a character outside a character vocabulary: say where
+                raise GptkitError(f"{where}: {e}") from None
     tokens = np.concatenate(parts).astype("<u2") if parts else np.zeros(0, "<u2")
     if nbytes is None:
         nbytes = sum(len(t) for t in texts)
@@ -335,7 +350,7 @@ def _encode_jsonl(data: bytes, i: int, offset: int) -> tuple[Any, int, int]:
                 f"{path}: field {col!r} holds {type(t).__name__}, not text; choose another with --text-column"
             )
         docs.append(t)
-    return _encode_docs(docs, bad, len(data))
+    return _encode_docs(docs, bad, len(data), where=str(path))
 
 
 # Where a plain-text file may be cut into pieces that encode exactly like the whole: after a
@@ -374,6 +389,8 @@ def _unit_range(i: int, k: int, plain: bool) -> tuple[int, bytes]:
     unit; a window without a cut point adds its bytes to the unit before it.
     """
     path, u = _W["files"][i], _W["unit_bytes"]
+    if k < 0:  # the whole file
+        return 0, path.read_bytes()
     size = path.stat().st_size
     with open(path, "rb") as f:
         start = 0 if k == 0 else _cut_point(f, k * u, (k + 1) * u, size, plain)

@@ -10,12 +10,23 @@ Layout of a tokenized dataset (default: gptkit.paths.shards_dir(NAME)):
 A shard is byte-compatible with llm.c and modded-nanogpt: a header of 256 little-endian int32
 values (magic 20240520, version 1, token count, zeros), followed by the tokens as little-endian
 uint16. gptkit/data/writer.py writes them; `find_shards(name_or_dir)` is what `gptkit train` calls.
+
+    tokenizer/             the tokenizer the shards were made with (see data/tokenizers.save_tokenizer)
+
+Manifest version 2 (this one) gives an empty document a lone end-of-text token, as build-nanogpt's
+fineweb.py does; version 1 skipped it. Both are read.
+
+Other tools' shards are read in place: a directory without manifest.json whose .bin files carry the
+llm.c header (llm.c, modded-nanogpt: fineweb_val_000000.bin, fineweb_train_000001.bin, ...) gets
+a manifest built in memory (`foreign_manifest`), with the tokenizer assumed (GPT-2, what those
+tools' data scripts use) unless one is given, and a note saying so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -28,11 +39,13 @@ MAGIC = 20240520
 VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
-MAX_VOCAB = 2**16  # uint16 tokens
+MAX_VOCAB = 2**16  # uint16 tokens: ids 0..65535
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "gptkit.shards"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: an empty document is a lone end-of-text token (1: it was skipped)
+READABLE_VERSIONS = (1, 2)
+FOREIGN_FORMAT = "llm.c"  # manifest["format"] of a directory of other tools' shards, read in place
 PARTIAL_DIR = ".partial"
 READ_TOKENS = 1 << 22  # tokens per read when converting or verifying existing token files
 
@@ -60,7 +73,10 @@ def read_header(path: str | Path) -> int:
     if header[0] != MAGIC:
         raise GptkitError(f"{path}: not a token shard (magic {header[0]}, expected {MAGIC})")
     if header[1] != VERSION:
-        raise GptkitError(f"{path}: unsupported shard version {header[1]}")
+        what = " (llm.c's uint32 tokens, for LLaMA 3)" if header[1] == 2 else ""
+        raise GptkitError(
+            f"{path}: unsupported shard version {header[1]}{what}; only version 1 (uint16 tokens) is read"
+        )
     n = int(header[2])
     expected = HEADER_BYTES + 2 * n
     size = path.stat().st_size
@@ -131,7 +147,7 @@ def read_manifest(d: Path) -> dict:
         m = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise GptkitError(f"{f}: unreadable manifest ({e})") from None
-    if m.get("format") != MANIFEST_FORMAT or m.get("version") != MANIFEST_VERSION:
+    if m.get("format") != MANIFEST_FORMAT or m.get("version") not in READABLE_VERSIONS:
         raise GptkitError(f"{f}: not a gptkit shard manifest (format {m.get('format')!r} version {m.get('version')!r})")
     return m
 
@@ -160,14 +176,101 @@ def resolve_shards_dir(name_or_dir: str | Path | None) -> Path:
     raise GptkitError(f"{p}: no such directory")
 
 
-def find_shards(name_or_dir: str | Path | None) -> tuple[list[Path], list[Path], dict]:
-    """(validation shard paths, training shard paths, manifest) of a tokenized dataset.
+def load_manifest(d: Path, tokenizer: str | None = None) -> dict:
+    """The manifest of the shards in D: its manifest.json, or one built in memory for other tools'
+    shards (see `foreign_manifest`). `tokenizer` (a get_tokenizer spec) names the tokenizer of
+    shards without a manifest; for a gptkit manifest it must be the one recorded."""
+    if not (d / MANIFEST).is_file() and not (d / PARTIAL_DIR).is_dir():
+        found = foreign_shards(d)
+        if found is not None:
+            return foreign_manifest(d, found, tokenizer)
+    m = read_manifest(d)
+    if tokenizer is not None:
+        from gptkit.data.tokenizers import get_tokenizer
+
+        given, recorded = get_tokenizer(tokenizer), m.get("tokenizer") or {}
+        if recorded.get("vocab_hash") != given.vocab_hash:
+            raise GptkitError(
+                f"{d}: the shards were made with tokenizer {recorded.get('name')!r}, not --tokenizer {tokenizer} "
+                f"({given.name}); leave --tokenizer out"
+            )
+    return m
+
+
+_SPLIT_RE = re.compile(r"(?:^|[_\-.])(train|val)(?:[_\-.]|$)")
+
+
+def foreign_shards(d: Path) -> list[tuple[Path, str, int]] | None:
+    """(path, split, tokens) of the llm.c shards in D, val first; None if no .bin file there has the
+    llm.c header. Once one has, every .bin file must be a valid shard named *_train_* or *_val_*."""
+    if not d.is_dir():
+        return None
+    bins = sorted(p for p in d.glob("*.bin") if p.is_file() and not p.name.startswith("."))
+    if not any(_has_magic(p) for p in bins):
+        return None
+    found = []
+    for p in bins:
+        m = _SPLIT_RE.search(p.stem.lower())
+        if m is None:
+            raise GptkitError(
+                f"{p}: not named as a train or val shard (like fineweb_train_000001.bin); move it out of {d}"
+            )
+        found.append((p, m.group(1), read_header(p)))
+    found.sort(key=lambda x: (x[1] != "val", x[0].name))
+    return found
+
+
+def _has_magic(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return int.from_bytes(f.read(4), "little") == MAGIC
+    except OSError:
+        return False
+
+
+def foreign_manifest(d: Path, found: list[tuple[Path, str, int]], tokenizer: str | None = None) -> dict:
+    """A manifest, in memory, for shards other tools wrote (llm.c, modded-nanogpt). Their tokenizer:
+    `tokenizer` if given, else a `tokenizer/` folder beside them, else GPT-2 (what llm.c's and
+    modded-nanogpt's fineweb scripts use), assumed and said in manifest["notes"]."""
+    from gptkit.data.tokenizers import EOT_TOKENS, VOCAB_SIZES, get_tokenizer
+    from gptkit.data.vocab_files import SAVED_DIR, SAVED_INFO
+
+    notes = []
+    if tokenizer is not None:
+        info = get_tokenizer(tokenizer).info()
+    elif (d / SAVED_DIR / SAVED_INFO).is_file():
+        info = json.loads((d / SAVED_DIR / SAVED_INFO).read_text(encoding="utf-8"))
+    else:
+        info = {"name": "gpt2", "kind": "builtin", "vocab_size": VOCAB_SIZES["gpt2"], "eot": EOT_TOKENS["gpt2"]}
+        notes.append(
+            f"{d}: llm.c shards without a {MANIFEST}; assuming the GPT-2 tokenizer (llm.c's and modded-nanogpt's "
+            "data scripts use it); if they were made with another, convert them with `gptkit tokenize DIR --tokenizer SPEC`"
+        )
+    entries = [{"filename": p.name, "split": split, "tokens": n} for p, split, n in found]
+    return {
+        "format": FOREIGN_FORMAT,
+        "tokenizer": info,
+        "source": {"type": FOREIGN_FORMAT, "root": str(d)},
+        "totals": {
+            "tokens": sum(x["tokens"] for x in entries),
+            "val_tokens": sum(x["tokens"] for x in entries if x["split"] == "val"),
+            "train_tokens": sum(x["tokens"] for x in entries if x["split"] == "train"),
+            "shards": len(entries),
+        },
+        "shards": entries,
+        "notes": notes,
+    }
+
+
+def find_shards(name_or_dir: str | Path | None, tokenizer: str | None = None) -> tuple[list[Path], list[Path], dict]:
+    """(validation shard paths, training shard paths, manifest) of a tokenized dataset, or of a
+    directory of llm.c shards (see `load_manifest`).
 
     Checks that every listed shard exists and that its header agrees with the manifest (cheap:
     one 1 KB read per shard); `verify()` also checks hashes and the token range.
     """
     d = resolve_shards_dir(name_or_dir)
-    m = read_manifest(d)
+    m = load_manifest(d, tokenizer)
     val: list[Path] = []
     train: list[Path] = []
     for s in m["shards"]:
@@ -189,30 +292,49 @@ def _listed_shard(d: Path, entry: dict) -> tuple[Path, int]:
     return p, n
 
 
-def verify(name_or_dir: str | Path) -> dict:
-    """Check every shard against the manifest: header, token count, sha256, token range, documents.
+def verify(name_or_dir: str | Path, tokenizer: str | None = None) -> dict:
+    """Check every shard against the manifest: header, token count, sha256, token range, documents,
+    and the saved tokenizer. Shards of other tools (no manifest) have no hashes or document counts
+    to compare: their headers and token range are checked.
 
     Returns a summary; raises GptkitError (one line) on the first problem.
     """
     d = resolve_shards_dir(name_or_dir)
-    m = read_manifest(d)
-    vocab, eot = m["tokenizer"]["vocab_size"], m["tokenizer"]["eot"]
+    m = load_manifest(d, tokenizer)
+    info = m["tokenizer"]
+    vocab, eot = info["vocab_size"], info.get("eot")
+    if info.get("kind", "builtin") != "builtin":  # its files must be there and match the recorded hash
+        from gptkit.data.tokenizers import tokenizer_for
+
+        tokenizer_for(info, d, str(d))
     total = 0
     for s in m["shards"]:
         p, n = _listed_shard(d, s)
-        digest = sha256_file(p)
-        if digest != s["sha256"]:
-            raise GptkitError(
-                f"{p}: sha256 {digest[:12]}… does not match {MANIFEST} ({s['sha256'][:12]}…); the file is corrupt"
-            )
+        if "sha256" in s:
+            digest = sha256_file(p)
+            if digest != s["sha256"]:
+                raise GptkitError(
+                    f"{p}: sha256 {digest[:12]}… does not match {MANIFEST} ({s['sha256'][:12]}…); the file is corrupt"
+                )
         toks = open_shard(p)
         docs = 0
         for i in range(0, n, READ_TOKENS):
             chunk = np.asarray(toks[i : i + READ_TOKENS])
             if chunk.size and int(chunk.max()) >= vocab:
-                raise GptkitError(f"{p}: token id {int(chunk.max())} is outside the vocabulary (size {vocab})")
-            docs += int(np.count_nonzero(chunk == eot))
-        if docs != s["documents"]:
+                raise GptkitError(
+                    f"{p}: token id {int(chunk.max())} is outside the vocabulary ({info['name']}, size {vocab})"
+                )
+            if eot is not None:
+                docs += int(np.count_nonzero(chunk == eot))
+        if "documents" in s and docs != s["documents"]:
             raise GptkitError(f"{p}: {docs} documents (end-of-text tokens) but {MANIFEST} says {s['documents']}")
         total += n
-    return {"dir": str(d), "shards": len(m["shards"]), "tokens": total, "tokenizer": m["tokenizer"]["name"]}
+    return {
+        "dir": str(d),
+        "format": m["format"],
+        "shards": len(m["shards"]),
+        "tokens": total,
+        "tokenizer": info["name"],
+        "hashes": m["format"] == MANIFEST_FORMAT,
+        "notes": m.get("notes", []),
+    }

@@ -40,6 +40,8 @@ class Source:
     total_bytes: int = 0
     parquet_units: dict = field(default_factory=dict)  # file index -> [(row_group, lo, hi, bytes)]
     hf: dict = field(default_factory=dict)
+    # The vocabulary of token files' ids, found beside them: nanoGPT's meta.pkl, or a gptkit tokenizer/ folder
+    vocab_file: Path | None = None
 
     def identity(self) -> dict:
         """What the output depends on; a resumed or repeated run must see the same."""
@@ -64,15 +66,9 @@ def _file_kind(p: Path) -> str | None:
     return {".parquet": "parquet", ".jsonl": "jsonl", ".txt": "txt", ".npy": "npy", ".bin": "bin"}.get(p.suffix.lower())
 
 
-def _is_token_bin(p: Path) -> bool:
-    """An llm.c shard (magic header) or a nanoGPT train.bin/val.bin (raw uint16)."""
-    if p.stem.lower() in ("train", "val"):
-        return True
-    try:
-        with open(p, "rb") as f:
-            return int.from_bytes(f.read(4), "little") == shards.MAGIC
-    except OSError:
-        return False
+def _is_nanogpt_bin(p: Path) -> bool:
+    """nanoGPT's train.bin / val.bin: raw uint16 token ids, no header."""
+    return p.suffix.lower() == ".bin" and p.stem.lower() in ("train", "val")
 
 
 def _scan(root: Path) -> tuple[list[Path], list[Path]]:
@@ -85,7 +81,7 @@ def _scan(root: Path) -> tuple[list[Path], list[Path]]:
         k = _file_kind(p)
         if k in TEXT_KINDS:
             text.append(p)
-        elif k == "npy" or (k == "bin" and _is_token_bin(p)):
+        elif k in ("npy", "bin"):  # every .bin is a token file: one with a bad header is an error, never skipped
             tokens.append(p)
     return text, tokens
 
@@ -167,6 +163,14 @@ def _path_source(
     if p.is_dir():
         text, tokens = _scan(p)
         root = p
+        if text and tokens and all(_is_nanogpt_bin(f) and f.parent == p for f in tokens):
+            # nanoGPT's data folders hold input.txt beside the train.bin / val.bin made from it
+            log(
+                f"{p} holds nanoGPT's {' and '.join(f.name for f in tokens)}: converting those token files, "
+                f"not {', '.join(str(f.relative_to(p)) for f in text[:3])}{', ...' if len(text) > 3 else ''} "
+                "(point at a text file to tokenize it instead)"
+            )
+            text = []
         if text and tokens:
             raise GptkitError(f"{p} holds both text files and token files (.npy/.bin); point at one kind")
         if not text and not tokens:
@@ -178,10 +182,10 @@ def _path_source(
         k = _file_kind(p)
         if k in TEXT_KINDS:
             text, tokens = [p], []
-        elif k == "npy" or (k == "bin" and _is_token_bin(p)):
+        elif k in ("npy", "bin"):
             text, tokens = [], [p]
-            if k == "bin" and p.stem.lower() in ("train", "val"):  # nanoGPT: take its sibling too
-                tokens = sorted(f for f in p.parent.glob("*.bin") if f.stem.lower() in ("train", "val"))
+            if _is_nanogpt_bin(p):  # nanoGPT: take its sibling too
+                tokens = sorted(f for f in p.parent.glob("*.bin") if _is_nanogpt_bin(f))
         else:
             raise GptkitError(
                 f"{p}: unsupported file type (expected .parquet, .jsonl, .jsonl.gz, .txt, .npy, or an llm.c/nanoGPT .bin)"
@@ -206,7 +210,15 @@ def _path_source(
             for i, (f, k) in enumerate(zip(files, src.file_kinds, strict=True))
         )
     else:
+        for f in files:  # every header checked before anything is written: a bad file is named, never skipped
+            token_file(f)
         src.total_bytes = sum(f.stat().st_size for f in files)
+        from gptkit.data.vocab_files import SAVED_DIR, SAVED_INFO
+
+        if (root / "meta.pkl").is_file():
+            src.vocab_file = root / "meta.pkl"
+        elif (root / SAVED_DIR / SAVED_INFO).is_file():
+            src.vocab_file = root / SAVED_DIR
     return src
 
 
@@ -284,6 +296,10 @@ def token_file(f: Path) -> tuple[Any, int]:
     if magic == shards.MAGIC:
         shard = shards.open_shard(f)
         return shard, len(shard)
+    if not _is_nanogpt_bin(f):
+        raise GptkitError(
+            f"{f}: not a token shard (magic {magic}, expected {shards.MAGIC}) nor a nanoGPT train.bin/val.bin"
+        )
     size = f.stat().st_size
     if size % 2:
         raise GptkitError(f"{f}: odd size ({size} bytes); not a uint16 token file")

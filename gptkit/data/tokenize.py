@@ -1,7 +1,10 @@
 """The tokenize run: text sources -> uint16 token shards (llm.c format) + manifest.json.
 
-The token stream is every document, in source order, each preceded by the end-of-text token,
-cut into shards at fixed token counts (a document may continue in the next shard). The pieces:
+The token stream is every document, in source order, each preceded by the end-of-text token (an
+empty document is a lone end-of-text token, as in build-nanogpt's fineweb.py), cut into shards at
+fixed token counts (a document may continue in the next shard). A vocabulary without an end-of-text
+token (nanoGPT's character vocabularies) joins the documents with nothing between them, as nanoGPT
+does. The tokenizer is saved beside the shards in tokenizer/. The pieces:
 sources.py resolves SRC, encode.py turns it into tokens in unit order (in parallel), writer.py
 cuts the stream into shards and keeps the resume point, shards.py is the format and manifest.
 The output does not depend on the number of workers, and a re-run after any crash rebuilds
@@ -21,8 +24,9 @@ from typing import Any
 from gptkit import faults, paths
 from gptkit.data import shards, writer
 from gptkit.data.encode import default_unit_bytes, encode_units
-from gptkit.data.sources import resolve_source
-from gptkit.data.tokenizers import Tokenizer, get_tokenizer
+from gptkit.data.sources import Source, resolve_source
+from gptkit.data.tokenizers import Tokenizer, get_tokenizer, save_tokenizer
+from gptkit.data.vocab_files import SAVED_DIR
 from gptkit.errors import GptkitError
 
 DEFAULT_SHARD_TOKENS = 100_000_000
@@ -31,7 +35,9 @@ DEFAULT_VAL_TOKENS = 10_000_000
 
 @dataclass
 class Settings:
-    tokenizer: str | Tokenizer = "gpt2"
+    # A get_tokenizer spec (gpt2, bytes, a path), a Tokenizer, or None: GPT-2, or for token files
+    # the vocabulary beside them (nanoGPT's meta.pkl), else GPT-2 said in a log line.
+    tokenizer: str | Tokenizer | None = None
     text_column: str = "text"
     shard_tokens: int = DEFAULT_SHARD_TOKENS
     val_tokens: int = DEFAULT_VAL_TOKENS
@@ -86,15 +92,26 @@ def tokenize(
         endpoint=endpoint,
         log=log,
     )
-    tok = s.tokenizer if isinstance(s.tokenizer, Tokenizer) else get_tokenizer(s.tokenizer)
+    tok = choose_tokenizer(s.tokenizer, source, log)
     if tok.vocab_size > shards.MAX_VOCAB:
         raise GptkitError(
-            f"tokenizer {tok.name} has {tok.vocab_size} tokens, more than uint16 shards can hold ({shards.MAX_VOCAB})"
+            f"tokenizer {tok.name} has {tok.vocab_size} tokens, more than uint16 shards can hold "
+            f"({shards.MAX_VOCAB}: ids 0..{shards.MAX_VOCAB - 1})"
         )
+    if tok.eot_token is None and source.kind != "tokens":
+        log(f"{tok.name} has no end-of-text token: documents are joined with nothing between them (as nanoGPT does)")
     out = Path(out).expanduser() if out is not None else paths.shards_dir(source.name)
-    tok_info = {"name": tok.name, "vocab_size": tok.vocab_size, "eot": tok.eot_token, "vocab_hash": tok.vocab_hash}
+    tok_info = tok.info()
     shape = {"shard_tokens": s.shard_tokens, "val_tokens": s.val_tokens, "max_tokens": s.max_tokens, "strict": s.strict}
-    ident = {"source": source.identity(), "tokenizer": tok_info, **shape, "unit_bytes": unit_bytes}
+    # The manifest version is part of what the output depends on: a run of an older format is
+    # never resumed into this one.
+    ident = {
+        "source": source.identity(),
+        "tokenizer": tok_info,
+        **shape,
+        "unit_bytes": unit_bytes,
+        "format_version": shards.MANIFEST_VERSION,
+    }
     fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     t0 = time.perf_counter()
 
@@ -154,5 +171,34 @@ def tokenize(
         shards=state["shards"],
         fingerprint=fingerprint,
     )
+    save_tokenizer(tok, pdir / SAVED_DIR)
     manifest = writer.complete(pdir, out, manifest)
     return Result(out, manifest, "resumed" if resumed else "done", time.perf_counter() - t0, source.total_bytes)
+
+
+def choose_tokenizer(spec: str | Tokenizer | None, source: Source, log: Callable[[str], None]) -> Tokenizer:
+    """The tokenizer for SOURCE: the one given, else for token files the vocabulary beside them
+    (nanoGPT's meta.pkl, gptkit's tokenizer/) or GPT-2, said in a log line, else GPT-2. Token files
+    that come with a vocabulary refuse another tokenizer: their ids mean what it says."""
+    beside = get_tokenizer(source.vocab_file) if source.vocab_file is not None else None
+    if isinstance(spec, Tokenizer):
+        tok = spec
+    elif spec is not None:
+        tok = get_tokenizer(spec)
+    elif beside is not None:
+        log(f"the token ids use the vocabulary in {source.vocab_file} ({beside.name}, {beside.vocab_size} tokens)")
+        return beside
+    elif source.kind == "tokens":
+        tok = get_tokenizer("gpt2")
+        log(
+            "no --tokenizer and no meta.pkl beside the token files: assuming GPT-2 (nanoGPT's default BPE, "
+            "also build-nanogpt's and llm.c's); give --tokenizer if they were made with another"
+        )
+    else:
+        tok = get_tokenizer("gpt2")
+    if beside is not None and tok.vocab_hash != beside.vocab_hash:
+        raise GptkitError(
+            f"{source.vocab_file} says the token ids are of the {beside.name} vocabulary, not {tok.name}; "
+            "leave --tokenizer out"
+        )
+    return tok

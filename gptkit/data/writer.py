@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from gptkit.data import shards
 from gptkit.data.shards import MANIFEST, PARTIAL_DIR, READ_TOKENS
+from gptkit.data.vocab_files import SAVED_DIR
 from gptkit.errors import GptkitError
 from gptkit.fsutil import fsync_dir, write_json_atomic
 
@@ -34,7 +35,7 @@ class ShardWriter:
     fsync and final name when full. The state saved after each commit is the exact resume point.
     """
 
-    def __init__(self, pdir: Path, shard_tokens: int, val_tokens: int, eot: int, state: dict):
+    def __init__(self, pdir: Path, shard_tokens: int, val_tokens: int, eot: int | None, state: dict):
         self.pdir, self.eot, self.state = pdir, eot, state
         self.shard_tokens, self.val_tokens = shard_tokens, val_tokens
         self.f: IO[bytes] | None = None
@@ -132,9 +133,12 @@ class ShardWriter:
         staged.unlink()
 
 
-def _count_eot(path: Path, n: int, eot: int) -> int:
+def _count_eot(path: Path, n: int, eot: int | None) -> int:
+    """End-of-text tokens in a shard: its documents (starts of); 0 for a vocabulary without one."""
     import numpy as np
 
+    if eot is None:
+        return 0
     toks = np.memmap(path, dtype="<u2", mode="r", offset=shards.HEADER_BYTES, shape=(n,)) if n else np.zeros(0, "<u2")
     return sum(int(np.count_nonzero(toks[i : i + READ_TOKENS] == eot)) for i in range(0, n, READ_TOKENS))
 
@@ -154,6 +158,11 @@ def start(out: Path, fingerprint: str, force: bool, log: Callable[[str], None]) 
     pdir = out / PARTIAL_DIR
     if (out / MANIFEST).is_file() and not force:
         old = _read_json(out / MANIFEST) or {}
+        if old.get("version") != shards.MANIFEST_VERSION and old.get("format") == shards.MANIFEST_FORMAT:
+            raise GptkitError(
+                f"{out} holds shards of an older gptkit (manifest version {old.get('version')}, still readable); "
+                "give --out DIR, or --force to tokenize again"
+            )
         if old.get("fingerprint") != fingerprint:
             raise GptkitError(
                 f"{out} already holds shards of another source or other settings; give --out DIR, or --force to replace them"
@@ -171,6 +180,11 @@ def start(out: Path, fingerprint: str, force: bool, log: Callable[[str], None]) 
                 return Start({}, done=install(pdir, out), status="resumed")
             state = old_state
             log(f"resuming: {len(state['shards'])} shard(s) already done in {pdir}")
+        elif old_state is not None and old_state.get("shards") and not force and "version" not in old_state:
+            raise GptkitError(
+                f"{pdir} holds an interrupted run of an older gptkit, which this version cannot finish; "
+                "add --force to discard it and start again"
+            )
         elif old_state is not None and old_state.get("shards") and not force:
             raise GptkitError(
                 f"{pdir} holds an interrupted run with another source or other settings; "
@@ -180,6 +194,7 @@ def start(out: Path, fingerprint: str, force: bool, log: Callable[[str], None]) 
             shutil.rmtree(pdir)
     if state is None:
         state = {
+            "version": shards.MANIFEST_VERSION,
             "fingerprint": fingerprint,
             "shards": [],
             "next_unit": 0,
@@ -230,6 +245,9 @@ def install(pdir: Path, out: Path) -> dict:
     for name in sorted(new):
         if (pdir / name).is_file():
             os.replace(pdir / name, out / name)
+    if (pdir / SAVED_DIR).is_dir():  # the tokenizer the shards were made with
+        shutil.rmtree(out / SAVED_DIR, ignore_errors=True)
+        os.replace(pdir / SAVED_DIR, out / SAVED_DIR)
     fsync_dir(out)
     os.replace(pdir / MANIFEST, out / MANIFEST)
     fsync_dir(out)

@@ -4,7 +4,8 @@ The stream of a split is an endless sequence of epochs. Each epoch visits the sh
 drawn from (seed, epoch), and within a shard the documents (split at the end-of-text token) in an
 order drawn from (seed, epoch, shard). So a position in the stream, one integer, says exactly which
 tokens come next: that integer is the whole data state a checkpoint needs, and it means the same
-thing for any number of processes.
+thing for any number of processes. A vocabulary without an end-of-text token (nanoGPT's character
+vocabularies) has no document boundaries: each shard is then one document.
 
 Step s reads `rows` windows of seq_len + 1 tokens starting at data_pos + j * seq_len (j = row);
 micro-step m of rank r takes rows (m * world + r) * micro_batch ... + micro_batch - 1. Each rank
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from gptkit.data.shards import find_shards, open_shard, read_header, resolve_shards_dir
+from gptkit.data.tokenizers import Tokenizer
 from gptkit.errors import GptkitError
 
 SCAN_CHUNK = 1 << 24  # tokens per chunk when looking for document boundaries (bounded memory)
@@ -28,7 +30,8 @@ SCAN_CHUNK = 1 << 24  # tokens per chunk when looking for document boundaries (b
 # --- finding the shards ------------------------------------------------------------------------
 def check_data(data: str | Path | None) -> tuple[Path, list[Path], list[Path], dict]:
     """(directory, val shards, train shards, manifest) of --data (a directory, a name under shards/,
-    or None for the newest tokenized data set), with the checks training needs."""
+    or None for the newest tokenized data set; or a directory of llm.c shards, whose manifest is
+    built in memory with its assumptions in manifest["notes"]), with the checks training needs."""
     data_dir = resolve_shards_dir(data).resolve()
     val, train, manifest = find_shards(data_dir)
     if not val:
@@ -37,23 +40,43 @@ def check_data(data: str | Path | None) -> tuple[Path, list[Path], list[Path], d
     return data_dir, val, train, manifest
 
 
-def tokenizer_info(manifest: dict, where: Path | str = "manifest") -> tuple[str, int, int]:
-    """(tokenizer name, vocabulary size, end-of-text id) from a shard manifest."""
+def tokenizer_info(manifest: dict, where: Path | str = "manifest") -> tuple[str, int, int | None]:
+    """(tokenizer name, vocabulary size, end-of-text id or None) from a shard manifest."""
     tok: Any = manifest.get("tokenizer")
     try:
-        return str(tok["name"]), int(tok["vocab_size"]), int(tok["eot"])
+        eot = tok["eot"]
+        return str(tok["name"]), int(tok["vocab_size"]), None if eot is None else int(eot)
     except (TypeError, KeyError, ValueError):
         raise GptkitError(f"{where}: the manifest does not name its tokenizer; re-run `gptkit tokenize`") from None
+
+
+def data_tokenizer(manifest: dict, data_dir: Path) -> Tokenizer:
+    """The tokenizer the shards were made with: their saved tokenizer/ folder, or the built-in the
+    manifest names (old manifests, llm.c shards), checked against the recorded vocabulary."""
+    from gptkit.data.tokenizers import tokenizer_for
+
+    tokenizer_info(manifest, data_dir)
+    tok = tokenizer_for(manifest["tokenizer"], data_dir, str(data_dir))
+    if tok.vocab_size != int(manifest["tokenizer"]["vocab_size"]) or tok.eot_token != manifest["tokenizer"]["eot"]:
+        raise GptkitError(
+            f"{data_dir}: the manifest records a vocabulary of {manifest['tokenizer']['vocab_size']} "
+            f"(end-of-text {manifest['tokenizer']['eot']}) but its tokenizer has {tok.vocab_size} ({tok.eot_token})"
+        )
+    return tok
 
 
 # --- the stream ----------------------------------------------------------------------------------
 class _Shard:
     """One memory-mapped shard and where its documents start (computed once, kept small)."""
 
-    def __init__(self, path: Path, eot: int):
+    def __init__(self, path: Path, eot: int | None):
         self.tokens = open_shard(path)
         n = len(self.tokens)
-        found = [np.flatnonzero(self.tokens[i : i + SCAN_CHUNK] == eot) + i for i in range(0, n, SCAN_CHUNK)]
+        found = (
+            [np.flatnonzero(self.tokens[i : i + SCAN_CHUNK] == eot) + i for i in range(0, n, SCAN_CHUNK)]
+            if eot is not None
+            else []  # no end-of-text token: the shard is one document
+        )
         starts = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
         if len(starts) == 0 or starts[0] != 0:
             starts = np.concatenate([[0], starts])  # a leading piece before the first end-of-text
@@ -64,7 +87,7 @@ class _Shard:
 class TokenStream:
     """An endless, deterministic token stream over shards; see the module docstring."""
 
-    def __init__(self, shard_paths: list[Path], eot: int, seed: int, shuffle: bool = True, cache: int = 4):
+    def __init__(self, shard_paths: list[Path], eot: int | None, seed: int, shuffle: bool = True, cache: int = 4):
         self.paths = list(shard_paths)
         self.sizes = np.array([read_header(p) for p in self.paths], dtype=np.int64)
         self.total = int(self.sizes.sum())

@@ -70,6 +70,18 @@ def load_examples(files: list[Path], limit: int | None = None) -> list[Example]:
     return out
 
 
+def unencodable(examples: list[Example], tokenizer) -> str | None:
+    """Why TOKENIZER cannot encode these examples (a character vocabulary without some of their
+    characters), or None. Any tokenizer that encodes the text will do: scores are per ending."""
+    for ex in examples:
+        for text in (ex.ctx, *(" " + e for e in ex.endings)):
+            try:
+                tokenizer.encode(text)
+            except GptkitError as e:
+                return str(e)
+    return None
+
+
 def encode_example(ex: Example, tokenizer, max_len: int):
     """(tokens (4, L), mask (4, L)) as lists: mask is 1 on ending tokens. Keeps the last max_len tokens."""
     ctx = tokenizer.encode(ex.ctx)
@@ -90,7 +102,7 @@ def score_example(model, rows, masks, device, autocast):
     L = max(len(r) for r in rows)
     tokens = torch.zeros(len(rows), L, dtype=torch.long)
     mask = torch.zeros(len(rows), L, dtype=torch.long)
-    for i, (r, m) in enumerate(zip(rows, masks)):
+    for i, (r, m) in enumerate(zip(rows, masks, strict=True)):
         tokens[i, : len(r)] = torch.tensor(r)
         mask[i, : len(m)] = torch.tensor(m)
     tokens, mask = tokens.to(device), mask.to(device)

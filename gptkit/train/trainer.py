@@ -122,9 +122,17 @@ class Trainer:
             plan = plan_batches(cfg, dist.world_size, micro_batch_given=False)
         self.plan = plan
 
-        # Data: the manifest says which tokenizer and vocabulary the model needs.
+        # Data: the shards' own tokenizer (saved beside them, or the built-in their manifest names)
+        # decides the model's vocabulary; it is saved into the run and every checkpoint.
         data_dir, val_paths, train_paths, manifest = datamod.check_data(rr.data_dir)
-        self.tokenizer_name, vocab_size, self.eot = datamod.tokenizer_info(manifest, data_dir)
+        self.tok = datamod.data_tokenizer(manifest, data_dir)
+        self.tokenizer_name, vocab_size, self.eot = self.tok.name, self.tok.vocab_size, self.tok.eot_token
+        self.data_notes: list[str] = list(manifest.get("notes", []))
+        if dist.master:
+            from gptkit.data.tokenizers import save_tokenizer
+            from gptkit.data.vocab_files import SAVED_DIR
+
+            save_tokenizer(self.tok, self.run_dir / SAVED_DIR)
         self.train_stream = datamod.TokenStream(train_paths, self.eot, cfg.seed, shuffle=True)
         self.val_stream = datamod.TokenStream(val_paths, self.eot, cfg.seed, shuffle=False)
         self.batches = datamod.TrainBatches(
@@ -137,6 +145,7 @@ class Trainer:
             # Fine-tuning or continuing an imported model: its architecture and weights, a fresh
             # optimizer and schedule. (launch.prepare already checked vocabulary and length.)
             init = load_checkpoint(cfg.init_from, device=self.device)
+            self._check_tokenizer(init.meta, init.path)
             self.model_config = init.config
             self.model = init.build_model(self.device).train()
         else:
@@ -193,8 +202,17 @@ class Trainer:
         self.last_saved = self.step if rr.resume_from else -1
 
     # --- checkpoints -----------------------------------------------------------------------------
+    def _check_tokenizer(self, meta: dict, where: Path) -> None:
+        """A checkpoint trained with another vocabulary than the data's is refused, never continued."""
+        info = meta.get("tokenizer_info") or {}
+        if info.get("vocab_hash") and info["vocab_hash"] != self.tok.vocab_hash:
+            raise TrainingError(
+                f"{where}: its tokenizer ({info.get('name')}) is not the one the data was made with ({self.tok.name})"
+            )
+
     def _load(self, path: Path) -> dict | None:
         ck = load_checkpoint(path, device=self.device)
+        self._check_tokenizer(ck.meta, ck.path)
         if ck.config != self.model_config:
             raise TrainingError(f"{ck.path}: its model ({ck.config}) differs from this run's ({self.model_config})")
         ts = ck.trainer_state()
@@ -223,7 +241,7 @@ class Trainer:
             self.run_dir / step_dirname(self.step),
             self.model,
             config=self.model_config,
-            tokenizer=self.tokenizer_name,
+            tokenizer=self.tok,
             train_config=self.cfg.to_dict(),
             optimizer_state=self.optimizer.state_dict(),
             trainer_state=state,
@@ -252,26 +270,32 @@ class Trainer:
         self.dist.all_reduce(total)
         return float(total[0] / total[1])
 
-    def sample(self) -> str:
-        from gptkit.data.tokenizers import get_tokenizer
+    def sample_prompt(self) -> tuple[str | None, str | None]:
+        """(the prompt samples start from, a note): the configured prompt if the tokenizer can encode
+        it, else a newline (nanoGPT's start for character vocabularies), else no samples."""
+        prompt, reason = self.cfg.sample_prompt, "it is empty and there is no end-of-text token"
+        for candidate in (prompt, "\n"):
+            if not candidate and self.tok.eot_token is None:
+                continue  # an empty prompt starts from the end-of-text token, which this vocabulary lacks
+            try:
+                self.tok.encode(candidate)
+            except GptkitError as e:
+                reason = str(e)
+                continue
+            if candidate == prompt:
+                return prompt, None
+            return candidate, f"samples start from a newline: the sample prompt cannot be encoded ({reason})"
+        return None, f"no samples: neither the sample prompt nor a newline can be encoded with {self.tok.name}"
+
+    def sample(self, prompt: str) -> str:
         from gptkit.generate import SampleConfig, sample_text
 
         was = self.model.training
         self.model.eval()
         sc = SampleConfig(max_new_tokens=self.cfg.sample_tokens, temperature=1.0, top_k=50, seed=self.cfg.seed)
-        text = (
-            sample_text(
-                self.model,
-                get_tokenizer(self.tokenizer_name),
-                self.cfg.sample_prompt,
-                sc,
-                autocast=self.precision.autocast(),
-            )
-            .samples[0]
-            .text
-        )
+        text = sample_text(self.model, self.tok, prompt, sc, autocast=self.precision.autocast()).samples[0].text
         self.model.train(was)
-        return self.cfg.sample_prompt + text
+        return prompt + text
 
     # --- one optimizer step ----------------------------------------------------------------------
     def _to_device(self, buf: np.ndarray):
@@ -359,9 +383,13 @@ class Trainer:
             config=self.rr.to_dict(),
         )
         examples, tokenizer = self._hellaswag_setup(rep)
+        prompt, prompt_note = self.sample_prompt() if cfg.sample_tokens else (None, None)
         if d.master:
+            for note in [*self.data_notes, *([prompt_note] if prompt_note else [])]:
+                rep.print(note)
             rep.print(
                 f"run {self.run_dir} | {cfg.preset} {self.model.num_params() / 1e6:.1f}M params | "
+                f"tokenizer {self.tok.name} ({self.tok.vocab_size} tokens) | "
                 f"{d.world_size} x {self.device.type} | {self.precision.name} | batch {cfg.batch_tokens} tokens = "
                 f"{d.world_size} procs x {self.plan.micro_batch} x {cfg.seq_len} x {self.plan.grad_accum} accum"
                 + (f" | resumed at step {self.step}" if self.rr.resume_from else "")
@@ -384,8 +412,8 @@ class Trainer:
                         world_size=d.world_size,
                     )
                     rep.event(self.step, hellaswag=r["acc_norm"], hellaswag_acc=r["acc"], hellaswag_n=r["n"])
-                if d.master and cfg.sample_tokens and self.step > 0 and (self.step % cfg.sample_every == 0 or done):
-                    rep.event(self.step, sample=self.sample())
+                if d.master and prompt is not None and self.step > 0 and (self.step % cfg.sample_every == 0 or done):
+                    rep.event(self.step, sample=self.sample(prompt))
                 if done:
                     break
                 t0 = time.perf_counter()
@@ -434,9 +462,12 @@ class Trainer:
         if not files:
             rep.print("HellaSwag: no data (run `gptkit download hellaswag`); skipping that evaluation")
             return None, None
-        from gptkit.data.tokenizers import get_tokenizer
-
-        return hellaswag.load_examples(files, cfg.hellaswag_limit), get_tokenizer(self.tokenizer_name)
+        examples = hellaswag.load_examples(files, cfg.hellaswag_limit)
+        problem = hellaswag.unencodable(examples, self.tok)
+        if problem:  # e.g. a character vocabulary without some of HellaSwag's characters
+            rep.print(f"HellaSwag: skipped, {problem}")
+            return None, None
+        return examples, self.tok
 
 
 def _hook_after_step(step: int) -> None:
