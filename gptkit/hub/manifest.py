@@ -40,7 +40,7 @@ def write_manifest(folder: Path, header: dict[str, Any], files: list[dict[str, A
         "tool": "gptkit download",
         **header,
         "complete": complete,
-        "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "updated": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "files": sorted(files, key=lambda e: e["path"]),
     }
     write_json_atomic(folder / MANIFEST_NAME, data, indent=1)

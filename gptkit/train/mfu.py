@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from importlib import metadata
 from typing import NamedTuple
@@ -185,7 +185,7 @@ def cpu_peak_flops(precision: str = "fp32", *, remeasure: bool = False) -> float
         "n": n,
         "cpu": cpu_model(),
         "threads": usable_cores(),
-        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "remeasured": remeasure or bool(old and old.get("remeasured")),
     }
     home = paths.home()
