@@ -4,7 +4,7 @@
         model.safetensors   weights; the tied wte/lm_head matrix stored once, no wrapper prefixes
         config.json         {"model": GPTConfig, "tokenizer": name, "tokenizer_info": Tokenizer.info(),
                              "train": config, "step": n, ...}
-        tokenizer/          the tokenizer (data/tokenizers.save_tokenizer; for built-ins only its info)
+        tokenizer/          the tokenizer (gptkit/tokenizer.save_tokenizer; for built-ins only its info)
         optimizer.pt        (training only) optimizer state, tensors only: torch.load(weights_only=True)
         trainer.json        (training only) step, data position, anything else needed to resume
 
@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 
 from gptkit import __version__
-from gptkit.data.tokenizers import Tokenizer
 from gptkit.errors import GptkitError
 from gptkit.fsutil import atomic_output, write_json_atomic
 from gptkit.model import GPT, GPTConfig
+from gptkit.tokenizer import Tokenizer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -74,8 +74,8 @@ def save_checkpoint(
     """
     from safetensors.torch import save_file
 
-    from gptkit.data.tokenizers import save_tokenizer
-    from gptkit.data.vocab_files import SAVED_DIR, SAVED_INFO
+    from gptkit.tokenizer import save_tokenizer
+    from gptkit.vocab_files import SAVED_DIR, SAVED_INFO
 
     tok_info = None
     if isinstance(tokenizer, Tokenizer):
@@ -251,7 +251,7 @@ def read_trainer_state(path: Path) -> dict | None:
 def checkpoint_tokenizer(path: Path, meta: dict | None = None) -> Tokenizer:
     """The tokenizer of the checkpoint at PATH: its tokenizer/ folder, checked against the recorded
     info, else the built-in its config names (checkpoints written before tokenizer/ existed)."""
-    from gptkit.data.tokenizers import tokenizer_for
+    from gptkit.tokenizer import tokenizer_for
 
     meta = read_meta(path) if meta is None else meta
     return tokenizer_for(meta.get("tokenizer_info") or meta.get("tokenizer", "gpt2"), path, str(path))

@@ -14,11 +14,11 @@ import torch.nn as nn
 
 from gptkit import paths
 from gptkit.checkpoint import latest_checkpoint
-from gptkit.data.tokenizers import Tokenizer
 from gptkit.errors import GptkitError
 from gptkit.formats.convert import load
 from gptkit.model import GPT, MLP, CausalSelfAttention
 from gptkit.runs import newest_run
+from gptkit.tokenizer import Tokenizer
 
 # --- which model ---------------------------------------------------------------------------------
 

@@ -122,7 +122,7 @@ def limit_single_thread(path: Path, sample_mb: float) -> dict:
     """tiktoken's encode_ordinary, one thread, on row groups spread over the file."""
     import pyarrow.parquet as pq
 
-    from gptkit.data.tokenizers import get_tokenizer
+    from gptkit.tokenizer import get_tokenizer
 
     enc = get_tokenizer("gpt2").enc
     pf = pq.ParquetFile(path)
@@ -154,7 +154,7 @@ def _encode_share(args) -> tuple[int, float]:
     path, rgs = args
     import pyarrow.parquet as pq
 
-    from gptkit.data.tokenizers import get_tokenizer
+    from gptkit.tokenizer import get_tokenizer
 
     enc = get_tokenizer("gpt2").enc
     pf = pq.ParquetFile(path)

@@ -352,7 +352,7 @@ def stage_ddp(ctx: Ctx) -> dict:
 
 def stage_sample(ctx: Ctx) -> dict:
     from gptkit.checkpoint import save_checkpoint
-    from gptkit.data.tokenizers import gpt2_vocab_offline
+    from gptkit.tokenizer import gpt2_vocab_offline
 
     # The GPT-2 vocabulary may be absent on an offline machine: then the same architecture on bytes.
     tokenizer = "gpt2" if gpt2_vocab_offline() else "bytes"

@@ -218,7 +218,7 @@ def make_script_repo(folder: Path, repo_id: str = "Rowan/hellaswag", *, layout: 
 
 
 def _byte_encoder() -> dict[int, str]:
-    from gptkit.data.tokenizers import bytes_to_unicode
+    from gptkit.tokenizer import bytes_to_unicode
 
     return bytes_to_unicode()
 
@@ -274,7 +274,7 @@ def gpt2_merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]
 
 
 def _real_gpt2_ranks() -> dict[bytes, int]:
-    from gptkit.data.tokenizers import get_tokenizer
+    from gptkit.tokenizer import get_tokenizer
 
     enc = get_tokenizer("gpt2").enc  # offline: scripts/get_gpt2_vocab.py installs the ranks
     return dict(enc._mergeable_ranks)

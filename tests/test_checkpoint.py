@@ -160,7 +160,7 @@ def test_checkpoint_carries_its_tokenizer(tmp_path):
     from test_vocab_files import TEXT, write_meta
 
     from gptkit.checkpoint import checkpoint_tokenizer
-    from gptkit.data.tokenizers import get_tokenizer
+    from gptkit.tokenizer import get_tokenizer
 
     tok = get_tokenizer(write_meta(tmp_path / "sc", sorted(set(TEXT))))
     torch.manual_seed(0)

@@ -12,13 +12,13 @@ import torch
 from conftest import assert_one_line_error, run_cli
 
 from gptkit.checkpoint import load_checkpoint, save_checkpoint
-from gptkit.data.tokenizers import get_tokenizer
 from gptkit.errors import GptkitError
 from gptkit.formats import registry
 from gptkit.formats.convert import convert, detect_format, load
 from gptkit.generate import SampleConfig, generate
 from gptkit.model import GPT, GPTConfig
 from gptkit.models import load_for_sampling
+from gptkit.tokenizer import get_tokenizer
 
 GPT2_V = 50257
 

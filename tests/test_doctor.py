@@ -103,7 +103,7 @@ def data_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def four_gpus(hub, data_root):
     url, seen = hub
-    from gptkit.data.tokenizers import gpt2_vocab_offline
+    from gptkit.tokenizer import gpt2_vocab_offline
 
     vocab = gpt2_vocab_offline()
     assert vocab, "the session's GPT-2 vocabulary is missing: run `python scripts/get_gpt2_vocab.py`"

@@ -85,7 +85,7 @@ def test_cli_with_endpoint_flag_and_default_location(hub, gptkit_home):
         assert sha256(folder / name) == repo.sha256(name)
     assert not (folder / "README.md").exists()  # not part of the preset
     # The folder is one the tokenizer resolves GPT-2 vocab from (vocab.json + merges.txt).
-    from gptkit.data.tokenizers import ranks_from_hf_dir
+    from gptkit.tokenizer import ranks_from_hf_dir
 
     assert len(ranks_from_hf_dir(folder)) == json.loads((folder / "config.json").read_text())["vocab_size"] - 1
 

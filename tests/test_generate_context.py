@@ -7,9 +7,9 @@ import torch
 from conftest import run_cli
 
 from gptkit.checkpoint import save_checkpoint
-from gptkit.data.tokenizers import BytesTokenizer
 from gptkit.generate import SampleConfig, generate, sample_text, window_keep
 from gptkit.model import GPT, GPTConfig
+from gptkit.tokenizer import BytesTokenizer
 
 
 def random_model(block_size=16, vocab=97, seed=0):

@@ -19,10 +19,10 @@ import torch
 import torch.nn as nn
 from conftest import assert_one_line_error, run_cli
 
-from gptkit.data.tokenizers import get_tokenizer
 from gptkit.errors import GptkitError
 from gptkit.formats.convert import FIXED_STRINGS, convert, load
 from gptkit.models import load_for_sampling
+from gptkit.tokenizer import get_tokenizer
 
 # nanoGPT's data/shakespeare_char/prepare.py: the 65 characters of tinyshakespeare, sorted
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

@@ -14,8 +14,8 @@ from test_vocab_files import TEXT, train_bpe, write_meta
 
 from gptkit.data import shards
 from gptkit.data import tokenize as tz
-from gptkit.data.tokenizers import get_tokenizer, tokenizer_for
 from gptkit.errors import GptkitError
+from gptkit.tokenizer import get_tokenizer, tokenizer_for
 
 LLMC_MAGIC, LLMC_VERSION = 20240520, 1
 TRAIN_FLAGS = [

@@ -7,7 +7,6 @@ import torch
 from conftest import assert_one_line_error, run_cli
 
 from gptkit.checkpoint import save_checkpoint
-from gptkit.data.tokenizers import BytesTokenizer, get_tokenizer
 from gptkit.generate import (
     SampleConfig,
     StreamDecoder,
@@ -18,6 +17,7 @@ from gptkit.generate import (
 )
 from gptkit.model import GPT, GPTConfig
 from gptkit.models import prepare_for_decoding, resolve_model_path
+from gptkit.tokenizer import BytesTokenizer, get_tokenizer
 
 
 def random_model(vocab=256, padded=None, seed=0, **kw):

@@ -19,8 +19,8 @@ from hubfixtures import make_dataset_repo
 from gptkit import paths
 from gptkit.data import shards
 from gptkit.data import tokenize as tz
-from gptkit.data.tokenizers import Tokenizer, get_tokenizer
 from gptkit.errors import GptkitError
+from gptkit.tokenizer import Tokenizer, get_tokenizer
 
 GPT2 = get_tokenizer("gpt2")
 

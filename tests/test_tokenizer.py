@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from gptkit.data import tokenizers as tk
+from gptkit import tokenizer as tk
 from gptkit.errors import GptkitError
 
 

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from gptkit.data.tokenizers import get_tokenizer
 from gptkit.model import GPT, get_preset
+from gptkit.tokenizer import get_tokenizer
 from gptkit.train import hellaswag
 
 EXAMPLES = [

@@ -8,8 +8,8 @@ import pickle
 
 import pytest
 
-from gptkit.data.tokenizers import CharTokenizer, HFTokenizer, get_tokenizer, load_saved, save_tokenizer, tokenizer_for
 from gptkit.errors import GptkitError
+from gptkit.tokenizer import CharTokenizer, HFTokenizer, get_tokenizer, load_saved, save_tokenizer, tokenizer_for
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
 

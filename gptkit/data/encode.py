@@ -31,8 +31,8 @@ from typing import Any
 from gptkit import faults
 from gptkit.data.shards import READ_TOKENS
 from gptkit.data.sources import Source, builtin_texts, hf_batches, token_file, token_split
-from gptkit.data.tokenizers import Tokenizer
 from gptkit.errors import GptkitError
+from gptkit.tokenizer import Tokenizer
 
 # Text per work unit: large enough that per-unit overhead vanishes, small enough that the
 # in-flight units (a few per worker) keep memory far below 1 GB.
@@ -213,7 +213,7 @@ def _init_worker(
 
     import numpy as np
 
-    from gptkit.data.tokenizers import get_tokenizer
+    from gptkit.tokenizer import get_tokenizer
 
     # Never raise here: a Pool restarts workers whose initializer fails, forever. _work reports it.
     tok: Tokenizer | None

@@ -11,7 +11,7 @@ A shard is byte-compatible with llm.c and modded-nanogpt: a header of 256 little
 values (magic 20240520, version 1, token count, zeros), followed by the tokens as little-endian
 uint16. gptkit/data/writer.py writes them; `find_shards(name_or_dir)` is what `gptkit train` calls.
 
-    tokenizer/             the tokenizer the shards were made with (see data/tokenizers.save_tokenizer)
+    tokenizer/             the tokenizer the shards were made with (see gptkit/tokenizer.save_tokenizer)
 
 Manifest version 2 (this one) gives an empty document a lone end-of-text token, as build-nanogpt's
 fineweb.py does; version 1 skipped it. Both are read.
@@ -186,7 +186,7 @@ def load_manifest(d: Path, tokenizer: str | None = None) -> dict:
             return foreign_manifest(d, found, tokenizer)
     m = read_manifest(d)
     if tokenizer is not None:
-        from gptkit.data.tokenizers import get_tokenizer
+        from gptkit.tokenizer import get_tokenizer
 
         given, recorded = get_tokenizer(tokenizer), m.get("tokenizer") or {}
         if recorded.get("vocab_hash") != given.vocab_hash:
@@ -232,8 +232,8 @@ def foreign_manifest(d: Path, found: list[tuple[Path, str, int]], tokenizer: str
     """A manifest, in memory, for shards other tools wrote (llm.c, modded-nanogpt). Their tokenizer:
     `tokenizer` if given, else a `tokenizer/` folder beside them, else GPT-2 (what llm.c's and
     modded-nanogpt's fineweb scripts use), assumed and said in manifest["notes"]."""
-    from gptkit.data.tokenizers import EOT_TOKENS, VOCAB_SIZES, get_tokenizer
-    from gptkit.data.vocab_files import SAVED_DIR, SAVED_INFO
+    from gptkit.tokenizer import EOT_TOKENS, VOCAB_SIZES, get_tokenizer
+    from gptkit.vocab_files import SAVED_DIR, SAVED_INFO
 
     notes = []
     if tokenizer is not None:
@@ -304,7 +304,7 @@ def verify(name_or_dir: str | Path, tokenizer: str | None = None) -> dict:
     info = m["tokenizer"]
     vocab, eot = info["vocab_size"], info.get("eot")
     if info.get("kind", "builtin") != "builtin":  # its files must be there and match the recorded hash
-        from gptkit.data.tokenizers import tokenizer_for
+        from gptkit.tokenizer import tokenizer_for
 
         tokenizer_for(info, d, str(d))
     total = 0

@@ -213,7 +213,7 @@ def _path_source(
         for f in files:  # every header checked before anything is written: a bad file is named, never skipped
             token_file(f)
         src.total_bytes = sum(f.stat().st_size for f in files)
-        from gptkit.data.vocab_files import SAVED_DIR, SAVED_INFO
+        from gptkit.vocab_files import SAVED_DIR, SAVED_INFO
 
         if (root / "meta.pkl").is_file():
             src.vocab_file = root / "meta.pkl"

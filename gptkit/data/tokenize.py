@@ -25,9 +25,9 @@ from gptkit import faults, paths
 from gptkit.data import shards, writer
 from gptkit.data.encode import default_unit_bytes, encode_units
 from gptkit.data.sources import Source, resolve_source
-from gptkit.data.tokenizers import Tokenizer, get_tokenizer, save_tokenizer
-from gptkit.data.vocab_files import SAVED_DIR
 from gptkit.errors import GptkitError
+from gptkit.tokenizer import Tokenizer, get_tokenizer, save_tokenizer
+from gptkit.vocab_files import SAVED_DIR
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 DEFAULT_VAL_TOKENS = 10_000_000

@@ -20,9 +20,9 @@ from typing import IO, Any
 
 from gptkit.data import shards
 from gptkit.data.shards import MANIFEST, PARTIAL_DIR, READ_TOKENS
-from gptkit.data.vocab_files import SAVED_DIR
 from gptkit.errors import GptkitError
 from gptkit.fsutil import fsync_dir, write_json_atomic
+from gptkit.vocab_files import SAVED_DIR
 
 STATE = "state.json"
 CURRENT = ".current.bin.tmp"

@@ -184,7 +184,7 @@ def check_endpoint(ctx: Context) -> Check:
 
 
 def check_vocab(ctx: Context) -> Check:
-    from gptkit.data.tokenizers import gpt2_vocab_offline
+    from gptkit.tokenizer import gpt2_vocab_offline
 
     where = gpt2_vocab_offline()
     if where is None:

@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from gptkit.checkpoint import model_from_state_dict
-from gptkit.data.tokenizers import Tokenizer, get_tokenizer
 from gptkit.errors import GptkitError
 from gptkit.formats.loaded import NEEDS_TOKENIZER, Loaded
 from gptkit.formats.registry import DETECTION_ORDER, FORMATS
 from gptkit.fsutil import atomic_output
 from gptkit.model import GPT, GPTConfig
+from gptkit.tokenizer import Tokenizer, get_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FORMAT_HELP = (

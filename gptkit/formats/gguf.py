@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from gptkit.checkpoint import TIED_KEY
-from gptkit.data.tokenizers import VOCAB_SIZES, HFTokenizer, Tokenizer, bytes_to_unicode, get_tokenizer
 from gptkit.errors import GptkitError
 from gptkit.formats.hf import gpt2_hf_vocab
 from gptkit.formats.loaded import (
@@ -28,6 +27,7 @@ from gptkit.formats.loaded import (
     tokenizer_from_record,
     tokenizer_record,
 )
+from gptkit.tokenizer import VOCAB_SIZES, HFTokenizer, Tokenizer, bytes_to_unicode, get_tokenizer
 
 
 def detect(path: Path, head: bytes | None) -> bool:

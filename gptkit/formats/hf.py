@@ -18,7 +18,12 @@ import torch
 
 from gptkit import __version__
 from gptkit.checkpoint import read_json
-from gptkit.data.tokenizers import (
+from gptkit.errors import GptkitError
+from gptkit.formats.loaded import NEEDS_TOKENIZER, Format, Loaded, assemble, cast_state_dict, to_gptkit_names
+from gptkit.formats.pt import torch_load
+from gptkit.fsutil import write_json_atomic
+from gptkit.model import CONV1D_SUFFIXES
+from gptkit.tokenizer import (
     GPT2_EOT,
     HFTokenizer,
     Tokenizer,
@@ -27,12 +32,7 @@ from gptkit.data.tokenizers import (
     save_tokenizer,
     tokenizer_for,
 )
-from gptkit.data.vocab_files import SAVED_DIR, SAVED_INFO
-from gptkit.errors import GptkitError
-from gptkit.formats.loaded import NEEDS_TOKENIZER, Format, Loaded, assemble, cast_state_dict, to_gptkit_names
-from gptkit.formats.pt import torch_load
-from gptkit.fsutil import write_json_atomic
-from gptkit.model import CONV1D_SUFFIXES
+from gptkit.vocab_files import SAVED_DIR, SAVED_INFO
 
 
 def detect(path: Path, head: bytes | None) -> bool:

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from gptkit.checkpoint import TIED_KEY, clean_state_dict, model_from_state_dict
-from gptkit.data.tokenizers import CharTokenizer, HFTokenizer, Tokenizer, get_tokenizer, tokenizer_for
 from gptkit.errors import GptkitError
 from gptkit.model import CONV1D_SUFFIXES, GPT, GPT2_VOCAB_SIZE, GPTConfig, pad_vocab
+from gptkit.tokenizer import CharTokenizer, HFTokenizer, Tokenizer, get_tokenizer, tokenizer_for
 
 NEEDS_TOKENIZER = "`gptkit sample` will need --tokenizer"
 ASSUMED_GPT2 = "no tokenizer in the source; assuming GPT-2's"

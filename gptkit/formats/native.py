@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from gptkit.checkpoint import CONFIG, STEP_RE, WEIGHTS, latest_checkpoint, load_checkpoint, read_json, save_checkpoint
-from gptkit.data.tokenizers import save_tokenizer, tokenizer_for
-from gptkit.data.vocab_files import SAVED_DIR
 from gptkit.formats.loaded import NEEDS_TOKENIZER, Format, Loaded
+from gptkit.tokenizer import save_tokenizer, tokenizer_for
+from gptkit.vocab_files import SAVED_DIR
 
 
 def detect(path: Path, head: bytes | None) -> bool:

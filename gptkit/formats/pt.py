@@ -25,7 +25,6 @@ import torch
 
 from gptkit import __version__
 from gptkit.checkpoint import TIED_KEY
-from gptkit.data.tokenizers import Tokenizer, get_tokenizer
 from gptkit.errors import GptkitError
 from gptkit.formats.loaded import (
     NEEDS_TOKENIZER,
@@ -38,6 +37,7 @@ from gptkit.formats.loaded import (
     tokenizer_from_record,
     tokenizer_record,
 )
+from gptkit.tokenizer import Tokenizer, get_tokenizer
 
 
 class PickledConfig:

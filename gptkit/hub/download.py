@@ -135,7 +135,7 @@ class _Context:
 
         ctx = self
 
-        class _Bar(tqdm):  # type: ignore[type-arg]
+        class _Bar(tqdm):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 kwargs.pop("name", None)  # huggingface_hub's own tqdm takes a name; plain tqdm refuses it
                 kwargs["disable"] = True

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from gptkit.data.shards import find_shards, open_shard, read_header, resolve_shards_dir
-from gptkit.data.tokenizers import Tokenizer
 from gptkit.errors import GptkitError
+from gptkit.tokenizer import Tokenizer
 
 SCAN_CHUNK = 1 << 24  # tokens per chunk when looking for document boundaries (bounded memory)
 
@@ -53,7 +53,7 @@ def tokenizer_info(manifest: dict, where: Path | str = "manifest") -> tuple[str,
 def data_tokenizer(manifest: dict, data_dir: Path) -> Tokenizer:
     """The tokenizer the shards were made with: their saved tokenizer/ folder, or the built-in the
     manifest names (old manifests, llm.c shards), checked against the recorded vocabulary."""
-    from gptkit.data.tokenizers import tokenizer_for
+    from gptkit.tokenizer import tokenizer_for
 
     tokenizer_info(manifest, data_dir)
     tok = tokenizer_for(manifest["tokenizer"], data_dir, str(data_dir))

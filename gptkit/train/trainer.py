@@ -129,8 +129,8 @@ class Trainer:
         self.tokenizer_name, vocab_size, self.eot = self.tok.name, self.tok.vocab_size, self.tok.eot_token
         self.data_notes: list[str] = list(manifest.get("notes", []))
         if dist.master:
-            from gptkit.data.tokenizers import save_tokenizer
-            from gptkit.data.vocab_files import SAVED_DIR
+            from gptkit.tokenizer import save_tokenizer
+            from gptkit.vocab_files import SAVED_DIR
 
             save_tokenizer(self.tok, self.run_dir / SAVED_DIR)
         self.train_stream = datamod.TokenStream(train_paths, self.eot, cfg.seed, shuffle=True)

@@ -76,7 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- plumbing --
     @property
     def mirror(self) -> MirrorServer:
-        return self.server.mirror  # type: ignore[attr-defined, no-any-return]
+        return self.server.mirror  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
         pass  # the access log is the on_request callback

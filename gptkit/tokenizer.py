@@ -256,7 +256,7 @@ def get_tokenizer(spec: str | Path) -> Tokenizer:
 
 
 def _from_files(path: Path) -> Tokenizer:
-    from gptkit.data import vocab_files as vf
+    from gptkit import vocab_files as vf
 
     if path.is_dir() and (path / vf.SAVED_INFO).is_file():
         return load_saved(path)
@@ -287,7 +287,7 @@ class CharTokenizer(Tokenizer):
     kind = "chars"
 
     def __init__(self, chars: list[str], eot: int | None, *, spec: str, source: str):
-        from gptkit.data.vocab_files import chars_hash
+        from gptkit.vocab_files import chars_hash
 
         self.chars = list(chars)
         self.stoi = {c: i for i, c in enumerate(self.chars)}
@@ -313,7 +313,7 @@ class HFTokenizer(Tokenizer):
     kind = "hf"
 
     def __init__(self, tk, *, spec: str, source: str):
-        from gptkit.data.vocab_files import EOT_NAMES, hf_vocab_hash
+        from gptkit.vocab_files import EOT_NAMES, hf_vocab_hash
 
         self.tk = tk
         self.vocab_size = tk.get_vocab_size(with_added_tokens=True)
@@ -360,7 +360,7 @@ class HFTokenizer(Tokenizer):
 def save_tokenizer(tok: Tokenizer, folder: Path) -> None:
     """Write what it takes to load `tok` again into FOLDER (a `tokenizer/` folder beside shards, a
     run or a checkpoint). Built-in tokenizers need only their info."""
-    from gptkit.data import vocab_files as vf
+    from gptkit import vocab_files as vf
     from gptkit.fsutil import write_json_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -376,7 +376,7 @@ def save_tokenizer(tok: Tokenizer, folder: Path) -> None:
 def load_saved(folder: Path, expected: dict | None = None) -> Tokenizer:
     """The tokenizer saved in FOLDER, checked against its recorded info (and `expected`, the block a
     manifest or checkpoint holds): a different vocabulary is an error, never a silent swap."""
-    from gptkit.data import vocab_files as vf
+    from gptkit import vocab_files as vf
 
     info = json.loads((folder / vf.SAVED_INFO).read_text(encoding="utf-8"))
     kind = info.get("kind", "builtin")
@@ -403,7 +403,7 @@ def load_saved(folder: Path, expected: dict | None = None) -> Tokenizer:
 def tokenizer_for(block: dict | str, folder: Path | None, where: str) -> Tokenizer:
     """The tokenizer a manifest, run or checkpoint records: its saved `tokenizer/` folder when
     there is one, else the built-in it names, checked by hash either way."""
-    from gptkit.data.vocab_files import SAVED_DIR, SAVED_INFO
+    from gptkit.vocab_files import SAVED_DIR, SAVED_INFO
 
     info = {"name": block} if isinstance(block, str) else dict(block)
     if folder is not None and (folder / SAVED_DIR / SAVED_INFO).is_file():
