@@ -12,6 +12,7 @@ import typer
 
 from gptkit import __version__
 from gptkit.cli import convert, doctor, download, mirror, plot, sample, tokenize, train
+from gptkit.cli.options import Command, Group
 from gptkit.errors import GptkitError
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,  # user errors are one line (below); bugs keep a plain traceback
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=Group,
 )
 
 
@@ -39,14 +41,14 @@ def _root(
     pass
 
 
-app.command("doctor")(doctor.doctor)
-app.command("download")(download.download)
+app.command("doctor", cls=Command)(doctor.doctor)
+app.command("download", cls=Command)(download.download)
 app.add_typer(mirror.app, name="mirror")
-app.command("tokenize")(tokenize.tokenize)
-app.command("train", context_settings={"allow_extra_args": False})(train.train)
-app.command("sample")(sample.sample)
-app.command("convert")(convert.convert)
-app.command("plot")(plot.plot)
+app.command("tokenize", cls=Command)(tokenize.tokenize)
+app.command("train", cls=Command, context_settings={"allow_extra_args": False})(train.train)
+app.command("sample", cls=Command)(sample.sample)
+app.command("convert", cls=Command)(convert.convert)
+app.command("plot", cls=Command)(plot.plot)
 
 
 def main() -> None:
