@@ -53,7 +53,7 @@ def _readable(params: list) -> list:
     for p in params:
         if isinstance(p, TyperArgument):
             if p.metavar is None:
-                p.metavar = p.name.upper() + ("..." if p.nargs != 1 else "")
+                p.metavar = (p.name or "").upper() + ("..." if p.nargs != 1 else "")
             p.__class__ = _Argument
         elif getattr(p, "is_flag", False):
             p.metavar = ""  # a flag takes no value

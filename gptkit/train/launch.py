@@ -222,8 +222,7 @@ def prepare(
             cfg = keep_shape(cfg, weights, shape_given, f"the weights of --init-from {path}")
         if cfg.block_size is None or cfg.seq_len > cfg.block_size:
             raise GptkitError(
-                f"--seq-len {cfg.seq_len} exceeds the model's context length {cfg.block_size} "
-                f"(--init-from {path})"
+                f"--seq-len {cfg.seq_len} exceeds the model's context length {cfg.block_size} (--init-from {path})"
             )
     if cfg.eval_tokens:
         val_tokens = TokenStream(val, eot, cfg.seed, shuffle=False).total
