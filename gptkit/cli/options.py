@@ -44,7 +44,8 @@ class _Argument(TyperArgument):
         return None
 
     def get_usage_pieces(self, ctx: Any) -> list[str]:
-        return [self.metavar if self.required else f"[{self.metavar}]"]
+        name = self.metavar or ""  # set by _readable
+        return [name if self.required else f"[{name}]"]
 
 
 def _readable(params: list) -> list:
