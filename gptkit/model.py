@@ -70,14 +70,15 @@ class GPTConfig:
         return replace(self, vocab_size=vocab_size, padded_vocab_size=pad_vocab(vocab_size))
 
 
-# Named model sizes. The four GPT-2 sizes are OpenAI's; the rest fit a laptop or a test.
+# Named model sizes: the defaults of `gptkit train --preset`, each field overridable (--n-layer ...).
+# The four GPT-2 sizes are OpenAI's; the rest fit a laptop or a test.
 PRESETS: dict[str, GPTConfig] = {
     "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),  # 124M
-    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 355M
     "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),  # 774M
-    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M
-    "small": GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=256),  # ~16M with GPT-2 vocab
-    "tiny": GPTConfig(block_size=128, n_layer=2, n_head=2, n_embd=64),  # ~3.3M, tests and demos
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M (param_count below)
+    "small": GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=256),  # 16.1M with GPT-2 vocab
+    "tiny": GPTConfig(block_size=128, n_layer=2, n_head=2, n_embd=64),  # 3.3M, tests and demos
 }
 
 
@@ -87,6 +88,23 @@ def get_preset(name: str) -> GPTConfig:
     if name not in PRESETS:
         raise GptkitError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return replace(PRESETS[name])
+
+
+def param_count(config: GPTConfig, padded: bool = False) -> int:
+    """Parameters of GPT(config), by arithmetic (no tensors): the tied lm_head counted once, position
+    embeddings included. padded=False counts the tokenizer's real rows (the figure GPT-2's sizes are
+    quoted in: 124M, 355M, 774M, 1558M); padded=True equals GPT(config).num_params(non_embedding=False)."""
+    C, b = config.n_embd, int(config.bias)
+    rows = config.padded_vocab_size if padded else config.vocab_size
+    ln = C + b * C  # weight, bias
+    block = 2 * ln + (C * 3 * C + b * 3 * C) + (C * C + b * C) + (C * 4 * C + b * 4 * C) + (4 * C * C + b * C)
+    return rows * C + config.block_size * C + config.n_layer * block + ln
+
+
+def preset_sizes() -> str:
+    """'gpt2 124.4M, gpt2-medium 354.8M, ...': every preset with its size (GPT-2 vocabulary), as
+    `gptkit train --help` and the README list them."""
+    return ", ".join(f"{name} {param_count(cfg) / 1e6:.1f}M" for name, cfg in PRESETS.items())
 
 
 class KVCache(nn.Module):

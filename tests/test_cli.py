@@ -45,6 +45,13 @@ USER_ERRORS = [
     # unknown presets
     pytest.param(["download", "no-such-preset"], "unknown preset 'no-such-preset'", id="download-unknown-preset"),
     pytest.param(["train", "--preset", "nope", "--dry-run"], "unknown model preset 'nope'", id="train-unknown-preset"),
+    # model shape
+    pytest.param(
+        ["train", "--preset", "small", "--seq-len", "64", "--block-size", "32", "--dry-run"],
+        "--block-size 32 is smaller than --seq-len 64",
+        id="train-block-size-below-seq-len",
+    ),
+    pytest.param(["train", "--n-embd", "100", "--dry-run"], "--n-embd 100 is not divisible", id="train-n-embd-n-head"),
     # bad paths
     pytest.param(["doctor", "--data-dir", "{file}"], "is a file, not a directory", id="doctor-data-dir-is-a-file"),
     pytest.param(["sample", "--model", "{missing}", "hi"], "no such file or directory", id="sample-missing-model"),

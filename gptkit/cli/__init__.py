@@ -13,6 +13,7 @@ import typer
 from gptkit import __version__
 from gptkit.cli import convert, doctor, download, mirror, plot, sample, tokenize, train
 from gptkit.cli import eval as eval_cmd
+from gptkit.cli.options import Command, Group
 from gptkit.deps import check_dependencies
 from gptkit.errors import GptkitError
 
@@ -23,6 +24,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,  # user errors are one line (below); bugs keep a plain traceback
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=Group,
 )
 
 
@@ -41,15 +43,15 @@ def _root(
     pass
 
 
-app.command("doctor")(doctor.doctor)
-app.command("download")(download.download)
+app.command("doctor", cls=Command)(doctor.doctor)
+app.command("download", cls=Command)(download.download)
 app.add_typer(mirror.app, name="mirror")
-app.command("tokenize")(tokenize.tokenize)
-app.command("train", context_settings={"allow_extra_args": False})(train.train)
-app.command("sample")(sample.sample)
-app.command("convert")(convert.convert)
-app.command("plot")(plot.plot)
-app.command("eval")(eval_cmd.eval_model)
+app.command("tokenize", cls=Command)(tokenize.tokenize)
+app.command("train", cls=Command, context_settings={"allow_extra_args": False})(train.train)
+app.command("sample", cls=Command)(sample.sample)
+app.command("convert", cls=Command)(convert.convert)
+app.command("plot", cls=Command)(plot.plot)
+app.command("eval", cls=Command)(eval_cmd.eval_model)
 
 
 def main() -> None:

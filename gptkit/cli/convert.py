@@ -20,9 +20,12 @@ def convert(
     ],
     dst: Annotated[Path, typer.Argument(help="Output file or directory.")],
     to: Annotated[
-        str | None, typer.Option("--to", help="gptkit | pt | safetensors | hf | gguf (default: from DST's suffix).")
+        str | None,
+        typer.Option(
+            "--to", metavar="FORMAT", help="gptkit | pt | safetensors | hf | gguf (default: from DST's suffix)."
+        ),
     ] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="fp32, bf16 or fp16.")] = "fp32",
+    dtype: Annotated[str, typer.Option("--dtype", metavar="DTYPE", help="fp32, bf16 or fp16.")] = "fp32",
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Reload the output and compare logits with the source.")
     ] = True,

@@ -25,11 +25,16 @@ def doctor(
     data_dir: Annotated[
         Path | None,
         typer.Option(
-            "--data-dir", help="Where datasets and shards will go, for the free-disk check (default: $GPTKIT_HOME)."
+            "--data-dir",
+            metavar="DIR",
+            help="Where datasets and shards will go, for the free-disk check (default: $GPTKIT_HOME).",
         ),
     ] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, max=60, help="Seconds to wait for the Hugging Face endpoint.")
+        float,
+        typer.Option(
+            "--timeout", metavar="SECONDS", min=0.1, max=60, help="Seconds to wait for the Hugging Face endpoint."
+        ),
     ] = 3.0,
 ) -> None:
     """Check drivers, CUDA, torch, GPUs, attention kernels, the HF endpoint, the GPT-2 vocab and free disk.

@@ -21,25 +21,31 @@ def download(
     ] = None,
     list_presets: Annotated[bool, typer.Option("--list", help="Show the presets and their sizes.")] = False,
     repo_type: Annotated[
-        str | None, typer.Option("--repo-type", help="model or dataset, for ORG/NAME repos (default model).")
+        str | None,
+        typer.Option("--repo-type", metavar="TYPE", help="model or dataset, for ORG/NAME repos (default model)."),
     ] = None,
     subset: Annotated[
         str | None,
         typer.Option("--subset", help="fineweb / fineweb-edu: sample-10BT (default), sample-100BT, sample-350BT."),
     ] = None,
     shards: Annotated[
-        int | None, typer.Option("--shards", help="Only the first N data files, in sorted order.")
+        int | None, typer.Option("--shards", metavar="N", help="Only the first N data files, in sorted order.")
     ] = None,
     include: Annotated[
         list[str] | None,
-        typer.Option("--include", help="Glob of repo paths to fetch (repeatable); replaces the preset's."),
+        typer.Option(
+            "--include", metavar="GLOB", help="Glob of repo paths to fetch (repeatable); replaces the preset's."
+        ),
     ] = None,
     exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="Glob of repo paths to skip (repeatable).")
+        list[str] | None, typer.Option("--exclude", metavar="GLOB", help="Glob of repo paths to skip (repeatable).")
     ] = None,
-    revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit (default main).")] = None,
+    revision: Annotated[
+        str | None, typer.Option("--revision", metavar="REV", help="Branch, tag or commit (default main).")
+    ] = None,
     local_dir: Annotated[
-        Path | None, typer.Option("--local-dir", help="Where to put the files (default $GPTKIT_HOME/data/NAME).")
+        Path | None,
+        typer.Option("--local-dir", metavar="DIR", help="Where to put the files (default $GPTKIT_HOME/data/NAME)."),
     ] = None,
     endpoint: Endpoint = None,
     mirror: Mirror = False,
@@ -52,7 +58,9 @@ def download(
             "--progress/--no-progress", help="Progress bars (default: when stderr is a terminal).", show_default=False
         ),
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Files downloaded in parallel.", min=1, max=32)] = 4,
+    workers: Annotated[
+        int, typer.Option("--workers", metavar="N", help="Files downloaded in parallel.", min=1, max=32)
+    ] = 4,
     json_out: JsonOut = False,
 ):
     """Download a dataset or model from the Hugging Face Hub or a mirror; re-running resumes.

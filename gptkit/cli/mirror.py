@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Serve local repos as a Hugging Face mirror.", no_args_is_help=True)
+from gptkit.cli.options import Command, Group
+
+app = typer.Typer(help="Serve local repos as a Hugging Face mirror.", no_args_is_help=True, cls=Group)
 
 
-@app.command("serve")
+@app.command("serve", cls=Command)
 def serve(
     roots: Annotated[
         list[Path] | None,

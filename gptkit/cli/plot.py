@@ -12,7 +12,9 @@ def plot(
     run: Annotated[
         str | None, typer.Argument(help="Run directory or name under runs/ (default: the latest run).")
     ] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG file (default: RUN/metrics.png).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", metavar="FILE", help="PNG file (default: RUN/metrics.png).")
+    ] = None,
 ):
     """Plot train/val loss, learning rate and tokens/s of a training run to a PNG."""
     from gptkit.train.plot import plot_run, resolve_run

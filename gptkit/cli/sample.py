@@ -13,37 +13,47 @@ from gptkit.cli.options import Device, Endpoint, JsonOut, Mirror, Precision
 
 def sample(
     prompt: Annotated[
-        str | None, typer.Argument(help="Text to continue. Empty: start from the end-of-text token.")
+        str | None, typer.Argument(metavar="PROMPT", help="Text to continue. Empty: start from the end-of-text token.")
     ] = None,
     model: Annotated[
         str | None,
         typer.Option(
             "--model",
             "-m",
+            metavar="MODEL",
             help="Run or checkpoint directory, .pt, .safetensors, .gguf, Hugging Face directory, or a hub name such as "
             "gpt2. Default: the newest local run, else pretrained gpt2.",
         ),
     ] = None,
     prompt_file: Annotated[
-        Path | None, typer.Option("--prompt-file", help="Read the prompt from this file (UTF-8).")
+        Path | None, typer.Option("--prompt-file", metavar="FILE", help="Read the prompt from this file (UTF-8).")
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate per sample.")] = 200,
-    temperature: Annotated[float, typer.Option("--temperature", "-t", help="0 means greedy.")] = 0.8,
-    top_k: Annotated[int, typer.Option("--top-k", help="Sample from the k most likely tokens (0: no limit).")] = 200,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", metavar="N", help="Tokens to generate per sample.")
+    ] = 200,
+    temperature: Annotated[float, typer.Option("--temperature", "-t", metavar="T", help="0 means greedy.")] = 0.8,
+    top_k: Annotated[
+        int, typer.Option("--top-k", metavar="K", help="Sample from the k most likely tokens (0: no limit).")
+    ] = 200,
     top_p: Annotated[
         float,
-        typer.Option("--top-p", help="Nucleus sampling: the smallest set holding this much probability (1: off)."),
+        typer.Option(
+            "--top-p", metavar="P", help="Nucleus sampling: the smallest set holding this much probability (1: off)."
+        ),
     ] = 1.0,
-    num_samples: Annotated[int, typer.Option("--num-samples", help="Independent continuations of the prompt.")] = 1,
+    num_samples: Annotated[
+        int, typer.Option("--num-samples", metavar="N", help="Independent continuations of the prompt.")
+    ] = 1,
     tokenizer: Annotated[
         str | None,
         typer.Option(
             "--tokenizer",
+            metavar="SPEC",
             help="The model's tokenizer when it carries none: gpt2, bytes, a tokenizer.json, a vocab.json + merges.txt "
             "directory or a nanoGPT meta.pkl (checked against the model's vocabulary).",
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Same seed, same text.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Same seed, same text.")] = None,
     device: Device = "auto",
     precision: Precision = "auto",
     json_out: JsonOut = False,

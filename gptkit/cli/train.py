@@ -12,6 +12,10 @@ from gptkit.cli.options import OptionalPrecision
 Int = int | None
 Float = float | None
 
+# Written out, not computed, so that `gptkit --help` never imports torch; test_model_shape checks it
+# against gptkit.model.preset_sizes().
+PRESET_SIZES = "gpt2 124.4M, gpt2-medium 354.8M, gpt2-large 774.0M, gpt2-xl 1557.6M, small 16.1M, tiny 3.3M"
+
 
 def train(
     preset: Annotated[
@@ -19,7 +23,9 @@ def train(
         typer.Option(
             "--preset",
             "-p",
-            help="Model size: gpt2 (124M), gpt2-medium, gpt2-large, gpt2-xl, small, tiny.",
+            metavar="PRESET",
+            help=f"Named defaults for the model shape and the recipe: {PRESET_SIZES} parameters (GPT-2 vocabulary). "
+            "Default: gpt2.",
             rich_help_panel="Run",
         ),
     ] = None,
@@ -28,6 +34,7 @@ def train(
         typer.Option(
             "--data",
             "-d",
+            metavar="DIR",
             help="Tokenized data: a directory or a name under shards/ (default: the newest).",
             rich_help_panel="Run",
         ),
@@ -35,20 +42,28 @@ def train(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", "-c", help="TOML or YAML file with any settings (flags win over it).", rich_help_panel="Run"
+            "--config",
+            "-c",
+            metavar="FILE",
+            help="TOML or YAML file with any settings (flags win over it).",
+            rich_help_panel="Run",
         ),
     ] = None,
     name: Annotated[
         str | None,
-        typer.Option("--name", "-n", help="Run name under runs/ (default: PRESET-DATE-TIME).", rich_help_panel="Run"),
+        typer.Option(
+            "--name", metavar="NAME", help="Run name under runs/ (default: PRESET-DATE-TIME).", rich_help_panel="Run"
+        ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/NAME).", rich_help_panel="Run")
+        Path | None,
+        typer.Option("--out", "-o", metavar="DIR", help="Run directory (default: runs/NAME).", rich_help_panel="Run"),
     ] = None,
     resume: Annotated[
         str | None,
         typer.Option(
             "--resume",
+            metavar="PATH",
             help="'auto' (latest checkpoint of this or the newest run) or a checkpoint / run path.",
             rich_help_panel="Run",
         ),
@@ -57,10 +72,55 @@ def train(
         str | None,
         typer.Option(
             "--init-from",
+            metavar="PATH",
             help="Start from these weights (a gptkit checkpoint or run dir, e.g. made by `gptkit convert`): fresh optimizer, step 0.",
             rich_help_panel="Run",
         ),
     ] = None,
+    # --- Model: the shape; each defaults to the preset's (block size: --seq-len) --------------------
+    n_layer: Annotated[
+        Int, typer.Option("--n-layer", metavar="N", help="Transformer blocks.", rich_help_panel="Model")
+    ] = None,
+    n_head: Annotated[
+        Int, typer.Option("--n-head", metavar="N", help="Attention heads per block.", rich_help_panel="Model")
+    ] = None,
+    n_embd: Annotated[
+        Int,
+        typer.Option(
+            "--n-embd", metavar="N", help="Width (embedding size); a multiple of --n-head.", rich_help_panel="Model"
+        ),
+    ] = None,
+    block_size: Annotated[
+        Int,
+        typer.Option(
+            "--block-size",
+            metavar="N",
+            help="Context length: position embeddings (default: --seq-len; at least --seq-len).",
+            rich_help_panel="Model",
+        ),
+    ] = None,
+    dropout: Annotated[
+        Float, typer.Option("--dropout", metavar="P", help="Dropout probability (0 = off).", rich_help_panel="Model")
+    ] = None,
+    bias: Annotated[
+        bool | None,
+        typer.Option(
+            "--bias/--no-bias", help="Biases in the Linear and LayerNorm layers (GPT-2: on).", rich_help_panel="Model"
+        ),
+    ] = None,
+    activation: Annotated[
+        str | None,
+        typer.Option(
+            "--activation",
+            metavar="NAME",
+            help="GELU form: gelu_new (tanh approximation, GPT-2's; alias tanh) or gelu (exact, nanoGPT's; alias exact).",
+            rich_help_panel="Model",
+        ),
+    ] = None,
+    ln_eps: Annotated[
+        Float, typer.Option("--ln-eps", metavar="EPS", help="LayerNorm epsilon.", rich_help_panel="Model")
+    ] = None,
+    # -------------------------------------------------------------------------------------------------
     gpus: Annotated[
         Int, typer.Option("--gpus", help="GPUs on this node (default: all; 0 = CPU).", rich_help_panel="Where")
     ] = None,
@@ -183,6 +243,14 @@ def train(
 
     overrides = TrainOverrides(
         preset=preset,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        block_size=block_size,
+        dropout=dropout,
+        bias=bias,
+        activation=activation,
+        ln_eps=ln_eps,
         data=data,
         init_from=init_from,
         seq_len=seq_len,

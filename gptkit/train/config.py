@@ -5,6 +5,11 @@ Precedence, lowest first: the preset's defaults, the checkpoint being resumed, `
 line (TrainOverrides / LaunchOverrides: typed, None = not given). The resolved TrainConfig is
 written into the run directory (config.json) and into every checkpoint.
 
+The model's shape (n_layer ... ln_eps) is data like the rest: a preset names defaults for it, any
+field can be given, and a new run's block size is its seq_len. A resumed run takes its checkpoint's
+shape and --init-from takes the weights' (a different value given for either is refused); the
+vocabulary always comes from the data's tokenizer.
+
 Nothing here imports torch: the CLI validates a config before torchrun starts any process.
 """
 
@@ -23,7 +28,16 @@ SCHEDULES = ("cosine", "wsd")
 
 @dataclass
 class TrainConfig:
-    preset: str = "gpt2"  # model size, from gptkit.model.PRESETS
+    preset: str = "gpt2"  # named defaults for the model shape (gptkit.model.PRESETS) and the recipe below
+    # model shape (SHAPE_KEYS): GPT-2 124M's; preset_config gives the preset's
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int | None = None  # context length; None = seq_len, so a new run trains every position
+    dropout: float = 0.0
+    bias: bool = True  # biases in every Linear and LayerNorm
+    activation: str = "gelu_new"  # gelu_new: tanh-approximated GELU (GPT-2); gelu: exact (nanoGPT)
+    ln_eps: float = 1e-5  # LayerNorm epsilon
     data: str | None = None  # shard directory or name under shards/; None = the newest one
     init_from: str | None = None  # start from these weights (a gptkit checkpoint, e.g. from `gptkit convert`)
     seq_len: int = 1024
@@ -93,6 +107,14 @@ class TrainOverrides:
     """
 
     preset: str | None = None
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    block_size: int | None = None
+    dropout: float | None = None
+    bias: bool | None = None
+    activation: str | None = None
+    ln_eps: float | None = None
     data: str | None = None
     init_from: str | None = None
     seq_len: int | None = None
@@ -193,6 +215,53 @@ TRAIN_PRESETS: dict[str, dict] = {
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))
 LAUNCH_KEYS = tuple(f.name for f in fields(LaunchConfig))
 
+# --- model shape ---------------------------------------------------------------------------------
+# TrainConfig field -> gptkit.model.GPTConfig field.
+SHAPE_KEYS = {
+    "n_layer": "n_layer",
+    "n_head": "n_head",
+    "n_embd": "n_embd",
+    "block_size": "block_size",
+    "dropout": "dropout",
+    "bias": "bias",
+    "activation": "activation",
+    "ln_eps": "layer_norm_epsilon",
+}
+ACTIVATION_ALIASES = {"tanh": "gelu_new", "exact": "gelu"}
+
+
+def shape_of(model: dict) -> dict[str, Any]:
+    """The TrainConfig shape fields of a model config (GPTConfig.to_dict(), e.g. a checkpoint's)."""
+    return {k: model[m] for k, m in SHAPE_KEYS.items()}
+
+
+def model_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """GPTConfig keyword arguments for this run's shape (the vocabulary comes from the data)."""
+    if cfg.block_size is None:
+        raise ValueError("block_size is resolved by resolve_shape before a model is built")
+    return {m: getattr(cfg, k) for k, m in SHAPE_KEYS.items()}
+
+
+def resolve_shape(cfg: TrainConfig) -> TrainConfig:
+    """Activation aliases to their names, and a block size for a run that gave none: its seq_len."""
+    return replace(
+        cfg,
+        activation=ACTIVATION_ALIASES.get(cfg.activation, cfg.activation),
+        block_size=cfg.seq_len if cfg.block_size is None else cfg.block_size,
+    )
+
+
+def keep_shape(cfg: TrainConfig, shape: dict[str, Any], given: set[str], whose: str) -> TrainConfig:
+    """cfg with `shape` (a checkpoint's, or weights'), refusing a different value given for any field
+    of it in `given` (the shape settings from the flags and the config file)."""
+    for k in SHAPE_KEYS:
+        if k in given and k in shape and getattr(cfg, k) != shape[k]:
+            flag = "--" + k.replace("_", "-")
+            raise GptkitError(
+                f"{flag} {getattr(cfg, k)} conflicts with {whose}, which has {k} = {shape[k]}; leave {flag} out"
+            )
+    return replace(cfg, **shape)
+
 
 def check_keys(d: dict, known: tuple[str, ...], source: str) -> None:
     unknown = sorted(set(d) - set(known))
@@ -203,8 +272,9 @@ def check_keys(d: dict, known: tuple[str, ...], source: str) -> None:
 def preset_config(name: str) -> TrainConfig:
     from gptkit.model import get_preset
 
-    get_preset(name)  # refuses an unknown name
-    return TrainConfig(preset=name, **TRAIN_PRESETS.get(name, {}))
+    shape = shape_of(get_preset(name).to_dict())  # refuses an unknown name
+    shape["block_size"] = None  # a new run's is its seq_len (the preset's seq_len = the preset's block size)
+    return TrainConfig(preset=name, **shape, **TRAIN_PRESETS.get(name, {}))
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -317,11 +387,33 @@ def divisors(n: int) -> list[int]:
 
 def validate(cfg: TrainConfig) -> None:
     """Value checks that need no data and no torch."""
-    from gptkit.model import get_preset
+    from gptkit.model import ACTIVATIONS, get_preset
 
-    block = get_preset(cfg.preset).block_size  # refuses an unknown name
-    if not 1 <= cfg.seq_len <= block:
-        raise GptkitError(f"--seq-len {cfg.seq_len} must be between 1 and the {cfg.preset} preset's block size {block}")
+    get_preset(cfg.preset)  # refuses an unknown name
+    if cfg.seq_len < 1:
+        raise GptkitError(f"--seq-len must be at least 1 (got {cfg.seq_len})")
+    if cfg.block_size is not None and cfg.block_size < cfg.seq_len:
+        raise GptkitError(
+            f"--block-size {cfg.block_size} is smaller than --seq-len {cfg.seq_len}; "
+            "the model must see a whole sequence (raise --block-size or lower --seq-len)"
+        )
+    for name in ("n_layer", "n_head", "n_embd"):
+        if getattr(cfg, name) < 1:
+            raise GptkitError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
+    if cfg.n_embd % cfg.n_head:
+        raise GptkitError(
+            f"--n-embd {cfg.n_embd} is not divisible by --n-head {cfg.n_head} (each head gets n_embd / n_head); "
+            f"try --n-embd {-(-cfg.n_embd // cfg.n_head) * cfg.n_head}"
+        )
+    if not 0 <= cfg.dropout < 1:
+        raise GptkitError(f"--dropout must be in [0, 1) (got {cfg.dropout})")
+    if not cfg.ln_eps > 0:
+        raise GptkitError(f"--ln-eps must be positive (got {cfg.ln_eps})")
+    if ACTIVATION_ALIASES.get(cfg.activation, cfg.activation) not in ACTIVATIONS:
+        raise GptkitError(
+            f"unknown --activation {cfg.activation!r}; choose gelu_new (tanh approximation, GPT-2's) "
+            "or gelu (exact, nanoGPT's); tanh and exact name them too"
+        )
     for name in ("batch_tokens", "max_steps", "eval_every", "sample_every", "checkpoint_every", "log_every"):
         if getattr(cfg, name) < 1:
             raise GptkitError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")

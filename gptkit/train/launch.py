@@ -28,16 +28,20 @@ from gptkit import paths
 from gptkit.errors import GptkitError
 from gptkit.runs import CONFIG_FILE, find_run, newest_run
 from gptkit.train.config import (
+    SHAPE_KEYS,
     LaunchConfig,
     LaunchOverrides,
     ResolvedRun,
     TrainConfig,
     TrainOverrides,
     check_types,
+    keep_shape,
     load_config_file,
     merge,
     plan_batches,
     preset_config,
+    resolve_shape,
+    shape_of,
     split_settings,
     validate,
 )
@@ -167,14 +171,27 @@ def prepare(
     launch = launch_overrides.apply(LaunchConfig(**check_types(file_launch, LaunchConfig, str(config_file))))
     preset = overrides.preset or file_train.get("preset") or "gpt2"
     run_dir, ckpt = resolve_run_dir(name, out, resume, preset)
+    # The model shape settings given (flags or file): checked against a resumed or --init-from model.
+    shape_given = {k for k in SHAPE_KEYS if k in file_train or k in overrides.given()}
+    resumed_shape = None
     if ckpt is not None:
         base = TrainConfig.from_dict(read_checkpoint_config(ckpt), source=f"{ckpt}/config.json")
         for asked in (file_train.get("preset", base.preset), overrides.preset or base.preset):
             if asked != base.preset:
                 raise GptkitError(f"cannot change the model preset of a run being resumed ({base.preset} -> {asked})")
+        # The shape is the checkpoint's model, never re-derived (older runs did not write it to "train").
+        resumed_shape = checkpoint_shape(ckpt)
+        base = replace(base, **resumed_shape)
     else:
         base = preset_config(preset)
-    cfg = overrides.apply(merge(base, file_train, str(config_file)))
+    cfg = resolve_shape(overrides.apply(merge(base, file_train, str(config_file))))
+    if resumed_shape is not None:
+        cfg = keep_shape(cfg, resumed_shape, shape_given, f"the run being resumed ({ckpt})")
+        if cfg.seq_len > resumed_shape["block_size"]:
+            raise GptkitError(
+                f"--seq-len {cfg.seq_len} exceeds the block size {resumed_shape['block_size']} of the run being "
+                f"resumed ({ckpt})"
+            )
     validate(cfg)
     if ckpt is not None:
         from gptkit.checkpoint import read_json
@@ -194,7 +211,19 @@ def prepare(
     cfg = replace(cfg, data=str(data_dir))  # a resume must read the same data, whatever is newest then
     tokenizer, vocab, eot = tokenizer_info(manifest, data_dir)
     if cfg.init_from:
-        cfg = replace(cfg, init_from=str(check_init_from(cfg.init_from, tokenizer, vocab, cfg.seq_len)))
+        path = cfg.init_from
+        found, weights = check_init_from(path, tokenizer, vocab)
+        cfg = replace(cfg, init_from=str(found))
+        if resumed_shape is None:  # (a resumed run has its checkpoint's shape already)
+            # A new run takes the weights' shape. Dropout alone is a training setting, not the
+            # weights': one given is kept (fine-tuning often adds some), else the weights' is.
+            if "dropout" in shape_given:
+                del weights["dropout"]
+            cfg = keep_shape(cfg, weights, shape_given, f"the weights of --init-from {path}")
+        if cfg.block_size is None or cfg.seq_len > cfg.block_size:
+            raise GptkitError(
+                f"--seq-len {cfg.seq_len} exceeds the model's context length {cfg.block_size} (--init-from {path})"
+            )
     if cfg.eval_tokens:
         val_tokens = TokenStream(val, eot, cfg.seed, shuffle=False).total
         if (min(cfg.eval_tokens, val_tokens - 1) // cfg.seq_len) < world:
@@ -222,8 +251,15 @@ def prepare(
     )
 
 
-def check_init_from(path: str, tokenizer: str, vocab: int, seq_len: int) -> Path:
-    """--init-from must be a gptkit checkpoint whose vocabulary and context fit the data and run."""
+def checkpoint_shape(ckpt: Path) -> dict:
+    """The model shape (TrainConfig's shape fields) a checkpoint was written with."""
+    from gptkit.checkpoint import read_config
+
+    return shape_of(read_config(ckpt)[0].to_dict())
+
+
+def check_init_from(path: str, tokenizer: str, vocab: int) -> tuple[Path, dict]:
+    """--init-from must be a gptkit checkpoint whose vocabulary fits the data: (its path, its model shape)."""
     from gptkit.checkpoint import read_config, resolve_checkpoint
 
     p = Path(path).expanduser().resolve()
@@ -238,11 +274,7 @@ def check_init_from(path: str, tokenizer: str, vocab: int, seq_len: int) -> Path
             f"--init-from {path}: the model's vocabulary ({meta.get('tokenizer')}, {mc.vocab_size}) does not match "
             f"the data's ({tokenizer}, {vocab})"
         )
-    if seq_len > mc.block_size:
-        raise GptkitError(
-            f"--seq-len {seq_len} exceeds the model's context length {mc.block_size} (--init-from {path})"
-        )
-    return found
+    return found, shape_of(mc.to_dict())
 
 
 def torchrun_command(rr: ResolvedRun) -> list[str]:

@@ -18,6 +18,7 @@ import contextlib
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -26,14 +27,20 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gptkit.checkpoint import load_checkpoint, prune_checkpoints, save_checkpoint, step_dirname
+from gptkit.checkpoint import (
+    load_checkpoint,
+    model_from_state_dict,
+    prune_checkpoints,
+    save_checkpoint,
+    step_dirname,
+)
 from gptkit.device import configure_matmul, resolve_precision
 from gptkit.errors import GptkitError
-from gptkit.model import GPT, get_preset
+from gptkit.model import GPT, GPTConfig
 from gptkit.runs import CONFIG_FILE
 from gptkit.train import data as datamod
 from gptkit.train import hellaswag, mfu, signals
-from gptkit.train.config import ResolvedRun, plan_batches
+from gptkit.train.config import SHAPE_KEYS, ResolvedRun, model_settings, plan_batches, shape_of
 from gptkit.train.loss import FusedLossGPT
 from gptkit.train.metrics import Reporter, truncate_metrics
 from gptkit.train.schedule import lr_at
@@ -142,14 +149,18 @@ class Trainer:
         # Model: same initial weights on every rank (DDP would broadcast rank 0's anyway).
         torch.manual_seed(cfg.seed)
         if cfg.init_from:
-            # Fine-tuning or continuing an imported model: its architecture and weights, a fresh
-            # optimizer and schedule. (launch.prepare already checked vocabulary and length.)
+            # Fine-tuning or continuing an imported model: its architecture and weights (with this
+            # run's dropout), a fresh optimizer and schedule. (launch.prepare already checked the
+            # vocabulary, and that the run's shape is the weights'.)
             init = load_checkpoint(cfg.init_from, device=self.device)
             self._check_tokenizer(init.meta, init.path)
-            self.model_config = init.config
-            self.model = init.build_model(self.device).train()
+            self.model_config = replace(init.config, dropout=cfg.dropout)
+            if shape_of(self.model_config.to_dict()) != {k: getattr(cfg, k) for k in SHAPE_KEYS}:
+                raise TrainingError(f"{init.path}: its model ({init.config}) is not this run's shape")
+            self.model = model_from_state_dict(self.model_config, init.state_dict, self.device, init.path).train()
         else:
-            self.model_config = get_preset(cfg.preset).with_vocab(vocab_size)
+            # The run's shape (config.json, resolved by launch.prepare); the vocabulary is the data's.
+            self.model_config = GPTConfig(**model_settings(cfg)).with_vocab(vocab_size)
             self.model = GPT(self.model_config).to(self.device)
         self.step, self.data_pos, self.tokens_seen = 0, 0, 0
         opt_state = None
