@@ -302,7 +302,7 @@ def write_run_config(rr: ResolvedRun) -> None:
 
 def child_pids(pid: int) -> list[int]:
     """Direct children of a process (Linux /proc; empty elsewhere)."""
-    out = []
+    out: list[int] = []
     try:
         entries = os.listdir("/proc")
     except OSError:
