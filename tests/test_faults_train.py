@@ -314,3 +314,17 @@ def test_torchrun_killed_by_a_signal_is_said_in_one_line(home):
     line = assert_one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err))
     assert p.returncode == 1 and "torchrun (which runs the workers) was killed by SIGKILL" in line, line
     assert wait_gone(workers, 5) and not run_processes(run)
+
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(home):
+    run = home / "runs" / "ctrl-c"
+    p = start(home, "--name", "ctrl-c", "--max-steps", "200", faults="train.step_sleep=1")
+    wait_for(lambda: (run / "step_000002").exists(), p, 180, "no checkpoint")
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 128 + signal.SIGINT and "Traceback" not in err and err.strip() == "", err
+    assert "gptkit: stopped at once; the last complete checkpoint is" in out.splitlines()[-1]
+    assert wait_gone(run_processes(run), 5)

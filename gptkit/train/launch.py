@@ -498,6 +498,9 @@ def finish(rr: ResolvedRun, outcome: Outcome, echo: Callable[[str], object]) -> 
     from gptkit.train.watchdog import hang_reports
 
     run_dir = Path(rr.run_dir)
+    for log in run_dir.glob("error-*.log"):
+        if log.stat().st_size == 0:
+            log.unlink()  # a rank killed before it could write anything
     if len(outcome.stops) > 1:
         echo(f"gptkit: stopped at once; {where_to_resume(rr)}")
         return outcome.code
