@@ -410,6 +410,8 @@ def train(
     if dry_run:
         echo(json.dumps(rr.to_dict(), indent=2))
         return 0
+    if rr.launch.watchdog is not None and rr.launch.watchdog < 0:
+        raise GptkitError(f"--watchdog {rr.launch.watchdog:g}: give seconds, or 0 to turn the watchdog off")
     lock = lock_run(rr, force=break_lock)
     try:
         if rr.extra["device_type"] == "cpu":
@@ -553,7 +555,8 @@ def failed_ranks_line(run_dir: Path, rc: int) -> str:
 
     failures = torchrun_failures(run_dir / TORCHRUN_LOG)
     if not failures:
-        return f"torchrun exited with code {rc} (its report is in {run_dir / TORCHRUN_LOG})"
+        log = run_dir / TORCHRUN_LOG
+        return f"torchrun exited with code {rc} (" + (f"its report is in {log})" if log.exists() else "see above)")
     # A rank killed by a signal is the cause; the others then fail on the broken connection.
     failures.sort(key=lambda f: (f[1] >= 0, f[0]))
     parts = []
