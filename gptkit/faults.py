@@ -24,6 +24,8 @@ POINTS: dict[str, str] = {
     "tokenize.unit_delay": "seconds each tokenize worker sleeps per work unit (to be killed mid-run)",
     "tokenize.unit_bytes": "bytes of text per tokenize work unit (many units from tiny inputs)",
     "train.step_sleep": "seconds each training step sleeps (to be killed or interrupted mid-run)",
+    "train.stall_rank": "this rank stops making progress (sleeps for good) after step train.stall_step",
+    "train.stall_step": "the step after which train.stall_rank stalls (default 3)",
     "mirror.error_rate": "fraction of mirror requests answered with a 5xx",
     "mirror.cut_rate": "fraction of mirror file bodies cut short (connection closed)",
     "mirror.rate_limit": "bytes/s per mirror response (slow transfers)",

@@ -140,6 +140,29 @@ def train(
             "--master-port", help="Rendezvous port on node 0 (needed for several nodes).", rich_help_panel="Where"
         ),
     ] = None,
+    watchdog: Annotated[
+        Float,
+        typer.Option(
+            "--watchdog",
+            help="Seconds without progress before a hang is reported and the run stops (0 = off; "
+            "default: 10x the median step, at least 5 minutes).",
+            rich_help_panel="Where",
+        ),
+    ] = None,
+    break_lock: Annotated[
+        bool,
+        typer.Option(
+            "--break-lock",
+            help="Take over the run directory's lock held from another host (only if that run is gone).",
+            rich_help_panel="Run",
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", help="Show torchrun's and the workers' own output (tracebacks).", rich_help_panel="Run"
+        ),
+    ] = False,
     device: Annotated[
         str | None, typer.Option("--device", help="auto, cpu, cuda or mps.", rich_help_panel="Where")
     ] = None,
@@ -278,10 +301,25 @@ def train(
         wandb=wandb,
     )
     launch = LaunchOverrides(
-        gpus=gpus, nproc=nproc, nodes=nodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port
+        gpus=gpus,
+        nproc=nproc,
+        nodes=nodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
+        master_port=master_port,
+        watchdog=watchdog,
     )
     rc = run_train(
-        overrides, launch, config_file=config, name=name, out=out, resume=resume, dry_run=dry_run, echo=print
+        overrides,
+        launch,
+        config_file=config,
+        name=name,
+        out=out,
+        resume=resume,
+        dry_run=dry_run,
+        break_lock=break_lock,
+        verbose=verbose,
+        echo=print,
     )
     if rc:
         raise typer.Exit(rc)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gptkit import faults, paths
+from gptkit import lock as dirlock
 from gptkit.data import shards, writer
 from gptkit.data.encode import default_unit_bytes, encode_units
 from gptkit.data.sources import Source, resolve_source
@@ -115,6 +116,12 @@ def tokenize(
     fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     t0 = time.perf_counter()
 
+    _held = dirlock.acquire(  # one tokenize per OUT; released when this function returns (Lock.__del__)
+        out.parent / f".{out.name}.lock",
+        subject=str(out),
+        what="gptkit tokenize",
+        how_to_break=f"delete {out.parent}/.{out.name}.lock",
+    )
     begin = writer.start(out, fingerprint, force, log)
     if begin.done is not None:
         seconds = time.perf_counter() - t0 if begin.status == "resumed" else 0.0

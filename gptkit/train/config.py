@@ -93,6 +93,7 @@ class LaunchConfig:
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int | None = None  # None = a free port (single node); multi-node needs one
+    watchdog: float | None = None  # seconds without progress before a hang is reported; 0 = off, None = auto
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,6 +166,7 @@ class LaunchOverrides:
     node_rank: int | None = None
     master_addr: str | None = None
     master_port: int | None = None
+    watchdog: float | None = None
 
     def given(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

@@ -45,7 +45,7 @@ from gptkit.train.config import (
     split_settings,
     validate,
 )
-from gptkit.train.main import ERRORS_DIR, LAUNCHER_ENV
+from gptkit.train.main import ERRORS_DIR, LAUNCHER_ENV, LAUNCHER_PID_ENV, VERBOSE_ENV
 
 
 # --- run directory and resume --------------------------------------------------------------------
@@ -302,9 +302,14 @@ def torchrun_command(rr: ResolvedRun) -> list[str]:
     return cmd
 
 
-def worker_env(rr: ResolvedRun) -> dict[str, str]:
+def worker_env(rr: ResolvedRun, verbose: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env[LAUNCHER_ENV] = "1"
+    env[LAUNCHER_PID_ENV] = str(os.getpid())  # a worker checks that torchrun's parent is still us
+    if verbose:
+        env[VERBOSE_ENV] = "1"
+    else:
+        env.pop(VERBOSE_ENV, None)
     env.setdefault("PYTHONUNBUFFERED", "1")  # log lines appear as they happen when not on a terminal
     # Processes on one node share its cores: give each an equal slice (torchrun would use 1).
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(rr.extra["nproc_per_node"]))))
@@ -345,24 +350,52 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
-def run_torchrun(cmd: list[str], env: dict[str, str], echo=print) -> int:
-    """Run torchrun and return its exit code, or 128 + signal if it was stopped by Ctrl-C / SIGTERM.
+TORCHRUN_LOG = "torchrun.log"
+
+
+class Outcome:
+    """How torchrun ended: its exit code (negative: killed by that signal) and the stop requests sent."""
+
+    def __init__(self, returncode: int, stops: list[int]):
+        self.returncode, self.stops = returncode, stops
+
+    @property
+    def code(self) -> int:
+        """The exit code for `gptkit train`: 128 + signal after a stop request."""
+        return 128 + self.stops[0] if self.stops else self.returncode
+
+
+def run_torchrun(cmd: list[str], env: dict[str, str], echo=print, log: Path | None = None) -> Outcome:
+    """Run torchrun and wait for it.
 
     The first Ctrl-C or SIGTERM goes to the workers themselves: they finish the step, save a
-    checkpoint and exit 0, so torchrun ends quietly. A second one goes to torchrun, which stops them
-    at once. (torchrun runs in its own session so a terminal's Ctrl-C reaches it only through us.)
+    checkpoint and exit 0, so torchrun ends quietly. A second one kills the workers at once (the last
+    complete checkpoint stands) and stops torchrun. torchrun runs in its own session, so a
+    terminal's Ctrl-C reaches it only through us; and it is killed by the kernel when we die
+    (parent-death signal), whatever kills us, as each worker is when torchrun dies: no orphans.
+    `log`: torchrun's stderr goes there (its reports and tracebacks); None = the terminal.
     """
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    from gptkit.train import signals
+
+    err = open(log, "wb") if log is not None else None
+    try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=signals.child_preexec(), stderr=err)
+    finally:
+        if err is not None:
+            err.close()
     received: list[int] = []
 
     def forward(signum, frame):
         received.append(signum)
-        workers = child_pids(proc.pid) if len(received) == 1 else []
-        if workers:
+        workers = child_pids(proc.pid)
+        if len(received) == 1 and workers:
             echo("gptkit: stopping after this step and saving a checkpoint (again to stop at once)")
-        for pid in workers or [proc.pid]:
+            targets = [(pid, signal.SIGTERM) for pid in workers]
+        else:
+            targets = [(pid, signal.SIGKILL) for pid in workers] + [(proc.pid, signal.SIGTERM)]
+        for pid, sig in targets:
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
@@ -372,7 +405,7 @@ def run_torchrun(cmd: list[str], env: dict[str, str], echo=print) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    return 128 + received[0] if received else rc
+    return Outcome(rc, received)
 
 
 def worker_errors(run_dir: Path) -> list[str]:
@@ -392,33 +425,176 @@ def train(
     out: str | Path | None = None,
     resume: str | None = None,
     dry_run: bool = False,
+    break_lock: bool = False,
+    verbose: bool = False,
     echo: Callable[[str], object],
 ) -> int:
-    """Resolve, write RUN/config.json, run torchrun. Returns the exit code; a worker's error is raised.
+    """Resolve, lock the run directory, write RUN/config.json, run torchrun. Returns the exit code; a
+    failed run (a worker's error, a dead rank, a hang, torchrun killed) is raised as one GptkitError
+    that says what happened, the last complete checkpoint and the resume command.
 
-    `echo` shows the command, the resolved config (--dry-run) and the stop notice."""
+    `echo` shows the command, the resolved config (--dry-run) and the stop notices. `verbose`: torch's
+    own output (tracebacks, torchrun's reports) on the terminal instead of RUN/error-RANK.log and
+    RUN/torchrun.log. `break_lock`: take the run's lock even when it is held from another host."""
     rr = prepare(overrides, launch_overrides, config_file=config_file, name=name, out=out, resume=resume)
     cmd = torchrun_command(rr)
     echo("$ " + shlex.join(cmd))
     if dry_run:
         echo(json.dumps(rr.to_dict(), indent=2))
         return 0
-    if rr.extra["device_type"] == "cpu":
-        import torch
+    if rr.launch.watchdog is not None and rr.launch.watchdog < 0:
+        raise GptkitError(f"--watchdog {rr.launch.watchdog:g}: give seconds, or 0 to turn the watchdog off")
+    lock = lock_run(rr, force=break_lock)
+    try:
+        if rr.extra["device_type"] == "cpu":
+            import torch
 
-        from gptkit.device import resolve_precision
-        from gptkit.train.mfu import cpu_peak_flops
+            from gptkit.device import resolve_precision
+            from gptkit.train.mfu import cpu_peak_flops
 
-        # Measured once per machine and precision, before the workers compete for the cores.
-        cpu_peak_flops(resolve_precision(rr.train.precision, torch.device("cpu")).name)
-    write_run_config(rr)
-    run_dir = Path(rr.run_dir)
+            # Measured once per machine and precision, before the workers compete for the cores.
+            cpu_peak_flops(resolve_precision(rr.train.precision, torch.device("cpu")).name)
+        write_run_config(rr)
+        run_dir = Path(rr.run_dir)
+        clear_run_reports(run_dir)
+        outcome = run_torchrun(cmd, worker_env(rr, verbose), echo=echo, log=None if verbose else run_dir / TORCHRUN_LOG)
+    finally:
+        if lock is not None:
+            lock.release()
+    return finish(rr, outcome, echo)
+
+
+# --- one trainer per run directory ---------------------------------------------------------------
+def lock_run(rr: ResolvedRun, force: bool = False):
+    """RUN/.lock for this launcher, before any process starts; refused in one line naming the holder.
+
+    Several nodes share one run directory: only node 0 (the rendezvous host) takes the lock, so a
+    second run on the same directory is refused there; the other nodes join node 0's rendezvous."""
+    from gptkit.lock import LOCK_FILE, acquire
+
+    if rr.launch.node_rank != 0:
+        return None
+    return acquire(
+        Path(rr.run_dir) / LOCK_FILE,
+        subject=rr.run_dir,
+        what="gptkit train",
+        how_to_break="give `gptkit train --break-lock` (a second trainer on one run would corrupt it)",
+        force=force,
+    )
+
+
+def clear_run_reports(run_dir: Path) -> None:
+    """The last run's error, hang and log files: each run's report is its own."""
+    from gptkit.train.watchdog import HANG_PREFIX
+
     errs = run_dir / ERRORS_DIR
     if errs.is_dir():
         for f in errs.iterdir():
             f.unlink()
-    rc = run_torchrun(cmd, worker_env(rr), echo=echo)
+    for pattern in (f"{HANG_PREFIX}*.txt", "error-*.log", TORCHRUN_LOG):
+        for f in run_dir.glob(pattern):
+            f.unlink()
+
+
+# --- how a run ended, in one line ----------------------------------------------------------------
+def resume_command(rr: ResolvedRun) -> str:
+    launch, cmd = rr.launch, ["gptkit", "train", "--resume", rr.run_dir]
+    if launch.gpus is not None:
+        cmd += ["--gpus", str(launch.gpus)]
+    if rr.extra.get("device_type") == "cpu" and launch.nproc != 1:
+        cmd += ["--nproc", str(launch.nproc)]
+    if launch.nodes > 1:
+        cmd += ["--nodes", str(launch.nodes), "--node-rank", str(launch.node_rank)]
+        cmd += ["--master-addr", launch.master_addr, "--master-port", str(launch.master_port)]
+    if launch.watchdog is not None:
+        cmd += ["--watchdog", f"{launch.watchdog:g}"]
+    return shlex.join(cmd) + (" (on every node)" if launch.nodes > 1 else "")
+
+
+def where_to_resume(rr: ResolvedRun) -> str:
+    from gptkit.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(Path(rr.run_dir))
+    if ckpt is None:
+        return "no checkpoint was saved yet; run the same command again to start over"
+    return f"the last complete checkpoint is {ckpt}; resume with `{resume_command(rr)}`"
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
+def finish(rr: ResolvedRun, outcome: Outcome, echo: Callable[[str], object]) -> int:
+    """Turn torchrun's ending into gptkit's: an exit code, or one GptkitError line."""
+    from gptkit.train.watchdog import hang_reports
+
+    run_dir = Path(rr.run_dir)
+    for log in run_dir.glob("error-*.log"):
+        if log.stat().st_size == 0:
+            log.unlink()  # a rank killed before it could write anything
+    if len(outcome.stops) > 1:
+        echo(f"gptkit: stopped at once; {where_to_resume(rr)}")
+        return outcome.code
     messages = worker_errors(run_dir)
     if messages:
         raise GptkitError(messages[0])
-    return rc
+    hangs = hang_reports(run_dir)
+    if hangs:
+        raise GptkitError(hang_line(run_dir, hangs) + "; " + where_to_resume(rr))
+    if outcome.stops:
+        return outcome.code  # the workers said where they stopped
+    rc = outcome.returncode
+    if rc == 0:
+        return 0
+    if rc < 0:
+        raise GptkitError(
+            f"torchrun (which runs the workers) was killed by {_signal_name(-rc)} and took them with it; "
+            + where_to_resume(rr)
+        )
+    raise GptkitError(failed_ranks_line(run_dir, rc) + "; " + where_to_resume(rr))
+
+
+def hang_line(run_dir: Path, hangs: list[dict]) -> str:
+    first = min(hangs, key=lambda h: h.get("limit_s") or 0)
+    waited = max(h.get("waited_s") or 0 for h in hangs)
+    where = ", ".join(f"rank {h['rank']} in {h.get('where') or 'no gptkit frame'}" for h in hangs)
+    return (
+        f"no progress for {waited:.0f} s (limit {first.get('limit_s', 0):.0f} s, {first.get('phase', '?')} after step "
+        f"{first.get('step', '?')}): {where}; stacks in {run_dir}/hang-*.txt"
+    )
+
+
+def torchrun_failures(log: Path) -> list[tuple[int, int]]:
+    """(rank, exit code) of each failed worker in torchrun's report (exit code < 0: that signal)."""
+    import re
+
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    found = re.findall(r"rank\s*:\s*(\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*:\s*(-?\d+)", text)
+    seen: dict[int, int] = {}
+    for rank, code in found:
+        seen.setdefault(int(rank), int(code))
+    return sorted(seen.items())
+
+
+def failed_ranks_line(run_dir: Path, rc: int) -> str:
+    from gptkit.train.main import error_log
+
+    failures = torchrun_failures(run_dir / TORCHRUN_LOG)
+    if not failures:
+        log = run_dir / TORCHRUN_LOG
+        return f"torchrun exited with code {rc} (" + (f"its report is in {log})" if log.exists() else "see above)")
+    # A rank killed by a signal is the cause; the others then fail on the broken connection.
+    failures.sort(key=lambda f: (f[1] >= 0, f[0]))
+    parts = []
+    for rank, code in failures:
+        log = error_log(run_dir, rank)
+        how = f"died with signal {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
+        parts.append(f"rank {rank} {how}" + (f" (traceback in {log})" if log.exists() else ""))
+    head, rest = parts[0], parts[1:]
+    return head + (f"; then {', '.join(rest)}" if rest else "")

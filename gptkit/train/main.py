@@ -3,6 +3,10 @@
 A user error in a worker (a NaN loss, a bad checkpoint) is written to RUN_DIR/.errors/rank<R>.txt
 for `gptkit train` to print as one line. When every rank fails at the same point, all of them exit
 0 so torchrun does not add its multi-page failure report; the launcher turns the file into exit 1.
+
+Started by `gptkit train`, a worker dies with torchrun (signals.die_with_parent) and writes its
+stderr (torch's tracebacks, warnings) to RUN_DIR/error-<RANK>.log rather than the terminal, unless
+the launcher asked for --verbose.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import sys
 from pathlib import Path
 
 LAUNCHER_ENV = "GPTKIT_LAUNCHER"  # set by `gptkit train`; absent when someone runs torchrun by hand
+LAUNCHER_PID_ENV = "GPTKIT_LAUNCHER_PID"  # the `gptkit train` process: torchrun's parent
+VERBOSE_ENV = "GPTKIT_VERBOSE"  # 1: the workers' stderr stays on the terminal
 ERRORS_DIR = ".errors"
 
 
@@ -27,14 +33,48 @@ def main(argv: list[str] | None = None) -> int:
     from gptkit.train import signals
 
     signals.install()  # before the heavy imports: a stop request during start-up is kept
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        _die_with_torchrun(signals)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m gptkit.train.main RUN_DIR (normally started by `gptkit train`)", file=sys.stderr)
         return 2
     run_dir = Path(argv[0])
+    rank = int(os.environ.get("RANK", 0))
+    log = None
+    if os.environ.get(LAUNCHER_ENV) and not os.environ.get(VERBOSE_ENV):
+        log = error_log(run_dir, rank)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
+    rc = _run(run_dir, rank)  # an exception leaves the log: its traceback is written after this
+    if log is not None and log.exists() and log.stat().st_size == 0:
+        log.unlink()  # nothing went wrong on this rank
+    return rc
+
+
+def error_log(run_dir: Path, rank: int) -> Path:
+    return Path(run_dir) / f"error-{rank}.log"
+
+
+def _die_with_torchrun(signals) -> None:
+    """SIGKILL when torchrun dies; exit now if it (or gptkit above it) is already gone."""
+    parent = os.getppid()
+    signals.die_with_parent(parent)
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if launcher and launcher.isdigit():
+        try:
+            with open(f"/proc/{parent}/stat") as f:
+                grandparent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return  # no /proc: the watchdog thread's parent check is what is left
+        if grandparent != int(launcher):
+            os._exit(1)  # torchrun was orphaned before we started: it is being killed too
+
+
+def _run(run_dir: Path, rank: int) -> int:
     from gptkit.train.trainer import TrainingError, run
 
-    rank = int(os.environ.get("RANK", 0))
     try:
         run(run_dir)
     except TrainingError as e:

@@ -40,6 +40,7 @@ from gptkit.model import GPT, GPTConfig
 from gptkit.runs import CONFIG_FILE
 from gptkit.train import data as datamod
 from gptkit.train import hellaswag, mfu, signals
+from gptkit.train import watchdog as wdmod
 from gptkit.train.config import SHAPE_KEYS, ResolvedRun, model_settings, plan_batches, shape_of
 from gptkit.train.loss import FusedLossGPT
 from gptkit.train.metrics import Reporter, truncate_metrics
@@ -62,7 +63,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 class Dist:
     """rank / world / device, and the process group when torchrun started us."""
 
-    def __init__(self, device_type: str):
+    def __init__(self, device_type: str, timeout_s: float | None = None):
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -76,9 +77,13 @@ class Dist:
             self.device = torch.device(device_type)
             backend = "gloo"
         if self.launched and self.world_size > 1:
+            import datetime
+
             import torch.distributed as dist
 
-            dist.init_process_group(backend=backend)
+            # Above the watchdog's limits, so a hang is reported by the watchdog (with stacks) first.
+            timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
+            dist.init_process_group(backend=backend, timeout=timeout)
         self.master = self.rank == 0
 
     @property
@@ -116,8 +121,9 @@ class Dist:
 
 
 class Trainer:
-    def __init__(self, rr: ResolvedRun, dist: Dist):
+    def __init__(self, rr: ResolvedRun, dist: Dist, watchdog: wdmod.Watchdog | None = None):
         self.rr, self.dist = rr, dist
+        self.watchdog = watchdog or wdmod.Watchdog(rr.run_dir, dist.rank, dist.world_size, limit=0, parent=None)
         cfg = self.cfg = rr.train
         self.run_dir = Path(rr.run_dir)
         self.device = dist.device
@@ -184,7 +190,7 @@ class Trainer:
         # fp16 only on CUDA (the precision policy refuses it elsewhere): dynamic loss scaling.
         self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
 
-        compile_ = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
+        compile_ = self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         train_model: nn.Module = self.model
         if self.device.type == "cpu" and self.precision.name == "fp32":
             train_model = FusedLossGPT(self.model)  # see loss.py: the logits dominate a CPU step
@@ -237,6 +243,7 @@ class Trainer:
         if self.last_saved == self.step:
             return
         self.last_saved = self.step
+        self.watchdog.phase("checkpoint save")  # every rank: the others wait for rank 0 in the next step
         if not self.dist.master:
             return
         state = {
@@ -407,12 +414,15 @@ class Trainer:
             )
         oom = (torch.cuda.OutOfMemoryError,) if self.device.type == "cuda" else ()
         dt_avg = None
+        start = self.step
         try:
             while True:
                 done = self.step >= cfg.max_steps
                 if cfg.eval_tokens and (self.step % cfg.eval_every == 0 or done):
+                    self.watchdog.phase("evaluation")
                     rep.event(self.step, val_loss=self.val_loss())
                 if examples and (self.step % cfg.hellaswag_every == 0 or done):
+                    self.watchdog.phase("hellaswag")
                     r = hellaswag.evaluate(
                         self.model,
                         examples,
@@ -423,10 +433,14 @@ class Trainer:
                         world_size=d.world_size,
                     )
                     rep.event(self.step, hellaswag=r["acc_norm"], hellaswag_acc=r["acc"], hellaswag_n=r["n"])
-                if d.master and prompt is not None and self.step > 0 and (self.step % cfg.sample_every == 0 or done):
-                    rep.event(self.step, sample=self.sample(prompt))
+                if prompt is not None and self.step > 0 and (self.step % cfg.sample_every == 0 or done):
+                    self.watchdog.phase("sample")  # every rank: the others wait for rank 0
+                    if d.master:
+                        rep.event(self.step, sample=self.sample(prompt))
                 if done:
                     break
+                if self.compiled and self.step == start:
+                    self.watchdog.phase("compile")
                 t0 = time.perf_counter()
                 try:
                     loss, gnorm, lr = self.train_step()
@@ -440,7 +454,8 @@ class Trainer:
                         collective=False,
                     ) from None
                 dt = time.perf_counter() - t0
-                _hook_after_step(self.step)
+                self.watchdog.beat(self.step, dt)
+                _hook_after_step(self.step, d.rank)
                 dt_avg = dt if dt_avg is None else 0.9 * dt_avg + 0.1 * dt
                 tok_s = self.plan.rows * cfg.seq_len / dt
                 rep.train_step(
@@ -481,25 +496,41 @@ class Trainer:
         return examples, self.tok
 
 
-def _hook_after_step(step: int) -> None:
-    """Test hook: GPTKIT_TEST_STEP_SLEEP slows every step, so a test can kill a run mid-way."""
-    delay = os.environ.get("GPTKIT_TEST_STEP_SLEEP")
+def _hook_after_step(step: int, rank: int) -> None:
+    """Test hooks: train.step_sleep (or GPTKIT_TEST_STEP_SLEEP) slows every step, so a test can kill a
+    run mid-way; train.stall_rank stops one rank for good, as a hang would."""
+    from gptkit import faults
+
+    delay = faults.number("train.step_sleep", float(os.environ.get("GPTKIT_TEST_STEP_SLEEP") or 0))
     if delay:
-        time.sleep(float(delay))
+        time.sleep(delay)
+    stall = faults.value("train.stall_rank")
+    if stall not in (None, "") and int(stall) == rank and step >= faults.number("train.stall_step", 3):
+        while True:
+            time.sleep(3600)
 
 
 def run(run_dir: str | Path) -> None:
     """Entry point of one worker: read RUN/config.json, train, clean up."""
     rr = ResolvedRun.read(Path(run_dir) / CONFIG_FILE)
     device_type = rr.extra.get("device_type", "cpu")
-    dist = Dist(device_type)
+    limit = getattr(rr.launch, "watchdog", None)
+    watchdog = wdmod.Watchdog(
+        run_dir,
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        limit=limit,
+        parent=os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else None,
+    ).start()
+    dist = Dist(device_type, timeout_s=wdmod.pg_timeout(limit) if limit != 0 else None)
     try:
         if dist.distributed:  # every rank trains with rank 0's view of the config
             rr = ResolvedRun.from_dict(dist.broadcast_object(rr.to_dict()))
-        Trainer(rr, dist).fit()
+        Trainer(rr, dist, watchdog).fit()
         # Everyone waits for rank 0's last checkpoint before tearing the process group down: a rank
         # that destroys its gloo group while a peer is still busy can abort at exit (SIGABRT).
         # Only on success: after a failure the peers may be gone and a barrier would hang.
         dist.barrier()
     finally:
+        watchdog.stop()
         dist.close()
