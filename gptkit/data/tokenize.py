@@ -24,6 +24,7 @@ from gptkit.data.encode import default_unit_bytes, encode_units
 from gptkit.data.sources import resolve_source
 from gptkit.data.tokenizers import Tokenizer, get_tokenizer
 from gptkit.errors import GptkitError
+from gptkit.fsutil import disk_errors
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 DEFAULT_VAL_TOKENS = 10_000_000
@@ -98,7 +99,8 @@ def tokenize(
     fingerprint = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
     t0 = time.perf_counter()
 
-    begin = writer.start(out, fingerprint, force, log)
+    with disk_errors(out):
+        begin = writer.start(out, fingerprint, force, log)
     if begin.done is not None:
         seconds = time.perf_counter() - t0 if begin.status == "resumed" else 0.0
         return Result(out, begin.done, begin.status, seconds)
@@ -136,8 +138,9 @@ def tokenize(
         return s.max_tokens is not None and total >= s.max_tokens
 
     try:
-        encode_units(source, state["next_unit"], unit_bytes, tok, s.text_column, s.strict, workers, consume)
-        w.finish(source.spec, source.splits_given())
+        with disk_errors(out, point="tokenize"):  # a full disk: one line, finished shards kept to resume
+            encode_units(source, state["next_unit"], unit_bytes, tok, s.text_column, s.strict, workers, consume)
+            w.finish(source.spec, source.splits_given())
         if not any(x["split"] == "train" for x in state["shards"]):
             raise GptkitError(
                 f"{source.spec}: no training data (only validation tokens); lower --val-tokens or add data"
@@ -154,5 +157,6 @@ def tokenize(
         shards=state["shards"],
         fingerprint=fingerprint,
     )
-    manifest = writer.complete(pdir, out, manifest)
+    with disk_errors(out):
+        manifest = writer.complete(pdir, out, manifest)
     return Result(out, manifest, "resumed" if resumed else "done", time.perf_counter() - t0, source.total_bytes)

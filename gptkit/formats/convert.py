@@ -25,7 +25,7 @@ from gptkit.checkpoint import model_from_state_dict
 from gptkit.errors import GptkitError
 from gptkit.formats.loaded import Loaded
 from gptkit.formats.registry import DETECTION_ORDER, FORMATS
-from gptkit.fsutil import atomic_output
+from gptkit.fsutil import atomic_output, disk_errors
 from gptkit.model import GPT, GPTConfig
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -160,7 +160,9 @@ def convert(
     loaded = load(src)
     torch_dtype = DTYPES[dtype]
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(dst) as tmp:  # --force: the old output is replaced whole, only once verified
+    need = sum(v.numel() for v in loaded.state_dict.values()) * torch_dtype.itemsize
+    # --force: the old output is replaced whole, only once verified; a full disk leaves no temporary copy
+    with atomic_output(dst) as tmp, disk_errors(dst, need, point="convert"):
         notes = FORMATS[fmt].write(loaded, tmp, torch_dtype)
         check = verify(loaded, tmp, fmt, torch_dtype) if verify_output else None
     return ConvertResult(src, loaded.format, dst, fmt, dtype, loaded.tokenizer, loaded.config, check, notes)

@@ -10,6 +10,7 @@ import torch
 from gptkit import __version__
 from gptkit.errors import GptkitError
 from gptkit.formats.loaded import Format, Loaded, assemble, cast_state_dict, to_gptkit_names
+from gptkit.fsutil import save_safetensors
 
 
 def detect(path: Path, head: bytes | None) -> bool:
@@ -42,15 +43,13 @@ def read(path: Path) -> Loaded:
 
 
 def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
-    from safetensors.torch import save_file
-
     meta = {
         "format": "pt",
         "gptkit.config": json.dumps(m.config.to_dict()),
         "gptkit.tokenizer": m.tokenizer,
         "producer": f"gptkit {__version__}",
     }
-    save_file(cast_state_dict(m.state_dict, dtype), str(out), metadata=meta)
+    save_safetensors(cast_state_dict(m.state_dict, dtype), out, metadata=meta)  # sorted metadata: same bytes
     return []
 
 
