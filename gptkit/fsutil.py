@@ -111,6 +111,9 @@ def disk_error(e: BaseException, path: Path, need: int | None = None) -> GptkitE
     ENOSPC/EDQUOT: "no space left on PATH (Y GB free; needs ≈X GB)"; EROFS: "PATH is on a
     read-only filesystem". Also recognises safetensors' and torch's wrapped messages (see above).
     """
+    m = _TEMP_RE.match(Path(path).name)
+    if m is not None:  # a writer's temporary copy: name the output the user asked for
+        path = Path(path).with_name(m["name"])
     code = e.errno if isinstance(e, OSError) else None
     text = str(e).lower()
     if code is None:
