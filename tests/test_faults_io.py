@@ -135,6 +135,17 @@ def test_full_disk_checkpoint_save(tiny_disk):
     assert sorted(p.name for p in run.iterdir()) == ["step_000001"]  # no hidden .step_000002.tmp-PID
 
 
+def test_full_disk_optimizer_state(tiny_disk):
+    """The weights fit, the optimizer state does not: torch.save's C++ stream error is named too."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=96, block_size=64).with_vocab(512))  # ~1.3 MB
+    params = [p.detach() for p in model.parameters()]
+    opt = {"state": {i: {"exp_avg": p.clone(), "exp_avg_sq": p.clone()} for i, p in enumerate(params)}}
+    with pytest.raises(GptkitError, match=r"^no space left on .*step_000001 \(.* GB free; needs ≈"):
+        save(model, tiny_disk / "run" / "step_000001", optimizer_state=opt)
+    assert list((tiny_disk / "run").iterdir()) == []
+
+
 # --------------------------------------------------------------------------- each writer, through the fault
 
 
