@@ -26,7 +26,7 @@ import torch
 
 from gptkit import __version__
 from gptkit.errors import GptkitError
-from gptkit.fsutil import atomic_output, write_json_atomic
+from gptkit.fsutil import atomic_output, disk_errors, remove_stale_temps, save_safetensors, write_json_atomic
 from gptkit.model import GPT, GPTConfig
 from gptkit.tokenizer import Tokenizer
 
@@ -72,8 +72,6 @@ def save_checkpoint(
     `tokenizer`: the Tokenizer, or a saved `tokenizer/` folder (copied), goes into the checkpoint's
     tokenizer/ with its info in config.json; a bare name (old callers) records only the name.
     """
-    from safetensors.torch import save_file
-
     from gptkit.tokenizer import save_tokenizer
     from gptkit.vocab_files import SAVED_DIR, SAVED_INFO
 
@@ -84,10 +82,13 @@ def save_checkpoint(
         tok_info = read_json(tokenizer / SAVED_INFO)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:  # re-saving the same step replaces the old one whole
+    remove_stale_temps(path.parent, r"step_\d+")  # left by killed runs: never renamed into place
+    need = checkpoint_bytes(model, optimizer_state is not None)
+    # re-saving the same step replaces the old one whole; a full disk is one line, the temporary copy removed
+    with atomic_output(path) as tmp, disk_errors(path, need, point="checkpoint"):
         tmp.mkdir()
         sd = {k: v.cpu() for k, v in clean_state_dict(model.state_dict()).items()}
-        save_file(sd, str(tmp / WEIGHTS), metadata={"format": "pt", "producer": f"gptkit {__version__}"})
+        save_safetensors(sd, tmp / WEIGHTS, metadata={"format": "pt", "producer": f"gptkit {__version__}"})
         meta = {
             "gptkit_version": __version__,
             "model": config.to_dict(),
@@ -113,6 +114,12 @@ def save_checkpoint(
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
     return path
+
+
+def checkpoint_bytes(model: torch.nn.Module, optimizer: bool) -> int:
+    """About what a checkpoint of `model` takes on disk (AdamW's two moments triple it)."""
+    n = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if not k.endswith(TIED_KEY))
+    return n * (3 if optimizer else 1)
 
 
 @dataclass

@@ -30,6 +30,7 @@ POINTS: dict[str, str] = {
     "mirror.cut_rate": "fraction of mirror file bodies cut short (connection closed)",
     "mirror.rate_limit": "bytes/s per mirror response (slow transfers)",
     "hub.offline": "1: tokenize never asks the hub, as if the network were down",
+    "fs.enospc": "writers (checkpoint|convert|tokenize|download|metrics, |-separated) fail as if the disk were full",
 }
 
 

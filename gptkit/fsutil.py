@@ -4,12 +4,18 @@ worker processes import this, and must not pay for torch)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from gptkit import faults
+from gptkit.errors import GptkitError
 
 
 def write_json_atomic(path: Path, obj, *, indent: int = 2) -> None:
@@ -45,9 +51,11 @@ def remove_path(path: Path) -> None:
 @contextlib.contextmanager
 def atomic_output(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside `final` to write a file or directory at; when the block ends
-    without an error, swap it into place with `replace_atomically`, else remove it."""
+    without an error, swap it into place with `replace_atomically`, else remove it. Temporary
+    copies of `final` left by killed processes are removed first."""
     final = Path(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    remove_stale_temps(final.parent, re.escape(final.name))  # copies left by killed runs
     remove_path(tmp)
     try:
         yield tmp
@@ -68,3 +76,173 @@ def replace_atomically(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
     if old is not None:
         remove_path(old)
+
+
+# --------------------------------------------------------------------------- a full or read-only disk
+
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+# What libraries that hide errno say when the disk filled under them: safetensors (Rust's io error,
+# "os error 28"), torch.save (its C++ stream: "basic_ios::clear: iostream error" or "file write
+# failed"). The C++ messages do not say why, so those count only when the disk is indeed (nearly) full.
+_FULL_WORDS = ("os error 28", "os error 122", "no space left on device", "disk quota exceeded")
+_VAGUE_WORDS = ("iostream error", "file write failed", "unexpected pos")
+_READ_ONLY_WORDS = ("os error 30", "read-only file system")
+NEARLY_FULL = 64 << 20  # a vague write error with less than this free is taken as "disk full"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free bytes on the filesystem that holds `path` (or would hold it), None if it cannot be told."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n < 10e9 else f"{n / 1e9:.0f} GB"
+
+
+def disk_error(e: BaseException, path: Path, need: int | None = None) -> GptkitError | None:
+    """The one-line error for `e` if a full or read-only filesystem caused it, else None.
+
+    ENOSPC/EDQUOT: "no space left on PATH (Y GB free; needs ≈X GB)"; EROFS: "PATH is on a
+    read-only filesystem". Also recognises safetensors' and torch's wrapped messages (see above).
+    """
+    m = _TEMP_RE.match(Path(path).name)
+    if m is not None:  # a writer's temporary copy: name the output the user asked for
+        path = Path(path).with_name(m["name"])
+    code = e.errno if isinstance(e, OSError) else None
+    text = str(e).lower()
+    if code is None:
+        if any(w in text for w in _FULL_WORDS):
+            code = errno.ENOSPC
+        elif any(w in text for w in _READ_ONLY_WORDS):
+            code = errno.EROFS
+        elif any(w in text for w in _VAGUE_WORDS):
+            free = free_bytes(path)
+            if free is not None and (free < NEARLY_FULL or (need is not None and free < need)):
+                code = errno.ENOSPC
+    if code == errno.EROFS:
+        return GptkitError(f"{path} is on a read-only filesystem; choose another output location")
+    if code not in DISK_FULL:
+        return None
+    free = free_bytes(path)
+    parts = [f"{_gb(free)} free" if free is not None else "free space unknown"]
+    if need:
+        parts.append(f"needs ≈{_gb(need)}")
+    return GptkitError(f"no space left on {path} ({'; '.join(parts)})")
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """Exception types a write can fail with when the disk is full (only libraries already imported)."""
+    types: list[type[BaseException]] = [OSError, RuntimeError]
+    st = sys.modules.get("safetensors")
+    if st is not None and hasattr(st, "SafetensorError"):
+        types.append(st.SafetensorError)
+    return tuple(types)
+
+
+@contextlib.contextmanager
+def disk_errors(
+    path: Path, need: int | Callable[[], int | None] | None = None, point: str | None = None
+) -> Iterator[None]:
+    """Turn a full or read-only disk inside the block into one GptkitError about `path`; other
+    errors pass unchanged. `need`: bytes the write needs (or a function giving them at failure time).
+
+    `point` names the writer for the `fs.enospc` fault (GPTKIT_FAULTS="fs.enospc=checkpoint"): when
+    set to it, the block fails with ENOSPC after it has run, as if its last write had hit a full disk.
+    Put this inside the writer's atomic_output, so the temporary output is removed as for a real error.
+    """
+    try:
+        yield
+        if point is not None and point in (faults.value("fs.enospc") or "").split("|"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    except _write_errors() as e:
+        mapped = disk_error(e, Path(path), need() if callable(need) else need)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+# --------------------------------------------------------------------------- leftovers of killed runs
+
+# `.NAME.tmp-PID`, `.NAME.tmp-PID-THREAD` (write_json_atomic) and `.NAME.old-PID` (replace_atomically).
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)(?:-\d+)?$")
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this id exists (on this machine); unknown counts as alive."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, name: str) -> list[Path]:
+    """Clean up after killed writers in `folder`: the temporary copies (`.NAME.tmp-PID`) of outputs
+    whose NAME fully matches the regular expression `name`, left by processes no longer alive.
+
+    A `.NAME.old-PID` is the complete previous output, moved aside just before the new one took
+    its place: if NAME is missing (killed between the two renames) it is put back, else removed.
+    Returns what was removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    pattern = re.compile(name)
+    for p in entries:
+        m = _TEMP_RE.match(p.name)
+        if m is None or not pattern.fullmatch(m["name"]) or pid_alive(int(m["pid"])):
+            continue
+        final = p.with_name(m["name"])
+        if m["kind"] == "old" and not (final.exists() or final.is_symlink()):
+            os.replace(p, final)
+            continue
+        with contextlib.suppress(OSError):
+            remove_path(p)
+            removed.append(p)
+    return removed
+
+
+# --------------------------------------------------------------------------- reproducible safetensors
+
+
+def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, with the same bytes for the same tensors and metadata every time.
+
+    save_file writes its metadata in hash-map order, which changes from one process to the next;
+    the header is rewritten in place with the metadata keys sorted (same length, so the tensor
+    data and its offsets do not move). Needs torch and safetensors, imported here only.
+    """
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    canonical_safetensors_header(path)
+
+
+def canonical_safetensors_header(path: Path) -> None:
+    """Sort the `__metadata__` keys of a .safetensors file's JSON header, in place."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        raw = f.read(n)
+        header = json.loads(raw)
+        meta = header.get("__metadata__")
+        if not meta:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        # serde_json's compact form, as safetensors writes it: no spaces, non-ASCII kept as is.
+        new = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(new) != len(raw.rstrip(b" ")):  # not the layout we know: leave it as written (still valid)
+            return
+        f.seek(8)
+        f.write(new.ljust(n, b" "))

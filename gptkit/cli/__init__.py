@@ -62,11 +62,15 @@ def main() -> None:
 
     try:
         check_dependencies()
+        _check_hf_endpoint_env()
         rv = app(standalone_mode=False)
     except GptkitError as e:
         print(f"gptkit: error: {e}", file=sys.stderr)
         sys.exit(1)
-    except typer.Abort:
+    except typer.Abort as e:
+        if isinstance(e.__cause__, EOFError):  # click turns any EOFError into Abort: not a Ctrl-C
+            print(f"gptkit: error: unexpected end of input ({e.__cause__ or 'EOF'})", file=sys.stderr)
+            sys.exit(1)
         print("gptkit: interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.TyperException as e:
@@ -83,4 +87,39 @@ def main() -> None:
     except KeyboardInterrupt:
         print("gptkit: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:  # last resort: a full or read-only disk that no writer mapped is still one line
+        mapped = _disk_error(e)
+        if mapped is None:
+            raise
+        print(f"gptkit: error: {mapped}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _disk_error(e: OSError) -> GptkitError | None:
+    import errno
+    from pathlib import Path
+
+    from gptkit.fsutil import DISK_FULL, disk_error
+
+    if e.errno not in (*DISK_FULL, errno.EROFS):
+        return None
+    return disk_error(e, Path(e.filename) if e.filename else Path.cwd())
+
+
+# Commands that import huggingface_hub, which fails at import (a traceback) on a malformed HF_ENDPOINT.
+_HUB_COMMANDS = ("doctor", "download", "tokenize", "sample", "convert", "mirror")
+
+
+def _check_hf_endpoint_env() -> None:
+    """A malformed $HF_ENDPOINT is one line before anything imports huggingface_hub."""
+    import os
+
+    args = sys.argv[1:]
+    if not os.environ.get("HF_ENDPOINT") or not args or args[0] not in _HUB_COMMANDS:
+        return
+    if any(a in ("-h", "--help") for a in args):
+        return
+    from gptkit.hub.endpoint import check_endpoint_url
+
+    check_endpoint_url(os.environ["HF_ENDPOINT"].strip().rstrip("/"), "HF_ENDPOINT")

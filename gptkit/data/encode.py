@@ -23,6 +23,7 @@ import json
 import os
 import re
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,16 +92,30 @@ def _units(src: Source, start: int, unit_bytes: int, cut_safe: bool = True) -> I
             for j in range(max(1, -(-size // unit_bytes))):  # an empty .txt file is still one (empty) document
                 yield emit((k, i, j), min(unit_bytes, size - j * unit_bytes))
         else:  # jsonl.gz: decompress here, ship lines; units before `start` are only skipped
-            with gzip.open(f, "rb") as fh:
-                offset, buf, size = 0, [], 0
-                for line in fh:
-                    buf.append(line)
-                    size += len(line)
-                    if size >= unit_bytes:
-                        yield emit(("jsonl-data", i, offset, b"".join(buf) if index >= start else b""), size)
-                        offset, buf, size = offset + size, [], 0
-                if buf:
+            offset, buf, size = 0, [], 0
+            for line in _gzip_lines(f):
+                buf.append(line)
+                size += len(line)
+                if size >= unit_bytes:
                     yield emit(("jsonl-data", i, offset, b"".join(buf) if index >= start else b""), size)
+                    offset, buf, size = offset + size, [], 0
+            if buf:
+                yield emit(("jsonl-data", i, offset, b"".join(buf) if index >= start else b""), size)
+
+
+def _gzip_lines(f: Path) -> Iterator[bytes]:
+    """The lines of a .gz file; a truncated or damaged one is a one-line error naming the file and where."""
+    done = 0
+    try:
+        with gzip.open(f, "rb") as fh:
+            for line in fh:
+                yield line
+                done += len(line)
+    except (EOFError, OSError, zlib.error) as e:  # EOFError: cut short (click would call it "interrupted")
+        what = "truncated" if isinstance(e, EOFError) else f"corrupt ({e})"
+        raise GptkitError(
+            f"{f}: {what} gzip data after {done:,} bytes of text; the file is damaged: fetch it again"
+        ) from None
 
 
 def _batched_texts(texts: Iterator[str], unit_bytes: int) -> Iterator[list[str]]:
@@ -297,9 +312,19 @@ def _encode_pieces(
 
 
 def _parquet_rows(i: int, rg: int, lo: int, hi: int) -> list:
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
     path = _W["files"][i]
+    try:
+        return _read_parquet_rows(path, rg, lo, hi)
+    except (pa.ArrowException, OSError) as e:  # a damaged page (the footer was read when planning)
+        reason = " ".join(str(e).split())[:160]
+        raise GptkitError(f"{path}: corrupt parquet data in row group {rg} (rows {lo}-{hi}): {reason}") from None
+
+
+def _read_parquet_rows(path: Path, rg: int, lo: int, hi: int) -> list:
+    import pyarrow.parquet as pq
+
     if _W["pq"][0] != path:  # workers usually get consecutive row groups of one file
         _W["pq"] = (path, pq.ParquetFile(path, buffer_size=1 << 20))
     pf = _W["pq"][1]

@@ -27,6 +27,7 @@ from gptkit.data import shards, writer
 from gptkit.data.encode import default_unit_bytes, encode_units
 from gptkit.data.sources import Source, resolve_source
 from gptkit.errors import GptkitError
+from gptkit.fsutil import disk_errors
 from gptkit.tokenizer import Tokenizer, get_tokenizer, save_tokenizer
 from gptkit.vocab_files import SAVED_DIR
 
@@ -122,7 +123,8 @@ def tokenize(
         what="gptkit tokenize",
         how_to_break=f"delete {out.parent}/.{out.name}.lock",
     )
-    begin = writer.start(out, fingerprint, force, log)
+    with disk_errors(out):
+        begin = writer.start(out, fingerprint, force, log)
     if begin.done is not None:
         seconds = time.perf_counter() - t0 if begin.status == "resumed" else 0.0
         return Result(out, begin.done, begin.status, seconds)
@@ -160,8 +162,9 @@ def tokenize(
         return s.max_tokens is not None and total >= s.max_tokens
 
     try:
-        encode_units(source, state["next_unit"], unit_bytes, tok, s.text_column, s.strict, workers, consume)
-        w.finish(source.spec, source.splits_given())
+        with disk_errors(out, point="tokenize"):  # a full disk: one line, finished shards kept to resume
+            encode_units(source, state["next_unit"], unit_bytes, tok, s.text_column, s.strict, workers, consume)
+            w.finish(source.spec, source.splits_given())
         if not any(x["split"] == "train" for x in state["shards"]):
             raise GptkitError(
                 f"{source.spec}: no training data (only validation tokens); lower --val-tokens or add data"
@@ -178,8 +181,9 @@ def tokenize(
         shards=state["shards"],
         fingerprint=fingerprint,
     )
-    save_tokenizer(tok, pdir / SAVED_DIR)
-    manifest = writer.complete(pdir, out, manifest)
+    with disk_errors(out):
+        save_tokenizer(tok, pdir / SAVED_DIR)
+        manifest = writer.complete(pdir, out, manifest)
     return Result(out, manifest, "resumed" if resumed else "done", time.perf_counter() - t0, source.total_bytes)
 
 

@@ -215,6 +215,8 @@ def abandon(writer: ShardWriter, out: Path, created_out: bool) -> None:
     """After a failed run: keep what is worth resuming, else leave no trace."""
     if writer.f is not None:
         writer.f.close()
+    for tmp in writer.pdir.glob(".*.tmp"):  # the shard being written: its tokens are redone on resume
+        tmp.unlink(missing_ok=True)
     if not writer.state["shards"]:
         shutil.rmtree(writer.pdir, ignore_errors=True)
         if created_out:

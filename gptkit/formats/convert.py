@@ -26,7 +26,7 @@ from gptkit.checkpoint import model_from_state_dict
 from gptkit.errors import GptkitError
 from gptkit.formats.loaded import NEEDS_TOKENIZER, Loaded
 from gptkit.formats.registry import DETECTION_ORDER, FORMATS
-from gptkit.fsutil import atomic_output
+from gptkit.fsutil import atomic_output, disk_errors
 from gptkit.model import GPT, GPTConfig
 from gptkit.tokenizer import Tokenizer, get_tokenizer
 
@@ -220,7 +220,9 @@ def convert(
     loaded = load(src, tokenizer=tokenizer)
     torch_dtype = DTYPES[dtype]
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(dst) as tmp:  # --force: the old output is replaced whole, only once verified
+    need = sum(v.numel() for v in loaded.state_dict.values()) * torch_dtype.itemsize
+    # --force: the old output is replaced whole, only once verified; a full disk leaves no temporary copy
+    with atomic_output(dst) as tmp, disk_errors(dst, need, point="convert"):
         notes = loaded.notes + FORMATS[fmt].write(loaded, tmp, torch_dtype)
         check = verify(loaded, tmp, fmt, torch_dtype) if verify_output else None
     if loaded.tokenizer is None and not any(NEEDS_TOKENIZER in n for n in notes):

@@ -20,6 +20,7 @@ from gptkit.formats.loaded import (
     tokenizer_from_record,
     tokenizer_record,
 )
+from gptkit.fsutil import save_safetensors
 
 
 def detect(path: Path, head: bytes | None) -> bool:
@@ -63,15 +64,13 @@ def read(path: Path) -> Loaded:
 
 
 def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
-    from safetensors.torch import save_file
-
     meta = {
         "format": "pt",
         "gptkit.config": json.dumps(m.config.to_dict()),
         "producer": f"gptkit {__version__}",
         **tokenizer_record(m.tokenizer),
     }
-    save_file(cast_state_dict(m.state_dict, dtype), str(out), metadata=meta)
+    save_safetensors(cast_state_dict(m.state_dict, dtype), out, metadata=meta)  # sorted metadata: same bytes
     return []
 
 

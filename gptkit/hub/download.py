@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from gptkit import paths
 from gptkit.errors import GptkitError
+from gptkit.fsutil import disk_errors
 from gptkit.hub import errors as hub_errors
 from gptkit.hub import plan
 from gptkit.hub.endpoint import configure_endpoint, redact_url, resolve_endpoint
@@ -119,6 +120,10 @@ class _Context:
         }
         with self.lock:
             write_manifest(self.dest, header, list(self.entries.values()), complete)
+
+    def remaining(self) -> int:
+        """Bytes still to fetch."""
+        return max(0, self.total - self.done)
 
     def moved(self, rf: RemoteFile, on_disk: int, finished: bool = False) -> None:
         """Account for `rf` now having `on_disk` bytes, and tell the progress callback."""
@@ -206,7 +211,8 @@ def _fetch_one(ctx: _Context, rf: RemoteFile) -> None:
         if have > rf.size:
             have = 0
         ctx.moved(rf, have)
-        with open(part, "r+b" if part.exists() else "wb") as f:
+        # A full disk: one line with what is left to fetch; the partial file stays for the re-run to resume.
+        with open(part, "r+b" if part.exists() else "wb") as f, disk_errors(ctx.dest, ctx.remaining, "download"):
             f.truncate(have)
             f.seek(have)
             http_get(

@@ -44,10 +44,31 @@ def resolve_endpoint_and_source(endpoint: str | None = None, mirror: bool = Fals
         ("default", DEFAULT_ENDPOINT),
     )
     source, url = next((source, url.strip().rstrip("/")) for source, url in candidates if url)
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise GptkitError(f"invalid Hugging Face endpoint {url!r}; expected a URL such as {MIRROR_ENDPOINT}")
-    return url, source
+    return check_endpoint_url(url, source), source
+
+
+def check_endpoint_url(url: str, source: str = "--endpoint") -> str:
+    """`url` if it is an http(s) URL with a host, else a one-line error naming where it came from.
+
+    A bare host (hf-mirror.com) is refused, not completed: http or https is the user's choice
+    (a local mirror is usually plain http), and guessing wrong would fail later, less clearly.
+    """
+    where = f"{source} {url!r}" if source != "default" else repr(url)
+    try:
+        parsed = urlsplit(url)
+        host = parsed.hostname
+        parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as e:  # "http://[::1": an unclosed IPv6 bracket, a bad port
+        raise GptkitError(f"invalid Hugging Face endpoint {where}: {e}") from None
+    if "://" not in url:
+        raise GptkitError(
+            f"invalid Hugging Face endpoint {where}: no scheme; did you mean https://{url} (or http:// for a local mirror)?"
+        )
+    if parsed.scheme not in ("http", "https"):
+        raise GptkitError(f"invalid Hugging Face endpoint {where}: {parsed.scheme}:// is not supported; use http(s)://")
+    if not host:
+        raise GptkitError(f"invalid Hugging Face endpoint {where}: no host; expected a URL such as {MIRROR_ENDPOINT}")
+    return url
 
 
 def is_official(endpoint: str) -> bool:

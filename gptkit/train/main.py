@@ -90,9 +90,12 @@ def _run(run_dir: Path, rank: int) -> int:
 
 def _fail(run_dir: Path, rank: int, message: str, collective: bool) -> int:
     if os.environ.get(LAUNCHER_ENV):
-        if rank == 0 or not collective:
-            write_error(run_dir, rank, message)
-        return 0 if collective else 1
+        try:
+            if rank == 0 or not collective:
+                write_error(run_dir, rank, message)
+            return 0 if collective else 1
+        except OSError:  # the disk is full (often the error itself): say it here instead
+            pass
     if rank == 0 or not collective:
         print(f"gptkit: error: {message}", file=sys.stderr)
     return 1

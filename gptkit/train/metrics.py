@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from gptkit.errors import GptkitError
+from gptkit.fsutil import disk_errors
 
 METRICS = "metrics.jsonl"
 
@@ -125,8 +126,9 @@ class Reporter:
             (self.progress.console if self.progress else self.console).print(text, markup=False)
 
     def _write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        with disk_errors(Path(self.file.name), point="metrics"):  # a full disk: one line, not a traceback
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
         step = record["step"]
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None and k != "step"}
         if self.tb:
@@ -190,7 +192,8 @@ class Reporter:
             return
         if self.progress:
             self.progress.stop()
-        self.file.close()
+        with disk_errors(Path(self.file.name)):
+            self.file.close()
         if self.tb:
             self.tb.close()
         if self.wandb:
