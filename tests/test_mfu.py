@@ -12,7 +12,7 @@ from test_train_data import make_dataset
 from gptkit.device import cpu_has_native_bf16, resolve_precision
 from gptkit.model import GPT, get_preset
 from gptkit.train import mfu
-from gptkit.train.config import LaunchConfig
+from gptkit.train.config import LaunchOverrides, TrainOverrides
 from gptkit.train.launch import prepare, write_run_config
 from gptkit.train.metrics import read_metrics
 from gptkit.train.trainer import run as run_worker
@@ -148,7 +148,7 @@ def test_training_reports_6n_tokens_over_the_peak_and_never_above_one(gptkit_hom
     """A real (in-process) training run: every reported MFU equals 6 N tok/s / peak within 15%,
     with N counted here and the peak the one this run measured, for the precision it trained in."""
     make_dataset(gptkit_home / "shards" / "toy")
-    flags = dict(
+    flags = TrainOverrides(
         preset="tiny",
         seq_len=32,  # attention adds 7% to 6N here (12 L C T per token); at 64 it would be 14%
         batch_tokens=32 * 16,
@@ -161,7 +161,7 @@ def test_training_reports_6n_tokens_over_the_peak_and_never_above_one(gptkit_hom
         checkpoint_every=1000,
         compile=False,
     )
-    rr = prepare(flags, LaunchConfig(gpus=0, nproc=1), name="mfu")
+    rr = prepare(flags, LaunchOverrides(gpus=0, nproc=1), name="mfu")
     write_run_config(rr)
     run_worker(rr.run_dir)
 
