@@ -39,6 +39,7 @@ def resolve_model_path(
     endpoint: str | None = None,
     progress: ProgressFn | None = None,
     log: Log | None = None,
+    option: str | None = "--model",
 ) -> Path:
     """--model, looked for in this order: a path (run, checkpoint, .pt, .safetensors, .gguf, HF dir), a run
     name under runs_dir() (its latest checkpoint), a hub name already in data_dir(name) (where
@@ -46,41 +47,45 @@ def resolve_model_path(
 
     No --model: the newest local run, else pretrained gpt2. `log` gets a note saying which model was
     picked and that a download starts; `progress` and `log` then go to gptkit.hub.download as they are.
+    Messages name `spec` after `option`, the command's flag for it (None: a positional argument).
     """
     from gptkit.runs import run_checkpoint
 
     say = log or (lambda msg: None)
+    label = f"{option} {spec}" if option else str(spec)
     if spec is None:
         ck = newest_run_checkpoint()
         if ck is not None:
             say(f"no --model: the newest run, {ck.parent.name} ({ck})")
             return ck
         say(f"no --model and no run with a checkpoint in {paths.runs_dir()}: pretrained gpt2")
-        spec = "gpt2"
+        spec, label = "gpt2", "gpt2"
     p = Path(spec).expanduser()
     if p.exists():
         return p
     looks_like_path = spec.startswith((".", "/", "~")) or Path(spec).suffix in (".pt", ".safetensors", ".gguf", ".bin")
     if looks_like_path or spec.count("/") > 1:
-        raise GptkitError(f"--model {spec}: no such file or directory")
+        raise GptkitError(f"{label}: no such file or directory")
     local = paths.data_dir(spec)
     ck = run_checkpoint(spec)
     if ck is not None:
         if _complete_hf_dir(local):
-            say(f"--model {spec}: the run {ck.parent}, not the download in {local} (give that path to use it)")
+            say(f"{label}: the run {ck.parent}, not the download in {local} (give that path to use it)")
         return ck
     if _complete_hf_dir(local):
         return local
-    return _download(spec, local, endpoint, progress, log)
+    return _download(spec, label, local, endpoint, progress, log)
 
 
-def _download(spec: str, local: Path, endpoint: str | None, progress: ProgressFn | None, log: Log | None) -> Path:
+def _download(
+    spec: str, label: str, local: Path, endpoint: str | None, progress: ProgressFn | None, log: Log | None
+) -> Path:
     """A hub name found nowhere on disk: download it, or say every place that was looked in."""
     from gptkit.hub import download as hub
     from gptkit.hub.endpoint import redact_url, resolve_endpoint
     from gptkit.hub.presets import PRESETS, resolve_target
 
-    looked = f"--model {spec}: not a file, not a run in {paths.runs_dir()}, not a download in {paths.data_dir()}"
+    looked = f"{label}: not a file, not a run in {paths.runs_dir()}, not a download in {paths.data_dir()}"
     try:
         target = resolve_target(spec)
     except GptkitError:  # neither a preset nor ORG/NAME: not worth asking the hub
@@ -91,7 +96,7 @@ def _download(spec: str, local: Path, endpoint: str | None, progress: ProgressFn
     url = resolve_endpoint(endpoint)
     if log is not None:
         how = "resuming the download of" if local.is_dir() else "downloading"
-        log(f"--model {spec}: not on disk; {how} {target.repo_id} from {redact_url(url)} into {local}")
+        log(f"{label}: not on disk; {how} {target.repo_id} from {redact_url(url)} into {local}")
     try:
         return Path(hub.download(spec, endpoint=url, progress=progress, log=log).local_dir)
     except GptkitError as e:

@@ -50,7 +50,7 @@ def eval_model(
 
     url = resolve_endpoint(endpoint, mirror)
     with DownloadDisplay(sys.stderr.isatty(), out=sys.stderr, prefix="gptkit: ") as display:  # stdout: the result only
-        path = resolve_model_path(model, endpoint=url, progress=display.update, log=display.log)
+        path = resolve_model_path(model, endpoint=url, progress=display.update, log=display.log, option=None)
     note = None if json_out else (lambda msg: print(f"gptkit: {msg}", file=sys.stderr))
     result = evaluate(
         path,
