@@ -377,3 +377,34 @@ def test_hub_download_is_drawn_on_stderr_not_stdout(gptkit_home, tmp_path):
         again = run_cli(*args, check=True)  # now on disk: no download, nothing drawn
     assert "downloading" not in again.stderr and "model.safetensors (" not in again.stderr
     assert again.stdout.startswith("Hi")
+
+
+def test_download_display_takes_events_from_many_threads(capsys):
+    """The bars start with the first event, which the download's workers send at once: one display, no lost bar."""
+    import threading
+
+    from gptkit.cli.progress import DownloadDisplay
+    from gptkit.hub.download import Progress
+
+    files = [f"f{i}.bin" for i in range(8)]
+    total = 1000 * len(files)
+    start = threading.Barrier(len(files))
+    done = [0]
+
+    def worker(display, name):
+        start.wait()
+        for k in range(1, 11):
+            done[0] += 100  # roughly; the display only draws it
+            display.update(Progress(name, 100 * k, 1000, min(done[0], total), total, finished=k == 10))
+        display.log(f"{name} ok")
+
+    with DownloadDisplay(bars=True, prefix="gptkit: ") as display:
+        threads = [threading.Thread(target=worker, args=(display, f)) for f in files]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert display.live is not None and display.tasks == {}  # every file's bar gone once finished
+        assert len(display.live.tasks) == 1  # only the overall bar, in the one display
+    err = capsys.readouterr().err
+    assert all(f"gptkit: {f} ok" in err for f in files)

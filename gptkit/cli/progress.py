@@ -8,6 +8,7 @@ DownloadDisplay.log are those callbacks.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class DownloadDisplay:
         self.live: Any = None  # a rich.progress.Progress while drawing
         self.tasks: dict[str, Any] = {}  # file -> its bar
         self.overall: Any = None
+        self.lock = threading.Lock()  # the download's worker threads call update and log at once
 
     def __enter__(self) -> DownloadDisplay:
         # Our own retry notes replace huggingface_hub's multi-line warnings.
@@ -61,6 +63,10 @@ class DownloadDisplay:
         return self.live
 
     def update(self, p: Progress) -> None:
+        with self.lock:
+            self._update(p)
+
+    def _update(self, p: Progress) -> None:
         if not self.bars:
             if p.finished and self.files:
                 from gptkit.hub.plan import human
@@ -81,7 +87,10 @@ class DownloadDisplay:
         live.update(task, completed=p.file_done)
 
     def log(self, msg: str) -> None:
-        msg = self.prefix + msg
+        with self.lock:
+            self._log(self.prefix + msg)
+
+    def _log(self, msg: str) -> None:
         if self.live is not None:
             self.live.console.print(msg, markup=False, highlight=False, soft_wrap=True)
         elif self.bars:
