@@ -1,6 +1,6 @@
 """Which model `gptkit sample` uses and how it is loaded for decoding.
 
-resolve_model_path   --model (a path, a hub name, or nothing: the newest run, else gpt2) -> a path
+resolve_model_path   --model (a path, a run name, a hub name, or nothing: the newest run, else gpt2) -> a path
 load_for_sampling    any format gptkit.formats reads -> (model in the decoding layout, the model's own tokenizer)
 prepare_for_decoding the CPU decoding layout (WideLinear): same values, faster batch-1 matmuls
 """
@@ -8,6 +8,7 @@ prepare_for_decoding the CPU decoding layout (WideLinear): same values, faster b
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -20,6 +21,9 @@ from gptkit.model import GPT, MLP, CausalSelfAttention
 from gptkit.runs import newest_run
 from gptkit.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from gptkit.hub.download import Log, ProgressFn
+
 # --- which model ---------------------------------------------------------------------------------
 
 
@@ -29,29 +33,74 @@ def newest_run_checkpoint() -> Path | None:
     return latest_checkpoint(run) if run is not None else None
 
 
-def resolve_model_path(spec: str | None, *, endpoint: str | None = None) -> Path:
-    """--model as a path (run, checkpoint, .pt, .safetensors, .gguf, HF dir) or a hub name such as gpt2.
+def resolve_model_path(
+    spec: str | None,
+    *,
+    endpoint: str | None = None,
+    progress: ProgressFn | None = None,
+    log: Log | None = None,
+    option: str | None = "--model",
+) -> Path:
+    """--model, looked for in this order: a path (run, checkpoint, .pt, .safetensors, .gguf, HF dir), a run
+    name under runs_dir() (its latest checkpoint), a hub name already in data_dir(name) (where
+    `gptkit download` puts it), and last the hub itself: a download, resuming a partial one.
 
-    No --model: the newest local run, else pretrained gpt2. A hub name is looked up in
-    data_dir(name) first (where `gptkit download` puts it) and downloaded only when absent.
+    No --model: the newest local run, else pretrained gpt2. `log` gets a note saying which model was
+    picked and that a download starts; `progress` and `log` then go to gptkit.hub.download as they are.
+    Messages name `spec` after `option`, the command's flag for it (None: a positional argument).
     """
+    from gptkit.runs import run_checkpoint
+
+    say = log or (lambda msg: None)
+    label = f"{option} {spec}" if option else str(spec)
     if spec is None:
         ck = newest_run_checkpoint()
         if ck is not None:
+            say(f"no --model: the newest run, {ck.parent.name} ({ck})")
             return ck
-        spec = "gpt2"
+        say(f"no --model and no run with a checkpoint in {paths.runs_dir()}: pretrained gpt2")
+        spec, label = "gpt2", "gpt2"
     p = Path(spec).expanduser()
     if p.exists():
         return p
     looks_like_path = spec.startswith((".", "/", "~")) or Path(spec).suffix in (".pt", ".safetensors", ".gguf", ".bin")
     if looks_like_path or spec.count("/") > 1:
-        raise GptkitError(f"--model {spec}: no such file or directory")
+        raise GptkitError(f"{label}: no such file or directory")
     local = paths.data_dir(spec)
+    ck = run_checkpoint(spec)
+    if ck is not None:
+        if _complete_hf_dir(local):
+            say(f"{label}: the run {ck.parent}, not the download in {local} (give that path to use it)")
+        return ck
     if _complete_hf_dir(local):
         return local
-    from gptkit.hub import download as hub  # a hub name not on disk yet: download it (resumes a partial download)
+    return _download(spec, label, local, endpoint, progress, log)
 
-    return Path(hub.download(spec, endpoint=endpoint).local_dir)
+
+def _download(
+    spec: str, label: str, local: Path, endpoint: str | None, progress: ProgressFn | None, log: Log | None
+) -> Path:
+    """A hub name found nowhere on disk: download it, or say every place that was looked in."""
+    from gptkit.hub import download as hub
+    from gptkit.hub.endpoint import redact_url, resolve_endpoint
+    from gptkit.hub.presets import PRESETS, resolve_target
+
+    looked = f"{label}: not a file, not a run in {paths.runs_dir()}, not a download in {paths.data_dir()}"
+    try:
+        target = resolve_target(spec)
+    except GptkitError:  # neither a preset nor ORG/NAME: not worth asking the hub
+        models = ", ".join(p.name for p in PRESETS.values() if p.repo_type == "model")
+        raise GptkitError(f"{looked}, nor a hub model ({models} or an ORG/NAME repo)") from None
+    if target.repo_type != "model":
+        raise GptkitError(f"{looked}; {spec} is a {target.repo_type} on the hub, not a model")
+    url = resolve_endpoint(endpoint)
+    if log is not None:
+        how = "resuming the download of" if local.is_dir() else "downloading"
+        log(f"{label}: not on disk; {how} {target.repo_id} from {redact_url(url)} into {local}")
+    try:
+        return Path(hub.download(spec, endpoint=url, progress=progress, log=log).local_dir)
+    except GptkitError as e:
+        raise GptkitError(f"{looked}; and from the hub: {e}") from None
 
 
 def _complete_hf_dir(d: Path) -> bool:

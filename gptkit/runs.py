@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gptkit import paths
+from gptkit.errors import GptkitError
 
 CONFIG_FILE = "config.json"
 
@@ -47,4 +48,16 @@ def find_run(spec: str, file_of: FileOfRun = _latest_checkpoint) -> Path | None:
     for cand in (Path(spec).expanduser(), paths.runs_dir(spec)):
         if cand.is_dir() and file_of(cand) is not None:
             return cand
+    return None
+
+
+def run_checkpoint(spec: str) -> Path | None:
+    """The latest checkpoint of the run `spec` names (a path or a name under runs_dir()), for commands
+    that load a model from it; None if `spec` names no run. A run with no checkpoint yet is an error."""
+    run = find_run(spec)
+    if run is not None:
+        return _latest_checkpoint(run)
+    named = paths.runs_dir(spec)
+    if (named / CONFIG_FILE).is_file():
+        raise GptkitError(f"{spec}: the run {named} has no checkpoint yet; wait for its first one (--checkpoint-every)")
     return None

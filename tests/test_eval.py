@@ -122,3 +122,39 @@ def test_missing_hellaswag_is_one_line(hf_model, gptkit_home):
     env = {"GPTKIT_HOME": str(gptkit_home)}
     line = assert_one_line_error(run_cli("eval", d, "--tokens", "0", "--hellaswag", "--device", "cpu", env=env))
     assert "gptkit download hellaswag" in line
+
+
+def test_model_by_run_name(text_file, tmp_path, gptkit_home):
+    """`gptkit eval NAME` evaluates the latest checkpoint of $GPTKIT_HOME/runs/NAME, as sample does."""
+    from gptkit import paths
+    from gptkit.checkpoint import save_checkpoint
+    from gptkit.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=SEQ, vocab_size=50257, padded_vocab_size=50304, n_layer=1, n_head=2, n_embd=16))
+    ck = save_checkpoint(paths.runs_dir("myrun") / "step_000040", model, config=model.config, tokenizer="gpt2")
+    shards = tokenize(text_file, tmp_path / "shards", "gpt2")
+    args = ("eval", "myrun", "--data", shards, "--tokens", "640", "--device", "cpu", "--precision", "fp32", "--json")
+    r = run_cli(*args, cwd=tmp_path, env={"HF_ENDPOINT": "http://127.0.0.1:9"}, check=True)
+    out = json.loads(r.stdout)
+    want = evaluate(ck, data=shards, tokens=640, device="cpu", precision="fp32")
+    assert out["val_loss"] == pytest.approx(want.val_loss) and out["val_tokens"] == 640
+    assert str(ck) in out["model"]
+
+
+def test_hub_name_download_is_drawn_on_stderr(text_file, tmp_path, gptkit_home):
+    """eval of a hub name not on disk: fetched through the mirror, drawn on stderr; stdout is the JSON only."""
+    from hubfixtures import make_model_repo, running_mirror
+
+    from gptkit import paths
+
+    make_model_repo(tmp_path / "hub" / "gpt2", "openai-community/gpt2", vocab="gpt2", n_positions=SEQ)
+    shards = tokenize(text_file, tmp_path / "shards", "gpt2")
+    with running_mirror(tmp_path / "hub") as server:
+        args = ("eval", "gpt2", "--endpoint", server.url, "--data", shards, "--tokens", "640", "--device", "cpu")
+        r = run_cli(*args, "--json", check=True)
+    out = json.loads(r.stdout)
+    assert out["val_tokens"] == 640 and out["val_loss"] > 1.0
+    assert f"gptkit: gpt2: not on disk; downloading openai-community/gpt2 from {server.url}" in r.stderr
+    assert "  model.safetensors (" in r.stderr
+    assert (paths.data_dir("gpt2") / "model.safetensors").is_file()

@@ -289,3 +289,122 @@ def test_hub_name_is_fetched_through_the_mirror(gptkit_home, tmp_path):
     model, tok, _ = load_for_sampling(paths.data_dir("gpt2"), torch.device("cpu"))
     expected = sample_text(model, tok, "Hello", SampleConfig(max_new_tokens=6, temperature=0))
     assert out["samples"][0]["text"] == expected.samples[0].text and out["samples"][0]["tokens"] == 6
+
+
+# --- --model as a run name, the places looked in, the download drawn on stderr -----------------
+
+
+def test_model_by_run_name_is_its_latest_checkpoint(gptkit_home, tmp_path):
+    """`--model NAME` finds $GPTKIT_HOME/runs/NAME from any directory, as plot and train do."""
+    from gptkit import paths
+
+    old, new = random_model(seed=1), random_model(seed=2)
+    save_checkpoint(paths.runs_dir("myrun") / "step_000010", old, config=old.config, tokenizer="bytes")
+    latest = save_checkpoint(paths.runs_dir("myrun") / "step_000020", new, config=new.config, tokenizer="bytes")
+    assert resolve_model_path("myrun") == latest
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    args = ("sample", "abc", "--model", "myrun", "-n", "5", "--temperature", "0", "--device", "cpu", "--json")
+    r = run_cli(*args, cwd=elsewhere, env={"HF_ENDPOINT": "http://127.0.0.1:9"}, check=True)
+    out = json.loads(r.stdout)
+    assert out["model"] == str(latest)
+    expected = sample_text(new, BytesTokenizer(), "abc", SampleConfig(max_new_tokens=5, temperature=0))
+    assert out["samples"][0]["text"] == expected.samples[0].text
+    assert "downloading" not in r.stderr  # found locally: the hub is never asked
+
+
+def test_run_without_a_checkpoint_is_one_line(gptkit_home):
+    from gptkit import paths
+
+    run = paths.runs_dir("fresh")
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    line = assert_one_line_error(run_cli("sample", "hi", "--model", "fresh", "--device", "cpu"))
+    assert str(run) in line and "no checkpoint yet" in line
+
+
+def test_unknown_name_says_where_it_looked(gptkit_home):
+    """Not a path, run, download or hub name: one line naming each local place, and no network."""
+    from gptkit import paths
+
+    line = assert_one_line_error(
+        run_cli("sample", "hi", "--model", "nosuchrun", env={"HF_ENDPOINT": "http://127.0.0.1:9"})
+    )
+    assert line.startswith("gptkit: error: --model nosuchrun: not a file")
+    assert str(paths.runs_dir()) in line and str(paths.data_dir()) in line and "ORG/NAME" in line
+    line = assert_one_line_error(run_cli("sample", "hi", "--model", "fineweb"))
+    assert "dataset" in line and str(paths.runs_dir()) in line
+
+
+def test_unreachable_hub_error_names_the_local_places_first(gptkit_home):
+    from gptkit import paths
+
+    r = run_cli("sample", "hi", "--model", "someorg/tiny", "--endpoint", "http://127.0.0.1:9", "--device", "cpu")
+    assert r.returncode == 1 and "Traceback" not in r.stderr and r.stdout == ""
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("gptkit: error: --model someorg/tiny: not a file, not a run in ")
+    assert str(paths.runs_dir()) in last and str(paths.data_dir()) in last
+    assert "http://127.0.0.1:9 cannot be reached" in last
+    # before it, the notes of the attempt: what was being downloaded, from where, and the retries
+    assert "downloading someorg/tiny from http://127.0.0.1:9" in r.stderr and "retry 1/" in r.stderr
+
+
+def test_no_model_says_which_it_picked(gptkit_home):
+    from gptkit import paths
+
+    m = random_model()
+    save_checkpoint(paths.runs_dir("only") / "step_000003", m, config=m.config, tokenizer="bytes")
+    r = run_cli("sample", "a", "-n", "2", "--device", "cpu", "--json", check=True)
+    assert json.loads(r.stdout)["model"].endswith("step_000003")
+    assert "no --model: the newest run, only" in r.stderr
+
+
+def test_hub_download_is_drawn_on_stderr_not_stdout(gptkit_home, tmp_path):
+    """A hub name fetched for sampling: the notes and each finished file on stderr, the JSON alone on stdout."""
+    from hubfixtures import make_model_repo, running_mirror
+
+    from gptkit import paths
+
+    make_model_repo(tmp_path / "hub" / "gpt2", "openai-community/gpt2", vocab="gpt2", n_positions=32)
+    with running_mirror(tmp_path / "hub") as server:
+        args = ("sample", "Hi", "--model", "gpt2", "--endpoint", server.url, "-n", "3", "--device", "cpu")
+        r = run_cli(*args, "--json", check=True)
+        assert json.loads(r.stdout)["samples"][0]["tokens"] == 3  # stdout is the JSON document, nothing else
+        assert f"gptkit: --model gpt2: not on disk; downloading openai-community/gpt2 from {server.url}" in r.stderr
+        assert f"into {paths.data_dir('gpt2')}" in r.stderr
+        assert "Xet transfers off" in r.stderr  # the library's own note, passed through
+        assert "  model.safetensors (" in r.stderr and "  config.json (" in r.stderr  # one line per file
+        again = run_cli(*args, check=True)  # now on disk: no download, nothing drawn
+    assert "downloading" not in again.stderr and "model.safetensors (" not in again.stderr
+    assert again.stdout.startswith("Hi")
+
+
+def test_download_display_takes_events_from_many_threads(capsys):
+    """The bars start with the first event, which the download's workers send at once: one display, no lost bar."""
+    import threading
+
+    from gptkit.cli.progress import DownloadDisplay
+    from gptkit.hub.download import Progress
+
+    files = [f"f{i}.bin" for i in range(8)]
+    total = 1000 * len(files)
+    start = threading.Barrier(len(files))
+    done = [0]
+
+    def worker(display, name):
+        start.wait()
+        for k in range(1, 11):
+            done[0] += 100  # roughly; the display only draws it
+            display.update(Progress(name, 100 * k, 1000, min(done[0], total), total, finished=k == 10))
+        display.log(f"{name} ok")
+
+    with DownloadDisplay(bars=True, prefix="gptkit: ") as display:
+        threads = [threading.Thread(target=worker, args=(display, f)) for f in files]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert display.live is not None and display.tasks == {}  # every file's bar gone once finished
+        assert len(display.live.tasks) == 1  # only the overall bar, in the one display
+    err = capsys.readouterr().err
+    assert all(f"gptkit: {f} ok" in err for f in files)

@@ -5,14 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from gptkit.cli.options import Endpoint, JsonOut, Mirror
-
-if TYPE_CHECKING:
-    from gptkit.hub.download import Progress
 
 
 def download(
@@ -79,11 +76,11 @@ def download(
         from gptkit.errors import GptkitError
 
         raise GptkitError("give a preset or an ORG/NAME repo to download; `gptkit download --list` shows the presets")
-    # Our own retry notes replace huggingface_hub's multi-line warnings.
-    from huggingface_hub.utils import logging as hf_logging
+    from gptkit.cli.progress import DownloadDisplay
 
-    hf_logging.set_verbosity_error()
-    with _Display(bars=sys.stderr.isatty() if progress is None else progress, quiet=json_out) as display:
+    bars = sys.stderr.isatty() if progress is None else progress
+    # --json: stdout is the JSON document only, so no per-file lines and the notes on stderr
+    with DownloadDisplay(bars, out=sys.stderr if json_out else None, files=not json_out) as display:
         result = hub.download(
             name,
             endpoint=endpoint,
@@ -153,71 +150,3 @@ def _print_presets(presets: ModuleType, json_out: bool) -> None:
         print(f"{p.name:<12} {kind} {p.repo_id:<28} {p.size}")
         print(f"{'':<12} {p.about}; files: {', '.join(p.files)}")
     print("Any other repo: gptkit download ORG/NAME [--repo-type dataset]. Exact sizes: --dry-run.")
-
-
-class _Display:
-    """Draws a download: Rich bars on stderr (one for the whole run, one per file in flight), or, without
-    bars, a line per finished file; notes (retries, Xet) as lines on stdout either way."""
-
-    def __init__(self, bars: bool, quiet: bool):
-        self.bars, self.quiet = bars, quiet  # quiet: --json, whose stdout is the JSON document only
-        self.live: Any = None  # a rich.progress.Progress while drawing
-        self.tasks: dict[str, Any] = {}  # file -> its bar
-        self.overall: Any = None
-
-    def __enter__(self) -> _Display:
-        if self.bars:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            self.live = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self.live.__enter__()
-        return self
-
-    def update(self, p: Progress) -> None:
-        if self.live is None:
-            if p.finished and not self.quiet:
-                from gptkit.hub.plan import human
-
-                print(f"  {p.file} ({human(p.file_size)})", flush=True)
-            return
-        if self.overall is None:
-            self.overall = self.live.add_task("download", total=p.total)
-        self.live.update(self.overall, completed=p.done)
-        task = self.tasks.get(p.file)
-        if p.finished:
-            if task is not None:
-                self.live.remove_task(self.tasks.pop(p.file))
-            return
-        if task is None:
-            task = self.tasks[p.file] = self.live.add_task(_short(p.file), total=p.file_size)
-        self.live.update(task, completed=p.file_done)
-
-    def log(self, msg: str) -> None:
-        if self.live is not None:
-            self.live.console.print(msg, markup=False, highlight=False, soft_wrap=True)
-        else:  # stdout, unless it carries --json
-            print(msg, file=sys.stderr if self.quiet else sys.stdout, flush=True)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.__exit__(*exc)
-
-
-def _short(path: str) -> str:
-    return path if len(path) <= 40 else f"…{path[-39:]}"

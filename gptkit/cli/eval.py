@@ -14,8 +14,8 @@ def eval_model(
     model: Annotated[
         str | None,
         typer.Argument(
-            help="Run or checkpoint directory, .pt, .safetensors, .gguf, Hugging Face directory, or a hub name such as "
-            "gpt2. Default: the newest local run, else pretrained gpt2."
+            help="A run name or directory, a checkpoint directory, .pt, .safetensors, .gguf, Hugging Face directory, "
+            "or a hub name such as gpt2. Default: the newest local run, else pretrained gpt2."
         ),
     ] = None,
     data: Annotated[
@@ -43,11 +43,14 @@ def eval_model(
     """Validation loss and HellaSwag accuracy, e.g. `gptkit eval gpt2 --data fineweb-edu --hellaswag`."""
     import json
 
+    from gptkit.cli.progress import DownloadDisplay
     from gptkit.evaluate import evaluate
     from gptkit.hub.endpoint import resolve_endpoint
     from gptkit.models import resolve_model_path
 
-    path = resolve_model_path(model, endpoint=resolve_endpoint(endpoint, mirror))
+    url = resolve_endpoint(endpoint, mirror)
+    with DownloadDisplay(sys.stderr.isatty(), out=sys.stderr, prefix="gptkit: ") as display:  # stdout: the result only
+        path = resolve_model_path(model, endpoint=url, progress=display.update, log=display.log, option=None)
     note = None if json_out else (lambda msg: print(f"gptkit: {msg}", file=sys.stderr))
     result = evaluate(
         path,

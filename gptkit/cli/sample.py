@@ -21,8 +21,8 @@ def sample(
             "--model",
             "-m",
             metavar="MODEL",
-            help="Run or checkpoint directory, .pt, .safetensors, .gguf, Hugging Face directory, or a hub name such as "
-            "gpt2. Default: the newest local run, else pretrained gpt2.",
+            help="A run name or directory, a checkpoint directory, .pt, .safetensors, .gguf, Hugging Face directory, "
+            "or a hub name such as gpt2. Default: the newest local run, else pretrained gpt2.",
         ),
     ] = None,
     prompt_file: Annotated[
@@ -63,6 +63,7 @@ def sample(
     """Generate text with the KV cache, streaming it to the terminal (sample 1 live, the rest after)."""
     import json
 
+    from gptkit.cli.progress import DownloadDisplay
     from gptkit.device import pick_device, resolve_precision
     from gptkit.errors import GptkitError
     from gptkit.generate import SampleConfig, sample_text
@@ -89,7 +90,9 @@ def sample(
     cfg.validate()
     dev = pick_device(device)
     prec = resolve_precision(precision, dev)
-    path = resolve_model_path(model, endpoint=resolve_endpoint(endpoint, mirror))
+    url = resolve_endpoint(endpoint, mirror)
+    with DownloadDisplay(sys.stderr.isatty(), out=sys.stderr, prefix="gptkit: ") as display:  # stdout: the text only
+        path = resolve_model_path(model, endpoint=url, progress=display.update, log=display.log)
     net, tok, described = load_for_sampling(path, dev, tokenizer)
     prompt = prompt or ""
     if not prompt and tok.eot_token is None:
