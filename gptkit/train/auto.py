@@ -82,8 +82,9 @@ def fit_micro_batch(mc: GPTConfig, n_params: int, seq_len: int, rows_per_rank: i
     return fitting[-1] if fitting else 1
 
 
-def choose(machine: Machine, precision: str = "auto", timer=None) -> AutoChoice:
-    """Pick the run. `timer(model_config, seq_len) -> seconds per row` (default: time the real model)."""
+def choose(machine: Machine, precision: str = "auto", timer=None, max_steps: int | None = None) -> AutoChoice:
+    """Pick the run. `timer(model_config, seq_len) -> seconds per row` (default: time the real model).
+    max_steps: the user's; the model and batch are still picked, the schedule scaled to it."""
     from gptkit.train.plan import human_count, human_duration, param_count, time_cpu_step
 
     timer = timer or (lambda mc, T: time_cpu_step(mc, T, precision).row_s)
@@ -102,7 +103,7 @@ def choose(machine: Machine, precision: str = "auto", timer=None) -> AutoChoice:
             break
     assert chosen is not None
     name, mc, n_params, seq_len, batch_tokens, tok_per_s = chosen
-    steps = steps_for(machine.train_tokens, n_params, batch_tokens, tok_per_s)
+    steps = max_steps or steps_for(machine.train_tokens, n_params, batch_tokens, tok_per_s)
     rows_per_rank = batch_tokens // seq_len // machine.processes or 1
     free = machine.free_ram // machine.processes if machine.free_ram else None
     mb = fit_micro_batch(mc, n_params, seq_len, rows_per_rank, TRAIN_PRESETS[name]["micro_batch"], free)

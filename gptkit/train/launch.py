@@ -238,6 +238,7 @@ def settle_config(
         choice = auto.choose(
             auto.Machine(train_tokens=size[1], vocab_size=size[0], free_ram=free_ram(), processes=nproc * launch.nodes),
             precision=overrides.precision or file_train.get("precision") or "auto",
+            max_steps=overrides.max_steps or file_train.get("max_steps"),
         )
         preset = choice.preset
     preset = preset or "gpt2"
@@ -365,6 +366,13 @@ def prepare(
                 f"sequence of {cfg.seq_len}; raise --eval-tokens or turn validation off with --eval-tokens 0"
             )
     check_backends(cfg.tensorboard, cfg.wandb)
+    auto_info = s.auto
+    if ckpt is not None and (run_dir / CONFIG_FILE).is_file():
+        # A resumed run keeps the auto-sizing's record; its choice is in the checkpoint's config.
+        try:
+            auto_info = json.loads((run_dir / CONFIG_FILE).read_text()).get("auto")
+        except (OSError, ValueError):
+            auto_info = None
 
     if launch.nodes > 1 and launch.master_port is None:
         raise GptkitError(
@@ -385,7 +393,7 @@ def prepare(
             "nproc_per_node": nproc,
             "tokenizer": tokenizer,
             "vocab_size": vocab,
-            **({"auto": s.auto} if s.auto else {}),
+            **({"auto": auto_info} if auto_info else {}),
         },
     )
 

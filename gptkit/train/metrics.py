@@ -252,7 +252,7 @@ class Reporter:
             }
         )
         fields = step_fields(loss=loss, lr=lr, grad_norm=grad_norm, tok_per_s=tok_per_s, mfu=mfu, eta_s=eta_s)
-        if self.progress:
+        if self.progress and self.task is not None:
             self.progress.update(self.task, completed=step, info=step_line(step, self.max_steps, fields, self.width))
         elif step % self.log_every == 0 or step == self.max_steps:
             self.console.print(step_line(step, self.max_steps, fields), markup=False)
