@@ -394,7 +394,7 @@ def render_plan(p: RunPlan) -> list[str]:
             f"+ activations {gb_(m.activations)}",
         ),
         (
-            "free memory",
+            "memory available",
             f"{gb_(m.free)}" + ("" if m.fits is None else (" (fits)" if m.fits else " (DOES NOT FIT)")),
         ),
         ("largest micro-batch", "?" if p.max_micro_batch is None else f"{p.max_micro_batch} that fits"),
