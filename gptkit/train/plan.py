@@ -46,7 +46,8 @@ GPU_MEMORY_GB: list[tuple[str, float]] = [
     ("T4", 16),
 ]
 GPT2_VOCAB = 50257
-TIMED_ROWS = 2  # rows in the timed CPU micro-batch: a 124M step on 2 cores takes hours, 1-2 rows seconds
+MAX_TIMED_ROWS = 16  # the timed CPU micro-batch grows to this many rows at most
+TIMED_PASS_S = 0.25  # ... until one forward/backward takes this long
 TIMED_TRIES = 3
 TIMED_SECONDS = 1.0
 MEMORY_HEADROOM = 0.8  # a plan "fits" when its estimate is under this fraction of the free memory
@@ -150,12 +151,15 @@ class CpuTiming:
         return self.row_s * rows + self.optimizer_s
 
 
-def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, rows: int | None = None) -> CpuTiming:
-    """Time the real model on this CPU: `rows` rows forward/backward and one fused AdamW step, the
-    way the trainer runs them. The first pass is a warm-up (kernel choice, allocator, thread pool:
-    it measured 20x slower than the next for the tiny model); then the best of up to TIMED_TRIES
-    passes within TIMED_SECONDS (others share the cores of a busy machine). rows None: TIMED_ROWS,
-    1 for a model over 50M parameters (a 124M row takes ~20 s on 2 cores)."""
+def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, max_rows: int = MAX_TIMED_ROWS) -> CpuTiming:
+    """Time the real model on this CPU: a micro-batch forward/backward and one fused AdamW step, the
+    way the trainer runs them.
+
+    The micro-batch starts at two rows and doubles (up to max_rows) until a pass takes TIMED_PASS_S:
+    a pass of a few ms is mostly fixed overhead (the tiny model's 2-row pass measured 3x slower per
+    row than its 16-row one). Each size gets an untimed warm-up first (kernel choice, allocator,
+    thread pool), then the best of up to TIMED_TRIES passes within TIMED_SECONDS (others may share
+    the cores). A 124M row takes ~20 s on 2 cores, so that model is timed on one row."""
     import torch
 
     from gptkit.device import resolve_precision
@@ -164,28 +168,33 @@ def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, rows: int | None 
 
     prec = resolve_precision(precision, torch.device("cpu"))
     model = GPT(mc)
-    if rows is None:
-        rows = 1 if sum(p.numel() for p in model.parameters()) > 50e6 else TIMED_ROWS
     train_model = FusedLossGPT(model) if prec.name == "fp32" else model
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-4, fused=True)
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, mc.vocab_size, (rows, seq_len), generator=g)
-    y = torch.randint(0, mc.vocab_size, (rows, seq_len), generator=g)
 
-    def fwd_bwd() -> float:
+    def fwd_bwd(rows: int) -> float:
+        x = torch.randint(0, mc.vocab_size, (rows, seq_len), generator=g)
+        y = torch.randint(0, mc.vocab_size, (rows, seq_len), generator=g)
         t = time.perf_counter()
         with prec.autocast():
             _, loss = train_model(x, y)
         loss.backward()
         return time.perf_counter() - t
 
-    fwd_bwd()
+    # One row measured 10x slower per row than two for the tiny model in bf16 (some batch-1 path), so
+    # one row only for models where a row is already seconds of large matmuls.
+    rows = 1 if sum(p.numel() for p in model.parameters()) > 50e6 else 2
+    fwd_bwd(rows)
+    best = fwd_bwd(rows)
+    while best < TIMED_PASS_S and rows < max_rows:
+        rows *= 2
+        fwd_bwd(rows)
+        best = fwd_bwd(rows)
     start = time.perf_counter()
-    best = fwd_bwd()
     for _ in range(TIMED_TRIES - 1):
         if time.perf_counter() - start > TIMED_SECONDS:
             break
-        best = min(best, fwd_bwd())
+        best = min(best, fwd_bwd(rows))
     opt.step()  # warm-up: allocates the moments
     t = time.perf_counter()
     opt.step()
