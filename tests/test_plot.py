@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import assert_one_line_error, run_cli
 
 from gptkit.train.plot import plot_run, resolve_run
@@ -53,3 +54,33 @@ def test_plot_cli_finds_runs_by_name_and_fails_in_one_line(gptkit_home):
     assert resolve_run(None) == gptkit_home / "runs" / "myrun"  # the newest run by default
     line = assert_one_line_error(run_cli("plot", "nope"))
     assert "nope" in line and "metrics.jsonl" in line
+
+
+def test_every_panel_is_labelled_and_the_loss_axis_is_framed_on_training(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gptkit.train.plot import build_figure, loss_limits
+
+    write_run(tmp_path / "r", hellaswag=True)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    rows.insert(0, {"step": 0, "val_loss": 10.9})  # a fresh model's evaluation, far above the curve
+    fig = build_figure(rows, "r", plt)
+    try:
+        assert len(fig.axes) == 4
+        for ax in fig.axes:
+            assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
+        lo, hi = fig.axes[0].get_ylim()
+        train = [r["loss"] for r in rows if "loss" in r]
+        vals = [r["val_loss"] for r in rows if "val_loss" in r]
+        assert (lo, hi) == pytest.approx(loss_limits(train, vals))
+        assert max(train) < hi < 10.9 and lo < min(train + vals)
+        # the step-0 point is still drawn: a marker on the top edge, and its value written beside it
+        texts = [t.get_text() for t in fig.axes[0].texts]
+        assert any("10.90" in t and "step 0" in t for t in texts)
+    finally:
+        plt.close(fig)
+    assert loss_limits([], [3.0]) is None
+    assert loss_limits([4.0, 2.0], [1.0]) == pytest.approx((1.0 - 0.15, 4.0 + 0.15))

@@ -259,6 +259,20 @@ def train(
             "--dry-run", help="Print the torchrun command and resolved config; do not train.", rich_help_panel="Run"
         ),
     ] = False,
+    # --- the plan (issue 11) ---
+    plan: Annotated[
+        bool,
+        typer.Option("--plan", help="Show the run's size, memory and time; start nothing.", rich_help_panel="Run"),
+    ] = False,
+    gpu_type: Annotated[
+        str | None,
+        typer.Option(
+            "--gpu-type", help="With --plan: plan for --gpus GPUs of this kind (e.g. H100).", rich_help_panel="Run"
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="With --plan: the plan as JSON.", rich_help_panel="Run")
+    ] = False,
 ) -> None:
     """Train a GPT on tokenized shards: builds and runs the torchrun command, one process per GPU."""
     from gptkit.train.config import LaunchOverrides, TrainOverrides
@@ -309,6 +323,20 @@ def train(
         master_port=master_port,
         watchdog=watchdog,
     )
+    if plan or gpu_type or json_out:
+        from gptkit.errors import GptkitError
+        from gptkit.train.plan import make_plan, render_plan
+
+        if not plan:
+            raise GptkitError("--gpu-type and --json go with --plan")
+        p = make_plan(overrides, launch, config_file=config, gpu_type=gpu_type)
+        if json_out:
+            import json
+
+            print(json.dumps(p.to_dict(), indent=2))
+        else:
+            print("\n".join(render_plan(p)))
+        return
     rc = run_train(
         overrides,
         launch,

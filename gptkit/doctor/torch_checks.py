@@ -232,7 +232,19 @@ def check_cpu(ctx: Context) -> Check:
     }
     isa = ", ".join(simd) if simd else ("flags unknown" if not flags else "no AVX2")
     bf16 = "native bf16" if data["native_bf16"] else "no native bf16"
-    return Check("CPU", OK, f"{usable}/{cores} cores, {isa}, {bf16} → auto precision {precision.name}", data=data)
+    # The peak `gptkit train` divides by for MFU (a GPU's when training would run on one); never measured here.
+    from gptkit.train.mfu import cached_peak
+
+    where = "cuda" if torch.cuda.is_available() else "cpu"
+    peak = cached_peak(where)
+    data["mfu_peak"] = {"device": where, "precision": peak.precision, "flops": peak.flops, "source": peak.source}
+    if peak.flops:
+        unit, div = ("TFLOP/s", 1e12) if peak.flops >= 1e12 else ("GFLOP/s", 1e9)
+        mfu = f"MFU peak {peak.flops / div:.0f} {unit} {peak.precision} ({peak.source})"
+    else:
+        mfu = f"MFU peak: {peak.source}"
+    detail = f"{usable}/{cores} cores, {isa}, {bf16} → auto precision {precision.name}; {mfu}"
+    return Check("CPU", OK, detail, data=data)
 
 
 def check_attention(ctx: Context) -> Check:

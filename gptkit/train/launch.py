@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gptkit import paths
@@ -153,7 +153,49 @@ def check_port(addr: str, port: int) -> None:
 
 
 # --- resolving a run -----------------------------------------------------------------------------
-def prepare(
+SIZING_KEYS = ("seq_len", "batch_tokens", "micro_batch")  # given any of these, the user sized the run
+WARMUP_CAP = 0.1  # a preset's warmup is at most this fraction of the steps unless warmup is given
+SMALL_DATA_BATCHES = 3  # fewer training tokens than this many batches: warn
+# CPU MFU assumed for the one-line time estimate of a GPT-2-sized run on CPU (the plan measures
+# instead). A 124M step is mostly large matmuls: one row timed on 2 busy cores ran at the rate the
+# matmul peak measured then; half of it keeps the estimate on the safe side.
+ASSUMED_CPU_MFU = 0.5
+
+
+@dataclass
+class Settled:
+    """A TrainConfig resolved from preset, auto-sizing, checkpoint, file and flags, with what decided it."""
+
+    cfg: TrainConfig
+    launch: LaunchConfig
+    file_train: dict
+    device_type: str
+    nproc: int
+    run_dir: Path | None
+    ckpt: Path | None
+    vocab: int | None  # None: no data found (a plan may go on with GPT-2's vocabulary)
+    train_tokens: int | None
+    auto: dict | None  # the CPU auto-sizing's choice: {"line", "tok_per_s", "est_seconds"}
+
+    @property
+    def auto_line(self) -> str | None:
+        return self.auto["line"] if self.auto else None
+
+
+def _given(overrides: TrainOverrides, file_train: dict, key: str) -> bool:
+    return getattr(overrides, key) is not None or key in file_train
+
+
+def _data_size(data: str | None) -> tuple[int, int] | None:
+    """(vocabulary size, training tokens) of --data, or None when there is no tokenized data."""
+    from gptkit.train.data import TokenStream, check_data, tokenizer_info
+
+    data_dir, _val, train, manifest = check_data(data)
+    _tok, vocab, eot = tokenizer_info(manifest, data_dir)
+    return vocab, (TokenStream(train, eot, 0).total if train else 0)
+
+
+def settle_config(
     overrides: TrainOverrides,
     launch_overrides: LaunchOverrides,
     *,
@@ -161,16 +203,53 @@ def prepare(
     name: str | None = None,
     out: str | Path | None = None,
     resume: str | None = None,
-) -> ResolvedRun:
-    """The settings given on the command line (None = not given) -> a ResolvedRun, validated."""
-    from gptkit.train.data import TokenStream, check_data, tokenizer_info
-    from gptkit.train.metrics import check_backends
+    gpu_type: str | None = None,
+    warn: Callable[[str], object] = lambda m: None,
+    plan_only: bool = False,
+) -> Settled:
+    """The config of a run. Without a GPU, --preset and the sizing flags, the CPU auto-sizing
+    (gptkit.train.auto) picks the model, batch and steps. With `gpu_type` (a plan for hardware this
+    machine lacks) the device is --gpus GPUs of that kind and no run directory is chosen."""
+    from gptkit.train import auto
 
     file_train, file_launch = split_settings(load_config_file(config_file)) if config_file else ({}, {})
     # The command line wins over the file.
     launch = launch_overrides.apply(LaunchConfig(**check_types(file_launch, LaunchConfig, str(config_file))))
-    preset = overrides.preset or file_train.get("preset") or "gpt2"
-    run_dir, ckpt = resolve_run_dir(name, out, resume, preset)
+    preset = overrides.preset or file_train.get("preset")
+    device_asked = overrides.device or file_train.get("device") or "auto"
+    if gpu_type:
+        if device_asked not in ("auto", "cuda"):
+            raise GptkitError(f"--gpu-type plans GPUs; it does not go with --device {device_asked}")
+        device_type, nproc = "cuda", launch.gpus or 1
+    else:
+        device_type, nproc = resolve_devices(replace(TrainConfig(), device=device_asked), launch)
+    data_arg = overrides.data or file_train.get("data")
+    try:
+        size = _data_size(data_arg)
+    except GptkitError:
+        size = None  # no data (yet): a plan assumes GPT-2's vocabulary; a run fails on cfg.data below
+
+    choice = None
+    auto_ok = (
+        preset is None
+        and resume is None
+        and not _given(overrides, file_train, "init_from")
+        and not any(_given(overrides, file_train, k) for k in (*SIZING_KEYS, *SHAPE_KEYS))
+    )
+    if auto_ok and device_type == "cpu" and size is not None:
+        from gptkit.train.plan import free_ram
+
+        choice = auto.choose(
+            auto.Machine(train_tokens=size[1], vocab_size=size[0], free_ram=free_ram(), processes=nproc * launch.nodes),
+            precision=overrides.precision or file_train.get("precision") or "auto",
+            max_steps=overrides.max_steps or file_train.get("max_steps"),
+        )
+        preset = choice.preset
+    preset = preset or "gpt2"
+
+    run_dir = ckpt = None
+    if not gpu_type and not plan_only:
+        run_dir, ckpt = resolve_run_dir(name, out, resume, preset)
     # The model shape settings given (flags or file): checked against a resumed or --init-from model.
     shape_given = {k for k in SHAPE_KEYS if k in file_train or k in overrides.given()}
     resumed_shape = None
@@ -184,6 +263,8 @@ def prepare(
         base = replace(base, **resumed_shape)
     else:
         base = preset_config(preset)
+        if choice is not None:
+            base = replace(base, **choice.settings)
     cfg = resolve_shape(overrides.apply(merge(base, file_train, str(config_file))))
     if resumed_shape is not None:
         cfg = keep_shape(cfg, resumed_shape, shape_given, f"the run being resumed ({ckpt})")
@@ -192,6 +273,89 @@ def prepare(
                 f"--seq-len {cfg.seq_len} exceeds the block size {resumed_shape['block_size']} of the run being "
                 f"resumed ({ckpt})"
             )
+    if ckpt is None and not _given(overrides, file_train, "warmup_steps"):
+        # A preset's warmup was set for its own step count: never let it cover a shorter run.
+        cfg = replace(cfg, warmup_steps=min(cfg.warmup_steps, max(1, int(WARMUP_CAP * cfg.max_steps))))
+
+    if ckpt is None and choice is None and device_type == "cpu" and preset.startswith("gpt2") and not plan_only:
+        warn(gpt2_on_cpu_warning(cfg, size[0] if size else 50257))
+    if ckpt is None and size is not None and size[1] < SMALL_DATA_BATCHES * cfg.batch_tokens:
+        warn(
+            f"the training data holds {size[1]:,} tokens, fewer than {SMALL_DATA_BATCHES} batches of "
+            f"{cfg.batch_tokens:,}: every step repeats it (tokenize more text, or lower --batch-tokens)"
+        )
+    auto_info = (
+        {"line": choice.line, "tok_per_s": choice.tok_per_s, "est_seconds": choice.est_seconds} if choice else None
+    )
+    return Settled(
+        cfg=cfg,
+        launch=launch,
+        file_train=file_train,
+        device_type=device_type,
+        nproc=nproc,
+        run_dir=run_dir,
+        ckpt=ckpt,
+        vocab=size[0] if size else None,
+        train_tokens=size[1] if size else None,
+        auto=auto_info,
+    )
+
+
+def model_config(cfg: TrainConfig, vocab: int):
+    """The model a config trains: --init-from's, else the preset's with the data's vocabulary."""
+    from gptkit.model import get_preset
+
+    if cfg.init_from:
+        from gptkit.checkpoint import read_config, resolve_checkpoint
+
+        found = resolve_checkpoint(Path(cfg.init_from).expanduser().resolve())
+        if found is not None:
+            return read_config(found)[0]
+    return get_preset(cfg.preset).with_vocab(vocab)
+
+
+def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int) -> str:
+    """One line: the GPT-2 recipe asked for on a CPU, with its estimated time (no timing run)."""
+    import torch
+
+    from gptkit.device import resolve_precision
+    from gptkit.train.mfu import cpu_peak_flops
+    from gptkit.train.plan import flops_per_token, human_duration, param_count
+
+    mc = model_config(cfg, vocab)
+    n = param_count(mc)
+    peak = cpu_peak_flops(resolve_precision(cfg.precision, torch.device("cpu")).name)
+    seconds = flops_per_token(mc, n, cfg.seq_len) * cfg.batch_tokens * cfg.max_steps / (peak * ASSUMED_CPU_MFU)
+    return (
+        f"--preset {cfg.preset} on CPU: {n / 1e6:.0f}M parameters x {cfg.batch_tokens * cfg.max_steps / 1e9:.1f}B "
+        f"tokens would take ~{human_duration(seconds)} here (at {ASSUMED_CPU_MFU:.0%} of the measured "
+        f"{peak / 1e9:.0f} GFLOP/s); `gptkit train --plan` measures, no --preset sizes a run for this CPU"
+    )
+
+
+def prepare(
+    overrides: TrainOverrides,
+    launch_overrides: LaunchOverrides,
+    *,
+    config_file: str | Path | None = None,
+    name: str | None = None,
+    out: str | Path | None = None,
+    resume: str | None = None,
+    warn: Callable[[str], object] = lambda m: None,
+) -> ResolvedRun:
+    """The settings given on the command line (None = not given) -> a ResolvedRun, validated.
+
+    `warn` gets one-line warnings (tiny data, the GPT-2 recipe on a CPU)."""
+    from gptkit.train.data import TokenStream, check_data, tokenizer_info
+    from gptkit.train.metrics import check_backends
+
+    s = settle_config(
+        overrides, launch_overrides, config_file=config_file, name=name, out=out, resume=resume, warn=warn
+    )
+    cfg, launch, file_train, ckpt = s.cfg, s.launch, s.file_train, s.ckpt
+    assert s.run_dir is not None
+    run_dir = s.run_dir
+    shape_given = {k for k in SHAPE_KEYS if k in file_train or k in overrides.given()}
     validate(cfg)
     if ckpt is not None:
         from gptkit.checkpoint import read_json
@@ -214,7 +378,7 @@ def prepare(
         path = cfg.init_from
         found, weights = check_init_from(path, tokenizer, vocab)
         cfg = replace(cfg, init_from=str(found))
-        if resumed_shape is None:  # (a resumed run has its checkpoint's shape already)
+        if ckpt is None:  # (a resumed run has its checkpoint's shape already)
             # A new run takes the weights' shape. Dropout alone is a training setting, not the
             # weights': one given is kept (fine-tuning often adds some), else the weights' is.
             if "dropout" in shape_given:
@@ -232,6 +396,13 @@ def prepare(
                 f"sequence of {cfg.seq_len}; raise --eval-tokens or turn validation off with --eval-tokens 0"
             )
     check_backends(cfg.tensorboard, cfg.wandb)
+    auto_info = s.auto
+    if ckpt is not None and (run_dir / CONFIG_FILE).is_file():
+        # A resumed run keeps the auto-sizing's record; its choice is in the checkpoint's config.
+        try:
+            auto_info = json.loads((run_dir / CONFIG_FILE).read_text()).get("auto")
+        except (OSError, ValueError):
+            auto_info = None
 
     if launch.nodes > 1 and launch.master_port is None:
         raise GptkitError(
@@ -247,7 +418,13 @@ def prepare(
         data_dir=str(data_dir),
         run_dir=str(run_dir),
         resume_from=str(ckpt) if ckpt else None,
-        extra={"device_type": device_type, "nproc_per_node": nproc, "tokenizer": tokenizer, "vocab_size": vocab},
+        extra={
+            "device_type": device_type,
+            "nproc_per_node": nproc,
+            "tokenizer": tokenizer,
+            "vocab_size": vocab,
+            **({"auto": auto_info} if auto_info else {}),
+        },
     )
 
 
@@ -433,10 +610,21 @@ def train(
     failed run (a worker's error, a dead rank, a hang, torchrun killed) is raised as one GptkitError
     that says what happened, the last complete checkpoint and the resume command.
 
-    `echo` shows the command, the resolved config (--dry-run) and the stop notices. `verbose`: torch's
-    own output (tracebacks, torchrun's reports) on the terminal instead of RUN/error-RANK.log and
-    RUN/torchrun.log. `break_lock`: take the run's lock even when it is held from another host."""
-    rr = prepare(overrides, launch_overrides, config_file=config_file, name=name, out=out, resume=resume)
+    `echo` shows the command, the resolved config (--dry-run), the stop notices and the end summary.
+    `verbose`: torch's own output (tracebacks, torchrun's reports) on the terminal instead of
+    RUN/error-RANK.log and RUN/torchrun.log. `break_lock`: take the run's lock even when it is held
+    from another host."""
+    rr = prepare(
+        overrides,
+        launch_overrides,
+        config_file=config_file,
+        name=name,
+        out=out,
+        resume=resume,
+        warn=lambda m: echo(f"warning: {m}"),
+    )
+    if rr.extra.get("auto") and not rr.resume_from:
+        echo(rr.extra["auto"]["line"])
     cmd = torchrun_command(rr)
     echo("$ " + shlex.join(cmd))
     if dry_run:
@@ -548,6 +736,8 @@ def finish(rr: ResolvedRun, outcome: Outcome, echo: Callable[[str], object]) -> 
         return outcome.code  # the workers said where they stopped
     rc = outcome.returncode
     if rc == 0:
+        for line in end_summary(run_dir):
+            echo(line)
         return 0
     if rc < 0:
         raise GptkitError(
@@ -598,3 +788,16 @@ def failed_ranks_line(run_dir: Path, rc: int) -> str:
         parts.append(f"rank {rank} {how}" + (f" (traceback in {log})" if log.exists() else ""))
     head, rest = parts[0], parts[1:]
     return head + (f"; then {', '.join(rest)}" if rest else "")
+
+
+def end_summary(run_dir: Path) -> list[str]:
+    """What a finished run reports last: gptkit.train.metrics.summary_lines and the next command."""
+    from gptkit.checkpoint import latest_checkpoint
+    from gptkit.train.metrics import read_metrics, summarize, summary_lines
+
+    s = summarize(read_metrics(run_dir))
+    if s is None:
+        return []
+    ckpt = latest_checkpoint(run_dir)
+    under_runs = run_dir.resolve().parent == paths.runs_dir().resolve()
+    return summary_lines(s, str(ckpt) if ckpt else None, run_dir.name if under_runs else str(run_dir))

@@ -73,6 +73,93 @@ def _fmt_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+# The fields of a step's line in the order shown, and the order they are dropped in when the line
+# is too wide for the terminal (first dropped first). The step count is never dropped.
+LINE_ORDER = ("loss", "lr", "gnorm", "tok_s", "mfu", "eta")
+DROP_ORDER = ("gnorm", "lr", "mfu", "tok_s", "eta", "loss")
+LIVE_WIDTH = 80
+
+
+def step_fields(
+    *, loss: float, lr: float, grad_norm: float, tok_per_s: float, mfu: float | None, eta_s: float
+) -> dict[str, str]:
+    return {
+        "loss": f"loss {loss:.4f}",
+        "lr": f"lr {lr:.2e}",
+        "gnorm": f"gnorm {grad_norm:.2f}",
+        "tok_s": f"{_fmt_tokens(tok_per_s)} tok/s",
+        "mfu": f"mfu {mfu:.1%}" if mfu is not None else "mfu n/a",
+        "eta": f"eta {_fmt_eta(eta_s)}",
+    }
+
+
+def step_line(step: int, max_steps: int, fields: dict[str, str], width: int | None = None) -> str:
+    """`step S/N | loss ... | eta ...`, dropping fields (DROP_ORDER) until it fits `width` columns;
+    width None keeps them all (log files). The step count always stays."""
+    keep = [k for k in LINE_ORDER if k in fields]
+    head = f"step {step}/{max_steps}"
+
+    def render() -> str:
+        return " | ".join([head] + [fields[k] for k in keep])
+
+    for k in DROP_ORDER:
+        if width is None or len(render()) <= width:
+            break
+        if k in keep:
+            keep.remove(k)
+    return render()
+
+
+# --- the end of a run ------------------------------------------------------------------------------
+def summarize(records: list[dict]) -> dict | None:
+    """Best validation loss, tokens, wall time, mean tokens/s and MFU of a run's metrics.jsonl records
+    (None if no step was logged). Wall time: from the first logged step's start to the last's end."""
+    train = [r for r in records if "loss" in r]
+    if not train:
+        return None
+    vals = [r for r in records if r.get("val_loss") is not None]
+    best = min(vals, key=lambda r: r["val_loss"]) if vals else None
+    mfus = [r["mfu"] for r in train if r.get("mfu") is not None]
+    times = [r["time"] for r in train if r.get("time") is not None]
+    wall = (times[-1] - times[0] + train[0].get("dt", 0.0)) if times else sum(r.get("dt", 0.0) for r in train)
+    busy = sum(r.get("dt", 0.0) for r in train)
+    steps_tokens = sum(r["tok_per_s"] * r["dt"] for r in train if r.get("dt") and r.get("tok_per_s"))
+    return {
+        "steps": train[-1]["step"],
+        "final_loss": train[-1]["loss"],
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_val_step": best["step"] if best else None,
+        "tokens": train[-1].get("tokens"),
+        "wall_s": wall,
+        "tok_per_s": steps_tokens / busy if busy else None,  # tokens over time spent in steps
+        "mfu": sum(mfus) / len(mfus) if mfus else None,
+    }
+
+
+def summary_lines(s: dict, checkpoint: str | None, run: str) -> list[str]:
+    """The last lines of a successful run (pure: tests call it with made-up numbers)."""
+    parts = [f"done: {s['steps']} steps"]
+    if s.get("best_val_loss") is not None:
+        parts.append(f"best val loss {s['best_val_loss']:.4f} (step {s['best_val_step']})")
+    else:
+        parts.append(f"final loss {s['final_loss']:.4f}")
+    if s.get("tokens"):
+        parts.append(f"{_fmt_tokens(s['tokens'])} tokens")
+    parts.append(f"in {_fmt_eta(s['wall_s'])}")
+    speed = []
+    if s.get("tok_per_s"):
+        speed.append(f"{_fmt_tokens(s['tok_per_s'])} tok/s")
+    if s.get("mfu") is not None:
+        speed.append(f"mfu {s['mfu']:.1%}")
+    if speed:
+        parts.append("mean " + ", ".join(speed))
+    lines = [" | ".join(parts)]
+    if checkpoint:
+        lines.append(f"checkpoint: {checkpoint}")
+    lines.append(f"next: gptkit sample --model {run}")
+    return lines
+
+
 class Reporter:
     """Rank 0's reporting. Other ranks get a Reporter with enabled=False, which does nothing."""
 
@@ -99,18 +186,18 @@ class Reporter:
         self.console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files
         self.live = self.console.is_terminal
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+            from rich.progress import Progress, TextColumn
 
+            # One text column: the line is drawn by step_line, to the terminal's width (at most 80).
             self.progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
+                TextColumn("{task.fields[info]}", markup=False),
                 console=self.console,
                 transient=False,
                 refresh_per_second=4,
             )
-            self.task = self.progress.add_task("train", total=max_steps, completed=start_step, info="starting")
+            self.width = min(LIVE_WIDTH, self.console.width - 1)
+            first = f"step {start_step}/{max_steps} | starting"
+            self.task = self.progress.add_task("train", total=max_steps, completed=start_step, info=first)
             self.progress.start()
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -166,15 +253,11 @@ class Reporter:
                 "time": time.time(),
             }
         )
-        mfu_s = f"{mfu:.1%}" if mfu is not None else "n/a"
-        info = (
-            f"loss {loss:.4f} | lr {lr:.2e} | gnorm {grad_norm:.2f} | {_fmt_tokens(tok_per_s)} tok/s "
-            f"| mfu {mfu_s} | eta {_fmt_eta(eta_s)}"
-        )
+        fields = step_fields(loss=loss, lr=lr, grad_norm=grad_norm, tok_per_s=tok_per_s, mfu=mfu, eta_s=eta_s)
         if self.progress and self.task is not None:
-            self.progress.update(self.task, completed=step, info=info)
+            self.progress.update(self.task, completed=step, info=step_line(step, self.max_steps, fields, self.width))
         elif step % self.log_every == 0 or step == self.max_steps:
-            self.console.print(f"step {step}/{self.max_steps} | {info}", markup=False)
+            self.console.print(step_line(step, self.max_steps, fields), markup=False)
 
     def event(self, step: int, **values) -> None:
         """Validation loss, HellaSwag, a sample: written and printed above the progress bar."""

@@ -40,12 +40,38 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
             "`gptkit plot` needs matplotlib: pip install 'gptkit[plot]' (or pip install matplotlib)"
         ) from None
 
-    rows = read_metrics(run_dir)
+    fig = build_figure(read_metrics(run_dir), run_dir.name, plt)
+    if fig is None:
+        raise GptkitError(f"{run_dir / METRICS}: no training steps logged yet")
+    out = Path(out) if out else run_dir / "metrics.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def loss_limits(train_losses: list[float], val_losses: list[float]) -> tuple[float, float] | None:
+    """The loss axis, framed on the training curve: from the lowest loss (train or validation) to the
+    highest training loss, with a 5% margin. A validation point above it (the step-0 evaluation of a
+    fresh model, ~ln(vocabulary)) is drawn on the top edge, not allowed to flatten the curve.
+    None: no training losses (the axis scales itself)."""
+    if not train_losses:
+        return None
+    lo = min(train_losses + val_losses)
+    hi = max(train_losses)
+    pad = 0.05 * (hi - lo) or 0.05 * abs(hi) or 0.05
+    return lo - pad, hi + pad
+
+
+def build_figure(rows: list[dict], title: str, plt):
+    """One panel per measurement, every axis labelled; None if nothing was logged."""
     train = [r for r in rows if "loss" in r]
-    val = [r for r in rows if "val_loss" in r]
+    val = [r for r in rows if r.get("val_loss") is not None]
     hs = [r for r in rows if "hellaswag" in r]
     if not train and not val:
-        raise GptkitError(f"{run_dir / METRICS}: no training steps logged yet")
+        return None
 
     panels = 4 if hs else 3
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
@@ -54,13 +80,26 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
         ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1, alpha=0.8)
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="val", ms=3)
+    limits = loss_limits([r["loss"] for r in train], [r["val_loss"] for r in val])
+    if limits:
+        ax.set_ylim(*limits)
+        for r in (r for r in val if r["val_loss"] > limits[1]):
+            ax.plot([r["step"]], [limits[1]], "^", color="C1", ms=7, clip_on=False)
+            ax.annotate(
+                f"val {r['val_loss']:.2f} at step {r['step']}",
+                (r["step"], limits[1]),
+                xytext=(6, -12),
+                textcoords="offset points",
+                fontsize=8,
+                color="C1",
+            )
     ax.set(title="loss", xlabel="step", ylabel="cross-entropy (nats)")
     ax.legend()
     ax.grid(alpha=0.3)
 
     ax = axes[1]
     ax.plot([r["step"] for r in train], [r["lr"] for r in train])
-    ax.set(title="learning rate", xlabel="step")
+    ax.set(title="learning rate", xlabel="step", ylabel="learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.grid(alpha=0.3)
 
@@ -76,15 +115,9 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
         ax = axes[3]
         ax.plot([r["step"] for r in hs], [r["hellaswag"] for r in hs], "o-", ms=3)
         ax.axhline(0.25, color="grey", ls="--", lw=1, label="chance")
-        ax.set(title="HellaSwag acc_norm", xlabel="step")
+        ax.set(title="HellaSwag", xlabel="step", ylabel="acc_norm")
         ax.legend()
         ax.grid(alpha=0.3)
 
-    fig.suptitle(run_dir.name)
-    out = Path(out) if out else run_dir / "metrics.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    fig.suptitle(title)
+    return fig

@@ -1,0 +1,123 @@
+"""A CPU-sized run for a bare `gptkit train` on a machine without a GPU.
+
+The GPT-2 recipe (124M parameters, 10B tokens) would take months on a laptop. Without a GPU and
+without --preset (or a sequence length / batch size of the user's), the run is sized from the data
+and the machine:
+
+- the model: `small` (4 layers, 256 wide) when the data has at least SMALL_MIN_TOKENS training
+  tokens and the machine does at least SMALL_MIN_STEPS of it in the time budget; else `tiny`
+  (a larger model on less data only memorises it);
+- the tokens: the fewest of TOKENS_PER_PARAM per parameter (Chinchilla's ratio), MAX_EPOCHS passes
+  over the training data, and what the machine does in TARGET_SECONDS at a measured tokens/s
+  (one timed micro-batch of the real model: gptkit.train.plan.time_cpu_step), at least MIN_STEPS;
+- the micro-batch: the preset's, lowered until the memory estimate fits the free RAM;
+- warmup 5% of the steps; validation ~10 times, samples 4 times, checkpoints 5 times per run.
+
+The choice is written into the run's config.json like any setting; a resume reads it back and
+never sizes again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gptkit.model import GPTConfig, get_preset
+from gptkit.train.config import TRAIN_PRESETS
+
+SMALL_MIN_TOKENS = 1_000_000
+SMALL_MIN_STEPS = 300
+TOKENS_PER_PARAM = 20
+MAX_EPOCHS = 4
+TARGET_SECONDS = 20 * 60
+MIN_STEPS = 50
+WARMUP_FRAC = 0.05
+CANDIDATES = ("small", "tiny")  # largest first
+
+
+@dataclass
+class Machine:
+    """What the choice depends on: measured or read, passed in so tests can fix it."""
+
+    train_tokens: int
+    vocab_size: int
+    free_ram: int | None  # bytes
+    processes: int
+
+
+@dataclass
+class AutoChoice:
+    preset: str
+    settings: dict  # TrainConfig fields, between the preset's and the user's in precedence
+    tok_per_s: float
+    est_seconds: float
+    line: str  # what was picked and why, one line
+
+
+def steps_for(train_tokens: int, n_params: int, batch_tokens: int, tok_per_s: float) -> int:
+    """Optimizer steps: the fewest of TOKENS_PER_PARAM tokens per parameter, MAX_EPOCHS passes over
+    the data and TARGET_SECONDS of work, but at least MIN_STEPS."""
+    tokens = min(TOKENS_PER_PARAM * n_params, MAX_EPOCHS * train_tokens, tok_per_s * TARGET_SECONDS)
+    return max(MIN_STEPS, int(tokens // batch_tokens))
+
+
+def schedule_for(steps: int) -> dict:
+    """Warmup, validation, samples and checkpoints scaled to the run's length."""
+    return dict(
+        max_steps=steps,
+        warmup_steps=max(1, round(WARMUP_FRAC * steps)),
+        eval_every=max(1, steps // 10),
+        sample_every=max(1, steps // 4),
+        checkpoint_every=max(1, steps // 5),
+    )
+
+
+def fit_micro_batch(mc: GPTConfig, n_params: int, seq_len: int, rows_per_rank: int, want: int, free: int | None) -> int:
+    """The largest divisor of rows_per_rank, at most `want`, whose memory estimate fits."""
+    from gptkit.train.plan import memory_estimate
+
+    options = [d for d in range(1, rows_per_rank + 1) if rows_per_rank % d == 0 and d <= want]
+    if free is None:
+        return options[-1]
+    fitting = [d for d in options if memory_estimate(mc, n_params, seq_len, d, False, free).fits]
+    return fitting[-1] if fitting else 1
+
+
+def choose(machine: Machine, precision: str = "auto", timer=None, max_steps: int | None = None) -> AutoChoice:
+    """Pick the run. `timer(model_config, seq_len) -> seconds per row` (default: time the real model).
+    max_steps: the user's; the model and batch are still picked, the schedule scaled to it."""
+    from gptkit.train.plan import human_count, human_duration, param_count, time_cpu_step
+
+    timer = timer or (lambda mc, T: time_cpu_step(mc, T, precision).row_s)
+    chosen = None
+    for name in CANDIDATES:
+        last = name == CANDIDATES[-1]
+        if not last and machine.train_tokens < SMALL_MIN_TOKENS:
+            continue  # too little data for it: not worth timing
+        base = TRAIN_PRESETS[name]
+        mc = get_preset(name).with_vocab(machine.vocab_size)
+        n_params = param_count(mc)
+        seq_len, batch_tokens = base["seq_len"], base["batch_tokens"]
+        tok_per_s = seq_len / timer(mc, seq_len)
+        if last or tok_per_s * TARGET_SECONDS / batch_tokens >= SMALL_MIN_STEPS:
+            chosen = (name, mc, n_params, seq_len, batch_tokens, tok_per_s)
+            break
+    assert chosen is not None
+    name, mc, n_params, seq_len, batch_tokens, tok_per_s = chosen
+    steps = max_steps or steps_for(machine.train_tokens, n_params, batch_tokens, tok_per_s)
+    rows_per_rank = batch_tokens // seq_len // machine.processes or 1
+    free = machine.free_ram // machine.processes if machine.free_ram else None
+    mb = fit_micro_batch(mc, n_params, seq_len, rows_per_rank, TRAIN_PRESETS[name]["micro_batch"], free)
+    settings = dict(schedule_for(steps), micro_batch=mb)
+    total = steps * batch_tokens
+    est = total / tok_per_s
+    epochs = total / max(1, machine.train_tokens)
+    if name != CANDIDATES[-1] or machine.train_tokens < SMALL_MIN_TOKENS:
+        why = f"{human_count(machine.train_tokens)} training tokens"
+    else:
+        why = f"{CANDIDATES[0]} would manage < {SMALL_MIN_STEPS} steps in {human_duration(TARGET_SECONDS)}"
+    line = (
+        f"no GPU, no --preset: {name} ({human_count(n_params)} params; {why}), {steps} steps x "
+        f"{batch_tokens:,} tokens ({epochs:.1f} epochs), ~{human_duration(est)} at a measured "
+        f"{human_count(tok_per_s)} tok/s; --preset gpt2 for the 124M recipe"
+    )
+    return AutoChoice(name, settings, tok_per_s, est, line)
