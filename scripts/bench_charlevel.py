@@ -110,7 +110,8 @@ def train_gptkit(data_dir: Path, steps: int, warmup: int, seed: int, home: Path)
     os.environ["GPTKIT_HOME"] = str(home)
     from gptkit import model as M
     from gptkit.train.config import LaunchOverrides, TrainOverrides
-    from gptkit.train.launch import prepare, write_run_config
+    from gptkit.train.launch import write_run_config
+    from gptkit.train.resolve import prepare
     from gptkit.train.trainer import Dist, Trainer
 
     M.PRESETS["charbench"] = M.GPTConfig(block_size=SEQ, n_layer=LAYERS, n_head=HEADS, n_embd=WIDTH)

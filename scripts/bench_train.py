@@ -70,7 +70,7 @@ def bench_inproc(data: Path, steps: int, micro_batch: int, accum: int, threads: 
     import torch
 
     from gptkit.train.config import LaunchOverrides, TrainOverrides
-    from gptkit.train.launch import prepare
+    from gptkit.train.resolve import prepare
     from gptkit.train.trainer import Dist, Trainer
 
     torch.set_num_threads(threads)

@@ -7,7 +7,8 @@ from test_train_data import make_dataset
 
 from gptkit.train import auto
 from gptkit.train import config as C
-from gptkit.train.launch import prepare, write_run_config
+from gptkit.train.launch import write_run_config
+from gptkit.train.resolve import prepare
 
 GB = 1 << 30
 

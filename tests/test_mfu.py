@@ -13,8 +13,9 @@ from gptkit.device import cpu_has_native_bf16, resolve_precision
 from gptkit.model import GPT, get_preset
 from gptkit.train import mfu
 from gptkit.train.config import LaunchOverrides, TrainOverrides
-from gptkit.train.launch import prepare, write_run_config
+from gptkit.train.launch import write_run_config
 from gptkit.train.metrics import read_metrics
+from gptkit.train.resolve import prepare
 from gptkit.train.trainer import run as run_worker
 
 

@@ -16,7 +16,7 @@ from gptkit.checkpoint import read_config, save_checkpoint
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, PRESETS, GPTConfig, param_count, preset_sizes
 from gptkit.train import config as C
-from gptkit.train.launch import prepare
+from gptkit.train.resolve import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = C.LaunchOverrides(gpus=0, nproc=1)

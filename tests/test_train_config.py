@@ -9,8 +9,9 @@ from test_train_data import make_dataset
 
 from gptkit.errors import GptkitError
 from gptkit.train import config as C
-from gptkit.train.launch import prepare, torchrun_command, worker_env
+from gptkit.train.launch import torchrun_command, worker_env
 from gptkit.train.metrics import read_metrics, truncate_metrics
+from gptkit.train.resolve import prepare
 from gptkit.train.schedule import lr_at
 
 TINY = C.TrainOverrides(preset="tiny")

@@ -229,7 +229,7 @@ def test_resume_with_another_process_count_keeps_batch_and_data(home, reference)
 
 
 def test_two_nodes_on_loopback_equal_one_node(home, reference):
-    from gptkit.train.launch import check_port
+    from gptkit.train.resolve import check_port
 
     port = free_port()
     check_port("127.0.0.1", port)

@@ -242,7 +242,7 @@ def make_plan(
 
     gpu_type: plan for `--gpus N` GPUs of this kind (a name in mfu.GPU_PEAK_TFLOPS) instead of this
     machine's. measure=False skips the CPU timing (no wall time)."""
-    from gptkit.train import launch as L
+    from gptkit.train import resolve as L
     from gptkit.train.config import plan_batches, validate
     from gptkit.train.mfu import GPU_PEAK_TFLOPS, gpu_peak_flops
 

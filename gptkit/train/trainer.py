@@ -156,7 +156,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.init_from:
             # Fine-tuning or continuing an imported model: its architecture and weights (with this
-            # run's dropout), a fresh optimizer and schedule. (launch.prepare already checked the
+            # run's dropout), a fresh optimizer and schedule. (resolve.prepare already checked the
             # vocabulary, and that the run's shape is the weights'.)
             init = load_checkpoint(cfg.init_from, device=self.device)
             self._check_tokenizer(init.meta, init.path)
@@ -165,7 +165,7 @@ class Trainer:
                 raise TrainingError(f"{init.path}: its model ({init.config}) is not this run's shape")
             self.model = model_from_state_dict(self.model_config, init.state_dict, self.device, init.path).train()
         else:
-            # The run's shape (config.json, resolved by launch.prepare); the vocabulary is the data's.
+            # The run's shape (config.json, resolved by resolve.prepare); the vocabulary is the data's.
             self.model_config = GPTConfig(**model_settings(cfg)).with_vocab(vocab_size)
             self.model = GPT(self.model_config).to(self.device)
         self.step, self.data_pos, self.tokens_seen = 0, 0, 0

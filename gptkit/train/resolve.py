@@ -1,0 +1,444 @@
+"""Resolving a run before anything starts: the run directory, the devices, the config (preset, the
+checkpoint being resumed, a config file, the flags; the CPU auto-sizing), the data and --init-from.
+
+Everything a user can get wrong (preset, shape, batch arithmetic, data, port, resume path) is checked
+here, before any worker starts, so it fails as one line and leaves existing runs untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from gptkit import paths
+from gptkit.errors import GptkitError
+from gptkit.runs import CONFIG_FILE, find_run, newest_run
+from gptkit.train.config import (
+    SHAPE_KEYS,
+    LaunchConfig,
+    LaunchOverrides,
+    ResolvedRun,
+    TrainConfig,
+    TrainOverrides,
+    check_types,
+    keep_shape,
+    load_config_file,
+    merge,
+    plan_batches,
+    preset_config,
+    resolve_shape,
+    shape_of,
+    split_settings,
+    validate,
+)
+
+
+# --- run directory and resume --------------------------------------------------------------------
+def resolve_run_dir(
+    name: str | None, out: str | Path | None, resume: str | None, preset: str
+) -> tuple[Path, Path | None]:
+    """(run directory, checkpoint to resume from or None)."""
+    from gptkit.checkpoint import is_checkpoint, latest_checkpoint
+
+    if name and out:
+        raise GptkitError("give --name or --out, not both")
+    run_dir = Path(out).expanduser().resolve() if out else (paths.runs_dir(name) if name else None)
+    ckpt = None
+    if resume and resume != "auto":
+        p = Path(resume).expanduser().resolve()
+        run = None if is_checkpoint(p) else find_run(resume)
+        if is_checkpoint(p):
+            ckpt = p
+        elif run is not None:
+            ckpt = latest_checkpoint(run.resolve())
+        if ckpt is None:
+            raise GptkitError(f"--resume {resume}: not a checkpoint, nor a run directory holding step_* checkpoints")
+        run_dir = run_dir or ckpt.parent
+    elif resume == "auto":
+        run_dir = run_dir or newest_run()
+        ckpt = latest_checkpoint(run_dir) if run_dir else None
+    if run_dir is None:
+        run_dir = paths.runs_dir(f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if ckpt is None and latest_checkpoint(run_dir) is not None:
+        raise GptkitError(
+            f"{run_dir} already holds checkpoints; continue it with --resume auto, or pick another --name"
+        )
+    return run_dir, ckpt
+
+
+def read_checkpoint_config(ckpt: Path) -> dict:
+    """The training config a checkpoint was written with; refused for a checkpoint that cannot be resumed."""
+    from gptkit.checkpoint import has_trainer_state, read_meta
+
+    meta = read_meta(ckpt)
+    if not meta.get("train") or not has_trainer_state(ckpt):
+        raise GptkitError(f"{ckpt}: holds no training state (an exported model?); it cannot be resumed")
+    return meta["train"]
+
+
+# --- devices and ports ---------------------------------------------------------------------------
+def resolve_devices(cfg: TrainConfig, launch: LaunchConfig) -> tuple[str, int]:
+    """(device type, processes on this node)."""
+    import torch
+
+    from gptkit.device import pick_device
+
+    if launch.nproc < 1 or launch.nodes < 1 or not 0 <= launch.node_rank < launch.nodes:
+        raise GptkitError("--nproc and --nodes must be at least 1, and --node-rank in [0, --nodes)")
+    want = cfg.device
+    if want not in ("auto", "cpu", "cuda", "mps"):
+        raise GptkitError(f"--device {want!r}: use auto, cpu, cuda or mps (GPUs per node are chosen with --gpus)")
+    if want == "auto":
+        # Never MPS by itself: training runs as DDP processes, and MPS has no collective backend
+        # (gloo works on CPU tensors only), so auto training is CUDA or CPU; --device mps is explicit.
+        want = "cpu" if launch.gpus == 0 else pick_device("auto", allow_mps=False).type
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if want == "cpu":
+        if launch.gpus:
+            raise GptkitError(
+                f"--gpus {launch.gpus} but torch sees no CUDA GPU; use --gpus 0 --nproc N to train on CPU"
+            )
+        return "cpu", launch.nproc
+    if want == "mps":
+        if launch.nproc != 1 or launch.nodes != 1:
+            raise GptkitError("--device mps runs one process on one machine")
+        return "mps", 1
+    if n_gpu == 0:
+        raise GptkitError("--device cuda but torch sees no CUDA GPU (run `gptkit doctor`)")
+    gpus = n_gpu if launch.gpus is None else launch.gpus
+    if gpus > n_gpu:
+        raise GptkitError(f"--gpus {gpus} but only {n_gpu} CUDA GPU(s) are visible")
+    return "cuda", gpus
+
+
+def _is_local(addr: str) -> bool:
+    if addr in ("localhost", "127.0.0.1", "::1", "0.0.0.0") or addr.startswith("127."):
+        return True
+    try:
+        return (
+            addr in {socket.gethostname(), socket.getfqdn()} or addr in socket.gethostbyname_ex(socket.gethostname())[2]
+        )
+    except OSError:
+        return False
+
+
+def check_port(addr: str, port: int) -> None:
+    """The rendezvous host binds --master-port; refuse one that something else already holds."""
+    if not 1 <= port <= 65535:
+        raise GptkitError(f"--master-port {port}: not a port number")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1" if addr in ("localhost",) else addr, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise GptkitError(f"--master-port {port} is already in use on {addr}; pick another port") from None
+        raise GptkitError(f"--master-addr {addr} --master-port {port}: cannot bind ({e.strerror})") from None
+    finally:
+        s.close()
+
+
+# --- resolving a run -----------------------------------------------------------------------------
+SIZING_KEYS = ("seq_len", "batch_tokens", "micro_batch")  # given any of these, the user sized the run
+WARMUP_CAP = 0.1  # a preset's warmup is at most this fraction of the steps unless warmup is given
+SMALL_DATA_BATCHES = 3  # fewer training tokens than this many batches: warn
+# CPU MFU assumed for the one-line time estimate of a GPT-2-sized run on CPU (the plan measures
+# instead). A 124M step is mostly large matmuls: one row timed on 2 busy cores ran at the rate the
+# matmul peak measured then; half of it keeps the estimate on the safe side.
+ASSUMED_CPU_MFU = 0.5
+
+
+@dataclass
+class Settled:
+    """A TrainConfig resolved from preset, auto-sizing, checkpoint, file and flags, with what decided it."""
+
+    cfg: TrainConfig
+    launch: LaunchConfig
+    file_train: dict
+    device_type: str
+    nproc: int
+    run_dir: Path | None
+    ckpt: Path | None
+    vocab: int | None  # None: no data found (a plan may go on with GPT-2's vocabulary)
+    train_tokens: int | None
+    auto: dict | None  # the CPU auto-sizing's choice: {"line", "tok_per_s", "est_seconds"}
+
+    @property
+    def auto_line(self) -> str | None:
+        return self.auto["line"] if self.auto else None
+
+
+def _given(overrides: TrainOverrides, file_train: dict, key: str) -> bool:
+    return getattr(overrides, key) is not None or key in file_train
+
+
+def _data_size(data: str | None) -> tuple[int, int] | None:
+    """(vocabulary size, training tokens) of --data, or None when there is no tokenized data."""
+    from gptkit.train.data import TokenStream, check_data, tokenizer_info
+
+    data_dir, _val, train, manifest = check_data(data)
+    _tok, vocab, eot = tokenizer_info(manifest, data_dir)
+    return vocab, (TokenStream(train, eot, 0).total if train else 0)
+
+
+def settle_config(
+    overrides: TrainOverrides,
+    launch_overrides: LaunchOverrides,
+    *,
+    config_file: str | Path | None = None,
+    name: str | None = None,
+    out: str | Path | None = None,
+    resume: str | None = None,
+    gpu_type: str | None = None,
+    warn: Callable[[str], object] = lambda m: None,
+    plan_only: bool = False,
+) -> Settled:
+    """The config of a run. Without a GPU, --preset and the sizing flags, the CPU auto-sizing
+    (gptkit.train.auto) picks the model, batch and steps. With `gpu_type` (a plan for hardware this
+    machine lacks) the device is --gpus GPUs of that kind and no run directory is chosen."""
+    from gptkit.train import auto
+
+    file_train, file_launch = split_settings(load_config_file(config_file)) if config_file else ({}, {})
+    # The command line wins over the file.
+    launch = launch_overrides.apply(LaunchConfig(**check_types(file_launch, LaunchConfig, str(config_file))))
+    preset = overrides.preset or file_train.get("preset")
+    device_asked = overrides.device or file_train.get("device") or "auto"
+    if gpu_type:
+        if device_asked not in ("auto", "cuda"):
+            raise GptkitError(f"--gpu-type plans GPUs; it does not go with --device {device_asked}")
+        device_type, nproc = "cuda", launch.gpus or 1
+    else:
+        device_type, nproc = resolve_devices(replace(TrainConfig(), device=device_asked), launch)
+    data_arg = overrides.data or file_train.get("data")
+    try:
+        size = _data_size(data_arg)
+    except GptkitError:
+        size = None  # no data (yet): a plan assumes GPT-2's vocabulary; a run fails on cfg.data below
+
+    choice = None
+    auto_ok = (
+        preset is None
+        and resume is None
+        and not _given(overrides, file_train, "init_from")
+        and not any(_given(overrides, file_train, k) for k in (*SIZING_KEYS, *SHAPE_KEYS))
+    )
+    if auto_ok and device_type == "cpu" and size is not None:
+        from gptkit.train.plan import free_ram
+
+        choice = auto.choose(
+            auto.Machine(train_tokens=size[1], vocab_size=size[0], free_ram=free_ram(), processes=nproc * launch.nodes),
+            precision=overrides.precision or file_train.get("precision") or "auto",
+            max_steps=overrides.max_steps or file_train.get("max_steps"),
+        )
+        preset = choice.preset
+    preset = preset or "gpt2"
+
+    run_dir = ckpt = None
+    if not gpu_type and not plan_only:
+        run_dir, ckpt = resolve_run_dir(name, out, resume, preset)
+    # The model shape settings given (flags or file): checked against a resumed or --init-from model.
+    shape_given = {k for k in SHAPE_KEYS if k in file_train or k in overrides.given()}
+    resumed_shape = None
+    if ckpt is not None:
+        base = TrainConfig.from_dict(read_checkpoint_config(ckpt), source=f"{ckpt}/config.json")
+        for asked in (file_train.get("preset", base.preset), overrides.preset or base.preset):
+            if asked != base.preset:
+                raise GptkitError(f"cannot change the model preset of a run being resumed ({base.preset} -> {asked})")
+        # The shape is the checkpoint's model, never re-derived (older runs did not write it to "train").
+        resumed_shape = checkpoint_shape(ckpt)
+        base = replace(base, **resumed_shape)
+    else:
+        base = preset_config(preset)
+        if choice is not None:
+            base = replace(base, **choice.settings)
+    cfg = resolve_shape(overrides.apply(merge(base, file_train, str(config_file))))
+    if resumed_shape is not None:
+        cfg = keep_shape(cfg, resumed_shape, shape_given, f"the run being resumed ({ckpt})")
+        if cfg.seq_len > resumed_shape["block_size"]:
+            raise GptkitError(
+                f"--seq-len {cfg.seq_len} exceeds the block size {resumed_shape['block_size']} of the run being "
+                f"resumed ({ckpt})"
+            )
+    if ckpt is None and not _given(overrides, file_train, "warmup_steps"):
+        # A preset's warmup was set for its own step count: never let it cover a shorter run.
+        cfg = replace(cfg, warmup_steps=min(cfg.warmup_steps, max(1, int(WARMUP_CAP * cfg.max_steps))))
+
+    if ckpt is None and choice is None and device_type == "cpu" and preset.startswith("gpt2") and not plan_only:
+        warn(gpt2_on_cpu_warning(cfg, size[0] if size else 50257))
+    if ckpt is None and size is not None and size[1] < SMALL_DATA_BATCHES * cfg.batch_tokens:
+        warn(
+            f"the training data holds {size[1]:,} tokens, fewer than {SMALL_DATA_BATCHES} batches of "
+            f"{cfg.batch_tokens:,}: every step repeats it (tokenize more text, or lower --batch-tokens)"
+        )
+    auto_info = (
+        {"line": choice.line, "tok_per_s": choice.tok_per_s, "est_seconds": choice.est_seconds} if choice else None
+    )
+    return Settled(
+        cfg=cfg,
+        launch=launch,
+        file_train=file_train,
+        device_type=device_type,
+        nproc=nproc,
+        run_dir=run_dir,
+        ckpt=ckpt,
+        vocab=size[0] if size else None,
+        train_tokens=size[1] if size else None,
+        auto=auto_info,
+    )
+
+
+def model_config(cfg: TrainConfig, vocab: int):
+    """The model a config trains: --init-from's, else the preset's with the data's vocabulary."""
+    from gptkit.model import get_preset
+
+    if cfg.init_from:
+        from gptkit.checkpoint import read_config, resolve_checkpoint
+
+        found = resolve_checkpoint(Path(cfg.init_from).expanduser().resolve())
+        if found is not None:
+            return read_config(found)[0]
+    return get_preset(cfg.preset).with_vocab(vocab)
+
+
+def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int) -> str:
+    """One line: the GPT-2 recipe asked for on a CPU, with its estimated time (no timing run)."""
+    import torch
+
+    from gptkit.device import resolve_precision
+    from gptkit.train.mfu import cpu_peak_flops
+    from gptkit.train.plan import flops_per_token, human_duration, param_count
+
+    mc = model_config(cfg, vocab)
+    n = param_count(mc)
+    peak = cpu_peak_flops(resolve_precision(cfg.precision, torch.device("cpu")).name)
+    seconds = flops_per_token(mc, n, cfg.seq_len) * cfg.batch_tokens * cfg.max_steps / (peak * ASSUMED_CPU_MFU)
+    return (
+        f"--preset {cfg.preset} on CPU: {n / 1e6:.0f}M parameters x {cfg.batch_tokens * cfg.max_steps / 1e9:.1f}B "
+        f"tokens would take ~{human_duration(seconds)} here (at {ASSUMED_CPU_MFU:.0%} of the measured "
+        f"{peak / 1e9:.0f} GFLOP/s); `gptkit train --plan` measures, no --preset sizes a run for this CPU"
+    )
+
+
+def prepare(
+    overrides: TrainOverrides,
+    launch_overrides: LaunchOverrides,
+    *,
+    config_file: str | Path | None = None,
+    name: str | None = None,
+    out: str | Path | None = None,
+    resume: str | None = None,
+    warn: Callable[[str], object] = lambda m: None,
+) -> ResolvedRun:
+    """The settings given on the command line (None = not given) -> a ResolvedRun, validated.
+
+    `warn` gets one-line warnings (tiny data, the GPT-2 recipe on a CPU)."""
+    from gptkit.train.data import TokenStream, check_data, tokenizer_info
+    from gptkit.train.metrics import check_backends
+
+    s = settle_config(
+        overrides, launch_overrides, config_file=config_file, name=name, out=out, resume=resume, warn=warn
+    )
+    cfg, launch, file_train, ckpt = s.cfg, s.launch, s.file_train, s.ckpt
+    assert s.run_dir is not None
+    run_dir = s.run_dir
+    shape_given = {k for k in SHAPE_KEYS if k in file_train or k in overrides.given()}
+    validate(cfg)
+    if ckpt is not None:
+        from gptkit.checkpoint import read_json
+
+        done = int(read_json(ckpt / "trainer.json").get("step", 0))
+        if done >= cfg.max_steps:
+            raise GptkitError(
+                f"{ckpt.parent} already finished ({done} of {cfg.max_steps} steps); "
+                "give a larger --max-steps to train further"
+            )
+
+    device_type, nproc = resolve_devices(cfg, launch)
+    world = nproc * launch.nodes
+    plan = plan_batches(cfg, world, micro_batch_given=overrides.micro_batch is not None or "micro_batch" in file_train)
+
+    data_dir, val, train, manifest = check_data(cfg.data)
+    cfg = replace(cfg, data=str(data_dir))  # a resume must read the same data, whatever is newest then
+    tokenizer, vocab, eot = tokenizer_info(manifest, data_dir)
+    if cfg.init_from:
+        path = cfg.init_from
+        found, weights = check_init_from(path, tokenizer, vocab)
+        cfg = replace(cfg, init_from=str(found))
+        if ckpt is None:  # (a resumed run has its checkpoint's shape already)
+            # A new run takes the weights' shape. Dropout alone is a training setting, not the
+            # weights': one given is kept (fine-tuning often adds some), else the weights' is.
+            if "dropout" in shape_given:
+                del weights["dropout"]
+            cfg = keep_shape(cfg, weights, shape_given, f"the weights of --init-from {path}")
+        if cfg.block_size is None or cfg.seq_len > cfg.block_size:
+            raise GptkitError(
+                f"--seq-len {cfg.seq_len} exceeds the model's context length {cfg.block_size} (--init-from {path})"
+            )
+    if cfg.eval_tokens:
+        val_tokens = TokenStream(val, eot, cfg.seed, shuffle=False).total
+        if (min(cfg.eval_tokens, val_tokens - 1) // cfg.seq_len) < world:
+            raise GptkitError(
+                f"the validation shard ({val_tokens} tokens) is too small to give each of {world} processes one "
+                f"sequence of {cfg.seq_len}; raise --eval-tokens or turn validation off with --eval-tokens 0"
+            )
+    check_backends(cfg.tensorboard, cfg.wandb)
+    auto_info = s.auto
+    if ckpt is not None and (run_dir / CONFIG_FILE).is_file():
+        # A resumed run keeps the auto-sizing's record; its choice is in the checkpoint's config.
+        try:
+            auto_info = json.loads((run_dir / CONFIG_FILE).read_text()).get("auto")
+        except (OSError, ValueError):
+            auto_info = None
+
+    if launch.nodes > 1 and launch.master_port is None:
+        raise GptkitError(
+            "several nodes need a rendezvous port: give every node the same --master-addr and --master-port"
+        )
+    if launch.master_port is not None and launch.node_rank == 0 and _is_local(launch.master_addr):
+        check_port(launch.master_addr, launch.master_port)
+
+    return ResolvedRun(
+        train=cfg,
+        launch=launch,
+        plan=plan,
+        data_dir=str(data_dir),
+        run_dir=str(run_dir),
+        resume_from=str(ckpt) if ckpt else None,
+        extra={
+            "device_type": device_type,
+            "nproc_per_node": nproc,
+            "tokenizer": tokenizer,
+            "vocab_size": vocab,
+            **({"auto": auto_info} if auto_info else {}),
+        },
+    )
+
+
+def checkpoint_shape(ckpt: Path) -> dict:
+    """The model shape (TrainConfig's shape fields) a checkpoint was written with."""
+    from gptkit.checkpoint import read_config
+
+    return shape_of(read_config(ckpt)[0].to_dict())
+
+
+def check_init_from(path: str, tokenizer: str, vocab: int) -> tuple[Path, dict]:
+    """--init-from must be a gptkit checkpoint whose vocabulary fits the data: (its path, its model shape)."""
+    from gptkit.checkpoint import read_config, resolve_checkpoint
+
+    p = Path(path).expanduser().resolve()
+    found = resolve_checkpoint(p)
+    if found is None:
+        raise GptkitError(
+            f"--init-from {path}: not a gptkit checkpoint; make one with `gptkit convert SRC DIR --to gptkit`"
+        )
+    mc, meta = read_config(found)
+    if meta.get("tokenizer") != tokenizer or mc.vocab_size != vocab:
+        raise GptkitError(
+            f"--init-from {path}: the model's vocabulary ({meta.get('tokenizer')}, {mc.vocab_size}) does not match "
+            f"the data's ({tokenizer}, {vocab})"
+        )
+    return found, shape_of(mc.to_dict())
