@@ -36,7 +36,15 @@ CHUNK_BYTES = 1 << 28  # logits per chunk (256 MB): bounds the extra memory
 SOFTMAX_ROWS = 16  # bf16: rows per fp32 softmax block (16 x 50304 floats = 3 MB, in cache)
 
 
-def _forward_native(h, weight, targets, workspace, valid, n_valid, scale):
+def _forward_native(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    workspace: torch.Tensor,
+    valid: torch.Tensor,
+    n_valid: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     N = h.size(0)
     all_valid = n_valid == N
     grad_h = torch.empty_like(h)
@@ -73,7 +81,15 @@ def _forward_native(h, weight, targets, workspace, valid, n_valid, scale):
     return loss, grad_h, grad_w
 
 
-def _forward_low(h, weight, targets, workspace, valid, n_valid, scale):
+def _forward_low(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    workspace: torch.Tensor,
+    valid: torch.Tensor,
+    n_valid: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """bf16 matmuls (fp32 accumulation), fp32 softmax and loss; see the module docstring."""
     N, V = h.size(0), weight.size(0)
     low = workspace.dtype
