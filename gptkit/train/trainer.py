@@ -192,7 +192,7 @@ class Trainer:
 
         compile_ = self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         train_model: nn.Module = self.model
-        if self.device.type == "cpu" and self.precision.name == "fp32":
+        if self.device.type == "cpu":  # fp32 or bf16 (fp16 is refused on CPU)
             train_model = FusedLossGPT(self.model)  # see loss.py: the logits dominate a CPU step
         if compile_:
             # Compiling a Module gives a Module (OptimizedModule); torch types the result as a callable.
