@@ -102,6 +102,16 @@ def sha256_file(path: Path) -> str:
 # --------------------------------------------------------------------------- the manifest
 
 
+def totals(entries: list[dict]) -> dict:
+    """A manifest's token counts, from its shard entries."""
+    return {
+        "tokens": sum(x["tokens"] for x in entries),
+        "val_tokens": sum(x["tokens"] for x in entries if x["split"] == "val"),
+        "train_tokens": sum(x["tokens"] for x in entries if x["split"] == "train"),
+        "shards": len(entries),
+    }
+
+
 def build_manifest(
     *,
     tokenizer: dict,
@@ -121,13 +131,7 @@ def build_manifest(
         "source": source,
         **settings,
         "replaced_invalid_utf8": replaced,
-        "totals": {
-            "tokens": sum(x["tokens"] for x in shards),
-            "documents": sum(x["documents"] for x in shards),
-            "val_tokens": sum(x["tokens"] for x in shards if x["split"] == "val"),
-            "train_tokens": sum(x["tokens"] for x in shards if x["split"] == "train"),
-            "shards": len(shards),
-        },
+        "totals": {**totals(shards), "documents": sum(x["documents"] for x in shards)},
         "shards": shards,
         "fingerprint": fingerprint,
     }
@@ -251,12 +255,7 @@ def foreign_manifest(d: Path, found: list[tuple[Path, str, int]], tokenizer: str
         "format": FOREIGN_FORMAT,
         "tokenizer": info,
         "source": {"type": FOREIGN_FORMAT, "root": str(d)},
-        "totals": {
-            "tokens": sum(x["tokens"] for x in entries),
-            "val_tokens": sum(x["tokens"] for x in entries if x["split"] == "val"),
-            "train_tokens": sum(x["tokens"] for x in entries if x["split"] == "train"),
-            "shards": len(entries),
-        },
+        "totals": totals(entries),
         "shards": entries,
         "notes": notes,
     }
