@@ -90,7 +90,9 @@ def sample(
     dev = pick_device(device)
     prec = resolve_precision(precision, dev)
     path = resolve_model_path(model, endpoint=resolve_endpoint(endpoint, mirror))
-    net, tok, described = load_for_sampling(path, dev, tokenizer)
+    net, tok, described = load_for_sampling(
+        path, dev, tokenizer, dtype=prec.autocast_dtype
+    )  # weights in it: no autocast
     prompt = prompt or ""
     if not prompt and tok.eot_token is None:
         raise GptkitError(f"the {tok.name} vocabulary has no end-of-text token to start from; give a PROMPT")
@@ -108,7 +110,6 @@ def sample(
         tok,
         prompt,
         cfg,
-        autocast=prec.autocast(),
         on_text=None if json_out else stream,
         model_name=str(path),
     )
