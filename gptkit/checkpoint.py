@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from gptkit import __version__
 from gptkit.errors import GptkitError
@@ -175,6 +176,21 @@ def read_json(path: Path) -> dict:
         raise GptkitError(f"{path}: cannot read ({e.strerror})") from None
 
 
+class _NoInit(TorchFunctionMode):
+    """Skips the initialisers while a model is built on the meta device: every value is replaced by
+    the weights loaded next, and the first initialiser run on meta imports torch's Python
+    decompositions, about 2 s of a 124M model's load to its first token."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init" or getattr(func, "__name__", "") in _INITIALISERS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+_INITIALISERS = ("normal_", "uniform_", "fill_", "zero_")
+
+
 def model_from_state_dict(
     config: GPTConfig, sd: dict[str, torch.Tensor], device="cpu", source="weights", *, assign: bool = False
 ) -> GPT:
@@ -185,7 +201,7 @@ def model_from_state_dict(
     For a 124M model that saves about a second of copying (gptkit.models loads for sampling this way).
     """
     sd = clean_state_dict(sd)
-    with torch.device("meta"):
+    with torch.device("meta"), _NoInit():
         model = GPT(config)
     expected = {k: v.shape for k, v in model.state_dict().items() if k != TIED_KEY}
     missing = sorted(set(expected) - set(sd))

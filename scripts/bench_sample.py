@@ -139,7 +139,7 @@ def main() -> int:
     gbs = bytes_per_token / best["read"] / 1e9
     limit = 1 / best["read"]
     same_fp32 = toks["fp32"] == toks["transformers"]
-    agree = next((i for i, (a, b) in enumerate(zip(toks["default"], toks["fp32"])) if a != b), n)
+    agree = next((i for i, (a, b) in enumerate(zip(toks["default"], toks["fp32"], strict=True)) if a != b), n)
     r_def, r_fp32, r_lim = (
         tps["default"] / tps["transformers"],
         tps["fp32"] / tps["transformers"],
