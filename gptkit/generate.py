@@ -141,11 +141,11 @@ def matvec_kernels(model: GPT, rows: int) -> Iterator[None]:
         yield
         return
     was = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a ContextProp in torch's stubs
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = was
+        torch.backends.mkldnn.enabled = was  # type: ignore[assignment]
 
 
 def prefill(model: GPT, idx: torch.Tensor, sample: Sampler) -> torch.Tensor:
