@@ -145,7 +145,7 @@ def matvec_kernels(model: GPT, rows: int) -> Iterator[None]:
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = was  # type: ignore[assignment]
+        torch.backends.mkldnn.enabled = was
 
 
 def prefill(model: GPT, idx: torch.Tensor, sample: Sampler) -> torch.Tensor:
