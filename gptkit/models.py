@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from gptkit import paths
-from gptkit.checkpoint import latest_checkpoint
+from gptkit.checkpoint import latest_checkpoint, model_from_state_dict
 from gptkit.errors import GptkitError
 from gptkit.formats.convert import load
 from gptkit.model import GPT, MLP, CausalSelfAttention
@@ -112,11 +112,26 @@ def _complete_hf_dir(d: Path) -> bool:
     return (d / "config.json").is_file() and any((d / w).is_file() for w in ("model.safetensors", "pytorch_model.bin"))
 
 
+def decoding_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype `sample` keeps the weights in (None: fp32), from the precision policy.
+
+    On CPUs bf16 decoding measured slower than fp32 (torch's bf16 single-token attention and
+    matrix-vector kernels read far below the memory bandwidth; scripts/bench_sample.py), so bf16 is
+    used on CPU only when asked for with --precision bf16; on GPUs the policy's choice stands."""
+    from gptkit.device import resolve_precision
+
+    prec = resolve_precision(precision, device)
+    if device.type == "cpu" and precision != "bf16":
+        return None
+    return prec.autocast_dtype
+
+
 def load_for_sampling(
-    path: Path, device: torch.device, tokenizer: str | Path | None = None
+    path: Path, device: torch.device, tokenizer: str | Path | None = None, dtype: torch.dtype | None = None
 ) -> tuple[GPT, Tokenizer, str]:
     """(model, its own tokenizer, description) for any format convert reads. `tokenizer` (--tokenizer)
-    is for models that carry none; it must fit the vocabulary and never replaces the model's own."""
+    is for models that carry none; it must fit the vocabulary and never replaces the model's own.
+    `dtype` is the decoding dtype the precision policy picked (None: fp32); the weights are kept in it."""
     loaded = load(path, tokenizer=tokenizer)
     tok = loaded.tokenizer
     if tok is None:
@@ -125,14 +140,18 @@ def load_for_sampling(
             "a vocab.json + merges.txt directory, a nanoGPT meta.pkl, gpt2 or bytes)"
         )
     cfg = loaded.config
+    where, fmt, assumed = loaded.path, loaded.format, loaded.assumed_tokenizer
     if cfg.vocab_size != tok.vocab_size:
         raise GptkitError(
             f"{path}: the model has a vocabulary of {cfg.vocab_size} but its tokenizer {tok.name!r} has "
             f"{tok.vocab_size}; this checkpoint does not go with that tokenizer"
         )
-    model = prepare_for_decoding(loaded.build_model(device))
-    described = f"{loaded.path} ({loaded.format}, tokenizer {tok.name}"
-    if loaded.assumed_tokenizer:
+    # The model takes the loaded tensors themselves (no random init, no copy), then casts once.
+    model = model_from_state_dict(cfg, loaded.state_dict, device, loaded.path, assign=True)
+    del loaded
+    model = prepare_for_decoding(model, dtype)
+    described = f"{where} ({fmt}, tokenizer {tok.name}"
+    if assumed:
         described += ", assumed: the source names none"
     return model, tok, described + ")"
 
@@ -141,14 +160,15 @@ def load_for_sampling(
 
 
 class WideLinear(nn.Module):
-    """y = x @ W^T + b with W kept transposed, (in, out), for batch-1 decoding on a CPU.
+    """y = x @ W^T + b with W kept transposed, (in, out), for batch-1 fp32 decoding on a CPU.
 
     Decoding one token is a matrix-vector product per weight, bound by memory bandwidth. For the
-    matrices that widen (out > in: c_attn, c_fc and the 768 -> 50,304 lm_head) the BLAS streams the
+    matrices that widen (out > in: c_attn, c_fc and the 768 -> 50,257 lm_head) MKL streams the fp32
     (in, out) layout markedly faster than nn.Linear's (out, in) on the CPUs we measured (about 1.4x
-    for c_fc and 1.5x for lm_head with MKL on an AVX2 EPYC); for the narrowing ones it is the
-    other way round, so those stay nn.Linear. Values are the same fp32 weights: only the order of
-    the sums changes, so logits agree to fp32 rounding.
+    for c_fc and 1.5x for lm_head on an AVX2 EPYC, 1.2-2x on an AVX512 EPYC); for the narrowing
+    ones it is the other way round, so those stay nn.Linear. In bf16 it is the opposite: torch's
+    bf16 matrix-vector kernel wants (out, in) and is 10-30x slower on (in, out), so bf16 keeps
+    nn.Linear everywhere. Values are the same weights: only the order of the sums changes.
     """
 
     weight_t: torch.Tensor
@@ -165,19 +185,37 @@ class WideLinear(nn.Module):
         return y.view(*x.shape[:-1], self.weight_t.size(1))
 
 
-def prepare_for_decoding(model: GPT) -> GPT:
-    """Switch a CPU model to the decoding layout above, in place (sampling only: the changed model
-    no longer has gptkit's parameter names, so it is not for training or saving). The lm_head gets
-    its own transposed copy of wte (+ padded_vocab x n_embd floats); the embedding lookup keeps wte.
+def prepare_for_decoding(model: GPT, dtype: torch.dtype | None = None) -> GPT:
+    """The decoding layout, in place (sampling only: the changed model no longer has gptkit's parameter
+    names and shapes, so it is not for training or saving):
+
+    - every weight in `dtype` (the precision policy's decoding dtype; None keeps the model's), so a
+      token reads 2 bytes per weight in bf16 instead of autocast re-reading and converting fp32 ones;
+      the KV cache follows (GPT.setup_kv_cache allocates it in the embedding's dtype);
+    - the token embedding and the tied lm_head cut to the real vocabulary once (a view, no copy): the
+      padded rows are never sampled, so reading them every token was 0.1% of the lm_head for nothing;
+    - fp32 on a CPU: WideLinear for the widening matrices (its docstring). lm_head then gets its own
+      transposed copy of the embedding.
     """
     wte = model.get_parameter("transformer.wte.weight")
-    if wte.device.type != "cpu" or getattr(model, "decoding_layout", False):
+    if getattr(model, "decoding_layout", False):
         return model
-    for m in list(model.modules()):
-        if isinstance(m, CausalSelfAttention):
-            m.register_module("c_attn", WideLinear(m.c_attn.weight, m.c_attn.bias))
-        elif isinstance(m, MLP):
-            m.register_module("c_fc", WideLinear(m.c_fc.weight, m.c_fc.bias))
-    model.register_module("lm_head", WideLinear(wte, None))
+    dtype = dtype or wte.dtype
+    model = model.to(dtype=dtype).requires_grad_(False)
+    V = model.config.vocab_size
+    real = nn.Parameter(model.get_parameter("transformer.wte.weight").data[:V], requires_grad=False)  # (V, C) view
+    emb = model.transformer.wte
+    emb.weight, emb.num_embeddings = real, V
+    if real.device.type == "cpu" and dtype == torch.float32:
+        for m in list(model.modules()):
+            if isinstance(m, CausalSelfAttention):
+                m.register_module("c_attn", WideLinear(m.c_attn.weight, m.c_attn.bias))
+            elif isinstance(m, MLP):
+                m.register_module("c_fc", WideLinear(m.c_fc.weight, m.c_fc.bias))
+        model.register_module("lm_head", WideLinear(real, None))
+    else:
+        head = nn.Linear(real.size(1), V, bias=False, device="meta")
+        head.weight = real  # tied, as in training
+        model.register_module("lm_head", head)
     model.decoding_layout = True  # type: ignore[assignment]  # torch types unknown Module attributes as Tensor | Module
     return model.eval()

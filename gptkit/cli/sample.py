@@ -64,11 +64,11 @@ def sample(
     import json
 
     from gptkit.cli.progress import DownloadDisplay
-    from gptkit.device import pick_device, resolve_precision
+    from gptkit.device import pick_device
     from gptkit.errors import GptkitError
     from gptkit.generate import SampleConfig, sample_text
     from gptkit.hub.endpoint import resolve_endpoint
-    from gptkit.models import load_for_sampling, resolve_model_path
+    from gptkit.models import decoding_dtype, load_for_sampling, resolve_model_path
 
     if prompt is not None and prompt_file is not None:
         raise GptkitError("give either a PROMPT or --prompt-file, not both")
@@ -89,11 +89,12 @@ def sample(
     )
     cfg.validate()
     dev = pick_device(device)
-    prec = resolve_precision(precision, dev)
     url = resolve_endpoint(endpoint, mirror)
     with DownloadDisplay(sys.stderr.isatty(), out=sys.stderr, prefix="gptkit: ") as display:  # stdout: the text only
         path = resolve_model_path(model, endpoint=url, progress=display.update, log=display.log)
-    net, tok, described = load_for_sampling(path, dev, tokenizer)
+    # The weights are kept in the decoding dtype (no autocast per op): see models.decoding_dtype.
+    dtype = decoding_dtype(precision, dev)
+    net, tok, described = load_for_sampling(path, dev, tokenizer, dtype=dtype)
     prompt = prompt or ""
     if not prompt and tok.eot_token is None:
         raise GptkitError(f"the {tok.name} vocabulary has no end-of-text token to start from; give a PROMPT")
@@ -103,7 +104,8 @@ def sample(
         sys.stdout.flush()
 
     if not json_out:
-        print(f"gptkit: sampling from {described}, {prec.name} on {dev}", file=sys.stderr)
+        weights = str(dtype).removeprefix("torch.") if dtype is not None else "fp32"
+        print(f"gptkit: sampling from {described}, {weights} weights on {dev}", file=sys.stderr)
         sys.stdout.write(prompt)
         sys.stdout.flush()
     result = sample_text(
@@ -111,7 +113,6 @@ def sample(
         tok,
         prompt,
         cfg,
-        autocast=prec.autocast(),
         on_text=None if json_out else stream,
         model_name=str(path),
     )
