@@ -24,7 +24,7 @@ MINIMUM: dict[str, str] = {
     "safetensors": "0.8",
     "numpy": "1.24",
     "pyarrow": "24",
-    "tokenizers": "0.23.1",
+    "tokenizers": "0.23.3",
 }
 
 
