@@ -57,7 +57,8 @@ def test_too_old(monkeypatch):
     _fake_versions(monkeypatch, typer="0.27.3")
     with pytest.raises(GptkitError) as e:
         deps.check_dependencies()
-    assert str(e.value) == "gptkit needs typer>=0.28 (found 0.27.3): pip install -U 'typer>=0.28'"
+    floor = deps.MINIMUM["typer"]
+    assert str(e.value) == f"gptkit needs typer>={floor} (found 0.27.3): pip install -U 'typer>={floor}'"
 
 
 def test_missing(monkeypatch):
