@@ -23,7 +23,7 @@ MINIMUM: dict[str, str] = {
     "huggingface_hub": "2.0",
     "safetensors": "0.8",
     "numpy": "1.24",
-    "pyarrow": "24",
+    "pyarrow": "26",
     "tokenizers": "0.23.3",
 }
 
