@@ -22,7 +22,7 @@ MINIMUM: dict[str, str] = {
     "datasets": "5.1",
     "huggingface_hub": "2.0",
     "safetensors": "0.8",
-    "numpy": "1.24",
+    "numpy": "2.0",
     "pyarrow": "26",
     "tokenizers": "0.23.3",
 }
