@@ -84,3 +84,37 @@ def test_every_panel_is_labelled_and_the_loss_axis_is_framed_on_training(tmp_pat
         plt.close(fig)
     assert loss_limits([], [3.0]) is None
     assert loss_limits([4.0, 2.0], [1.0]) == pytest.approx((1.0 - 0.15, 4.0 + 0.15))
+
+
+class _Refuse:
+    """A meta-path finder that makes `import matplotlib` fail the way a user's install can."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise self.error
+        return None
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (ModuleNotFoundError("No module named 'matplotlib'"), "needs matplotlib: pip install 'gptkit[plot]'"),
+        (ImportError("numpy.core.multiarray failed to import"), "installed but does not import (numpy.core"),
+    ],
+)
+def test_a_missing_or_broken_matplotlib_is_one_clear_error(tmp_path, monkeypatch, error, says):
+    import sys
+
+    from gptkit.errors import GptkitError
+
+    write_run(tmp_path / "a")
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_Refuse(error), *sys.meta_path])
+    with pytest.raises(GptkitError, match="matplotlib") as e:
+        plot_run(tmp_path / "a")
+    assert says in str(e.value)
+    assert not (tmp_path / "a" / "metrics.png").exists()

@@ -35,10 +35,12 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
 
         matplotlib.use("Agg")  # files only, no display needed
         import matplotlib.pyplot as plt
-    except ImportError:
+    except ModuleNotFoundError:
         raise GptkitError(
             "`gptkit plot` needs matplotlib: pip install 'gptkit[plot]' (or pip install matplotlib)"
         ) from None
+    except ImportError as e:  # installed but broken, e.g. built for numpy 1 under numpy 2
+        raise GptkitError(f"matplotlib is installed but does not import ({e}); pip install -U 'gptkit[plot]'") from None
 
     fig = build_figure(read_metrics(run_dir), run_dir.name, plt)
     if fig is None:
