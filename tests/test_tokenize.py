@@ -92,6 +92,29 @@ def test_default_source_is_the_builtin_corpus(gptkit_home):
     assert shards.find_shards(None)[2]["fingerprint"] == m["fingerprint"]
 
 
+def test_the_python_docs_corpus_is_the_stdlib_docstrings_and_topics_as_bytes(gptkit_home):
+    """The quickstart's corpus: several times pydoc's size, English prose, read without importing the stdlib."""
+    import ast
+
+    from gptkit.data import corpora
+
+    docs = corpora.texts("python-docs")
+    topics = corpora.texts("pydoc")
+    assert docs[: len(topics)] == topics
+    modules = docs[len(topics) :]
+    assert sum(map(len, modules)) > 2 * sum(map(len, topics)) and len(modules) > 100
+    # One document per module with docstrings: json's own module docstring opens its document.
+    json_doc = ast.get_docstring(ast.parse(Path(json.__file__).read_text()))
+    assert sum(d.startswith(json_doc) for d in modules) == 1
+    assert not any("site-packages" in str(f) or "/test/" in str(f) for f in corpora.stdlib_files())
+
+    r = run_cli("tokenize", "python-docs", "--tokenizer", "bytes", "--json", check=True)
+    assert json.loads(r.stdout)["documents"] == len(docs)
+    toks, m = all_tokens("python-docs")
+    assert m["source"]["spec"] == "python-docs" and m["source"]["sha256"] == corpora.info("python-docs")["sha256"]
+    assert len(toks) == sum(len(d.encode()) + 1 for d in docs)  # every byte, and an end-of-text per document
+
+
 def test_formats_agree_shards_are_exact_and_workers_do_not_matter(tmp_path):
     docs = corpus()
     docs[5] = ""  # an empty document is a lone EOT (build-nanogpt's fineweb.py)

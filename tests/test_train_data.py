@@ -121,8 +121,34 @@ def test_ranks_split_each_step_the_same_way_for_any_world_size(toy):
     assert np.array_equal(one, global_rows(2, 4, 1))
     assert np.array_equal(one, global_rows(2, 2, 2))
     assert np.array_equal(one, global_rows(4, 2, 1))
-    # Consecutive rows are consecutive windows: the next row starts at this row's last target.
-    assert np.array_equal(one[1:, 0], one[:-1, -1])
+    # The rows are shuffled windows, not a run of consecutive ones (which share documents).
+    assert not np.array_equal(one[1:, 0], one[:-1, -1])
+
+
+def test_an_epoch_of_steps_reads_every_window_once_shuffled_within_chunks(toy, monkeypatch):
+    from gptkit.train import data
+    from gptkit.train.data import TokenStream, TrainBatches
+
+    _, train, _ = toy
+    T = 16
+    monkeypatch.setattr(data, "WINDOW_CHUNK_TOKENS", 40 * T)  # chunks of 40 windows
+    stream = TokenStream(train, eot=0, seed=5)
+    epoch = np.empty(stream.total + 1, dtype=np.int64)
+    stream.read(0, epoch)
+    tb = TrainBatches(stream, T, 4, 0, 1)
+    n = stream.total // T
+    starts = [tb.window_start(w) for w in range(n)]
+    assert sorted(starts) == [k * T for k in range(n)]  # every window of the epoch once
+    assert starts != sorted(starts)  # in a shuffled order ...
+    assert all(c * 40 * T <= s < (c + 1) * 40 * T for k, s in enumerate(starts) for c in [k // 40])  # ... within its chunk
+    rows = np.concatenate([tb.get(step * 4 * T, 0) for step in range(n // 4)])
+    assert all(np.array_equal(r, epoch[s : s + T + 1]) for r, s in zip(rows, starts))
+    # The next epoch is shuffled anew, from the next epoch of the stream.
+    later = [tb.window_start(n + w) - stream.total for w in range(n)]
+    assert sorted(later) == sorted(starts) and later != starts
+    # The order is a function of the seed alone: a fresh reader (a resumed run) reads the same rows.
+    again = TrainBatches(TokenStream(train, eot=0, seed=5), T, 4, 0, 1)
+    assert np.array_equal(again.get(7 * 4 * T, 0), tb.get(7 * 4 * T, 0))
 
 
 def test_validation_rows_are_split_across_ranks_without_overlap(toy):

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from gptkit import faults
+from gptkit.data import corpora
 from gptkit.data.shards import READ_TOKENS
-from gptkit.data.sources import Source, builtin_texts, hf_batches, token_file, token_split
+from gptkit.data.sources import Source, hf_batches, token_file, token_split
 from gptkit.errors import GptkitError
 from gptkit.tokenizer import Tokenizer
 
@@ -66,7 +67,7 @@ def _units(src: Source, start: int, unit_bytes: int, cut_safe: bool = True) -> I
         return index - 1, unit, nbytes
 
     if src.kind == "builtin":
-        for batch in _batched_texts(iter(builtin_texts(src.spec)), unit_bytes):
+        for batch in _batched_texts(iter(corpora.texts(src.spec)), unit_bytes):
             yield emit(("texts", batch), sum(len(t.encode()) for t in batch))
         return
     if src.kind == "huggingface":

@@ -8,21 +8,18 @@ through the chosen endpoint, or a built-in corpus. Everything that talks to the 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import re
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gptkit import faults, paths
-from gptkit.data import shards
+from gptkit.data import corpora, shards
 from gptkit.errors import GptkitError
 
 DATASET_PRESETS = ("fineweb-edu", "fineweb")  # `gptkit download` presets that hold text
-BUILTIN_CORPORA = ("pydoc",)
+BUILTIN_CORPORA = tuple(corpora.CORPORA)  # "pydoc" first: the default
 TEXT_KINDS = ("parquet", "jsonl", "jsonl.gz", "txt")
 
 
@@ -134,26 +131,8 @@ def resolve_source(
     raise GptkitError(f"{src}: no such file or directory")
 
 
-def builtin_texts(name: str) -> list[str]:
-    """The documents of a built-in corpus, in a fixed order."""
-    import pydoc_data.topics
-
-    return [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
-
-
 def _builtin_source(name: str) -> Source:
-    import pydoc_data.topics
-
-    text_hash = hashlib.sha256(json.dumps(pydoc_data.topics.topics, sort_keys=True).encode()).hexdigest()
-    info = {
-        "type": "builtin",
-        "spec": name,
-        "description": "Python's own documentation topics (pydoc_data.topics), one document per topic",
-        "revision": f"python {sys.version.split()[0]}",
-        "sha256": text_hash,
-    }
-    total = sum(len(v.encode()) for v in pydoc_data.topics.topics.values())
-    return Source(spec=name, kind="builtin", name=name, info=info, total_bytes=total)
+    return Source(spec=name, kind="builtin", name=name, info=corpora.info(name), total_bytes=corpora.total_bytes(name))
 
 
 def _path_source(
