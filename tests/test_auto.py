@@ -115,7 +115,9 @@ def test_warnings_for_tiny_data_and_the_gpt2_recipe_on_cpu(gptkit_home):
     warnings: list[str] = []
     prepare(C.TrainOverrides(preset="gpt2"), C.LaunchOverrides(gpus=0), name="g", warn=warnings.append)
     assert len(warnings) == 2 and all("\n" not in w for w in warnings)
-    assert "--preset gpt2 on CPU" in warnings[0] and ("days" in warnings[0] or " h" in warnings[0])
+    # The model of the recipe with the data's vocabulary (the toy's: 256 tokens).
+    assert "the --preset gpt2 recipe on CPU: 86.0M parameters" in warnings[0]
+    assert "days" in warnings[0] or " h" in warnings[0]
     assert "fewer than 3 batches" in warnings[1]
     warnings.clear()
     prepare(C.TrainOverrides(preset="tiny"), C.LaunchOverrides(gpus=0), name="t", warn=warnings.append)

@@ -75,6 +75,16 @@ def test_cpu_plan_measures_the_real_model(gptkit_home):
     assert p.n_params == param_count(get_preset("tiny").with_vocab(256))
 
 
+def test_the_plan_is_of_the_shape_given_not_the_presets(gptkit_home):
+    from gptkit.model import GPTConfig
+
+    make_dataset(gptkit_home / "shards" / "toy")
+    given = C.TrainOverrides(n_layer=3, n_head=2, n_embd=48, seq_len=32, max_steps=10)
+    p = make_plan(given, C.LaunchOverrides(gpus=0))
+    want = GPTConfig(block_size=32, n_layer=3, n_head=2, n_embd=48).with_vocab(256)
+    assert p.n_params == param_count(want) and p.shape == "3 layers x 2 heads x 48 wide, block 32"
+
+
 def test_plan_cli_json_and_errors(gptkit_home):
     r = run_cli("train", "--plan", "--preset", "gpt2", "--gpus", "8", "--gpu-type", "H100", "--json", check=True)
     d = json.loads(r.stdout)

@@ -205,6 +205,7 @@ def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, max_rows: int = M
 @dataclass
 class RunPlan:
     preset: str
+    shape: str  # layers x heads x width (and block size)
     device: str  # "cpu" or "cuda"
     hardware: str  # what the plan is for, in words
     processes: int
@@ -321,6 +322,7 @@ def make_plan(
     total = cfg.batch_tokens * cfg.max_steps
     return RunPlan(
         preset=cfg.preset,
+        shape=f"{mc.n_layer} layers x {mc.n_head} heads x {mc.n_embd} wide, block {mc.block_size}",
         device=device,
         hardware=hardware,
         processes=world,
@@ -389,7 +391,7 @@ def render_plan(p: RunPlan) -> list[str]:
     """The plan as aligned lines for a terminal."""
     m = p.memory
     rows = [
-        ("model", f"{p.preset}, {human_count(p.n_params)} parameters ({p.n_params:,})"),
+        ("model", f"{human_count(p.n_params)} parameters ({p.n_params:,}): {p.shape} (--preset {p.preset})"),
         ("hardware", f"{p.hardware}, {p.precision}"),
         (
             "tokens per step",

@@ -29,6 +29,7 @@ from gptkit.train.config import (
     keep_shape,
     load_config_file,
     merge,
+    model_settings,
     plan_batches,
     preset_config,
     resolve_shape,
@@ -292,8 +293,9 @@ def settle_config(
 
 
 def model_config(cfg: TrainConfig, vocab: int):
-    """The model a config trains: --init-from's, else the preset's with the data's vocabulary."""
-    from gptkit.model import get_preset
+    """The model a config trains: --init-from's, else its shape (the preset's and any shape flags)
+    with the data's vocabulary."""
+    from gptkit.model import GPTConfig
 
     if cfg.init_from:
         from gptkit.checkpoint import read_config, resolve_checkpoint
@@ -301,7 +303,7 @@ def model_config(cfg: TrainConfig, vocab: int):
         found = resolve_checkpoint(Path(cfg.init_from).expanduser().resolve())
         if found is not None:
             return read_config(found)[0]
-    return get_preset(cfg.preset).with_vocab(vocab)
+    return GPTConfig(**model_settings(resolve_shape(cfg))).with_vocab(vocab)
 
 
 def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int) -> str:
@@ -317,7 +319,7 @@ def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int) -> str:
     peak = cpu_peak_flops(resolve_precision(cfg.precision, torch.device("cpu")).name)
     seconds = flops_per_token(mc, n, cfg.seq_len) * cfg.batch_tokens * cfg.max_steps / (peak * ASSUMED_CPU_MFU)
     return (
-        f"--preset {cfg.preset} on CPU: {n / 1e6:.0f}M parameters x {cfg.batch_tokens * cfg.max_steps / 1e9:.1f}B "
+        f"the --preset {cfg.preset} recipe on CPU: {n / 1e6:.1f}M parameters x {cfg.batch_tokens * cfg.max_steps / 1e9:.1f}B "
         f"tokens would take ~{human_duration(seconds)} here (at {ASSUMED_CPU_MFU:.0%} of the measured "
         f"{peak / 1e9:.0f} GFLOP/s); `gptkit train --plan` measures, no --preset sizes a run for this CPU"
     )
