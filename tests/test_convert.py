@@ -377,6 +377,25 @@ def test_truncated_pt_and_unknown_format_are_one_line(gpt2_ck, tmp_path):
     assert not (tmp_path / "o.safetensors").exists()
 
 
+def test_a_run_name_converts_its_latest_checkpoint(gptkit_home, tmp_path):
+    """`gptkit convert NAME DST` from any directory, as `sample --model NAME` and `plot NAME` take it."""
+    from gptkit import paths
+
+    old, new = random_model(vocab=256, padded=256, seed=1), random_model(vocab=256, padded=256, seed=2)
+    save_checkpoint(paths.runs_dir("myrun") / "step_000010", old, config=old.config, tokenizer="bytes")
+    latest = save_checkpoint(paths.runs_dir("myrun") / "step_000020", new, config=new.config, tokenizer="bytes")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = run_cli("convert", "myrun", tmp_path / "m.safetensors", "--json", cwd=elsewhere, check=True)
+    assert json.loads(r.stdout)["src"] == str(latest)
+    back = load(tmp_path / "m.safetensors").state_dict
+    assert all(torch.equal(back[k], v) for k, v in new.state_dict().items() if k in back)
+    line = assert_one_line_error(run_cli("convert", "norun", tmp_path / "n.safetensors", cwd=elsewhere))
+    assert "norun" in line and str(paths.runs_dir()) in line
+    line = assert_one_line_error(run_cli("convert", "./norun", tmp_path / "n.safetensors", cwd=elsewhere))
+    assert line.endswith("norun: no such file or directory")
+
+
 def test_truncated_safetensors_and_gguf(tmp_path):
     model = random_model(vocab=256, padded=256)
     ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")

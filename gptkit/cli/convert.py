@@ -12,10 +12,11 @@ from gptkit.cli.options import Force, JsonOut
 
 def convert(
     src: Annotated[
-        Path,
+        str,  # not Path: "./NAME" (a path) must stay apart from "NAME" (a run)
         typer.Argument(
-            help="Model to read: run/checkpoint dir, .pt (gptkit, nanoGPT, build-nanogpt), "
-            ".safetensors, Hugging Face dir or .gguf."
+            metavar="SRC",
+            help="Model to read: a run (its name under runs/, or its directory; the latest checkpoint), a "
+            "checkpoint dir, .pt (gptkit, nanoGPT, build-nanogpt), .safetensors, Hugging Face dir or .gguf.",
         ),
     ],
     dst: Annotated[Path, typer.Argument(help="Output file or directory.")],

@@ -53,6 +53,20 @@ def detect_format(path: Path) -> str:
     raise GptkitError(f"{path}: unknown model format; expected {FORMAT_HELP}")
 
 
+def source_path(src: str | Path) -> Path:
+    """SRC as given, or a run named under runs_dir() as its latest checkpoint (as `sample --model`)."""
+    from gptkit import paths
+    from gptkit.runs import run_checkpoint
+
+    p = Path(src).expanduser()
+    if p.exists() or str(src).startswith((".", "/", "~")) or len(p.parts) != 1:
+        return p  # a path (detect_format says that it is missing)
+    ckpt = run_checkpoint(str(src))
+    if ckpt is None:
+        raise GptkitError(f"{src}: no such file or directory, nor a run with a checkpoint in {paths.runs_dir()}")
+    return ckpt
+
+
 def output_format(dst: Path, to: str | None) -> str:
     if to is not None:
         if to not in FORMATS:
@@ -208,7 +222,7 @@ def convert(
 ) -> ConvertResult:
     """Convert `src` (any readable format) to `dst` in format `to` (from dst's suffix if not given);
     `tokenizer` names the model's tokenizer when the source does not carry it."""
-    src, dst = Path(src), Path(dst)
+    src, dst = source_path(src), Path(dst)
     fmt = output_format(dst, to)
     if dtype not in DTYPES:
         raise GptkitError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
