@@ -269,6 +269,7 @@ def settle_config(
         cfg = replace(cfg, warmup_steps=min(cfg.warmup_steps, max(1, int(WARMUP_CAP * cfg.max_steps))))
 
     if ckpt is None and choice is None and device_type == "cpu" and preset.startswith("gpt2") and not plan_only:
+        validate(cfg)  # the estimate builds the model's config: a bad shape is the user's one-line error first
         warn(gpt2_on_cpu_warning(cfg, size[0] if size else 50257))
     if ckpt is None and size is not None and size[1] < SMALL_DATA_BATCHES * cfg.batch_tokens:
         warn(
