@@ -79,6 +79,8 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M (param_count below)
     "small": GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=256),  # 16.1M with GPT-2 vocab
     "tiny": GPTConfig(block_size=128, n_layer=2, n_head=2, n_embd=64),  # 3.3M, tests and demos
+    # nanoGPT's shakespeare_char "baby GPT" as its README runs it on a CPU: 0.8M with a byte vocabulary
+    "char": GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128),
 }
 
 

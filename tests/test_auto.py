@@ -122,3 +122,7 @@ def test_warnings_for_tiny_data_and_the_gpt2_recipe_on_cpu(gptkit_home):
     warnings.clear()
     prepare(C.TrainOverrides(preset="tiny"), C.LaunchOverrides(gpus=0), name="t", warn=warnings.append)
     assert warnings == []
+    # The recipe's defaults shrunk by flags to a CPU-sized run: no estimate to warn about.
+    small = C.TrainOverrides(n_layer=2, n_head=2, n_embd=32, seq_len=32, batch_tokens=256, max_steps=10)
+    prepare(small, C.LaunchOverrides(gpus=0), name="s", warn=warnings.append)
+    assert not any("recipe on CPU" in w for w in warnings), warnings

@@ -270,6 +270,42 @@ def test_kill9_at_any_point_then_resume_is_byte_identical(tmp_path):
     shards.verify(out)
 
 
+def test_a_killed_worker_is_one_line_and_the_run_resumes(tmp_path):
+    """The OOM killer takes a worker: the run stops at once with one line (no hang), keeps its shards,
+    and the same command resumes to the same output as an uninterrupted run."""
+    write_parquet(tmp_path / "src" / "data.parquet", corpus(150, seed=2), row_group_size=8)
+    src, out = tmp_path / "src", tmp_path / "out"
+    args = [src, "-o", out, "-j", "2", "--shard-tokens", "2500", "--val-tokens", "1500"]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gptkit", "tokenize", *map(str, args)],
+        env={**os.environ, "GPTKIT_FAULTS": "tokenize.unit_bytes=6000,tokenize.unit_delay=0.1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list((out / ".partial").glob("*_*.bin")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        workers = [k for k in _children(p.pid) if b"spawn" in Path(f"/proc/{k}/cmdline").read_bytes()]
+        assert workers and p.poll() is None, "no worker to kill"
+        os.kill(workers[0], signal.SIGKILL)
+        stdout, stderr = p.communicate(timeout=30)  # before: a hang, the unit waited for forever
+    finally:
+        if p.poll() is None:
+            p.kill()
+    line = assert_one_line_error(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+    assert "worker process died" in line and "run the same command again to resume" in line, line
+    assert list((out / ".partial").glob("*_*.bin")) and not (out / "manifest.json").exists()
+    r = run_cli("tokenize", *args, env={"GPTKIT_FAULTS": "tokenize.unit_bytes=6000"}, check=True)
+    assert "resuming" in r.stderr
+    tz.tokenize(str(src), tmp_path / "ref", tz.Settings(shard_tokens=2500, val_tokens=1500), workers=1)
+    got, want = tree_hashes(out), tree_hashes(tmp_path / "ref")
+    assert {k: v for k, v in got.items() if k != "manifest.json"} == {
+        k: v for k, v in want.items() if k != "manifest.json"
+    }
+
+
 def test_verify_catches_corruption(tmp_path):
     write_parquet(tmp_path / "d.parquet", corpus(40), row_group_size=10)
     out = tmp_path / "out"

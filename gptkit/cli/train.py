@@ -14,7 +14,7 @@ Float = float | None
 
 # Written out, not computed, so that `gptkit --help` never imports torch; test_model_shape checks it
 # against gptkit.model.preset_sizes().
-PRESET_SIZES = "gpt2 124.4M, gpt2-medium 354.8M, gpt2-large 774.0M, gpt2-xl 1557.6M, small 16.1M, tiny 3.3M"
+PRESET_SIZES = "gpt2 124.4M, gpt2-medium 354.8M, gpt2-large 774.0M, gpt2-xl 1557.6M, small 16.1M, tiny 3.3M, char 7.2M"
 
 
 def train(

@@ -189,23 +189,42 @@ def encode_units(
                 return
         return
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     # spawn, not fork: the main process may hold pyarrow/datasets threads, which fork would copy mid-lock.
-    with mp.get_context("spawn").Pool(n_workers, initializer=_init_worker, initargs=(*init, True)) as pool:
+    # An executor, not multiprocessing.Pool: a Pool silently replaces a worker that dies (the OOM
+    # killer, a crash in a native reader) and waits forever for the unit it held; an executor fails
+    # every pending unit with BrokenProcessPool, which becomes one line and a resumable run.
+    pool = ProcessPoolExecutor(n_workers, mp.get_context("spawn"), initializer=_init_worker, initargs=(*init, True))
+    finished = False
+    try:
         pending: deque = deque()
         window = 2 * n_workers + 1
+
+        def take() -> bool:
+            i, fut = pending.popleft()
+            tokens, replaced, nbytes = fut.result()
+            return consume(i, tokens, replaced, nbytes, None)
+
         for index, unit, _ in todo:
-            pending.append((index, pool.apply_async(_work, (unit,))))
-            if len(pending) >= window:
-                i, r = pending.popleft()
-                tokens, replaced, nbytes = r.get()
-                if consume(i, tokens, replaced, nbytes, None):
-                    return
-        while pending:
-            i, r = pending.popleft()
-            tokens, replaced, nbytes = r.get()
-            if consume(i, tokens, replaced, nbytes, None):
+            pending.append((index, pool.submit(_work, unit)))
+            if len(pending) >= window and take():
                 return
+        while pending:
+            if take():
+                return
+        finished = True
+    except BrokenProcessPool:
+        raise GptkitError(
+            f"a tokenize worker process died (killed, or out of memory with {n_workers} workers?); the shards "
+            "written so far are kept: run the same command again to resume (with fewer --workers if memory is short)"
+        ) from None
+    finally:
+        pool.shutdown(wait=finished, cancel_futures=True)
+        if not finished:  # an error, Ctrl-C or an early stop: do not wait for the units in flight
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
 
 
 # --------------------------------------------------------------------------- in each worker

@@ -212,6 +212,23 @@ TRAIN_PRESETS: dict[str, dict] = {
         checkpoint_every=100,
         log_every=1,
     ),
+    # Character or byte data (`gptkit tokenize FILE --tokenizer bytes`, or nanoGPT's meta.pkl);
+    # nanoGPT's CPU recipe for shakespeare_char: batch 12 x 64, AdamW beta2 0.99, lr 1e-3 to 1e-4.
+    "char": dict(
+        seq_len=64,
+        batch_tokens=768,
+        micro_batch=12,
+        max_steps=2000,
+        lr=1e-3,
+        warmup_steps=100,
+        beta2=0.99,
+        eval_every=250,
+        eval_tokens=16_384,
+        hellaswag_every=0,
+        sample_every=500,
+        checkpoint_every=500,
+        log_every=10,
+    ),
 }
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))

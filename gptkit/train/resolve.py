@@ -151,6 +151,7 @@ SMALL_DATA_BATCHES = 3  # fewer training tokens than this many batches: warn
 # instead). A 124M step is mostly large matmuls: one row timed on 2 busy cores ran at the rate the
 # matmul peak measured then; half of it keeps the estimate on the safe side.
 ASSUMED_CPU_MFU = 0.5
+CPU_WARN_SECONDS = 3600  # the GPT-2 recipe's defaults, shrunk by flags to less than this, are not warned about
 
 
 @dataclass
@@ -270,7 +271,9 @@ def settle_config(
 
     if ckpt is None and choice is None and device_type == "cpu" and preset.startswith("gpt2") and not plan_only:
         validate(cfg)  # the estimate builds the model's config: a bad shape is the user's one-line error first
-        warn(gpt2_on_cpu_warning(cfg, size[0] if size else 50257))
+        line = gpt2_on_cpu_warning(cfg, size[0] if size else 50257)
+        if line:
+            warn(line)
     if ckpt is None and size is not None and size[1] < SMALL_DATA_BATCHES * cfg.batch_tokens:
         warn(
             f"the training data holds {size[1]:,} tokens, fewer than {SMALL_DATA_BATCHES} batches of "
@@ -307,8 +310,9 @@ def model_config(cfg: TrainConfig, vocab: int):
     return GPTConfig(**model_settings(resolve_shape(cfg))).with_vocab(vocab)
 
 
-def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int) -> str:
-    """One line: the GPT-2 recipe asked for on a CPU, with its estimated time (no timing run)."""
+def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int) -> str | None:
+    """One line: the GPT-2 recipe asked for on a CPU, with its estimated time (no timing run); None
+    when the flags given have shrunk it to a CPU-sized run (under CPU_WARN_SECONDS)."""
     import torch
 
     from gptkit.device import resolve_precision
@@ -319,6 +323,8 @@ def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int) -> str:
     n = param_count(mc)
     peak = cpu_peak_flops(resolve_precision(cfg.precision, torch.device("cpu")).name)
     seconds = flops_per_token(mc, n, cfg.seq_len) * cfg.batch_tokens * cfg.max_steps / (peak * ASSUMED_CPU_MFU)
+    if seconds < CPU_WARN_SECONDS:
+        return None
     return (
         f"the --preset {cfg.preset} recipe on CPU: {n / 1e6:.1f}M parameters x {cfg.batch_tokens * cfg.max_steps / 1e9:.1f}B "
         f"tokens would take ~{human_duration(seconds)} here (at {ASSUMED_CPU_MFU:.0%} of the measured "
