@@ -78,8 +78,9 @@ def bench_inproc(
     import torch
 
     from gptkit.train.config import LaunchOverrides, TrainOverrides
+    from gptkit.train.dist import Dist
     from gptkit.train.resolve import prepare
-    from gptkit.train.trainer import Dist, Trainer
+    from gptkit.train.trainer import Trainer
 
     torch.set_num_threads(threads)
     overrides = TrainOverrides(

@@ -184,7 +184,7 @@ def test_two_processes_equal_one_process_with_accumulation(home, reference):
 
 def test_sigkill_then_resume_is_bitwise_exact(home, reference):
     run = home / "runs" / "killed"
-    p = cli("--gpus", "0", "--nproc", "2", "--name", "killed", *CLI_FLAGS, env={"GPTKIT_TEST_STEP_SLEEP": "0.4"})
+    p = cli("--gpus", "0", "--nproc", "2", "--name", "killed", *CLI_FLAGS, env={"GPTKIT_FAULTS": "train.step_sleep=0.4"})
     deadline = time.time() + 120
     while not (run / "step_000004").exists():
         assert p.poll() is None, p.communicate()
@@ -324,7 +324,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(home):
         *CLI_FLAGS,
         "--max-steps",
         "1000",
-        env={"GPTKIT_TEST_STEP_SLEEP": "0.2"},
+        env={"GPTKIT_FAULTS": "train.step_sleep=0.2"},
     )
     deadline = time.time() + 120
     while len([r for r in read_metrics(run) if "loss" in r]) < 2:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gptkit.model import GPTConfig, get_preset
-from gptkit.train.config import TRAIN_PRESETS
+from gptkit.train.presets import TRAIN_PRESETS
 
 SMALL_MIN_TOKENS = 1_000_000
 SMALL_MIN_STEPS = 300

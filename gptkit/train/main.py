@@ -73,7 +73,8 @@ def _die_with_torchrun(signals) -> None:
 
 
 def _run(run_dir: Path, rank: int) -> int:
-    from gptkit.train.trainer import TrainingError, run
+    from gptkit.train.dist import TrainingError
+    from gptkit.train.trainer import run
 
     try:
         run(run_dir)

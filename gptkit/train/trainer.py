@@ -42,82 +42,10 @@ from gptkit.train import data as datamod
 from gptkit.train import hellaswag, mfu, signals
 from gptkit.train import watchdog as wdmod
 from gptkit.train.config import SHAPE_KEYS, ResolvedRun, model_settings, plan_batches, shape_of
+from gptkit.train.dist import Dist, TrainingError, step_seed
 from gptkit.train.loss import FusedLossGPT
 from gptkit.train.metrics import Reporter, truncate_metrics
 from gptkit.train.schedule import lr_at
-
-
-class TrainingError(GptkitError):
-    """A user-facing failure inside the workers. `collective`: every rank raises it at the same point
-    (e.g. a NaN loss, which all ranks see after the all-reduce), so all can exit cleanly."""
-
-    def __init__(self, message: str, collective: bool = True):
-        super().__init__(message)
-        self.collective = collective
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-class Dist:
-    """rank / world / device, and the process group when torchrun started us."""
-
-    def __init__(self, device_type: str, timeout_s: float | None = None):
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.launched = "TORCHELASTIC_RUN_ID" in os.environ or "RANK" in os.environ
-        if device_type == "cuda":
-            # Only reachable with a GPU: one device per local rank, NCCL between them.
-            torch.cuda.set_device(self.local_rank)
-            self.device = torch.device("cuda", self.local_rank)
-            backend = "nccl"
-        else:
-            self.device = torch.device(device_type)
-            backend = "gloo"
-        if self.launched and self.world_size > 1:
-            import datetime
-
-            import torch.distributed as dist
-
-            # Above the watchdog's limits, so a hang is reported by the watchdog (with stacks) first.
-            timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
-            dist.init_process_group(backend=backend, timeout=timeout)
-        self.master = self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.launched and self.world_size > 1
-
-    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.all_reduce(t)
-        return t
-
-    def broadcast_object(self, obj):
-        if not self.distributed:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def barrier(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.distributed:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
 
 
 class Trainer:
@@ -497,11 +425,11 @@ class Trainer:
 
 
 def _hook_after_step(step: int, rank: int) -> None:
-    """Test hooks: train.step_sleep (or GPTKIT_TEST_STEP_SLEEP) slows every step, so a test can kill a
+    """Fault points (gptkit.faults): train.step_sleep slows every step, so a test can kill a
     run mid-way; train.stall_rank stops one rank for good, as a hang would."""
     from gptkit import faults
 
-    delay = faults.number("train.step_sleep", float(os.environ.get("GPTKIT_TEST_STEP_SLEEP") or 0))
+    delay = faults.number("train.step_sleep")
     if delay:
         time.sleep(delay)
     stall = faults.value("train.stall_rank")
