@@ -184,7 +184,9 @@ def test_two_processes_equal_one_process_with_accumulation(home, reference):
 
 def test_sigkill_then_resume_is_bitwise_exact(home, reference):
     run = home / "runs" / "killed"
-    p = cli("--gpus", "0", "--nproc", "2", "--name", "killed", *CLI_FLAGS, env={"GPTKIT_FAULTS": "train.step_sleep=0.4"})
+    p = cli(
+        "--gpus", "0", "--nproc", "2", "--name", "killed", *CLI_FLAGS, env={"GPTKIT_FAULTS": "train.step_sleep=0.4"}
+    )
     deadline = time.time() + 120
     while not (run / "step_000004").exists():
         assert p.poll() is None, p.communicate()
