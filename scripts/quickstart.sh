@@ -99,14 +99,14 @@ gptkit convert quickstart "$QS/hf-export" --to hf
 python - "$QS/hf-export" <<'PY'
 import sys
 
-import torch
-from transformers import GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2LMHeadModel
 
-# A byte-level model: its token ids are the UTF-8 bytes (transformers has no tokenizer class for that).
-model = GPT2LMHeadModel.from_pretrained(sys.argv[1]).eval()
-ids = torch.tensor([list("The with statement".encode())])
+d = sys.argv[1]
+tok = AutoTokenizer.from_pretrained(d)  # the bytes vocabulary, as a byte-level BPE without merges
+model = GPT2LMHeadModel.from_pretrained(d).eval()
+ids = tok("The with statement", return_tensors="pt").input_ids
 out = model.generate(ids, max_new_tokens=80, do_sample=False, pad_token_id=0)
-print("transformers loaded the export; greedy continuation:\n" + bytes(out[0].tolist()).decode(errors="replace"))
+print("transformers loaded the export; greedy continuation:\n" + tok.decode(out[0]))
 PY
 
 step "8. gptkit plot"

@@ -377,6 +377,33 @@ def test_truncated_pt_and_unknown_format_are_one_line(gpt2_ck, tmp_path):
     assert not (tmp_path / "o.safetensors").exists()
 
 
+def test_a_byte_level_model_exports_a_tokenizer_transformers_loads(tmp_path):
+    """The `bytes` vocabulary as a byte-level BPE with no merges: AutoTokenizer gives gptkit's ids
+    (every byte value, "Ā" as two bytes, NUL dropped), and reading the export back gives `bytes`."""
+    from transformers import AutoTokenizer
+
+    from gptkit.tokenizer import get_tokenizer
+
+    model = random_model(vocab=256, padded=256, seed=3)
+    save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    r = convert(tmp_path / "ck", tmp_path / "hf", to="hf")
+    assert r.verification.tokenizer.status == "same ids" and not r.notes
+    theirs, ours = AutoTokenizer.from_pretrained(tmp_path / "hf"), get_tokenizer("bytes")
+    text = "".join(map(chr, range(1, 256))) + " Ā\x00 héllo 世界 <|endoftext|>\n"
+    assert theirs(text)["input_ids"] == ours.encode(text)
+    assert theirs.decode(ours.encode("héllo 世界")) == "héllo 世界"
+    back = load(tmp_path / "hf")
+    assert back.tokenizer.kind == "builtin" and back.tokenizer.name == "bytes"
+    # Files that do not encode as `bytes` (two ids swapped) are refused, not trusted.
+    spec = json.loads((tmp_path / "hf" / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    a, b = [k for k, v in vocab.items() if v in (97, 98)]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (tmp_path / "hf" / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(GptkitError, match="do not encode as the bytes vocabulary"):
+        load(tmp_path / "hf")
+
+
 def test_a_run_name_converts_its_latest_checkpoint(gptkit_home, tmp_path):
     """`gptkit convert NAME DST` from any directory, as `sample --model NAME` and `plot NAME` take it."""
     from gptkit import paths

@@ -3,8 +3,9 @@ model's own tokenizer files (tokenizer.json, or vocab.json + merges.txt).
 
 On output, the model's tokenizer as transformers' AutoTokenizer loads it: GPT-2's files rebuilt from
 the tiktoken ranks gptkit already has; a user's Hugging Face tokenizer as its tokenizer.json (plus
-vocab.json + merges.txt for byte-level BPE). Character and byte vocabularies have no HF equivalent:
-they go in a gptkit `tokenizer/` folder only gptkit reads. HF's GPT-2 always has biases; its
+vocab.json + merges.txt for byte-level BPE); the `bytes` vocabulary as a byte-level BPE without
+merges. Character vocabularies have no HF equivalent: they go in a gptkit `tokenizer/` folder only
+gptkit reads. HF's GPT-2 always has biases; its
 activation_function says which GELU (gelu_new: tanh, gelu: exact).
 """
 
@@ -110,6 +111,8 @@ def read_tokenizer(path: Path, g: dict) -> tuple[Tokenizer | None, list[str]]:
     info = g.get("tokenizer_info") or g.get("tokenizer")
     if (path / "tokenizer.json").is_file() or ((path / "vocab.json").is_file() and (path / "merges.txt").is_file()):
         tok = get_tokenizer(path)
+        if isinstance(info, dict) and info.get("kind", "builtin") == "builtin" and info.get("name") == "bytes":
+            return bytes_from_files(tok, path), []
         want = info.get("vocab_hash") if isinstance(info, dict) else None
         if want and want != tok.vocab_hash:
             raise GptkitError(f"{path}: its tokenizer files differ from the vocabulary gptkit recorded in config.json")
@@ -117,6 +120,16 @@ def read_tokenizer(path: Path, g: dict) -> tuple[Tokenizer | None, list[str]]:
     if info or (path / SAVED_DIR / SAVED_INFO).is_file():
         return tokenizer_for(info or {}, path, str(path)), []
     return None, [f"no tokenizer files (tokenizer.json, or vocab.json + merges.txt); {NEEDS_TOKENIZER}"]
+
+
+def bytes_from_files(files: Tokenizer, path: Path) -> Tokenizer:
+    """gptkit's `bytes` tokenizer, once the directory's files are shown to encode as it does: every
+    byte value, end-of-text (byte 0) and "Ā" (the character byte 0 is drawn as) included."""
+    tok = get_tokenizer("bytes")
+    probe = "".join(map(chr, range(256))) + " Ā\u0100 héllo 世界  \t\n "
+    if files.encode(probe) != tok.encode(probe):
+        raise GptkitError(f"{path}: its tokenizer files do not encode as the bytes vocabulary config.json names")
+    return tok
 
 
 @functools.lru_cache(maxsize=1)
@@ -154,42 +167,65 @@ def gpt2_hf_vocab() -> tuple[dict[str, int], list[str]]:
 
 def write_gpt2_tokenizer(out: Path, block_size: int) -> None:
     vocab, merges = gpt2_hf_vocab()
+    write_byte_level_bpe(out, vocab, merges, "<|endoftext|>", block_size, "GPT2Tokenizer")
+
+
+def write_bytes_tokenizer(out: Path, block_size: int) -> None:
+    """gptkit's `bytes` vocabulary (id = the byte's value) as a byte-level BPE with no merges: the
+    byte-level pre-tokenizer maps byte b to the character bytes_to_unicode()[b], whose id is b. No
+    special token: end-of-text is byte 0, and declaring its character (U+0100) special would make the
+    text "Ā" encode as end-of-text. PreTrainedTokenizerFast, not GPT2Tokenizer, which would add a
+    "<|endoftext|>" token of its own."""
+    vocab = {ch: b for b, ch in sorted(bytes_to_unicode().items())}
+    # Text never holds byte 0 (gptkit's encoder drops it, so it only ever means end-of-text).
+    drop_nul = {"type": "Replace", "pattern": {"String": "\u0000"}, "content": ""}
+    write_byte_level_bpe(out, vocab, [], None, block_size, "PreTrainedTokenizerFast", normalizer=drop_nul)
+
+
+def write_byte_level_bpe(
+    out: Path,
+    vocab: dict[str, int],
+    merges: list[str],
+    eot: str | None,
+    block_size: int,
+    cls: str,
+    normalizer: dict | None = None,
+) -> None:
+    """vocab.json + merges.txt (slow tokenizers, llama.cpp's converter), tokenizer.json (the
+    `tokenizers` library: fast tokenizers, TGI, candle) and the configs AutoTokenizer reads."""
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    eot = "<|endoftext|>"
+    (out / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+    special = {"bos_token": eot, "eos_token": eot, "unk_token": eot} if eot else {}
     write_json_atomic(
         out / "tokenizer_config.json",
-        {
-            "tokenizer_class": "GPT2Tokenizer",
-            "model_max_length": block_size,
-            "add_prefix_space": False,
-            "bos_token": eot,
-            "eos_token": eot,
-            "unk_token": eot,
-        },
+        {"tokenizer_class": cls, "model_max_length": block_size, "add_prefix_space": False, **special},
     )
-    write_json_atomic(out / "special_tokens_map.json", {"bos_token": eot, "eos_token": eot, "unk_token": eot})
-    # The same tokenizer for the `tokenizers` library (fast tokenizers, TGI, candle, ...):
-    # byte-level pre-tokenisation and decoding around a plain BPE model.
+    write_json_atomic(out / "special_tokens_map.json", special)
+    # Byte-level pre-tokenisation and decoding around a plain BPE model.
     byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    added = (
+        [
+            {
+                "id": vocab[eot],
+                "content": eot,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+        ]
+        if eot
+        else []
+    )
     write_json_atomic(
         out / "tokenizer.json",
         {
             "version": "1.0",
             "truncation": None,
             "padding": None,
-            "added_tokens": [
-                {
-                    "id": vocab[eot],
-                    "content": eot,
-                    "single_word": False,
-                    "lstrip": False,
-                    "rstrip": False,
-                    "normalized": False,
-                    "special": True,
-                }
-            ],
-            "normalizer": None,
+            "added_tokens": added,
+            "normalizer": normalizer,
             "pre_tokenizer": byte_level,
             "post_processor": {**byte_level, "trim_offsets": False},
             "decoder": byte_level,
@@ -207,9 +243,6 @@ def write_gpt2_tokenizer(out: Path, block_size: int) -> None:
             },
         },
     )
-
-
-HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def write_user_tokenizer(tok: HFTokenizer, out: Path, block_size: int) -> None:
@@ -299,6 +332,9 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
         return [f"no tokenizer files: the source has no tokenizer; {NEEDS_TOKENIZER}"]
     if tok.kind == "builtin" and tok.name == "gpt2":
         write_gpt2_tokenizer(out, c.block_size)
+        return []
+    if tok.kind == "builtin" and tok.name == "bytes":
+        write_bytes_tokenizer(out, c.block_size)
         return []
     if isinstance(tok, HFTokenizer):
         write_user_tokenizer(tok, out, c.block_size)
