@@ -121,3 +121,15 @@ def test_load_for_sampling_keeps_the_checkpoint_values(tmp_path, dtype):
         assert greedy(net, prompt) == reference(model, prompt)
     else:
         assert greedy(net, prompt, n=6) == reference(model, prompt, n=6)
+
+
+def test_sample_decodes_in_the_dtype_of_the_precision_policy():
+    """bf16 weights wherever the policy trains in bf16 (GPUs, CPUs with native bf16), fp32 elsewhere
+    and whenever --precision fp32 is asked for."""
+    from gptkit.device import resolve_precision
+    from gptkit.models import decoding_dtype
+
+    cpu = torch.device("cpu")
+    native = resolve_precision("auto", cpu).autocast_dtype == torch.bfloat16
+    assert decoding_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert decoding_dtype("fp32", cpu) is None
