@@ -22,7 +22,7 @@ from gptkit.runs import newest_run
 from gptkit.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
-    from gptkit.hub.download import Log, ProgressFn
+    from gptkit.hub.transfer import Log, ProgressFn
 
 # --- which model ---------------------------------------------------------------------------------
 

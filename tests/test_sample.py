@@ -387,7 +387,7 @@ def test_download_display_takes_events_from_many_threads(capsys):
     import threading
 
     from gptkit.cli.progress import DownloadDisplay
-    from gptkit.hub.download import Progress
+    from gptkit.hub.transfer import Progress
 
     files = [f"f{i}.bin" for i in range(8)]
     total = 1000 * len(files)

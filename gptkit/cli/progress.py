@@ -12,7 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from gptkit.hub.download import Progress
+    from gptkit.hub.transfer import Progress
 
 
 class DownloadDisplay:
