@@ -49,7 +49,7 @@ def resolve_model_path(
     picked and that a download starts; `progress` and `log` then go to gptkit.hub.download as they are.
     Messages name `spec` after `option`, the command's flag for it (None: a positional argument).
     """
-    from gptkit.runs import run_checkpoint
+    from gptkit.runs import looks_like_path, run_checkpoint
 
     say = log or (lambda msg: None)
     label = f"{option} {spec}" if option else str(spec)
@@ -63,8 +63,7 @@ def resolve_model_path(
     p = Path(spec).expanduser()
     if p.exists():
         return p
-    looks_like_path = spec.startswith((".", "/", "~")) or Path(spec).suffix in (".pt", ".safetensors", ".gguf", ".bin")
-    if looks_like_path or spec.count("/") > 1:
+    if looks_like_path(spec) or spec.count("/") > 1:
         raise GptkitError(f"{label}: no such file or directory")
     local = paths.data_dir(spec)
     ck = run_checkpoint(spec)

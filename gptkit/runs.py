@@ -51,6 +51,14 @@ def find_run(spec: str, file_of: FileOfRun = _latest_checkpoint) -> Path | None:
     return None
 
 
+MODEL_SUFFIXES = (".pt", ".safetensors", ".gguf", ".bin")
+
+
+def looks_like_path(spec: str) -> bool:
+    """Written as a path (./x, /x, ~/x, a model file's name): never read as a run or hub name."""
+    return spec.startswith((".", "/", "~")) or Path(spec).suffix in MODEL_SUFFIXES
+
+
 def run_checkpoint(spec: str) -> Path | None:
     """The latest checkpoint of the run `spec` names (a path or a name under runs_dir()), for commands
     that load a model from it; None if `spec` names no run. A run with no checkpoint yet is an error."""

@@ -56,10 +56,10 @@ def detect_format(path: Path) -> str:
 def source_path(src: str | Path) -> Path:
     """SRC as given, or a run named under runs_dir() as its latest checkpoint (as `sample --model`)."""
     from gptkit import paths
-    from gptkit.runs import run_checkpoint
+    from gptkit.runs import looks_like_path, run_checkpoint
 
     p = Path(src).expanduser()
-    if p.exists() or str(src).startswith((".", "/", "~")) or len(p.parts) != 1:
+    if p.exists() or looks_like_path(str(src)) or "/" in str(src):
         return p  # a path (detect_format says that it is missing)
     ckpt = run_checkpoint(str(src))
     if ckpt is None:

@@ -244,7 +244,7 @@ def make_plan(
     gpu_type: plan for `--gpus N` GPUs of this kind (a name in mfu.GPU_PEAK_TFLOPS) instead of this
     machine's. measure=False skips the CPU timing (no wall time)."""
     from gptkit.train import resolve as L
-    from gptkit.train.config import plan_batches, validate
+    from gptkit.train.config import plan_batches
     from gptkit.train.mfu import GPU_PEAK_TFLOPS, gpu_peak_flops
 
     notes: list[str] = []
@@ -253,7 +253,6 @@ def make_plan(
         overrides, launch_overrides, config_file=config_file, gpu_type=gpu_type, warn=warnings.append, plan_only=True
     )
     cfg, launch, device, nproc = settled.cfg, settled.launch, settled.device_type, settled.nproc
-    validate(cfg)
     world = nproc * launch.nodes
     given_mb = overrides.micro_batch is not None or "micro_batch" in settled.file_train
     batches = plan_batches(cfg, world, micro_batch_given=given_mb)

@@ -201,7 +201,8 @@ def settle_config(
 ) -> Settled:
     """The config of a run. Without a GPU, --preset and the sizing flags, the CPU auto-sizing
     (gptkit.train.auto) picks the model, batch and steps. With `gpu_type` (a plan for hardware this
-    machine lacks) the device is --gpus GPUs of that kind and no run directory is chosen."""
+    machine lacks) the device is --gpus GPUs of that kind and no run directory is chosen. The config is
+    validated (one line for a bad value) before any warning is worked out from it."""
     from gptkit.train import auto
 
     file_train, file_launch = split_settings(load_config_file(config_file)) if config_file else ({}, {})
@@ -268,9 +269,9 @@ def settle_config(
     if ckpt is None and not _given(overrides, file_train, "warmup_steps"):
         # A preset's warmup was set for its own step count: never let it cover a shorter run.
         cfg = replace(cfg, warmup_steps=min(cfg.warmup_steps, max(1, int(WARMUP_CAP * cfg.max_steps))))
+    validate(cfg)  # before anything builds on it (the CPU estimate builds the model's config)
 
     if ckpt is None and choice is None and device_type == "cpu" and preset.startswith("gpt2") and not plan_only:
-        validate(cfg)  # the estimate builds the model's config: a bad shape is the user's one-line error first
         line = gpt2_on_cpu_warning(cfg, size[0] if size else 50257)
         if line:
             warn(line)
@@ -355,7 +356,6 @@ def prepare(
     assert s.run_dir is not None
     run_dir = s.run_dir
     shape_given = {k for k in SHAPE_KEYS if k in file_train or k in overrides.given()}
-    validate(cfg)
     if ckpt is not None:
         from gptkit.checkpoint import read_json
 
