@@ -37,7 +37,8 @@ def init_worker(
 
     from gptkit.tokenizer import get_tokenizer
 
-    # Never raise here: a Pool restarts workers whose initializer fails, forever. work reports it.
+    # Never raise here: a failing initializer breaks the whole pool, which would read as a dead worker;
+    # work() raises the error instead, with its own message.
     tok: Tokenizer | None
     try:
         tok = get_tokenizer(tok_spec)

@@ -5,8 +5,8 @@ On output, the model's tokenizer as transformers' AutoTokenizer loads it: GPT-2'
 the tiktoken ranks gptkit already has; a user's Hugging Face tokenizer as its tokenizer.json (plus
 vocab.json + merges.txt for byte-level BPE); the `bytes` vocabulary as a byte-level BPE without
 merges. Character vocabularies have no HF equivalent: they go in a gptkit `tokenizer/` folder only
-gptkit reads. HF's GPT-2 always has biases; its
-activation_function says which GELU (gelu_new: tanh, gelu: exact).
+gptkit reads. HF's GPT-2 always has biases; its activation_function says which GELU (gelu_new: tanh,
+gelu: exact).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ Each rank copies only its own rows out of the memory map, straight into the batc
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,16 @@ def data_tokenizer(manifest: dict, data_dir: Path) -> Tokenizer:
 
 
 # --- the stream ----------------------------------------------------------------------------------
+def _cached(cache: OrderedDict, key: Any, make: Callable[[], Any], size: int) -> Any:
+    """cache[key], made on first use; the least recently used entry goes beyond `size` entries."""
+    if key not in cache:
+        cache[key] = make()
+        if len(cache) > size:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return cache[key]
+
+
 class _Shard:
     """One memory-mapped shard and where its documents start (computed once, kept small)."""
 
@@ -114,23 +125,17 @@ class TokenStream:
         return order, np.concatenate([[0], np.cumsum(self.sizes[order])])
 
     def _shard(self, i: int) -> _Shard:
-        if i not in self._shards:
-            self._shards[i] = _Shard(self.paths[i], self.eot)
-            if len(self._shards) > self._cache:
-                self._shards.popitem(last=False)
-        self._shards.move_to_end(i)
-        return self._shards[i]
+        return _cached(self._shards, i, lambda: _Shard(self.paths[i], self.eot), self._cache)
 
     def _doc_order(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Document starts in this epoch's order and their cumulative lengths, for shard i."""
-        key = (epoch, i)
-        if key not in self._orders:
+
+        def make() -> tuple[np.ndarray, np.ndarray]:
             sh = self._shard(i)
             perm = self._rng(epoch, i).permutation(len(sh.starts)) if self.shuffle else np.arange(len(sh.starts))
-            self._orders[key] = (sh.starts[perm], np.concatenate([[0], np.cumsum(sh.lengths[perm])]))
-            if len(self._orders) > self._cache:
-                self._orders.popitem(last=False)
-        return self._orders[key]
+            return sh.starts[perm], np.concatenate([[0], np.cumsum(sh.lengths[perm])])
+
+        return _cached(self._orders, (epoch, i), make, self._cache)
 
     def read(self, pos: int, out: np.ndarray) -> None:
         """Fill `out` (1-D) with the stream's tokens at positions pos, pos + 1, ..."""
@@ -173,15 +178,14 @@ class TrainBatches:
             return window * self.seq_len
         epoch, i = divmod(window, self.windows)
         c, j = divmod(i, self.chunk)
-        key = (epoch, c)
-        if key not in self._perms:
+
+        def make() -> np.ndarray:
             n = min(self.chunk, self.windows - c * self.chunk)
             # A tag keeps these draws apart from the stream's own (seed, epoch[, shard]) orders.
-            rng = np.random.default_rng([self.stream.seed, 0x57494E44, epoch, c])
-            self._perms[key] = rng.permutation(n).astype(np.int64)
-            if len(self._perms) > 4:
-                self._perms.popitem(last=False)
-        return epoch * self.stream.total + (c * self.chunk + int(self._perms[key][j])) * self.seq_len
+            return np.random.default_rng([self.stream.seed, 0x57494E44, epoch, c]).permutation(n)
+
+        perm = _cached(self._perms, (epoch, c), make, 4)
+        return epoch * self.stream.total + (c * self.chunk + int(perm[j])) * self.seq_len
 
     def get(self, data_pos: int, micro_step: int) -> np.ndarray:
         """(micro_batch, seq_len + 1) int64: inputs are [:, :-1], targets [:, 1:]."""
