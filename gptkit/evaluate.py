@@ -47,11 +47,13 @@ class EvalResult:
         return asdict(self)
 
 
-def load_model(path: Path, device: torch.device, tokenizer: str | Path | None = None):
+def load_model(
+    path: Path, device: torch.device, tokenizer: str | Path | None = None, log: Callable[[str], None] | None = None
+):
     """(model, tokenizer, description): the one place eval loads a model."""
     from gptkit.models import load_for_sampling
 
-    return load_for_sampling(path, device, tokenizer)
+    return load_for_sampling(path, device, tokenizer, log=log)
 
 
 def check_tokenizer(manifest: dict, tokenizer, where: Path) -> None:
@@ -62,8 +64,9 @@ def check_tokenizer(manifest: dict, tokenizer, where: Path) -> None:
     want, name = block.get("vocab_hash"), block.get("name")
     same = want == tokenizer.vocab_hash if want else name == tokenizer.name
     if not same:
+        theirs = f"{name!r} ({want[:12]}…)" if want else repr(name)
         raise GptkitError(
-            f"{where} was tokenized with {name!r} ({str(want)[:12]}…) but the model's tokenizer is "
+            f"{where} was tokenized with {theirs} but the model's tokenizer is "
             f"{tokenizer.name!r} ({tokenizer.vocab_hash[:12]}…); tokenize the text with the model's tokenizer"
         )
 
@@ -137,7 +140,7 @@ def evaluate(
         hs_files = find_hellaswag(root)
         if not hs_files:
             raise GptkitError(f"no HellaSwag validation file in {root}; run `gptkit download hellaswag`")
-    model, tok, described = load_model(model_path, dev, tokenizer)
+    model, tok, described = load_model(model_path, dev, tokenizer, log=lambda n: say(f"note: {n}"))
     model.eval()
     result = EvalResult(described, tok.name, str(dev), prec.name)
     if shards is not None:

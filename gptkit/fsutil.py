@@ -40,6 +40,43 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+# OSErrors that mean "this path cannot be used" (a file where a folder must go, no permission, ...):
+# the user's input, not a bug, so one line naming the path.
+_PATH_ERRNOS = (
+    errno.EEXIST,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+)
+
+
+def path_error(e: OSError) -> GptkitError | None:
+    """The one-line error for an OSError about a path the user gave, else None."""
+    if e.errno not in _PATH_ERRNOS or not e.filename:
+        return None
+    why = {
+        errno.EEXIST: "a file is in the way of a folder gptkit must create",
+        errno.ENOTDIR: "a file is in the way of a folder gptkit must create",
+    }.get(e.errno, e.strerror or os.strerror(e.errno or 0)).lower()
+    return GptkitError(f"{e.filename}: {why}")
+
+
+def make_dirs(path: Path) -> Path:
+    """mkdir -p, with a file in the way or a forbidden place as one line naming the path."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        mapped = path_error(e) or disk_error(e, Path(path))
+        if mapped is None:
+            raise
+        raise mapped from None
+    return Path(path)
+
+
 def remove_path(path: Path) -> None:
     """Remove a file, link or directory tree if it is there."""
     if path.is_dir() and not path.is_symlink():

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from gptkit.errors import GptkitError
+from gptkit.fsutil import make_dirs
 
 LOCK_FILE = ".lock"
 
@@ -102,7 +103,7 @@ def acquire(path: str | Path, *, subject: str, what: str, how_to_break: str, for
     """
     path = Path(path)
     d = path.parent
-    d.mkdir(parents=True, exist_ok=True)
+    make_dirs(d)
     pid = os.getpid()
     record = {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid), "time": time.time(), "what": what}
     for _ in range(10):

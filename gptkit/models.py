@@ -7,6 +7,7 @@ prepare_for_decoding the CPU decoding layout (WideLinear): same values, faster b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from gptkit import paths
 from gptkit.checkpoint import latest_checkpoint, model_from_state_dict
 from gptkit.errors import GptkitError
 from gptkit.formats.convert import load
+from gptkit.formats.loaded import ASSUMED_GPT2, NEEDS_TOKENIZER
 from gptkit.model import GPT, MLP, CausalSelfAttention
 from gptkit.runs import newest_run
 from gptkit.tokenizer import Tokenizer
@@ -125,12 +127,21 @@ def decoding_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def load_for_sampling(
-    path: Path, device: torch.device, tokenizer: str | Path | None = None, dtype: torch.dtype | None = None
+    path: Path,
+    device: torch.device,
+    tokenizer: str | Path | None = None,
+    dtype: torch.dtype | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[GPT, Tokenizer, str]:
     """(model, its own tokenizer, description) for any format convert reads. `tokenizer` (--tokenizer)
     is for models that carry none; it must fit the vocabulary and never replaces the model's own.
-    `dtype` is the decoding dtype the precision policy picked (None: fp32); the weights are kept in it."""
+    `dtype` is the decoding dtype the precision policy picked (None: fp32); the weights are kept in it.
+    `log` receives what the reader had to assume about the model (its head count, its activation)."""
     loaded = load(path, tokenizer=tokenizer)
+    if log is not None:
+        for note in loaded.notes:
+            if NEEDS_TOKENIZER not in note and not note.startswith(ASSUMED_GPT2):  # the description says those
+                log(note)
     tok = loaded.tokenizer
     if tok is None:
         raise GptkitError(

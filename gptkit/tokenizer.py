@@ -247,6 +247,8 @@ def get_tokenizer(spec: str | Path) -> Tokenizer:
     if name == "bytes":
         return BytesTokenizer()
     path = Path(name).expanduser()
+    if not path.exists() and ("/" in name or path.suffix in (".json", ".pkl", ".txt", ".model")):
+        raise GptkitError(f"{name}: no such tokenizer file or directory")
     if not path.exists():
         raise GptkitError(
             f"unknown tokenizer {name!r}; choose one of: {', '.join(TOKENIZERS)}, or give a tokenizer.json, "

@@ -168,10 +168,13 @@ def test_pt_output_is_nanogpt_shaped(gpt2_ck, tmp_path):
     _, ck = gpt2_ck
     convert(ck, tmp_path / "ckpt.pt")
     obj = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    # the real vocabulary's rows only (nanoGPT's sample.py draws from every row); gptkit pads on reading
     assert obj["model_args"] == dict(
-        n_layer=2, n_head=4, n_embd=32, block_size=32, bias=True, vocab_size=50304, dropout=0.0
+        n_layer=2, n_head=4, n_embd=32, block_size=32, bias=True, vocab_size=50257, dropout=0.0
     )
     assert torch.equal(obj["model"]["lm_head.weight"], obj["model"]["transformer.wte.weight"])
+    assert obj["model"]["lm_head.weight"].shape == (50257, 32)
+    assert load(tmp_path / "ckpt.pt").config.padded_vocab_size == 50304
     assert obj["iter_num"] == 100  # the step of the checkpoint it came from
 
 
@@ -467,3 +470,33 @@ def test_failed_verification_leaves_the_old_output_alone(tmp_path, monkeypatch):
         convert(ck, dst, force=True)
     assert dst.read_bytes() == b"previous version"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "out.safetensors"]  # no temporary left behind
+
+
+def test_a_safetensors_file_whose_first_byte_looks_like_a_pickle_is_read_as_safetensors(tmp_path):
+    """The header length's low byte can be 0x80, a pickle's PROTO opcode (1 file in 256): the content
+    check must still say safetensors, or the config and tokenizer in its metadata would be lost."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    for n in range(2000):
+        save_file({"x": torch.zeros(2)}, str(path), metadata={"pad": "a" * n})
+        head = path.read_bytes()[:2]
+        if head == b"\x80\x02":  # 0x80 then a valid pickle protocol: the worst case
+            break
+    else:
+        raise AssertionError("no padding gave a header length of 0x0280")
+    assert detect_format(path) == "safetensors"
+    legacy = tmp_path / "legacy.pt"  # torch.save's pickle (non-zip) layout still reads as pt
+    torch.save({"model": {}}, legacy, _use_new_zipfile_serialization=False)
+    assert legacy.read_bytes()[:1] == b"\x80" and detect_format(legacy) == "pt"
+
+
+def test_an_output_path_through_a_file_is_one_line(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, n_layer=1, n_head=1, n_embd=16, vocab_size=256))
+    src = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    (tmp_path / "afile").write_text("x")
+    for to in ("pt", "hf", "gptkit"):
+        line = assert_one_line_error(run_cli("convert", src, tmp_path / "afile" / "out", "--to", to))
+        assert "afile" in line and "in the way" in line
+    assert (tmp_path / "afile").read_text() == "x"

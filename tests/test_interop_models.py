@@ -129,6 +129,40 @@ def nanogpt_checkpoint(root, bias, seed=0):
     return root / "out-shakespeare-char" / "ckpt.pt", ref
 
 
+def test_a_meta_pkl_of_another_vocabulary_is_refused(tmp_path):
+    """nanoGPT writes meta.pkl's vocab_size into model_args: a meta.pkl that differs is not this model's
+    (its characters would decode the wrong ids), never read as a smaller vocabulary plus padding."""
+    ckpt, _ = nanogpt_checkpoint(tmp_path, bias=False)
+    chars = list(SHAKESPEARE_CHARS[:60])
+    meta = {"vocab_size": 60, "itos": dict(enumerate(chars)), "stoi": {c: i for i, c in enumerate(chars)}}
+    (tmp_path / "data" / "shakespeare_char" / "meta.pkl").write_bytes(pickle.dumps(meta))
+    with pytest.raises(GptkitError, match="vocab_size is 65 but .*meta.pkl has 60 characters"):
+        load(ckpt)
+
+
+def test_a_shape_the_source_does_not_record_is_said(tmp_path):
+    """A bare state dict records neither its head count nor its activation: both guesses are notes
+    (convert prints them; sample prints them as `gptkit: note:` lines)."""
+    ckpt, _ = nanogpt_checkpoint(tmp_path, bias=True)
+    sd = {k.removeprefix("_orig_mod."): v for k, v in torch.load(ckpt, weights_only=True)["model"].items()}
+    torch.save(sd, tmp_path / "bare.pt")
+    m = load(tmp_path / "bare.pt", tokenizer=tmp_path / "data" / "shakespeare_char" / "meta.pkl")
+    assert m.config.n_head == 1 and any("number of heads: assuming 1" in n for n in m.notes)
+    assert any("activation" in n for n in m.notes)
+    r = run_cli(
+        "sample", "RO", "--model", tmp_path / "bare.pt", "--tokenizer", tmp_path / "data" / "shakespeare_char" / "meta.pkl",
+        "-n", "3", "--device", "cpu", check=True,
+    )  # fmt: skip
+    assert "gptkit: note: the source does not record its number of heads" in r.stderr
+
+
+def test_a_prompt_the_vocabulary_cannot_spell_fails_before_any_output(tmp_path):
+    ckpt, _ = nanogpt_checkpoint(tmp_path, bias=False)
+    r = run_cli("sample", "ROMEO€", "--model", ckpt, "-n", "3", "--device", "cpu", cwd=tmp_path)
+    line = assert_one_line_error(r)
+    assert r.stdout == "" and "€" in line
+
+
 def char_prompts(n=2, T=20):
     return torch.randint(0, 65, (n, T), generator=torch.Generator().manual_seed(3))
 
@@ -158,6 +192,14 @@ def test_nanogpt_shakespeare_char_loads_exactly_and_converts(tmp_path, bias):
         back = load(tmp_path / name)
         assert back.config == m.config and back.tokenizer.vocab_hash == m.tokenizer.vocab_hash
         assert (gptkit_logits(back.build_model(), idx) - want).abs().max().item() <= 1e-5, fmt
+    # nanoGPT's sample.py on the written .pt: GPT(GPTConfig(**model_args)), a strict load_state_dict
+    # and a draw over every row; so exactly the 65 real rows, or it could draw an id meta.pkl lacks
+    obj = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert obj["model_args"]["vocab_size"] == 65 and obj["model"]["lm_head.weight"].shape[0] == 65
+    theirs = RefGPT(**obj["model_args"]).eval()
+    theirs.load_state_dict(obj["model"])
+    with torch.no_grad():
+        assert (theirs(idx) - want).abs().max().item() <= 1e-5
     if bias:  # HF's GPT-2 has an exact-GELU setting: transformers computes the same logits
         from transformers import GPT2LMHeadModel
 

@@ -87,7 +87,7 @@ def main() -> None:
     except KeyboardInterrupt:
         print("gptkit: interrupted", file=sys.stderr)
         sys.exit(130)
-    except OSError as e:  # last resort: a full or read-only disk that no writer mapped is still one line
+    except OSError as e:  # last resort: a full disk or an unusable path that no writer mapped is one line
         mapped = _disk_error(e)
         if mapped is None:
             raise
@@ -100,10 +100,10 @@ def _disk_error(e: OSError) -> GptkitError | None:
     import errno
     from pathlib import Path
 
-    from gptkit.fsutil import DISK_FULL, disk_error
+    from gptkit.fsutil import DISK_FULL, disk_error, path_error
 
     if e.errno not in (*DISK_FULL, errno.EROFS):
-        return None
+        return path_error(e)
     return disk_error(e, Path(e.filename) if e.filename else Path.cwd())
 
 

@@ -94,10 +94,14 @@ def sample(
         path = resolve_model_path(model, endpoint=url, progress=display.update, log=display.log)
     # The weights are kept in the decoding dtype (no autocast per op): see models.decoding_dtype.
     dtype = decoding_dtype(precision, dev)
-    net, tok, described = load_for_sampling(path, dev, tokenizer, dtype=dtype)
+    net, tok, described = load_for_sampling(
+        path, dev, tokenizer, dtype=dtype, log=lambda note: print(f"gptkit: note: {note}", file=sys.stderr)
+    )
     prompt = prompt or ""
     if not prompt and tok.eot_token is None:
         raise GptkitError(f"the {tok.name} vocabulary has no end-of-text token to start from; give a PROMPT")
+    if prompt:
+        tok.encode(prompt)  # a prompt the vocabulary cannot spell fails here, before anything is printed
 
     def stream(_row: int, piece: str) -> None:
         sys.stdout.write(piece)

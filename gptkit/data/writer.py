@@ -21,7 +21,7 @@ from typing import IO, Any
 from gptkit.data import shards
 from gptkit.data.shards import MANIFEST, PARTIAL_DIR, READ_TOKENS
 from gptkit.errors import GptkitError
-from gptkit.fsutil import fsync_dir, write_json_atomic
+from gptkit.fsutil import fsync_dir, make_dirs, write_json_atomic
 from gptkit.vocab_files import SAVED_DIR
 
 STATE = "state.json"
@@ -205,7 +205,7 @@ def start(out: Path, fingerprint: str, force: bool, log: Callable[[str], None]) 
     else:
         state["replaced"] = state["replaced_at_commit"]
     created_out = not out.exists()
-    pdir.mkdir(parents=True, exist_ok=True)
+    make_dirs(pdir)
     for stale in pdir.glob(".*.tmp*"):  # tokens after the last commit are redone
         stale.unlink()
     return Start(state, created_out)

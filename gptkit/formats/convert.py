@@ -26,7 +26,7 @@ from gptkit.checkpoint import model_from_state_dict
 from gptkit.errors import GptkitError
 from gptkit.formats.loaded import NEEDS_TOKENIZER, Loaded
 from gptkit.formats.registry import DETECTION_ORDER, FORMATS
-from gptkit.fsutil import atomic_output, disk_errors
+from gptkit.fsutil import atomic_output, disk_errors, make_dirs
 from gptkit.model import GPT, GPTConfig
 from gptkit.tokenizer import Tokenizer, get_tokenizer
 
@@ -233,7 +233,7 @@ def convert(
             raise GptkitError(f"{dst}: the output would replace its own source")
     loaded = load(src, tokenizer=tokenizer)
     torch_dtype = DTYPES[dtype]
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(dst.parent)
     need = sum(v.numel() for v in loaded.state_dict.values()) * torch_dtype.itemsize
     # --force: the old output is replaced whole, only once verified; a full disk leaves no temporary copy
     with atomic_output(dst) as tmp, disk_errors(dst, need, point="convert"):

@@ -153,7 +153,11 @@ def assemble(
     rows, n_embd = wte.shape
     layers = {int(m.group(1)) for k in sd if (m := re.match(r"transformer\.h\.(\d+)\.", k))}
     n_layer = hints.get("n_layer", len(layers))
-    n_head = hints.get("n_head") or max(1, n_embd // 64)  # GPT-2's sizes all use 64-wide heads
+    notes = list(notes or [])
+    n_head = hints.get("n_head")
+    if not n_head:  # GPT-2's sizes all use 64-wide heads; a wrong guess gives other logits, so say it
+        n_head = max(1, n_embd // 64)
+        notes.append(f"the source does not record its number of heads: assuming {n_head} (64 wide, as GPT-2's)")
     vocab = hints.get("vocab_size") or (tokenizer.vocab_size if tokenizer is not None else rows)
     if vocab > rows:
         raise GptkitError(f"{source}: the vocabulary is {vocab} tokens but the embedding has only {rows} rows")
@@ -186,7 +190,7 @@ def assemble(
     if rows < padded:  # HF and GGUF store exactly the real vocabulary; gptkit keeps the padded rows
         sd = dict(sd)
         sd["transformer.wte.weight"] = torch.cat([wte, wte.new_zeros(padded - rows, n_embd)])
-    return Loaded(config, sd, tokenizer, Path(source), fmt, meta or {}, list(notes or []), assumed)
+    return Loaded(config, sd, tokenizer, Path(source), fmt, meta or {}, notes, assumed)
 
 
 # --- a tokenizer inside a single file ---------------------------------------------------------------

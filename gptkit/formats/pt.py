@@ -75,8 +75,13 @@ def torch_load(path: Path) -> Any:
         raise GptkitError(f"{path}: cannot read ({e.__class__.__name__}); the file is corrupt or truncated") from None
 
 
+PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
+
+
 def detect(path: Path, head: bytes | None) -> bool:
-    return head is not None and (head[:4] == b"PK\x03\x04" or head[:1] == b"\x80")  # torch.save's zip, or a pickle
+    # torch.save's zip, or a legacy pickle: PROTO opcode 0x80 and a protocol number 2..5. (A safetensors
+    # file may also start with 0x80, the low byte of its header length: safetensors is tried first.)
+    return head is not None and (head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in PICKLE_PROTOCOLS))
 
 
 def find_meta_pkl(path: Path, dataset: object) -> Path | None:
@@ -116,6 +121,12 @@ def read(path: Path) -> Loaded:
             found = find_meta_pkl(path, config.get("dataset"))
             if found is not None:
                 tokenizer = get_tokenizer(found)
+                # nanoGPT sets vocab_size to meta.pkl's: any other meta.pkl is not this model's
+                if isinstance(args.get("vocab_size"), int) and args["vocab_size"] != tokenizer.vocab_size:
+                    raise GptkitError(
+                        f"{path}: the checkpoint's vocab_size is {args['vocab_size']} but {found} has "
+                        f"{tokenizer.vocab_size} characters; it is not this model's vocabulary"
+                    )
             else:
                 tokenizer, notes = nanogpt_default_tokenizer(rows)
                 assumed = tokenizer is not None
@@ -147,20 +158,23 @@ def read(path: Path) -> Loaded:
 
 
 def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
+    c = m.config
     sd = cast_state_dict(m.state_dict, dtype)
+    # Only the real vocabulary's rows: nanoGPT's sample.py draws from every row it is given, and a
+    # padding row's id has no entry in a meta.pkl (gptkit reads the padding back from its own record).
+    sd["transformer.wte.weight"] = sd["transformer.wte.weight"][: c.vocab_size].clone()
     # nanoGPT's state dict has both names; torch.save stores the shared storage once
     sd[TIED_KEY] = sd["transformer.wte.weight"]
-    c = m.config
     obj = {
         "model": sd,
-        # nanoGPT's GPTConfig(**model_args); its vocab_size is our padded row count
+        # nanoGPT's GPTConfig(**model_args); its vocab_size is the embedding's row count
         "model_args": dict(
             n_layer=c.n_layer,
             n_head=c.n_head,
             n_embd=c.n_embd,
             block_size=c.block_size,
             bias=c.bias,
-            vocab_size=c.padded_vocab_size,
+            vocab_size=c.vocab_size,
             dropout=c.dropout,
         ),
         "iter_num": int(m.meta.get("step") or 0),

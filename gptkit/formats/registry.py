@@ -6,7 +6,8 @@ from __future__ import annotations
 from gptkit.formats import gguf, hf, native, pt, safetensors
 from gptkit.formats.loaded import Format
 
-# In the order users see them. Detection tries them in this order too, except that a directory is
-# tried as hf before gptkit: a run directory also holds a config.json, only HF's names a model_type.
+# In the order users see them. Detection tries a directory as hf before gptkit (a run directory also
+# holds a config.json, only HF's names a model_type), and a file as safetensors before pt: its check
+# (a header length, then "{") is the stricter one, and its first byte may look like a pickle's.
 FORMATS: dict[str, Format] = {f.name: f for f in (native.FORMAT, pt.FORMAT, safetensors.FORMAT, hf.FORMAT, gguf.FORMAT)}
-DETECTION_ORDER = ("hf", "gptkit", "pt", "safetensors", "gguf")
+DETECTION_ORDER = ("hf", "gptkit", "safetensors", "pt", "gguf")

@@ -31,6 +31,7 @@ from typing import IO, Any
 
 from gptkit import paths
 from gptkit.errors import GptkitError
+from gptkit.fsutil import make_dirs
 from gptkit.hub import errors as hub_errors
 from gptkit.hub import plan
 from gptkit.hub.endpoint import configure_endpoint, redact_url, resolve_endpoint
@@ -152,7 +153,7 @@ def download(
             and set(old.get("selection", [])) >= {rf.path for rf in selection}
         ):
             return result  # nothing to do, and the manifest already says so
-        dest.mkdir(parents=True, exist_ok=True)
+        make_dirs(dest)
         lock = _lock_dir(dest)
         try:
             for path, e in known.items():  # keep files from earlier runs in the manifest

@@ -77,10 +77,10 @@ CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD
 
 
 def write_run_config(rr: ResolvedRun) -> None:
-    from gptkit.fsutil import write_json_atomic
+    from gptkit.fsutil import make_dirs, write_json_atomic
 
     run_dir = Path(rr.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(run_dir)
     write_json_atomic(run_dir / CONFIG_FILE, rr.to_dict())
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from gptkit import paths
 from gptkit.errors import GptkitError
+from gptkit.fsutil import make_dirs
 from gptkit.runs import find_run, newest_run
 from gptkit.train.metrics import METRICS, read_metrics
 
@@ -46,7 +47,7 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     if fig is None:
         raise GptkitError(f"{run_dir / METRICS}: no training steps logged yet")
     out = Path(out) if out else run_dir / "metrics.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
