@@ -344,6 +344,19 @@ def test_build_nanogpt_checkpoint_with_pickled_config(tmp_path, monkeypatch):
     assert m.config.n_head == 8 and m.meta["step"] == 5000 and m.tokenizer.name == "gpt2"
     assert torch.equal(logits(m.build_model(), prompt()), logits(model, prompt()))
 
+    # `gptkit eval` on it, over an llm.c-layout validation shard (no manifest): the same loss as the model's
+    from gptkit.data.shards import make_header
+    from gptkit.evaluate import evaluate
+
+    ids = torch.randint(0, GPT2_V, (4 * 32 + 1,), generator=torch.Generator().manual_seed(1))
+    (tmp_path / "llmc").mkdir()
+    for name in ("fineweb_val_000000.bin", "fineweb_train_000001.bin"):
+        (tmp_path / "llmc" / name).write_bytes(make_header(len(ids)) + ids.numpy().astype("<u2").tobytes())
+    res = evaluate(path, data=tmp_path / "llmc", tokens=4 * 32, batch_size=2, device="cpu", precision="fp32")
+    x = ids[:-1].view(4, 32)
+    want = torch.nn.functional.cross_entropy(logits(model, x).reshape(-1, GPT2_V), ids[1:].view(4, 32).reshape(-1))
+    assert res.val_tokens == 4 * 32 and abs(res.val_loss - want.item()) < 1e-4
+
 
 # --- bad input ---------------------------------------------------------------------------------
 

@@ -96,3 +96,60 @@ def test_recorded_tokenizer_without_its_files_is_an_error(tmp_path):
     assert gpt2.name == "bytes"
     info = json.loads(json.dumps(gpt2.info()))
     assert info["kind"] == "builtin" and info["vocab_size"] == 256
+
+
+def train_other(folder, kind):
+    """A WordPiece or Unigram tokenizer, trained by the `tokenizers` library, saved as tokenizer.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if kind == "wordpiece":
+        tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tk.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=200, special_tokens=["[UNK]", "<|endoftext|>"])
+    else:
+        tk = Tokenizer(models.Unigram())
+        tk.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=150, special_tokens=["<|endoftext|>"], unk_token="<unk>")
+    tk.pre_tokenizer = pre_tokenizers.Metaspace() if kind == "unigram" else pre_tokenizers.Whitespace()
+    tk.train_from_iterator([TEXT * 20], trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    tk.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "unigram"])
+def test_other_tokenizers_models_tokenize_sample_and_convert(tmp_path, kind):
+    """Not only BPE: a WordPiece or Unigram tokenizer.json gives transformers' ids, rides in the
+    shards' manifest and the checkpoint, and comes out of `convert --to hf` for AutoTokenizer."""
+    import torch
+    from conftest import run_cli
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from gptkit.checkpoint import save_checkpoint
+    from gptkit.data.tokenize import Settings, tokenize
+    from gptkit.formats.convert import convert, load
+    from gptkit.model import GPT, GPTConfig
+
+    folder = train_other(tmp_path / kind, kind)
+    tok = get_tokenizer(folder)
+    ref = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    for s in (TEXT, "Speak, speak."):
+        assert tok.encode(s) == ref.encode(s, add_special_tokens=False)
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "docs.jsonl").write_text("\n".join(json.dumps({"text": TEXT}) for _ in range(40)) + "\n")
+    result = tokenize(str(src), tmp_path / "shards", Settings(tokenizer=str(folder), val_tokens=64), workers=1)
+    manifest = json.loads((result.out / "manifest.json").read_text())
+    assert manifest["tokenizer"]["vocab_hash"] == tok.vocab_hash
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32, vocab_size=tok.vocab_size))
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer=tok)
+    assert load(ck).tokenizer.vocab_hash == tok.vocab_hash
+    r = run_cli("sample", "Speak", "--model", ck, "-n", "4", "--device", "cpu", "--json", check=True)
+    assert json.loads(r.stdout)["samples"][0]["tokens"] == 4
+    out = convert(ck, tmp_path / "hf", to="hf")
+    assert out.verification.tokenizer.status == "same ids"
+    theirs = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert theirs.encode(TEXT, add_special_tokens=False) == tok.encode(TEXT)
