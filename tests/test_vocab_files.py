@@ -118,17 +118,14 @@ def train_other(folder, kind):
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "unigram"])
-def test_other_tokenizers_models_tokenize_sample_and_convert(tmp_path, kind):
+def test_other_tokenizers_models_tokenize_train_sample_and_convert(tmp_path, gptkit_home, kind):
     """Not only BPE: a WordPiece or Unigram tokenizer.json gives transformers' ids, rides in the
     shards' manifest and the checkpoint, and comes out of `convert --to hf` for AutoTokenizer."""
-    import torch
     from conftest import run_cli
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from gptkit.checkpoint import save_checkpoint
     from gptkit.data.tokenize import Settings, tokenize
     from gptkit.formats.convert import convert, load
-    from gptkit.model import GPT, GPTConfig
 
     folder = train_other(tmp_path / kind, kind)
     tok = get_tokenizer(folder)
@@ -143,9 +140,11 @@ def test_other_tokenizers_models_tokenize_sample_and_convert(tmp_path, kind):
     manifest = json.loads((result.out / "manifest.json").read_text())
     assert manifest["tokenizer"]["vocab_hash"] == tok.vocab_hash
 
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32, vocab_size=tok.vocab_size))
-    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer=tok)
+    train = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--seq-len", "32", "--micro-batch", "2"]
+    train += ["--batch-tokens", "64", "--max-steps", "2", "--eval-every", "2", "--eval-tokens", "64"]
+    train += ["--hellaswag-every", "0", "--sample-every", "2", "--checkpoint-every", "2", "--gpus", "0", "--nproc", "1"]
+    run_cli("train", "--data", result.out, "--name", kind, *train, env={"OMP_NUM_THREADS": "1"}, check=True)
+    ck = gptkit_home / "runs" / kind / "step_000002"
     assert load(ck).tokenizer.vocab_hash == tok.vocab_hash
     r = run_cli("sample", "Speak", "--model", ck, "-n", "4", "--device", "cpu", "--json", check=True)
     assert json.loads(r.stdout)["samples"][0]["tokens"] == 4
