@@ -4,12 +4,14 @@ import hashlib
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from conftest import ROOT, assert_one_line_error, free_port, run_cli
@@ -19,6 +21,8 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, Repositor
 
 from gptkit.hub import download as gk_hub
 from gptkit.hub.endpoint import use_endpoint
+from gptkit.hub.mirror import api as mirror_api
+from gptkit.hub.mirror import server as mirror_server
 
 pytestmark = pytest.mark.usefixtures("hf_state")
 
@@ -194,6 +198,14 @@ def test_malformed_requests_get_a_4xx_with_a_json_error(hub):
         ("POST", f"{api}/paths-info/main", {**as_json, "Content-Length": "lots"}, b'{"paths": []}'),
         ("POST", f"{api}/paths-info/main", {**as_json, "Content-Length": str(1 << 30)}, b"{}"),
         ("GET", f"{api}/tree/main/..%2F..%2F..", {}, None),
+        ("GET", f"{api}/tree/main?cursor={'9' * 5000}", {}, None),  # more digits than int() takes
+        ("GET", f"{api}/tree/main?limit=abc", {}, None),
+        ("GET", f"{api}/tree/main?limit=0", {}, None),
+        ("GET", f"{api}/tree/main?limit=-1", {}, None),
+        ("GET", f"{api}/tree/main?recursive=maybe", {}, None),
+        ("GET", f"{api}/tree/main?expand=2", {}, None),
+        ("GET", f"{api}/revision/main?blobs=yes", {}, None),
+        ("GET", f"{api}/tree/main/%ff", {}, None),  # not UTF-8 once percent-decoded
         ("BREW", "/", {}, None),  # an unknown method: the base server's own error page, as JSON too
     ]
     for method, path, headers, body in cases:
@@ -203,6 +215,83 @@ def test_malformed_requests_get_a_4xx_with_a_json_error(hub):
     # ... and the server is fine afterwards.
     status, _, text = raw(hub.url, "POST", f"{api}/paths-info/main", as_json, b'{"paths": ["config.json"]}')
     assert status == 200 and [e["path"] for e in json.loads(text)] == ["config.json"]
+    # Well-formed values still work: huggingface_hub's True/False, and limit pages the listing.
+    status, got, text = raw(hub.url, "GET", f"{api}/tree/main?recursive=True&expand=False&limit=2")
+    assert status == 200 and len(json.loads(text)) == 2 and "limit=2" in got["Link"] and "cursor=2" in got["Link"]
+    status, _, text = raw(hub.url, "GET", f"{api}/revision/main?blobs=1")
+    assert status == 200 and all("size" in s for s in json.loads(text)["siblings"])
+
+
+def raw_bytes(url: str, request_line: bytes) -> tuple[int, dict, bytes]:
+    """A GET whose request line is sent byte for byte (raw non-ASCII bytes included); (status, headers, body)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request_line + b"\r\nHost: mirror\r\nConnection: close\r\n\r\n")
+        r = http.client.HTTPResponse(sock)
+        r.begin()
+        return r.status, dict(r.getheaders()), r.read()
+
+
+def test_errors_naming_non_latin1_text_get_their_4xx(hub, tmp_path):
+    """A revision, repo or path outside latin-1 in an error message: the JSON body carries the text, the
+    X-Error-Message header its percent-encoding, and the client its usual exception (was: no reply at all)."""
+    cache = tmp_path / "c"
+    with pytest.raises(RevisionNotFoundError):  # a HEAD: the headers are all the client gets
+        hf_hub_download("openai-community/gpt2", "config.json", revision="v€", endpoint=hub.url, cache_dir=cache)
+    with pytest.raises(RevisionNotFoundError) as e:
+        HfApi(endpoint=hub.url).dataset_info("HuggingFaceFW/fineweb", revision="v€")
+    assert "v€" in str(e.value)
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("openai-community/gpt2", "données/€.json", endpoint=hub.url, cache_dir=cache)
+
+    ds = "/api/datasets/HuggingFaceFW/fineweb"
+    cases = [  # (method, path, status, X-Error-Code, text the message holds)
+        ("GET", f"{ds}/revision/%E2%82%AC", 404, "RevisionNotFound", "€"),
+        ("GET", "/api/datasets/HuggingFaceFW/%E2%82%AC", 404, "RepoNotFound", "€"),
+        ("GET", "/api/models/%E6%97%A5%E6%9C%AC/gpt2", 404, "RepoNotFound", "日本"),
+        ("GET", f"{ds}/tree/%E2%82%AC", 404, "RevisionNotFound", "€"),
+        ("GET", f"{ds}/tree/main/%E2%82%AC", 404, "EntryNotFound", "€"),
+        ("POST", f"{ds}/paths-info/%E2%82%AC", 404, "RevisionNotFound", "€"),
+        ("GET", "/datasets/HuggingFaceFW/fineweb/resolve/main/%E2%82%AC.txt", 404, "EntryNotFound", "€.txt"),
+        ("HEAD", "/datasets/HuggingFaceFW/fineweb/resolve/v%E2%82%AC/README.md", 404, "RevisionNotFound", "v€"),
+        ("GET", "/datasets/HuggingFaceFW/fineweb/resolve/main/%ff", 400, None, "UTF-8"),
+        ("HEAD", "/openai-community/gpt2/resolve/main/%ff%fe", 400, None, "UTF-8"),
+        # A CR/LF in a message never splits the answer into extra headers.
+        ("GET", f"{ds}/revision/%0D%0AX-Injected:%201", 404, "RevisionNotFound", "\r\nX-Injected: 1"),
+    ]
+    for method, path, status, code, text in cases:
+        got_status, headers, body = raw(hub.url, method, path, {"Content-Type": "application/json"}, b"{}")
+        assert got_status == status and headers.get("X-Error-Code") == code, (path, got_status, headers)
+        assert headers["Content-Type"] == "application/json" and "X-Injected" not in headers, (path, headers)
+        message = unquote(headers["X-Error-Message"])
+        assert headers["X-Error-Message"].isascii() and text in message, (path, headers)
+        if method == "GET":
+            assert json.loads(body)["error"] == message, (path, body)
+    # Raw UTF-8 bytes in the request line read as their percent-encoding would.
+    status, headers, body = raw_bytes(hub.url, b"GET /api/datasets/HuggingFaceFW/\xe2\x82\xac HTTP/1.1")
+    assert status == 404 and headers["X-Error-Code"] == "RepoNotFound" and "€" in json.loads(body)["error"]
+    status, _, body = raw_bytes(hub.url, b"GET /datasets/HuggingFaceFW/fineweb/resolve/main/\xff HTTP/1.1")
+    assert status == 400 and json.loads(body)["error"]
+    # ... and the server goes on answering.
+    assert HfApi(endpoint=hub.url).dataset_info("HuggingFaceFW/fineweb").sha == hub.repos["fineweb"].commit
+
+
+def test_a_bug_in_the_mirror_still_gets_a_500_with_a_json_error(hub, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    with running_mirror(hub.root) as server:
+        api = "/api/models/openai-community/gpt2"
+        monkeypatch.setattr(mirror_api, "repo_info", broken)
+        status, headers, body = raw(server.url, "GET", api)
+        assert status == 500 and headers["Content-Type"] == "application/json" and json.loads(body)["error"]
+        monkeypatch.undo()
+        # A bug while answering an error (here in writing its headers): a 500 still, no half-written headers.
+        monkeypatch.setattr(mirror_server, "header_value", broken)
+        status, headers, body = raw(server.url, "GET", f"{api}/revision/v9")
+        assert status == 500 and "X-Error-Code" not in headers and json.loads(body)["error"]
+        monkeypatch.undo()
+        assert HfApi(endpoint=server.url).model_info("openai-community/gpt2").sha == hub.repos["gpt2"].commit
 
 
 def test_every_write_is_refused_as_read_only(hub):

@@ -1,7 +1,8 @@
 """The Hub API as the mirror speaks it: parsing requests, and the JSON shapes huggingface_hub expects.
 
 Pure functions of a RepoView (gptkit.hub.mirror.catalog); the HTTP side is gptkit.hub.mirror.server.
-Malformed input raises HubError with a 4xx status.
+Malformed input raises HubError with a 4xx status: a path segment that is not UTF-8 once percent-decoded,
+a query value that is not what its parameter takes (flags: true/false/1/0; counts: digits).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import json
 import re
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from gptkit.hub.manifest import lfs_pointer
 from gptkit.hub.mirror.catalog import HEX40, TYPE_PREFIXES, HubError, RepoFile, RepoView, safe_rel
@@ -26,9 +27,9 @@ def route(segs: list[str]) -> tuple[str, str, str | None, list[str]] | None:
     rest = segs[2:]
     for n in (1, 2):
         if len(rest) > n and rest[n] in API_ACTIONS:
-            return TYPE_PREFIXES[segs[1]], "/".join(unquote(s) for s in rest[:n]), rest[n], rest[n + 1 :]
+            return TYPE_PREFIXES[segs[1]], "/".join(map(segment, rest[:n])), rest[n], rest[n + 1 :]
     if len(rest) in (1, 2):
-        return TYPE_PREFIXES[segs[1]], "/".join(unquote(s) for s in rest), None, []
+        return TYPE_PREFIXES[segs[1]], "/".join(map(segment, rest)), None, []
     return None
 
 
@@ -39,13 +40,49 @@ def resolve_route(segs: list[str]) -> tuple[str, str, str, str] | None:
         repo_type, segs = TYPE_PREFIXES[segs[0]], segs[1:]
     for n in (1, 2):
         if len(segs) > n + 1 and segs[n] == "resolve":
-            path = safe_rel("/".join(unquote(s) for s in segs[n + 2 :]))
-            return repo_type, "/".join(unquote(s) for s in segs[:n]), unquote(segs[n + 1]), path
+            path = safe_rel("/".join(map(segment, segs[n + 2 :])))
+            return repo_type, "/".join(map(segment, segs[:n])), segment(segs[n + 1]), path
     return None
 
 
+def segment(raw: str) -> str:
+    """One path segment as sent, percent-decoded as UTF-8; HubError 400 if the bytes are not UTF-8.
+
+    The server reads the request line as latin-1, one character per byte sent, so raw UTF-8 bytes and
+    their percent-encoding decode alike; `%ff` is refused rather than turned into U+FFFD."""
+    data = raw.encode("latin-1") if all(ord(c) < 256 for c in raw) else raw.encode("utf-8")
+    try:
+        return unquote_to_bytes(data).decode("utf-8")
+    except UnicodeDecodeError:
+        raise HubError(400, None, "invalid path: not UTF-8 once percent-decoded") from None
+
+
+FLAG_VALUES = {"1": True, "true": True, "0": False, "false": False}
+
+
 def flag(query: dict[str, list[str]], name: str) -> bool:
-    return query.get(name, ["false"])[0].lower() in ("1", "true")
+    """A boolean query parameter (?recursive=true, ?blobs=1; huggingface_hub sends True/False); absent: false.
+    Any other value is a HubError 400."""
+    raw = query.get(name, ["false"])[0]
+    value = FLAG_VALUES.get(raw.strip().lower())
+    if value is None:
+        raise HubError(400, None, f"invalid {name}={raw!r}: expected true or false")
+    return value
+
+
+def count(query: dict[str, list[str]], name: str, default: int, minimum: int = 0) -> int:
+    """A non-negative integer query parameter (?cursor=N, ?limit=N), at least `minimum`; absent or empty:
+    `default`. Anything else is a HubError 400."""
+    raw = query.get(name, [""])[0]
+    if not raw:
+        return default
+    try:
+        value = int(raw) if raw.isascii() and raw.isdigit() else -1
+    except ValueError:  # more digits than int() takes from a string
+        value = -1
+    if value < minimum:
+        raise HubError(400, None, f"invalid {name}={raw!r}: expected a whole number of at least {minimum}")
+    return value
 
 
 def repo_info(view: RepoView, blobs: bool) -> dict[str, Any]:

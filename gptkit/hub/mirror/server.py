@@ -8,7 +8,7 @@ is gptkit.hub.mirror.catalog's business.
 Endpoints (the subset of the Hub API that file downloads and streaming datasets use):
 
     GET  /api/{models,datasets}/REPO[/revision/REV]     repo info (sha, siblings; ?blobs=1 sizes)
-    GET  /api/{models,datasets}/REPO/tree/REV[/PATH]    listing, ?recursive=1, Link-header pages
+    GET  /api/{models,datasets}/REPO/tree/REV[/PATH]    listing, ?recursive=1, Link-header pages (?limit=N)
     POST /api/{models,datasets}/REPO/paths-info/REV     info for given paths (form or JSON body)
     HEAD/GET /REPO/resolve/REV/PATH, /datasets/REPO/resolve/REV/PATH
                                                         file, with Range, ETag, X-Repo-Commit,
@@ -16,8 +16,11 @@ Endpoints (the subset of the Hub API that file downloads and streaming datasets 
 
 Every error is JSON, {"error": "..."}, with the Hub's X-Error-Code where it has one (RepoNotFound,
 RevisionNotFound, EntryNotFound), so clients raise their usual exceptions; a malformed request gets
-a 4xx. Every write (POST other than paths-info, PUT, DELETE, PATCH) gets 405 with X-Error-Code
-ReadOnly, so `HfApi.upload_file` and friends report a read-only mirror.
+a 4xx, a bug in the mirror a 500: never a dropped connection. The message is in X-Error-Message too
+(all a HEAD answer carries), percent-encoded (UTF-8) if it holds anything but printable ASCII, as is
+every header value; the JSON body has the text as is. Every write (POST other than paths-info, PUT,
+DELETE, PATCH) gets 405 with X-Error-Code ReadOnly, so `HfApi.upload_file` and friends report a
+read-only mirror.
 
 Fault drills: GPTKIT_FAULTS=mirror.error_rate=R answers that fraction of requests with a 503,
 mirror.cut_rate=R cuts that fraction of file bodies midway, mirror.rate_limit=B sends at most B
@@ -39,7 +42,7 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypedDict
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from gptkit import faults
 from gptkit.errors import GptkitError
@@ -51,6 +54,18 @@ CHUNK = 256 * 1024
 DEFAULT_PAGE_SIZE = 1000  # the Hub's page size for tree listings (50 with expand=true)
 MAX_BODY = 1 << 20  # paths-info bodies list paths: a megabyte is thousands of them
 FAULT_POINTS = ("mirror.error_rate", "mirror.cut_rate", "mirror.rate_limit")
+# Printable ASCII but '%': what a header value keeps as is when it must be percent-encoded.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+# What stays as is when a request path is put back into a URL (a Link header): pchar, '/' and '%' escapes.
+_PATH_SAFE = "/%!$&'()*+,;=:@"
+
+
+def header_value(value: str) -> str:
+    """`value` as a header can carry it: as is if printable ASCII, else percent-encoded as UTF-8 (so no
+    UnicodeEncodeError on a non-latin-1 message, and no CR/LF or other control character on the wire)."""
+    if all(" " <= c <= "~" for c in value):
+        return value
+    return quote(value, safe=_HEADER_SAFE, encoding="utf-8")
 
 
 class Request(TypedDict):
@@ -85,23 +100,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._t0, self._status, self._sent, self._note, self._body_read = time.time(), 0, 0, "", False
         self._in_handle = True
         try:
-            if self.mirror.draw_fault("5xx", "mirror.error_rate"):
-                self._note = "5xx"
+            try:
+                if self.mirror.draw_fault("5xx", "mirror.error_rate"):
+                    self._note = "5xx"
+                    self._drain_body()
+                    self._json({"error": "injected fault"}, 503)
+                else:
+                    self._route()
+            except HubError as e:
                 self._drain_body()
-                self._json({"error": "injected fault"}, 503)
-            else:
-                self._route()
-        except HubError as e:
-            self._drain_body()
-            self._error(e)
+                self._error(e)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
             self._note = self._note or "client gone"
-        except Exception:  # a bug: the traceback goes to the server's stderr, and the client still gets an answer
+        except Exception:  # a bug, even in answering an error: the traceback goes to stderr, the client gets a 500
             traceback.print_exc(file=sys.stderr)
-            self.close_connection = True
-            if not self._status:
-                self._json({"error": "internal error of the gptkit mirror"}, 500)
+            self._internal_error()
         finally:
             self._in_handle = False
             self.mirror.request_done(self._record())
@@ -123,11 +137,23 @@ class _Handler(BaseHTTPRequestHandler):
             seconds=time.time() - self._t0,
         )
 
+    def _internal_error(self) -> None:
+        """The last resort: a 500 with a JSON body if no answer has started, and the connection closed."""
+        self.close_connection = True
+        if self._status:
+            return  # the status line is sent already: all the client can learn now is a cut answer
+        self._headers_buffer: list[bytes] = []  # drop any half-written headers (the base class's buffer)
+        try:
+            self._json({"error": "internal error of the gptkit mirror"}, 500)
+        except OSError:
+            self._note = self._note or "client gone"
+
     def _start(self, status: int, length: int, headers: dict[str, str], content_type: str) -> None:
+        lines = [(k, header_value(v)) for k, v in headers.items()]  # checked before anything is buffered
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
-        for k, v in headers.items():
+        for k, v in lines:
             self.send_header(k, v)
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -214,10 +240,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._repo_info(self.mirror.catalog.find(repo_type, repo_id, "main"), query)
         if not args:
             raise HubError(404, None, "Not found")
-        view = self.mirror.catalog.find(repo_type, repo_id, unquote(args[0]))
+        view = self.mirror.catalog.find(repo_type, repo_id, api.segment(args[0]))
         if action == "revision":
             return self._repo_info(view, query)
-        path = safe_rel("/".join(unquote(s) for s in args[1:]))
+        path = safe_rel("/".join(map(api.segment, args[1:])))
         if action == "tree":
             return self._tree(view, path, query)
         return self._paths_info(view)
@@ -231,15 +257,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(api.repo_info(view, blobs=api.flag(query, "blobs")))
 
     def _tree(self, view: RepoView, path: str, query: dict[str, list[str]]) -> None:
-        cursor = query.get("cursor", ["0"])[0] or "0"
-        if not cursor.isdigit():
-            raise HubError(400, None, f"invalid cursor {cursor!r}")
-        page_size = self.mirror.page_size if not api.flag(query, "expand") else min(self.mirror.page_size, 50)
-        page, more = api.tree_page(view, path, api.flag(query, "recursive"), int(cursor), page_size)
+        cursor = api.count(query, "cursor", 0)
+        recursive, expand = api.flag(query, "recursive"), api.flag(query, "expand")
+        page_size = min(self.mirror.page_size, 50) if expand else self.mirror.page_size
+        page_size = min(page_size, api.count(query, "limit", page_size, minimum=1))
+        page, more = api.tree_page(view, path, recursive, cursor, page_size)
         headers = {}
         if more:
             q = [(k, v) for k, vs in query.items() if k != "cursor" for v in vs] + [("cursor", str(more))]
-            nxt = f"{self.mirror.url}{urlsplit(self.path).path}?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in q)
+            here = quote(urlsplit(self.path).path, safe=_PATH_SAFE, encoding="latin-1")  # the bytes as sent
+            nxt = f"{self.mirror.url}{here}?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in q)
             headers["Link"] = f'<{nxt}>; rel="next"'
         self._json(page, headers=headers)
 
