@@ -122,7 +122,8 @@ DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 # "os error 28"), torch.save (its C++ stream: "basic_ios::clear: iostream error" or "file write
 # failed"). The C++ messages do not say why, so those count only when the disk is indeed (nearly) full.
 _FULL_WORDS = ("os error 28", "os error 122", "no space left on device", "disk quota exceeded")
-_VAGUE_WORDS = ("iostream error", "file write failed", "unexpected pos")
+# numpy's tofile (gguf's writer): "16384 requested and 8160 written", an OSError without an errno.
+_VAGUE_WORDS = ("iostream error", "file write failed", "unexpected pos", "requested and")
 _READ_ONLY_WORDS = ("os error 30", "read-only file system")
 NEARLY_FULL = 64 << 20  # a vague write error with less than this free is taken as "disk full"
 
@@ -139,6 +140,9 @@ def free_bytes(path: Path) -> int | None:
 
 
 def _gb(n: int) -> str:
+    """A size people read at a glance: 3.1 MB, 0.52 GB, 120 GB (MB below 100 MB, where GB says 0.00)."""
+    if n < 100e6:
+        return f"{n / 1e6:.1f} MB"
     return f"{n / 1e9:.2f} GB" if n < 10e9 else f"{n / 1e9:.0f} GB"
 
 
@@ -265,6 +269,15 @@ def save_safetensors(tensors: dict, path: Path, metadata: dict[str, str] | None 
 
     save_file(tensors, str(path), metadata=metadata)
     canonical_safetensors_header(path)
+    # safetensors creates the file 0600 (a private temporary file renamed); weights are shared like
+    # every other file gptkit writes: the usual mode under the user's umask.
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; set it straight back
+    os.umask(mask)
+    return mask
 
 
 def canonical_safetensors_header(path: Path) -> None:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from gptkit.errors import GptkitError
-from gptkit.fsutil import make_dirs
+from gptkit.fsutil import disk_errors, make_dirs
 
 LOCK_FILE = ".lock"
 
@@ -107,7 +107,9 @@ def acquire(path: str | Path, *, subject: str, what: str, how_to_break: str, for
     pid = os.getpid()
     record = {"host": socket.gethostname(), "pid": pid, "start": _start_time(pid), "time": time.time(), "what": what}
     for _ in range(10):
-        if _create(path, record):
+        with disk_errors(Path(subject)):  # a full or read-only disk names what is locked, not the lock file
+            created = _create(path, record)
+        if created:
             return Lock(path, record)
         holder = read_holder(path)
         if holder is None:

@@ -248,6 +248,7 @@ def test_kill_9_of_gptkit_leaves_no_process_and_a_second_trainer_is_refused(home
     r = cli(home, "--resume", str(run), "--max-steps", "200")
     line = assert_one_line_error(r)
     assert f"{run} is in use by PID {p.pid} on {socket.gethostname()} (gptkit train)" in line, line
+    assert "torch.distributed.run" not in r.stdout  # refused before the command is shown: nothing started
 
     procs = run_processes(run)
     assert len(procs) >= 3, procs  # torchrun and two workers
@@ -282,6 +283,31 @@ def test_a_stalled_rank_is_reported_by_the_watchdog_and_the_run_resumes(home):
     assert r.returncode == 0, r.stderr
     assert "resumed at step 2" in r.stdout
     assert (run / "step_000008").is_dir() and not list(run.glob("hang-*.txt"))
+
+
+@pytest.mark.slow
+def test_with_verbose_the_closing_line_still_names_the_killed_rank(home):
+    """--verbose shows torch's output on the terminal; torchrun's report still reaches RUN/torchrun.log,
+    so the last line says which rank died, not just torchrun's exit code."""
+    run = home / "runs" / "rank-killed-verbose"
+    p = start(home, "--name", run.name, "--max-steps", "200", "--verbose", faults="train.step_sleep=0.3")
+    wait_for(lambda: (run / "step_000002").exists() and len(workers_by_rank(run)) == 2, p, 180, "no checkpoint")
+    os.kill(workers_by_rank(run)[1], signal.SIGKILL)
+    out, err = p.communicate(timeout=120)
+    last = err.strip().splitlines()[-1]
+    assert p.returncode == 1 and last.startswith("gptkit: error: rank 1 died with signal SIGKILL"), err[-2000:]
+    assert "exitcode" in err  # torchrun's own report was shown too
+    assert not run_processes(run)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_is_one_line_with_where_to_resume(home):
+    run = home / "runs" / "full"
+    r = cli(home, "--name", "full", "--max-steps", "4", faults="fs.enospc=checkpoint")
+    line = assert_one_line_error(r)
+    assert line.startswith(f"gptkit: error: no space left on {run}/step_000002 ("), line
+    assert line.endswith("no checkpoint was saved yet; run the same command again to start over"), line
+    assert not list(run.glob("step_*")) and not list(run.glob(".step_*")) and not run_processes(run)
 
 
 @pytest.mark.slow

@@ -199,7 +199,11 @@ def train(
     seed: Annotated[Int, typer.Option("--seed", rich_help_panel="Optimisation")] = None,
     eval_every: Annotated[
         Int,
-        typer.Option("--eval-every", help="Validation loss every N steps.", rich_help_panel="Evaluation and logging"),
+        typer.Option(
+            "--eval-every",
+            help="Validation loss every N steps (off: --eval-tokens 0).",
+            rich_help_panel="Evaluation and logging",
+        ),
     ] = None,
     eval_tokens: Annotated[
         Int,
@@ -221,7 +225,17 @@ def train(
     ] = None,
     sample_every: Annotated[
         Int,
-        typer.Option("--sample-every", help="A short sample every N steps.", rich_help_panel="Evaluation and logging"),
+        typer.Option(
+            "--sample-every",
+            help="A short sample every N steps (off: --sample-tokens 0).",
+            rich_help_panel="Evaluation and logging",
+        ),
+    ] = None,
+    sample_tokens: Annotated[
+        Int,
+        typer.Option(
+            "--sample-tokens", help="Tokens per sample (0 = no samples).", rich_help_panel="Evaluation and logging"
+        ),
     ] = None,
     checkpoint_every: Annotated[
         Int,
@@ -308,6 +322,7 @@ def train(
         hellaswag_every=hellaswag_every,
         hellaswag_limit=hellaswag_limit,
         sample_every=sample_every,
+        sample_tokens=sample_tokens,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
         log_every=log_every,

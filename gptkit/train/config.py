@@ -378,9 +378,15 @@ def validate(cfg: TrainConfig) -> None:
             f"unknown --activation {cfg.activation!r}; choose gelu_new (tanh approximation, GPT-2's) "
             "or gelu (exact, nanoGPT's); tanh and exact name them too"
         )
+    off = {
+        "eval_every": "; --eval-tokens 0 turns validation off",
+        "sample_every": "; --sample-tokens 0 turns samples off",
+    }
     for name in ("batch_tokens", "max_steps", "eval_every", "sample_every", "checkpoint_every", "log_every"):
         if getattr(cfg, name) < 1:
-            raise GptkitError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
+            raise GptkitError(
+                f"{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)}){off.get(name, '')}"
+            )
     if cfg.micro_batch is not None and cfg.micro_batch < 1:
         raise GptkitError(f"--micro-batch must be at least 1 (got {cfg.micro_batch})")
     if cfg.schedule not in SCHEDULES:

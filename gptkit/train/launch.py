@@ -14,6 +14,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,7 +103,9 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
-def run_torchrun(cmd: list[str], env: dict[str, str], echo=print, log: Path | None = None) -> Outcome:
+def run_torchrun(
+    cmd: list[str], env: dict[str, str], echo=print, log: Path | None = None, show: bool = False
+) -> Outcome:
     """Run torchrun and wait for it.
 
     The first Ctrl-C or SIGTERM goes to the workers themselves: they finish the step, save a
@@ -110,16 +113,30 @@ def run_torchrun(cmd: list[str], env: dict[str, str], echo=print, log: Path | No
     complete checkpoint stands) and stops torchrun. torchrun runs in its own session, so a
     terminal's Ctrl-C reaches it only through us; and it is killed by the kernel when we die
     (parent-death signal), whatever kills us, as each worker is when torchrun dies: no orphans.
-    `log`: torchrun's stderr goes there (its reports and tracebacks); None = the terminal.
+    `log`: torchrun's stderr goes there (its reports and tracebacks); None = the terminal. `show`
+    (--verbose): copied to the terminal as well, so the closing line can still name the failed rank.
     """
     from gptkit.train import signals
 
     err = open(log, "wb") if log is not None else None
     try:
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=signals.child_preexec(), stderr=err)
-    finally:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            start_new_session=True,
+            preexec_fn=signals.child_preexec(),
+            stderr=subprocess.PIPE if err is not None and show else err,
+        )
+    except BaseException:
         if err is not None:
             err.close()
+        raise
+    copier = None
+    if err is not None and show:
+        copier = threading.Thread(target=_tee, args=(proc.stderr, err, sys.stderr.buffer), daemon=True)
+        copier.start()
+    elif err is not None:
+        err.close()
     received: list[int] = []
 
     def forward(signum, frame):
@@ -142,7 +159,21 @@ def run_torchrun(cmd: list[str], env: dict[str, str], echo=print, log: Path | No
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if copier is not None:
+            copier.join(timeout=5)
     return Outcome(rc, received)
+
+
+def _tee(src, log, terminal) -> None:
+    """Copy torchrun's stderr to its log and to the terminal until it closes (--verbose)."""
+    try:
+        while chunk := src.read1(1 << 16):
+            log.write(chunk)
+            log.flush()
+            terminal.write(chunk)
+            terminal.flush()
+    finally:
+        log.close()
 
 
 def train(
@@ -164,7 +195,7 @@ def train(
 
     `echo` shows the command, the resolved config (--dry-run), the stop notices and the end summary.
     `verbose`: torch's own output (tracebacks, torchrun's reports) on the terminal instead of
-    RUN/error-RANK.log and RUN/torchrun.log. `break_lock`: take the run's lock even when it is held
+    RUN/error-RANK.log (torchrun's reports still go to RUN/torchrun.log too). `break_lock`: take the run's lock even when it is held
     from another host."""
     rr = prepare(
         overrides,
@@ -178,13 +209,14 @@ def train(
     if rr.extra.get("auto") and not rr.resume_from:
         echo(rr.extra["auto"]["line"])
     cmd = torchrun_command(rr)
-    echo("$ " + shlex.join(cmd))
     if dry_run:
+        echo("$ " + shlex.join(cmd))
         echo(json.dumps(rr.to_dict(), indent=2))
         return 0
     if rr.launch.watchdog is not None and rr.launch.watchdog < 0:
         raise GptkitError(f"--watchdog {rr.launch.watchdog:g}: give seconds, or 0 to turn the watchdog off")
     lock = lock_run(rr, force=break_lock)
+    echo("$ " + shlex.join(cmd))  # only once the run is ours: a refused start shows no command
     try:
         if rr.extra["device_type"] == "cpu":
             import torch
@@ -197,7 +229,7 @@ def train(
         write_run_config(rr)
         run_dir = Path(rr.run_dir)
         clear_run_reports(run_dir)
-        outcome = run_torchrun(cmd, worker_env(rr, verbose), echo=echo, log=None if verbose else run_dir / TORCHRUN_LOG)
+        outcome = run_torchrun(cmd, worker_env(rr, verbose), echo=echo, log=run_dir / TORCHRUN_LOG, show=verbose)
     finally:
         if lock is not None:
             lock.release()

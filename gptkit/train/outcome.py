@@ -82,7 +82,10 @@ def finish(rr: ResolvedRun, outcome: Outcome, echo: Callable[[str], object]) -> 
         return outcome.code
     messages = worker_errors(run_dir)
     if messages:
-        raise GptkitError(messages[0])
+        first = messages[0]
+        if first.startswith("no space left on ") or "read-only filesystem" in first:  # a save that failed
+            first += "; " + where_to_resume(rr)
+        raise GptkitError(first)
     hangs = hang_reports(run_dir)
     if hangs:
         raise GptkitError(hang_line(run_dir, hangs) + "; " + where_to_resume(rr))

@@ -36,7 +36,7 @@ from gptkit.checkpoint import (
 )
 from gptkit.device import configure_matmul, resolve_precision
 from gptkit.errors import GptkitError
-from gptkit.model import GPT, GPTConfig
+from gptkit.model import GPT, PRESETS, GPTConfig
 from gptkit.runs import CONFIG_FILE
 from gptkit.train import data as datamod
 from gptkit.train import hellaswag, mfu, signals
@@ -294,13 +294,13 @@ class Trainer:
         if not math.isfinite(loss_val) or (self.scaler is None and not math.isfinite(gnorm)):
             what = f"loss {loss_val}" if not math.isfinite(loss_val) else f"gradient norm {gnorm}"
             saved = (
-                f"the last good checkpoint is {self.run_dir / step_dirname(self.last_saved)}"
+                f"the last good checkpoint is {self.run_dir / step_dirname(self.last_saved)}; "
+                "lower --lr or raise --warmup-steps and resume with --resume auto"
                 if self.last_saved > 0
-                else "no checkpoint was saved yet"
+                else "no checkpoint was saved yet; lower --lr or raise --warmup-steps and start again"
             )
             raise TrainingError(
-                f"{what} at step {self.step + 1} (lr {lr:.3g}); training stopped without saving; {saved}; "
-                "lower --lr or raise --warmup-steps and resume with --resume auto"
+                f"{what} at step {self.step + 1} (lr {lr:.3g}); training stopped without saving; {saved}"
             )
         if self.scaler:
             self.scaler.step(self.optimizer)
@@ -334,7 +334,8 @@ class Trainer:
             for note in [*self.data_notes, *([prompt_note] if prompt_note else [])]:
                 rep.print(note)
             rep.print(
-                f"run {self.run_dir} | {cfg.preset} {self.model.num_params() / 1e6:.1f}M params | "
+                f"run {self.run_dir} | {shape_label(self.model.config, cfg.preset)} "
+                f"{self.model.num_params() / 1e6:.1f}M params | "
                 f"tokenizer {self.tok.name} ({self.tok.vocab_size} tokens) | "
                 f"{d.world_size} x {self.device.type} | {self.precision.name} | batch {cfg.batch_tokens} tokens = "
                 f"{d.world_size} procs x {self.plan.micro_batch} x {cfg.seq_len} x {self.plan.grad_accum} accum"
@@ -462,3 +463,11 @@ def run(run_dir: str | Path) -> None:
     finally:
         watchdog.stop()
         dist.close()
+
+
+def shape_label(mc: GPTConfig, preset: str) -> str:
+    """The preset's name when the model has its shape, else the shape itself (--n-layer ... given)."""
+    p = PRESETS.get(preset)
+    if p is not None and (p.n_layer, p.n_head, p.n_embd) == (mc.n_layer, mc.n_head, mc.n_embd):
+        return preset
+    return f"{mc.n_layer}x{mc.n_head}x{mc.n_embd} (layers x heads x width)"
