@@ -188,3 +188,22 @@ def test_checkpoint_carries_its_tokenizer(tmp_path):
     shutil.rmtree(p / "tokenizer")
     with pytest.raises(GptkitError, match="files are missing"):
         load_checkpoint(p).load_tokenizer()
+
+
+def test_weights_are_readable_like_every_other_file(tmp_path):
+    """safetensors creates its file 0600; checkpoints and converted weights follow the umask as the
+    JSON beside them does (a team sharing a run directory reads them)."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        ck = save_checkpoint(
+            tmp_path / "step_000001",
+            GPT(get_preset("tiny").with_vocab(256)),
+            config=get_preset("tiny").with_vocab(256),
+            tokenizer="bytes",
+        )
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ck.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == 0o644 and modes["model.safetensors"] == modes["config.json"], modes

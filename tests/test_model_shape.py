@@ -303,3 +303,12 @@ def test_each_short_option_means_one_thing_in_every_command():
     clashes = {s: sorted(longs) for s, longs in meaning.items() if len(longs) > 1}
     assert not clashes, clashes
     assert meaning["-n"] == {"--max-new-tokens"} and meaning["-o"] == {"--out"} and meaning["-h"] == {"--help"}
+
+
+def test_the_run_header_names_a_shape_of_ones_own():
+    from gptkit.model import get_preset
+    from gptkit.train.trainer import shape_label
+
+    small = get_preset("small")
+    assert shape_label(small, "small") == "small"
+    assert shape_label(replace(small, n_layer=3, n_head=3, n_embd=96), "small") == "3x3x96 (layers x heads x width)"
