@@ -306,6 +306,115 @@ def test_a_killed_worker_is_one_line_and_the_run_resumes(tmp_path):
     }
 
 
+def _mp_children(pid):
+    """The multiprocessing children (spawn workers, resource tracker) of process PID, from any of its threads."""
+    kids = []
+    for f in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids += [int(k) for k in f.read_text().split() if _alive(int(k))]
+        except OSError:
+            pass
+    return kids
+
+
+def _alive(pid, what=b"multiprocessing"):
+    """PID is still a running multiprocessing process (not gone, not a zombie, not a reused PID);
+    what=b"spawn_main": a worker."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z" and what in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+
+
+def _start_slow_tokenize(tmp_path, **popen):
+    """`gptkit tokenize` with two workers and slow units; stderr to a file (orphans would hold a pipe open)."""
+    write_parquet(tmp_path / "src" / "data.parquet", corpus(150, seed=3), row_group_size=8)
+    args = [tmp_path / "src", "-o", tmp_path / "out", "-j", "2", "--shard-tokens", "2500", "--val-tokens", "1500"]
+    with open(tmp_path / "stderr", "w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gptkit", "tokenize", *map(str, args)],
+            env={**os.environ, "GPTKIT_FAULTS": "tokenize.unit_bytes=6000,tokenize.unit_delay=0.5"},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            **popen,
+        )
+
+
+def _wait_for_workers(p, timeout=60):
+    """The multiprocessing children of P, as soon as a spawn worker among them has started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and p.poll() is None:
+        kids = _mp_children(p.pid)
+        if any(_alive(k, b"spawn_main") for k in kids):
+            return kids
+        time.sleep(0.002)
+    raise AssertionError(f"no tokenize worker started (exit {p.poll()})")
+
+
+def _left_over(kids, within):
+    deadline = time.monotonic() + within
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [k for k in kids if _alive(k)]
+
+
+def _stop(p, kids):
+    """Leave nothing running: the main process, its workers, then its resource tracker, which removes
+    the pool's semaphores once the workers are gone (SIGKILLed, it would leave them in /dev/shm)."""
+    if p.poll() is None:
+        p.kill()
+        p.wait()
+    for k in kids:
+        if _alive(k, b"spawn_main"):
+            os.kill(k, signal.SIGKILL)
+    for k in _left_over(kids, within=5):
+        os.kill(k, signal.SIGKILL)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_do_not_outlive_a_main_process_killed_as_they_start(tmp_path, sig):
+    """Killed while its workers are still starting (kill -9, or SIGTERM, which Python does not catch), the
+    main process cannot stop them: they must notice on their own, not run on for good under init
+    (before: a worker that finished starting after its parent died took init for its parent)."""
+    p = _start_slow_tokenize(tmp_path)
+    kids = []
+    try:
+        kids = _wait_for_workers(p)
+        time.sleep(0.05)  # the worker has what to run and is importing it: it starts after its parent died
+        kids = sorted({*kids, *_mp_children(p.pid)})  # and the second worker, started meanwhile
+        os.kill(p.pid, sig)
+        p.wait(timeout=10)
+        left = _left_over(kids, within=10)
+        assert not left, f"still running after the main process died: {left}"
+        # (A worker killed before it read what to run may print multiprocessing's own EOFError: not checked.)
+        assert "leaked semaphore" not in (tmp_path / "stderr").read_text()
+    finally:
+        _stop(p, kids)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_ctrl_c_is_one_line_that_says_the_run_resumes(tmp_path):
+    """Ctrl-C reaches every process in the terminal's group, workers still starting too: one line, exit 130."""
+    p = _start_slow_tokenize(
+        tmp_path, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    )
+    kids = []
+    try:
+        kids = _wait_for_workers(p)
+        time.sleep(0.05)  # a worker is importing: before, a KeyboardInterrupt traceback of its own
+        kids = sorted({*kids, *_mp_children(p.pid)})
+        os.killpg(p.pid, signal.SIGINT)
+        assert p.wait(timeout=30) == 130
+        assert not _left_over(kids, within=10)
+    finally:
+        _stop(p, kids)
+    err = (tmp_path / "stderr").read_text()
+    line = assert_one_line_error(subprocess.CompletedProcess(p.args, p.returncode, "", err))
+    assert line == "gptkit: interrupted; the shards written so far are kept: run the same command again to resume"
+
+
 def test_verify_catches_corruption(tmp_path):
     write_parquet(tmp_path / "d.parquet", corpus(40), row_group_size=10)
     out = tmp_path / "out"

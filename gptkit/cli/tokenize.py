@@ -121,20 +121,29 @@ def tokenize(
     def note(msg: str) -> None:
         print(msg, file=sys.stderr)
 
-    with _Progress(enabled=not json_out and sys.stderr.isatty()) as bar:
-        result = lib.tokenize(
-            src,
-            out,
-            settings,
-            workers=workers,
-            force=force,
-            subset=subset,
-            split=split,
-            revision=revision,
-            endpoint=ep,
-            log=note,
-            progress=bar.update,
+    try:
+        with _Progress(enabled=not json_out and sys.stderr.isatty()) as bar:
+            result = lib.tokenize(
+                src,
+                out,
+                settings,
+                workers=workers,
+                force=force,
+                subset=subset,
+                split=split,
+                revision=revision,
+                endpoint=ep,
+                log=note,
+                progress=bar.update,
+            )
+    except KeyboardInterrupt:
+        # Said here, not left to the CLI's generic handler: Typer turns a KeyboardInterrupt into a silent
+        # exit 130. sys.exit, not typer.Exit: the one line is said once, whatever the caller does with 130.
+        print(
+            "gptkit: interrupted; the shards written so far are kept: run the same command again to resume",
+            file=sys.stderr,
         )
+        sys.exit(130)
     m = result.manifest
     if json_out:
         print(

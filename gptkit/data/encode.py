@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -181,7 +182,7 @@ def encode_units(
         todo = list(todo)  # small descriptors: count them, and start no more workers than there are units
         n_workers = min(n_workers, max(1, len(todo)))
     if n_workers == 1:
-        init_worker(*init, False)
+        init_worker(*init, None)
         for index, unit, _ in todo:
             tokens, replaced, nbytes = work(unit)
             if consume(index, tokens, replaced, nbytes, None):
@@ -195,7 +196,11 @@ def encode_units(
     # An executor, not multiprocessing.Pool: a Pool silently replaces a worker that dies (the OOM
     # killer, a crash in a native reader) and waits forever for the unit it held; an executor fails
     # every pending unit with BrokenProcessPool, which becomes one line and a resumable run.
-    pool = ProcessPoolExecutor(n_workers, mp.get_context("spawn"), initializer=init_worker, initargs=(*init, True))
+    # The workers get this process's PID: they exit as soon as it is gone (kill -9, SIGTERM).
+    _start_quiet_resource_tracker()
+    pool = ProcessPoolExecutor(
+        n_workers, mp.get_context("spawn"), initializer=init_worker, initargs=(*init, os.getpid())
+    )
     finished = False
     try:
         pending: deque = deque()
@@ -207,7 +212,7 @@ def encode_units(
             return consume(i, tokens, replaced, nbytes, None)
 
         for index, unit, _ in todo:
-            pending.append((index, pool.submit(work, unit)))
+            pending.append((index, _submit(pool, unit)))
             if len(pending) >= window and take():
                 return
         while pending:
@@ -220,7 +225,50 @@ def encode_units(
             "written so far are kept: run the same command again to resume (with fewer --workers if memory is short)"
         ) from None
     finally:
+        procs = list((pool._processes or {}).values())  # before shutdown(), which sets _processes to None
         pool.shutdown(wait=finished, cancel_futures=True)
         if not finished:  # an error, Ctrl-C or an early stop: do not wait for the units in flight
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            for proc in procs:
                 proc.terminate()
+
+
+def _submit(pool: Any, unit: Any) -> Any:
+    """pool.submit(work, unit), with Ctrl-C held back while it may start a worker process.
+
+    A Ctrl-C goes to every process in the terminal's group: a worker still starting would print a
+    KeyboardInterrupt traceback from its imports. One started with SIGINT blocked (as multiprocessing
+    starts its resource tracker) never sees it; this process gets it once it is unblocked here.
+    """
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        return pool.submit(work, unit)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return pool.submit(work, unit)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# multiprocessing's resource tracker outlives a main process killed with kill -9 or SIGTERM just long
+# enough to remove the pool's semaphores, with a warning about "leaked semaphore objects" on the
+# terminal of a run that already ended; that cleanup is all there is to do, so the warning is noise.
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning:multiprocessing.resource_tracker"
+
+
+def _start_quiet_resource_tracker() -> None:
+    """Start the resource tracker (if this process has none yet) with its leak warnings off.
+
+    The tracker is a `python -c` process that takes its warning filters from sys.warnoptions
+    (multiprocessing passes them on as -W options), so the filter is there only while it starts.
+    """
+    from multiprocessing import resource_tracker
+
+    added = _QUIET_TRACKER not in sys.warnoptions
+    if added:
+        sys.warnoptions.append(_QUIET_TRACKER)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        if added:
+            sys.warnoptions.remove(_QUIET_TRACKER)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,17 @@ def init_worker(
     text_column: str,
     strict: bool,
     unit_bytes: int,
-    watch: bool,
+    parent: int | None,
 ) -> None:
+    """Set up this process's context. `parent`: the main process's PID in a pool worker (which then
+    exits as soon as the main process is gone), None when the main process runs the units itself."""
     import signal
-    import threading
+
+    if parent is not None:  # a pool worker
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked while it started (encode._submit)
+        _die_with(parent)
 
     import numpy as np
 
@@ -57,17 +65,39 @@ def init_worker(
         unit_bytes=unit_bytes,
         pq=(None, None),
     )
-    if watch:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled by the main process
-        ppid = os.getppid()
 
-        def orphan_watch() -> None:  # the main process was killed (kill -9): do not linger
-            while True:
-                time.sleep(0.5)
-                if os.getppid() != ppid:
-                    os._exit(1)
 
-        threading.Thread(target=orphan_watch, daemon=True).start()
+def _die_with(parent: int) -> None:
+    """Never outlive the main process (killed with kill -9 or SIGTERM, it cannot stop its workers).
+
+    A worker blocked writing a result nobody reads, or waiting for work, would otherwise run on for
+    good. On Linux the kernel kills it when its parent dies (PR_SET_PDEATHSIG: strictly, when the
+    thread that started it ends; that is the thread that runs the pool, which outlives the pool);
+    everywhere, a thread also polls the parent's PID. `parent` is passed in, not read here: a worker
+    that finishes starting after the main process died already has another parent (init or a
+    subreaper) and would take that one for its own.
+    """
+    import signal
+    import threading
+
+    if sys.platform == "linux":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG; a failure leaves the thread below
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # it died before that: the kernel only signals a death after it
+        os._exit(1)
+
+    def orphan_watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=orphan_watch, name="gptkit-orphan-watch", daemon=True).start()
 
 
 def work(unit: tuple) -> tuple[Any, int, int]:
