@@ -411,3 +411,36 @@ def test_download_display_takes_events_from_many_threads(capsys):
         assert len(display.live.tasks) == 1  # only the overall bar, in the one display
     err = capsys.readouterr().err
     assert all(f"gptkit: {f} ok" in err for f in files)
+
+
+def test_ctrl_c_while_sampling_is_one_line(tmp_path):
+    """Typer hands a Ctrl-C inside a command back as exit code 130; gptkit still says so in one line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gptkit.tokenizer import CharTokenizer
+
+    chars = [chr(c) for c in range(32, 127)]  # no end-of-text token: the generation never ends by itself
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=32, n_layer=1, n_head=1, n_embd=16).with_vocab(len(chars)))
+    tok = CharTokenizer(chars, None, spec="test", source="test")
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer=tok)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gptkit", "sample", "x", "--model", str(ck), "-n", "10000000", "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        assert p.stdout.read(1) == b"x"  # the prompt is echoed once the model is loaded: generating now
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 130
+    lines = [ln for ln in err.decode().splitlines() if ln.strip() and not ln.startswith("gptkit: sampling from")]
+    assert lines == ["gptkit: interrupted"], err.decode()

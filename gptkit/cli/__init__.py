@@ -93,6 +93,8 @@ def main() -> None:
             raise
         print(f"gptkit: error: {mapped}", file=sys.stderr)
         sys.exit(1)
+    if rv == 130:  # Typer returns a Ctrl-C inside a command as Exit(130), past the handlers above
+        print("gptkit: interrupted", file=sys.stderr)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

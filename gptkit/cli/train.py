@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -365,4 +366,4 @@ def train(
         echo=print,
     )
     if rc:
-        raise typer.Exit(rc)
+        sys.exit(rc)  # not typer.Exit: an exit code of 130 from a graceful stop is not a bare Ctrl-C (see cli/__init__)
