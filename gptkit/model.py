@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptkit.attention import causal_attention
+
 GPT2_VOCAB_SIZE = 50257  # 50,000 merges + 256 byte tokens + <|endoftext|>
 # The MLP's GELU, by Hugging Face's names: GPT-2 trained with the tanh approximation (gelu_new);
 # nanoGPT uses the exact erf form. They differ by up to ~1e-3 per activation, so a model keeps its own.
@@ -166,16 +168,12 @@ class CausalSelfAttention(nn.Module):
                     # Only this rare case builds a mask; training and single-token decoding never do.
                     S = pos + T
                     mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=pos)
-        # Training takes the fused kernel (FlashAttention-2 on CUDA, the flash CPU kernel on CPU):
-        # is_causal=True with no mask means no T x T tensor is ever materialised.
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=is_causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, nh, T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if is_causal and mask is None:
+            # Training and full-sequence forwards: a fused kernel (see attention.py for which)
+            y = causal_attention(q, k, v, dropout_p)  # (B, nh, T, hs)
+        else:  # decoding after a cached prefix
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y))
 

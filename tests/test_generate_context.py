@@ -9,7 +9,7 @@ from conftest import run_cli
 from gptkit.checkpoint import save_checkpoint
 from gptkit.generate import SampleConfig, generate, sample_text, window_keep
 from gptkit.model import GPT, GPTConfig
-from gptkit.tokenizer import BytesTokenizer
+from gptkit.tokenizer import BytesTokenizer, CharTokenizer
 
 
 def random_model(block_size=16, vocab=97, seed=0):
@@ -89,8 +89,12 @@ def test_long_prompt_keeps_its_last_tokens():
 
 
 def test_cli_n_past_the_context_is_honoured(tmp_path):
-    model = random_model(block_size=64, vocab=256)
-    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    # A character vocabulary without an end-of-text token: a random model drawing 300 of 256 bytes
+    # would likely draw byte 0, the bytes vocabulary's end-of-text, and stop early (rightly)
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    model = random_model(block_size=64, vocab=len(chars))
+    tok = CharTokenizer(chars, None, spec="test", source="test")
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer=tok)
     r = run_cli("sample", "x" * 100, "--model", ck, "-n", "300", "--seed", "1", "--device", "cpu", "--json", check=True)
     out = json.loads(r.stdout)
     assert out["samples"][0]["tokens"] == 300 and out["samples"][0]["stop"] == "max_new_tokens"
