@@ -118,14 +118,16 @@ def test_download_tokenize_train_sample_convert_plot(tmp_path, mirror_process, m
     assert (run / "step_000030" / "model.safetensors").is_file()
 
     # sample: no --model -> the newest run
-    r = gptkit("sample", "The student", "--max-new-tokens", "20", "--seed", "3", "--json")
+    # (three samples: a 30-step model may well end a document at once, which one draw can hit)
+    args = ("sample", "The student", "--max-new-tokens", "20", "--num-samples", "3", "--seed", "3", "--json")
+    r = gptkit(*args)
     samples = json.loads(r.stdout)["samples"]
-    words = samples[0]["text"].split()
-    assert samples[0]["tokens"] == 20 or samples[0]["stop"] == "eot"
+    assert all(s["tokens"] == 20 or s["stop"] == "eot" for s in samples)
+    words = " ".join(s["text"] for s in samples).split()
     # it writes the corpus's own vocabulary: most generated words come from the repo's word list
     known = sum(w.strip(".,").lower() in WORDS for w in words)
-    assert words and known >= 0.6 * len(words), samples[0]["text"]
-    r2 = gptkit("sample", "The student", "--max-new-tokens", "20", "--seed", "3", "--json")
+    assert len(words) >= 5 and known >= 0.6 * len(words), samples
+    r2 = gptkit(*args)
     assert json.loads(r2.stdout)["samples"] == samples  # same seed, same text
 
     # convert to Hugging Face and load it with transformers
