@@ -137,8 +137,8 @@ def tokenize(
                 progress=bar.update,
             )
     except KeyboardInterrupt:
-        # Said here, not left to the CLI's generic handler: Typer turns a KeyboardInterrupt into a silent
-        # exit 130. sys.exit, not typer.Exit: the one line is said once, whatever the caller does with 130.
+        # More than the CLI's generic "gptkit: interrupted": the run resumes. sys.exit, not typer.Exit
+        # (which comes back to the CLI as 130 and would add the generic line too).
         print(
             "gptkit: interrupted; the shards written so far are kept: run the same command again to resume",
             file=sys.stderr,
