@@ -112,14 +112,20 @@ def sample(
         print(f"gptkit: sampling from {described}, {weights} weights on {dev}", file=sys.stderr)
         sys.stdout.write(prompt)
         sys.stdout.flush()
-    result = sample_text(
-        net,
-        tok,
-        prompt,
-        cfg,
-        on_text=None if json_out else stream,
-        model_name=str(path),
-    )
+    try:
+        result = sample_text(
+            net,
+            tok,
+            prompt,
+            cfg,
+            on_text=None if json_out else stream,
+            model_name=str(path),
+        )
+    except KeyboardInterrupt:
+        if not json_out:
+            sys.stdout.write("\n")  # end the streamed text, so "gptkit: interrupted" gets a line of its own
+            sys.stdout.flush()
+        raise
     if json_out:
         print(
             json.dumps(
