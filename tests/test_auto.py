@@ -79,6 +79,35 @@ def test_bare_train_on_cpu_is_auto_sized_and_recorded(gptkit_home, tmp_path):
     assert "auto" not in prepare(C.TrainOverrides(preset="tiny"), C.LaunchOverrides(gpus=0), name="p").extra
     rr = prepare(C.TrainOverrides(seq_len=64, batch_tokens=64 * 16), C.LaunchOverrides(gpus=0), name="s")
     assert "auto" not in rr.extra and rr.train.preset == "gpt2"
+    rr = prepare(C.TrainOverrides(micro_batch=4), C.LaunchOverrides(gpus=0), name="m")
+    assert "auto" not in rr.extra
+
+
+def test_a_shape_of_one_s_own_is_kept_and_only_the_recipe_is_sized():
+    m = auto.Machine(train_tokens=50_000_000, vocab_size=256, free_ram=8 * GB, processes=2)
+    timed = []
+    timer = lambda mc, T: timed.append((mc.n_layer, mc.n_embd, mc.block_size, T)) or T / 20_000  # noqa: E731
+    c = auto.choose(m, timer=timer, shape={"n_layer": 3, "n_head": 3, "n_embd": 96})
+    assert timed[0] == (3, 96, 256, 256)  # the user's model was timed, at the recipe's sequence length
+    assert c.preset == "small" and "your 3x3x96 model with the small recipe" in c.line
+    assert c.settings["seq_len"] == 256 and c.settings["batch_tokens"] == 16_384
+    # a block size of one's own bounds the sequence; the batch stays whole micro-batches per process
+    c = auto.choose(m, timer=fixed_timer(20_000), shape={"n_layer": 3, "n_head": 3, "n_embd": 96, "block_size": 100})
+    assert c.settings["seq_len"] == 100 and c.settings["batch_tokens"] == 16_000  # 2 procs x 16 rows x 100 x 5
+    assert c.settings["micro_batch"] == 16
+
+
+def test_shape_flags_and_seq_len_alone_still_get_a_cpu_recipe(gptkit_home):
+    """`gptkit train --n-layer 3 --n-head 3 --n-embd 96` on a laptop: the user's model with a CPU
+    recipe, not GPT-2's 10B tokens; --seq-len alone is timed, not taken as sizing the run."""
+    make_dataset(gptkit_home / "shards" / "toy")
+    rr = prepare(C.TrainOverrides(n_layer=3, n_head=3, n_embd=96), C.LaunchOverrides(gpus=0), name="shape")
+    assert (rr.train.n_layer, rr.train.n_head, rr.train.n_embd) == (3, 3, 96)
+    assert rr.train.preset == "tiny" and rr.train.batch_tokens == 4096  # a toy data set: the tiny recipe
+    assert "your 3x3x96 model" in rr.extra["auto"]["line"]
+    rr = prepare(C.TrainOverrides(seq_len=64), C.LaunchOverrides(gpus=0), name="seq")
+    assert rr.train.seq_len == 64 and rr.train.block_size == 64 and rr.train.batch_tokens < 100_000
+    assert "auto" in rr.extra
 
 
 def test_resumed_auto_run_keeps_its_choice(gptkit_home):

@@ -1,8 +1,8 @@
 """A CPU-sized run for a bare `gptkit train` on a machine without a GPU.
 
 The GPT-2 recipe (124M parameters, 10B tokens) would take months on a laptop. Without a GPU and
-without --preset (or a sequence length / batch size of the user's), the run is sized from the data
-and the machine:
+without --preset (or a batch size / micro-batch of the user's), the run is sized from the data and
+the machine; a model shape (--n-layer ...) and --seq-len of the user's are kept and timed as given:
 
 - the model: `small` (4 layers, 256 wide) when the data has at least SMALL_MIN_TOKENS training
   tokens and the machine does at least SMALL_MIN_STEPS of it in the time budget; else `tiny`
@@ -19,7 +19,7 @@ never sizes again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gptkit.model import GPTConfig, get_preset
 from gptkit.train.presets import TRAIN_PRESETS
@@ -82,9 +82,19 @@ def fit_micro_batch(mc: GPTConfig, n_params: int, seq_len: int, rows_per_rank: i
     return fitting[-1] if fitting else 1
 
 
-def choose(machine: Machine, precision: str = "auto", timer=None, max_steps: int | None = None) -> AutoChoice:
+def choose(
+    machine: Machine,
+    precision: str = "auto",
+    timer=None,
+    max_steps: int | None = None,
+    shape: dict | None = None,
+    seq_len: int | None = None,
+) -> AutoChoice:
     """Pick the run. `timer(model_config, seq_len) -> seconds per row` (default: time the real model).
-    max_steps: the user's; the model and batch are still picked, the schedule scaled to it."""
+    max_steps: the user's; the model and batch are still picked, the schedule scaled to it.
+    shape: GPTConfig fields the user gave (--n-layer ...): that model is timed and trained, and only
+    the recipe (sequence length, batch, steps) is picked; a sequence never exceeds its block size.
+    seq_len: the user's --seq-len, used instead of the recipe's."""
     from gptkit.train.plan import human_count, human_duration, param_count, time_cpu_step
 
     timer = timer or (lambda mc, T: time_cpu_step(mc, T, precision).row_s)
@@ -94,20 +104,28 @@ def choose(machine: Machine, precision: str = "auto", timer=None, max_steps: int
         if not last and machine.train_tokens < SMALL_MIN_TOKENS:
             continue  # too little data for it: not worth timing
         base = TRAIN_PRESETS[name]
+        T = seq_len or base["seq_len"]
         mc = get_preset(name).with_vocab(machine.vocab_size)
+        if shape:
+            T = min(T, shape.get("block_size") or T)
+        batch_tokens = base["batch_tokens"]
+        if T != base["seq_len"]:  # about the recipe's tokens, in whole micro-batches of T-token rows
+            unit = T * machine.processes * base["micro_batch"]
+            batch_tokens = max(1, round(batch_tokens / unit)) * unit
+        if shape or seq_len:
+            mc = replace(mc, **{"block_size": T, **(shape or {})})
         n_params = param_count(mc)
-        seq_len, batch_tokens = base["seq_len"], base["batch_tokens"]
-        tok_per_s = seq_len / timer(mc, seq_len)
+        tok_per_s = T / timer(mc, T)
         if last or tok_per_s * TARGET_SECONDS / batch_tokens >= SMALL_MIN_STEPS:
-            chosen = (name, mc, n_params, seq_len, batch_tokens, tok_per_s)
+            chosen = (name, mc, n_params, T, batch_tokens, tok_per_s)
             break
     assert chosen is not None
-    name, mc, n_params, seq_len, batch_tokens, tok_per_s = chosen
+    name, mc, n_params, T, batch_tokens, tok_per_s = chosen
     steps = max_steps or steps_for(machine.train_tokens, n_params, batch_tokens, tok_per_s)
-    rows_per_rank = batch_tokens // seq_len // machine.processes or 1
+    rows_per_rank = batch_tokens // T // machine.processes or 1
     free = machine.free_ram // machine.processes if machine.free_ram else None
-    mb = fit_micro_batch(mc, n_params, seq_len, rows_per_rank, TRAIN_PRESETS[name]["micro_batch"], free)
-    settings = dict(schedule_for(steps), micro_batch=mb)
+    mb = fit_micro_batch(mc, n_params, T, rows_per_rank, TRAIN_PRESETS[name]["micro_batch"], free)
+    settings = dict(schedule_for(steps), micro_batch=mb, seq_len=T, batch_tokens=batch_tokens)
     total = steps * batch_tokens
     est = total / tok_per_s
     epochs = total / max(1, machine.train_tokens)
@@ -115,8 +133,9 @@ def choose(machine: Machine, precision: str = "auto", timer=None, max_steps: int
         why = f"{human_count(machine.train_tokens)} training tokens"
     else:
         why = f"{CANDIDATES[0]} would manage < {SMALL_MIN_STEPS} steps in {human_duration(TARGET_SECONDS)}"
+    what = f"your {mc.n_layer}x{mc.n_head}x{mc.n_embd} model with the {name} recipe" if shape else name
     line = (
-        f"no GPU, no --preset: {name} ({human_count(n_params)} params; {why}), {steps} steps x "
+        f"no GPU, no --preset: {what} ({human_count(n_params)} params; {why}), {steps} steps x "
         f"{batch_tokens:,} tokens ({epochs:.1f} epochs), ~{human_duration(est)} at a measured "
         f"{human_count(tok_per_s)} tok/s; --preset gpt2 for the 124M recipe"
     )

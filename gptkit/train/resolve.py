@@ -144,7 +144,7 @@ def check_port(addr: str, port: int) -> None:
 
 
 # --- resolving a run -----------------------------------------------------------------------------
-SIZING_KEYS = ("seq_len", "batch_tokens", "micro_batch")  # given any of these, the user sized the run
+SIZING_KEYS = ("batch_tokens", "micro_batch")  # given either, the user sized the run (--seq-len alone is timed)
 WARMUP_CAP = 0.1  # a preset's warmup is at most this fraction of the steps unless warmup is given
 SMALL_DATA_BATCHES = 3  # fewer training tokens than this many batches: warn
 # CPU MFU assumed for the one-line time estimate of a GPT-2-sized run on CPU (the plan measures
@@ -227,15 +227,25 @@ def settle_config(
         preset is None
         and resume is None
         and not _given(overrides, file_train, "init_from")
-        and not any(_given(overrides, file_train, k) for k in (*SIZING_KEYS, *SHAPE_KEYS))
+        and not any(_given(overrides, file_train, k) for k in SIZING_KEYS)
     )
     if auto_ok and device_type == "cpu" and size is not None:
         from gptkit.train.plan import free_ram
 
+        # A shape of the user's own (--n-layer ...) is kept: only the recipe is sized for this machine.
+        shape = None
+        if any(_given(overrides, file_train, k) for k in SHAPE_KEYS):
+            probe = resolve_shape(overrides.apply(merge(preset_config("small"), file_train, str(config_file))))
+            probe = replace(probe, seq_len=min(probe.seq_len, probe.block_size or probe.seq_len))
+            validate(probe)  # a bad shape is one line before any model is built to time it
+            mc = model_config(probe, size[0])
+            shape = {f: getattr(mc, f) for k, f in SHAPE_KEYS.items() if _given(overrides, file_train, k)}
         choice = auto.choose(
             auto.Machine(train_tokens=size[1], vocab_size=size[0], free_ram=free_ram(), processes=nproc * launch.nodes),
             precision=overrides.precision or file_train.get("precision") or "auto",
             max_steps=overrides.max_steps or file_train.get("max_steps"),
+            shape=shape,
+            seq_len=overrides.seq_len or file_train.get("seq_len"),
         )
         preset = choice.preset
     preset = preset or "gpt2"
