@@ -171,10 +171,22 @@ def disk_error(e: BaseException, path: Path, need: int | None = None) -> GptkitE
     if code not in DISK_FULL:
         return None
     free = free_bytes(path)
+    if free is not None:  # this process's temporary copy is about to be removed: count its space as free
+        free += _tree_bytes(Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}"))
     parts = [f"{_gb(free)} free" if free is not None else "free space unknown"]
     if need:
         parts.append(f"needs ≈{_gb(need)}")
     return GptkitError(f"no space left on {path} ({'; '.join(parts)})")
+
+
+def _tree_bytes(path: Path) -> int:
+    """Bytes held by a file or a directory tree (0 if it is not there)."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+        return path.stat().st_size if path.is_file() else 0
+    except OSError:
+        return 0
 
 
 def _write_errors() -> tuple[type[BaseException], ...]:
