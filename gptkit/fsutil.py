@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gptkit import faults
-from gptkit.errors import GptkitError
+from gptkit.errors import DiskError, GptkitError
 
 
 def write_json_atomic(path: Path, obj, *, indent: int = 2) -> None:
@@ -146,7 +146,7 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n < 10e9 else f"{n / 1e9:.0f} GB"
 
 
-def disk_error(e: BaseException, path: Path, need: int | None = None) -> GptkitError | None:
+def disk_error(e: BaseException, path: Path, need: int | None = None) -> DiskError | None:
     """The one-line error for `e` if a full or read-only filesystem caused it, else None.
 
     ENOSPC/EDQUOT: "no space left on PATH (Y GB free; needs ≈X GB)"; EROFS: "PATH is on a
@@ -167,7 +167,7 @@ def disk_error(e: BaseException, path: Path, need: int | None = None) -> GptkitE
             if free is not None and (free < NEARLY_FULL or (need is not None and free < need)):
                 code = errno.ENOSPC
     if code == errno.EROFS:
-        return GptkitError(f"{path} is on a read-only filesystem; choose another output location")
+        return DiskError(f"{path} is on a read-only filesystem; choose another output location")
     if code not in DISK_FULL:
         return None
     free = free_bytes(path)
@@ -176,7 +176,7 @@ def disk_error(e: BaseException, path: Path, need: int | None = None) -> GptkitE
     parts = [f"{_gb(free)} free" if free is not None else "free space unknown"]
     if need:
         parts.append(f"needs ≈{_gb(need)}")
-    return GptkitError(f"no space left on {path} ({'; '.join(parts)})")
+    return DiskError(f"no space left on {path} ({'; '.join(parts)})")
 
 
 def _tree_bytes(path: Path) -> int:

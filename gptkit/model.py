@@ -71,6 +71,11 @@ class GPTConfig:
         """The same architecture for another tokenizer (e.g. bytes, 256)."""
         return replace(self, vocab_size=vocab_size, padded_vocab_size=pad_vocab(vocab_size))
 
+    @property
+    def shape(self) -> str:
+        """'3x3x96': layers x heads x width, how messages name a model that is no preset."""
+        return f"{self.n_layer}x{self.n_head}x{self.n_embd}"
+
 
 # Named model sizes: the defaults of `gptkit train --preset`, each field overridable (--n-layer ...).
 # The four GPT-2 sizes are OpenAI's; the rest fit a laptop or a test.

@@ -133,7 +133,7 @@ def choose(
         why = f"{human_count(machine.train_tokens)} training tokens"
     else:
         why = f"{CANDIDATES[0]} would manage < {SMALL_MIN_STEPS} steps in {human_duration(TARGET_SECONDS)}"
-    what = f"your {mc.n_layer}x{mc.n_head}x{mc.n_embd} model with the {name} recipe" if shape else name
+    what = f"your {mc.shape} model with the {name} recipe" if shape else name
     line = (
         f"no GPU, no --preset: {what} ({human_count(n_params)} params; {why}), {steps} steps x "
         f"{batch_tokens:,} tokens ({epochs:.1f} epochs), ~{human_duration(est)} at a measured "

@@ -11,6 +11,7 @@ the launcher asked for --verbose.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,12 +22,14 @@ VERBOSE_ENV = "GPTKIT_VERBOSE"  # 1: the workers' stderr stays on the terminal
 ERRORS_DIR = ".errors"
 
 
-def write_error(run_dir: Path, rank: int, message: str) -> None:
+def write_error(run_dir: Path, rank: int, message: str, resumable: bool = False) -> None:
+    """RUN/.errors/rankN.json for the launcher: the one-line message, and whether the run can resume
+    as it is (a full or read-only disk: the launcher then adds the checkpoint and the command)."""
     d = run_dir / ERRORS_DIR
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".rank{rank}.tmp"
-    tmp.write_text(message + "\n")
-    os.replace(tmp, d / f"rank{rank}.txt")
+    tmp.write_text(json.dumps({"message": message, "resumable": resumable}) + "\n")
+    os.replace(tmp, d / f"rank{rank}.json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,19 +84,19 @@ def _run(run_dir: Path, rank: int) -> int:
     except TrainingError as e:
         return _fail(run_dir, rank, str(e), collective=e.collective)
     except Exception as e:  # noqa: BLE001 - GptkitError and friends: one line, not a traceback
-        from gptkit.errors import GptkitError
+        from gptkit.errors import DiskError, GptkitError
 
         if not isinstance(e, GptkitError):
             raise
-        return _fail(run_dir, rank, str(e), collective=True)
+        return _fail(run_dir, rank, str(e), collective=True, resumable=isinstance(e, DiskError))
     return 0
 
 
-def _fail(run_dir: Path, rank: int, message: str, collective: bool) -> int:
+def _fail(run_dir: Path, rank: int, message: str, collective: bool, resumable: bool = False) -> int:
     if os.environ.get(LAUNCHER_ENV):
         try:
             if rank == 0 or not collective:
-                write_error(run_dir, rank, message)
+                write_error(run_dir, rank, message, resumable)
             return 0 if collective else 1
         except OSError:  # the disk is full (often the error itself): say it here instead
             pass

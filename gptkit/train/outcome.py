@@ -30,12 +30,15 @@ class Outcome:
         return 128 + self.stops[0] if self.stops else self.returncode
 
 
-def worker_errors(run_dir: Path) -> list[str]:
+def worker_errors(run_dir: Path) -> list[dict]:
+    """What the workers wrote (gptkit.train.main.write_error), by rank: {"message", "resumable"}."""
+    import json
+
     d = run_dir / ERRORS_DIR
     if not d.is_dir():
         return []
-    files = sorted(d.glob("rank*.txt"), key=lambda p: int(p.stem[4:]))
-    return [f.read_text().strip() for f in files]
+    files = sorted(d.glob("rank*.json"), key=lambda p: int(p.stem[4:]))
+    return [json.loads(f.read_text()) for f in files]
 
 
 # --- how a run ended, in one line ----------------------------------------------------------------
@@ -80,12 +83,10 @@ def finish(rr: ResolvedRun, outcome: Outcome, echo: Callable[[str], object]) -> 
     if len(outcome.stops) > 1:
         echo(f"gptkit: stopped at once; {where_to_resume(rr)}")
         return outcome.code
-    messages = worker_errors(run_dir)
-    if messages:
-        first = messages[0]
-        if first.startswith("no space left on ") or "read-only filesystem" in first:  # a save that failed
-            first += "; " + where_to_resume(rr)
-        raise GptkitError(first)
+    errors = worker_errors(run_dir)
+    if errors:
+        first = errors[0]
+        raise GptkitError(first["message"] + ("; " + where_to_resume(rr) if first.get("resumable") else ""))
     hangs = hang_reports(run_dir)
     if hangs:
         raise GptkitError(hang_line(run_dir, hangs) + "; " + where_to_resume(rr))

@@ -470,4 +470,4 @@ def shape_label(mc: GPTConfig, preset: str) -> str:
     p = PRESETS.get(preset)
     if p is not None and (p.n_layer, p.n_head, p.n_embd) == (mc.n_layer, mc.n_head, mc.n_embd):
         return preset
-    return f"{mc.n_layer}x{mc.n_head}x{mc.n_embd} (layers x heads x width)"
+    return f"{mc.shape} (layers x heads x width)"
