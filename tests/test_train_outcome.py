@@ -33,6 +33,15 @@ def test_a_killed_rank_is_blamed_before_the_peer_torchrun_terminated(tmp_path):
     assert line.startswith("rank 1 died with signal SIGKILL; then rank 0 died with signal SIGTERM"), line
 
 
+def test_a_killed_rank_is_blamed_before_a_peer_that_aborted_on_the_broken_connection(tmp_path):
+    # seen with --verbose: rank 0's gloo aborts (SIGABRT) as rank 1 is SIGKILLed
+    write_log(tmp_path, (0, -6), (1, -9))
+    line = failed_ranks_line(tmp_path, 1)
+    assert line.startswith("rank 1 died with signal SIGKILL; then rank 0 died with signal SIGABRT"), line
+    write_log(tmp_path, (0, -6), (1, 1))  # an abort is still blamed before an error exit
+    assert failed_ranks_line(tmp_path, 1).startswith("rank 0 died with signal SIGABRT; then rank 1 exited")
+
+
 def test_a_signal_is_blamed_before_a_peer_that_exited_with_an_error(tmp_path):
     write_log(tmp_path, (0, 1), (3, -11))
     line = failed_ranks_line(tmp_path, 1)

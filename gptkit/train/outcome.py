@@ -137,9 +137,16 @@ def failed_ranks_line(run_dir: Path, rc: int) -> str:
     if not failures:
         log = run_dir / TORCHRUN_LOG
         return f"torchrun exited with code {rc} (" + (f"its report is in {log})" if log.exists() else "see above)")
-    # A rank killed by a signal is the cause; the others then fail on the broken connection, or
-    # are sent SIGTERM by torchrun, and may be reported first when they die in the same instant.
-    failures.sort(key=lambda f: (f[1] >= 0, f[1] == -signal.SIGTERM, f[0]))
+
+    # A rank killed by a signal is the cause; the others then fail on the broken connection (an
+    # error exit, or an abort(): gloo and NCCL raise SIGABRT when a peer vanishes), or are sent
+    # SIGTERM by torchrun, and may be reported first when they die in the same instant.
+    def blame(f: tuple[int, int]) -> tuple[int, int]:
+        code = f[1]
+        order = 3 if code >= 0 else {-signal.SIGTERM: 2, -signal.SIGABRT: 1}.get(code, 0)
+        return order, f[0]
+
+    failures.sort(key=blame)
     parts = []
     for rank, code in failures:
         log = error_log(run_dir, rank)
