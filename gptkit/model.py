@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptkit.attention import causal_attention
+from gptkit.attention import cached_attention, causal_attention
 
 GPT2_VOCAB_SIZE = 50257  # 50,000 merges + 256 byte tokens + <|endoftext|>
 # The MLP's GELU, by Hugging Face's names: GPT-2 trained with the tanh approximation (gelu_new);
@@ -178,7 +178,7 @@ class CausalSelfAttention(nn.Module):
             # Training and full-sequence forwards: a fused kernel (see attention.py for which)
             y = causal_attention(q, k, v, dropout_p)  # (B, nh, T, hs)
         else:  # decoding after a cached prefix
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False, dropout_p=dropout_p)
+            y = cached_attention(q, k, v, mask, dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads side by side
         return self.resid_dropout(self.c_proj(y))
 

@@ -4,7 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptkit.attention import MATMUL_MAX_T, MatmulCausalAttention, causal_attention, use_matmul_attention
+from gptkit.attention import (
+    MATMUL_MAX_T,
+    MatmulCausalAttention,
+    cached_attention,
+    causal_attention,
+    use_matmul_attention,
+)
 
 
 def qkv(B=3, H=2, T=40, D=16, dtype=torch.bfloat16, seed=0):
@@ -66,3 +72,45 @@ def test_which_kernel(dtype, T, dropout, device, expected):
 def test_fp32_takes_sdpa_unchanged():
     q, k, v = qkv(dtype=torch.float32)
     assert torch.equal(causal_attention(q, k, v), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def decode_reference(q, k, v, mask=None):
+    """One or more new queries against every cached key (or those `mask` allows), in fp64."""
+    s = (q.double() @ k.double().transpose(-2, -1)) / q.size(-1) ** 0.5
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    return s.softmax(-1) @ v.double()
+
+
+@pytest.mark.parametrize("S", [1, 17, 300])
+def test_cached_attention_in_bf16_is_computed_in_fp32_and_returned_in_bf16(S):
+    g = torch.Generator().manual_seed(S)
+    q = torch.randn(2, 3, 1, 16, generator=g).bfloat16()
+    k, v = (torch.randn(2, 3, S, 16, generator=g).bfloat16() for _ in range(2))
+    out = cached_attention(q, k, v)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    want = decode_reference(q, k, v)
+    # fp32 inside: the only error left is the final rounding to bf16, half an ulp of each value
+    # (bf16 keeps 8 significant bits: an ulp is 2^(exponent - 7)), plus fp32's own ~1e-6
+    half_ulp = torch.exp2(torch.floor(torch.log2(want.abs().clamp_min(1e-30))) - 8)
+    assert ((out.double() - want).abs() <= half_ulp + 1e-6).all()
+
+
+def test_cached_attention_honours_the_chunk_mask():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 3, 8, generator=g).bfloat16()
+    k, v = (torch.randn(1, 2, 7, 8, generator=g).bfloat16() for _ in range(2))
+    mask = torch.ones(3, 7, dtype=torch.bool).tril(diagonal=4)  # a 3-token chunk after 4 cached ones
+    got = cached_attention(q, k, v, mask)
+    assert (got.double() - decode_reference(q, k, v, mask)).abs().max() < 1e-2
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 5:] += 3.0  # what row 0 of the chunk (position 4) must not see
+    v2[:, :, 5:] -= 3.0
+    assert torch.equal(cached_attention(q, k2, v2, mask)[:, :, 0], got[:, :, 0])
+
+
+def test_cached_attention_in_fp32_is_sdpa_unchanged():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 1, 8, generator=g)
+    k, v = (torch.randn(1, 2, 9, 8, generator=g) for _ in range(2))
+    assert torch.equal(cached_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
