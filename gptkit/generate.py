@@ -223,7 +223,7 @@ def generate(
     eot_token: int | None = None,
     autocast=None,
     use_cache: bool = True,
-) -> Iterator[torch.Tensor]:
+) -> Generator[torch.Tensor]:
     """Yield (num_samples,) new tokens per step, max_new_tokens of them whatever the context length
     (past it the window restarts, module docstring). A row that has produced EOT keeps yielding EOT;
     generation ends early when every row has.

@@ -102,6 +102,7 @@ def make_parquet(path: Path, mb: float, seed: int) -> tuple[int, int]:
         writer.write_table(table, row_group_size=1000)
         docs += n
         size += sum(len(t.encode()) for t in texts)
+    assert writer is not None, "no documents generated"
     writer.close()
     os.replace(tmp, path)
     return docs, size
@@ -122,9 +123,11 @@ def limit_single_thread(path: Path, sample_mb: float) -> dict:
     """tiktoken's encode_ordinary, one thread, on row groups spread over the file."""
     import pyarrow.parquet as pq
 
-    from gptkit.tokenizer import get_tokenizer
+    from gptkit.tokenizer import TiktokenTokenizer, get_tokenizer
 
-    enc = get_tokenizer("gpt2").enc
+    tok = get_tokenizer("gpt2")
+    assert isinstance(tok, TiktokenTokenizer)
+    enc = tok.enc
     pf = pq.ParquetFile(path)
     n_rg = pf.metadata.num_row_groups
     per_rg = pf.metadata.row_group(0).column(0).total_uncompressed_size
@@ -154,9 +157,11 @@ def _encode_share(args) -> tuple[int, float]:
     path, rgs = args
     import pyarrow.parquet as pq
 
-    from gptkit.tokenizer import get_tokenizer
+    from gptkit.tokenizer import TiktokenTokenizer, get_tokenizer
 
-    enc = get_tokenizer("gpt2").enc
+    tok = get_tokenizer("gpt2")
+    assert isinstance(tok, TiktokenTokenizer)
+    enc = tok.enc
     pf = pq.ParquetFile(path)
     texts = [t for rg in rgs for t in pf.read_row_group(rg, columns=["text"]).column(0).to_pylist()]
     enc.encode_ordinary(texts[0])

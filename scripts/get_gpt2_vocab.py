@@ -83,7 +83,11 @@ def main() -> int:
             if member is None:
                 print(f"error: {sdists[0].name} has no {MEMBER}", file=sys.stderr)
                 return 1
-            data = tar.extractfile(member).read()
+            f = tar.extractfile(member)
+            if f is None:  # a link or a folder of that name, not a file
+                print(f"error: {sdists[0].name}: {MEMBER} is not a regular file", file=sys.stderr)
+                return 1
+            data = f.read()
     digest = hashlib.sha256(data).hexdigest()
     if digest != R50K_SHA256:
         print(f"error: sha256 mismatch for {MEMBER}: {digest} != {R50K_SHA256}", file=sys.stderr)

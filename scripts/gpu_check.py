@@ -24,6 +24,14 @@ an A100 (same 6N + attention FLOPs count).
 
 Without CUDA it prints "no CUDA device: nothing to check", writes that to the report and exits 0.
 Exit 1 when a stage failed.
+
+    python scripts/gpu_check.py --rehearse           # every stage on the CPU, tiny model
+
+`--rehearse` runs the same stages on the CPU with the `tiny` preset, a few steps, no compiler and
+two gloo processes for the DDP stage: it checks the script itself (imports, gptkit's APIs and CLI
+flags, the report) on machines without a GPU, and its figures mean nothing. The tests run it. What
+only a GPU runs is kept to a few guarded lines (synchronize, peak memory, device names, TF32,
+torch.compile) that read the same on either path.
 """
 
 from __future__ import annotations
@@ -127,9 +135,27 @@ class Ctx:
     micro_batches: tuple[int, ...] = (16, 32, 64)
     echo: Callable[[str], None] = print
     env: dict = field(default_factory=dict)
+    device: str = "cuda"  # "cpu" for --rehearse
+    preset: str = "gpt2"
+    compile: bool = True
 
     def left(self) -> float:
         return max(1.0, self.deadline - time.monotonic())
+
+    @property
+    def cuda(self) -> bool:
+        return self.device == "cuda"
+
+    def sync(self) -> None:
+        """Wait for queued GPU work, so a timer reads what ran (CPU work is synchronous)."""
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+
+def rehearsal_ctx(work: Path, deadline: float, env: dict) -> Ctx:
+    return Ctx(work, deadline, steps=4, micro_batches=(2, 4), env=env, device="cpu", preset="tiny", compile=False)
 
 
 def gptkit_cli(ctx: Ctx, *args: str, timeout: float) -> subprocess.CompletedProcess:
@@ -168,12 +194,13 @@ def stage_doctor(ctx: Ctx) -> dict:
     return {"exit_code": r.returncode, "failed_checks": failed, "report": doc}
 
 
-def gpt2_model(vocab: int | None = None, seed: int = 0):
+def make_model(ctx: Ctx, vocab: int | None = None, seed: int = 0):
+    """The stage's model (gpt2, or tiny in a rehearsal), randomly initialised from `seed`, on the CPU."""
     import torch
 
     from gptkit.model import GPT, get_preset
 
-    cfg = get_preset("gpt2") if vocab is None else get_preset("gpt2").with_vocab(vocab)
+    cfg = get_preset(ctx.preset) if vocab is None else get_preset(ctx.preset).with_vocab(vocab)
     torch.manual_seed(seed)
     return GPT(cfg)
 
@@ -183,19 +210,20 @@ def stage_parity(ctx: Ctx) -> dict:
 
     from gptkit.device import resolve_precision
 
-    cpu_model = gpt2_model().eval()
-    gpu_model = gpt2_model().cuda().eval()  # same seed: the same weights
+    dev = torch.device(ctx.device)
+    cpu_model = make_model(ctx).eval()
+    gpu_model = make_model(ctx).to(dev).eval()  # same seed: the same weights
     vocab = cpu_model.config.vocab_size
     idx = torch.randint(0, vocab, (2, 128), generator=torch.Generator().manual_seed(1))
-    prec = resolve_precision("auto", torch.device("cuda"))
+    prec = resolve_precision("auto", dev)
     with torch.inference_mode():
         ref = cpu_model(idx)[0][..., :vocab].float()
         with prec.autocast():
-            got = gpu_model(idx.cuda())[0][..., :vocab].float().cpu()
+            got = gpu_model(idx.to(dev))[0][..., :vocab].float().cpu()
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = False
         try:
-            got32 = gpu_model(idx.cuda())[0][..., :vocab].float().cpu()
+            got32 = gpu_model(idx.to(dev))[0][..., :vocab].float().cpu()
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
     d, d32 = (got - ref).abs(), (got32 - ref).abs()
@@ -218,24 +246,26 @@ def stage_parity(ctx: Ctx) -> dict:
     return out
 
 
-def train_speed(micro_batch: int, steps: int, prec, peak: float | None) -> dict:
-    """`steps` optimizer steps of the gpt2 preset at `micro_batch` x 1024 tokens on cuda."""
+def train_speed(ctx: Ctx, micro_batch: int, prec, peak: float | None) -> dict:
+    """ctx.steps optimizer steps of the preset at `micro_batch` x block_size tokens (1024 for gpt2)."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from gptkit.train.mfu import MfuMeter
 
-    model = gpt2_model().cuda().train()
+    steps = ctx.steps
+    model = make_model(ctx).to(ctx.device).train()
     T = model.config.block_size
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=6e-4, betas=(0.9, 0.95), fused=True)
-    compiled = torch.compile(model)
-    data = torch.randint(0, model.config.vocab_size, (micro_batch, T + 1), device="cuda")
+    compiled = torch.compile(model) if ctx.compile else model
+    data = torch.randint(0, model.config.vocab_size, (micro_batch, T + 1), device=ctx.device)
     x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()  # as the trainer feeds them
-    torch.cuda.reset_peak_memory_stats()
+    if ctx.cuda:
+        torch.cuda.reset_peak_memory_stats()
     times = []
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # flash or an error: never a silent fallback
         for _ in range(steps):
-            torch.cuda.synchronize()
+            ctx.sync()
             t = time.perf_counter()
             with prec.autocast():
                 _, loss = compiled(x, y)
@@ -243,7 +273,7 @@ def train_speed(micro_batch: int, steps: int, prec, peak: float | None) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
+            ctx.sync()
             times.append(time.perf_counter() - t)
     warm = min(5, steps - 1)  # the first steps compile and autotune
     dt = statistics.median(times[warm:])
@@ -255,7 +285,7 @@ def train_speed(micro_batch: int, steps: int, prec, peak: float | None) -> dict:
         "tok_per_s": round(tok_s),
         "mfu": meter.reading(tok_s),
         "mfu_unclamped": meter.raw(tok_s),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if ctx.cuda else None,
         "loss_last": loss.item(),
         "timed_steps": len(times) - warm,
     }
@@ -268,31 +298,33 @@ def stage_train_124m(ctx: Ctx) -> dict:
     from gptkit.model import get_preset
     from gptkit.train.mfu import gpu_peak_flops
 
-    dev = torch.device("cuda")
+    dev = torch.device(ctx.device)
     configure_matmul(dev)
     prec = resolve_precision("auto", dev)
-    name = torch.cuda.get_device_name()
-    peak = gpu_peak_flops(name, prec.name if prec.name in ("bf16", "fp16") else "tf32")
+    name = torch.cuda.get_device_name() if ctx.cuda else "cpu (rehearsal)"
+    peak = gpu_peak_flops(name, prec.name if prec.name in ("bf16", "fp16") else "tf32") if ctx.cuda else None
     runs: dict[str, dict] = {}
     for mb in ctx.micro_batches:
         if time.monotonic() >= ctx.deadline - 90:  # a compile and 30 steps take about a minute
             runs[str(mb)] = {"skipped": "out of time"}
             continue
         try:
-            runs[str(mb)] = train_speed(mb, ctx.steps, prec, peak)
+            runs[str(mb)] = train_speed(ctx, mb, prec, peak)
         except torch.cuda.OutOfMemoryError as e:
             runs[str(mb)] = {"oom": True, "error": str(e).splitlines()[0]}
         finally:
             torch._dynamo.reset()
             gc.collect()
-            torch.cuda.empty_cache()
+            if ctx.cuda:
+                torch.cuda.empty_cache()
         r = runs[str(mb)]
         if "tok_per_s" in r:
-            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (GPU not in the peak table)"
-            ctx.echo(
-                f"  micro-batch {mb}: {r['tok_per_s']:,} tok/s, MFU {mfu} ({ANCHOR_TEXT}), "
-                f"peak memory {r['peak_mem_gib']} GiB"
-            )
+            if not ctx.cuda:
+                mfu = "n/a (rehearsal)"
+            else:
+                mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a (GPU not in the peak table)"
+            mem = f", peak memory {r['peak_mem_gib']} GiB" if r["peak_mem_gib"] is not None else ""
+            ctx.echo(f"  micro-batch {mb}: {r['tok_per_s']:,} tok/s, MFU {mfu} ({ANCHOR_TEXT}){mem}")
         else:
             ctx.echo(f"  micro-batch {mb}: {r.get('error') or r.get('skipped')}")
     measured = [r for r in runs.values() if "tok_per_s" in r]
@@ -300,8 +332,9 @@ def stage_train_124m(ctx: Ctx) -> dict:
         "gpu": name,
         "precision": prec.name,
         "sdpa": "flash",
-        "compile": True,
-        "seq_len": get_preset("gpt2").block_size,
+        "preset": ctx.preset,
+        "compile": ctx.compile,
+        "seq_len": get_preset(ctx.preset).block_size,
         "peak_tflops": peak / 1e12 if peak else None,
         "anchors": ANCHORS,
         "micro_batches": runs,
@@ -312,7 +345,10 @@ def stage_train_124m(ctx: Ctx) -> dict:
 def stage_ddp(ctx: Ctx) -> dict:
     import torch
 
-    gpus = torch.cuda.device_count()
+    # A rehearsal runs the same command on 2 CPU processes (gloo): --gpus 0 --nproc 2
+    gpus = torch.cuda.device_count() if ctx.cuda else 0
+    procs = gpus or 2
+    where = ["--gpus", str(gpus)] if ctx.cuda else ["--gpus", "0", "--nproc", str(procs)]
     src = ctx.work / "ddp_src" / "text.txt"
     src.parent.mkdir(parents=True, exist_ok=True)
     words = "the quick brown fox jumps over a lazy dog while gptkit checks its collectives".split()
@@ -327,22 +363,29 @@ def stage_ddp(ctx: Ctx) -> dict:
     run_dir = ctx.work / "ddp_run"
     seq, mb = 128, 8
     r = gptkit_cli(
-        ctx, "train", "--preset", "tiny", "--data", str(shards), "--out", str(run_dir), "--gpus", str(gpus),
-        "--seq-len", str(seq), "--micro-batch", str(mb), "--batch-tokens", str(seq * mb * gpus),
+        ctx, "train", "--preset", "tiny", "--data", str(shards), "--out", str(run_dir), *where,
+        "--seq-len", str(seq), "--micro-batch", str(mb), "--batch-tokens", str(seq * mb * procs),
         "--max-steps", "10", "--warmup-steps", "2", "--eval-tokens", "0", "--hellaswag-every", "0",
         "--sample-every", "1000", "--checkpoint-every", "10", "--log-every", "1", "--no-compile", timeout=300,
     )  # fmt: skip
     from gptkit.train.metrics import read_metrics
 
     train = [m for m in read_metrics(run_dir) if "loss" in m]
+    if not ctx.cuda:
+        collectives = f"gloo across {procs} CPU processes (rehearsal): NCCL not exercised"
+    elif gpus > 1:
+        collectives = f"NCCL all-reduce across {gpus} GPUs"
+    else:
+        collectives = "NCCL collectives were not exercised (one GPU)"
     out = {
         "gpus": gpus,
+        "processes": procs,
         "exit_code": r.returncode,
         "steps": len(train),
         "loss_first_last": [train[0]["loss"], train[-1]["loss"]] if train else None,
         "tok_per_s_last": train[-1]["tok_per_s"] if train else None,
         "checkpoint": (run_dir / "step_000010").is_dir(),
-        "nccl": f"NCCL all-reduce across {gpus} GPUs" if gpus > 1 else "NCCL collectives were not exercised (one GPU)",
+        "nccl": collectives,
     }
     if r.returncode:
         out["stderr"] = tail(r.stderr)
@@ -356,7 +399,7 @@ def stage_sample(ctx: Ctx) -> dict:
 
     # The GPT-2 vocabulary may be absent on an offline machine: then the same architecture on bytes.
     tokenizer = "gpt2" if gpt2_vocab_offline() else "bytes"
-    model = gpt2_model(None if tokenizer == "gpt2" else 256)
+    model = make_model(ctx, None if tokenizer == "gpt2" else 256)
     ck = save_checkpoint(ctx.work / "sample_ck", model, config=model.config, tokenizer=tokenizer)
     n = 256
     t = time.monotonic()
@@ -384,14 +427,15 @@ def stage_kv_cache(ctx: Ctx) -> dict:
     import torch
 
     from gptkit.device import resolve_precision
-    from gptkit.generate import SampleConfig, decode_one, full_recompute, make_sampler, prefill
+    from gptkit.generate import SampleConfig, decode_one, make_sampler, prefill, reference_decode
 
-    model = gpt2_model().cuda().eval()
+    dev = torch.device(ctx.device)
+    model = make_model(ctx).to(dev).eval()
     vocab = model.config.vocab_size
     T, n = 16, 48
-    prompt = torch.randint(0, vocab, (1, T), device="cuda", generator=torch.Generator("cuda").manual_seed(2))
+    prompt = torch.randint(0, vocab, (1, T), device=dev, generator=torch.Generator(dev).manual_seed(2))
     greedy = make_sampler(SampleConfig(temperature=0, top_k=None), vocab, None)
-    prec = resolve_precision("auto", torch.device("cuda"))
+    prec = resolve_precision("auto", dev)
     out: dict = {"prompt_tokens": T, "new_tokens": n}
     ok = True
     for mode, tol in (("fp32", FP32_TOL["max_abs"]), (prec.name, BF16_TOL["max_abs"])):
@@ -403,10 +447,10 @@ def stage_kv_cache(ctx: Ctx) -> dict:
 
         old = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = mode != "fp32" and old
-        ac = prec.autocast() if mode != "fp32" else torch.autocast("cuda", enabled=False)
+        ac = prec.autocast() if mode != "fp32" else torch.autocast(dev.type, enabled=False)
         try:
             with torch.inference_mode(), ac:
-                full = torch.stack(list(full_recompute(model, prompt, n, greedy)), dim=1)  # (1, n)
+                full = torch.stack(list(reference_decode(model, prompt, n, greedy)), dim=1)  # (1, n)
                 ref = model(torch.cat([prompt, full], dim=1))[0][:, T - 1 : T + n - 1].float()
                 model.setup_kv_cache(1, max_len=T + n)
                 try:
@@ -434,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="the JSON report (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=30, help="steps per micro-batch in the 124M stage")
     ap.add_argument("--budget", type=float, default=BUDGET_S, help="seconds after which no new work starts")
+    ap.add_argument(
+        "--rehearse", action="store_true", help="every stage on the CPU with the tiny model: checks the script itself"
+    )
     args = ap.parse_args(argv)
 
     if str(ROOT) not in sys.path:  # run from a checkout without installing gptkit
@@ -443,17 +490,25 @@ def main(argv: list[str] | None = None) -> int:
     import gptkit
 
     meta = {"gptkit": gptkit.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}
-    if not torch.cuda.is_available():
+    if args.rehearse:
+        report = Report(args.out, cuda=False, rehearsal=True, device="cpu", preset="tiny", **meta)
+        print(f"gpu_check: rehearsal on the CPU (tiny model; the figures mean nothing); report: {args.out}")
+    elif not torch.cuda.is_available():
         report = Report(args.out, cuda=False, message=NO_CUDA, **meta)
         print(NO_CUDA)
         return 0
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    report = Report(args.out, cuda=True, gpus=gpus, cuda_version=torch.version.cuda, anchors=ANCHORS, **meta)
-    print(f"gpu_check: {len(gpus)} x {gpus[0]}; report: {args.out}")
+    else:
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        report = Report(args.out, cuda=True, gpus=gpus, cuda_version=torch.version.cuda, anchors=ANCHORS, **meta)
+        print(f"gpu_check: {len(gpus)} x {gpus[0]}; report: {args.out}")
     deadline = time.monotonic() + args.budget
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
-        ctx = Ctx(work=Path(tmp), deadline=deadline, steps=args.steps, env={"PYTHONPATH": pythonpath})
+        env = {"PYTHONPATH": pythonpath}
+        if args.rehearse:
+            ctx = rehearsal_ctx(Path(tmp), deadline, env)
+        else:
+            ctx = Ctx(work=Path(tmp), deadline=deadline, steps=args.steps, env=env)
         stages: list[tuple[str, Stage]] = [
             ("doctor", lambda: stage_doctor(ctx)),
             ("parity", lambda: stage_parity(ctx)),

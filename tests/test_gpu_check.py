@@ -1,5 +1,6 @@
 """scripts/gpu_check.py: without CUDA it says so in one line and a report; its stage runner records
-every stage's result or failure and rewrites the report after each one (fake stages, no GPU)."""
+every stage's result or failure and rewrites the report after each one (fake stages, no GPU); and
+`--rehearse` runs every real stage on the CPU, so the script's own code is exercised without a GPU."""
 
 import importlib.util
 import json
@@ -108,3 +109,36 @@ def test_is_oom(gpu_check):
     assert gpu_check.is_oom(torch.cuda.OutOfMemoryError("x"))
     assert gpu_check.is_oom(RuntimeError("CUDA error: out of memory"))
     assert not gpu_check.is_oom(ValueError("shape mismatch"))
+
+
+@pytest.mark.slow
+def test_the_rehearsal_runs_every_stage_on_the_cpu_end_to_end(tmp_path):
+    """The stages themselves (not fakes), on the CPU with the tiny model: a stage calling an API that
+    no longer exists, or passing `gptkit train` a flag it refuses, fails here and not first on a GPU."""
+    out = tmp_path / "r.json"
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--rehearse", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    report = json.loads(out.read_text())
+    stages = report["stages"]
+    failed = {k: v.get("error") or v for k, v in stages.items() if v["status"] != "ok"}
+    assert r.returncode == 0 and not failed, (failed, r.stdout[-2000:], r.stderr[-2000:])
+    assert report["rehearsal"] is True and report["ok"] is True
+    assert list(stages) == ["doctor", "parity", "train_124m", "ddp", "sample", "kv_cache"]
+    assert stages["parity"]["max_abs"] <= stages["parity"]["tolerance"]["max_abs"]
+    train = stages["train_124m"]
+    assert train["preset"] == "tiny" and train["compile"] is False
+    for run in train["micro_batches"].values():
+        assert run["tok_per_s"] > 0 and run["mfu"] is None and run["timed_steps"] >= 1
+    ddp = stages["ddp"]
+    assert ddp["steps"] == 10 and ddp["checkpoint"] and ddp["processes"] == 2
+    assert "NCCL not exercised" in ddp["nccl"]
+    assert stages["sample"]["new_tokens"] == 256
+    kv = stages["kv_cache"]
+    assert kv["fp32"]["max_abs_logit_diff"] <= kv["fp32"]["tolerance"]
+    assert kv["fp32"]["next_token_agree"] == 1.0
+    assert "rehearsal" in r.stdout and "all stages ok" in r.stdout
