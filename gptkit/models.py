@@ -19,6 +19,7 @@ from gptkit.checkpoint import latest_checkpoint, model_from_state_dict
 from gptkit.errors import GptkitError
 from gptkit.formats.convert import load
 from gptkit.formats.loaded import ASSUMED_GPT2, NEEDS_TOKENIZER
+from gptkit.memory import pack_on_huge_pages
 from gptkit.model import GPT, MLP, CausalSelfAttention
 from gptkit.runs import newest_run
 from gptkit.tokenizer import Tokenizer
@@ -204,7 +205,8 @@ def prepare_for_decoding(model: GPT, dtype: torch.dtype | None = None) -> GPT:
     - the token embedding and the tied lm_head cut to the real vocabulary once (a view, no copy): the
       padded rows are never sampled, so reading them every token was 0.1% of the lm_head for nothing;
     - fp32 on a CPU: WideLinear for the widening matrices (its docstring). lm_head then gets its own
-      transposed copy of the embedding.
+      transposed copy of the embedding;
+    - on a CPU, every tensor moved onto huge pages where the OS allows (gptkit.memory).
     """
     wte = model.get_parameter("transformer.wte.weight")
     if getattr(model, "decoding_layout", False):
@@ -226,5 +228,7 @@ def prepare_for_decoding(model: GPT, dtype: torch.dtype | None = None) -> GPT:
         head = nn.Linear(real.size(1), V, bias=False, device="meta")
         head.weight = real  # tied, as in training
         model.register_module("lm_head", head)
+    if real.device.type == "cpu":
+        pack_on_huge_pages(model)  # gptkit.memory: fewer TLB misses per token where Linux allows
     model.decoding_layout = True  # type: ignore[assignment]  # torch types unknown Module attributes as Tensor | Module
     return model.eval()

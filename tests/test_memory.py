@@ -1,0 +1,78 @@
+"""gptkit.memory: a decoding model's tensors moved onto huge pages keep every value, shape, layout
+and tie, and decoding gives the same tokens; small models, other devices and refusals are left alone."""
+
+import copy
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_decode_speed_paths import greedy, seeded_model
+
+import gptkit.memory as memory
+from gptkit.models import prepare_for_decoding
+
+THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def thp_mode() -> str:
+    """'always' | 'madvise' | 'never' | '' (no THP, or not Linux)."""
+    m = re.search(r"\[(\w+)\]", THP.read_text()) if THP.exists() else None
+    return m.group(1) if m else ""
+
+
+def huge_kb_at(addr: int) -> int:
+    """AnonHugePages of the mapping holding `addr`, from /proc/self/smaps."""
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            inside = lo <= addr < hi
+        elif inside and line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_HUGEPAGE) is Linux's")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_model_keeps_values_layout_and_ties_and_decodes_the_same(monkeypatch, dtype):
+    plain = prepare_for_decoding(seeded_model(vocab=300, padded=320), dtype)  # too small: not packed
+    model = copy.deepcopy(plain)
+    monkeypatch.setattr(memory, "MIN_BYTES", 0)
+    # pack what prepare_for_decoding made (WideLinear's transposed fp32 weights included)
+    before = {k: (v.clone(), v.stride()) for k, v in model.state_dict(keep_vars=True).items()}
+    assert memory.pack_on_huge_pages(model)
+    after = model.state_dict(keep_vars=True)
+    assert before.keys() == after.keys()
+    for k, (value, stride) in before.items():
+        assert torch.equal(after[k], value) and after[k].dtype == value.dtype, k
+        assert after[k].stride() == stride, k  # a transposed weight stays transposed
+        assert after[k].data_ptr() % memory.ALIGN == 0, k
+    if dtype == torch.bfloat16:  # fp32 gives lm_head a transposed copy of its own (WideLinear)
+        assert model.lm_head.weight is model.transformer.wte.weight
+    # one buffer holds them all
+    ptrs = sorted(t.data_ptr() for t in {id(t): t for t in after.values()}.values())
+    assert ptrs[-1] - ptrs[0] < sum(t.numel() * t.element_size() + memory.ALIGN for t in after.values())
+    assert greedy(model, [1, 2, 3], n=30) == greedy(plain, [1, 2, 3], n=30)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_HUGEPAGE) is Linux's")
+def test_the_buffer_is_advised_for_huge_pages():
+    buf = memory.huge_page_empty(8 << 20)
+    if thp_mode() in ("", "never"):
+        assert buf is None or buf.numel() == 8 << 20  # the kernel may accept the advice and ignore it
+        return
+    assert buf is not None and buf.numel() == 8 << 20 and buf.data_ptr() % memory.HUGE_PAGE == 0
+    buf.fill_(1)  # first touch: the kernel backs advised, aligned 2 MB ranges with huge pages
+    assert huge_kb_at(buf.data_ptr()) > 0
+
+
+def test_small_models_and_refusals_are_left_alone(monkeypatch):
+    model = prepare_for_decoding(seeded_model(), torch.float32)  # ~0.1 MB: below MIN_BYTES
+    ptr = model.transformer.wte.weight.data_ptr()
+    assert memory.pack_on_huge_pages(model) is False and model.transformer.wte.weight.data_ptr() == ptr
+    monkeypatch.setattr(memory, "MIN_BYTES", 0)
+    monkeypatch.setattr(memory, "_madvise_huge", lambda addr, length: False)  # a kernel without THP
+    assert memory.pack_on_huge_pages(model) is False and model.transformer.wte.weight.data_ptr() == ptr
+    assert memory.pack_on_huge_pages(torch.nn.Linear(2, 2, device="meta")) is False  # not on the CPU
