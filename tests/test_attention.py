@@ -114,3 +114,14 @@ def test_cached_attention_in_fp32_is_sdpa_unchanged():
     q = torch.randn(1, 2, 1, 8, generator=g)
     k, v = (torch.randn(1, 2, 9, 8, generator=g) for _ in range(2))
     assert torch.equal(cached_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_matmul_attention_gradients_pass_gradcheck_in_fp64():
+    """The hand-written backward against numerical differentiation (the Function is dtype-agnostic;
+    fp64 makes the finite differences exact enough), on non-contiguous q, k, v cut from one qkv
+    tensor the way the model cuts them."""
+    g = torch.Generator().manual_seed(3)
+    qkv = torch.randn(2, 5, 3, 2, 4, generator=g, dtype=torch.float64, requires_grad=True)  # B, T, 3, nh, hs
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, nh, T, hs) views
+    assert not q.is_contiguous()
+    assert torch.autograd.gradcheck(MatmulCausalAttention.apply, (q, k, v))
