@@ -1,0 +1,48 @@
+"""scripts/bench.py reads what the benchmark scripts really print: each one runs here for real, tiny
+and short (the figures mean nothing; the keys, flags and goals must line up), and bench.py turns its
+JSON into the README's rows."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+SCRIPTS = ROOT / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+import bench  # noqa: E402  (scripts/ is not a package)
+
+
+def run_json(script: str, *args: str):
+    r = subprocess.run(
+        [sys.executable, str(SCRIPTS / script), "--json", *args], capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode in (0, 1), r.stderr[-3000:]  # 1: a goal missed, which a tiny run may well do
+    return r.stdout
+
+
+@pytest.mark.slow
+def test_sample_rows_from_a_real_bench_sample_run():
+    out = run_json("bench_sample.py", "--preset", "tiny", "--new-tokens", "8", "--prompt-tokens", "4", "--rounds", "1")
+    rows = bench.sample_rows(bench.last_json_line(out))
+    assert len(rows) == 4
+    for row in rows:
+        assert set(row) == {"benchmark", "result", "limit", "ratio", "goal", "ok"} and isinstance(row["ok"], bool)
+    assert rows[0]["goal"] == "≥ 2.0×" and rows[2]["goal"] == "≥ 50%" and rows[3]["goal"] == "≤ 1 s"
+    assert "tok/s" in rows[0]["result"] and "GB/s" in rows[2]["limit"]
+    assert "tokens same as transformers': yes" in rows[1]["benchmark"]
+
+
+@pytest.mark.slow
+def test_train_rows_from_a_real_bench_train_run():
+    out = run_json("bench_train.py", "--steps", "1", "--configs", "bytes", "--precisions", "fp32", "--modes", "inproc")
+    results = json.loads(out[out.index("[") : out.rindex("]") + 1])
+    rows = bench.train_rows(results)
+    assert len(rows) == 1 and "byte-level, fp32, inproc" in rows[0]["benchmark"]
+    assert rows[0]["limit"].endswith("fp32 matmul peak") and rows[0]["ratio"].endswith("MFU")
+    assert rows[0]["ok"] is None and rows[0]["goal"] == "—"  # the goals are bf16's
+    # a bf16 row is judged on its config's best mode
+    bf16 = [dict(results[0], precision="bf16", mfu=0.61, mode="inproc"), dict(results[0], precision="bf16", mfu=0.5)]
+    assert [r["ok"] for r in bench.train_rows(bf16)] == [True, True]
+    assert [r["ok"] for r in bench.train_rows([dict(results[0], precision="bf16", mfu=0.59)])] == [False]
