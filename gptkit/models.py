@@ -133,11 +133,13 @@ def load_for_sampling(
     tokenizer: str | Path | None = None,
     dtype: torch.dtype | None = None,
     log: Callable[[str], None] | None = None,
+    tokens: int = 0,
 ) -> tuple[GPT, Tokenizer, str]:
     """(model, its own tokenizer, description) for any format convert reads. `tokenizer` (--tokenizer)
     is for models that carry none; it must fit the vocabulary and never replaces the model's own.
     `dtype` is the decoding dtype the precision policy picked (None: fp32); the weights are kept in it.
-    `log` receives what the reader had to assume about the model (its head count, its activation)."""
+    `log` receives what the reader had to assume about the model (its head count, its activation).
+    `tokens`: how many the caller means to decode with it, which decides the huge pages (below)."""
     loaded = load(path, tokenizer=tokenizer)
     if log is not None:
         for note in loaded.notes:
@@ -159,7 +161,7 @@ def load_for_sampling(
     # The model takes the loaded tensors themselves (no random init, no copy), then casts once.
     model = model_from_state_dict(cfg, loaded.state_dict, device, loaded.path, assign=True)
     del loaded
-    model = prepare_for_decoding(model, dtype)
+    model = prepare_for_decoding(model, dtype, huge_pages=tokens >= HUGE_PAGES_FROM_TOKENS)
     described = f"{where} ({fmt}, tokenizer {tok.name}"
     if assumed:
         described += ", assumed: the source names none"
@@ -167,6 +169,12 @@ def load_for_sampling(
 
 
 # --- decoding layout ------------------------------------------------------------------------------
+
+# Huge pages save ~0.7 ms per gpt2 token (gptkit.memory) but cost their first touch once: ~0.02 s on
+# a plain machine, up to 0.4 s on the VMs we measured, whose host backs fresh guest memory lazily.
+# From about this many tokens they pay for themselves even there; `gptkit sample`'s default 200 stays
+# on 4 kB pages.
+HUGE_PAGES_FROM_TOKENS = 1000
 
 
 class WideLinear(nn.Module):
@@ -195,7 +203,7 @@ class WideLinear(nn.Module):
         return y.view(*x.shape[:-1], self.weight_t.size(1))
 
 
-def prepare_for_decoding(model: GPT, dtype: torch.dtype | None = None) -> GPT:
+def prepare_for_decoding(model: GPT, dtype: torch.dtype | None = None, huge_pages: bool = False) -> GPT:
     """The decoding layout, in place (sampling only: the changed model no longer has gptkit's parameter
     names and shapes, so it is not for training or saving):
 
@@ -206,7 +214,8 @@ def prepare_for_decoding(model: GPT, dtype: torch.dtype | None = None) -> GPT:
       padded rows are never sampled, so reading them every token was 0.1% of the lm_head for nothing;
     - fp32 on a CPU: WideLinear for the widening matrices (its docstring). lm_head then gets its own
       transposed copy of the embedding;
-    - on a CPU, every tensor moved onto huge pages where the OS allows (gptkit.memory).
+    - with `huge_pages`, on a CPU, every tensor moved onto huge pages where the OS allows
+      (gptkit.memory; HUGE_PAGES_FROM_TOKENS says when that is worth it).
     """
     wte = model.get_parameter("transformer.wte.weight")
     if getattr(model, "decoding_layout", False):
@@ -228,7 +237,7 @@ def prepare_for_decoding(model: GPT, dtype: torch.dtype | None = None) -> GPT:
         head = nn.Linear(real.size(1), V, bias=False, device="meta")
         head.weight = real  # tied, as in training
         model.register_module("lm_head", head)
-    if real.device.type == "cpu":
+    if huge_pages and real.device.type == "cpu":
         pack_on_huge_pages(model)  # gptkit.memory: fewer TLB misses per token where Linux allows
     model.decoding_layout = True  # type: ignore[assignment]  # torch types unknown Module attributes as Tensor | Module
     return model.eval()

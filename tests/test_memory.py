@@ -76,3 +76,39 @@ def test_small_models_and_refusals_are_left_alone(monkeypatch):
     monkeypatch.setattr(memory, "_madvise_huge", lambda addr, length: False)  # a kernel without THP
     assert memory.pack_on_huge_pages(model) is False and model.transformer.wte.weight.data_ptr() == ptr
     assert memory.pack_on_huge_pages(torch.nn.Linear(2, 2, device="meta")) is False  # not on the CPU
+
+
+def packed(model) -> bool:
+    """All tensors in one buffer that starts on a huge page: what pack_on_huge_pages leaves."""
+    ts = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
+    ptrs = sorted(t.data_ptr() for t in ts)
+    size = sum(t.numel() * t.element_size() + memory.ALIGN for t in ts)
+    return ptrs[0] % memory.HUGE_PAGE == 0 and ptrs[-1] - ptrs[0] < size
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_HUGEPAGE) is Linux's")
+def test_huge_pages_only_for_a_long_enough_decoding(tmp_path, monkeypatch):
+    """Their first touch costs up to 0.4 s on a VM: `gptkit sample`'s default 200 tokens stay on 4 kB
+    pages, a long generation moves; the CLI says how many tokens it will decode."""
+    from typer.testing import CliRunner
+
+    from gptkit.checkpoint import save_checkpoint
+    from gptkit.cli import app
+    from gptkit.models import HUGE_PAGES_FROM_TOKENS, load_for_sampling
+
+    monkeypatch.setattr(memory, "MIN_BYTES", 0)
+    model = seeded_model(vocab=256, padded=256)
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    cpu = torch.device("cpu")
+    assert not packed(load_for_sampling(ck, cpu, tokens=200)[0])
+    assert packed(load_for_sampling(ck, cpu, tokens=HUGE_PAGES_FROM_TOKENS)[0])
+
+    seen = []
+    real = memory.pack_on_huge_pages
+    monkeypatch.setattr("gptkit.models.pack_on_huge_pages", lambda m: seen.append(real(m)) or seen[-1])
+    for n, samples, want in ((200, 1, []), (HUGE_PAGES_FROM_TOKENS // 2, 2, [True])):
+        seen.clear()
+        args = ["sample", "hi", "--model", str(ck), "-n", str(n), "--num-samples", str(samples), "--temperature", "0"]
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 0, r.output
+        assert seen == want

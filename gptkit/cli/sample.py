@@ -95,7 +95,12 @@ def sample(
     # The weights are kept in the decoding dtype (no autocast per op): see models.decoding_dtype.
     dtype = decoding_dtype(precision, dev)
     net, tok, described = load_for_sampling(
-        path, dev, tokenizer, dtype=dtype, log=lambda note: print(f"gptkit: note: {note}", file=sys.stderr)
+        path,
+        dev,
+        tokenizer,
+        dtype=dtype,
+        log=lambda note: print(f"gptkit: note: {note}", file=sys.stderr),
+        tokens=cfg.max_new_tokens * cfg.num_samples,
     )
     prompt = prompt or ""
     if not prompt and tok.eot_token is None:
