@@ -15,9 +15,14 @@ block matrices, biases and LayerNorms; one row of each embedding). Its rate is t
 limit tok/s = read rate / bytes read per token. The reduction is interleaved with gptkit's own
 decoding, one read of the weights-sized tensor after each token (timed apart), so the two are measured
 over the same bytes in the same seconds; the verdict is the median over rounds of each round's ratio.
-One read alone lasts ~5 ms, and on a shared VM the rate of a batch of them swung between 32 and 55
-GB/s from one round to the next while decoding held steady: a limit measured at another moment than
-the decoding, or the best of such bursts, is not a rate the decoding could have had.
+One read alone lasts ~5 ms, and on a shared VM the rate swung between 30 and 55 GB/s from one round
+to the next (decoding rose and fell with it): a limit measured at another moment than the decoding,
+or the best of such bursts, is not a rate the decoding could have had.
+
+Load to first token: in fresh interpreters (after their imports, which are timed apart as `import
+torch`), as `gptkit sample` pays it: the file read, the tokenizer built, the weights cast, the first
+token decoded. The decoding models are told how many tokens they will decode, as `gptkit sample -n`
+tells them (from 1,000, gptkit.models moves the weights onto huge pages).
 
     python scripts/bench_sample.py                   # CPU, torch's default thread count
     python scripts/bench_sample.py --rounds 7 --threads 1
