@@ -21,7 +21,7 @@ import torch.nn as nn
 
 HUGE_PAGE = 2 << 20
 MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
-MIN_BYTES = 32 << 20  # below this the TLB already holds the model's pages
+MIN_BYTES = 32 << 20  # below this the TLB covers most of the model, and malloc may reuse 4 kB pages
 ALIGN = 64  # bytes: every tensor starts on a cache line, as torch's own allocations do
 
 
@@ -37,7 +37,9 @@ def huge_page_empty(nbytes: int) -> torch.Tensor | None:
     if not sys.platform.startswith("linux"):
         return None
     length = (nbytes + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE  # whole huge pages
-    raw = torch.empty(length + HUGE_PAGE, dtype=torch.uint8)  # untouched: malloc maps fresh pages
+    # Above 32 MB (glibc's highest mmap threshold) malloc maps fresh, untouched memory, which the
+    # advice then covers from the first fault; a smaller block may reuse 4 kB pages already faulted.
+    raw = torch.empty(length + HUGE_PAGE, dtype=torch.uint8)
     offset = -raw.data_ptr() % HUGE_PAGE
     if not _madvise_huge(raw.data_ptr() + offset, length):
         return None
