@@ -21,7 +21,7 @@ import torch.nn as nn
 
 HUGE_PAGE = 2 << 20
 MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
-MIN_BYTES = 32 << 20  # below this the TLB covers most of the model, and malloc may reuse 4 kB pages
+MIN_BYTES = 32 << 20  # below this the gain is small, and malloc may reuse 4 kB pages already faulted
 ALIGN = 64  # bytes: every tensor starts on a cache line, as torch's own allocations do
 
 
