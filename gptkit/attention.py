@@ -45,7 +45,9 @@ class MatmulCausalAttention(torch.autograd.Function):
 
     The scale and the mask ride on the matmuls (baddbmm: bias + alpha * q k^T, and alpha on the
     gradients' products) instead of three more passes over the (B, nh, T, T) scores: 1.2 ms less per
-    forward at 8 x 4 heads x 256 x 64, the same numbers.
+    forward at 8 x 4 heads x 256 x 64. The numbers are the same as scaling afterwards when 1/sqrt(d)
+    is a power of two (d = 16, 64, 256); otherwise the products are rounded to bf16 once instead of
+    twice, a little closer to exact (at d = 32: RMS error 9.2e-4 against 1.06e-3 for the output).
     """
 
     @staticmethod

@@ -96,9 +96,11 @@ def next_token(
     The padded rows of the vocabulary (ids >= the tokenizer's vocab_size) are cut off first, so
     they can never be sampled, whatever their logits.
     """
-    # fp32 first: the same values, and torch's argmax and topk over 50k bf16 logits take ~3x as long
-    # as the upcast plus the fp32 kernel (187 against 61 us on the EPYC of attention.py)
-    logits = logits[:, :vocab_size].float()
+    logits = logits[:, :vocab_size]
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        # fp32 first: the same values, and torch's argmax and topk over 50k bf16 logits take ~3x as
+        # long as the upcast plus the fp32 kernel (187 against 61 us on the EPYC of attention.py)
+        logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
     if top_k is not None and top_k < vocab_size:

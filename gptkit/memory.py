@@ -14,15 +14,31 @@ result is always the same numbers in the same tensors, only their memory may dif
 from __future__ import annotations
 
 import ctypes
+import mmap
+import re
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 HUGE_PAGE = 2 << 20
-MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
+MADV_HUGEPAGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)  # the platform's own number; Linux only
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 MIN_BYTES = 32 << 20  # below this the gain is small, and malloc may reuse 4 kB pages already faulted
 ALIGN = 64  # bytes: every tensor starts on a cache line, as torch's own allocations do
+
+
+def thp_available() -> bool:
+    """Linux with transparent huge pages in `always` or `madvise` mode (`never`: the advice is taken
+    and ignored, so the copy would buy nothing)."""
+    if not sys.platform.startswith("linux") or MADV_HUGEPAGE is None:
+        return False
+    try:
+        mode = re.search(r"\[(\w+)\]", THP_MODE.read_text())
+    except OSError:
+        return False
+    return mode is not None and mode.group(1) in ("always", "madvise")
 
 
 def _madvise_huge(addr: int, length: int) -> bool:
@@ -33,8 +49,8 @@ def _madvise_huge(addr: int, length: int) -> bool:
 
 def huge_page_empty(nbytes: int) -> torch.Tensor | None:
     """An uninitialised uint8 CPU tensor of `nbytes` on memory advised for huge pages, or None where
-    the kernel refuses (no THP support) or this is not Linux."""
-    if not sys.platform.startswith("linux"):
+    there are none to be had (not Linux, THP off) or the kernel refuses the advice."""
+    if not thp_available():
         return None
     length = (nbytes + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE  # whole huge pages
     # Above 32 MB (glibc's highest mmap threshold) malloc maps fresh, untouched memory, which the
@@ -48,12 +64,22 @@ def huge_page_empty(nbytes: int) -> torch.Tensor | None:
 
 def pack_on_huge_pages(model: nn.Module) -> bool:
     """Move every parameter and buffer of a CPU model into one huge-page buffer, in place (each keeps
-    its shape, strides' order, dtype and values; tied tensors stay tied). True if it did."""
+    its shape, strides' order, dtype and values; a tensor reached under two names, like a tied
+    weight, stays one). True if it did.
+
+    Only plain layouts are moved: if two different tensors share memory (a view of another, whose
+    writes would stop showing through) or one repeats elements (stride 0, expanded), the model is
+    left as it is."""
     tensors: dict[int, torch.Tensor] = {}
     for t in [*model.parameters(), *model.buffers()]:
         tensors.setdefault(id(t), t)
     if any(t.device.type != "cpu" for t in tensors.values()):
         return False
+    storages = {t.untyped_storage().data_ptr() for t in tensors.values() if t.numel()}
+    if len(storages) < sum(1 for t in tensors.values() if t.numel()):
+        return False  # two tensors over one storage: copying them apart would untie them
+    if any(st == 0 and n > 1 for t in tensors.values() for st, n in zip(t.stride(), t.shape, strict=True)):
+        return False  # expanded: copying would write every repeat out
     sizes = {i: (t.numel() * t.element_size() + ALIGN - 1) // ALIGN * ALIGN for i, t in tensors.items()}
     total = sum(sizes.values())
     if total < MIN_BYTES:

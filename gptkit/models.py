@@ -133,13 +133,14 @@ def load_for_sampling(
     tokenizer: str | Path | None = None,
     dtype: torch.dtype | None = None,
     log: Callable[[str], None] | None = None,
-    tokens: int = 0,
+    steps: int = 0,
 ) -> tuple[GPT, Tokenizer, str]:
     """(model, its own tokenizer, description) for any format convert reads. `tokenizer` (--tokenizer)
     is for models that carry none; it must fit the vocabulary and never replaces the model's own.
     `dtype` is the decoding dtype the precision policy picked (None: fp32); the weights are kept in it.
     `log` receives what the reader had to assume about the model (its head count, its activation).
-    `tokens`: how many the caller means to decode with it, which decides the huge pages (below)."""
+    `steps`: how many decoding steps the caller means to run (its max_new_tokens: a step reads the
+    weights once, however many samples it makes), which decides the huge pages (below)."""
     loaded = load(path, tokenizer=tokenizer)
     if log is not None:
         for note in loaded.notes:
@@ -161,7 +162,7 @@ def load_for_sampling(
     # The model takes the loaded tensors themselves (no random init, no copy), then casts once.
     model = model_from_state_dict(cfg, loaded.state_dict, device, loaded.path, assign=True)
     del loaded
-    model = prepare_for_decoding(model, dtype, huge_pages=tokens >= HUGE_PAGES_FROM_TOKENS)
+    model = prepare_for_decoding(model, dtype, huge_pages=steps >= HUGE_PAGES_FROM_STEPS)
     described = f"{where} ({fmt}, tokenizer {tok.name}"
     if assumed:
         described += ", assumed: the source names none"
@@ -170,11 +171,11 @@ def load_for_sampling(
 
 # --- decoding layout ------------------------------------------------------------------------------
 
-# Huge pages save ~0.7 ms per gpt2 token (gptkit.memory) but cost their first touch once: ~0.02 s on
-# a plain machine, up to 0.4 s on the VMs we measured, whose host backs fresh guest memory lazily.
-# From about this many tokens they pay for themselves even there; `gptkit sample`'s default 200 stays
-# on 4 kB pages.
-HUGE_PAGES_FROM_TOKENS = 1000
+# Huge pages save ~0.7 ms per gpt2 decoding step (gptkit.memory) but cost their first touch once:
+# ~0.02 s on a plain machine, up to 0.4 s on the VMs we measured, whose host backs fresh guest memory
+# lazily. From about this many steps they pay for themselves even there; `gptkit sample`'s default
+# 200 tokens stay on 4 kB pages.
+HUGE_PAGES_FROM_STEPS = 1000
 
 
 class WideLinear(nn.Module):
@@ -215,7 +216,7 @@ def prepare_for_decoding(model: GPT, dtype: torch.dtype | None = None, huge_page
     - fp32 on a CPU: WideLinear for the widening matrices (its docstring). lm_head then gets its own
       transposed copy of the embedding;
     - with `huge_pages`, on a CPU, every tensor moved onto huge pages where the OS allows
-      (gptkit.memory; HUGE_PAGES_FROM_TOKENS says when that is worth it).
+      (gptkit.memory; HUGE_PAGES_FROM_STEPS says when that is worth it).
     """
     wte = model.get_parameter("transformer.wte.weight")
     if getattr(model, "decoding_layout", False):

@@ -21,7 +21,7 @@ or the best of such bursts, is not a rate the decoding could have had.
 
 Load to first token: in fresh interpreters (after their imports, which are timed apart as `import
 torch`), as `gptkit sample` pays it: the file read, the tokenizer built, the weights cast, the first
-token decoded. The decoding models are told how many tokens they will decode, as `gptkit sample -n`
+token decoded. The decoding models are told how many steps they will decode, as `gptkit sample -n`
 tells them (from 1,000, gptkit.models moves the weights onto huge pages).
 
     python scripts/bench_sample.py                   # CPU, torch's default thread count
@@ -54,7 +54,7 @@ from gptkit.generate import SampleConfig, generate
 from gptkit.models import decoding_dtype, load_for_sampling
 dev = torch.device("cpu")
 t0 = time.perf_counter()
-model, _, _ = load_for_sampling(sys.argv[1], dev, dtype=decoding_dtype("auto", dev), tokens=200)
+model, _, _ = load_for_sampling(sys.argv[1], dev, dtype=decoding_dtype("auto", dev), steps=200)
 cfg = SampleConfig(max_new_tokens=1, temperature=0, stop_at_eot=False)
 next(generate(model, [int(t) for t in sys.argv[2:]], cfg, vocab_size=model.config.vocab_size))
 print(time.perf_counter() - t0)
@@ -121,10 +121,10 @@ def main() -> int:
             )
             for _ in range(3)
         )
-        # The models decoded below: told how many tokens they will decode, as `gptkit sample -n` tells
+        # The models decoded below: told how many steps they will run, as `gptkit sample -n` tells
         decoded = n * (args.rounds + 1)
-        default_model, _, _ = load_for_sampling(st, device, dtype=default_dtype, tokens=decoded)
-        fp32_model, _, _ = load_for_sampling(st, device, tokens=decoded)
+        default_model, _, _ = load_for_sampling(st, device, dtype=default_dtype, steps=decoded)
+        fp32_model, _, _ = load_for_sampling(st, device, steps=decoded)
         hf = GPT2LMHeadModel.from_pretrained(Path(tmp) / "hf").eval()
     hf.generation_config.eos_token_id = None  # random weights may emit EOT: every side runs the full n
     hf.generation_config.pad_token_id = cfg.vocab_size - 1

@@ -34,7 +34,10 @@ def vm_flags_at(addr: int) -> list[str]:
     return []
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_HUGEPAGE) is Linux's")
+NO_THP = pytest.mark.skipif(not memory.thp_available(), reason="no transparent huge pages on this machine")
+
+
+@NO_THP
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_model_keeps_values_layout_and_ties_and_decodes_the_same(monkeypatch, dtype):
     plain = prepare_for_decoding(seeded_model(vocab=300, padded=320), dtype)  # too small: not packed
@@ -63,8 +66,8 @@ def test_the_buffer_is_advised_for_huge_pages():
     the kernel then hands out huge pages (THP mode, free memory) is its own business."""
     n = memory.MIN_BYTES + 3  # as large as a packed model: above glibc's mmap threshold, fresh pages
     buf = memory.huge_page_empty(n)
-    if buf is None:  # a kernel without THP refuses the advice
-        assert thp_mode() == ""
+    if buf is None:  # no THP here, or THP off
+        assert thp_mode() in ("", "never")
         return
     assert buf.numel() == n and buf.data_ptr() % memory.HUGE_PAGE == 0
     assert "hg" in vm_flags_at(buf.data_ptr()) and "hg" in vm_flags_at(buf.data_ptr() + n - 1)
@@ -88,29 +91,56 @@ def packed(model) -> bool:
     return ptrs[0] % memory.HUGE_PAGE == 0 and ptrs[-1] - ptrs[0] < size
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise(MADV_HUGEPAGE) is Linux's")
+@NO_THP
 def test_huge_pages_only_for_a_long_enough_decoding(tmp_path, monkeypatch):
     """Their first touch costs up to 0.4 s on a VM: `gptkit sample`'s default 200 tokens stay on 4 kB
-    pages, a long generation moves; the CLI says how many tokens it will decode."""
+    pages, a long generation moves; the CLI says how many steps it will decode (-n: samples share
+    each step's read of the weights, so --num-samples does not count)."""
     from typer.testing import CliRunner
 
     from gptkit.checkpoint import save_checkpoint
     from gptkit.cli import app
-    from gptkit.models import HUGE_PAGES_FROM_TOKENS, load_for_sampling
+    from gptkit.models import HUGE_PAGES_FROM_STEPS, load_for_sampling
 
     monkeypatch.setattr(memory, "MIN_BYTES", 0)
     model = seeded_model(vocab=256, padded=256)
     ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
     cpu = torch.device("cpu")
-    assert not packed(load_for_sampling(ck, cpu, tokens=200)[0])
-    assert packed(load_for_sampling(ck, cpu, tokens=HUGE_PAGES_FROM_TOKENS)[0])
+    assert not packed(load_for_sampling(ck, cpu, steps=200)[0])
+    assert packed(load_for_sampling(ck, cpu, steps=HUGE_PAGES_FROM_STEPS)[0])
 
     seen = []
     real = memory.pack_on_huge_pages
     monkeypatch.setattr("gptkit.models.pack_on_huge_pages", lambda m: seen.append(real(m)) or seen[-1])
-    for n, samples, want in ((200, 1, []), (HUGE_PAGES_FROM_TOKENS // 2, 2, [True])):
+    for n, samples, want in ((200, 1, []), (HUGE_PAGES_FROM_STEPS // 2, 2, []), (HUGE_PAGES_FROM_STEPS, 1, [True])):
         seen.clear()
         args = ["sample", "hi", "--model", str(ck), "-n", str(n), "--num-samples", str(samples), "--temperature", "0"]
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 0, r.output
         assert seen == want
+
+
+def test_shared_storage_and_expanded_tensors_are_left_alone(monkeypatch):
+    """Copying two tensors over one storage apart would untie them, and an expanded one would be
+    written out whole: such a model is not moved."""
+    monkeypatch.setattr(memory, "MIN_BYTES", 0)
+    m = torch.nn.Module()
+    m.register_buffer("big", torch.arange(8.0))
+    m.register_buffer("alias", m.big[2:4])  # a view: writes to `big` show through it
+    assert memory.pack_on_huge_pages(m) is False
+    m.big[2] = 100.0
+    assert m.alias[0] == 100.0
+    e = torch.nn.Module()
+    e.register_buffer("row", torch.arange(7.0).view(1, 7).expand(5, 7))
+    assert memory.pack_on_huge_pages(e) is False and e.row.stride() == (0, 1)
+
+
+def test_thp_mode_never_or_no_thp_means_no_buffer(monkeypatch, tmp_path):
+    mode = tmp_path / "enabled"
+    monkeypatch.setattr(memory, "THP_MODE", mode)
+    mode.write_text("always madvise [never]\n")
+    assert memory.huge_page_empty(memory.MIN_BYTES) is None  # the advice would be ignored
+    mode.unlink()
+    assert memory.huge_page_empty(memory.MIN_BYTES) is None  # a kernel without THP
+    mode.write_text("always [madvise] never\n")
+    assert (memory.huge_page_empty(memory.MIN_BYTES) is not None) == sys.platform.startswith("linux")

@@ -100,7 +100,7 @@ def sample(
         tokenizer,
         dtype=dtype,
         log=lambda note: print(f"gptkit: note: {note}", file=sys.stderr),
-        tokens=cfg.max_new_tokens * cfg.num_samples,
+        steps=cfg.max_new_tokens,  # the weights are read once per step, for every sample at once
     )
     prompt = prompt or ""
     if not prompt and tok.eot_token is None:
