@@ -135,9 +135,9 @@ def test_one_tokenize_per_output_directory(tmp_path):
 def test_a_child_dies_with_its_parent_even_by_sigkill(tmp_path):
     script = (
         "import subprocess, sys, time\n"
-        "from gptkit.train import signals\n"
+        "from gptkit import procs\n"
         "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
-        "start_new_session=True, preexec_fn=signals.child_preexec())\n"
+        "start_new_session=True, preexec_fn=procs.child_preexec())\n"
         "print(c.pid, flush=True)\n"
         "time.sleep(60)\n"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -77,24 +76,18 @@ def _die_with(parent: int) -> None:
     that finishes starting after the main process died already has another parent (init or a
     subreaper) and would take that one for its own.
     """
-    import signal
     import threading
 
-    if sys.platform == "linux":
-        try:
-            import ctypes
+    from gptkit.procs import die_with_parent, parent_alive
 
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG; a failure leaves the thread below
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # it died before that: the kernel only signals a death after it
+    die_with_parent(parent)  # a failure (not Linux) leaves the thread below
+    if not parent_alive(parent):  # it died before that: the kernel only signals a death after it
         os._exit(1)
 
     def orphan_watch() -> None:
         while True:
             time.sleep(0.5)
-            if os.getppid() != parent:
+            if not parent_alive(parent):
                 os._exit(1)
 
     threading.Thread(target=orphan_watch, name="gptkit-orphan-watch", daemon=True).start()

@@ -116,7 +116,7 @@ def run_torchrun(
     `log`: torchrun's stderr goes there (its reports and tracebacks); None = the terminal. `show`
     (--verbose): copied to the terminal as well, so the closing line can still name the failed rank.
     """
-    from gptkit.train import signals
+    from gptkit import procs
 
     err = open(log, "wb") if log is not None else None
     try:
@@ -124,7 +124,7 @@ def run_torchrun(
             cmd,
             env=env,
             start_new_session=True,
-            preexec_fn=signals.child_preexec(),
+            preexec_fn=procs.child_preexec(),
             stderr=subprocess.PIPE if err is not None and show else err,
         )
     except BaseException:

@@ -4,7 +4,7 @@ A user error in a worker (a NaN loss, a bad checkpoint) is written to RUN_DIR/.e
 for `gptkit train` to print as one line. When every rank fails at the same point, all of them exit
 0 so torchrun does not add its multi-page failure report; the launcher turns the file into exit 1.
 
-Started by `gptkit train`, a worker dies with torchrun (signals.die_with_parent) and writes its
+Started by `gptkit train`, a worker dies with torchrun (procs.die_with_parent) and writes its
 stderr (torch's tracebacks, warnings) to RUN_DIR/error-<RANK>.log rather than the terminal, unless
 the launcher asked for --verbose.
 """
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signals.install()  # before the heavy imports: a stop request during start-up is kept
     if "TORCHELASTIC_RUN_ID" in os.environ:
-        _die_with_torchrun(signals)
+        _die_with_torchrun()
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m gptkit.train.main RUN_DIR (normally started by `gptkit train`)", file=sys.stderr)
@@ -60,10 +60,12 @@ def error_log(run_dir: Path, rank: int) -> Path:
     return Path(run_dir) / f"error-{rank}.log"
 
 
-def _die_with_torchrun(signals) -> None:
+def _die_with_torchrun() -> None:
     """SIGKILL when torchrun dies; exit now if it (or gptkit above it) is already gone."""
+    from gptkit.procs import die_with_parent
+
     parent = os.getppid()
-    signals.die_with_parent(parent)
+    die_with_parent(parent)
     launcher = os.environ.get(LAUNCHER_PID_ENV)
     if launcher and launcher.isdigit():
         try:
