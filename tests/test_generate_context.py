@@ -101,3 +101,22 @@ def test_cli_n_past_the_context_is_honoured(tmp_path):
     assert out["prompt_tokens_dropped"] == 36
     r = run_cli("sample", "x" * 100, "--model", ck, "-n", "300", "--seed", "1", "--device", "cpu", check=True)
     assert "first 36 tokens were not seen" in r.stderr and "context length" not in r.stderr
+
+
+def test_cli_stops_at_end_of_text_unless_told_to_ignore_it(tmp_path):
+    chars = [chr(c) for c in range(32, 127)]
+    model = random_model(block_size=64, vocab=len(chars))
+    free = sample_text(
+        model, CharTokenizer(chars, None, spec="t", source="t"), "ab", SampleConfig(max_new_tokens=20, temperature=0)
+    ).samples[0]
+    eot = free.tokens[3]  # the greedy run's fourth token becomes the vocabulary's end-of-text
+    first = free.tokens.index(eot)
+    ck = save_checkpoint(
+        tmp_path / "ck", model, config=model.config, tokenizer=CharTokenizer(chars, eot, spec="t", source="t")
+    )
+    args = ["sample", "ab", "--model", ck, "-n", "20", "--temperature", "0", "--device", "cpu", "--json"]
+    stopped = json.loads(run_cli(*args, check=True).stdout)["samples"][0]
+    assert stopped["stop"] == "eot" and stopped["tokens"] == first
+    whole = json.loads(run_cli(*args, "--ignore-eot", check=True).stdout)["samples"][0]
+    assert whole["stop"] == "max_new_tokens" and whole["tokens"] == 20
+    assert whole["text"] == free.text

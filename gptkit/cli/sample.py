@@ -54,6 +54,12 @@ def sample(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", metavar="N", help="Same seed, same text.")] = None,
+    ignore_eot: Annotated[
+        bool,
+        typer.Option(
+            "--ignore-eot", help="Keep going past the end-of-text token: exactly -n tokens per sample (benchmarks)."
+        ),
+    ] = False,
     device: Device = "auto",
     precision: Precision = "auto",
     json_out: JsonOut = False,
@@ -86,6 +92,7 @@ def sample(
         top_p=top_p,
         num_samples=num_samples,
         seed=seed,
+        stop_at_eot=not ignore_eot,
     )
     cfg.validate()
     dev = pick_device(device)
