@@ -211,7 +211,11 @@ def run_tokenize(path: Path, out: Path, workers: int, env: dict) -> dict:
 
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    from gptkit.procs import child_preexec
+
+    p = subprocess.Popen(  # dies with this script, and its workers with it
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, preexec_fn=child_preexec()
+    )
     peak = 0
     stop = threading.Event()
 

@@ -149,7 +149,10 @@ def bench_torchrun(data: Path, precision: str, steps: int, micro_batch: int, acc
         "--out",
         str(run),
     ]
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    from gptkit.procs import child_preexec
+
+    # killed (a timeout, Ctrl-C), this script takes `gptkit train` with it, and that its torchrun
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, preexec_fn=child_preexec())
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     tps = sorted(r["tok_per_s"] for r in rows if "tok_per_s" in r and r["step"] > 2)
     return tps[-1], tps[len(tps) // 2]
