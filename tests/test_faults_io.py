@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -69,20 +70,70 @@ def save(model: GPT, path: Path, **kw) -> Path:
 # --------------------------------------------------------------------------- a real full disk
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 2 MB tmpfs at tmp_path/disk, unmounted afterwards; skips (with the reason) where mount is not allowed."""
-    d = tmp_path / "disk"
+def mounted_tmpfs(d: Path, mb: int):
+    """A tmpfs of `mb` MB at d, unmounted afterwards; skips (with the reason) where mount is not allowed."""
     d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(d)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(d)], capture_output=True, text=True)
     if r.returncode != 0:
-        reason = f"cannot mount a 2 MB tmpfs (needs root): {r.stderr.strip() or r.returncode}"
+        reason = f"cannot mount a {mb} MB tmpfs (needs root): {r.stderr.strip() or r.returncode}"
         print(f"SKIP: {reason}", file=sys.stderr)
         pytest.skip(reason)
     try:
         yield d
     finally:
         subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "disk", 2)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    yield from mounted_tmpfs(tmp_path / "disk", 30)
+
+
+def test_disk_filling_up_during_a_download(small_disk, tmp_path, gptkit_home, monkeypatch):
+    """Another writer fills the disk while a file downloads (the free-space check before it passed):
+    one line with what is left to fetch, the partial file kept, and the re-run resumes from it."""
+    from hubfixtures import finish_repo, preserved_hf_state, running_mirror
+
+    src = tmp_path / "hub" / "big"
+    src.mkdir(parents=True)
+    size = 24_000_000  # huggingface_hub writes 10 MB chunks: the disk fills during the second or third
+    (src / "b_big.bin").write_bytes(os.urandom(size))
+    repo = finish_repo(src, "org/big", "model", "download")
+    dest, filler = small_disk / "out", small_disk / "filler"
+    monkeypatch.setenv("GPTKIT_FAULTS", "mirror.rate_limit=6000000")  # bytes/s, so the disk fills mid-transfer
+    with running_mirror(tmp_path / "hub") as server, preserved_hf_state():
+        args = ["download", "org/big", "--endpoint", server.url, "--local-dir", dest, "--workers", "1", "--no-progress"]
+        cmd = [sys.executable, "-m", "gptkit", *map(str, args)]
+        env = {**os.environ, "GPTKIT_HOME": str(gptkit_home)}
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        partial = dest / ".gptkit" / "partial"
+        while proc.poll() is None and not any(p.stat().st_size for p in partial.glob("*.part")):
+            time.sleep(0.02)
+        with open(filler, "wb") as f:  # 15 of the 30 MB: the 24 MB file no longer fits
+            f.write(os.urandom(15_000_000))
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 1, err
+        line = err.strip()
+        assert "\n" not in line and "Traceback" not in line, err
+        (part,) = partial.glob("b_big.bin.*.part")
+        have = part.stat().st_size
+        assert 10_000_000 <= have < size and not (dest / "b_big.bin").exists()
+        m = re.fullmatch(
+            rf"gptkit: error: no space left on {re.escape(str(dest))} \((\S+) MB free; needs ≈(\S+) MB\); "
+            r"free some space, then re-run the same command to resume",
+            line,
+        )
+        assert m, line
+        assert float(m[2]) == pytest.approx((size - have) / 1e6, abs=0.051)  # not the chunk it counted but never wrote
+        filler.unlink()
+        monkeypatch.delenv("GPTKIT_FAULTS")
+        r = run_cli(*args, env={"GPTKIT_HOME": str(gptkit_home)}, check=True)
+        assert sha256(dest / "b_big.bin") == repo.sha256("b_big.bin") and not list(partial.glob("*.part")), r.stderr
 
 
 def test_full_disk_tokenize(tiny_disk, tmp_path, gptkit_home):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gptkit import paths
-from gptkit.errors import GptkitError
+from gptkit.errors import DiskError, GptkitError
 from gptkit.fsutil import make_dirs
 from gptkit.hub import errors as hub_errors
 from gptkit.hub import plan
@@ -170,6 +170,10 @@ def download(
     except MultiError as e:
         first = _explain(e.first, ctx, url, repo, requested)
         raise _scrub(GptkitError(f"{e.n} of {e.total} files failed; first {e.path}: {first}"), token) from None
+    except DiskError as e:  # a disk that filled up during the transfer: the partial files stay
+        if ctx is not None and ctx.started:
+            raise DiskError(f"{e}; free some space, then re-run the same command to resume") from None
+        raise
     except retryable() as e:  # a network, endpoint or disk error: one line; files on disk stay as they are
         raise _scrub(_explain(e, ctx, url, repo, requested), token) from None
 

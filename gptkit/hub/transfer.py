@@ -99,6 +99,12 @@ class Transfer:
         """Bytes still to fetch."""
         return max(0, self.total - self.done)
 
+    def remaining_on_disk(self, rf: RemoteFile, part: Path) -> int:
+        """Bytes still to fetch after a write of `rf` failed: huggingface_hub counts each chunk
+        before writing it, so its bytes are re-counted from the partial file."""
+        self.moved(rf, part.stat().st_size if part.exists() else 0)
+        return self.remaining()
+
     def moved(self, rf: RemoteFile, on_disk: int, finished: bool = False) -> None:
         """Account for `rf` now having `on_disk` bytes, and tell the progress callback."""
         with self.lock:
@@ -186,7 +192,8 @@ def fetch_one(ctx: Transfer, rf: RemoteFile) -> None:
             have = 0
         ctx.moved(rf, have)
         # A full disk: one line with what is left to fetch; the partial file stays for the re-run to resume.
-        with open(part, "r+b" if part.exists() else "wb") as f, disk_errors(ctx.dest, ctx.remaining, "download"):
+        need = functools.partial(ctx.remaining_on_disk, rf, part)
+        with open(part, "r+b" if part.exists() else "wb") as f, disk_errors(ctx.dest, need, "download"):
             f.truncate(have)
             f.seek(have)
             http_get(
