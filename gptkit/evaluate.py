@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from gptkit.errors import GptkitError
+from gptkit.model import vocab_cross_entropy
+from gptkit.tokenizer import Tokenizer
 
 DEFAULT_TOKENS = 10_485_760  # the trainer's validation budget (build-nanogpt's 20 x 524,288)
 
@@ -71,12 +72,12 @@ def check_tokenizer(manifest: dict, tokenizer, where: Path) -> None:
         )
 
 
-def val_rows(val_paths: list[Path], eot: int, seq_len: int, tokens: int, batch_size: int):
+def val_rows(val_paths: list[Path], tok: Tokenizer, seq_len: int, tokens: int, batch_size: int):
     """Batches (B, seq_len + 1) int64 of the first `tokens` validation tokens, in order, each read once."""
     from gptkit.train.data import TokenStream
     from gptkit.train.data import val_rows as rows
 
-    stream = TokenStream(val_paths, eot, seed=0, shuffle=False)
+    stream = TokenStream(val_paths, tok.eot_token, seed=0, shuffle=False, vocab=(tok.name, tok.vocab_size))
     if (stream.total - 1) // seq_len == 0 or tokens < seq_len:
         raise GptkitError(
             f"{val_paths[0].parent}: {stream.total} validation tokens (budget {tokens}) give no full row of "
@@ -88,15 +89,13 @@ def val_rows(val_paths: list[Path], eot: int, seq_len: int, tokens: int, batch_s
 @torch.no_grad()
 def val_loss(model, batches, device: torch.device, autocast: Callable) -> tuple[float, int]:
     """(mean cross-entropy per target token, target tokens) over the batches."""
-    V = model.config.vocab_size
     total, n = torch.zeros((), dtype=torch.float64, device=device), 0
     for buf in batches:
         t = torch.from_numpy(buf).to(device)
         x, y = t[:, :-1], t[:, 1:]
         with autocast():
             logits, _ = model(x)
-        loss = F.cross_entropy(logits[..., :V].float().reshape(-1, V), y.reshape(-1), reduction="sum")
-        total += loss.double()
+        total += vocab_cross_entropy(logits, y, model.config.vocab_size).double()
         n += y.numel()
     return float(total / max(n, 1)), n
 
@@ -149,7 +148,7 @@ def evaluate(
         seq_len = model.config.block_size
         say(f"validation loss on {data_dir}: up to {tokens:,} tokens in rows of {seq_len}")
         t0 = time.perf_counter()
-        batches = val_rows(val, tok.eot_token, seq_len, tokens, batch_size)
+        batches = val_rows(val, tok, seq_len, tokens, batch_size)
         result.val_loss, result.val_tokens = val_loss(model, batches, dev, prec.autocast)
         result.data, result.seq_len = str(data_dir), seq_len
         result.seconds["val_loss"] = round(time.perf_counter() - t0, 3)

@@ -116,6 +116,14 @@ def preset_sizes() -> str:
     return ", ".join(f"{name} {param_count(cfg) / 1e6:.1f}M" for name, cfg in PRESETS.items())
 
 
+def vocab_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Summed cross-entropy over the real vocabulary, the padded rows' logits left out: what
+    transformers and `gptkit eval` report. (An imported model's padding rows are zeros, and their
+    logits of 0 would take probability mass.) Training's own loss keeps them, as nanoGPT's does."""
+    flat = logits[..., :vocab_size].float().reshape(-1, vocab_size)
+    return F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1, reduction="sum")
+
+
 class KVCache(nn.Module):
     """Pre-allocated keys and values for one attention layer: (B, nh, max_len, hs) each.
 

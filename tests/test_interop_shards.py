@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -124,6 +125,14 @@ def test_nanogpt_char_data_tokenize_train_checkpoint(tmp_path, gptkit_home):
     assert "samples start from a newline" in r.stdout + r.stderr
     samples = [json.loads(ln)["sample"] for ln in (run / "metrics.jsonl").read_text().splitlines() if "sample" in ln]
     assert samples and all(set(s) <= set(chars) for s in samples) and samples[0].startswith("\n")
+    # The characters padded to 64 rows: the logged validation loss is over the real vocabulary, the
+    # figure `gptkit eval` gives for the same weights (with the padded rows it is ~ln(64/V) higher)
+    from gptkit.evaluate import evaluate
+
+    logged = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    logged_val = [m["val_loss"] for m in logged if m.get("step") == 3 and "val_loss" in m]
+    assert meta["model"]["padded_vocab_size"] == 64 > len(chars) + 10 and len(logged_val) == 1
+    assert evaluate(ck, data=out, tokens=64).val_loss == pytest.approx(logged_val[0], abs=0.02)
 
 
 def test_nanogpt_bin_without_meta_assumes_gpt2_and_says_so(tmp_path):
@@ -351,6 +360,25 @@ def test_llmc_shards_verify_and_train_in_place(tmp_path, gptkit_home):
     (d / "notes.bin").write_bytes(b"\x00" * 8)
     with pytest.raises(GptkitError, match="notes.bin: not named as a train or val shard"):
         shards.find_shards(d)
+
+
+@pytest.mark.parametrize("where,bad", [("train", 50300), ("val", 60000)])
+def test_training_on_ids_outside_the_vocabulary_is_one_line(tmp_path, gptkit_home, where, bad):
+    """Shards read in place are not verified up front: an id inside the padded rows (50257..50303)
+    would train a row no token has, one past them would fail inside the embedding. Each shard's ids
+    are checked as training first opens it."""
+    d = tmp_path / "llmc"
+    parts = llmc_dir(d)
+    for name, t in parts.items():
+        if f"_{where}_" in name:
+            t[len(t) // 2] = bad
+            write_llmc_shard(d / f"{name}.bin", t)
+    r = run_cli("train", "--data", d, "--name", "oov", *TRAIN_FLAGS, env=ONE_THREAD)
+    line = error_line(r)
+    assert re.search(
+        rf"fineweb_{where}_00000\d\.bin: token id {bad} is outside the vocabulary \(gpt2, size 50257\)", line
+    )
+    assert not list((gptkit_home / "runs" / "oov").glob("step_*"))
 
 
 # --------------------------------------------------------------------------- HellaSwag, checkpoints

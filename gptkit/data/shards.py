@@ -91,6 +91,15 @@ def open_shard(path: str | Path) -> np.ndarray:
     return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(n,))
 
 
+def check_token_ids(path: Path, chunk: np.ndarray, vocab: tuple[str, int]) -> None:
+    """A token id at or past the vocabulary size (name, size) in this chunk of a shard is an error:
+    an embedding would fail on it, or (inside the padded rows) train a row no token has."""
+    if chunk.size and int(chunk.max()) >= vocab[1]:
+        raise GptkitError(
+            f"{path}: token id {int(chunk.max())} is outside the vocabulary ({vocab[0]}, size {vocab[1]})"
+        )
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -319,10 +328,7 @@ def verify(name_or_dir: str | Path, tokenizer: str | None = None) -> dict:
         docs = 0
         for i in range(0, n, READ_TOKENS):
             chunk = np.asarray(toks[i : i + READ_TOKENS])
-            if chunk.size and int(chunk.max()) >= vocab:
-                raise GptkitError(
-                    f"{p}: token id {int(chunk.max())} is outside the vocabulary ({info['name']}, size {vocab})"
-                )
+            check_token_ids(p, chunk, (info["name"], vocab))
             if eot is not None:
                 docs += int(np.count_nonzero(chunk == eot))
         if "documents" in s and docs != s["documents"]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from gptkit.data.shards import find_shards, open_shard, read_header, resolve_shards_dir
+from gptkit.data.shards import check_token_ids, find_shards, open_shard, read_header, resolve_shards_dir
 from gptkit.errors import GptkitError
 from gptkit.tokenizer import Tokenizer
 
@@ -86,16 +86,21 @@ def _cached(cache: OrderedDict, key: Any, make: Callable[[], Any], size: int) ->
 
 
 class _Shard:
-    """One memory-mapped shard and where its documents start (computed once, kept small)."""
+    """One memory-mapped shard and where its documents start (computed once, kept small).
 
-    def __init__(self, path: Path, eot: int | None):
+    `vocab` (name, size): every token id is checked against it in the same pass, so shards read in
+    place (llm.c's) or changed after `gptkit tokenize` fail in one line, not inside the embedding."""
+
+    def __init__(self, path: Path, eot: int | None, vocab: tuple[str, int] | None = None):
         self.tokens = open_shard(path)
         n = len(self.tokens)
-        found = (
-            [np.flatnonzero(self.tokens[i : i + SCAN_CHUNK] == eot) + i for i in range(0, n, SCAN_CHUNK)]
-            if eot is not None
-            else []  # no end-of-text token: the shard is one document
-        )
+        found = []
+        for i in range(0, n, SCAN_CHUNK):
+            chunk = self.tokens[i : i + SCAN_CHUNK]
+            if vocab is not None:
+                check_token_ids(path, chunk, vocab)
+            if eot is not None:  # without an end-of-text token the shard is one document
+                found.append(np.flatnonzero(chunk == eot) + i)
         starts = np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
         if len(starts) == 0 or starts[0] != 0:
             starts = np.concatenate([[0], starts])  # a leading piece before the first end-of-text
@@ -106,8 +111,16 @@ class _Shard:
 class TokenStream:
     """An endless, deterministic token stream over shards; see the module docstring."""
 
-    def __init__(self, shard_paths: list[Path], eot: int | None, seed: int, shuffle: bool = True, cache: int = 16):
-        self.paths = list(shard_paths)
+    def __init__(
+        self,
+        shard_paths: list[Path],
+        eot: int | None,
+        seed: int,
+        shuffle: bool = True,
+        cache: int = 16,
+        vocab: tuple[str, int] | None = None,
+    ):
+        self.paths, self.vocab = list(shard_paths), vocab
         self.sizes = np.array([read_header(p) for p in self.paths], dtype=np.int64)
         self.total = int(self.sizes.sum())
         if self.total == 0:
@@ -125,7 +138,7 @@ class TokenStream:
         return order, np.concatenate([[0], np.cumsum(self.sizes[order])])
 
     def _shard(self, i: int) -> _Shard:
-        return _cached(self._shards, i, lambda: _Shard(self.paths[i], self.eot), self._cache)
+        return _cached(self._shards, i, lambda: _Shard(self.paths[i], self.eot, self.vocab), self._cache)
 
     def _doc_order(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Document starts in this epoch's order and their cumulative lengths, for shard i."""

@@ -36,7 +36,7 @@ from gptkit.checkpoint import (
 )
 from gptkit.device import configure_matmul, resolve_precision
 from gptkit.errors import GptkitError
-from gptkit.model import GPT, PRESETS, GPTConfig
+from gptkit.model import GPT, PRESETS, GPTConfig, vocab_cross_entropy
 from gptkit.runs import CONFIG_FILE
 from gptkit.train import data as datamod
 from gptkit.train import hellaswag, mfu, signals
@@ -74,8 +74,9 @@ class Trainer:
             from gptkit.vocab_files import SAVED_DIR
 
             save_tokenizer(self.tok, self.run_dir / SAVED_DIR)
-        self.train_stream = datamod.TokenStream(train_paths, self.eot, cfg.seed, shuffle=True)
-        self.val_stream = datamod.TokenStream(val_paths, self.eot, cfg.seed, shuffle=False)
+        vocab = (self.tokenizer_name, vocab_size)  # every token id is checked as its shard is opened
+        self.train_stream = datamod.TokenStream(train_paths, self.eot, cfg.seed, shuffle=True, vocab=vocab)
+        self.val_stream = datamod.TokenStream(val_paths, self.eot, cfg.seed, shuffle=False, vocab=vocab)
         self.batches = datamod.TrainBatches(
             self.train_stream, cfg.seq_len, plan.micro_batch, dist.rank, dist.world_size
         )
@@ -198,7 +199,7 @@ class Trainer:
     @torch.no_grad()
     def val_loss(self) -> float:
         self.model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # sum of row losses, rows
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, target tokens
         for buf in datamod.val_rows(
             self.val_stream,
             self.cfg.seq_len,
@@ -209,9 +210,10 @@ class Trainer:
         ):
             x, y = self._to_device(buf)
             with self.precision.autocast():
-                _, loss = self.model(x, y)
-            total[0] += loss.double() * len(buf)
-            total[1] += len(buf)
+                logits, _ = self.model(x)
+            # over the real vocabulary: the figure `gptkit eval` and transformers give for the same weights
+            total[0] += vocab_cross_entropy(logits, y, self.model.config.vocab_size).double()
+            total[1] += y.numel()
         self.model.train()
         self.dist.all_reduce(total)
         return float(total[0] / total[1])
