@@ -109,6 +109,46 @@ def test_an_unknown_preset_is_refused_in_one_place():
             refuse("gpt5")
 
 
+@pytest.mark.parametrize(
+    "setting,value,message",
+    [
+        ("grad_clip", -1.0, "--grad-clip cannot be negative (got -1.0); 0 turns clipping off"),
+        ("seed", -1, "--seed must be 0 or more"),
+        ("precision", "fp8", "unknown --precision 'fp8'; choose one of: auto, fp32, bf16, fp16"),
+        ("weight_decay", -0.1, "--weight-decay cannot be negative"),
+        ("beta1", 1.5, "beta1 must be in [0, 1)"),
+        ("beta2", -0.1, "beta2 must be in [0, 1)"),
+        ("eps", 0.0, "eps must be positive"),
+        ("keep_checkpoints", -3, "--keep must be 0 (keep all) or more"),
+        ("hellaswag_limit", 0, "--hellaswag-limit must be at least 1"),
+    ],
+)
+def test_optimiser_settings_a_worker_would_refuse_or_misuse_are_refused_first(setting, value, message):
+    C.validate(C.TrainConfig(preset="tiny"))
+    with pytest.raises(GptkitError) as e:
+        C.validate(C.TrainConfig(preset="tiny", **{setting: value}))
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_grad_clip_0_means_no_clipping(gptkit_home):
+    """nanoGPT's meaning: 0 turns clipping off (it used to scale every gradient to zero)."""
+    import torch
+
+    from gptkit.train.dist import Dist
+    from gptkit.train.trainer import Trainer
+
+    make_dataset(gptkit_home / "shards" / "toy")
+    weights = {}
+    for clip in (0.0, 1e9, 0.01):
+        flags = dict(seq_len=32, batch_tokens=256, micro_batch=4, eval_tokens=0, hellaswag_every=0, precision="fp32")
+        o = C.TrainOverrides(preset="tiny", data="toy", grad_clip=clip, warmup_steps=0, lr=1e-3, **flags)
+        tr = Trainer(prepare(o, C.LaunchOverrides(gpus=0, nproc=1), out=gptkit_home / f"clip{clip}"), Dist("cpu"))
+        tr.train_step()
+        weights[clip] = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
+    assert torch.equal(weights[0.0], weights[1e9])
+    assert not torch.allclose(weights[0.0], weights[0.01])  # clipping does act at a small bound
+
+
 def test_torchrun_commands(gptkit_home):
     make_dataset(gptkit_home / "shards" / "toy")
     rr = prepare(TINY, C.LaunchOverrides(gpus=0, nproc=2), name="cmd")

@@ -319,6 +319,8 @@ def test_bad_configs_fail_with_one_line(home):
         "does not divide": ["--preset", "tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "3"],
         "no such directory": ["--preset", "tiny", "--data", str(home / "nothing-here")],
         "already in use": ["--preset", "tiny", "--master-port", str(port)],
+        "--grad-clip cannot be negative": ["--preset", "tiny", "--grad-clip", "-1"],
+        "--seed must be 0 or more": ["--preset", "tiny", "--seed", "-1"],
     }
     procs = {msg: cli("--gpus", "0", "--name", f"bad{i}", *args) for i, (msg, args) in enumerate(cases.items())}
     try:

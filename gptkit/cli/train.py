@@ -196,7 +196,12 @@ def train(
         typer.Option("--schedule", help="cosine or wsd (warmup-stable-decay).", rich_help_panel="Optimisation"),
     ] = None,
     weight_decay: Annotated[Float, typer.Option("--weight-decay", rich_help_panel="Optimisation")] = None,
-    grad_clip: Annotated[Float, typer.Option("--grad-clip", rich_help_panel="Optimisation")] = None,
+    grad_clip: Annotated[
+        Float,
+        typer.Option(
+            "--grad-clip", help="Clip the gradient norm here (0: no clipping).", rich_help_panel="Optimisation"
+        ),
+    ] = None,
     seed: Annotated[Int, typer.Option("--seed", rich_help_panel="Optimisation")] = None,
     eval_every: Annotated[
         Int,

@@ -397,6 +397,31 @@ def validate(cfg: TrainConfig) -> None:
         raise GptkitError("min_lr_ratio must be in [0, 1] and decay_frac in (0, 1]")
     if cfg.warmup_steps < 0 or cfg.eval_tokens < 0 or cfg.hellaswag_every < 0 or cfg.sample_tokens < 0:
         raise GptkitError("warmup_steps, eval_tokens, hellaswag_every and sample_tokens cannot be negative")
+    _check_optimisation(cfg)
+
+
+def _check_optimisation(cfg: TrainConfig) -> None:
+    """Settings torch or numpy would refuse only inside a worker, or take silently and train wrongly
+    (a negative --grad-clip flips every gradient)."""
+    from gptkit.device import PRECISIONS
+
+    if cfg.precision not in PRECISIONS:
+        raise GptkitError(f"unknown --precision {cfg.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if cfg.grad_clip < 0:
+        raise GptkitError(f"--grad-clip cannot be negative (got {cfg.grad_clip}); 0 turns clipping off")
+    if cfg.seed < 0:
+        raise GptkitError(f"--seed must be 0 or more (got {cfg.seed})")
+    if cfg.weight_decay < 0:
+        raise GptkitError(f"--weight-decay cannot be negative (got {cfg.weight_decay})")
+    for name in ("beta1", "beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise GptkitError(f"{name} must be in [0, 1) (got {getattr(cfg, name)})")
+    if not cfg.eps > 0:
+        raise GptkitError(f"eps must be positive (got {cfg.eps})")
+    if cfg.keep_checkpoints < 0:
+        raise GptkitError(f"--keep must be 0 (keep all) or more (got {cfg.keep_checkpoints})")
+    if cfg.hellaswag_limit is not None and cfg.hellaswag_limit < 1:
+        raise GptkitError(f"--hellaswag-limit must be at least 1 (got {cfg.hellaswag_limit})")
 
 
 @dataclass

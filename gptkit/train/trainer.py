@@ -286,7 +286,8 @@ class Trainer:
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        # --grad-clip 0: no clipping (nanoGPT's meaning); the norm is still measured for the log
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
         # One small all-reduce: the mean loss for the log, and whether any rank was asked to stop.
         stop_here = signals.requested()
         stats = torch.stack([loss_sum.float(), torch.tensor(float(stop_here), device=self.device)])
