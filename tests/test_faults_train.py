@@ -308,6 +308,13 @@ def test_a_full_disk_while_saving_is_one_line_with_where_to_resume(home):
     assert line.startswith(f"gptkit: error: no space left on {run}/step_000002 ("), line
     assert line.endswith("no checkpoint was saved yet; run the same command again to start over"), line
     assert not list(run.glob("step_*")) and not list(run.glob(".step_*")) and not run_processes(run)
+    # The same command again, the disk freed, starts over: the failed attempt's records are dropped
+    # (the plot would draw both attempts as one line)
+    r = cli(home, "--name", "full", "--max-steps", "4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in rows if "loss" in m] == [1, 2, 3, 4]
+    assert [m["step"] for m in rows if "val_loss" in m] == sorted({m["step"] for m in rows if "val_loss" in m})
 
 
 @pytest.mark.slow

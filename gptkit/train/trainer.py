@@ -319,7 +319,9 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------------
     def fit(self) -> None:
         cfg, d = self.cfg, self.dist
-        if d.master and self.rr.resume_from:
+        # Resumed: drop what was logged after the checkpoint. A fresh start (step 0): drop everything
+        # a failed attempt in this folder logged, which the plot would join to this run's line.
+        if d.master:
             truncate_metrics(self.run_dir, self.step)
         rep = Reporter(
             self.run_dir,
