@@ -466,6 +466,17 @@ def test_existing_output_is_refused_and_left_unchanged(tmp_path):
     assert load(dst).config == model.config
 
 
+def test_force_never_replaces_the_source_or_a_file_inside_it(tmp_path):
+    model = random_model(vocab=256, padded=256)
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    before = {p.name: p.read_bytes() for p in ck.iterdir() if p.is_file()}
+    for dst, says in ((ck, "would replace its own source"), (ck / "model.safetensors", "a file inside its source")):
+        with pytest.raises(GptkitError, match=says):
+            convert(ck, dst, to="safetensors" if dst.suffix else "hf", force=True)
+    assert {p.name: p.read_bytes() for p in ck.iterdir() if p.is_file()} == before
+    convert(ck, ck / "model.gguf", force=True)  # a new file beside the source's replaces nothing
+
+
 def test_failed_verification_leaves_the_old_output_alone(tmp_path, monkeypatch):
     model = random_model(vocab=256, padded=256)
     ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")

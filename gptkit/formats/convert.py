@@ -231,6 +231,8 @@ def convert(
             raise GptkitError(f"{dst} already exists; pass --force to replace it")
         if src.exists() and (dst.resolve() == src.resolve() or dst.resolve() in src.resolve().parents):
             raise GptkitError(f"{dst}: the output would replace its own source")
+        if src.is_dir() and src.resolve() in dst.resolve().parents:  # e.g. an HF folder's model.safetensors
+            raise GptkitError(f"{dst}: the output would replace a file inside its source {src}; write it elsewhere")
     loaded = load(src, tokenizer=tokenizer)
     torch_dtype = DTYPES[dtype]
     make_dirs(dst.parent)
