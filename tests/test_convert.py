@@ -380,6 +380,19 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     assert not marker.exists()
 
 
+def test_a_plain_pickle_is_named_as_such_in_one_line(tmp_path):
+    """pickle.dump's file (protocol 4 or 5, FRAME opcodes): no torch warnings first, and nothing runs."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    for name, obj in (("plain.pt", {"model": {"a": torch.zeros(2)}}), ("evil.pt", {"x": Payload(marker)})):
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump(obj, f, protocol=4)
+        line = assert_one_line_error(run_cli("sample", "x", "--model", tmp_path / name, "--device", "cpu"))
+        assert "refusing to unpickle a plain pickle, not a torch.save file" in line, line
+    assert not marker.exists()
+
+
 def test_truncated_pt_and_unknown_format_are_one_line(gpt2_ck, tmp_path):
     _, ck = gpt2_ck
     convert(ck, tmp_path / "m.pt")

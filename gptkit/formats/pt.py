@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,11 +63,15 @@ def torch_load(path: Path) -> Any:
     """torch.load with weights_only=True; a file that needs more than tensors is refused in one line."""
     safe: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [(PickledConfig, n) for n in PICKLED_CONFIG_NAMES]
     try:
-        with torch.serialization.safe_globals(safe):
+        # torch warns (two lines) about a plain pickle's protocol before refusing it below in one
+        with torch.serialization.safe_globals(safe), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         m = re.search(r"GLOBAL ([\w.]+)|unrecognized function ([^\s]+)|(Unsupported operand \S+)", str(e))
         what = next((g for g in (m.groups() if m else ()) if g), "a Python object")
+        if what.startswith("Unsupported operand"):  # an opcode torch.save never writes (pickle.dump's FRAME)
+            what = "a plain pickle, not a torch.save file"
         raise GptkitError(
             f"{path}: refusing to unpickle {what}: gptkit loads .pt files with torch.load(weights_only=True), "
             "which allows tensors and plain containers only (convert it with its own code to safetensors)"
