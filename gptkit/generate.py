@@ -52,7 +52,7 @@ class SampleConfig:
         if self.temperature < 0:
             raise GptkitError("--temperature must be >= 0 (0 means greedy)")
         if self.top_k is not None and self.top_k < 1:
-            raise GptkitError("--top-k must be at least 1")
+            raise GptkitError(f"--top-k must be at least 1, or 0 for no limit (got {self.top_k})")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise GptkitError("--top-p must be in (0, 1]")
         if self.num_samples < 1:

@@ -130,6 +130,16 @@ def test_optimiser_settings_a_worker_would_refuse_or_misuse_are_refused_first(se
     assert str(e.value).startswith(message), str(e.value)
 
 
+def test_a_too_small_validation_set_names_what_limits_it(gptkit_home):
+    make_dataset(gptkit_home / "shards" / "small-val", val_tokens=100)
+    launch = C.LaunchOverrides(gpus=0, nproc=1)
+    flags = dict(preset="tiny", data="small-val", batch_tokens=256, hellaswag_every=0)
+    with pytest.raises(GptkitError, match=r"validation shard \(\d+ tokens\) is too small .* larger --val-tokens"):
+        prepare(C.TrainOverrides(seq_len=128, eval_tokens=10_000, **flags), launch, out=gptkit_home / "a")
+    with pytest.raises(GptkitError, match="--eval-tokens 16 is too small .*; raise --eval-tokens"):
+        prepare(C.TrainOverrides(seq_len=32, eval_tokens=16, **flags), launch, out=gptkit_home / "b")
+
+
 def test_grad_clip_0_means_no_clipping(gptkit_home):
     """nanoGPT's meaning: 0 turns clipping off (it used to scale every gradient to zero)."""
     import torch

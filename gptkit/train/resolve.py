@@ -400,9 +400,16 @@ def prepare(
     if cfg.eval_tokens:
         val_tokens = TokenStream(val, eot, cfg.seed, shuffle=False).total
         if (min(cfg.eval_tokens, val_tokens - 1) // cfg.seq_len) < world:
+            if (val_tokens - 1) // cfg.seq_len < world:  # the shard is the limit: a larger budget cannot help
+                what, fix = (
+                    f"the validation shard ({val_tokens} tokens) is",
+                    "tokenize with a larger --val-tokens, lower --seq-len",
+                )
+            else:
+                what, fix = f"--eval-tokens {cfg.eval_tokens} is", "raise --eval-tokens"
             raise GptkitError(
-                f"the validation shard ({val_tokens} tokens) is too small to give each of {world} processes one "
-                f"sequence of {cfg.seq_len}; raise --eval-tokens or turn validation off with --eval-tokens 0"
+                f"{what} too small to give each of {world} processes one sequence of {cfg.seq_len}; "
+                f"{fix}, or turn validation off with --eval-tokens 0"
             )
     check_backends(cfg.tensorboard, cfg.wandb)
     auto_info = s.auto
