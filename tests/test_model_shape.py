@@ -187,8 +187,10 @@ def test_init_from_takes_the_weights_shape_and_checks_the_flags(toy, tmp_path):
         prepare(C.TrainOverrides(preset="tiny", seq_len=64, init_from=str(src), n_layer=2), CPU, name="i3")
     with pytest.raises(GptkitError, match=r"^--activation gelu_new conflicts with the weights"):
         prepare(C.TrainOverrides(preset="tiny", seq_len=64, init_from=str(src), activation="tanh"), CPU, name="i4")
+    # the preset's 128-token sequence becomes the weights' 64 unless --seq-len asks for more
+    assert prepare(C.TrainOverrides(preset="tiny", init_from=str(src)), CPU, name="i5").train.seq_len == 64
     with pytest.raises(GptkitError, match="--seq-len 128 exceeds the model's context length 64"):
-        prepare(C.TrainOverrides(preset="tiny", init_from=str(src)), CPU, name="i5")
+        prepare(C.TrainOverrides(preset="tiny", seq_len=128, init_from=str(src)), CPU, name="i6")
 
 
 # --- training with a shape of one's own (real torchrun, 1 process) -------------------------------

@@ -140,6 +140,31 @@ def test_a_too_small_validation_set_names_what_limits_it(gptkit_home):
         prepare(C.TrainOverrides(seq_len=32, eval_tokens=16, **flags), launch, out=gptkit_home / "b")
 
 
+def test_init_from_takes_the_weights_context_and_cpu_sizing(gptkit_home):
+    """`gptkit train --init-from imported/ --lr 1e-4` (the README's line) on a small imported model:
+    no --seq-len 1024 it cannot take, and on a CPU the auto-sizing for that model."""
+    from gptkit.checkpoint import save_checkpoint
+    from gptkit.model import GPT, GPTConfig
+
+    make_dataset(gptkit_home / "shards" / "toy")
+    m = GPT(GPTConfig(block_size=96, vocab_size=256, padded_vocab_size=256, n_layer=2, n_head=2, n_embd=32))
+    ck = save_checkpoint(gptkit_home / "imported", m, config=m.config, tokenizer="bytes")
+    launch = C.LaunchOverrides(gpus=0, nproc=1)
+    notes = []
+    rr = prepare(
+        C.TrainOverrides(init_from=str(ck), data="toy", lr=1e-4), launch, out=gptkit_home / "a", warn=notes.append
+    )
+    t = rr.train
+    assert (t.n_layer, t.n_embd, t.block_size) == (2, 32, 96) and t.seq_len <= 96 and t.lr == 1e-4
+    assert rr.extra["auto"]["line"].startswith("no GPU, no --preset: your 2x2x32 model with the ")
+    # a GPU recipe given by name: its 1024-token sequence becomes the weights' 96, the batch whole rows
+    rr = prepare(C.TrainOverrides(init_from=str(ck), data="toy", preset="gpt2"), launch, out=gptkit_home / "b")
+    assert rr.train.seq_len == 96 and rr.train.batch_tokens % 96 == 0
+    assert abs(rr.train.batch_tokens - 524_288) <= 48
+    with pytest.raises(GptkitError, match="--seq-len 1024 exceeds the model's context length 96"):
+        prepare(C.TrainOverrides(init_from=str(ck), data="toy", seq_len=1024), launch, out=gptkit_home / "c")
+
+
 def test_grad_clip_0_means_no_clipping(gptkit_home):
     """nanoGPT's meaning: 0 turns clipping off (it used to scale every gradient to zero)."""
     import torch

@@ -223,18 +223,23 @@ def settle_config(
         size = None  # no data (yet): a plan assumes GPT-2's vocabulary; a run fails on cfg.data below
 
     choice = None
+    init_from = overrides.init_from or file_train.get("init_from")
+    init_model = _init_from_model(init_from) if init_from and resume is None else None
     auto_ok = (
         preset is None
         and resume is None
-        and not _given(overrides, file_train, "init_from")
+        and (not init_from or init_model is not None)
         and not any(_given(overrides, file_train, k) for k in SIZING_KEYS)
     )
     if auto_ok and device_type == "cpu" and size is not None:
         from gptkit.train.plan import free_ram
 
-        # A shape of the user's own (--n-layer ...) is kept: only the recipe is sized for this machine.
+        # A shape of the user's own (--n-layer ...) or of --init-from's weights is kept: only the
+        # recipe is sized for this machine.
         shape = None
-        if any(_given(overrides, file_train, k) for k in SHAPE_KEYS):
+        if init_model is not None:
+            shape = {f: getattr(init_model, f) for f in SHAPE_KEYS.values()}
+        elif any(_given(overrides, file_train, k) for k in SHAPE_KEYS):
             probe = resolve_shape(overrides.apply(merge(preset_config("small"), file_train, str(config_file))))
             probe = replace(probe, seq_len=min(probe.seq_len, probe.block_size or probe.seq_len))
             validate(probe)  # a bad shape is one line before any model is built to time it
@@ -276,6 +281,18 @@ def settle_config(
                 f"--seq-len {cfg.seq_len} exceeds the block size {resumed_shape['block_size']} of the run being "
                 f"resumed ({ckpt})"
             )
+    if init_model is not None and not _given(overrides, file_train, "seq_len") and cfg.seq_len > init_model.block_size:
+        # A recipe's sequence (GPT-2's 1024) longer than the weights' context: their context, and a
+        # batch of whole sequences near the recipe's, unless those were given.
+        seq = init_model.block_size
+        batch = cfg.batch_tokens
+        if not _given(overrides, file_train, "batch_tokens"):
+            batch = max(1, round(batch / seq)) * seq
+        cfg = replace(cfg, seq_len=seq, batch_tokens=batch)
+    if init_model is not None and cfg.seq_len > init_model.block_size:  # before the batch arithmetic's errors
+        raise GptkitError(
+            f"--seq-len {cfg.seq_len} exceeds the model's context length {init_model.block_size} (--init-from {init_from})"
+        )
     if ckpt is None and not _given(overrides, file_train, "warmup_steps"):
         # A preset's warmup was set for its own step count: never let it cover a shorter run.
         cfg = replace(cfg, warmup_steps=min(cfg.warmup_steps, max(1, int(WARMUP_CAP * cfg.max_steps))))
@@ -305,6 +322,17 @@ def settle_config(
         train_tokens=size[1] if size else None,
         auto=auto_info,
     )
+
+
+def _init_from_model(path: str):
+    """The model config of --init-from's weights, or None where they cannot be read (prepare says why)."""
+    from gptkit.checkpoint import read_config, resolve_checkpoint
+
+    try:
+        found = resolve_checkpoint(Path(path).expanduser().resolve())
+        return read_config(found)[0] if found is not None else None
+    except (GptkitError, OSError, ValueError):
+        return None
 
 
 def model_config(cfg: TrainConfig, vocab: int):
