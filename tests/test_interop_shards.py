@@ -362,6 +362,21 @@ def test_llmc_shards_verify_and_train_in_place(tmp_path, gptkit_home):
         shards.find_shards(d)
 
 
+def test_llmc_folders_without_val_or_with_empty_train_shards_are_refused_before_launch(tmp_path):
+    from gptkit.train.data import check_data
+
+    d = tmp_path / "llmc"
+    llmc_dir(d)
+    (d / "fineweb_val_000000.bin").unlink()
+    with pytest.raises(GptkitError, match=r"no validation shard; llm.c names it \*_val_\*.bin"):
+        check_data(d)
+    write_llmc_shard(d / "fineweb_val_000000.bin", np.arange(100))
+    for name in ("fineweb_train_000001.bin", "fineweb_train_000002.bin"):
+        write_llmc_shard(d / name, np.zeros(0))
+    with pytest.raises(GptkitError, match="the training shards hold no tokens"):
+        check_data(d)
+
+
 @pytest.mark.parametrize("where,bad", [("train", 50300), ("val", 60000)])
 def test_training_on_ids_outside_the_vocabulary_is_one_line(tmp_path, gptkit_home, where, bad):
     """Shards read in place are not verified up front: an id inside the padded rows (50257..50303)

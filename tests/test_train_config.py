@@ -163,6 +163,12 @@ def test_init_from_takes_the_weights_context_and_cpu_sizing(gptkit_home):
     assert abs(rr.train.batch_tokens - 524_288) <= 48
     with pytest.raises(GptkitError, match="--seq-len 1024 exceeds the model's context length 96"):
         prepare(C.TrainOverrides(init_from=str(ck), data="toy", seq_len=1024), launch, out=gptkit_home / "c")
+    hf = gptkit_home / "hf-folder"  # a Hugging Face folder: its config.json is not a checkpoint's
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    (hf / "model.safetensors").write_bytes(b"")
+    with pytest.raises(GptkitError, match=r"--init-from .*hf-folder: .*; make a checkpoint with `gptkit convert"):
+        prepare(C.TrainOverrides(init_from=str(hf), data="toy"), launch, out=gptkit_home / "d")
 
 
 def test_grad_clip_0_means_no_clipping(gptkit_home):

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from gptkit.data.shards import check_token_ids, find_shards, open_shard, read_header, resolve_shards_dir
+from gptkit.data.shards import FOREIGN_FORMAT, check_token_ids, find_shards, open_shard, read_header, resolve_shards_dir
 from gptkit.errors import GptkitError
 from gptkit.tokenizer import Tokenizer
 
@@ -44,7 +44,13 @@ def check_data(data: str | Path | None) -> tuple[Path, list[Path], list[Path], d
     data_dir = resolve_shards_dir(data).resolve()
     val, train, manifest = find_shards(data_dir)
     if not val:
+        if manifest.get("format") == FOREIGN_FORMAT:  # read in place: there is no tokenize run to repeat
+            raise GptkitError(
+                f"{data_dir}: no validation shard; llm.c names it *_val_*.bin (e.g. fineweb_val_000000.bin)"
+            )
         raise GptkitError(f"{data_dir}: no validation shard; re-run `gptkit tokenize` with --val-tokens")
+    if train and not any(read_header(p) for p in train):  # before any process starts, not in a worker
+        raise GptkitError(f"{data_dir}: the training shards hold no tokens")
     tokenizer_info(manifest, data_dir)
     return data_dir, val, train, manifest
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from gptkit import paths
 from gptkit.errors import GptkitError
@@ -224,13 +225,8 @@ def settle_config(
 
     choice = None
     init_from = overrides.init_from or file_train.get("init_from")
-    init_model = _init_from_model(init_from) if init_from and resume is None else None
-    auto_ok = (
-        preset is None
-        and resume is None
-        and (not init_from or init_model is not None)
-        and not any(_given(overrides, file_train, k) for k in SIZING_KEYS)
-    )
+    init_model = read_init_from(init_from)[1] if init_from and resume is None else None
+    auto_ok = preset is None and resume is None and not any(_given(overrides, file_train, k) for k in SIZING_KEYS)
     if auto_ok and device_type == "cpu" and size is not None:
         from gptkit.train.plan import free_ram
 
@@ -324,28 +320,13 @@ def settle_config(
     )
 
 
-def _init_from_model(path: str):
-    """The model config of --init-from's weights, or None where they cannot be read (prepare says why)."""
-    from gptkit.checkpoint import read_config, resolve_checkpoint
-
-    try:
-        found = resolve_checkpoint(Path(path).expanduser().resolve())
-        return read_config(found)[0] if found is not None else None
-    except (GptkitError, OSError, ValueError):
-        return None
-
-
 def model_config(cfg: TrainConfig, vocab: int):
     """The model a config trains: --init-from's, else its shape (the preset's and any shape flags)
     with the data's vocabulary."""
     from gptkit.model import GPTConfig
 
     if cfg.init_from:
-        from gptkit.checkpoint import read_config, resolve_checkpoint
-
-        found = resolve_checkpoint(Path(cfg.init_from).expanduser().resolve())
-        if found is not None:
-            return read_config(found)[0]
+        return read_init_from(cfg.init_from)[1]
     return GPTConfig(**model_settings(resolve_shape(cfg))).with_vocab(vocab)
 
 
@@ -479,17 +460,24 @@ def checkpoint_shape(ckpt: Path) -> dict:
     return shape_of(read_config(ckpt)[0].to_dict())
 
 
-def check_init_from(path: str, tokenizer: str, vocab: int) -> tuple[Path, dict]:
-    """--init-from must be a gptkit checkpoint whose vocabulary fits the data: (its path, its model shape)."""
+def read_init_from(path: str) -> tuple[Path, Any, dict]:
+    """--init-from's checkpoint: (its path, its GPTConfig, its meta); one line with the way to make one."""
     from gptkit.checkpoint import read_config, resolve_checkpoint
 
-    p = Path(path).expanduser().resolve()
-    found = resolve_checkpoint(p)
+    how = "`gptkit convert SRC DIR --to gptkit`"
+    found = resolve_checkpoint(Path(path).expanduser().resolve())
     if found is None:
-        raise GptkitError(
-            f"--init-from {path}: not a gptkit checkpoint; make one with `gptkit convert SRC DIR --to gptkit`"
-        )
-    mc, meta = read_config(found)
+        raise GptkitError(f"--init-from {path}: not a gptkit checkpoint; make one with {how}")
+    try:
+        mc, meta = read_config(found)
+    except GptkitError as e:  # e.g. a Hugging Face folder: its config.json is not a gptkit checkpoint's
+        raise GptkitError(f"--init-from {path}: {e}; make a checkpoint with {how}") from None
+    return found, mc, meta
+
+
+def check_init_from(path: str, tokenizer: str, vocab: int) -> tuple[Path, dict]:
+    """--init-from must be a gptkit checkpoint whose vocabulary fits the data: (its path, its model shape)."""
+    found, mc, meta = read_init_from(path)
     if meta.get("tokenizer") != tokenizer or mc.vocab_size != vocab:
         raise GptkitError(
             f"--init-from {path}: the model's vocabulary ({meta.get('tokenizer')}, {mc.vocab_size}) does not match "
