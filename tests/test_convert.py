@@ -57,6 +57,27 @@ def gpt2_ck(tmp_path_factory):
 # --- Hugging Face ------------------------------------------------------------------------------
 
 
+def test_an_hf_model_resized_to_a_padded_vocabulary_loads_with_its_tokenizer(gpt2_ck, tmp_path):
+    """transformers' resize_token_embeddings(50304), nanoGPT's size: the 47 rows past GPT-2's tokenizer
+    are padding (said in a note), not a mismatch; logits over the real vocabulary are transformers'."""
+    from transformers import GPT2LMHeadModel
+
+    _, ck = gpt2_ck
+    convert(ck, tmp_path / "hf", to="hf")
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    hf.resize_token_embeddings(50304, mean_resizing=False)
+    hf.save_pretrained(tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == 50304
+    loaded = load(tmp_path / "hf")
+    assert loaded.config.vocab_size == GPT2_V and loaded.config.padded_vocab_size == 50304
+    assert loaded.tokenizer.name == "gpt2" and any("pad it to a multiple of 64" in n for n in loaded.notes)
+    model = load_for_sampling(tmp_path / "hf", torch.device("cpu"), dtype=torch.float32)[0]
+    idx = prompt()
+    with torch.no_grad():
+        theirs = hf(idx).logits[..., :GPT2_V]
+    assert (logits(model, idx) - theirs).abs().max().item() <= 1e-5
+
+
 def test_hf_export_matches_transformers(gpt2_ck, tmp_path):
     from safetensors import safe_open
     from transformers import AutoTokenizer, GPT2LMHeadModel

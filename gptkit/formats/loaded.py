@@ -63,8 +63,8 @@ class Loaded:
         rows = c.padded_vocab_size
         if tok.vocab_size == c.vocab_size:
             config = c
-        elif tok.vocab_size < c.vocab_size and c.vocab_size <= pad_vocab(tok.vocab_size):
-            config = replace(c, vocab_size=tok.vocab_size)  # the extra rows are padding to a multiple of 64
+        elif only_padding_past(tok.vocab_size, c.vocab_size):
+            config = replace(c, vocab_size=tok.vocab_size)
         else:
             raise GptkitError(
                 f"--tokenizer {given} has {tok.vocab_size} tokens but the model's vocabulary is {c.vocab_size}"
@@ -73,6 +73,12 @@ class Loaded:
             )
         notes = [n for n in self.notes if NEEDS_TOKENIZER not in n and not n.startswith(ASSUMED_GPT2)]
         return replace(self, config=config, tokenizer=tok, assumed_tokenizer=False, notes=notes)
+
+
+def only_padding_past(tokens: int, rows: int) -> bool:
+    """Rows past a tokenizer's tokens that only pad its vocabulary to a multiple of 64 (nanoGPT's
+    50304; a transformers model resized to it): padding, never sampled, not other tokens."""
+    return tokens < rows <= pad_vocab(tokens)
 
 
 def never(key: str, v: torch.Tensor) -> bool:
@@ -159,6 +165,12 @@ def assemble(
         n_head = max(1, n_embd // 64)
         notes.append(f"the source does not record its number of heads: assuming {n_head} (64 wide, as GPT-2's)")
     vocab = hints.get("vocab_size") or (tokenizer.vocab_size if tokenizer is not None else rows)
+    if tokenizer is not None and only_padding_past(tokenizer.vocab_size, vocab):
+        notes.append(
+            f"the {vocab - tokenizer.vocab_size} embedding rows past the tokenizer's {tokenizer.vocab_size} tokens "
+            "pad it to a multiple of 64: taken as padding, never sampled"
+        )
+        vocab = tokenizer.vocab_size
     if vocab > rows:
         raise GptkitError(f"{source}: the vocabulary is {vocab} tokens but the embedding has only {rows} rows")
     if tokenizer is not None and tokenizer.vocab_size != vocab:
