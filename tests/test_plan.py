@@ -158,3 +158,15 @@ def test_summary_of_a_run():
     assert summarize([{"step": 0, "val_loss": 5.5}]) is None
     no_val = summary_lines(summarize(records[1:11]), None, "/abs/run")
     assert "final loss 4.0000" in no_val[0] and no_val[-1] == "next: gptkit sample --model /abs/run"
+
+
+def test_wall_time_leaves_out_the_time_between_a_stop_and_a_resume():
+    def steps(first, last, t0):
+        return [{"step": s, "loss": 1.0, "dt": 1.0, "time": t0 + (s - first + 1)} for s in range(first, last + 1)]
+
+    # session 1: starts at t=0 (an evaluation first), steps 1-20 end at t=22; an hour later, steps 21-30
+    records = [{"step": 0, "start": 0.0}, *[dict(r, time=r["time"] + 2) for r in steps(1, 20, 0.0)]]
+    records += [{"step": 20, "start": 3600.0}, *steps(21, 30, 3601.0)]
+    assert summarize(records)["wall_s"] == pytest.approx(22 + 11)
+    # an older file without start records: the first step's start to the last step's end, as before
+    assert summarize(steps(1, 20, 0.0))["wall_s"] == pytest.approx(20)

@@ -7,6 +7,7 @@ kind of measurement:
     {"step", "hellaswag", "hellaswag_acc", "hellaswag_n"}                               HellaSwag
     {"step", "sample"}                                                                  a text sample
     {"step", "mfu_note"}                         MFU read above 100%: peak re-measured, or clamped
+    {"step", "start"}                            a session began (a fresh start or a resume), unix time
 """
 
 from __future__ import annotations
@@ -113,15 +114,15 @@ def step_line(step: int, max_steps: int, fields: dict[str, str], width: int | No
 # --- the end of a run ------------------------------------------------------------------------------
 def summarize(records: list[dict]) -> dict | None:
     """Best validation loss, tokens, wall time, mean tokens/s and MFU of a run's metrics.jsonl records
-    (None if no step was logged). Wall time: from the first logged step's start to the last's end."""
+    (None if no step was logged). Wall time: each session's, from its start (or its first step's) to its
+    last step's end, summed: the hours between a stop and a resume are not the run's."""
     train = [r for r in records if "loss" in r]
     if not train:
         return None
     vals = [r for r in records if r.get("val_loss") is not None]
     best = min(vals, key=lambda r: r["val_loss"]) if vals else None
     mfus = [r["mfu"] for r in train if r.get("mfu") is not None]
-    times = [r["time"] for r in train if r.get("time") is not None]
-    wall = (times[-1] - times[0] + train[0].get("dt", 0.0)) if times else sum(r.get("dt", 0.0) for r in train)
+    wall = _wall_time(records) or sum(r.get("dt", 0.0) for r in train)
     busy = sum(r.get("dt", 0.0) for r in train)
     steps_tokens = sum(r["tok_per_s"] * r["dt"] for r in train if r.get("dt") and r.get("tok_per_s"))
     return {
@@ -134,6 +135,21 @@ def summarize(records: list[dict]) -> dict | None:
         "tok_per_s": steps_tokens / busy if busy else None,  # tokens over time spent in steps
         "mfu": sum(mfus) / len(mfus) if mfus else None,
     }
+
+
+def _wall_time(records: list[dict]) -> float:
+    """Summed over sessions (split at "start" records; files from before them are one session)."""
+    total, begin, last = 0.0, None, None
+    for r in [*records, {"start": None}]:
+        if "start" in r:
+            if begin is not None and last is not None:
+                total += last - begin
+            begin, last = r["start"], None
+        elif "loss" in r and r.get("time") is not None:
+            if begin is None:  # no start record: the first step's start
+                begin = r["time"] - r.get("dt", 0.0)
+            last = r["time"]
+    return total
 
 
 def summary_lines(s: dict, checkpoint: str | None, run: str) -> list[str]:
@@ -183,6 +199,8 @@ class Reporter:
         from rich.console import Console
 
         self.file = open(Path(run_dir) / METRICS, "a")
+        # Where this session begins: the summary's wall time leaves out the time between sessions.
+        self._append({"step": start_step, "start": time.time()})
         self.console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files
         self.live = self.console.is_terminal
         if self.live:
@@ -212,10 +230,13 @@ class Reporter:
         if self.enabled:
             (self.progress.console if self.progress else self.console).print(text, markup=False)
 
-    def _write(self, record: dict) -> None:
+    def _append(self, record: dict) -> None:
         with disk_errors(Path(self.file.name), point="metrics"):  # a full disk: one line, not a traceback
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+
+    def _write(self, record: dict) -> None:
+        self._append(record)
         step = record["step"]
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None and k != "step"}
         if self.tb:
