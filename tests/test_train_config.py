@@ -190,6 +190,22 @@ def test_grad_clip_0_means_no_clipping(gptkit_home):
     assert not torch.allclose(weights[0.0], weights[0.01])  # clipping does act at a small bound
 
 
+def test_worker_threads_and_the_plan_agree_with_omp_num_threads(gptkit_home, monkeypatch):
+    from gptkit.train.mfu import usable_cores
+    from gptkit.train.plan import make_plan
+
+    make_dataset(gptkit_home / "shards" / "toy")
+    rr = prepare(TINY, C.LaunchOverrides(gpus=0, nproc=1), name="threads")
+    for given, want in (("1", 1), ("3", 3), (None, usable_cores()), ("", usable_cores())):
+        if given is None:
+            monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        else:
+            monkeypatch.setenv("OMP_NUM_THREADS", given)
+        assert worker_env(rr)["OMP_NUM_THREADS"] == str(want)
+        hardware = make_plan(TINY, C.LaunchOverrides(gpus=0, nproc=1), measure=False).hardware
+        assert hardware == f"CPU, 1 process x {want} thread{'s' if want > 1 else ''}", hardware
+
+
 def test_torchrun_commands(gptkit_home):
     make_dataset(gptkit_home / "shards" / "toy")
     rr = prepare(TINY, C.LaunchOverrides(gpus=0, nproc=2), name="cmd")

@@ -26,6 +26,7 @@ from gptkit.train.config import (
     TrainOverrides,
 )
 from gptkit.train.main import ERRORS_DIR, LAUNCHER_ENV, LAUNCHER_PID_ENV, VERBOSE_ENV
+from gptkit.train.mfu import threads_per_process
 from gptkit.train.outcome import TORCHRUN_LOG, Outcome, finish
 from gptkit.train.resolve import prepare
 
@@ -64,8 +65,8 @@ def worker_env(rr: ResolvedRun, verbose: bool = False) -> dict[str, str]:
     else:
         env.pop(VERBOSE_ENV, None)
     env.setdefault("PYTHONUNBUFFERED", "1")  # log lines appear as they happen when not on a terminal
-    # Processes on one node share its cores: give each an equal slice (torchrun would use 1).
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(rr.extra["nproc_per_node"]))))
+    # Processes on one node share its cores: each an equal slice, unless OMP_NUM_THREADS is set.
+    env["OMP_NUM_THREADS"] = str(threads_per_process(int(rr.extra["nproc_per_node"])))
     if rr.extra["device_type"] == "cpu":
         env.update({k: v for k, v in CPU_MALLOC_ENV.items() if k not in env})
     return env

@@ -79,6 +79,15 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def threads_per_process(nproc: int) -> int:
+    """Threads each of `nproc` CPU workers on a node runs: OMP_NUM_THREADS where the user set it,
+    else an equal slice of the usable cores (torchrun alone would give each 1)."""
+    given = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return max(1, usable_cores() // max(1, nproc))
+
+
 def measure_cpu_peak_flops(
     precision: str = "fp32", threads: int | None = None, n: int | None = None, seconds: float = MEASURE_SECONDS
 ) -> float:

@@ -287,7 +287,10 @@ def make_plan(
         prec = resolve_precision(cfg.precision, torch.device("cpu")).name
         ram = free_ram()
         free = ram // nproc if ram else None  # processes on one node share its RAM
-        hardware = f"CPU, {nproc} process{'es' if nproc > 1 else ''} x {max(1, (os.cpu_count() or 1) // nproc)} threads"
+        from gptkit.train.mfu import threads_per_process
+
+        threads = threads_per_process(nproc)
+        hardware = f"CPU, {nproc} process{'es' if nproc > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
 
     mem = memory_estimate(mc, n_params, cfg.seq_len, batches.micro_batch, half, free)
     max_mb = largest_fitting_micro_batch(mc, n_params, cfg.seq_len, per_rank, half, free)
