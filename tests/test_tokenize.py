@@ -440,6 +440,8 @@ def test_verify_catches_corruption(tmp_path):
         shards.verify(out)
     with pytest.raises(GptkitError, match="no such directory"):
         shards.verify(tmp_path / "nope" / "x")
+    with pytest.raises(GptkitError, match=rf"is a file; give the folder that holds it: --data {out}$"):
+        shards.verify(shard)  # a shard named where its folder belongs (as --data, too)
 
 
 def test_converts_build_nanogpt_npy_and_nanogpt_bin(tmp_path):

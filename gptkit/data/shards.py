@@ -179,6 +179,8 @@ def resolve_shards_dir(name_or_dir: str | Path | None) -> Path:
     p = Path(name_or_dir).expanduser()
     if p.is_dir():
         return p
+    if p.is_file():  # a shard itself: training reads the folder (its val and train shards together)
+        raise GptkitError(f"{p} is a file; give the folder that holds it: --data {p.parent}")
     if isinstance(name_or_dir, str) and not any(s in name_or_dir for s in ("./", "~")) and not p.is_absolute():
         d = paths.shards_dir(name_or_dir)
         if d.is_dir():
