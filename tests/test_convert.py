@@ -511,6 +511,21 @@ def test_force_never_replaces_the_source_or_a_file_inside_it(tmp_path):
     convert(ck, ck / "model.gguf", force=True)  # a new file beside the source's replaces nothing
 
 
+def test_fp16_overflow_is_named_and_a_failed_convert_leaves_no_new_folders(tmp_path, monkeypatch):
+    model = random_model(vocab=256, padded=256)
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[3, 5] = 1e5  # past fp16's 65504: it would be written as inf
+    ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")
+    with pytest.raises(GptkitError, match=r"^transformer.h.1.mlp.c_fc.weight holds values up to 1e\+05, past fp16's"):
+        convert(ck, tmp_path / "new" / "sub" / "m.safetensors", dtype="fp16")
+    convert(ck, tmp_path / "new" / "sub" / "m.safetensors", dtype="bf16")  # bf16 holds it
+    monkeypatch.setenv("GPTKIT_FAULTS", "fs.enospc=convert")
+    with pytest.raises(GptkitError, match="no space left"):
+        convert(ck, tmp_path / "other" / "deeper" / "m.safetensors")
+    assert not (tmp_path / "other").exists()  # the folders made for it are gone with it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "new"]
+
+
 def test_failed_verification_leaves_the_old_output_alone(tmp_path, monkeypatch):
     model = random_model(vocab=256, padded=256)
     ck = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes")

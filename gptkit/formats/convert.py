@@ -211,6 +211,16 @@ class ConvertResult:
     notes: list[str]
 
 
+def check_fp16_range(loaded, keeps_fp32) -> None:
+    """A weight past fp16's largest value (65504) would be written as inf: refused, naming it."""
+    top = torch.finfo(torch.float16).max
+    for k, v in loaded.state_dict.items():
+        if v.is_floating_point() and v.numel() and not keeps_fp32(k, v) and (big := v.abs().max().item()) > top:
+            raise GptkitError(
+                f"{k} holds values up to {big:.3g}, past fp16's range ({top:.0f}); use --dtype bf16 or fp32"
+            )
+
+
 def convert(
     src: str | Path,
     dst: str | Path,
@@ -235,12 +245,23 @@ def convert(
             raise GptkitError(f"{dst}: the output would replace a file inside its source {src}; write it elsewhere")
     loaded = load(src, tokenizer=tokenizer)
     torch_dtype = DTYPES[dtype]
+    if torch_dtype == torch.float16:
+        check_fp16_range(loaded, FORMATS[fmt].keeps_fp32)
+    created = [d for d in [dst.parent, *dst.parent.parents] if not d.exists()]  # deepest first
     make_dirs(dst.parent)
     need = sum(v.numel() for v in loaded.state_dict.values()) * torch_dtype.itemsize
     # --force: the old output is replaced whole, only once verified; a full disk leaves no temporary copy
-    with atomic_output(dst) as tmp, disk_errors(dst, need, point="convert"):
-        notes = loaded.notes + FORMATS[fmt].write(loaded, tmp, torch_dtype)
-        check = verify(loaded, tmp, fmt, torch_dtype) if verify_output else None
+    try:
+        with atomic_output(dst) as tmp, disk_errors(dst, need, point="convert"):
+            notes = loaded.notes + FORMATS[fmt].write(loaded, tmp, torch_dtype)
+            check = verify(loaded, tmp, fmt, torch_dtype) if verify_output else None
+    except BaseException:
+        for d in created:  # the folders made for this output only, left empty by the failure
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     if loaded.tokenizer is None and not any(NEEDS_TOKENIZER in n for n in notes):
         notes.append(f"the model has no tokenizer; {NEEDS_TOKENIZER}")
     elif loaded.tokenizer is not None and loaded.tokenizer.kind != "builtin" and fmt in ("pt", "safetensors"):
