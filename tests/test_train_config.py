@@ -171,6 +171,13 @@ def test_init_from_takes_the_weights_context_and_cpu_sizing(gptkit_home):
         prepare(C.TrainOverrides(init_from=str(hf), data="toy"), launch, out=gptkit_home / "d")
 
 
+def test_no_data_is_the_one_line_without_a_recipe_warning_first(gptkit_home):
+    warnings = []
+    with pytest.raises(GptkitError, match="no tokenized data"):
+        prepare(C.TrainOverrides(max_steps=2), C.LaunchOverrides(gpus=0, nproc=1), name="x", warn=warnings.append)
+    assert warnings == []
+
+
 def test_grad_clip_0_means_no_clipping(gptkit_home):
     """nanoGPT's meaning: 0 turns clipping off (it used to scale every gradient to zero)."""
     import torch

@@ -294,7 +294,9 @@ def settle_config(
         cfg = replace(cfg, warmup_steps=min(cfg.warmup_steps, max(1, int(WARMUP_CAP * cfg.max_steps))))
     validate(cfg)  # before anything builds on it (the CPU estimate builds the model's config)
 
-    if ckpt is None and choice is None and device_type == "cpu" and preset.startswith("gpt2") and not plan_only:
+    # (no data: the run fails on that in one line below, without this warning first)
+    cpu_gpt2 = device_type == "cpu" and preset.startswith("gpt2") and size is not None
+    if ckpt is None and choice is None and cpu_gpt2 and not plan_only:
         line = gpt2_on_cpu_warning(cfg, size[0] if size else 50257)
         if line:
             warn(line)
@@ -382,7 +384,8 @@ def prepare(
         if done >= cfg.max_steps:
             raise GptkitError(
                 f"{ckpt.parent} already finished ({done} of {cfg.max_steps} steps); "
-                "give a larger --max-steps to train further"
+                "give a larger --max-steps to train further (the schedule then spans the new total: the learning "
+                "rate rises again from where it had decayed)"
             )
 
     device_type, nproc = resolve_devices(cfg, launch)
