@@ -116,12 +116,15 @@ def preset_sizes() -> str:
     return ", ".join(f"{name} {param_count(cfg) / 1e6:.1f}M" for name, cfg in PRESETS.items())
 
 
-def vocab_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Summed cross-entropy over the real vocabulary, the padded rows' logits left out: what
-    transformers and `gptkit eval` report. (An imported model's padding rows are zeros, and their
-    logits of 0 would take probability mass.) Training's own loss keeps them, as nanoGPT's does."""
+def vocab_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, vocab_size: int, reduction: str = "sum"
+) -> torch.Tensor:
+    """Cross-entropy over the real vocabulary, the padded rows' logits left out, as llm.c's and
+    transformers' are: training, validation and `gptkit eval` all use it. (An imported model's padding
+    rows are zeros; GPT-2's real logits are far below 0, so logits of 0 would take nearly all the
+    probability and a fine-tuning run would start by wrecking the model to push them down.)"""
     flat = logits[..., :vocab_size].float().reshape(-1, vocab_size)
-    return F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1, reduction="sum")
+    return F.cross_entropy(flat, targets.reshape(-1), ignore_index=-1, reduction=reduction)
 
 
 class KVCache(nn.Module):
@@ -291,10 +294,8 @@ class GPT(nn.Module):
         x = self.hidden(idx, pos)
         logits = self.lm_head(x)  # (B, T, padded_vocab)
         loss = None
-        if targets is not None:
-            # Padded vocabulary rows are never targets; their logits only add a tiny constant to
-            # the softmax normaliser, which training quickly drives towards -inf.
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        if targets is not None:  # over the real vocabulary (the slice costs nothing extra under autocast)
+            loss = vocab_cross_entropy(logits, targets, self.config.vocab_size, reduction="mean")
         return logits, loss
 
     # --- KV cache for incremental decoding -------------------------------------------------

@@ -7,12 +7,14 @@ its gradients must be as close to the exact (fp64) ones as the unfused bf16 path
 rounding of the logits' gradient, nothing worse.
 """
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gptkit.device import cpu_has_native_bf16
-from gptkit.model import GPT, get_preset
+from gptkit.model import GPT, GPTConfig, get_preset
 from gptkit.train import loss as L
 
 # bf16 matmuls run (slowly, emulated) on any CPU; the tests need correctness, not speed.
@@ -53,6 +55,32 @@ def test_training_view_of_the_model_gives_the_same_loss_and_gradients():
         for n, p in model.named_parameters():
             torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
     assert "workspace" not in dict(fused.named_buffers()) and fused.workspace is not None
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_padded_vocabulary_rows_take_no_probability_and_get_no_gradient(bf16):
+    """Zero padding rows, as an imported GPT-2 has (its real logits sit near -60): the loss, fused or
+    not, is the real vocabulary's, as transformers and llm.c compute it, and the padding learns nothing."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=300, padded_vocab_size=320, n_layer=1, n_head=2, n_embd=32))
+    with torch.no_grad():
+        model.transformer.wte.weight[300:] = 0
+        model.transformer.ln_f.bias.fill_(-3.0)  # pushes every real logit far below 0
+        model.transformer.wte.weight[:300] += 0.5
+    x, y = torch.randint(0, 300, (2, 2, 16))
+    ctx = BF16 if bf16 else contextlib.nullcontext()
+    with torch.no_grad(), ctx:
+        logits = model(x)[0]
+        assert logits[..., :300].max() < -5  # a zero padding row's logit of 0 would dominate
+        want = F.cross_entropy(logits[..., :300].float().reshape(-1, 300), y.reshape(-1))
+    for name, run in (("unfused", model), ("fused", L.FusedLossGPT(model))):
+        model.zero_grad()
+        with ctx:
+            _, loss = run(x, y)
+        loss.backward()
+        torch.testing.assert_close(loss.float(), want, rtol=2e-3 if bf16 else 1e-5, atol=1e-4, msg=name)
+        pad_grad = model.transformer.wte.weight.grad[300:]
+        assert torch.count_nonzero(pad_grad) == 0, name  # tied: embedding and lm_head rows alike
 
 
 def test_rows_whose_probability_underflows_still_get_the_exact_loss():

@@ -6,7 +6,9 @@ scatter, log_softmax's backward (and under bf16 autocast also a cast to fp32 and
 chunk of logits is turned into its gradient in place by one softmax (which works row by row in
 cache) right after it is computed, and the two gradient matmuls follow. Both gradients are ready at
 the end of the forward pass; backward only scales them. The loss equals F.cross_entropy over the
-padded vocabulary (ignore_index=-1), as in GPT.forward.
+real vocabulary (ignore_index=-1), as in GPT.forward: the padded rows' logits are set to -inf before
+the softmax, so they take no probability and get no gradient from the loss (the matmul still spans
+them: the same FLOPs as the unfused path).
 
 bf16 (the CPU's bf16 autocast, as gptkit.device's policy picks it on AVX512-BF16 CPUs): the three
 matmuls take bf16 operands (the hidden states and the tied weight cast once, as autocast would) and
@@ -44,6 +46,7 @@ def _forward_native(
     valid: torch.Tensor,
     n_valid: int,
     scale: float,
+    real: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     N = h.size(0)
     all_valid = n_valid == N
@@ -57,13 +60,14 @@ def _forward_native(
         tcl = tc.clamp(min=0)
         logits = workspace[: len(tc) * weight.size(0)].view(len(tc), weight.size(0))
         torch.mm(hc, weight.t(), out=logits)  # (n, V)
+        logits[:, real:] = float("-inf")  # the padded rows: no probability, no gradient
         target_logit = logits[rows, tcl]  # a copy, taken before the softmax overwrites them
         # In place, one row at a time while it is in cache: max, exp and sum, scale.
         probs = torch.softmax(logits, dim=1, out=logits)
         row_loss = -probs[rows, tcl].log()
         lost = row_loss.isinf()  # p underflowed to 0 (loss > ~100): redo those rows exactly
         if bool(lost.any()):
-            lse = torch.logsumexp(hc[lost] @ weight.t(), dim=1)
+            lse = torch.logsumexp(hc[lost] @ weight[:real].t(), dim=1)
             row_loss[lost] = lse - target_logit[lost]
         probs[rows, tcl] -= 1.0  # softmax - one-hot: d(row loss) / d(logits)
         if not all_valid:
@@ -89,6 +93,7 @@ def _forward_low(
     valid: torch.Tensor,
     n_valid: int,
     scale: float,
+    real: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """bf16 matmuls (fp32 accumulation), fp32 softmax and loss; see the module docstring."""
     N, V = h.size(0), weight.size(0)
@@ -108,6 +113,7 @@ def _forward_low(
         n = hc.size(0)
         logits = workspace[: n * V].view(n, V)
         torch.mm(hc, wl.t(), out=logits)  # (n, V) bf16, accumulated in fp32
+        logits[:, real:] = float("-inf")  # the padded rows: no probability, no gradient
         tc = tcl_all[s : s + n].unsqueeze(1)  # (n, 1)
         target_logit[s : s + n] = logits.gather(1, tc).squeeze(1)
         for b in range(0, n, SOFTMAX_ROWS):
@@ -128,7 +134,7 @@ def _forward_low(
     row_loss = -p_target.log()
     lost = row_loss.isinf()  # p underflowed to 0 (loss > ~100): redo those rows exactly
     if bool(lost.any()):
-        lse = torch.logsumexp((hl[lost] @ wl.t()).float(), dim=1)
+        lse = torch.logsumexp((hl[lost] @ wl[:real].t()).float(), dim=1)
         row_loss[lost] = lse - target_logit[lost]
     loss = torch.where(valid, row_loss, 0.0).sum(dtype=torch.float64)
     assert grad_w is not None
@@ -137,15 +143,16 @@ def _forward_low(
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, workspace: torch.Tensor):
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, workspace: torch.Tensor, real: int):
         # h (N, C) hidden states, weight (V, C) the tied lm_head, targets (N,) with -1 = ignore,
-        # workspace: at least (chunk * V) numbers of scratch for the logits, in the matmuls' dtype
+        # workspace: at least (chunk * V) numbers of scratch for the logits, in the matmuls' dtype,
+        # real: the vocabulary's size (rows from it on are padding)
         valid = targets >= 0
         n_valid = int(valid.sum())
         scale = 1.0 / max(n_valid, 1)
         fwd = _forward_native if workspace.dtype == h.dtype == weight.dtype else _forward_low
         with torch.autocast(h.device.type, enabled=False):  # the dtypes are chosen here, not by autocast
-            loss, grad_h, grad_w = fwd(h, weight, targets, workspace, valid, n_valid, scale)
+            loss, grad_h, grad_w = fwd(h, weight, targets, workspace, valid, n_valid, scale, real)
         ctx.save_for_backward(grad_h, grad_w)
         return (loss * scale).to(torch.float32 if workspace.dtype != h.dtype else h.dtype)
 
@@ -153,7 +160,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         # Scaled in place: these are ours alone, and backward runs once per forward.
-        return grad_h.mul_(grad_out), grad_w.mul_(grad_out), None, None
+        return grad_h.mul_(grad_out), grad_w.mul_(grad_out), None, None, None
 
 
 def chunk_rows(vocab: int, n: int | None = None, element_size: int = 4) -> int:
@@ -173,10 +180,15 @@ def matmul_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 
 
 def linear_cross_entropy(
-    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, workspace: torch.Tensor | None = None
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    workspace: torch.Tensor | None = None,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of (h @ weight.T) against targets, without keeping the logits. Under bf16
-    autocast the matmuls run in bf16 and the loss is fp32, as lm_head + F.cross_entropy would."""
+    autocast the matmuls run in bf16 and the loss is fp32, as lm_head + F.cross_entropy would.
+    vocab_size: the real vocabulary; weight's rows past it are padding, left out of the softmax."""
     dtype = matmul_dtype(h, weight)
     if dtype not in (h.dtype, torch.bfloat16):
         raise ValueError(f"fused loss: no {dtype} matmuls for {h.dtype} inputs (fp32, fp64 or bf16 autocast)")
@@ -184,7 +196,7 @@ def linear_cross_entropy(
     need = chunk_rows(weight.size(0), h.size(0), esize) * weight.size(0)
     if workspace is None or workspace.numel() < need or workspace.dtype != dtype:
         workspace = torch.empty(need, dtype=dtype, device=h.device)
-    return _LinearCrossEntropy.apply(h, weight, targets, workspace)
+    return _LinearCrossEntropy.apply(h, weight, targets, workspace, vocab_size or weight.size(0))
 
 
 class FusedLossGPT(nn.Module):
@@ -204,4 +216,4 @@ class FusedLossGPT(nn.Module):
         need = chunk_rows(w.size(0), h.size(0), esize) * w.size(0)
         if self.workspace is None or self.workspace.numel() < need or self.workspace.dtype != dtype:
             self.workspace = torch.empty(need, dtype=dtype, device=h.device)
-        return None, linear_cross_entropy(h, w, targets.reshape(-1), self.workspace)
+        return None, linear_cross_entropy(h, w, targets.reshape(-1), self.workspace, self.model.config.vocab_size)
