@@ -377,23 +377,24 @@ def test_llmc_folders_without_val_or_with_empty_train_shards_are_refused_before_
         check_data(d)
 
 
-@pytest.mark.parametrize("where,bad", [("train", 50300), ("val", 60000)])
-def test_training_on_ids_outside_the_vocabulary_is_one_line(tmp_path, gptkit_home, where, bad):
+def test_training_on_ids_outside_the_vocabulary_is_one_line(tmp_path, gptkit_home):
     """Shards read in place are not verified up front: an id inside the padded rows (50257..50303)
     would train a row no token has, one past them would fail inside the embedding. Each shard's ids
-    are checked as training first opens it."""
+    are checked as training (or eval) first opens it."""
+    from gptkit.train.data import TokenStream
+
     d = tmp_path / "llmc"
     parts = llmc_dir(d)
-    for name, t in parts.items():
-        if f"_{where}_" in name:
-            t[len(t) // 2] = bad
-            write_llmc_shard(d / f"{name}.bin", t)
-    r = run_cli("train", "--data", d, "--name", "oov", *TRAIN_FLAGS, env=ONE_THREAD)
+    for name, bad in (("fineweb_train_000001", 50300), ("fineweb_train_000002", 50300), ("fineweb_val_000000", 60000)):
+        parts[name][len(parts[name]) // 2] = bad
+        write_llmc_shard(d / f"{name}.bin", parts[name])
+    r = run_cli("train", "--data", d, "--name", "oov", *TRAIN_FLAGS, "--eval-tokens", "0", env=ONE_THREAD)
     line = error_line(r)
-    assert re.search(
-        rf"fineweb_{where}_00000\d\.bin: token id {bad} is outside the vocabulary \(gpt2, size 50257\)", line
-    )
+    assert re.search(r"fineweb_train_00000\d\.bin: token id 50300 is outside the vocabulary \(gpt2, size 50257\)", line)
     assert not list((gptkit_home / "runs" / "oov").glob("step_*"))
+    val = TokenStream([d / "fineweb_val_000000.bin"], 50256, seed=0, shuffle=False, vocab=("gpt2", 50257))
+    with pytest.raises(GptkitError, match=r"fineweb_val_000000.bin: token id 60000 is outside the vocabulary"):
+        val.read(0, np.empty(10, dtype=np.int64))
 
 
 # --------------------------------------------------------------------------- HellaSwag, checkpoints
