@@ -17,6 +17,7 @@ it into place: an existing output is either replaced whole or left untouched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,7 +212,7 @@ class ConvertResult:
     notes: list[str]
 
 
-def check_fp16_range(loaded, keeps_fp32) -> None:
+def check_fp16_range(loaded: Loaded, keeps_fp32: Callable[[str, torch.Tensor], bool]) -> None:
     """A weight past fp16's largest value (65504) would be written as inf: refused, naming it."""
     top = torch.finfo(torch.float16).max
     for k, v in loaded.state_dict.items():

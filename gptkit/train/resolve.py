@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gptkit import paths
 from gptkit.errors import GptkitError
@@ -38,6 +38,9 @@ from gptkit.train.config import (
     split_settings,
     validate,
 )
+
+if TYPE_CHECKING:
+    from gptkit.model import GPTConfig
 
 
 # --- run directory and resume --------------------------------------------------------------------
@@ -463,7 +466,7 @@ def checkpoint_shape(ckpt: Path) -> dict:
     return shape_of(read_config(ckpt)[0].to_dict())
 
 
-def read_init_from(path: str) -> tuple[Path, Any, dict]:
+def read_init_from(path: str) -> tuple[Path, GPTConfig, dict]:
     """--init-from's checkpoint: (its path, its GPTConfig, its meta); one line with the way to make one."""
     from gptkit.checkpoint import read_config, resolve_checkpoint
 
