@@ -17,10 +17,12 @@ import torch.nn as nn
 from gptkit import paths
 from gptkit.checkpoint import latest_checkpoint, model_from_state_dict
 from gptkit.errors import GptkitError
+from gptkit.formats.convert import complete_download as _complete_hf_dir
 from gptkit.formats.convert import load
 from gptkit.formats.loaded import ASSUMED_GPT2, NEEDS_TOKENIZER
 from gptkit.memory import pack_on_huge_pages
 from gptkit.model import GPT, MLP, CausalSelfAttention
+from gptkit.names import looks_like_path
 from gptkit.runs import newest_run
 from gptkit.tokenizer import Tokenizer
 
@@ -44,15 +46,15 @@ def resolve_model_path(
     log: Log | None = None,
     option: str | None = "--model",
 ) -> Path:
-    """--model, looked for in this order: a path (run, checkpoint, .pt, .safetensors, .gguf, HF dir), a run
-    name under runs_dir() (its latest checkpoint), a hub name already in data_dir(name) (where
-    `gptkit download` puts it), and last the hub itself: a download, resuming a partial one.
+    """--model by gptkit.names' rule (formats.convert.find_model: a path; a run under runs_dir(), its
+    latest checkpoint; a download in data_dir(name); a model here), and last the hub itself: a
+    download, resuming a partial one.
 
     No --model: the newest local run, else pretrained gpt2. `log` gets a note saying which model was
     picked and that a download starts; `progress` and `log` then go to gptkit.hub.download as they are.
     Messages name `spec` after `option`, the command's flag for it (None: a positional argument).
     """
-    from gptkit.runs import looks_like_path, run_checkpoint
+    from gptkit.formats.convert import find_model
 
     say = log or (lambda msg: None)
     label = f"{option} {spec}" if option else str(spec)
@@ -63,20 +65,15 @@ def resolve_model_path(
             return ck
         say(f"no --model and no run with a checkpoint in {paths.runs_dir()}: pretrained gpt2")
         spec, label = "gpt2", "gpt2"
-    p = Path(spec).expanduser()
-    if p.exists():
-        return p
-    if looks_like_path(spec) or spec.count("/") > 1:
+    found = find_model(spec, label)
+    if found is not None:
+        local = paths.data_dir(spec)
+        if found != local and _complete_hf_dir(local) and not looks_like_path(spec):
+            say(f"{label}: the run {found.parent}, not the download in {local} (give that path to use it)")
+        return found
+    if spec.count("/") > 1:
         raise GptkitError(f"{label}: no such file or directory")
-    local = paths.data_dir(spec)
-    ck = run_checkpoint(spec)
-    if ck is not None:
-        if _complete_hf_dir(local):
-            say(f"{label}: the run {ck.parent}, not the download in {local} (give that path to use it)")
-        return ck
-    if _complete_hf_dir(local):
-        return local
-    return _download(spec, label, local, endpoint, progress, log)
+    return _download(spec, label, paths.data_dir(spec), endpoint, progress, log)
 
 
 def _download(
@@ -86,8 +83,10 @@ def _download(
     from gptkit.hub import download as hub
     from gptkit.hub.endpoint import redact_url, resolve_endpoint
     from gptkit.hub.presets import PRESETS, resolve_target
+    from gptkit.names import unusable_note
 
     looked = f"{label}: not a file, not a run in {paths.runs_dir()}, not a download in {paths.data_dir()}"
+    looked += unusable_note(spec, "a model")
     try:
         target = resolve_target(spec)
     except GptkitError:  # neither a preset nor ORG/NAME: not worth asking the hub
@@ -103,15 +102,6 @@ def _download(
         return Path(hub.download(spec, endpoint=url, progress=progress, log=log).local_dir)
     except GptkitError as e:
         raise GptkitError(f"{looked}; and from the hub: {e}") from None
-
-
-def _complete_hf_dir(d: Path) -> bool:
-    from gptkit.hub.manifest import read_manifest
-
-    manifest = read_manifest(d) if d.is_dir() else None
-    if manifest is not None:
-        return bool(manifest.get("complete"))
-    return (d / "config.json").is_file() and any((d / w).is_file() for w in ("model.safetensors", "pytorch_model.bin"))
 
 
 def decoding_dtype(precision: str, device: torch.device) -> torch.dtype | None:

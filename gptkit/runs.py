@@ -43,29 +43,20 @@ def newest_run(file_of: FileOfRun = _latest_checkpoint) -> Path | None:
     return max(found)[1] if found else None
 
 
-def find_run(spec: str, file_of: FileOfRun = _latest_checkpoint) -> Path | None:
-    """A run given as a path or as a name under runs_dir(), the first of the two that holds a `file_of` file."""
-    for cand in (Path(spec).expanduser(), paths.runs_dir(spec)):
-        if cand.is_dir() and file_of(cand) is not None:
-            return cand
-    return None
+def named_run(name: str, file_of: FileOfRun = _latest_checkpoint) -> Path | None:
+    """The run called `name` under runs_dir() if it holds a `file_of` file: a name, never a path
+    (gptkit.names decides which a user meant)."""
+    cand = paths.runs_dir(name)
+    return cand if cand.is_dir() and file_of(cand) is not None else None
 
 
-MODEL_SUFFIXES = (".pt", ".safetensors", ".gguf", ".bin")
-
-
-def looks_like_path(spec: str) -> bool:
-    """Written as a path (./x, /x, ~/x, a model file's name): never read as a run or hub name."""
-    return spec.startswith((".", "/", "~")) or Path(spec).suffix in MODEL_SUFFIXES
-
-
-def run_checkpoint(spec: str) -> Path | None:
-    """The latest checkpoint of the run `spec` names (a path or a name under runs_dir()), for commands
-    that load a model from it; None if `spec` names no run. A run with no checkpoint yet is an error."""
-    run = find_run(spec)
+def run_checkpoint(name: str) -> Path | None:
+    """The latest checkpoint of the run called `name` under runs_dir(), for commands that load a model
+    from it; None if there is no such run. A run with no checkpoint yet is an error."""
+    run = named_run(name)
     if run is not None:
         return _latest_checkpoint(run)
-    named = paths.runs_dir(spec)
+    named = paths.runs_dir(name)
     if (named / CONFIG_FILE).is_file():
-        raise GptkitError(f"{spec}: the run {named} has no checkpoint yet; wait for its first one (--checkpoint-every)")
+        raise GptkitError(f"{name}: the run {named} has no checkpoint yet; wait for its first one (--checkpoint-every)")
     return None

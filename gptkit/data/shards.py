@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gptkit import paths
+from gptkit import names, paths
 from gptkit.errors import GptkitError
 
 MAGIC = 20240520
@@ -177,18 +177,36 @@ def resolve_shards_dir(name_or_dir: str | Path | None) -> Path:
             raise GptkitError(f"no tokenized data in {root}; run `gptkit tokenize` first")
         return done[-1].parent
     p = Path(name_or_dir).expanduser()
-    if p.is_dir():
-        return p
     if p.is_file():  # a shard itself: training reads the folder (its val and train shards together)
         raise GptkitError(f"{p} is a file; give the folder that holds it: --data {p.parent}")
-    if isinstance(name_or_dir, str) and not any(s in name_or_dir for s in ("./", "~")) and not p.is_absolute():
-        d = paths.shards_dir(name_or_dir)
-        if d.is_dir():
-            return d
-        raise GptkitError(
-            f"no tokenized dataset named {name_or_dir!r} (looked in {d}); run `gptkit tokenize {name_or_dir}`"
-        )
-    raise GptkitError(f"{p}: no such directory")
+    spec = str(name_or_dir)
+    if isinstance(name_or_dir, Path) or p.is_absolute():
+        spec = str(p) if p.is_absolute() else f"./{p}"  # a Path is a path, whatever its spelling
+    named = paths.shards_dir(spec) if not names.looks_like_path(spec) else None
+    found = names.pick(
+        spec,
+        label=f"--data {name_or_dir}",
+        objects=[("the tokenized dataset", named)] if named is not None and _usable_shards(named) else [],
+        usable=_usable_shards,
+    )
+    if found is not None:
+        return found
+    d = paths.shards_dir(spec)
+    here = names.unusable_note(spec, "tokenized data")
+    raise GptkitError(f"no tokenized dataset named {spec!r} (looked in {d}{here}); run `gptkit tokenize {spec}`")
+
+
+def _usable_shards(d: Path) -> bool:
+    """Shards training can read: a manifest (or an interrupted tokenize's, which says how to resume),
+    or llm.c shards."""
+    if not d.is_dir():
+        return False
+    if (d / MANIFEST).is_file() or (d / PARTIAL_DIR).is_dir():
+        return True
+    try:
+        return foreign_shards(d) is not None
+    except GptkitError:
+        return True  # llm.c-looking shards with a problem: the reader says which
 
 
 def load_manifest(d: Path, tokenizer: str | None = None) -> dict:

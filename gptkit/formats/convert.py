@@ -54,18 +54,56 @@ def detect_format(path: Path) -> str:
     raise GptkitError(f"{path}: unknown model format; expected {FORMAT_HELP}")
 
 
-def source_path(src: str | Path) -> Path:
-    """SRC as given, or a run named under runs_dir() as its latest checkpoint (as `sample --model`)."""
-    from gptkit import paths
-    from gptkit.runs import looks_like_path, run_checkpoint
+def usable_model(path: Path) -> bool:
+    """A model this package reads (a checkpoint, a run with one, an HF folder, a model file)."""
+    try:
+        detect_format(path)
+    except GptkitError:
+        return False
+    return True
 
-    p = Path(src).expanduser()
-    if p.exists() or looks_like_path(str(src)) or "/" in str(src):
-        return p  # a path (detect_format says that it is missing)
-    ckpt = run_checkpoint(str(src))
-    if ckpt is None:
-        raise GptkitError(f"{src}: no such file or directory, nor a run with a checkpoint in {paths.runs_dir()}")
-    return ckpt
+
+def find_model(spec: str, label: str) -> Path | None:
+    """The model `spec` names on disk (gptkit.names' rule): a path; or a run under runs/ (its latest
+    checkpoint), else a complete download under data/, else a model folder or file here; None if it
+    names nothing local (`gptkit sample` then asks the hub)."""
+    from gptkit import names, paths
+    from gptkit.runs import run_checkpoint
+
+    objects: list[tuple[str, Path]] = []
+    if not names.looks_like_path(spec):
+        ck = run_checkpoint(spec)
+        if ck is not None:
+            objects.append(("the run", ck))
+        if complete_download(paths.data_dir(spec)):
+            objects.append(("the download", paths.data_dir(spec)))
+    return names.pick(spec, label=label, objects=objects, usable=usable_model)
+
+
+def complete_download(d: Path) -> bool:
+    """A model folder `gptkit download` finished (or an HF folder with config and weights)."""
+    from gptkit.hub.manifest import read_manifest
+
+    manifest = read_manifest(d) if d.is_dir() else None
+    if manifest is not None:
+        return bool(manifest.get("complete"))
+    return (d / "config.json").is_file() and any((d / w).is_file() for w in ("model.safetensors", "pytorch_model.bin"))
+
+
+def source_path(src: str | Path) -> Path:
+    """`gptkit convert SRC`: a path, or a name (a run, a download) as `find_model` resolves it."""
+    from gptkit import paths
+    from gptkit.names import unusable_note
+
+    if isinstance(src, Path):
+        return src
+    found = find_model(src, src)
+    if found is None:
+        raise GptkitError(
+            f"{src}: no such file or directory, nor a run with a checkpoint in {paths.runs_dir()}, "
+            f"nor a download in {paths.data_dir()}{unusable_note(src, 'a model')}"
+        )
+    return found
 
 
 def output_format(dst: Path, to: str | None) -> str:

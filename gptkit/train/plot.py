@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptkit import paths
+from gptkit import names, paths
 from gptkit.errors import GptkitError
 from gptkit.fsutil import make_dirs
-from gptkit.runs import find_run, newest_run
+from gptkit.runs import named_run, newest_run
 from gptkit.train.metrics import METRICS, read_metrics
 
 
@@ -23,8 +23,11 @@ def resolve_run(run: str | None) -> Path:
         if found is None:
             raise GptkitError(f"no runs with {METRICS} under {paths.runs_dir()}; train first or give a run directory")
         return found
-    found = find_run(run, metrics_file)
-    if found is None:
+    named = named_run(run, metrics_file)
+    found = names.pick(
+        run, label=run, objects=[("the run", named)] if named else [], usable=lambda p: metrics_file(p) is not None
+    )
+    if found is None or metrics_file(found) is None:
         raise GptkitError(f"{run}: no {METRICS} there (nor under {paths.runs_dir()}); is it a `gptkit train` run?")
     return found
 

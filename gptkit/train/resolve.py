@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gptkit import paths
+from gptkit import names, paths
 from gptkit.errors import GptkitError
-from gptkit.runs import CONFIG_FILE, find_run, newest_run
+from gptkit.runs import CONFIG_FILE, named_run, newest_run
 from gptkit.train.config import (
     SHAPE_KEYS,
     LaunchConfig,
@@ -48,19 +48,21 @@ def resolve_run_dir(
     name: str | None, out: str | Path | None, resume: str | None, preset: str
 ) -> tuple[Path, Path | None]:
     """(run directory, checkpoint to resume from or None)."""
-    from gptkit.checkpoint import is_checkpoint, latest_checkpoint
+    from gptkit.checkpoint import latest_checkpoint, resolve_checkpoint
 
     if name and out:
         raise GptkitError("give --name or --out, not both")
     run_dir = Path(out).expanduser().resolve() if out else (paths.runs_dir(name) if name else None)
     ckpt = None
     if resume and resume != "auto":
-        p = Path(resume).expanduser().resolve()
-        run = None if is_checkpoint(p) else find_run(resume)
-        if is_checkpoint(p):
-            ckpt = p
-        elif run is not None:
-            ckpt = latest_checkpoint(run.resolve())
+        named = named_run(resume)
+        found = names.pick(
+            resume,
+            label=f"--resume {resume}",
+            objects=[("the run", named)] if named else [],
+            usable=lambda p: resolve_checkpoint(p) is not None,
+        )
+        ckpt = resolve_checkpoint(found.resolve()) if found is not None else None
         if ckpt is None:
             raise GptkitError(f"--resume {resume}: not a checkpoint, nor a run directory holding step_* checkpoints")
         run_dir = run_dir or ckpt.parent
