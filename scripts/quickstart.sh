@@ -78,8 +78,8 @@ gptkit train --gpus 0 --nproc 2 --name quickstart \
   --max-steps "$STEPS" --lr 3e-3 --warmup-steps 30 --eval-every $((STEPS / 4)) --eval-tokens 32768 \
   --sample-every $((STEPS / 2)) --checkpoint-every $((STEPS / 2)) --keep 2
 
-step "6. gptkit sample (the newest run, KV cache): 300 bytes"
-gptkit sample "The " --max-new-tokens 300 --seed 1 --temperature 0.7 --json > "$QS/sample.json"
+step "6. gptkit sample --model quickstart (the run by name, KV cache): 300 bytes"
+gptkit sample "The " --model quickstart --max-new-tokens 300 --seed 1 --temperature 0.7 --json > "$QS/sample.json"
 python - "$QS/sample.json" <<'PY'
 import json, re, sys
 
