@@ -1,27 +1,35 @@
 """The command line as a whole: every --help works and starts without heavy imports, and user
 errors are one line on stderr with a non-zero exit and no traceback.
 
-Add a command to COMMANDS, and a user error to USER_ERRORS (args with {tmp} / {missing} / {file}
-placeholders, and a piece of the expected message).
+COMMANDS is read from the Typer app, so a new command is covered as soon as it is registered. Add a
+user error to USER_ERRORS (args with {tmp} / {missing} / {file} placeholders, and a piece of the
+expected message).
 """
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import typer
 from conftest import assert_one_line_error, run_cli
 
-COMMANDS = [
-    ("doctor",),
-    ("download",),
-    ("mirror", "serve"),
-    ("tokenize",),
-    ("train",),
-    ("sample",),
-    ("convert",),
-    ("plot",),
-]
+import gptkit.cli
+
+
+def registered_commands(group=None, path=()) -> list[tuple[str, ...]]:
+    """Every command and command group of the app as its words on the command line ("mirror", "serve")."""
+    group = group if group is not None else typer.main.get_command(gptkit.cli.app)
+    out = []
+    for name, cmd in sorted(group.commands.items()):
+        out.append((*path, name))
+        if hasattr(cmd, "commands"):
+            out += registered_commands(cmd, (*path, name))
+    return out
+
+
+COMMANDS = registered_commands()
 # None of these may load for `gptkit --help` or `gptkit CMD --help`: they cost seconds.
 HEAVY = ("torch", "numpy", "datasets", "transformers", "huggingface_hub", "safetensors", "matplotlib", "gguf")
 
@@ -59,7 +67,7 @@ USER_ERRORS = [
         ["convert", "{missing}", "{tmp}/out.safetensors"], "no such file or directory", id="convert-missing-source"
     ),
     pytest.param(["mirror", "serve", "{missing}"], "does not exist", id="mirror-missing-root"),
-    pytest.param(["plot", "{missing}"], "no metrics.jsonl there", id="plot-missing-run"),
+    pytest.param(["plot", "{missing}"], "exist: no such file or directory", id="plot-missing-run"),
 ]
 
 # Errors Typer itself finds while parsing (unknown option, value of the wrong type): exit 2 with
@@ -69,6 +77,12 @@ USAGE_ERRORS = [
     pytest.param(["doctor", "--no-such-flag"], "No such option", id="unknown-option"),
     pytest.param(["no-such-command"], "No such command", id="unknown-command"),
 ]
+
+
+def test_commands_are_read_from_the_app():
+    # The list the --help tests below walk is the app's own: it holds eval and the mirror group's serve.
+    assert {("eval",), ("mirror",), ("mirror", "serve"), ("train",)} <= set(COMMANDS)
+    assert len(COMMANDS) == len(set(COMMANDS))
 
 
 def test_top_level_help_lists_every_command():
@@ -140,3 +154,35 @@ def test_usage_errors_exit_2_without_traceback(args, message):
     line = assert_one_line_error(r)
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert message in line and "--help" in line, line
+
+
+ENDPOINT_PROBE = r"""
+import contextlib, io, json, sys
+import gptkit.cli
+out = {}
+for cmd in sorted(gptkit.cli.hub_commands()):
+    sys.argv = ["gptkit", cmd]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            gptkit.cli.main()
+        except SystemExit as e:
+            code = e.code
+    out[cmd] = [code, err.getvalue(), "huggingface_hub" in sys.modules]
+print("\n" + json.dumps(out))
+"""
+
+
+def test_every_hub_command_refuses_a_malformed_hf_endpoint_before_importing_huggingface_hub():
+    # The hub commands are the app's HubCommand / HubGroup registrations (eval among them), each
+    # refused in one line before its body could import huggingface_hub, which would fail with a traceback.
+    env = {**os.environ, "HF_ENDPOINT": "hf-mirror.com"}
+    r = subprocess.run([sys.executable, "-c", ENDPOINT_PROBE], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"eval", "download", "mirror"} <= set(result) and "plot" not in result
+    assert set(result) <= {c[0] for c in COMMANDS}
+    for cmd, (code, err, imported) in result.items():
+        assert code == 1 and not imported, (cmd, code, err)
+        assert err.startswith("gptkit: error: invalid Hugging Face endpoint HF_ENDPOINT 'hf-mirror.com'"), (cmd, err)
+        assert len(err.strip().splitlines()) == 1, (cmd, err)

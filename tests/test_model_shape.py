@@ -48,7 +48,7 @@ def test_gpt2_sizes_are_the_published_ones():
 
 
 def test_train_help_and_readme_list_the_presets_with_their_computed_sizes():
-    from gptkit.cli.train import PRESET_SIZES
+    from gptkit.train.config import PRESET_SIZES
 
     assert PRESET_SIZES == preset_sizes()
     help_text = " ".join(run_cli("train", "--help", env={"COLUMNS": "400"}, check=True).stdout.split())
@@ -271,7 +271,7 @@ def test_flags_show_no_value_label():
         rest = line.split(flag, 1)[1]
         rest = re.sub(r"^\s+(-\w\s+)?(--no-[\w-]+\s+)?", "", rest)
         assert not re.match(r"[A-Z_]{2,}\s", rest), line  # straight on to the help text
-    assert re.search(r"--seq-len\s+SEQ_LEN\s", pages[("train",)])
+    assert re.search(r"--seq-len\s+N\s", pages[("train",)])
     assert re.search(r"--n-layer\s+N\s", pages[("train",)])
     assert "Usage: gptkit convert [OPTIONS] SRC DST" in pages[("convert",)]
     assert "Usage: gptkit mirror serve [OPTIONS] [ROOTS...]" in pages[("mirror", "serve")]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import assert_one_line_error, run_cli
+
 from gptkit import names, paths
 from gptkit.checkpoint import save_checkpoint, step_dirname
 from gptkit.data.shards import resolve_shards_dir
@@ -22,7 +22,10 @@ def _run(name, step=5):
     run = paths.runs_dir(name)
     ck = save_checkpoint(run / step_dirname(step), model, config=model.config, tokenizer="bytes")
     (run / "metrics.jsonl").write_text(
-        "".join(json.dumps({"step": s, "loss": 5.0 - s / 10, "lr": 1e-3, "tok_per_s": 1e3, "dt": 0.1}) + "\n" for s in (1, 2))
+        "".join(
+            json.dumps({"step": s, "loss": 5.0 - s / 10, "lr": 1e-3, "tok_per_s": 1e3, "dt": 0.1}) + "\n"
+            for s in (1, 2)
+        )
     )
     return run, ck
 

@@ -19,68 +19,144 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 from gptkit.errors import GptkitError
 from gptkit.train.presets import TRAIN_PRESETS
 
 SCHEDULES = ("cosine", "wsd")
 
+# The `gptkit train --help` panels, in the order shown.
+RUN, MODEL, WHERE, OPTIM, EVAL = "Run", "Model", "Where", "Optimisation", "Evaluation and logging"
+# Written out, not computed, so that `gptkit --help` never imports torch; test_model_shape checks it
+# against gptkit.model.preset_sizes().
+PRESET_SIZES = "gpt2 124.4M, gpt2-medium 354.8M, gpt2-large 774.0M, gpt2-xl 1557.6M, small 16.1M, tiny 3.3M, char 7.2M"
+
+
+def setting(
+    default: Any,
+    help: str,
+    panel: str,
+    *,
+    flag: str | None = None,
+    names: tuple[str, ...] = (),
+    metavar: str | None = None,
+) -> Any:
+    """A config field and its command-line option, declared together: the `gptkit train` option
+    (--FIELD-NAME unless `flag`; `names` adds short forms and aliases; a bool is --X/--no-X), the
+    overrides and the config-file key are all derived from it (gptkit.cli.settings)."""
+    return field(
+        default=default, metadata={"help": help, "panel": panel, "flag": flag, "names": names, "metavar": metavar}
+    )
+
+
+def option_flag(f: Any) -> str:
+    """The long option of a config field: `--keep` for keep_checkpoints, else --field-name."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
 
 @dataclass
 class TrainConfig:
-    preset: str = "gpt2"  # named defaults for the model shape (gptkit.model.PRESETS) and the recipe below
+    """Everything that decides what a run computes. Each field is one setting, declared here once:
+    its default, its `gptkit train` option and help, and its config-file key."""
+
+    preset: str = setting(
+        "gpt2",
+        f"Named defaults for the model shape and the recipe: {PRESET_SIZES} parameters (GPT-2 vocabulary). "
+        "Default: gpt2.",
+        RUN,
+        names=("-p",),
+        metavar="PRESET",
+    )  # gptkit.model.PRESETS (shape) and train/presets.py (recipe)
     # model shape (SHAPE_KEYS): GPT-2 124M's; preset_config gives the preset's
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int | None = None  # context length; None = seq_len, so a new run trains every position
-    dropout: float = 0.0
-    bias: bool = True  # biases in every Linear and LayerNorm
-    activation: str = "gelu_new"  # gelu_new: tanh-approximated GELU (GPT-2); gelu: exact (nanoGPT)
-    ln_eps: float = 1e-5  # LayerNorm epsilon
-    data: str | None = None  # shard directory or name under shards/; None = the newest one
-    init_from: str | None = None  # start from these weights (a gptkit checkpoint, e.g. from `gptkit convert`)
-    seq_len: int = 1024
-    batch_tokens: int = 524_288  # global batch in tokens (2**19), the same for any number of GPUs
-    micro_batch: int | None = None  # sequences per process per micro-step; None = the preset's, fitted
-    max_steps: int = 19_073  # 10B tokens at 2**19 tokens per step
+    n_layer: int = setting(12, "Transformer blocks.", MODEL, metavar="N")
+    n_head: int = setting(12, "Attention heads per block.", MODEL, metavar="N")
+    n_embd: int = setting(768, "Width (embedding size); a multiple of --n-head.", MODEL, metavar="N")
+    block_size: int | None = setting(  # None = seq_len, so a new run trains every position
+        None, "Context length: position embeddings (default: --seq-len; at least --seq-len).", MODEL, metavar="N"
+    )
+    dropout: float = setting(0.0, "Dropout probability (0 = off).", MODEL, metavar="P")
+    bias: bool = setting(True, "Biases in the Linear and LayerNorm layers (GPT-2: on).", MODEL)
+    activation: str = setting(
+        "gelu_new",
+        "GELU form: gelu_new (tanh approximation, GPT-2's; alias tanh) or gelu (exact, nanoGPT's; alias exact).",
+        MODEL,
+        metavar="NAME",
+    )
+    ln_eps: float = setting(1e-5, "LayerNorm epsilon.", MODEL, metavar="EPS")
+    data: str | None = setting(  # None = the newest tokenized data set
+        None,
+        "Tokenized data: a directory or a name under shards/ (default: the newest).",
+        RUN,
+        names=("-d",),
+        metavar="DIR",
+    )
+    init_from: str | None = setting(
+        None,
+        "Start from these weights (a gptkit checkpoint or run dir, e.g. made by `gptkit convert`): fresh optimizer, step 0.",
+        RUN,
+        metavar="PATH",
+    )
+    seq_len: int = setting(1024, "Tokens per sequence.", OPTIM, metavar="N")
+    batch_tokens: int = setting(  # 2**19, the same for any number of GPUs
+        524_288, "Global batch in tokens (all processes, all micro-steps).", OPTIM, metavar="N"
+    )
+    micro_batch: int | None = setting(  # None = the preset's, fitted to the batch
+        None, "Sequences per process per micro-step.", OPTIM, metavar="N"
+    )
+    max_steps: int = setting(19_073, "Optimizer steps in the whole run.", OPTIM, metavar="N")  # 10B tokens at 2**19
     # AdamW and the learning-rate schedule
-    lr: float = 6e-4
-    min_lr_ratio: float = 0.1  # cosine (or WSD) ends at lr * min_lr_ratio
-    warmup_steps: int = 715
-    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
-    decay_frac: float = 0.2  # WSD: the last fraction of the steps decays linearly
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    lr: float = setting(6e-4, "Peak learning rate.", OPTIM, metavar="LR")
+    min_lr_ratio: float = setting(0.1, "The schedule ends at --lr times this.", OPTIM, metavar="R")
+    warmup_steps: int = setting(715, "Linear warmup steps.", OPTIM, metavar="N")
+    schedule: str = setting("cosine", "cosine or wsd (warmup-stable-decay).", OPTIM, metavar="NAME")
+    decay_frac: float = setting(0.2, "WSD: the last fraction of the steps decays linearly.", OPTIM, metavar="F")
+    weight_decay: float = setting(0.1, "AdamW weight decay (matrices only).", OPTIM, metavar="WD")
+    beta1: float = setting(0.9, "AdamW beta1.", OPTIM, metavar="B")
+    beta2: float = setting(0.95, "AdamW beta2.", OPTIM, metavar="B")
+    eps: float = setting(1e-8, "AdamW epsilon.", OPTIM, metavar="EPS")
+    grad_clip: float = setting(1.0, "Clip the gradient norm here (0: no clipping).", OPTIM, metavar="NORM")
     # device and speed
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool | None = None  # None = on for CUDA only
-    seed: int = 1337
+    device: str = setting("auto", "auto, cpu, cuda or mps.", WHERE, metavar="DEVICE")
+    precision: str = setting(
+        "auto", "auto (bf16 only where the hardware runs it natively), fp32, bf16, fp16.", WHERE, metavar="PRECISION"
+    )
+    compile: bool | None = setting(None, "torch.compile (default: on for CUDA).", WHERE)
+    seed: int = setting(1337, "Seed of the weights, the data order and dropout.", OPTIM, metavar="N")
     # evaluation, samples, checkpoints
-    eval_every: int = 250
-    eval_tokens: int = 10_485_760  # fixed validation budget (20 global batches)
-    hellaswag_every: int = 250  # 0 = never
-    hellaswag_limit: int | None = None  # first N examples only; None = all 10,042
-    sample_every: int = 250
-    sample_tokens: int = 32
-    sample_prompt: str = "Hello, I'm a language model,"
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3  # 0 = keep all
-    log_every: int = 1
-    tensorboard: bool = False
-    wandb: str | None = None  # a wandb project name
+    eval_every: int = setting(250, "Validation loss every N steps (off: --eval-tokens 0).", EVAL, metavar="N")
+    eval_tokens: int = setting(  # a fixed validation budget (20 global batches)
+        10_485_760, "Validation budget in tokens (0 = off).", EVAL, metavar="N"
+    )
+    hellaswag_every: int = setting(250, "HellaSwag every N steps (0 = off).", EVAL, metavar="N")
+    hellaswag_limit: int | None = setting(  # None = all 10,042
+        None, "Only the first N HellaSwag examples.", EVAL, metavar="N"
+    )
+    sample_every: int = setting(250, "A short sample every N steps (off: --sample-tokens 0).", EVAL, metavar="N")
+    sample_tokens: int = setting(32, "Tokens per sample (0 = no samples).", EVAL, metavar="N")
+    sample_prompt: str = setting("Hello, I'm a language model,", "The prompt samples start from.", EVAL, metavar="TEXT")
+    checkpoint_every: int = setting(1000, "Checkpoint every N steps (and at the end).", EVAL, metavar="N")
+    keep_checkpoints: int = setting(3, "Keep the last K checkpoints (0 = all).", EVAL, flag="--keep", metavar="K")
+    log_every: int = setting(1, "Log line every N steps when not on a terminal.", EVAL, metavar="N")
+    tensorboard: bool = setting(False, "Also log to TensorBoard.", EVAL)
+    wandb: str | None = setting(None, "Also log to this wandb project.", EVAL, metavar="PROJECT")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
-        check_keys(d, TRAIN_KEYS, source)
+    def from_dict(cls, d: dict, source: str = "config", written_by: str | None = None) -> TrainConfig:
+        """A config gptkit wrote (a run's, a checkpoint's). A setting this version does not know was
+        written by a later one: refused, never dropped. `written_by`: the gptkit version that wrote it."""
+        from gptkit import __version__
+
+        unknown = sorted(set(d) - set(TRAIN_KEYS))
+        if unknown:
+            who = f"gptkit {written_by}" if written_by else "an unknown gptkit version"
+            raise GptkitError(
+                f"{source}: unknown setting {unknown[0]!r}, written by {who}; "
+                f"this is gptkit {__version__}: upgrade gptkit to read it"
+            )
         return cls(**d)
 
 
@@ -88,92 +164,61 @@ class TrainConfig:
 class LaunchConfig:
     """How many processes where. Not part of the optimisation, so it is never taken from a checkpoint."""
 
-    gpus: int | None = None  # None = every visible GPU (CPU when there is none); 0 = CPU
-    nproc: int = 1  # CPU processes per node (gloo)
-    nodes: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int | None = None  # None = a free port (single node); multi-node needs one
-    watchdog: float | None = None  # seconds without progress before a hang is reported; 0 = off, None = auto
+    gpus: int | None = setting(None, "GPUs on this node (default: all; 0 = CPU).", WHERE, metavar="N")
+    nproc: int = setting(1, "CPU processes on this node (gloo).", WHERE, metavar="N")
+    nodes: int = setting(1, "Number of nodes.", WHERE, names=("--nnodes",), metavar="N")
+    node_rank: int = setting(0, "This node's rank; 0 hosts the rendezvous.", WHERE, metavar="N")
+    master_addr: str = setting("127.0.0.1", "Address of node 0.", WHERE, metavar="HOST")
+    master_port: int | None = setting(  # None = a free port (single node); several nodes need one
+        None, "Rendezvous port on node 0 (needed for several nodes).", WHERE, metavar="PORT"
+    )
+    watchdog: float | None = setting(
+        None,
+        "Seconds without progress before a hang is reported and the run stops (0 = off; "
+        "default: 10x the median step, at least 5 minutes).",
+        WHERE,
+        metavar="S",
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-@dataclass
-class TrainOverrides:
-    """TrainConfig settings given on the command line (or by a script): None = not given.
+class _Overrides:
+    """Settings given on the command line (or by a script), by field name: a value that is None is
+    not given. Derived from a config dataclass (CONFIG), so there is nothing to keep in step: a
+    setting given here wins over the preset, the checkpoint being resumed and the config file.
+    (A setting whose value may be None cannot be set to None here.)"""
 
-    One field per TrainConfig field, so a setting given here wins over the preset, the checkpoint
-    being resumed and the config file. (A setting whose value may be None cannot be set to None here.)
-    """
+    CONFIG: ClassVar[type]
 
-    preset: str | None = None
-    n_layer: int | None = None
-    n_head: int | None = None
-    n_embd: int | None = None
-    block_size: int | None = None
-    dropout: float | None = None
-    bias: bool | None = None
-    activation: str | None = None
-    ln_eps: float | None = None
-    data: str | None = None
-    init_from: str | None = None
-    seq_len: int | None = None
-    batch_tokens: int | None = None
-    micro_batch: int | None = None
-    max_steps: int | None = None
-    lr: float | None = None
-    min_lr_ratio: float | None = None
-    warmup_steps: int | None = None
-    schedule: str | None = None
-    decay_frac: float | None = None
-    weight_decay: float | None = None
-    beta1: float | None = None
-    beta2: float | None = None
-    eps: float | None = None
-    grad_clip: float | None = None
-    device: str | None = None
-    precision: str | None = None
-    compile: bool | None = None
-    seed: int | None = None
-    eval_every: int | None = None
-    eval_tokens: int | None = None
-    hellaswag_every: int | None = None
-    hellaswag_limit: int | None = None
-    sample_every: int | None = None
-    sample_tokens: int | None = None
-    sample_prompt: str | None = None
-    checkpoint_every: int | None = None
-    keep_checkpoints: int | None = None
-    log_every: int | None = None
-    tensorboard: bool | None = None
-    wandb: str | None = None
+    def __init__(self, **values: Any):
+        unknown = sorted(set(values) - {f.name for f in fields(self.CONFIG)})
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown setting {unknown[0]!r}")
+        self._given = {k: v for k, v in values.items() if v is not None}
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in {f.name for f in fields(self.CONFIG)}:
+            raise AttributeError(name)
+        return self._given.get(name)
 
     def given(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        return dict(self._given)
 
-    def apply(self, cfg: TrainConfig) -> TrainConfig:
-        return replace(cfg, **self.given())
+    def apply(self, cfg: Any) -> Any:
+        return replace(cfg, **self._given)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self._given.items())})"
 
 
-@dataclass
-class LaunchOverrides:
-    """LaunchConfig settings given on the command line: None = not given (the file's or the default)."""
+class TrainOverrides(_Overrides):
+    CONFIG = TrainConfig
 
-    gpus: int | None = None
-    nproc: int | None = None
-    nodes: int | None = None
-    node_rank: int | None = None
-    master_addr: str | None = None
-    master_port: int | None = None
-    watchdog: float | None = None
 
-    def given(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
-
-    def apply(self, launch: LaunchConfig) -> LaunchConfig:
-        return replace(launch, **self.given())
+class LaunchOverrides(_Overrides):
+    CONFIG = LaunchConfig
 
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))
@@ -437,7 +482,10 @@ class ResolvedRun:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        from gptkit import __version__
+
         return {
+            "gptkit_version": __version__,  # names the writer when a later file has settings this one lacks
             "train": self.train.to_dict(),
             "launch": self.launch.to_dict(),
             "plan": self.plan.to_dict(),
@@ -448,10 +496,10 @@ class ResolvedRun:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> ResolvedRun:
-        known = {"train", "launch", "plan", "data_dir", "run_dir", "resume_from"}
+    def from_dict(cls, d: dict, source: str = "run config") -> ResolvedRun:
+        known = {"gptkit_version", "train", "launch", "plan", "data_dir", "run_dir", "resume_from"}
         return cls(
-            train=TrainConfig.from_dict(d["train"]),
+            train=TrainConfig.from_dict(d["train"], source, written_by=d.get("gptkit_version")),
             launch=LaunchConfig(**d["launch"]),
             plan=Plan(**d["plan"]),
             data_dir=d["data_dir"],
@@ -462,4 +510,4 @@ class ResolvedRun:
 
     @classmethod
     def read(cls, path: str | Path) -> ResolvedRun:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
