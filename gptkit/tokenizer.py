@@ -205,6 +205,18 @@ def ranks_from_hf_dir(d: Path) -> dict[bytes, int] | None:
     return ranks
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE (else TRANSFORMERS_OFFLINE) as huggingface_hub reads it: 1, on, yes or true, any case.
+
+    The one reading of that variable in gptkit (here because the core may not import gptkit.hub).
+    It is read at each call: huggingface_hub reads it once, at import, which may be before it was set.
+    """
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES  # its own truthy set; ~4 ms, no torch
+
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    return value is not None and value.upper() in ENV_VARS_TRUE_VALUES
+
+
 @functools.cache
 def _gpt2() -> TiktokenTokenizer:
     import tiktoken
@@ -224,7 +236,7 @@ def _gpt2() -> TiktokenTokenizer:
         ranks = ranks_from_hf_dir(d)
         if ranks is not None:
             return make(ranks, f"vocab.json + merges.txt ({d})")
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or faults.active("hub.offline"):
+    if hub_offline() or faults.active("hub.offline"):
         raise GptkitError(f"the GPT-2 vocabulary is not available offline; {FIX_HINT}")
     try:
         from tiktoken.load import load_tiktoken_bpe
@@ -419,6 +431,29 @@ def tokenizer_for(block: dict | str, folder: Path | None, where: str) -> Tokeniz
     if info.get("vocab_hash") and info["vocab_hash"] != tok.vocab_hash:
         raise GptkitError(f"{where}: recorded {info['name']} vocabulary differs from the one found here ({tok.source})")
     return tok
+
+
+def same_vocabulary(recorded: dict | str | None, other: dict | Tokenizer) -> bool:
+    """Whether the tokenizer a checkpoint, run or manifest records (its info block, or a bare name)
+    is `other` (a Tokenizer, or another such block): the one identity rule every check uses.
+
+    Both sides record a vocabulary hash: equal hashes. A side without one (a gptkit 0.1 checkpoint
+    names only its tokenizer; llm.c shards without a manifest assume gpt2) matches only by the name
+    of a built-in (gpt2, bytes), whose name fixes its vocabulary. Any other name (chars-65, hf-...)
+    says too little, and without a hash it never matches: two 65-character vocabularies share a
+    name and a size."""
+    mine = recorded if isinstance(recorded, dict) else {"name": recorded}
+    theirs = other.info() if isinstance(other, Tokenizer) else other
+    if mine.get("vocab_hash") and theirs.get("vocab_hash"):
+        return mine["vocab_hash"] == theirs["vocab_hash"]
+    return mine.get("name") == theirs.get("name") and mine.get("name") in TOKENIZERS
+
+
+def vocabulary_label(block: dict | str | None) -> str:
+    """How messages name a recorded tokenizer: 'chars-65' (3f0c2d9a1b7e…), or the bare name."""
+    info = block if isinstance(block, dict) else {"name": block}
+    h = info.get("vocab_hash")
+    return f"{info.get('name')!r} ({h[:12]}…)" if h else repr(info.get("name"))
 
 
 def gpt2_vocab_offline() -> str | None:

@@ -137,6 +137,20 @@ def test_hf_export_matches_transformers(gpt2_ck, tmp_path):
     )
 
 
+def test_hf_export_files_are_all_0644(gpt2_ck, tmp_path):
+    """safetensors creates its file 0600; the weights go through fsutil's writer, so a shared
+    model folder is readable like every file beside it."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        convert(gpt2_ck[1], tmp_path / "hf", to="hf")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir() if p.is_file()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes
+
+
 def test_reads_what_transformers_writes(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -353,3 +353,52 @@ def test_hellaswag_in_neither_place_is_one_line(tmp_path, gptkit_home):
     assert "*validation*.parquet on main" in line
     assert "default/validation/*.parquet on refs/convert/parquet (no such revision)" in line
     assert not (gptkit_home / "data" / "hellaswag").exists()
+
+
+# --- one download per folder: gptkit.lock's lock file, not flock ------------------------------
+
+
+def test_a_second_download_into_the_same_folder_is_refused_and_a_killed_ones_lock_is_taken_over(
+    tmp_path, gptkit_home, monkeypatch
+):
+    src = tmp_path / "hub" / "big"
+    src.mkdir(parents=True)
+    (src / "big.bin").write_bytes(os.urandom(12_000_000))
+    repo = finish_repo(src, "org/big", "model", "download")
+    dest = tmp_path / "out"
+    lockfile = dest / ".gptkit" / ".lock"
+    monkeypatch.setenv("GPTKIT_FAULTS", "mirror.rate_limit=1000000")  # bytes/s: the first run takes ~12 s
+    with running_mirror(tmp_path / "hub") as server:
+        args = ["download", "org/big", "--endpoint", server.url, "--local-dir", str(dest), "--no-progress"]
+        first = subprocess.Popen(
+            [sys.executable, "-m", "gptkit", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env={**os.environ, "GPTKIT_HOME": str(gptkit_home)},
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not lockfile.exists() and first.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert first.poll() is None and lockfile.exists(), first.stderr.read().decode() if first.stderr else ""
+            holder = json.loads(lockfile.read_text())
+            assert holder["pid"] == first.pid and holder["what"] == "gptkit download"
+            # Refused while it runs, in this process and from the command line, naming the holder.
+            with pytest.raises(
+                GptkitError, match=rf"in use by PID {first.pid} on .*; wait for it, or use --local-dir$"
+            ):
+                gk_hub.download("org/big", endpoint=server.url, local_dir=dest)
+            line = assert_one_line_error(run_cli(*args, timeout=60))
+            assert line.startswith(f"gptkit: error: {dest} is in use by PID {first.pid} "), line
+            assert "(gptkit download)" in line and line.endswith("; wait for it, or use --local-dir"), line
+            assert first.poll() is None  # the refused ones left the running download alone
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+        # A download killed with -9 leaves its lock file behind; the next one on this host takes it over.
+        assert lockfile.exists() and not (dest / "big.bin").exists()
+        monkeypatch.delenv("GPTKIT_FAULTS")
+        result = gk_hub.download("org/big", endpoint=server.url, local_dir=dest)
+    assert result.fetched == ["big.bin"] and sha256(dest / "big.bin") == repo.sha256("big.bin")
+    assert not lockfile.exists()  # released when the download ends

@@ -612,3 +612,61 @@ def test_killed_while_installing_the_finished_shards(tmp_path):
     (partial / "previous-manifest.json").write_text("{}")
     assert tz.tokenize(str(tmp_path / "d.parquet"), out, s, workers=1).status == "up to date"
     assert tree_hashes(out) == want and not partial.exists()
+
+
+# --- download presets: one table (gptkit.hub.presets), read by tokenize ------------------------
+
+
+def _downloaded_text_preset(name, column, docs):
+    """A preset's download folder as `gptkit download` leaves it: parquet whose `column` holds the text,
+    beside a decoy column, and the manifest."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from hubfixtures import finish_repo
+
+    from gptkit.hub.presets import PRESETS
+
+    folder = paths.data_dir(name)
+    (folder / "data").mkdir(parents=True)
+    decoys = [f"decoy {i}" for i in range(len(docs))]
+    pq.write_table(pa.table({"id": list(range(len(docs))), column: docs, "decoy": decoys}), folder / "data/0.parquet")
+    return finish_repo(folder, PRESETS[name].repo_id, "dataset", "download")
+
+
+def test_every_text_preset_is_tokenized_by_name_from_its_column(gptkit_home):
+    from gptkit.hub.presets import PRESETS, text_presets
+
+    presets = text_presets()
+    assert presets and set(presets) <= set(PRESETS)  # every download preset that holds text, none hand-listed
+    for i, (name, column) in enumerate(presets.items()):
+        docs = [d + f" ({name})" for d in corpus(12, seed=i)]
+        _downloaded_text_preset(name, column, docs)
+        r = tz.tokenize(name, settings=tz.Settings(tokenizer="bytes", val_tokens=500))
+        toks, m = all_tokens(r.out)
+        assert r.out == paths.shards_dir(name) and m["source"]["text_column"] == column
+        assert np.array_equal(toks, expected_stream(docs, get_tokenizer("bytes"))), name
+
+
+def test_a_preset_added_to_the_download_table_is_known_to_tokenize_with_its_column(gptkit_home, monkeypatch):
+    from dataclasses import replace
+
+    from gptkit.data.sources import default_source, resolve_source
+    from gptkit.hub import presets as hub_presets
+
+    new = replace(hub_presets.PRESETS["fineweb"], name="tiny-web", repo_id="org/tiny-web", text_column="body")
+    monkeypatch.setitem(hub_presets.PRESETS, "tiny-web", new)
+    with pytest.raises(GptkitError, match=r"tiny-web is not downloaded yet .*run `gptkit download tiny-web` first"):
+        resolve_source("tiny-web", unit_bytes=1 << 20)
+    _downloaded_text_preset("tiny-web", "body", corpus(5))
+    assert default_source() == "tiny-web"  # the only text preset downloaded: tokenize's default
+    source = resolve_source("tiny-web", unit_bytes=1 << 20)
+    assert source.kind == "files" and source.name == "tiny-web" and source.info["text_column"] == "body"
+    assert resolve_source("tiny-web", "decoy", unit_bytes=1 << 20).info["text_column"] == "decoy"  # the user's wins
+
+
+@pytest.mark.parametrize("name", ["gpt2", "hellaswag"])
+def test_a_preset_without_text_is_named_as_such(name, gptkit_home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = assert_one_line_error(run_cli("tokenize", name, cwd=tmp_path))
+    assert line.startswith(f"gptkit: error: {name} is a download preset without text to tokenize ("), line
+    assert "fineweb-edu" in line and "no such file" not in line

@@ -43,15 +43,30 @@ def _root(
     pass
 
 
-app.command("doctor", cls=Command)(doctor.doctor)
-app.command("download", cls=Command)(download.download)
-app.add_typer(mirror.app, name="mirror")
-app.command("tokenize", cls=Command)(tokenize.tokenize)
+class HubCommand(Command):
+    """A command that may import huggingface_hub: a malformed $HF_ENDPOINT is refused before it runs."""
+
+
+class HubGroup(Group):
+    """A command group whose commands may import huggingface_hub (as HubCommand)."""
+
+
+app.command("doctor", cls=HubCommand)(doctor.doctor)
+app.command("download", cls=HubCommand)(download.download)
+app.add_typer(mirror.app, name="mirror", cls=HubGroup)
+app.command("tokenize", cls=HubCommand)(tokenize.tokenize)
 app.command("train", cls=Command, context_settings={"allow_extra_args": False})(train.train)
-app.command("sample", cls=Command)(sample.sample)
-app.command("convert", cls=Command)(convert.convert)
+app.command("sample", cls=HubCommand)(sample.sample)
+app.command("convert", cls=HubCommand)(convert.convert)
 app.command("plot", cls=Command)(plot.plot)
-app.command("eval", cls=Command)(eval_cmd.eval_model)
+app.command("eval", cls=HubCommand)(eval_cmd.eval_model)
+
+
+def hub_commands() -> set[str]:
+    """The top-level commands registered as HubCommand or HubGroup: read from the app, never listed by hand."""
+    commands = {c.name for c in app.registered_commands if isinstance(c.cls, type) and issubclass(c.cls, HubCommand)}
+    groups = {g.name for g in app.registered_groups if isinstance(g.cls, type) and issubclass(g.cls, HubGroup)}
+    return {name for name in commands | groups if isinstance(name, str)}
 
 
 def main() -> None:
@@ -109,16 +124,13 @@ def _disk_error(e: OSError) -> GptkitError | None:
     return disk_error(e, Path(e.filename) if e.filename else Path.cwd())
 
 
-# Commands that import huggingface_hub, which fails at import (a traceback) on a malformed HF_ENDPOINT.
-_HUB_COMMANDS = ("doctor", "download", "tokenize", "sample", "convert", "mirror")
-
-
 def _check_hf_endpoint_env() -> None:
-    """A malformed $HF_ENDPOINT is one line before anything imports huggingface_hub."""
+    """A malformed $HF_ENDPOINT is one line before a hub command imports huggingface_hub (which
+    fails at import, with a traceback, on one)."""
     import os
 
     args = sys.argv[1:]
-    if not os.environ.get("HF_ENDPOINT") or not args or args[0] not in _HUB_COMMANDS:
+    if not os.environ.get("HF_ENDPOINT") or not args or args[0] not in hub_commands():
         return
     if any(a in ("-h", "--help") for a in args):
         return

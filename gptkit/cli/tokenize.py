@@ -53,7 +53,10 @@ def tokenize(
             show_default=False,
         ),
     ] = None,
-    text_column: Annotated[str, typer.Option("--text-column", help="Column / JSON field holding the text.")] = "text",
+    text_column: Annotated[
+        str | None,
+        typer.Option("--text-column", help="Column / JSON field holding the text (default: the preset's, else text)."),
+    ] = None,
     shard_tokens: Annotated[str, typer.Option("--shard-tokens", help="Tokens per shard.")] = "100M",
     val_tokens: Annotated[
         str,

@@ -17,8 +17,9 @@ from typing import Any
 from gptkit import faults, paths
 from gptkit.data import corpora, shards
 from gptkit.errors import GptkitError
+from gptkit.hub.presets import PRESETS, text_presets
 
-DATASET_PRESETS = ("fineweb-edu", "fineweb")  # `gptkit download` presets that hold text
+DEFAULT_TEXT_COLUMN = "text"  # a source's text column when neither the user nor its preset names one
 BUILTIN_CORPORA = tuple(corpora.CORPORA)  # "pydoc" first: the default
 TEXT_KINDS = ("parquet", "jsonl", "jsonl.gz", "txt")
 
@@ -86,7 +87,7 @@ def _scan(root: Path) -> tuple[list[Path], list[Path]]:
 def default_source() -> str:
     """No SRC: the most recently downloaded text preset, else the built-in corpus."""
     found = []
-    for name in DATASET_PRESETS:
+    for name in text_presets():
         d = paths.data_dir(name)
         if d.is_dir() and _scan(d)[0]:
             found.append((d.stat().st_mtime, name))
@@ -98,7 +99,7 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def resolve_source(
     src: str | None,
-    text_column: str = "text",
+    text_column: str | None = None,
     *,
     unit_bytes: int,
     subset: str | None = None,
@@ -107,21 +108,32 @@ def resolve_source(
     endpoint: str | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Source:
-    """SRC as a Source; `endpoint` is a URL from resolve_endpoint, or None for the environment's."""
+    """SRC as a Source; `endpoint` is a URL from resolve_endpoint, or None for the environment's.
+
+    `text_column`: where the text is; None means the download preset's own column (hub.presets), else "text".
+    """
     log = log or (lambda msg: None)
     if src is None:
         src = default_source()
         log(f"no SRC given: tokenizing {src!r}")
     if src in BUILTIN_CORPORA:
         return _builtin_source(src)
-    if src in DATASET_PRESETS:
+    presets = text_presets()
+    if src in presets:
         d = paths.data_dir(src)
         if not (d.is_dir() and _scan(d)[0]):
             raise GptkitError(f"{src} is not downloaded yet ({d} has no data files); run `gptkit download {src}` first")
-        return _path_source(d, src, src, text_column, unit_bytes, log)
+        return _path_source(d, src, src, text_column or presets[src], unit_bytes, log)
+    text_column = text_column or DEFAULT_TEXT_COLUMN
     p = Path(src).expanduser()
     if p.exists():
         return _path_source(p, src, None, text_column, unit_bytes, log)
+    if src in PRESETS:  # a download preset without text: model weights, an evaluation set
+        preset = PRESETS[src]
+        raise GptkitError(
+            f"{src} is a download preset without text to tokenize ({preset.about or preset.repo_id}); "
+            f"text presets: {', '.join(presets)}"
+        )
     if _REPO_ID.fullmatch(src) and _file_kind(p) is None:
         d = paths.data_dir(src)
         if d.is_dir() and _scan(d)[0] and revision is None:

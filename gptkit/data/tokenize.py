@@ -40,7 +40,7 @@ class Settings:
     # A get_tokenizer spec (gpt2, bytes, a path), a Tokenizer, or None: GPT-2, or for token files
     # the vocabulary beside them (nanoGPT's meta.pkl), else GPT-2 said in a log line.
     tokenizer: str | Tokenizer | None = None
-    text_column: str = "text"
+    text_column: str | None = None  # None: a download preset's own column, else "text"
     shard_tokens: int = DEFAULT_SHARD_TOKENS
     val_tokens: int = DEFAULT_VAL_TOKENS
     max_tokens: int | None = None
@@ -163,7 +163,8 @@ def tokenize(
 
     try:
         with disk_errors(out, point="tokenize"):  # a full disk: one line, finished shards kept to resume
-            encode_units(source, state["next_unit"], unit_bytes, tok, s.text_column, s.strict, workers, consume)
+            column = source.info.get("text_column") or s.text_column or "text"  # the column resolve_source chose
+            encode_units(source, state["next_unit"], unit_bytes, tok, column, s.strict, workers, consume)
             w.finish(source.spec, source.splits_given())
         if not any(x["split"] == "train" for x in state["shards"]):
             raise GptkitError(

@@ -6,7 +6,6 @@ surprise on some machine becomes a failed row with the error instead of a traceb
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
 import time
@@ -18,6 +17,7 @@ from gptkit import __version__
 from gptkit.doctor import checks as c
 from gptkit.doctor import torch_checks as t
 from gptkit.doctor.probes import SMI_QUERY_ARGS, TOOL_TIMEOUT, EndpointProbe, Tool, find_nvcc, first_line, import_torch
+from gptkit.tokenizer import hub_offline
 
 CHECKS: tuple[tuple[str, Callable[[c.Context], c.Check]], ...] = (
     ("nvidia-smi", c.check_nvidia_smi),
@@ -54,7 +54,7 @@ def safe(name: str, fn: Callable[[c.Context], c.Check], ctx: c.Context) -> c.Che
 
 def run_checks(endpoint: str, endpoint_source: str, data_dir: Path, timeout: float = 3.0) -> list[c.Check]:
     """Run every check. Tools and the network probe start first and run while torch imports."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    offline = hub_offline()
     smi = shutil.which("nvidia-smi")
     ctx = c.Context(
         smi_plain=Tool(smi, (), TOOL_TIMEOUT),

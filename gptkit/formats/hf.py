@@ -22,7 +22,7 @@ from gptkit.checkpoint import read_json
 from gptkit.errors import GptkitError
 from gptkit.formats.loaded import NEEDS_TOKENIZER, Format, Loaded, assemble, cast_state_dict, to_gptkit_names
 from gptkit.formats.pt import torch_load
-from gptkit.fsutil import write_json_atomic
+from gptkit.fsutil import save_safetensors, write_json_atomic
 from gptkit.model import CONV1D_SUFFIXES
 from gptkit.tokenizer import (
     GPT2_EOT,
@@ -276,8 +276,6 @@ HF_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.fl
 
 def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
     """A directory GPT2LMHeadModel.from_pretrained loads: Conv1D layout, the real vocabulary only."""
-    from safetensors.torch import save_file
-
     c = m.config
     if not c.bias:
         raise GptkitError(
@@ -293,7 +291,7 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
         if k == "transformer.wte.weight":
             v = v[: c.vocab_size].contiguous()  # the padded rows are never used: HF has none
         sd[k] = v
-    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_safetensors(sd, out / "model.safetensors", metadata={"format": "pt"})  # 0644 like the JSON beside it
     eot = tok.eot_token if tok is not None else None
     gptkit_block: dict = {"padded_vocab_size": c.padded_vocab_size, "version": __version__}
     if tok is not None:

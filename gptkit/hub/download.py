@@ -11,7 +11,7 @@ Layout of a download folder (default: gptkit.paths.data_dir(NAME), NAME the pres
     DIR/.gptkit-download.json        manifest (gptkit.hub.manifest): repo, type, revision, commit, endpoint,
                                      and per file its size, sha256, git oid; `complete` once all selected files are in
     DIR/.gptkit/partial/...          bytes of unfinished files, resumed by the next run
-    DIR/.gptkit/lock                 held while a download writes to DIR
+    DIR/.gptkit/.lock                held while a download writes to DIR (gptkit.lock: host + PID)
 
 Each file is fetched into .gptkit/partial, checked (size, then sha256 for LFS files or the git blob
 id for the others) and only then renamed into place: a killed run leaves complete files complete
@@ -27,7 +27,7 @@ import functools
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from gptkit import paths
 from gptkit.errors import DiskError, GptkitError
@@ -58,22 +58,19 @@ from gptkit.hub.transfer import (
     retryable,
     run_workers,
 )
+from gptkit.lock import LOCK_FILE, Lock, LockHeld, acquire
 
 
-def _lock_dir(dest: Path) -> IO[str]:
-    """Hold DIR/.gptkit/lock so two downloads never write the same folder (POSIX; elsewhere a no-op)."""
-    (dest / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    fh = open(dest / STATE_DIR / "lock", "a+")
+def _lock_dir(dest: Path) -> Lock:
+    """Hold DIR/.gptkit/.lock while writing to DIR, so two downloads never write the same folder.
+
+    gptkit.lock's lock file (host + PID), as for runs and shards, not flock: network filesystems do not
+    honour flock reliably. A lock left by a killed download on this host is taken over."""
+    lockfile = dest / STATE_DIR / LOCK_FILE
     try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks here
-        return fh
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise GptkitError(f"another gptkit download is writing to {dest}; wait for it or use --local-dir") from None
-    return fh
+        return acquire(lockfile, subject=str(dest), what="gptkit download", how_to_break=f"delete {lockfile}")
+    except LockHeld as e:
+        raise LockHeld(f"{e}; wait for it, or use --local-dir") from None
 
 
 def download(
@@ -154,8 +151,7 @@ def download(
         ):
             return result  # nothing to do, and the manifest already says so
         make_dirs(dest)
-        lock = _lock_dir(dest)
-        try:
+        with _lock_dir(dest):
             for path, e in known.items():  # keep files from earlier runs in the manifest
                 if path not in ctx.entries and (dest / path).is_file():
                     ctx.entries[path] = e
@@ -163,8 +159,6 @@ def download(
             ctx.on_progress = progress
             run_workers(ctx, todo, workers, retries, backoff, say)
             ctx.write_manifest(True)
-        finally:
-            lock.close()
         result.fetch_bytes = ctx.fetch_bytes
         return result
     except MultiError as e:

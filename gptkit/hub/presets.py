@@ -7,6 +7,9 @@ moved. Rowan/hellaswag is the case in point: its main branch may hold only a loa
 `refs/convert/parquet` as default/{split}/NNNN.parquet. `gptkit download` takes the first place
 that has a matching file and says which (gptkit.hub.download). FineWeb and FineWeb-Edu are parquet
 on main already; their convert branch holds only a truncated copy, so they have no fallback.
+
+A preset that holds text names its column (`text_column`): `gptkit tokenize NAME` reads this table,
+so a preset added here is one it knows.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class Preset:
     about: str = ""
     fallbacks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (revision, globs) tried in order after main
     wants: str = ""  # what the globs stand for, for the messages ("HellaSwag's validation split")
+    # The column holding the text, for a preset `gptkit tokenize NAME` reads (gptkit.data.sources);
+    # None: not text to train on (model weights, an evaluation set).
+    text_column: str | None = None
 
 
 _GPT2_FILES = (
@@ -58,7 +64,8 @@ PRESETS: dict[str, Preset] = {
             ("README.md",),
             _fineweb_subsets(),
             "≈27 GB (sample-10BT, 14 files); sample-100BT ≈270 GB, sample-350BT ≈1 TB",
-            "FineWeb-Edu, educational web text (parquet, column `text`)",
+            "FineWeb-Edu, educational web text (parquet)",
+            text_column="text",
         ),
         Preset(
             "fineweb",
@@ -68,7 +75,8 @@ PRESETS: dict[str, Preset] = {
             ("README.md",),
             _fineweb_subsets(),
             "≈30 GB (sample-10BT); sample-100BT ≈300 GB, sample-350BT ≈1 TB",
-            "FineWeb, filtered Common Crawl (parquet, column `text`)",
+            "FineWeb, filtered Common Crawl (parquet)",
+            text_column="text",
         ),
         Preset(
             # The author's repo: parquet on main (data/validation-00000-of-00001.parquet) where the
@@ -138,6 +146,11 @@ def resolve_target(name_or_repo: str, repo_type: str | None = None, subset: str 
             f"unknown preset {name_or_repo!r}; choose one of {', '.join(PRESETS)} or give a repo as org/name"
         )
     return Target(name_or_repo, name_or_repo, repo_type or "model", None, ())
+
+
+def text_presets() -> dict[str, str]:
+    """The presets that hold text to tokenize: name -> the column holding it."""
+    return {p.name: p.text_column for p in PRESETS.values() if p.text_column}
 
 
 def list_presets() -> list[Preset]:
