@@ -1,4 +1,5 @@
-"""What rank 0 reports: metrics.jsonl, a live Rich display, and TensorBoard / wandb when asked for.
+"""What rank 0 reports: the live Rich display, and every record to the loggers (train/loggers.py:
+metrics.jsonl always, TensorBoard and wandb when asked for); reading metrics.jsonl back.
 
 metrics.jsonl has one JSON object per line, each with "step" (optimizer steps completed) and one
 kind of measurement:
@@ -8,19 +9,19 @@ kind of measurement:
     {"step", "sample"}                                                                  a text sample
     {"step", "mfu_note"}                         MFU read above 100%: peak re-measured, or clamped
     {"step", "start"}                            a session began (a fresh start or a resume), unix time
+"time" is the Unix time a step ended; TensorBoard and wandb get "elapsed" seconds instead (loggers.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
-from gptkit.errors import GptkitError
-from gptkit.fsutil import disk_errors
-
-METRICS = "metrics.jsonl"
+from gptkit.fsutil import atomic_output
+from gptkit.train import loggers
+from gptkit.train.loggers import METRICS
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -45,19 +46,18 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     if not f.is_file():
         return
     keep = [m for m in read_metrics(run_dir) if m.get("step", 0) < step or ("loss" in m and m["step"] == step)]
-    tmp = f.with_name(f".{f.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in keep))
-    os.replace(tmp, f)
+    with atomic_output(f) as tmp:
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in keep))
+
+
+def requested_loggers(tensorboard: bool, wandb: str | None) -> dict[str, object]:
+    """The training config's logger options, by backend name (loggers.LOGGERS)."""
+    return {"jsonl": True, "tensorboard": tensorboard, "wandb": wandb}
 
 
 def check_backends(tensorboard: bool, wandb: str | None) -> None:
-    """Fail before launching if a requested logger is not installed."""
-    import importlib.util
-
-    if tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise GptkitError("--tensorboard needs the tensorboard package: pip install tensorboard")
-    if wandb and importlib.util.find_spec("wandb") is None:
-        raise GptkitError("--wandb needs the wandb package: pip install wandb")
+    """Fail before launching, in one line, if a requested logger is not installed."""
+    loggers.check(requested_loggers(tensorboard, wandb))
 
 
 def _fmt_tokens(n: float) -> str:
@@ -177,7 +177,8 @@ def summary_lines(s: dict, checkpoint: str | None, run: str) -> list[str]:
 
 
 class Reporter:
-    """Rank 0's reporting. Other ranks get a Reporter with enabled=False, which does nothing."""
+    """Rank 0's reporting: the console and live line here, every record to the loggers (loggers.py).
+    Other ranks get a Reporter with enabled=False, which does nothing."""
 
     def __init__(
         self,
@@ -193,15 +194,22 @@ class Reporter:
     ):
         self.enabled = enabled
         self.max_steps, self.log_every = max_steps, log_every
-        self.progress = self.task = self.tb = self.wandb = None
+        self.progress = self.task = None
+        self.loggers: list[loggers.Logger] = []
+        self._closing = contextlib.ExitStack()
         if not enabled:
             return
         from rich.console import Console
 
-        self.file = open(Path(run_dir) / METRICS, "a")
-        # Where this session begins: the summary's wall time leaves out the time between sessions.
-        self._append({"step": start_step, "start": time.time()})
         self.console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files
+        run_dir = Path(run_dir)
+        started = time.time()
+        # "elapsed" continues from the earlier sessions' wall time (what truncate_metrics kept of them).
+        before = _wall_time(read_metrics(run_dir))
+        ctx = loggers.LogContext(run_dir, start_step, started, started - before, config, self.print)
+        with contextlib.ExitStack() as stack:  # a backend that fails to start closes those already open
+            self.loggers = loggers.open_loggers(requested_loggers(tensorboard, wandb), ctx, stack)
+            self._closing = stack.pop_all()
         self.live = self.console.is_terminal
         if self.live:
             from rich.progress import Progress, TextColumn
@@ -217,33 +225,14 @@ class Reporter:
             first = f"step {start_step}/{max_steps} | starting"
             self.task = self.progress.add_task("train", total=max_steps, completed=start_step, info=first)
             self.progress.start()
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-        if wandb:
-            import wandb as wandb_mod
-
-            self.wandb = wandb_mod.init(project=wandb, name=Path(run_dir).name, config=config, resume="allow")
 
     def print(self, text: str) -> None:
         if self.enabled:
             (self.progress.console if self.progress else self.console).print(text, markup=False)
 
-    def _append(self, record: dict) -> None:
-        with disk_errors(Path(self.file.name), point="metrics"):  # a full disk: one line, not a traceback
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-
-    def _write(self, record: dict) -> None:
-        self._append(record)
-        step = record["step"]
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and v is not None and k != "step"}
-        if self.tb:
-            for k, v in scalars.items():
-                self.tb.add_scalar(k, v, step)
-        if self.wandb:
-            self.wandb.log(scalars, step=step)
+    def _write(self, step: int, values: dict) -> None:
+        for lg in self.loggers:
+            lg.log(values, step)
 
     def train_step(
         self,
@@ -262,8 +251,8 @@ class Reporter:
         if not self.enabled:
             return
         self._write(
+            step,
             {
-                "step": step,
                 "loss": loss,
                 "lr": lr,
                 "grad_norm": grad_norm,
@@ -272,7 +261,7 @@ class Reporter:
                 "mfu": mfu,
                 "dt": dt,
                 "time": time.time(),
-            }
+            },
         )
         fields = step_fields(loss=loss, lr=lr, grad_norm=grad_norm, tok_per_s=tok_per_s, mfu=mfu, eta_s=eta_s)
         if self.progress and self.task is not None:
@@ -284,7 +273,7 @@ class Reporter:
         """Validation loss, HellaSwag, a sample: written and printed above the progress bar."""
         if not self.enabled:
             return
-        self._write({"step": step, **values})
+        self._write(step, values)
         if "sample" in values:
             self.print(f"step {step} sample: {values['sample']!r}")
         else:
@@ -296,9 +285,5 @@ class Reporter:
             return
         if self.progress:
             self.progress.stop()
-        with disk_errors(Path(self.file.name)):
-            self.file.close()
-        if self.tb:
-            self.tb.close()
-        if self.wandb:
-            self.wandb.finish()
+        self._closing.close()  # every logger, last opened first, even if one of them fails
+        self.loggers = []
