@@ -59,7 +59,7 @@ def clean_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(
     path: str | Path,
-    model: torch.nn.Module,
+    model: torch.nn.Module | dict[str, torch.Tensor],
     *,
     config: GPTConfig,
     tokenizer: Tokenizer | Path | str,
@@ -68,7 +68,8 @@ def save_checkpoint(
     trainer_state: dict | None = None,
     extra: dict | None = None,
 ) -> Path:
-    """Write a complete checkpoint directory at `path`, atomically. Returns `path`.
+    """Write a complete checkpoint directory at `path`, atomically. Returns `path`. `model`: the
+    module or its state dict (a training run's, gathered by its parallel strategy).
 
     `tokenizer`: the Tokenizer, or a saved `tokenizer/` folder (copied), goes into the checkpoint's
     tokenizer/ with its info in config.json; a bare name (old callers) records only the name.
@@ -88,7 +89,8 @@ def save_checkpoint(
     # re-saving the same step replaces the old one whole; a full disk is one line, the temporary copy removed
     with atomic_output(path) as tmp, disk_errors(path, need, point="checkpoint"):
         tmp.mkdir()
-        sd = {k: v.cpu() for k, v in clean_state_dict(model.state_dict()).items()}
+        full = model if isinstance(model, dict) else model.state_dict()
+        sd = {k: v.cpu() for k, v in clean_state_dict(full).items()}
         save_safetensors(sd, tmp / WEIGHTS, metadata={"format": "pt", "producer": f"gptkit {__version__}"})
         meta = {
             "gptkit_version": __version__,
@@ -117,9 +119,10 @@ def save_checkpoint(
     return path
 
 
-def checkpoint_bytes(model: torch.nn.Module, optimizer: bool) -> int:
+def checkpoint_bytes(model: torch.nn.Module | dict[str, torch.Tensor], optimizer: bool) -> int:
     """About what a checkpoint of `model` takes on disk (AdamW's two moments triple it)."""
-    n = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if not k.endswith(TIED_KEY))
+    sd = model if isinstance(model, dict) else model.state_dict()
+    n = sum(v.numel() * v.element_size() for k, v in sd.items() if not k.endswith(TIED_KEY))
     return n * (3 if optimizer else 1)
 
 
@@ -271,7 +274,7 @@ def read_config(path: Path) -> tuple[GPTConfig, dict]:
     if "model" not in meta:
         raise GptkitError(f"{path / CONFIG}: no 'model' section; not a gptkit checkpoint config")
     try:
-        return GPTConfig.from_dict(meta["model"]), meta
+        return GPTConfig.from_dict(meta["model"], written_by=meta.get("gptkit_version")), meta
     except (TypeError, ValueError) as e:
         raise GptkitError(f"{path / CONFIG}: invalid model config ({e})") from None
 

@@ -103,22 +103,27 @@ class Precision:
 
 def resolve_precision(requested: str, device: torch.device) -> Precision:
     """Apply the policy. Explicit requests that cannot work are refused rather than silently slow."""
+    return precision_policy(requested, device.type, native_bf16(device))
+
+
+def precision_policy(requested: str, device_type: str, native: bool) -> Precision:
+    """The policy itself, for a device that may not be this machine's (`train --plan --gpu-type`):
+    `native` says whether it runs bf16 natively (CUDA compute capability >= 8.0, AVX512-BF16/AMX)."""
     if requested not in PRECISIONS:
         raise GptkitError(f"unknown precision {requested!r}; choose one of: {', '.join(PRECISIONS)}")
-    native = native_bf16(device)
     if requested == "auto":
         if native:
-            why = "CUDA compute capability >= 8.0" if device.type == "cuda" else "CPU has AVX512-BF16/AMX"
-            return Precision("bf16", device.type, f"bf16 autocast ({why})")
-        return Precision("fp32", device.type, "fp32 (no native bf16 on this device)")
+            why = "CUDA compute capability >= 8.0" if device_type == "cuda" else "CPU has AVX512-BF16/AMX"
+            return Precision("bf16", device_type, f"bf16 autocast ({why})")
+        return Precision("fp32", device_type, "fp32 (no native bf16 on this device)")
     if requested == "bf16" and not native:
         raise GptkitError(
-            f"--precision bf16: {device.type} here has no native bf16 and would run many times slower; "
+            f"--precision bf16: {device_type} here has no native bf16 and would run many times slower; "
             "use --precision auto (fp32 here) or fp16 on an older GPU"
         )
-    if requested == "fp16" and device.type != "cuda":
+    if requested == "fp16" and device_type != "cuda":
         raise GptkitError("--precision fp16 needs a CUDA GPU (it is meant for pre-Ampere GPUs); use auto")
-    return Precision(requested, device.type, f"{requested} (requested)")
+    return Precision(requested, device_type, f"{requested} (requested)")
 
 
 def configure_matmul(device: torch.device) -> None:

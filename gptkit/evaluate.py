@@ -58,17 +58,16 @@ def load_model(
 
 
 def check_tokenizer(manifest: dict, tokenizer, where: Path) -> None:
-    """Refuse shards made with another tokenizer than the model's (by vocabulary hash)."""
+    """Refuse shards made with another tokenizer than the model's (tokenizer.same_vocabulary)."""
+    from gptkit.tokenizer import same_vocabulary, vocabulary_label
+
     block = manifest.get("tokenizer")
     if not isinstance(block, dict):
         raise GptkitError(f"{where}: the manifest does not name its tokenizer; re-run `gptkit tokenize`")
-    want, name = block.get("vocab_hash"), block.get("name")
-    same = want == tokenizer.vocab_hash if want else name == tokenizer.name
-    if not same:
-        theirs = f"{name!r} ({want[:12]}…)" if want else repr(name)
+    if not same_vocabulary(block, tokenizer):
         raise GptkitError(
-            f"{where} was tokenized with {theirs} but the model's tokenizer is "
-            f"{tokenizer.name!r} ({tokenizer.vocab_hash[:12]}…); tokenize the text with the model's tokenizer"
+            f"{where} was tokenized with {vocabulary_label(block)} but the model's tokenizer is "
+            f"{vocabulary_label(tokenizer.info())}; tokenize the text with the model's tokenizer"
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
-from typing import cast
+from typing import Protocol, cast
 
 import torch
 import torch.nn as nn
@@ -63,9 +63,19 @@ class GPTConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> GPTConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: dict, written_by: str | None = None) -> GPTConfig:
+        """The config `to_dict` wrote. A field this version does not know is refused, never dropped:
+        a later gptkit's new shape field, left out, would build a different model from the same
+        file. `written_by`: the gptkit version that wrote `d`, for the message."""
+        from gptkit import __version__
+
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            who = f"gptkit {written_by}" if written_by else "an unknown gptkit version"
+            raise ValueError(
+                f"unknown setting {unknown[0]!r}, written by {who}; this is gptkit {__version__}: upgrade gptkit to read it"
+            )
+        return cls(**d)
 
     def with_vocab(self, vocab_size: int) -> GPTConfig:
         """The same architecture for another tokenizer (e.g. bytes, 256)."""
@@ -238,6 +248,14 @@ class Transformer(nn.Module):
         return [cast(Block, b) for b in self.h]
 
 
+class HeadLoss(Protocol):
+    """(final hidden states (N, C), lm_head's weight, targets (N,), real vocabulary) -> mean loss."""
+
+    def __call__(
+        self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int
+    ) -> torch.Tensor: ...
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -245,6 +263,9 @@ class GPT(nn.Module):
         self.transformer = Transformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
+        # Training may fuse lm_head with the loss (CPU: gptkit/train/loss.py). It is called from
+        # forward, so a wrapper's hooks (DDP, FSDP's unsharding of lm_head) run as for the plain loss.
+        self.head_loss: HeadLoss | None = None
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module):
@@ -292,6 +313,10 @@ class GPT(nn.Module):
         `pos` is the position of idx[:, 0]; it is non-zero only when decoding with a KV cache.
         """
         x = self.hidden(idx, pos)
+        if targets is not None and self.head_loss is not None and self.training and torch.is_grad_enabled():
+            return None, self.head_loss(
+                x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1), self.config.vocab_size
+            )
         logits = self.lm_head(x)  # (B, T, padded_vocab)
         loss = None
         if targets is not None:  # over the real vocabulary (the slice costs nothing extra under autocast)

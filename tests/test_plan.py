@@ -39,6 +39,27 @@ def test_gpt2_on_8_h100_is_planned_from_the_data_sheet(gptkit_home):
         assert word in text
 
 
+@pytest.mark.parametrize("gpu", ["T4", "V100"])
+def test_gpus_without_bf16_are_planned_in_fp32_as_the_run_resolves_auto(gptkit_home, gpu):
+    """device.precision_policy decides for the plan as for the run: auto is fp32 without native bf16
+    (the plan used to say fp16: ~8x short, half-size weights)."""
+    p = make_plan(C.TrainOverrides(preset="gpt2"), C.LaunchOverrides(gpus=1), gpu_type=gpu)
+    assert p.precision == "fp32" and p.memory.weights == 4 * p.n_params
+    fpt = 6 * (p.n_params - 1024 * 768) + 12 * 12 * 768 * 1024
+    assert p.step_s == pytest.approx(fpt * 524_288 / (gpu_peak_flops(gpu, "fp32") * ASSUMED_GPU_MFU))
+    assert (
+        make_plan(C.TrainOverrides(preset="gpt2", precision="fp16"), C.LaunchOverrides(gpus=1), gpu_type=gpu).precision
+        == "fp16"
+    )
+
+
+def test_fp32_on_an_ampere_gpu_is_timed_at_its_tf32_peak(gptkit_home):
+    p = make_plan(C.TrainOverrides(preset="gpt2", precision="fp32"), H100, gpu_type="H100")
+    fpt = 6 * (p.n_params - 1024 * 768) + 12 * 12 * 768 * 1024
+    assert p.precision == "fp32"
+    assert p.step_s == pytest.approx(fpt * 524_288 / (8 * gpu_peak_flops("H100", "tf32") * ASSUMED_GPU_MFU))
+
+
 def test_param_count_matches_the_built_model():
     mc = get_preset("small").with_vocab(256)
     assert param_count(mc) == sum(p.numel() for p in GPT(mc).parameters())

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, free_port
+from conftest import assert_one_line_error, free_port, tiny_training
 from safetensors.torch import load_file
 from test_train_data import make_dataset
 
@@ -23,8 +23,6 @@ from gptkit.errors import GptkitError
 from gptkit.train.config import LaunchOverrides, TrainOverrides
 from gptkit.train.launch import train
 from gptkit.train.metrics import read_metrics
-
-pytestmark = pytest.mark.slow
 
 # 8 sequences of 32 tokens per step: 2 processes x micro-batch 4, or 1 process x 4 x 2 micro-steps.
 FLAGS = dict(
@@ -43,34 +41,10 @@ FLAGS = dict(
     checkpoint_every=2,
     keep_checkpoints=3,
 )
-CLI_FLAGS = [
-    "--preset",
-    "tiny",
-    "--seq-len",
-    "32",
-    "--batch-tokens",
-    "256",
-    "--micro-batch",
-    "4",
-    "--max-steps",
-    "8",
-    "--lr",
-    "3e-3",
-    "--warmup-steps",
-    "2",
-    "--eval-every",
-    "4",
-    "--eval-tokens",
-    "512",
-    "--hellaswag-every",
-    "8",
-    "--sample-every",
-    "4",
-    "--checkpoint-every",
-    "2",
-    "--keep",
-    "3",
-]
+CLI_FLAGS = tiny_training(  # the same run from the command line (--gpus and --nproc given with it)
+    gpus=None, nproc=None, batch_tokens=256, micro_batch=4, max_steps=8, lr="3e-3", warmup_steps=2, eval_every=4,
+    eval_tokens=512, hellaswag_every=8, sample_every=4, checkpoint_every=2, keep=3,
+)  # fmt: skip
 HELLASWAG = [  # 5 examples: with 2 ranks, one scores 3 and the other 2; the counts must add up
     {"ctx": f"example {i}: the cat", "endings": ["sat on the mat.", "ran", "is here", "jumps high"], "label": i % 4}
     for i in range(5)
@@ -105,7 +79,7 @@ def launch(name, nproc, echo=lambda s: None, **overrides):
 
 
 @pytest.fixture(scope="module")
-def reference(home):
+def reference(home, trains):
     assert launch("ref", nproc=2) == 0
     return home / "runs" / "ref"
 
@@ -182,7 +156,7 @@ def test_two_processes_equal_one_process_with_accumulation(home, reference):
     assert hs_a == hs_b
 
 
-def test_compiled_training_matches_eager(home):
+def test_compiled_training_matches_eager(home, trains):
     """--compile, the default on CUDA, here through inductor's CPU backend: torch.compile under DDP,
     then checkpoints, evaluation and samples from the uncompiled module. In fp32 (bf16's rounding
     would hide a real difference) the weights after 8 steps match the eager run's."""
@@ -317,7 +291,7 @@ def test_bad_configs_fail_with_one_line(home):
         "unknown model preset": ["--preset", "gpt5"],
         "not a multiple of --seq-len": ["--preset", "tiny", "--seq-len", "32", "--batch-tokens", "1000"],
         "does not divide": ["--preset", "tiny", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "3"],
-        "no such directory": ["--preset", "tiny", "--data", str(home / "nothing-here")],
+        "nothing-here: no such file or directory": ["--preset", "tiny", "--data", str(home / "nothing-here")],
         "already in use": ["--preset", "tiny", "--master-port", str(port)],
         "--grad-clip cannot be negative": ["--preset", "tiny", "--grad-clip", "-1"],
         "--seed must be 0 or more": ["--preset", "tiny", "--seed", "-1"],
@@ -333,7 +307,7 @@ def test_bad_configs_fail_with_one_line(home):
     assert not any((home / "runs" / f"bad{i}").exists() for i in range(len(cases)))
 
 
-def test_sigterm_saves_a_checkpoint_and_stops(home):
+def test_sigterm_saves_a_checkpoint_and_stops(home, trains):
     run = home / "runs" / "term"
     p = cli(
         "--gpus",

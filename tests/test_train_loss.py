@@ -41,7 +41,7 @@ def test_matches_cross_entropy_in_value_and_gradients(monkeypatch, chunk_bytes):
 def test_training_view_of_the_model_gives_the_same_loss_and_gradients():
     torch.manual_seed(0)
     model = GPT(get_preset("tiny").with_vocab(256))
-    fused = L.FusedLossGPT(model)
+    fused = fused_view(model)
     for shape in ((2, 16), (3, 8)):  # the second call reuses (part of) the first one's workspace
         x, y = torch.randint(0, 256, (2, *shape))
         model.zero_grad()
@@ -54,7 +54,7 @@ def test_training_view_of_the_model_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(loss, ref)
         for n, p in model.named_parameters():
             torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
-    assert "workspace" not in dict(fused.named_buffers()) and fused.workspace is not None
+    assert fused.head.workspace is not None and not any("workspace" in k for k in model.state_dict())
 
 
 @pytest.mark.parametrize("bf16", [False, True])
@@ -73,7 +73,7 @@ def test_padded_vocabulary_rows_take_no_probability_and_get_no_gradient(bf16):
         logits = model(x)[0]
         assert logits[..., :300].max() < -5  # a zero padding row's logit of 0 would dominate
         want = F.cross_entropy(logits[..., :300].float().reshape(-1, 300), y.reshape(-1))
-    for name, run in (("unfused", model), ("fused", L.FusedLossGPT(model))):
+    for name, run in (("unfused", model), ("fused", fused_view(model))):
         model.zero_grad()
         with ctx:
             _, loss = run(x, y)
@@ -169,7 +169,7 @@ def test_bf16_softmax_is_taken_before_rounding():
 def test_bf16_training_view_of_the_model_matches_the_unfused_bf16_model():
     torch.manual_seed(0)
     model = GPT(get_preset("tiny").with_vocab(256))
-    fused = L.FusedLossGPT(model)
+    fused = fused_view(model)
     x, y = torch.randint(0, 256, (2, 3, 16))
     y[0, :3] = -1
     model.zero_grad()
@@ -181,7 +181,7 @@ def test_bf16_training_view_of_the_model_matches_the_unfused_bf16_model():
     with BF16:
         _, loss = fused(x, y)
     loss.backward()
-    assert fused.workspace is not None and fused.workspace.dtype == torch.bfloat16
+    assert fused.head.workspace is not None and fused.head.workspace.dtype == torch.bfloat16
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
     for n, p in model.named_parameters():
         # bf16 rounding of the logits' gradient, carried through the layers below
@@ -194,3 +194,38 @@ def test_trainer_uses_the_fused_loss_for_bf16_on_this_cpu():
     from gptkit.device import resolve_precision
 
     assert resolve_precision("auto", torch.device("cpu")).name == "bf16"
+
+
+def fused_view(model):
+    """model(x, y) through the fused loss (GPT.head_loss), leaving the model unfused between calls."""
+    head = L.FusedHeadLoss()  # one workspace across calls, as in training
+
+    def run(x, y):
+        model.head_loss = head
+        try:
+            return model(x, y)
+        finally:
+            model.head_loss = None
+
+    run.head = head
+    return run
+
+
+def test_the_fused_loss_runs_inside_the_models_own_forward():
+    """A wrapper's hooks on GPT.forward (DDP's, FSDP's unsharding of lm_head) run for the fused loss:
+    it is computed in forward, not by reading lm_head's weight from outside. Only in training with
+    gradients: evaluation keeps the logits."""
+    torch.manual_seed(0)
+    model = L.fuse_loss(GPT(get_preset("tiny").with_vocab(256)))
+    calls = []
+    model.register_forward_pre_hook(lambda m, args: calls.append("pre"))
+    model.register_forward_hook(lambda m, args, out: calls.append("post"))
+    x, y = torch.randint(0, 256, (2, 2, 16))
+    logits, loss = model(x, y)
+    assert logits is None and calls == ["pre", "post"]
+    loss.backward()
+    assert model.lm_head.weight.grad is not None
+    with torch.no_grad():
+        logits, ref = model(x, y)
+    assert logits is not None  # no gradients: the plain path
+    torch.testing.assert_close(loss.detach(), ref)

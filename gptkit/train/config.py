@@ -148,16 +148,7 @@ class TrainConfig:
     def from_dict(cls, d: dict, source: str = "config", written_by: str | None = None) -> TrainConfig:
         """A config gptkit wrote (a run's, a checkpoint's). A setting this version does not know was
         written by a later one: refused, never dropped. `written_by`: the gptkit version that wrote it."""
-        from gptkit import __version__
-
-        unknown = sorted(set(d) - set(TRAIN_KEYS))
-        if unknown:
-            who = f"gptkit {written_by}" if written_by else "an unknown gptkit version"
-            raise GptkitError(
-                f"{source}: unknown setting {unknown[0]!r}, written by {who}; "
-                f"this is gptkit {__version__}: upgrade gptkit to read it"
-            )
-        return cls(**d)
+        return cls(**_known(d, cls, source, written_by))
 
 
 @dataclass
@@ -500,8 +491,8 @@ class ResolvedRun:
         known = {"gptkit_version", "train", "launch", "plan", "data_dir", "run_dir", "resume_from"}
         return cls(
             train=TrainConfig.from_dict(d["train"], source, written_by=d.get("gptkit_version")),
-            launch=LaunchConfig(**d["launch"]),
-            plan=Plan(**d["plan"]),
+            launch=LaunchConfig(**_known(d["launch"], LaunchConfig, source, d.get("gptkit_version"))),
+            plan=Plan(**_known(d["plan"], Plan, source, d.get("gptkit_version"))),
             data_dir=d["data_dir"],
             run_dir=d["run_dir"],
             resume_from=d.get("resume_from"),
@@ -511,3 +502,17 @@ class ResolvedRun:
     @classmethod
     def read(cls, path: str | Path) -> ResolvedRun:
         return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
+
+
+def _known(d: dict, cls: type, source: str, written_by: str | None) -> dict:
+    """The dict, refusing a key the dataclass `cls` lacks (written by a later gptkit) in one line."""
+    from gptkit import __version__
+
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        who = f"gptkit {written_by}" if written_by else "an unknown gptkit version"
+        raise GptkitError(
+            f"{source}: unknown setting {unknown[0]!r}, written by {who}; "
+            f"this is gptkit {__version__}: upgrade gptkit to read it"
+        )
+    return d

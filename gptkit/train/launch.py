@@ -65,11 +65,29 @@ def worker_env(rr: ResolvedRun, verbose: bool = False) -> dict[str, str]:
     else:
         env.pop(VERBOSE_ENV, None)
     env.setdefault("PYTHONUNBUFFERED", "1")  # log lines appear as they happen when not on a terminal
+    env.update(import_path_env(env))
     # Processes on one node share its cores: each an equal slice, unless OMP_NUM_THREADS is set.
     env["OMP_NUM_THREADS"] = str(threads_per_process(int(rr.extra["nproc_per_node"])))
     if rr.extra["device_type"] == "cpu":
         env.update({k: v for k, v in CPU_MALLOC_ENV.items() if k not in env})
     return env
+
+
+def import_path_env(env: dict[str, str]) -> dict[str, str]:
+    """Make torchrun and its workers import the gptkit (and torch) this launcher runs.
+
+    `python -m` puts the working directory first on sys.path, so started where a folder named
+    gptkit lies (the parent of a clone), every worker imported that folder instead and died
+    ("cannot import name '__version__' from 'gptkit'"). PYTHONSAFEPATH (3.11+) leaves the working
+    directory out; only when this gptkit itself came from it (`python -m gptkit` in an uninstalled
+    checkout) does it go on PYTHONPATH, so the workers still find the same package."""
+    import gptkit
+
+    out = {"PYTHONSAFEPATH": "1"}
+    root = Path(gptkit.__file__).resolve().parents[1]
+    if root == Path.cwd().resolve():
+        out["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
+    return out
 
 
 # glibc hands every allocation above 32 MB straight from the kernel and back, so the large tensors of

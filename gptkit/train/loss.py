@@ -30,7 +30,6 @@ GPUs keep the unfused path: torch.compile fuses it there.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from gptkit.model import GPT
 
@@ -199,21 +198,23 @@ def linear_cross_entropy(
     return _LinearCrossEntropy.apply(h, weight, targets, workspace, vocab_size or weight.size(0))
 
 
-class FusedLossGPT(nn.Module):
-    """Training view of a GPT: (idx, targets) -> (None, loss) through the fused loss. It holds the
-    same module, so DDP and the optimizer see the very same parameters."""
+class FusedHeadLoss:
+    """GPT.head_loss for CPU training: lm_head and the loss fused, its logits workspace kept
+    between steps (scratch, not state: never saved)."""
 
-    def __init__(self, model: GPT):
-        super().__init__()
-        self.model = model
-        self.workspace: torch.Tensor | None = None  # scratch, not state: never saved
+    def __init__(self) -> None:
+        self.workspace: torch.Tensor | None = None
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor):
-        h = self.model.hidden(idx).flatten(0, 1)  # (B * T, C)
-        w = self.model.lm_head.weight
-        dtype = matmul_dtype(h, w)
+    def __call__(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        dtype = matmul_dtype(h, weight)
         esize = torch.empty((), dtype=dtype).element_size()
-        need = chunk_rows(w.size(0), h.size(0), esize) * w.size(0)
+        need = chunk_rows(weight.size(0), h.size(0), esize) * weight.size(0)
         if self.workspace is None or self.workspace.numel() < need or self.workspace.dtype != dtype:
             self.workspace = torch.empty(need, dtype=dtype, device=h.device)
-        return None, linear_cross_entropy(h, w, targets.reshape(-1), self.workspace, self.model.config.vocab_size)
+        return linear_cross_entropy(h, weight, targets, self.workspace, vocab_size)
+
+
+def fuse_loss(model: GPT) -> GPT:
+    """The model, training through the fused loss from now on (its forward with targets, in train mode)."""
+    model.head_loss = FusedHeadLoss()
+    return model

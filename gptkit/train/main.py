@@ -11,7 +11,6 @@ the launcher asked for --verbose.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -25,11 +24,11 @@ ERRORS_DIR = ".errors"
 def write_error(run_dir: Path, rank: int, message: str, resumable: bool = False) -> None:
     """RUN/.errors/rankN.json for the launcher: the one-line message, and whether the run can resume
     as it is (a full or read-only disk: the launcher then adds the checkpoint and the command)."""
+    from gptkit.fsutil import write_json_atomic
+
     d = run_dir / ERRORS_DIR
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / f".rank{rank}.tmp"
-    tmp.write_text(json.dumps({"message": message, "resumable": resumable}) + "\n")
-    os.replace(tmp, d / f"rank{rank}.json")
+    write_json_atomic(d / f"rank{rank}.json", {"message": message, "resumable": resumable})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,20 +68,24 @@ class Memory:
 
 
 def param_count(mc: GPTConfig) -> int:
-    """All parameters, the tied lm_head once (built on the meta device: no memory, exact)."""
+    """All parameters, the tied lm_head once: GPT.num_params of the model built on the meta device
+    (no memory, exact)."""
     import torch
 
     from gptkit.model import GPT
 
     with torch.device("meta"):
-        model = GPT(mc)
-    return sum(p.numel() for p in model.parameters())
+        return GPT(mc).num_params(non_embedding=False)
 
 
-def flops_per_token(mc: GPTConfig, n_params: int, seq_len: int) -> float:
-    """As GPT.flops_per_token: 6N (N without position embeddings) plus attention."""
-    n = n_params - mc.block_size * mc.n_embd
-    return 6 * n + 12 * mc.n_layer * mc.n_embd * seq_len
+def flops_per_token(mc: GPTConfig, seq_len: int) -> float:
+    """GPT.flops_per_token, of the model built on the meta device."""
+    import torch
+
+    from gptkit.model import GPT
+
+    with torch.device("meta"):
+        return GPT(mc).flops_per_token(seq_len)
 
 
 def activation_bytes(mc: GPTConfig, seq_len: int, micro_batch: int, half: bool) -> int:
@@ -164,11 +168,11 @@ def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, max_rows: int = M
 
     from gptkit.device import resolve_precision
     from gptkit.model import GPT
-    from gptkit.train.loss import FusedLossGPT
+    from gptkit.train.loss import fuse_loss
 
     prec = resolve_precision(precision, torch.device("cpu"))
     model = GPT(mc)
-    train_model = FusedLossGPT(model) if prec.name == "fp32" else model
+    train_model = fuse_loss(model) if prec.name == "fp32" else model
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-4, fused=True)
     g = torch.Generator().manual_seed(0)
 
@@ -243,6 +247,7 @@ def make_plan(
 
     gpu_type: plan for `--gpus N` GPUs of this kind (a name in mfu.GPU_PEAK_TFLOPS) instead of this
     machine's. measure=False skips the CPU timing (no wall time)."""
+    from gptkit.device import precision_policy
     from gptkit.train import resolve as L
     from gptkit.train.config import plan_batches
     from gptkit.train.mfu import GPU_PEAK_TFLOPS, gpu_peak_flops
@@ -260,7 +265,7 @@ def make_plan(
         notes.append(f"no tokenized data found: GPT-2's vocabulary ({GPT2_VOCAB}) assumed")
     mc = L.model_config(cfg, settled.vocab or GPT2_VOCAB)
     n_params = param_count(mc)
-    fpt = flops_per_token(mc, n_params, cfg.seq_len)
+    fpt = flops_per_token(mc, cfg.seq_len)
     per_rank = batches.rows // world
 
     half = False
@@ -269,9 +274,10 @@ def make_plan(
         known = [f for f, _ in GPU_PEAK_TFLOPS]
         if gpu_type and gpu_peak_flops(gpu_type, "bf16") is None and gpu_peak_flops(gpu_type, "fp16") is None:
             raise GptkitError(f"--gpu-type {gpu_type!r}: not in the peak table; known: {', '.join(known)}")
-        prec = "bf16" if gpu_peak_flops(name, "bf16") else "fp16"
-        if cfg.precision not in ("auto", prec):
-            prec = cfg.precision
+        # The run's own rule (device.precision_policy): auto is bf16 where the GPU has it, else fp32.
+        # A planned GPU has bf16 where its data sheet lists a bf16 peak; the local one is asked.
+        native = gpu_peak_flops(name, "bf16") is not None if gpu_type else _local_gpu_bf16()
+        prec = precision_policy(cfg.precision, "cuda", native).name
         half = prec in ("bf16", "fp16")
         if gpu_type:
             gb = gpu_memory_gb(gpu_type)
@@ -302,7 +308,9 @@ def make_plan(
     if device == "cuda":
         from gptkit.train.mfu import gpu_peak_flops as peak_of
 
-        peak = peak_of(name, prec)
+        # fp32 on a GPU with TF32 runs its matmuls in TF32 (device.configure_matmul turns it on
+        # wherever bf16 is native, so the trainer and MFU use that peak too)
+        peak = peak_of(name, "tf32" if prec == "fp32" and native else prec)
         if peak:
             step_s = fpt * cfg.batch_tokens / (world * peak * ASSUMED_GPU_MFU)
             basis = (
@@ -346,6 +354,12 @@ def make_plan(
         warnings=warnings,
         notes=notes,
     )
+
+
+def _local_gpu_bf16() -> bool:
+    from gptkit.device import cuda_has_native_bf16
+
+    return cuda_has_native_bf16()
 
 
 def _local_gpu_name() -> str:

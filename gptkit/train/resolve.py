@@ -263,7 +263,13 @@ def settle_config(
     shape_given = {k for k in SHAPE_KEYS if k in file_train or k in overrides.given()}
     resumed_shape = None
     if ckpt is not None:
-        base = TrainConfig.from_dict(read_checkpoint_config(ckpt), source=f"{ckpt}/config.json")
+        from gptkit.checkpoint import read_meta
+
+        base = TrainConfig.from_dict(
+            read_checkpoint_config(ckpt),
+            source=f"{ckpt}/config.json",
+            written_by=read_meta(ckpt).get("gptkit_version"),
+        )
         for asked in (file_train.get("preset", base.preset), overrides.preset or base.preset):
             if asked != base.preset:
                 raise GptkitError(f"cannot change the model preset of a run being resumed ({base.preset} -> {asked})")
@@ -349,7 +355,7 @@ def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int) -> str | None:
     mc = model_config(cfg, vocab)
     n = param_count(mc)
     peak = cpu_peak_flops(resolve_precision(cfg.precision, torch.device("cpu")).name)
-    seconds = flops_per_token(mc, n, cfg.seq_len) * cfg.batch_tokens * cfg.max_steps / (peak * ASSUMED_CPU_MFU)
+    seconds = flops_per_token(mc, cfg.seq_len) * cfg.batch_tokens * cfg.max_steps / (peak * ASSUMED_CPU_MFU)
     if seconds < CPU_WARN_SECONDS:
         return None
     return (
@@ -383,9 +389,9 @@ def prepare(
     run_dir = s.run_dir
     shape_given = {k for k in SHAPE_KEYS if k in file_train or k in overrides.given()}
     if ckpt is not None:
-        from gptkit.checkpoint import read_json
+        from gptkit.checkpoint import read_trainer_state
 
-        done = int(read_json(ckpt / "trainer.json").get("step", 0))
+        done = int((read_trainer_state(ckpt) or {}).get("step", 0))
         if done >= cfg.max_steps:
             raise GptkitError(
                 f"{ckpt.parent} already finished ({done} of {cfg.max_steps} steps); "
@@ -402,7 +408,7 @@ def prepare(
     tokenizer, vocab, eot = tokenizer_info(manifest, data_dir)
     if cfg.init_from:
         path = cfg.init_from
-        found, weights = check_init_from(path, tokenizer, vocab)
+        found, weights = check_init_from(path, manifest["tokenizer"], vocab)
         cfg = replace(cfg, init_from=str(found))
         if ckpt is None:  # (a resumed run has its checkpoint's shape already)
             # A new run takes the weights' shape. Dropout alone is a training setting, not the
@@ -483,12 +489,16 @@ def read_init_from(path: str) -> tuple[Path, GPTConfig, dict]:
     return found, mc, meta
 
 
-def check_init_from(path: str, tokenizer: str, vocab: int) -> tuple[Path, dict]:
-    """--init-from must be a gptkit checkpoint whose vocabulary fits the data: (its path, its model shape)."""
+def check_init_from(path: str, tokenizer: dict, vocab: int) -> tuple[Path, dict]:
+    """--init-from must be a gptkit checkpoint whose vocabulary is the data's (`tokenizer`: the shard
+    manifest's block; the rule is the workers', tokenizer.same_vocabulary): (its path, its model shape)."""
+    from gptkit.tokenizer import same_vocabulary, vocabulary_label
+
     found, mc, meta = read_init_from(path)
-    if meta.get("tokenizer") != tokenizer or mc.vocab_size != vocab:
+    model_tok = meta.get("tokenizer_info") or meta.get("tokenizer")
+    if not same_vocabulary(model_tok, tokenizer) or mc.vocab_size != vocab:
         raise GptkitError(
-            f"--init-from {path}: the model's vocabulary ({meta.get('tokenizer')}, {mc.vocab_size}) does not match "
-            f"the data's ({tokenizer}, {vocab})"
+            f"--init-from {path}: the model's vocabulary ({vocabulary_label(model_tok)}, {mc.vocab_size}) does not "
+            f"match the data's ({vocabulary_label(tokenizer)}, {vocab})"
         )
     return found, shape_of(mc.to_dict())

@@ -14,18 +14,14 @@ embedding backward would cost ~7% of a GPT-2-vocabulary step.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
-import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gptkit.checkpoint import (
     load_checkpoint,
@@ -43,8 +39,16 @@ from gptkit.train import hellaswag, mfu, signals
 from gptkit.train import watchdog as wdmod
 from gptkit.train.config import SHAPE_KEYS, ResolvedRun, model_settings, plan_batches, shape_of
 from gptkit.train.dist import Dist, TrainingError, step_seed
-from gptkit.train.loss import FusedLossGPT
+from gptkit.train.loss import fuse_loss
 from gptkit.train.metrics import Reporter, truncate_metrics
+from gptkit.train.parallel import (
+    apply_config,
+    build_optimizers,
+    make_strategy,
+    pack_optimizer_states,
+    param_groups,
+    unpack_optimizer_states,
+)
 from gptkit.train.schedule import lr_at
 
 
@@ -98,40 +102,20 @@ class Trainer:
             self.model_config = GPTConfig(**model_settings(cfg)).with_vocab(vocab_size)
             self.model = GPT(self.model_config).to(self.device)
         self.step, self.data_pos, self.tokens_seen = 0, 0, 0
-        opt_state = None
-        if rr.resume_from:
-            opt_state = self._load(Path(rr.resume_from))
+        if self.device.type == "cpu":  # fp32 or bf16 (fp16 is refused on CPU)
+            fuse_loss(self.model)  # see loss.py: the logits dominate a CPU step
 
-        fused = self.device.type in ("cuda", "cpu")  # one kernel per step instead of a loop of tensors
-        self.optimizer = torch.optim.AdamW(
-            self.model.param_groups(cfg.weight_decay),
-            lr=cfg.lr,
-            betas=(cfg.beta1, cfg.beta2),
-            eps=cfg.eps,
-            fused=fused,
-        )
-        if opt_state is not None:
-            self.optimizer.load_state_dict(opt_state)
-            for g in self.optimizer.param_groups:  # the config may have changed these; it wins
-                g["betas"], g["eps"] = (cfg.beta1, cfg.beta2), cfg.eps
-                if g["weight_decay"] > 0:
-                    g["weight_decay"] = cfg.weight_decay
+        # How the model is spread over the ranks (parallel.py): the loop below only calls the seam.
+        self.parallel = make_strategy("ddp", dist)
+        compile_ = self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
+        # Training goes through train_model (compiled, wrapped); evaluation and sampling use self.model,
+        # the plain module that shares the same parameters.
+        self.train_model = self.parallel.wrap(self.model, compile=compile_)
+        self.optimizers = build_optimizers(cfg, self.model, self.device)
+        if rr.resume_from:
+            self._load(Path(rr.resume_from))
         # fp16 only on CUDA (the precision policy refuses it elsewhere): dynamic loss scaling.
         self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
-
-        compile_ = self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
-        train_model: nn.Module = self.model
-        if self.device.type == "cpu":  # fp32 or bf16 (fp16 is refused on CPU)
-            train_model = FusedLossGPT(self.model)  # see loss.py: the logits dominate a CPU step
-        if compile_:
-            # Compiling a Module gives a Module (OptimizedModule); torch types the result as a callable.
-            train_model = cast(nn.Module, torch.compile(train_model))
-        if dist.distributed:
-            ids = [dist.local_rank] if self.device.type == "cuda" else None
-            train_model = DDP(train_model, device_ids=ids)
-        # Training goes through train_model (compiled, DDP); evaluation and sampling use self.model,
-        # the plain module that shares the same parameters.
-        self.train_model = train_model
 
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
         self.mfu: mfu.MfuMeter | None = None
@@ -149,14 +133,19 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------------
     def _check_tokenizer(self, meta: dict, where: Path) -> None:
-        """A checkpoint trained with another vocabulary than the data's is refused, never continued."""
-        info = meta.get("tokenizer_info") or {}
-        if info.get("vocab_hash") and info["vocab_hash"] != self.tok.vocab_hash:
+        """A checkpoint trained with another vocabulary than the data's is refused, never continued
+        (tokenizer.same_vocabulary: the launcher's rule too)."""
+        from gptkit.tokenizer import same_vocabulary, vocabulary_label
+
+        recorded = meta.get("tokenizer_info") or meta.get("tokenizer")
+        if not same_vocabulary(recorded, self.tok):
             raise TrainingError(
-                f"{where}: its tokenizer ({info.get('name')}) is not the one the data was made with ({self.tok.name})"
+                f"{where}: its tokenizer ({vocabulary_label(recorded)}) is not the one the data was made with "
+                f"({vocabulary_label(self.tok.info())})"
             )
 
-    def _load(self, path: Path) -> dict | None:
+    def _load(self, path: Path) -> None:
+        """Every rank: the weights, the optimizers' states and the position, through the seam."""
         ck = load_checkpoint(path, device=self.device)
         self._check_tokenizer(ck.meta, ck.path)
         if ck.config != self.model_config:
@@ -164,15 +153,23 @@ class Trainer:
         ts = ck.trainer_state()
         if ts is None or "data_pos" not in ts:
             raise TrainingError(f"{ck.path}: no trainer state; it cannot be resumed (use it with `gptkit sample`)")
-        ck.load_into(self.model)
+        opt_state = ck.optimizer_state(device=self.device)
+        try:
+            states = None if opt_state is None else unpack_optimizer_states(opt_state, len(self.optimizers))
+        except ValueError as e:
+            raise TrainingError(f"{ck.path}: {e}") from None
+        self.parallel.load(ck, self.optimizers, states)
+        if states is not None:
+            apply_config(self.optimizers, self.cfg)  # the config may have changed betas, eps, decay; it wins
         self.step, self.data_pos, self.tokens_seen = int(ts["step"]), int(ts["data_pos"]), int(ts.get("tokens", 0))
-        return ck.optimizer_state(device=self.device)
 
     def save(self) -> None:
         if self.last_saved == self.step:
             return
         self.last_saved = self.step
         self.watchdog.phase("checkpoint save")  # every rank: the others wait for rank 0 in the next step
+        # A collective every rank joins (a sharded strategy gathers here), though only rank 0 writes.
+        model_state, opt_states = self.parallel.state(self.optimizers)
         if not self.dist.master:
             return
         state = {
@@ -186,11 +183,11 @@ class Trainer:
         }
         save_checkpoint(
             self.run_dir / step_dirname(self.step),
-            self.model,
+            model_state,
             config=self.model_config,
             tokenizer=self.tok,
             train_config=self.cfg.to_dict(),
-            optimizer_state=self.optimizer.state_dict(),
+            optimizer_state=pack_optimizer_states(opt_states),
             trainer_state=state,
         )
         prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
@@ -265,29 +262,26 @@ class Trainer:
             schedule=cfg.schedule,
             decay_frac=cfg.decay_frac,
         )
-        for g in self.optimizer.param_groups:
+        for g in param_groups(self.optimizers):
             g["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(plan.grad_accum):
             x, y = self._to_device(self.batches.get(self.data_pos, micro))
             last = micro == plan.grad_accum - 1
-            # Gradients are all-reduced once per step: only the last micro-step syncs.
-            sync = (
-                self.train_model.no_sync()
-                if isinstance(self.train_model, DDP) and not last
-                else contextlib.nullcontext()
-            )
-            with sync:
+            # Gradients are reduced once per step: only the last micro-step syncs.
+            with self.parallel.accumulating(last):
                 with self.precision.autocast():
                     _, loss = self.train_model(x, y)
                 loss = loss / plan.grad_accum
                 loss_sum += loss.detach()
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
         if self.scaler:
-            self.scaler.unscale_(self.optimizer)
+            for opt in self.optimizers:
+                self.scaler.unscale_(opt)
         # --grad-clip 0: no clipping (nanoGPT's meaning); the norm is still measured for the log
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or float("inf"))
+        grad_norm = self.parallel.clip_grad_norm_(cfg.grad_clip)
         # One small all-reduce: the mean loss for the log, and whether any rank was asked to stop.
         stop_here = signals.requested()
         stats = torch.stack([loss_sum.float(), torch.tensor(float(stop_here), device=self.device)])
@@ -305,11 +299,13 @@ class Trainer:
             raise TrainingError(
                 f"{what} at step {self.step + 1} (lr {lr:.3g}); training stopped without saving; {saved}"
             )
+        for opt in self.optimizers:
+            if self.scaler:
+                self.scaler.step(opt)
+            else:
+                opt.step()
         if self.scaler:
-            self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
-            self.optimizer.step()
         self.stop_requested = self.stop_requested or stop
         self.step += 1
         self.data_pos += plan.rows * cfg.seq_len
@@ -369,8 +365,9 @@ class Trainer:
                     rep.event(self.step, hellaswag=r["acc_norm"], hellaswag_acc=r["acc"], hellaswag_n=r["n"])
                 if prompt is not None and self.step > 0 and (self.step % cfg.sample_every == 0 or done):
                     self.watchdog.phase("sample")  # every rank: the others wait for rank 0
-                    if d.master:
-                        rep.event(self.step, sample=self.sample(prompt))
+                    if d.master or not self.parallel.replicated:  # sharded weights: every rank decodes
+                        text = self.sample(prompt)
+                        rep.event(self.step, sample=text)
                 if done:
                     break
                 if self.compiled and self.step == start:

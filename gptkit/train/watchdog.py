@@ -123,8 +123,8 @@ class Watchdog:
             return False
 
     def _fire(self, waited: float) -> None:
-        path = hang_file(self.run_dir, self.rank)
-        tmp = path.with_name(f".{path.name}.tmp")
+        from gptkit.fsutil import atomic_output
+
         header = {
             "rank": self.rank,
             "step": self.step,
@@ -133,11 +133,11 @@ class Watchdog:
             "limit_s": round(self.allowance, 1),
             "main_thread": self._main_ident,
         }
-        with open(tmp, "w") as f:
+        # Whole or absent: the launcher and the other ranks read whatever hang file they see.
+        with atomic_output(hang_file(self.run_dir, self.rank)) as tmp, open(tmp, "w") as f:
             f.write(json.dumps(header) + "\n")
             f.flush()
             faulthandler.dump_traceback(file=f, all_threads=True)
-        os.replace(tmp, path)
         deadline = time.monotonic() + GRACE_S
         while time.monotonic() < deadline:
             if len(list(self.run_dir.glob(f"{HANG_PREFIX}*.txt"))) >= self.world_size:
