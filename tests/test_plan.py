@@ -8,16 +8,11 @@ from test_train_data import make_dataset
 
 from gptkit.model import GPT, get_preset
 from gptkit.train import config as C
+from gptkit.train.estimate import largest_fitting_micro_batch, memory_estimate, param_count
 from gptkit.train.metrics import LIVE_WIDTH, step_fields, step_line, summarize, summary_lines
 from gptkit.train.mfu import gpu_peak_flops
-from gptkit.train.plan import (
-    ASSUMED_GPU_MFU,
-    largest_fitting_micro_batch,
-    make_plan,
-    memory_estimate,
-    param_count,
-    render_plan,
-)
+from gptkit.train.plan import ASSUMED_GPU_MFU, render_plan
+from gptkit.train.resolve import make_plan
 
 H100 = C.LaunchOverrides(gpus=8)
 

@@ -191,7 +191,7 @@ def test_grad_clip_0_means_no_clipping(gptkit_home):
 
 def test_worker_threads_and_the_plan_agree_with_omp_num_threads(gptkit_home, monkeypatch):
     from gptkit.train.mfu import usable_cores
-    from gptkit.train.plan import make_plan
+    from gptkit.train.resolve import make_plan
 
     make_dataset(gptkit_home / "shards" / "toy")
     rr = prepare(TINY, C.LaunchOverrides(gpus=0, nproc=1), name="threads")

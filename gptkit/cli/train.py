@@ -88,7 +88,8 @@ def train(
 
     if plan or gpu_type or json_out:
         from gptkit.errors import GptkitError
-        from gptkit.train.plan import make_plan, render_plan
+        from gptkit.train.plan import render_plan
+        from gptkit.train.resolve import make_plan
 
         if not plan:
             raise GptkitError("--gpu-type and --json go with --plan")

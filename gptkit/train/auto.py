@@ -9,7 +9,7 @@ the machine; a model shape (--n-layer ...) and --seq-len of the user's are kept 
   (a larger model on less data only memorises it);
 - the tokens: the fewest of TOKENS_PER_PARAM per parameter (Chinchilla's ratio), MAX_EPOCHS passes
   over the training data, and what the machine does in TARGET_SECONDS at a measured tokens/s
-  (one timed micro-batch of the real model: gptkit.train.plan.time_cpu_step), at least MIN_STEPS;
+  (one timed micro-batch of the real model: gptkit.train.estimate.time_cpu_step), at least MIN_STEPS;
 - the micro-batch: the preset's, lowered until the memory estimate fits the free RAM;
 - warmup 5% of the steps; validation ~10 times, samples 4 times, checkpoints 5 times per run.
 
@@ -73,7 +73,7 @@ def schedule_for(steps: int) -> dict:
 
 def fit_micro_batch(mc: GPTConfig, n_params: int, seq_len: int, rows_per_rank: int, want: int, free: int | None) -> int:
     """The largest divisor of rows_per_rank, at most `want`, whose memory estimate fits."""
-    from gptkit.train.plan import memory_estimate
+    from gptkit.train.estimate import memory_estimate
 
     options = [d for d in range(1, rows_per_rank + 1) if rows_per_rank % d == 0 and d <= want]
     if free is None:
@@ -95,7 +95,7 @@ def choose(
     shape: GPTConfig fields the user gave (--n-layer ...): that model is timed and trained, and only
     the recipe (sequence length, batch, steps) is picked; a sequence never exceeds its block size.
     seq_len: the user's --seq-len, used instead of the recipe's."""
-    from gptkit.train.plan import human_count, human_duration, param_count, time_cpu_step
+    from gptkit.train.estimate import human_count, human_duration, param_count, time_cpu_step
 
     timer = timer or (lambda mc, T: time_cpu_step(mc, T, precision).row_s)
     chosen = None

@@ -461,6 +461,27 @@ def _check_optimisation(cfg: TrainConfig) -> None:
 
 
 @dataclass
+class Settled:
+    """A TrainConfig resolved from preset, auto-sizing, checkpoint, file and flags, with what decided it."""
+
+    cfg: TrainConfig
+    launch: LaunchConfig
+    file_train: dict
+    device_type: str
+    nproc: int
+    run_dir: Path | None
+    ckpt: Path | None
+    vocab: int | None  # None: no data found (a plan may go on with GPT-2's vocabulary)
+    train_tokens: int | None
+    auto: dict | None  # the CPU auto-sizing's choice: {"line", "tok_per_s", "est_seconds"}
+    micro_batch_given: bool = False  # by a flag or the config file (else the preset's, fitted)
+
+    @property
+    def auto_line(self) -> str | None:
+        return self.auto["line"] if self.auto else None
+
+
+@dataclass
 class ResolvedRun:
     """Everything a worker needs, written to RUN/config.json by the launcher."""
 

@@ -12,7 +12,7 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from gptkit.train.config import (
     LaunchConfig,
     LaunchOverrides,
     ResolvedRun,
+    Settled,
     TrainConfig,
     TrainOverrides,
     check_types,
@@ -41,6 +42,7 @@ from gptkit.train.config import (
 
 if TYPE_CHECKING:
     from gptkit.model import GPTConfig
+    from gptkit.train.plan import RunPlan
 
 
 # --- run directory and resume --------------------------------------------------------------------
@@ -160,26 +162,6 @@ ASSUMED_CPU_MFU = 0.5
 CPU_WARN_SECONDS = 3600  # the GPT-2 recipe's defaults, shrunk by flags to less than this, are not warned about
 
 
-@dataclass
-class Settled:
-    """A TrainConfig resolved from preset, auto-sizing, checkpoint, file and flags, with what decided it."""
-
-    cfg: TrainConfig
-    launch: LaunchConfig
-    file_train: dict
-    device_type: str
-    nproc: int
-    run_dir: Path | None
-    ckpt: Path | None
-    vocab: int | None  # None: no data found (a plan may go on with GPT-2's vocabulary)
-    train_tokens: int | None
-    auto: dict | None  # the CPU auto-sizing's choice: {"line", "tok_per_s", "est_seconds"}
-
-    @property
-    def auto_line(self) -> str | None:
-        return self.auto["line"] if self.auto else None
-
-
 def _given(overrides: TrainOverrides, file_train: dict, key: str) -> bool:
     return getattr(overrides, key) is not None or key in file_train
 
@@ -233,7 +215,7 @@ def settle_config(
     init_model = read_init_from(init_from)[1] if init_from and resume is None else None
     auto_ok = preset is None and resume is None and not any(_given(overrides, file_train, k) for k in SIZING_KEYS)
     if auto_ok and device_type == "cpu" and size is not None:
-        from gptkit.train.plan import free_ram
+        from gptkit.train.estimate import free_ram
 
         # A shape of the user's own (--n-layer ...) or of --init-from's weights is kept: only the
         # recipe is sized for this machine.
@@ -320,6 +302,7 @@ def settle_config(
         {"line": choice.line, "tok_per_s": choice.tok_per_s, "est_seconds": choice.est_seconds} if choice else None
     )
     return Settled(
+        micro_batch_given=_given(overrides, file_train, "micro_batch"),
         cfg=cfg,
         launch=launch,
         file_train=file_train,
@@ -331,6 +314,26 @@ def settle_config(
         train_tokens=size[1] if size else None,
         auto=auto_info,
     )
+
+
+def make_plan(
+    overrides: TrainOverrides,
+    launch_overrides: LaunchOverrides,
+    *,
+    config_file: str | Path | None = None,
+    gpu_type: str | None = None,
+    measure: bool = True,
+) -> RunPlan:
+    """`gptkit train --plan`: the run resolved as it would be (settle_config), then planned."""
+    from gptkit.train.estimate import GPT2_VOCAB
+    from gptkit.train.plan import plan_of
+
+    warnings: list[str] = []
+    settled = settle_config(
+        overrides, launch_overrides, config_file=config_file, gpu_type=gpu_type, warn=warnings.append, plan_only=True
+    )
+    mc = model_config(settled.cfg, settled.vocab or GPT2_VOCAB)
+    return plan_of(settled, mc, gpu_type=gpu_type, measure=measure, warnings=warnings)
 
 
 def model_config(cfg: TrainConfig, vocab: int):
@@ -349,8 +352,8 @@ def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int) -> str | None:
     import torch
 
     from gptkit.device import resolve_precision
+    from gptkit.train.estimate import flops_per_token, human_duration, param_count
     from gptkit.train.mfu import cpu_peak_flops
-    from gptkit.train.plan import flops_per_token, human_duration, param_count
 
     mc = model_config(cfg, vocab)
     n = param_count(mc)
