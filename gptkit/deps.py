@@ -15,7 +15,7 @@ from gptkit.errors import GptkitError
 
 # The floors of pyproject.toml's [project] dependencies; tests/test_deps.py keeps the two equal.
 MINIMUM: dict[str, str] = {
-    "torch": "2.5",
+    "torch": "2.13",
     "typer": "0.29",
     "rich": "13.8",
     "tiktoken": "0.12",

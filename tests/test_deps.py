@@ -27,7 +27,8 @@ def test_minimum_matches_pyproject():
 @pytest.mark.parametrize(
     ("found", "floor", "ok"),
     [
-        ("2.13.0+cpu", "2.5", True),
+        ("2.13.0+cpu", "2.13", True),
+        ("2.12.1", "2.13", False),
         ("2.4", "2.4", True),
         ("2.4.0", "2.4", True),
         ("0.24.0rc1", "0.24", True),  # a pre-release counts as its release
