@@ -25,7 +25,6 @@ from typing import Any
 import torch
 
 from gptkit.errors import GptkitError
-from gptkit.model import vocab_cross_entropy
 from gptkit.tokenizer import Tokenizer
 
 DEFAULT_TOKENS = 10_485_760  # the trainer's validation budget (build-nanogpt's 20 x 524,288)
@@ -85,18 +84,12 @@ def val_rows(val_paths: list[Path], tok: Tokenizer, seq_len: int, tokens: int, b
     return rows(stream, seq_len, tokens, rank=0, world_size=1, micro_batch=batch_size)
 
 
-@torch.no_grad()
 def val_loss(model, batches, device: torch.device, autocast: Callable) -> tuple[float, int]:
-    """(mean cross-entropy per target token, target tokens) over the batches."""
-    total, n = torch.zeros((), dtype=torch.float64, device=device), 0
-    for buf in batches:
-        t = torch.from_numpy(buf).to(device)
-        x, y = t[:, :-1], t[:, 1:]
-        with autocast():
-            logits, _ = model(x)
-        total += vocab_cross_entropy(logits, y, model.config.vocab_size).double()
-        n += y.numel()
-    return float(total / max(n, 1)), n
+    """(mean cross-entropy per target token, target tokens) over the batches: the trainer's loop."""
+    from gptkit.train.validation import loss_sums
+
+    total = loss_sums(model, batches, device, autocast)
+    return float(total[0] / max(float(total[1]), 1.0)), int(total[1])
 
 
 def evaluate(

@@ -1,15 +1,23 @@
 """Training: config and presets, the torchrun launcher, the data stream, the loop, evaluation, metrics.
 
-config.py     TrainConfig / LaunchConfig, TOML/YAML, batch arithmetic
+config.py     TrainConfig / LaunchConfig (every setting, declared once), TOML/YAML, batch arithmetic
 presets.py    each preset's training recipe
 launch.py     `gptkit train` as a function: validate, write RUN/config.json, run torchrun
 main.py       the torchrun target (tiny)
-trainer.py    the loop: DDP, accumulation, checkpoints, exact resume
+resolve.py    a run settled from preset, checkpoint, file and flags; its checks before launch
+auto.py       the CPU auto-sizing
+estimate.py   parameters, FLOPs, memory, a timed CPU step
+plan.py       `train --plan` of a settled run
+trainer.py    the loop: accumulation, checkpoints, exact resume
+parallel.py   how the model is distributed (DDP) and the optimizers: the seam the loop calls
+loss.py       the CPU fused lm_head + loss
+validation.py the validation loss loop (training and `gptkit eval`)
 dist.py       ranks, process group (gloo / NCCL), collectives, per-step seed
 data.py       memory-mapped shards as one deterministic shuffled stream
 schedule.py   warmup + cosine / WSD
 hellaswag.py  HellaSwag acc_norm, sharded across ranks
-metrics.py    metrics.jsonl, Rich progress, TensorBoard / wandb
+metrics.py    the reporter: live line, records to the loggers
+loggers.py    metrics.jsonl, TensorBoard, wandb behind one protocol
 mfu.py        peak FLOPs per GPU; measured CPU peak
 plot.py       `gptkit plot`: loss, lr, throughput as a PNG
 """

@@ -32,7 +32,7 @@ from gptkit.checkpoint import (
 )
 from gptkit.device import configure_matmul, resolve_precision
 from gptkit.errors import GptkitError
-from gptkit.model import GPT, PRESETS, GPTConfig, vocab_cross_entropy
+from gptkit.model import GPT, PRESETS, GPTConfig
 from gptkit.runs import CONFIG_FILE
 from gptkit.train import data as datamod
 from gptkit.train import hellaswag, mfu, signals
@@ -50,6 +50,7 @@ from gptkit.train.parallel import (
     unpack_optimizer_states,
 )
 from gptkit.train.schedule import lr_at
+from gptkit.train.validation import loss_sums
 
 
 class Trainer:
@@ -193,24 +194,19 @@ class Trainer:
         prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
 
     # --- evaluation ------------------------------------------------------------------------------
-    @torch.no_grad()
     def val_loss(self) -> float:
+        """Every rank its share of the fixed validation rows, summed across ranks (validation.py's
+        loop, the one `gptkit eval` runs)."""
         self.model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed loss, target tokens
-        for buf in datamod.val_rows(
+        rows = datamod.val_rows(
             self.val_stream,
             self.cfg.seq_len,
             self.cfg.eval_tokens,
             self.dist.rank,
             self.dist.world_size,
             self.plan.micro_batch,
-        ):
-            x, y = self._to_device(buf)
-            with self.precision.autocast():
-                logits, _ = self.model(x)
-            # over the real vocabulary: the figure `gptkit eval` and transformers give for the same weights
-            total[0] += vocab_cross_entropy(logits, y, self.model.config.vocab_size).double()
-            total[1] += y.numel()
+        )
+        total = loss_sums(self.model, rows, self.device, self.precision.autocast)
         self.model.train()
         self.dist.all_reduce(total)
         return float(total[0] / total[1])
