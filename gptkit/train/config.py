@@ -475,6 +475,7 @@ class Settled:
     train_tokens: int | None
     auto: dict | None  # the CPU auto-sizing's choice: {"line", "tok_per_s", "est_seconds"}
     micro_batch_given: bool = False  # by a flag or the config file (else the preset's, fitted)
+    found: Any = None  # resolve.Found: what was read on disk, for the rest of the resolution to reuse
 
     @property
     def auto_line(self) -> str | None:

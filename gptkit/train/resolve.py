@@ -166,13 +166,35 @@ def _given(overrides: TrainOverrides, file_train: dict, key: str) -> bool:
     return getattr(overrides, key) is not None or key in file_train
 
 
-def _data_size(data: str | None) -> tuple[int, int] | None:
-    """(vocabulary size, training tokens) of --data, or None when there is no tokenized data."""
-    from gptkit.train.data import TokenStream, check_data, tokenizer_info
+class Found:
+    """What resolving a run reads on disk, each read once: settle_config and prepare (and the plan)
+    ask here, so the shards and the --init-from weights are examined one time per run."""
 
-    data_dir, _val, train, manifest = check_data(data)
-    _tok, vocab, eot = tokenizer_info(manifest, data_dir)
-    return vocab, (TokenStream(train, eot, 0).total if train else 0)
+    def __init__(self) -> None:
+        self._data: dict[str | None, tuple] = {}
+        self._weights: dict[str, tuple[Path, GPTConfig, dict]] = {}
+
+    def data(self, arg: str | None) -> tuple[Path, list[Path], list[Path], dict]:
+        """train.data.check_data(arg), once (an error is raised again, not kept)."""
+        from gptkit.train.data import check_data
+
+        if arg not in self._data:
+            self._data[arg] = check_data(arg)
+        return self._data[arg]
+
+    def data_size(self, arg: str | None) -> tuple[int, int]:
+        """(vocabulary size, training tokens) of the data `arg` names."""
+        from gptkit.train.data import TokenStream, tokenizer_info
+
+        data_dir, _val, train, manifest = self.data(arg)
+        _tok, vocab, eot = tokenizer_info(manifest, data_dir)
+        return vocab, (TokenStream(train, eot, 0).total if train else 0)
+
+    def weights(self, path: str) -> tuple[Path, GPTConfig, dict]:
+        """read_init_from(path), once."""
+        if path not in self._weights:
+            self._weights[path] = read_init_from(path)
+        return self._weights[path]
 
 
 def settle_config(
@@ -193,6 +215,7 @@ def settle_config(
     validated (one line for a bad value) before any warning is worked out from it."""
     from gptkit.train import auto
 
+    found = Found()
     file_train, file_launch = split_settings(load_config_file(config_file)) if config_file else ({}, {})
     # The command line wins over the file.
     launch = launch_overrides.apply(LaunchConfig(**check_types(file_launch, LaunchConfig, str(config_file))))
@@ -206,13 +229,13 @@ def settle_config(
         device_type, nproc = resolve_devices(replace(TrainConfig(), device=device_asked), launch)
     data_arg = overrides.data or file_train.get("data")
     try:
-        size = _data_size(data_arg)
+        size = found.data_size(data_arg)
     except GptkitError:
         size = None  # no data (yet): a plan assumes GPT-2's vocabulary; a run fails on cfg.data below
 
     choice = None
     init_from = overrides.init_from or file_train.get("init_from")
-    init_model = read_init_from(init_from)[1] if init_from and resume is None else None
+    init_model = found.weights(init_from)[1] if init_from and resume is None else None
     auto_ok = preset is None and resume is None and not any(_given(overrides, file_train, k) for k in SIZING_KEYS)
     if auto_ok and device_type == "cpu" and size is not None:
         from gptkit.train.estimate import free_ram
@@ -226,7 +249,7 @@ def settle_config(
             probe = resolve_shape(overrides.apply(merge(preset_config("small"), file_train, str(config_file))))
             probe = replace(probe, seq_len=min(probe.seq_len, probe.block_size or probe.seq_len))
             validate(probe)  # a bad shape is one line before any model is built to time it
-            mc = model_config(probe, size[0])
+            mc = model_config(probe, size[0], found)
             shape = {f: getattr(mc, f) for k, f in SHAPE_KEYS.items() if _given(overrides, file_train, k)}
         choice = auto.choose(
             auto.Machine(train_tokens=size[1], vocab_size=size[0], free_ram=free_ram(), processes=nproc * launch.nodes),
@@ -290,7 +313,7 @@ def settle_config(
     # (no data: the run fails on that in one line below, without this warning first)
     cpu_gpt2 = device_type == "cpu" and preset.startswith("gpt2") and size is not None
     if ckpt is None and choice is None and cpu_gpt2 and not plan_only:
-        line = gpt2_on_cpu_warning(cfg, size[0] if size else 50257)
+        line = gpt2_on_cpu_warning(cfg, size[0] if size else 50257, found)
         if line:
             warn(line)
     if ckpt is None and size is not None and size[1] < SMALL_DATA_BATCHES * cfg.batch_tokens:
@@ -301,8 +324,11 @@ def settle_config(
     auto_info = (
         {"line": choice.line, "tok_per_s": choice.tok_per_s, "est_seconds": choice.est_seconds} if choice else None
     )
+    if not gpu_type and cfg.device != device_asked:  # a resumed run's own --device
+        device_type, nproc = resolve_devices(cfg, launch)
     return Settled(
         micro_batch_given=_given(overrides, file_train, "micro_batch"),
+        found=found,
         cfg=cfg,
         launch=launch,
         file_train=file_train,
@@ -332,21 +358,21 @@ def make_plan(
     settled = settle_config(
         overrides, launch_overrides, config_file=config_file, gpu_type=gpu_type, warn=warnings.append, plan_only=True
     )
-    mc = model_config(settled.cfg, settled.vocab or GPT2_VOCAB)
+    mc = model_config(settled.cfg, settled.vocab or GPT2_VOCAB, settled.found)
     return plan_of(settled, mc, gpu_type=gpu_type, measure=measure, warnings=warnings)
 
 
-def model_config(cfg: TrainConfig, vocab: int):
+def model_config(cfg: TrainConfig, vocab: int, found: Found | None = None):
     """The model a config trains: --init-from's, else its shape (the preset's and any shape flags)
     with the data's vocabulary."""
     from gptkit.model import GPTConfig
 
     if cfg.init_from:
-        return read_init_from(cfg.init_from)[1]
+        return (found or Found()).weights(cfg.init_from)[1]
     return GPTConfig(**model_settings(resolve_shape(cfg))).with_vocab(vocab)
 
 
-def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int) -> str | None:
+def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int, found: Found | None = None) -> str | None:
     """One line: the GPT-2 recipe asked for on a CPU, with its estimated time (no timing run); None
     when the flags given have shrunk it to a CPU-sized run (under CPU_WARN_SECONDS)."""
     import torch
@@ -355,7 +381,7 @@ def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int) -> str | None:
     from gptkit.train.estimate import flops_per_token, human_duration, param_count
     from gptkit.train.mfu import cpu_peak_flops
 
-    mc = model_config(cfg, vocab)
+    mc = model_config(cfg, vocab, found)
     n = param_count(mc)
     peak = cpu_peak_flops(resolve_precision(cfg.precision, torch.device("cpu")).name)
     seconds = flops_per_token(mc, cfg.seq_len) * cfg.batch_tokens * cfg.max_steps / (peak * ASSUMED_CPU_MFU)
@@ -381,7 +407,7 @@ def prepare(
     """The settings given on the command line (None = not given) -> a ResolvedRun, validated.
 
     `warn` gets one-line warnings (tiny data, the GPT-2 recipe on a CPU)."""
-    from gptkit.train.data import TokenStream, check_data, tokenizer_info
+    from gptkit.train.data import TokenStream, tokenizer_info
     from gptkit.train.metrics import check_backends
 
     s = settle_config(
@@ -402,17 +428,17 @@ def prepare(
                 "rate rises again from where it had decayed)"
             )
 
-    device_type, nproc = resolve_devices(cfg, launch)
+    device_type, nproc, found = s.device_type, s.nproc, s.found
     world = nproc * launch.nodes
-    plan = plan_batches(cfg, world, micro_batch_given=overrides.micro_batch is not None or "micro_batch" in file_train)
+    plan = plan_batches(cfg, world, micro_batch_given=s.micro_batch_given)
 
-    data_dir, val, train, manifest = check_data(cfg.data)
+    data_dir, val, train, manifest = found.data(cfg.data)
     cfg = replace(cfg, data=str(data_dir))  # a resume must read the same data, whatever is newest then
     tokenizer, vocab, eot = tokenizer_info(manifest, data_dir)
     if cfg.init_from:
         path = cfg.init_from
-        found, weights = check_init_from(path, manifest["tokenizer"], vocab)
-        cfg = replace(cfg, init_from=str(found))
+        weights_at, weights = check_init_from(found.weights(path), path, manifest["tokenizer"], vocab)
+        cfg = replace(cfg, init_from=str(weights_at))
         if ckpt is None:  # (a resumed run has its checkpoint's shape already)
             # A new run takes the weights' shape. Dropout alone is a training setting, not the
             # weights': one given is kept (fine-tuning often adds some), else the weights' is.
@@ -492,12 +518,13 @@ def read_init_from(path: str) -> tuple[Path, GPTConfig, dict]:
     return found, mc, meta
 
 
-def check_init_from(path: str, tokenizer: dict, vocab: int) -> tuple[Path, dict]:
-    """--init-from must be a gptkit checkpoint whose vocabulary is the data's (`tokenizer`: the shard
-    manifest's block; the rule is the workers', tokenizer.same_vocabulary): (its path, its model shape)."""
+def check_init_from(weights: tuple[Path, GPTConfig, dict], path: str, tokenizer: dict, vocab: int) -> tuple[Path, dict]:
+    """--init-from's checkpoint (read_init_from's answer for `path`) must hold the data's vocabulary
+    (`tokenizer`: the shard manifest's block; the rule is the workers', tokenizer.same_vocabulary):
+    (its path, its model shape)."""
     from gptkit.tokenizer import same_vocabulary, vocabulary_label
 
-    found, mc, meta = read_init_from(path)
+    found, mc, meta = weights
     model_tok = meta.get("tokenizer_info") or meta.get("tokenizer")
     if not same_vocabulary(model_tok, tokenizer) or mc.vocab_size != vocab:
         raise GptkitError(
