@@ -41,13 +41,16 @@ def setting(
     flag: str | None = None,
     names: tuple[str, ...] = (),
     metavar: str | None = None,
+    model: str | None = None,
 ) -> Any:
     """A config field and its command-line option, declared together: the `gptkit train` option
     (--FIELD-NAME unless `flag`; `names` adds short forms and aliases; a bool is --X/--no-X), the
-    overrides and the config-file key are all derived from it (gptkit.cli.settings)."""
-    return field(
-        default=default, metadata={"help": help, "panel": panel, "flag": flag, "names": names, "metavar": metavar}
-    )
+    overrides and the config-file key are all derived from it (gptkit.cli.settings). A model-shape
+    setting (panel MODEL) is the GPTConfig field `model` (default: the same name): SHAPE_KEYS."""
+    meta = {"help": help, "panel": panel, "flag": flag, "names": names, "metavar": metavar}
+    if panel == MODEL:
+        meta["model"] = model
+    return field(default=default, metadata=meta)
 
 
 def option_flag(f: Any) -> str:
@@ -83,7 +86,7 @@ class TrainConfig:
         MODEL,
         metavar="NAME",
     )
-    ln_eps: float = setting(1e-5, "LayerNorm epsilon.", MODEL, metavar="EPS")
+    ln_eps: float = setting(1e-5, "LayerNorm epsilon.", MODEL, metavar="EPS", model="layer_norm_epsilon")
     data: str | None = setting(  # None = the newest tokenized data set
         None,
         "Tokenized data: a directory or a name under shards/ (default: the newest).",
@@ -216,16 +219,11 @@ TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))
 LAUNCH_KEYS = tuple(f.name for f in fields(LaunchConfig))
 
 # --- model shape ---------------------------------------------------------------------------------
-# TrainConfig field -> gptkit.model.GPTConfig field.
+# TrainConfig field -> gptkit.model.GPTConfig field: the settings of the Model panel.
 SHAPE_KEYS = {
-    "n_layer": "n_layer",
-    "n_head": "n_head",
-    "n_embd": "n_embd",
-    "block_size": "block_size",
-    "dropout": "dropout",
-    "bias": "bias",
-    "activation": "activation",
-    "ln_eps": "layer_norm_epsilon",
+    f.name: f.metadata["model"] or f.name
+    for f in fields(TrainConfig)
+    if f.metadata.get("panel") == MODEL
 }
 ACTIVATION_ALIASES = {"tanh": "gelu_new", "exact": "gelu"}
 
