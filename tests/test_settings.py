@@ -47,6 +47,7 @@ TRAIN = dict(
     sample_every=13,
     sample_tokens=9,
     sample_prompt="Once upon",
+    sample_temperature=0.7,
     checkpoint_every=17,
     keep_checkpoints=5,
     log_every=2,

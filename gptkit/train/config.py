@@ -138,6 +138,7 @@ class TrainConfig:
     sample_every: int = setting(250, "A short sample every N steps (off: --sample-tokens 0).", EVAL, metavar="N")
     sample_tokens: int = setting(32, "Tokens per sample (0 = no samples).", EVAL, metavar="N")
     sample_prompt: str = setting("Hello, I'm a language model,", "The prompt samples start from.", EVAL, metavar="TEXT")
+    sample_temperature: float = setting(1.0, "Temperature of the samples.", EVAL, metavar="T")
     checkpoint_every: int = setting(1000, "Checkpoint every N steps (and at the end).", EVAL, metavar="N")
     keep_checkpoints: int = setting(3, "Keep the last K checkpoints (0 = all).", EVAL, flag="--keep", metavar="K")
     log_every: int = setting(1, "Log line every N steps when not on a terminal.", EVAL, metavar="N")
@@ -220,11 +221,7 @@ LAUNCH_KEYS = tuple(f.name for f in fields(LaunchConfig))
 
 # --- model shape ---------------------------------------------------------------------------------
 # TrainConfig field -> gptkit.model.GPTConfig field: the settings of the Model panel.
-SHAPE_KEYS = {
-    f.name: f.metadata["model"] or f.name
-    for f in fields(TrainConfig)
-    if f.metadata.get("panel") == MODEL
-}
+SHAPE_KEYS = {f.name: f.metadata["model"] or f.name for f in fields(TrainConfig) if f.metadata.get("panel") == MODEL}
 ACTIVATION_ALIASES = {"tanh": "gelu_new", "exact": "gelu"}
 
 
@@ -454,6 +451,8 @@ def _check_optimisation(cfg: TrainConfig) -> None:
         raise GptkitError(f"eps must be positive (got {cfg.eps})")
     if cfg.keep_checkpoints < 0:
         raise GptkitError(f"--keep must be 0 (keep all) or more (got {cfg.keep_checkpoints})")
+    if cfg.sample_temperature < 0:
+        raise GptkitError(f"--sample-temperature must be 0 (greedy) or more (got {cfg.sample_temperature})")
     if cfg.hellaswag_limit is not None and cfg.hellaswag_limit < 1:
         raise GptkitError(f"--hellaswag-limit must be at least 1 (got {cfg.hellaswag_limit})")
 

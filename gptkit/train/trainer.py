@@ -233,7 +233,9 @@ class Trainer:
 
         was = self.model.training
         self.model.eval()
-        sc = SampleConfig(max_new_tokens=self.cfg.sample_tokens, temperature=1.0, top_k=50, seed=self.cfg.seed)
+        sc = SampleConfig(
+            max_new_tokens=self.cfg.sample_tokens, temperature=self.cfg.sample_temperature, top_k=50, seed=self.cfg.seed
+        )
         text = sample_text(self.model, self.tok, prompt, sc, autocast=self.precision.autocast()).samples[0].text
         self.model.train(was)
         return prompt + text
