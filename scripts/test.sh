@@ -2,7 +2,9 @@
 # Set up a virtual environment, lint and type-check, then run the whole test suite
 # (CPU, offline, < 15 min on 2 cores). CI runs exactly this (.ci/run).
 #   scripts/test.sh                  lint, types, import contracts, all tests
-#   scripts/test.sh -m "not slow"    the fast lane: skip the multi-process and long tests
+#   scripts/test.sh -m "not slow"    the fast lane: every test but those that start a training or
+#                                    torchrun (the `trains` fixture marks them slow, tests/conftest.py;
+#                                    one that trains without it fails); ~6 min on 2 cores, all ~10
 #   scripts/test.sh -k model         extra arguments go to pytest
 #   GPTKIT_LINT=0 scripts/test.sh    tests only (scripts/check_floors.sh: old dependencies, same tools)
 set -euo pipefail
@@ -26,7 +28,8 @@ export HF_HUB_DISABLE_TELEMETRY=1
 python scripts/get_gpt2_vocab.py
 
 set +e
-python -m pytest -q -p no:cacheprovider "$@"
+# The 20 slowest tests, and each lane's count (tests/conftest.py), close the report.
+python -m pytest -q -p no:cacheprovider --durations=20 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

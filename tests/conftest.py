@@ -1,10 +1,14 @@
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import startguard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +55,203 @@ def assert_one_line_error(r):
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
     return lines[0]
+
+
+# --- the slow lane: trainings and torchrun ----------------------------------------------------------
+# A test is `slow` when it starts a training or torchrun, and only then: by what it starts, never by
+# how long it takes. It says so by requesting the `trains` fixture (itself, or through the fixture
+# that trains for it); pytest_collection_modifyitems marks exactly those tests, and no test marks
+# itself by hand. tests/startguard.py watches every Python process under the session (this one and
+# all it starts) for torchrun and for a gptkit Trainer, and a test that starts one without `trains`
+# fails, naming what it started. The end of the session prints each lane's count and the slow tests
+# that started nothing (which should then not request `trains`).
+TRAINS = "trains"
+
+
+def tiny_training(**flags) -> list[str]:
+    """`gptkit train` flags for a tiny CPU run: 0 GPUs, 1 process, the tiny preset, 32-token
+    sequences, no HellaSwag; then FLAGS in order (`max_steps=3` is `--max-steps 3`; a value of None
+    leaves a default out). Each test gives the batch, steps and cadences it needs."""
+    out = {"gpus": 0, "nproc": 1, "preset": "tiny", "seq_len": 32, "hellaswag_every": 0}
+    out.update(flags)
+    return [a for k, v in out.items() if v is not None for a in ("--" + k.replace("_", "-"), str(v))]
+
+
+class Trainings:
+    """What the `trains` fixture gives: `gptkit train` run as a user runs it."""
+
+    def cli(self, *args, env=None, cwd=None, timeout=600, check=False):
+        """`gptkit train ARGS` to the end (run_cli)."""
+        return run_cli("train", *args, env=env, cwd=cwd, timeout=timeout, check=check)
+
+
+@pytest.fixture(scope="session")
+def trains():
+    """Request this in a test that starts a training or torchrun, or in the fixture that does it for
+    the test (any scope): the test is then in the slow lane. Starting one without it fails the test."""
+    return Trainings()
+
+
+class _Guard:
+    """The session's side of tests/startguard.py: GUARD/sitecustomize.py on PYTHONPATH installs it in
+    every Python process the tests start; GUARD/current names the test (and fixture) being run."""
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="gptkit-tests-guard-"))
+        (self.dir / "sitecustomize.py").write_text(
+            "# Written by tests/conftest.py for one pytest session (see tests/startguard.py).\n"
+            "import importlib.util as _u\n"
+            "import sys as _sys\n"
+            f"_s = _u.spec_from_file_location('startguard', {str(Path(startguard.__file__).resolve())!r})\n"
+            "_m = _sys.modules['startguard'] = _u.module_from_spec(_s)  # conftest's too, in a pytest child\n"
+            "_s.loader.exec_module(_m)\n"
+            f"_m.install({str(self.dir)!r})\n"
+        )
+        self.old_pythonpath = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.dir), self.old_pythonpath]))
+        self.read = 0  # bytes of starts.log already read
+        self.starts = defaultdict(list)  # test node id -> [(kind, what)]
+        self.trained_fixtures = set()  # (baseid, name) of fixtures that started one while set up
+        self.warnings = []
+        self.fixtures = []  # the fixtures being set up, innermost last
+        self.item = ""
+        self.set_current("")
+        startguard.install(str(self.dir))
+
+    def set_current(self, item=None):
+        if item is not None:
+            self.item = item
+        fixture = "::".join(self.fixtures[-1]) if self.fixtures else ""
+        tmp = self.dir / (startguard.CURRENT + ".tmp")
+        tmp.write_text(f"{self.item}\t{fixture}\n")
+        os.replace(tmp, self.dir / startguard.CURRENT)
+
+    def collect(self):
+        """Reads the new lines of starts.log; returns the node ids that started something."""
+        try:
+            with open(self.dir / startguard.STARTS, "rb") as f:
+                f.seek(self.read)
+                data = f.read()
+        except FileNotFoundError:
+            return set()
+        data = data[: data.rfind(b"\n") + 1]  # whole lines only
+        self.read += len(data)
+        new = set()
+        for line in data.decode().splitlines():
+            nodeid, fixture, kind, what = line.split("\t", 3)
+            if kind == "warning":
+                self.warnings.append(what)
+                continue
+            self.starts[nodeid].append((kind, what))
+            new.add(nodeid)
+            if fixture:
+                self.trained_fixtures.add(tuple(fixture.rsplit("::", 1)))
+        return new
+
+    def check(self, item):
+        if item.nodeid in self.collect() and not item.get_closest_marker("slow"):
+            kind, what = self.starts[item.nodeid][0]
+            pytest.fail(
+                f"{item.nodeid} started {'torchrun' if kind == 'torchrun' else 'a training'} ({what}) "
+                f"but is not in the slow lane: request the `{TRAINS}` fixture (tests/conftest.py), in the "
+                "test or in the fixture that trains for it",
+                pytrace=False,
+            )
+
+    def close(self):
+        if self.old_pythonpath is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = self.old_pythonpath
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_guard: _Guard | None = None
+_lanes: dict[str, int] = {}
+_by_hand: set[str] = set()
+_fixtures: dict[str, set[str]] = {}  # node id -> the fixtures it uses
+
+
+def pytest_configure(config):
+    global _guard
+    _guard = _Guard()
+
+
+def pytest_unconfigure(config):
+    if _guard is not None:
+        _guard.close()
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        _fixtures[item.nodeid] = set(item.fixturenames)
+        if TRAINS in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+        elif item.get_closest_marker("slow"):
+            _by_hand.add(item.nodeid)
+    _lanes["slow"] = sum(1 for item in items if item.get_closest_marker("slow"))
+    _lanes["fast"] = len(items) - _lanes["slow"]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    _guard.set_current(item.nodeid)
+    if item.nodeid in _by_hand:
+        pytest.fail(f"marked slow by hand: only the `{TRAINS}` fixture puts a test in the slow lane", pytrace=False)
+    try:
+        return (yield)
+    finally:
+        _guard.check(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    _guard.fixtures.append((fixturedef.baseid, fixturedef.argname))
+    _guard.set_current()
+    try:
+        return (yield)
+    finally:
+        _guard.fixtures.pop()
+        _guard.set_current()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    finally:
+        _guard.check(item)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    try:
+        return (yield)
+    finally:
+        _guard.set_current("")
+        _guard.check(item)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _lanes:
+        return
+    tr, fast, slow = terminalreporter, _lanes["fast"], _lanes["slow"]
+    tr.write_line(
+        f'lanes: {fast} tests in the fast lane (-m "not slow"), {slow} in the slow lane '
+        f"(they start a training or torchrun) of {fast + slow} collected"
+    )
+    _guard.collect()
+    idle = []
+    for rep in tr.stats.get("passed", []):
+        if rep.when != "call" or "slow" not in rep.keywords or rep.nodeid in _guard.starts:
+            continue
+        names = _fixtures.get(rep.nodeid, set())
+        if not any(name in names and rep.nodeid.startswith(base) for base, name in _guard.trained_fixtures):
+            idle.append(rep.nodeid)
+    if idle:
+        tr.write_line(f"slow tests that started no training or torchrun ({len(idle)}): drop `{TRAINS}` from them")
+        for nodeid in idle:
+            tr.write_line(f"  {nodeid}")
+    for w in dict.fromkeys(_guard.warnings):
+        tr.write_line(f"warning: {w}")

@@ -110,7 +110,7 @@ def test_shape_flags_and_seq_len_alone_still_get_a_cpu_recipe(gptkit_home):
     assert "auto" in rr.extra
 
 
-def test_resumed_auto_run_keeps_its_choice(gptkit_home):
+def test_resumed_auto_run_keeps_its_choice(gptkit_home, trains):
     from gptkit.train.trainer import run as run_worker
 
     make_dataset(gptkit_home / "shards" / "toy")

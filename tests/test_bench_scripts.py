@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 from conftest import ROOT
 
 SCRIPTS = ROOT / "scripts"
@@ -22,7 +21,6 @@ def run_json(script: str, *args: str):
     return r.stdout
 
 
-@pytest.mark.slow
 def test_sample_rows_from_a_real_bench_sample_run():
     out = run_json("bench_sample.py", "--preset", "tiny", "--new-tokens", "8", "--prompt-tokens", "4", "--rounds", "1")
     rows = bench.sample_rows(bench.last_json_line(out))
@@ -34,8 +32,7 @@ def test_sample_rows_from_a_real_bench_sample_run():
     assert "tokens same as transformers': yes" in rows[1]["benchmark"]
 
 
-@pytest.mark.slow
-def test_train_rows_from_a_real_bench_train_run():
+def test_train_rows_from_a_real_bench_train_run(trains):
     out = run_json("bench_train.py", "--steps", "1", "--configs", "bytes", "--precisions", "fp32", "--modes", "inproc")
     results = json.loads(out[out.index("[") : out.rindex("]") + 1])
     rows = bench.train_rows(results)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, tiny_training
 
 from gptkit import fsutil
 from gptkit.checkpoint import list_checkpoints, save_checkpoint
@@ -455,14 +455,12 @@ def test_same_weights_give_the_same_safetensors_bytes(tmp_path, gptkit_home):
     assert list(meta) == sorted(meta) and "gptkit.config" in meta  # as stored, not as a reader orders it
 
 
-def test_two_identical_training_runs_give_the_same_weights(tmp_path, gptkit_home):
-    args = [
-        "train", "--data", GOLDEN_SHARDS, "--gpus", "0", "--nproc", "1", "--preset", "tiny",
-        "--precision", "fp32", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "8",
-        "--max-steps", "3", "--eval-every", "100", "--sample-every", "100", "--hellaswag-every", "100",
-        "--checkpoint-every", "3", "--seed", "7",
-    ]  # fmt: skip
+def test_two_identical_training_runs_give_the_same_weights(tmp_path, gptkit_home, trains):
+    args = tiny_training(
+        precision="fp32", batch_tokens=256, micro_batch=8, max_steps=3, eval_every=100, sample_every=100,
+        hellaswag_every=100, checkpoint_every=3, seed=7,
+    )  # fmt: skip
     for name in ("a", "b"):
-        run_cli(*args, "--out", tmp_path / name, check=True)
+        trains.cli("--data", GOLDEN_SHARDS, *args, "--out", tmp_path / name, check=True)
     a, b = (tmp_path / n / "step_000003" / "model.safetensors" for n in ("a", "b"))
     assert sha256(a) == sha256(b)

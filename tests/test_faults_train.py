@@ -14,40 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, tiny_training
 from test_train_data import make_dataset
 
 from gptkit import lock
 from gptkit.errors import GptkitError
 
-FLAGS = [
-    "--gpus",
-    "0",
-    "--nproc",
-    "2",
-    "--preset",
-    "tiny",
-    "--seq-len",
-    "32",
-    "--batch-tokens",
-    "256",
-    "--micro-batch",
-    "4",
-    "--lr",
-    "3e-3",
-    "--warmup-steps",
-    "2",
-    "--eval-every",
-    "1000",
-    "--eval-tokens",
-    "512",
-    "--hellaswag-every",
-    "0",
-    "--sample-every",
-    "1000",
-    "--checkpoint-every",
-    "2",
-]
+FLAGS = tiny_training(
+    nproc=2, batch_tokens=256, micro_batch=4, lr="3e-3", warmup_steps=2, eval_every=1000, eval_tokens=512,
+    sample_every=1000, checkpoint_every=2,
+)  # fmt: skip
 
 
 # --- the lock file ---------------------------------------------------------------------------------
@@ -179,7 +155,7 @@ def run_processes(run: Path) -> list[int]:
     return out
 
 
-# --- whole runs (slow) ---------------------------------------------------------------------------
+# --- whole runs (`trains`: the slow lane) ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     h = tmp_path_factory.mktemp("faults_home")
@@ -238,8 +214,7 @@ def workers_by_rank(run: Path) -> dict[int, int]:
     return out
 
 
-@pytest.mark.slow
-def test_kill_9_of_gptkit_leaves_no_process_and_a_second_trainer_is_refused(home):
+def test_kill_9_of_gptkit_leaves_no_process_and_a_second_trainer_is_refused(home, trains):
     run = home / "runs" / "k9"
     p = start(home, "--name", "k9", "--max-steps", "200", faults="train.step_sleep=0.3")
     wait_for(lambda: (run / "step_000002").exists() and len(workers_by_rank(run)) == 2, p, 180, "no checkpoint")
@@ -264,8 +239,7 @@ def test_kill_9_of_gptkit_leaves_no_process_and_a_second_trainer_is_refused(home
     assert "resumed at step" in r.stdout and not (run / ".lock").exists()
 
 
-@pytest.mark.slow
-def test_a_stalled_rank_is_reported_by_the_watchdog_and_the_run_resumes(home):
+def test_a_stalled_rank_is_reported_by_the_watchdog_and_the_run_resumes(home, trains):
     run = home / "runs" / "stall"
     t0 = time.time()
     r = cli(home, "--name", "stall", "--max-steps", "8", "--watchdog", "5", faults="train.stall_rank=1")
@@ -285,8 +259,7 @@ def test_a_stalled_rank_is_reported_by_the_watchdog_and_the_run_resumes(home):
     assert (run / "step_000008").is_dir() and not list(run.glob("hang-*.txt"))
 
 
-@pytest.mark.slow
-def test_with_verbose_the_closing_line_still_names_the_killed_rank(home):
+def test_with_verbose_the_closing_line_still_names_the_killed_rank(home, trains):
     """--verbose shows torch's output on the terminal; torchrun's report still reaches RUN/torchrun.log,
     so the last line says which rank died, not just torchrun's exit code."""
     run = home / "runs" / "rank-killed-verbose"
@@ -300,8 +273,7 @@ def test_with_verbose_the_closing_line_still_names_the_killed_rank(home):
     assert not run_processes(run)
 
 
-@pytest.mark.slow
-def test_a_full_disk_while_saving_is_one_line_with_where_to_resume(home):
+def test_a_full_disk_while_saving_is_one_line_with_where_to_resume(home, trains):
     run = home / "runs" / "full"
     r = cli(home, "--name", "full", "--max-steps", "4", faults="fs.enospc=checkpoint")
     line = assert_one_line_error(r)
@@ -317,8 +289,7 @@ def test_a_full_disk_while_saving_is_one_line_with_where_to_resume(home):
     assert [m["step"] for m in rows if "val_loss" in m] == sorted({m["step"] for m in rows if "val_loss" in m})
 
 
-@pytest.mark.slow
-def test_a_killed_rank_gives_one_line_and_its_peers_tracebacks_go_to_files(home):
+def test_a_killed_rank_gives_one_line_and_its_peers_tracebacks_go_to_files(home, trains):
     run = home / "runs" / "rank-killed"
     p = start(home, "--name", "rank-killed", "--max-steps", "200", faults="train.step_sleep=0.3")
     wait_for(lambda: (run / "step_000002").exists() and len(workers_by_rank(run)) == 2, p, 180, "no checkpoint")
@@ -335,8 +306,7 @@ def test_a_killed_rank_gives_one_line_and_its_peers_tracebacks_go_to_files(home)
     assert not run_processes(run)
 
 
-@pytest.mark.slow
-def test_torchrun_killed_by_a_signal_is_said_in_one_line(home):
+def test_torchrun_killed_by_a_signal_is_said_in_one_line(home, trains):
     run = home / "runs" / "tr-killed"
     p = start(home, "--name", "tr-killed", "--max-steps", "200", faults="train.step_sleep=0.3")
     wait_for(lambda: len(workers_by_rank(run)) == 2, p, 180, "no workers")
@@ -349,8 +319,7 @@ def test_torchrun_killed_by_a_signal_is_said_in_one_line(home):
     assert wait_gone(workers, 5) and not run_processes(run)
 
 
-@pytest.mark.slow
-def test_a_second_ctrl_c_stops_at_once_without_a_traceback(home):
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(home, trains):
     run = home / "runs" / "ctrl-c"
     p = start(home, "--name", "ctrl-c", "--max-steps", "200", faults="train.step_sleep=1")
     wait_for(lambda: (run / "step_000002").exists(), p, 180, "no checkpoint")

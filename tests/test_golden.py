@@ -42,9 +42,9 @@ def test_golden_shards_verify_and_read(golden, gptkit_home):
     assert bytes(toks[1:].astype("uint8").tolist()).decode() == TEXT
 
 
-def test_golden_run_resumes_to_the_end(golden, gptkit_home):
+def test_golden_run_resumes_to_the_end(golden, gptkit_home, trains):
     run = golden / "run"
-    r = run_cli("train", "--resume", run, "--data", golden / "shards", "--gpus", "0", "--nproc", "1", check=True)
+    r = trains.cli("--resume", run, "--data", golden / "shards", "--gpus", "0", "--nproc", "1", check=True)
     assert (run / "step_000006" / "model.safetensors").is_file(), r.stdout + r.stderr
     steps = [json.loads(ln).get("step") for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(s for s in steps if s is not None) == 6

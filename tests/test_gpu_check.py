@@ -111,8 +111,7 @@ def test_is_oom(gpu_check):
     assert not gpu_check.is_oom(ValueError("shape mismatch"))
 
 
-@pytest.mark.slow
-def test_the_rehearsal_runs_every_stage_on_the_cpu_end_to_end(tmp_path):
+def test_the_rehearsal_runs_every_stage_on_the_cpu_end_to_end(tmp_path, trains):
     """The stages themselves (not fakes), on the CPU with the tiny model: a stage calling an API that
     no longer exists, or passing `gptkit train` a flag it refuses, fails here and not first on a GPU."""
     out = tmp_path / "r.json"

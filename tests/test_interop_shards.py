@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, tiny_training
 from test_vocab_files import TEXT, train_bpe, write_meta
 
 from gptkit.data import shards
@@ -19,34 +19,10 @@ from gptkit.errors import GptkitError
 from gptkit.tokenizer import get_tokenizer, tokenizer_for
 
 LLMC_MAGIC, LLMC_VERSION = 20240520, 1
-TRAIN_FLAGS = [
-    "--preset",
-    "tiny",
-    "--seq-len",
-    "32",
-    "--batch-tokens",
-    "128",
-    "--micro-batch",
-    "4",
-    "--max-steps",
-    "3",
-    "--warmup-steps",
-    "1",
-    "--eval-every",
-    "3",
-    "--eval-tokens",
-    "64",
-    "--hellaswag-every",
-    "0",
-    "--sample-every",
-    "3",
-    "--checkpoint-every",
-    "3",
-    "--gpus",
-    "0",
-    "--nproc",
-    "1",
-]
+TRAIN_FLAGS = tiny_training(
+    batch_tokens=128, micro_batch=4, max_steps=3, warmup_steps=1, eval_every=3, eval_tokens=64, sample_every=3,
+    checkpoint_every=3,
+)  # fmt: skip
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
@@ -90,7 +66,7 @@ def ckpt_tokenizer_hash(ck):
 # --------------------------------------------------------------------------- nanoGPT character data
 
 
-def test_nanogpt_char_data_tokenize_train_checkpoint(tmp_path, gptkit_home):
+def test_nanogpt_char_data_tokenize_train_checkpoint(tmp_path, gptkit_home, trains):
     text = TEXT * 40
     chars, train_ids, val_ids = nanogpt_char_dir(tmp_path / "shakespeare_char", text)
     out = tmp_path / "shards"
@@ -109,7 +85,7 @@ def test_nanogpt_char_data_tokenize_train_checkpoint(tmp_path, gptkit_home):
     again = tz.tokenize(str(out), tmp_path / "again")
     assert again.manifest["tokenizer"] == m["tokenizer"] and np.array_equal(all_tokens(tmp_path / "again")[0], toks)
 
-    r = run_cli("train", "--data", out, "--name", "char", *TRAIN_FLAGS, env=ONE_THREAD, check=True)
+    r = trains.cli("--data", out, "--name", "char", *TRAIN_FLAGS, env=ONE_THREAD, check=True)
     run = gptkit_home / "runs" / "char"
     ck = run / "step_000003"
     meta = json.loads((ck / "config.json").read_text())
@@ -328,7 +304,7 @@ def llmc_dir(folder, seed=0):
     return parts
 
 
-def test_llmc_shards_verify_and_train_in_place(tmp_path, gptkit_home):
+def test_llmc_shards_verify_and_train_in_place(tmp_path, gptkit_home, trains):
     d = tmp_path / "fineweb10B"
     parts = llmc_dir(d)
     r = run_cli("tokenize", "--verify", d, check=True)
@@ -340,7 +316,7 @@ def test_llmc_shards_verify_and_train_in_place(tmp_path, gptkit_home):
     line = error_line(run_cli("tokenize", "--verify", d, "--tokenizer", "bytes"))
     assert "fineweb_val_000000.bin" in line and "outside the vocabulary (bytes" in line
 
-    r = run_cli("train", "--data", d, "--name", "llmc", *TRAIN_FLAGS, env=ONE_THREAD, check=True)
+    r = trains.cli("--data", d, "--name", "llmc", *TRAIN_FLAGS, env=ONE_THREAD, check=True)
     assert "assuming the GPT-2 tokenizer" in r.stdout + r.stderr
     ck = gptkit_home / "runs" / "llmc" / "step_000003"
     meta = json.loads((ck / "config.json").read_text())
@@ -377,7 +353,7 @@ def test_llmc_folders_without_val_or_with_empty_train_shards_are_refused_before_
         check_data(d)
 
 
-def test_training_on_ids_outside_the_vocabulary_is_one_line(tmp_path, gptkit_home):
+def test_training_on_ids_outside_the_vocabulary_is_one_line(tmp_path, gptkit_home, trains):
     """Shards read in place are not verified up front: an id inside the padded rows (50257..50303)
     would train a row no token has, one past them would fail inside the embedding. Each shard's ids
     are checked as training (or eval) first opens it."""
@@ -388,7 +364,7 @@ def test_training_on_ids_outside_the_vocabulary_is_one_line(tmp_path, gptkit_hom
     for name, bad in (("fineweb_train_000001", 50300), ("fineweb_train_000002", 50300), ("fineweb_val_000000", 60000)):
         parts[name][len(parts[name]) // 2] = bad
         write_llmc_shard(d / f"{name}.bin", parts[name])
-    r = run_cli("train", "--data", d, "--name", "oov", *TRAIN_FLAGS, "--eval-tokens", "0", env=ONE_THREAD)
+    r = trains.cli("--data", d, "--name", "oov", *TRAIN_FLAGS, "--eval-tokens", "0", env=ONE_THREAD)
     line = error_line(r)
     assert re.search(r"fineweb_train_00000\d\.bin: token id 50300 is outside the vocabulary \(gpt2, size 50257\)", line)
     assert not list((gptkit_home / "runs" / "oov").glob("step_*"))

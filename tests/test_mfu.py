@@ -116,7 +116,7 @@ def test_real_cpu_peak_measurement_is_plausible():
     assert 1e8 < flops < 1e14 and 512 <= n <= mfu.MAX_N
 
 
-def test_training_reports_6n_tokens_over_the_peak_and_never_above_one(gptkit_home):
+def test_training_reports_6n_tokens_over_the_peak_and_never_above_one(gptkit_home, trains):
     """A real (in-process) training run: every reported MFU equals 6 N tok/s / peak within 15%,
     with N counted here and the peak the one this run measured, for the precision it trained in."""
     make_dataset(gptkit_home / "shards" / "toy")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, tiny_training
 from test_train_data import make_dataset
 
 from gptkit.checkpoint import read_config, save_checkpoint
@@ -194,16 +194,13 @@ def test_init_from_takes_the_weights_shape_and_checks_the_flags(toy, tmp_path):
 
 
 # --- training with a shape of one's own (real torchrun, 1 process) -------------------------------
-TRAIN_FAST = [
-    "--gpus", "0", "--nproc", "1", "--preset", "tiny", "--seq-len", "32", "--batch-tokens", "128",
-    "--max-steps", "2", "--eval-every", "2", "--eval-tokens", "256", "--hellaswag-every", "0",
-    "--sample-every", "2", "--checkpoint-every", "2",
-]  # fmt: skip
+TRAIN_FAST = tiny_training(
+    batch_tokens=128, max_steps=2, eval_every=2, eval_tokens=256, sample_every=2, checkpoint_every=2
+)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", ["flags", "config"])
-def test_a_shape_of_ones_own_trains_and_lands_in_the_checkpoint(toy, tmp_path, how):
+def test_a_shape_of_ones_own_trains_and_lands_in_the_checkpoint(toy, tmp_path, how, trains):
     if how == "flags":
         args = ["--n-layer", "3", "--n-head", "3", "--n-embd", "96", "--dropout", "0.1", "--activation", "exact"]
     else:
@@ -211,7 +208,7 @@ def test_a_shape_of_ones_own_trains_and_lands_in_the_checkpoint(toy, tmp_path, h
             'n_layer = 3\nn_head = 3\nn_embd = 96\ndropout = 0.1\nactivation = "exact"\n'
         )
         args = ["--config", tmp_path / "run.toml"]
-    r = run_cli("train", *TRAIN_FAST, *args, "--name", how, env={"OMP_NUM_THREADS": "1"}, cwd=tmp_path)
+    r = trains.cli(*TRAIN_FAST, *args, "--name", how, env={"OMP_NUM_THREADS": "1"}, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     run = toy.parent.parent / "runs" / how
     model, meta = read_config(run / "step_000002")

@@ -15,7 +15,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import free_port, run_cli
+from conftest import free_port, run_cli, tiny_training
 from hubfixtures import WORDS, make_dataset_repo, make_hellaswag_repo
 
 
@@ -48,7 +48,7 @@ def mirror_process(tmp_path):
     proc.wait(timeout=10)
 
 
-def test_download_tokenize_train_sample_convert_plot(tmp_path, mirror_process, monkeypatch):
+def test_download_tokenize_train_sample_convert_plot(tmp_path, mirror_process, monkeypatch, trains):
     home = tmp_path / "home"
     env = {
         "GPTKIT_HOME": str(home),
@@ -76,39 +76,11 @@ def test_download_tokenize_train_sample_convert_plot(tmp_path, mirror_process, m
     gptkit("tokenize", "--verify", "fineweb-edu")
 
     # train: no --data -> the newest shards; 2 CPU ranks under torchrun
-    r = gptkit(
-        "train",
-        "--gpus",
-        "0",
-        "--nproc",
-        "2",
-        "--preset",
-        "tiny",
-        "--name",
-        "e2e",
-        "--seq-len",
-        "64",
-        "--batch-tokens",
-        "1024",
-        "--micro-batch",
-        "4",
-        "--max-steps",
-        "30",
-        "--lr",
-        "3e-3",
-        "--warmup-steps",
-        "5",
-        "--eval-every",
-        "10",
-        "--eval-tokens",
-        "1024",
-        "--hellaswag-every",
-        "30",
-        "--sample-every",
-        "30",
-        "--checkpoint-every",
-        "15",
-    )
+    flags = tiny_training(
+        nproc=2, name="e2e", seq_len=64, batch_tokens=1024, micro_batch=4, max_steps=30, lr="3e-3", warmup_steps=5,
+        eval_every=10, eval_tokens=1024, hellaswag_every=30, sample_every=30, checkpoint_every=15,
+    )  # fmt: skip
+    r = trains.cli(*flags, env=env, cwd=tmp_path, check=True)
     assert "torch.distributed.run" in r.stdout + r.stderr  # the printed torchrun command
     run = home / "runs" / "e2e"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -170,7 +170,7 @@ def test_no_data_is_the_one_line_without_a_recipe_warning_first(gptkit_home):
     assert warnings == []
 
 
-def test_grad_clip_0_means_no_clipping(gptkit_home):
+def test_grad_clip_0_means_no_clipping(gptkit_home, trains):
     """nanoGPT's meaning: 0 turns clipping off (it used to scale every gradient to zero)."""
     import torch
 

@@ -118,10 +118,10 @@ def train_other(folder, kind):
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "unigram"])
-def test_other_tokenizers_models_tokenize_train_sample_and_convert(tmp_path, gptkit_home, kind):
+def test_other_tokenizers_models_tokenize_train_sample_and_convert(tmp_path, gptkit_home, kind, trains):
     """Not only BPE: a WordPiece or Unigram tokenizer.json gives transformers' ids, rides in the
     shards' manifest and the checkpoint, and comes out of `convert --to hf` for AutoTokenizer."""
-    from conftest import run_cli
+    from conftest import run_cli, tiny_training
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     from gptkit.data.tokenize import Settings, tokenize
@@ -140,10 +140,11 @@ def test_other_tokenizers_models_tokenize_train_sample_and_convert(tmp_path, gpt
     manifest = json.loads((result.out / "manifest.json").read_text())
     assert manifest["tokenizer"]["vocab_hash"] == tok.vocab_hash
 
-    train = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--seq-len", "32", "--micro-batch", "2"]
-    train += ["--batch-tokens", "64", "--max-steps", "2", "--eval-every", "2", "--eval-tokens", "64"]
-    train += ["--hellaswag-every", "0", "--sample-every", "2", "--checkpoint-every", "2", "--gpus", "0", "--nproc", "1"]
-    run_cli("train", "--data", result.out, "--name", kind, *train, env={"OMP_NUM_THREADS": "1"}, check=True)
+    train = tiny_training(
+        preset=None, n_layer=1, n_head=2, n_embd=32, micro_batch=2, batch_tokens=64, max_steps=2, eval_every=2,
+        eval_tokens=64, sample_every=2, checkpoint_every=2,
+    )  # fmt: skip
+    trains.cli("--data", result.out, "--name", kind, *train, env={"OMP_NUM_THREADS": "1"}, check=True)
     ck = gptkit_home / "runs" / kind / "step_000002"
     assert load(ck).tokenizer.vocab_hash == tok.vocab_hash
     # a two-step model may well draw end-of-text first (a small vocabulary, one per document)
