@@ -161,7 +161,9 @@ def check_endpoint(ctx: Context) -> Check:
     data: dict[str, Any] = {"endpoint": ctx.endpoint, "source": ctx.endpoint_source}
     head = f"{ctx.endpoint} (from {ctx.endpoint_source})"
     if ctx.probe is None:
-        return Check("HF endpoint", OK, f"{head}; not contacted (offline: HF_HUB_OFFLINE is set)", data=data | {"offline": True})
+        return Check(
+            "HF endpoint", OK, f"{head}; not contacted (offline: HF_HUB_OFFLINE is set)", data=data | {"offline": True}
+        )
     p = ctx.probe.result()
     data |= {"http_status": p.status, "error": p.error, "ms": None if p.ms is None else round(p.ms)}
     if p.status is None:
