@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import struct
 import time
 
@@ -190,7 +191,7 @@ def test_wandb_offline_run_lives_in_the_run_and_a_resume_continues_it(wandb_offl
     assert first.name.endswith("-" + saved["id"])
     out = capsys.readouterr().out
     # wandb says nothing itself (its stderr is RUN/error-0.log in a worker); gptkit's one line does.
-    sync = f"wandb sync {run_dir / 'wandb'}/offline-run-*-{saved['id']}"
+    sync = f"wandb sync {run_dir / 'wandb'}/offline-run-*-{saved['id']}*"
     assert f"wandb: offline run saved in {first}; upload it with `{sync}`" in out
     history = wandb_history(first / f"run-{saved['id']}.wandb")
     want = expected_scalars(run_dir)
@@ -202,7 +203,11 @@ def test_wandb_offline_run_lives_in_the_run_and_a_resume_continues_it(wandb_offl
     session(run_dir, 2, wandb="gptkit-test")  # a resume
     assert json.loads((run_dir / loggers.WANDB_RUN).read_text()) == saved  # the same wandb run
     runs = offline_runs(run_dir)
-    assert len(runs) == 2 and all(r.name.endswith("-" + saved["id"]) for r in runs)
+    # A second session in the same second as the first is "-ID-1" (wandb's own de-duplication).
+    assert len(runs) == 2 and all(
+        re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{saved['id']}(-\d+)?", r.name) for r in runs
+    )
+    assert runs == sorted((run_dir / "wandb").glob(f"offline-run-*-{saved['id']}*"))  # what the printed line uploads
     [second] = [r for r in runs if r != first]
     assert sorted(wandb_history(second / f"run-{saved['id']}.wandb")) == [2, 3, 4]
 

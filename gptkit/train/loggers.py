@@ -161,8 +161,9 @@ class WandbLogger(Logger):
         self.run.finish()
         if offline and not disabled:
             # Each session of a resumed run is its own offline folder with the same id; `wandb sync`
-            # uploads them in order as one run.
-            parts = self.ctx.run_dir / "wandb" / f"offline-run-*-{self.run.id}"
+            # uploads them in order as one run. Two sessions started in the same second get the same
+            # folder name, which wandb makes unique with "-1", "-2": the pattern covers those too.
+            parts = self.ctx.run_dir / "wandb" / f"offline-run-*-{self.run.id}*"
             self.ctx.print(f"wandb: offline run saved in {self.run.sync_dir}; upload it with `wandb sync {parts}`")
 
 
