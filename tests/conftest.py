@@ -1,5 +1,9 @@
+import contextlib
+import io
+import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -9,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import startguard
+import zygote
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,19 +38,88 @@ def gptkit_home(tmp_path, monkeypatch):
 
 
 def run_cli(*args, env=None, cwd=None, timeout=600, check=False):
-    """Run `python -m gptkit ARGS` in a subprocess, as a user would; returns CompletedProcess."""
+    """Run `python -m gptkit ARGS` in a process of its own, as a user would; returns CompletedProcess.
+    The process is forked from a warm interpreter that has imported torch (tests/zygote.py), or is a
+    plain subprocess where the environment differs in what torch or Python read when they load."""
     full_env = {**os.environ, **(env or {})}
-    r = subprocess.run(
-        [sys.executable, "-m", "gptkit", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        timeout=timeout,
-    )
+    argv = [str(a) for a in args]
+    if zygote.load_time_env(full_env) == _warm.load_time():
+        r = _warm.run(argv, full_env, os.fspath(cwd or os.getcwd()), timeout)
+    else:
+        r = subprocess.run(
+            [sys.executable, "-m", "gptkit", *argv],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=cwd,
+            timeout=timeout,
+        )
     if check and r.returncode != 0:
-        raise AssertionError(f"gptkit {' '.join(map(str, args))} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        raise AssertionError(f"gptkit {' '.join(argv)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
+
+
+class _Warm:
+    """The session's tests/zygote.py server, started at the first run_cli (after the start guard set
+    PYTHONPATH, so its children are guarded too) and stopped when the session ends."""
+
+    def __init__(self):
+        self.proc = None
+        self.env = None
+        self.dir = None
+
+    def load_time(self):
+        """The server's load-time variables (tests/zygote.py: LOAD_TIME); starts it if need be."""
+        if self.proc is None:
+            self.start()
+        return self.env
+
+    def start(self):
+        self.env = zygote.load_time_env(dict(os.environ))
+        self.dir = Path(tempfile.mkdtemp(prefix="gptkit-tests-zygote-"))
+        self.socket = str(self.dir / "socket")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(zygote.__file__).resolve()), self.socket], stdout=subprocess.PIPE, text=True
+        )
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("tests/zygote.py did not start")
+
+    def run(self, argv, env, cwd, timeout):
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull) as null:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(timeout)
+                conn.connect(self.socket)
+                request = json.dumps({"argv": argv, "env": env, "cwd": cwd}).encode() + b"\n"
+                socket.send_fds(conn, [request], [null.fileno(), out.fileno(), err.fileno()])
+                reply = conn.makefile("rb")
+                pid = int(reply.readline().split()[1])
+                try:
+                    line = reply.readline()
+                except TimeoutError:
+                    line = b""
+                if not line.startswith(b"exit "):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                    raise subprocess.TimeoutExpired(["gptkit", *argv], timeout)
+                code = int(line.split()[1])
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(["gptkit", *argv], code, _text(out.read()), _text(err.read()))
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.proc = None
+
+
+def _text(data: bytes) -> str:
+    """As subprocess.run(text=True) decodes: the locale's encoding, universal newlines."""
+    return io.TextIOWrapper(io.BytesIO(data)).read()
+
+
+_warm = _Warm()
 
 
 def assert_one_line_error(r):
@@ -180,6 +254,7 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if _guard is not None:
         _guard.close()
+    _warm.stop()
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
