@@ -28,8 +28,10 @@ export HF_HUB_DISABLE_TELEMETRY=1
 python scripts/get_gpt2_vocab.py
 
 set +e
+# Two workers (pytest-xdist; GPTKIT_TEST_WORKERS to change): the trainings run one at a time on
+# one of them (tests/conftest.py groups them) while the other takes the tests that start none.
 # The 20 slowest tests, and each lane's count (tests/conftest.py), close the report.
-python -m pytest -q -p no:cacheprovider --durations=20 "$@"
+python -m pytest -q -p no:cacheprovider -n "${GPTKIT_TEST_WORKERS:-2}" --dist loadgroup --durations=20 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -39,47 +39,37 @@ def gptkit_home(tmp_path, monkeypatch):
 
 def run_cli(*args, env=None, cwd=None, timeout=600, check=False):
     """Run `python -m gptkit ARGS` in a process of its own, as a user would; returns CompletedProcess.
-    The process is forked from a warm interpreter that has imported torch (tests/zygote.py), or is a
-    plain subprocess where the environment differs in what torch or Python read when they load."""
+    The process is forked from a warm interpreter that has imported torch (tests/zygote.py), one per
+    environment of what torch and Python read when they load (OMP_NUM_THREADS, PYTHONPATH, ...)."""
     full_env = {**os.environ, **(env or {})}
     argv = [str(a) for a in args]
-    if zygote.load_time_env(full_env) == _warm.load_time():
-        r = _warm.run(argv, full_env, os.fspath(cwd or os.getcwd()), timeout)
-    else:
-        r = subprocess.run(
-            [sys.executable, "-m", "gptkit", *argv],
-            capture_output=True,
-            text=True,
-            env=full_env,
-            cwd=cwd,
-            timeout=timeout,
-        )
+    r = warm_server(full_env).run(argv, full_env, os.fspath(cwd or os.getcwd()), timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"gptkit {' '.join(argv)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
     return r
 
 
+def warm_server(env: dict[str, str]) -> "_Warm":
+    """The tests/zygote.py server for ENV's load-time variables, started at its first command (after
+    the start guard set PYTHONPATH, so its children are guarded too); all stop with the session."""
+    key = frozenset(zygote.load_time_env(env).items())
+    if key not in _servers:
+        _servers[key] = _Warm(env)
+    return _servers[key]
+
+
 class _Warm:
-    """The session's tests/zygote.py server, started at the first run_cli (after the start guard set
-    PYTHONPATH, so its children are guarded too) and stopped when the session ends."""
+    """One tests/zygote.py server: its load-time environment and its socket."""
 
-    def __init__(self):
-        self.proc = None
-        self.env = None
-        self.dir = None
-
-    def load_time(self):
-        """The server's load-time variables (tests/zygote.py: LOAD_TIME); starts it if need be."""
-        if self.proc is None:
-            self.start()
-        return self.env
-
-    def start(self):
-        self.env = zygote.load_time_env(dict(os.environ))
+    def __init__(self, env: dict[str, str]):
+        self.env = zygote.load_time_env(env)
         self.dir = Path(tempfile.mkdtemp(prefix="gptkit-tests-zygote-"))
         self.socket = str(self.dir / "socket")
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(zygote.__file__).resolve()), self.socket], stdout=subprocess.PIPE, text=True
+            [sys.executable, str(Path(zygote.__file__).resolve()), self.socket],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         if self.proc.stdout.readline().strip() != "ready":
             raise RuntimeError("tests/zygote.py did not start")
@@ -107,11 +97,9 @@ class _Warm:
             return subprocess.CompletedProcess(["gptkit", *argv], code, _text(out.read()), _text(err.read()))
 
     def stop(self):
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.proc = None
+        self.proc.kill()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _text(data: bytes) -> str:
@@ -119,7 +107,7 @@ def _text(data: bytes) -> str:
     return io.TextIOWrapper(io.BytesIO(data)).read()
 
 
-_warm = _Warm()
+_servers: dict[frozenset, _Warm] = {}
 
 
 def assert_one_line_error(r):
@@ -254,7 +242,8 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if _guard is not None:
         _guard.close()
-    _warm.stop()
+    for server in _servers.values():
+        server.stop()
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
@@ -263,6 +252,9 @@ def pytest_collection_modifyitems(config, items):
         _fixtures[item.nodeid] = set(item.fixturenames)
         if TRAINS in item.fixturenames:
             item.add_marker(pytest.mark.slow)
+            # Under pytest-xdist (scripts/test.sh runs 2 workers) every training runs on one worker,
+            # one at a time as before, while the other worker takes the tests that start none.
+            item.add_marker(pytest.mark.xdist_group(TRAINS))
         elif item.get_closest_marker("slow"):
             _by_hand.add(item.nodeid)
     _lanes["slow"] = sum(1 for item in items if item.get_closest_marker("slow"))
@@ -308,6 +300,39 @@ def pytest_runtest_teardown(item, nextitem):
         _guard.check(item)
 
 
+# Under pytest-xdist the workers collect and run the tests and the controller reports: each worker
+# sends its lane counts and what its guard saw (the `workeroutput` channel), the controller merges.
+_started: set[str] = set()  # node ids that started a training or torchrun
+_trained_fixtures: set[tuple[str, str]] = set()
+
+
+def pytest_sessionfinish(session):
+    if _guard is None:
+        return
+    _guard.collect()
+    _started.update(_guard.starts)
+    _trained_fixtures.update(_guard.trained_fixtures)
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None:  # an xdist worker
+        out["gptkit"] = {
+            "lanes": dict(_lanes),
+            "started": sorted(_started),
+            "trained_fixtures": sorted(_trained_fixtures),
+            "fixtures": {k: sorted(v) for k, v in _fixtures.items()},
+        }
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest without xdist never calls it
+def pytest_testnodedown(node, error):
+    got = getattr(node, "workeroutput", {}).get("gptkit")
+    if got:
+        _lanes.update(got["lanes"])
+        _started.update(got["started"])
+        _trained_fixtures.update(tuple(f) for f in got["trained_fixtures"])
+        for k, v in got["fixtures"].items():
+            _fixtures.setdefault(k, set()).update(v)
+
+
 def pytest_terminal_summary(terminalreporter):
     if not _lanes:
         return
@@ -316,17 +341,18 @@ def pytest_terminal_summary(terminalreporter):
         f'lanes: {fast} tests in the fast lane (-m "not slow"), {slow} in the slow lane '
         f"(they start a training or torchrun) of {fast + slow} collected"
     )
-    _guard.collect()
+    if _guard is not None:
+        _guard.collect()
+        _started.update(_guard.starts)
+        _trained_fixtures.update(_guard.trained_fixtures)
     idle = []
     for rep in tr.stats.get("passed", []):
-        if rep.when != "call" or "slow" not in rep.keywords or rep.nodeid in _guard.starts:
+        if rep.when != "call" or "slow" not in rep.keywords or rep.nodeid in _started:
             continue
         names = _fixtures.get(rep.nodeid, set())
-        if not any(name in names and rep.nodeid.startswith(base) for base, name in _guard.trained_fixtures):
+        if not any(name in names and rep.nodeid.startswith(base) for base, name in _trained_fixtures):
             idle.append(rep.nodeid)
     if idle:
         tr.write_line(f"slow tests that started no training or torchrun ({len(idle)}): drop `{TRAINS}` from them")
         for nodeid in idle:
             tr.write_line(f"  {nodeid}")
-    for w in dict.fromkeys(_guard.warnings):
-        tr.write_line(f"warning: {w}")

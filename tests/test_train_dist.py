@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, free_port, tiny_training
+from conftest import assert_one_line_error, free_port, run_cli, tiny_training
 from safetensors.torch import load_file
 from test_train_data import make_dataset
 
@@ -296,11 +296,9 @@ def test_bad_configs_fail_with_one_line(home):
         "--grad-clip cannot be negative": ["--preset", "tiny", "--grad-clip", "-1"],
         "--seed must be 0 or more": ["--preset", "tiny", "--seed", "-1"],
     }
-    procs = {msg: cli("--gpus", "0", "--name", f"bad{i}", *args) for i, (msg, args) in enumerate(cases.items())}
     try:
-        for msg, p in procs.items():
-            out, err = p.communicate(timeout=120)
-            line = assert_one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        for i, (msg, args) in enumerate(cases.items()):
+            line = assert_one_line_error(run_cli("train", "--gpus", "0", "--name", f"bad{i}", *args, timeout=120))
             assert msg in line, line
     finally:
         busy.close()

@@ -39,8 +39,11 @@ def _run_command(argv: list[str], env: dict[str, str], cwd: str) -> int:
     import runpy
     import traceback
 
-    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
+    # The dispositions a fresh interpreter starts with (Python ignores SIGPIPE: a closed pipe is
+    # BrokenPipeError, not death).
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     os.environ.clear()
     os.environ.update(env)
