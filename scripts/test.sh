@@ -4,7 +4,7 @@
 #   scripts/test.sh                  lint, types, import contracts, all tests
 #   scripts/test.sh -m "not slow"    the fast lane: every test but those that start a training or
 #                                    torchrun (the `trains` fixture marks them slow, tests/conftest.py;
-#                                    one that trains without it fails); ~5 min on 2 cores, all ~10
+#                                    one that trains without it fails); ~2.5 min on 2 cores, all ~6
 #   scripts/test.sh -k model         extra arguments go to pytest
 #   GPTKIT_LINT=0 scripts/test.sh    tests only (scripts/check_floors.sh: old dependencies, same tools)
 set -euo pipefail
