@@ -207,3 +207,46 @@ def test_weights_are_readable_like_every_other_file(tmp_path):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in ck.iterdir() if p.is_file()}
     assert modes["model.safetensors"] == 0o644 and modes["model.safetensors"] == modes["config.json"], modes
+
+
+def moved_scaler() -> torch.amp.GradScaler:
+    """A real GradScaler whose state is no longer the initial one: one step skipped on an inf
+    gradient (the scale halved), then two good steps (growth tracker 2)."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=1000)
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    for bad in (True, False, False):
+        opt.zero_grad()
+        scaler.scale((w * 2).sum()).backward()
+        if bad:
+            w.grad.fill_(float("inf"))
+        scaler.step(opt)
+        scaler.update()
+    assert scaler.get_scale() == 2.0**15 and scaler.state_dict()["_growth_tracker"] == 2
+    return scaler
+
+
+def test_grad_scaler_state_round_trips_through_a_checkpoint(tmp_path):
+    from gptkit.train.trainer import SCALER_STATE, restore_scaler
+
+    scaler = moved_scaler()
+    model = tiny_model()
+    state = {"step": 3, "data_pos": 0, SCALER_STATE: scaler.state_dict()}
+    p = save_checkpoint(tmp_path / "ck", model, config=model.config, tokenizer="bytes", trainer_state=state)
+    assert json.loads((p / "trainer.json").read_text())[SCALER_STATE]["scale"] == 2.0**15  # JSON, never a pickle
+    fresh = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=1000)
+    restore_scaler(fresh, load_checkpoint(p).trainer_state(), p)
+    assert fresh.state_dict() == scaler.state_dict()
+    assert fresh.scale(torch.tensor(1.0)).item() == 2.0**15  # the next step's loss scale
+
+
+def test_checkpoint_without_scaler_state_resumes_with_a_fresh_scaler(tmp_path):
+    from gptkit.train.dist import TrainingError
+    from gptkit.train.trainer import SCALER_STATE, restore_scaler
+
+    fresh = torch.amp.GradScaler("cpu")
+    restore_scaler(fresh, {"step": 3, "data_pos": 0}, tmp_path)  # written before the scaler was saved
+    assert fresh.get_scale() == 2.0**16
+    restore_scaler(None, {SCALER_STATE: moved_scaler().state_dict()}, tmp_path)  # a run without fp16
+    with pytest.raises(TrainingError, match="grad_scaler state is not a GradScaler's"):
+        restore_scaler(fresh, {SCALER_STATE: {"scale": "big"}}, tmp_path)

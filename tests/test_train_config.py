@@ -2,6 +2,7 @@
 
 import json
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 from test_train_data import make_dataset
@@ -187,6 +188,30 @@ def test_grad_clip_0_means_no_clipping(gptkit_home, trains):
         weights[clip] = torch.cat([p.detach().flatten() for p in tr.model.parameters()])
     assert torch.equal(weights[0.0], weights[1e9])
     assert not torch.allclose(weights[0.0], weights[0.01])  # clipping does act at a small bound
+
+
+def test_trainer_saves_and_restores_its_grad_scaler(gptkit_home, trains):
+    """fp16 resume: the scaler's scale and growth tracker go into the checkpoint and back. fp16 is
+    refused on CPU, so the (real, CPU) GradScaler is given to fp32 trainers by hand."""
+    import torch
+    from test_checkpoint import moved_scaler
+
+    from gptkit.train.dist import Dist
+    from gptkit.train.trainer import Trainer
+
+    make_dataset(gptkit_home / "shards" / "toy")
+    flags = dict(seq_len=32, batch_tokens=256, micro_batch=4, eval_tokens=0, hellaswag_every=0, precision="fp32")
+    rr = prepare(C.TrainOverrides(preset="tiny", data="toy", **flags), C.LaunchOverrides(gpus=0, nproc=1), name="sc")
+    first = Trainer(rr, Dist("cpu"))
+    first.scaler = scaler = moved_scaler()
+    first.step = 1
+    first.save()
+    ck = Path(rr.run_dir) / "step_000001"
+    assert json.loads((ck / "trainer.json").read_text())["grad_scaler"]["scale"] == 2.0**15
+    again = Trainer(rr, Dist("cpu"))
+    again.scaler = torch.amp.GradScaler("cpu", growth_interval=1000)
+    again._load(ck)
+    assert again.scaler.state_dict() == scaler.state_dict() and again.step == 1
 
 
 def test_worker_threads_and_the_plan_agree_with_omp_num_threads(gptkit_home, monkeypatch):

@@ -6,6 +6,8 @@ Exactness: everything that decides the next step is a function of what a checkpo
 - the data position, one integer into the deterministic stream (data.TokenStream);
 - randomness: the torch generator is re-seeded from (seed, step, rank) before every step, so dropout
   draws never depend on how many steps this process has run. Sampling uses its own generator.
+- fp16: the GradScaler's scale and growth tracker (in trainer.json): a fresh scaler would start
+  again at its initial scale and skip steps backing off from it.
 The CPU kernels a step uses are deterministic for a given thread count (each thread owns its slice
 of every output), so a run killed and resumed with the same processes and threads ends bitwise
 equal to one that never stopped. torch.use_deterministic_algorithms is not needed for that, and its
@@ -51,6 +53,24 @@ from gptkit.train.parallel import (
 )
 from gptkit.train.schedule import lr_at
 from gptkit.train.validation import loss_sums
+
+SCALER_STATE = "grad_scaler"  # trainer.json's key for GradScaler.state_dict(): floats and ints, JSON
+
+
+def restore_scaler(scaler: torch.amp.GradScaler | None, trainer_state: dict, where: Path) -> None:
+    """Load the saved scaler state into `scaler`. A checkpoint without one (an older gptkit, a run in
+    another precision) leaves the scaler fresh; a run without a scaler ignores it."""
+    saved = trainer_state.get(SCALER_STATE)
+    if scaler is None or saved is None:
+        return
+    keys = {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
+    if (
+        not isinstance(saved, dict)
+        or not keys <= set(saved)
+        or not all(isinstance(saved[k], int | float) for k in keys)
+    ):
+        raise TrainingError(f"{where}: its {SCALER_STATE} state is not a GradScaler's; the checkpoint is corrupt")
+    scaler.load_state_dict(saved)
 
 
 class Trainer:
@@ -113,10 +133,11 @@ class Trainer:
         # the plain module that shares the same parameters.
         self.train_model = self.parallel.wrap(self.model, compile=compile_)
         self.optimizers = build_optimizers(cfg, self.model, self.device)
+        # fp16 only on CUDA (the precision policy refuses it elsewhere): dynamic loss scaling. Made
+        # before _load, which restores its state.
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
         if rr.resume_from:
             self._load(Path(rr.resume_from))
-        # fp16 only on CUDA (the precision policy refuses it elsewhere): dynamic loss scaling.
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
 
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
         self.mfu: mfu.MfuMeter | None = None
@@ -162,6 +183,7 @@ class Trainer:
         self.parallel.load(ck, self.optimizers, states)
         if states is not None:
             apply_config(self.optimizers, self.cfg)  # the config may have changed betas, eps, decay; it wins
+        restore_scaler(self.scaler, ts, ck.path)
         self.step, self.data_pos, self.tokens_seen = int(ts["step"]), int(ts["data_pos"]), int(ts.get("tokens", 0))
 
     def save(self) -> None:
@@ -173,7 +195,7 @@ class Trainer:
         model_state, opt_states = self.parallel.state(self.optimizers)
         if not self.dist.master:
             return
-        state = {
+        state: dict[str, object] = {
             "step": self.step,
             "data_pos": self.data_pos,
             "tokens": self.tokens_seen,
@@ -182,6 +204,8 @@ class Trainer:
             "grad_accum": self.plan.grad_accum,
             "time": time.time(),
         }
+        if self.scaler is not None:
+            state[SCALER_STATE] = self.scaler.state_dict()  # after this step's update: the next step's scale
         save_checkpoint(
             self.run_dir / step_dirname(self.step),
             model_state,
