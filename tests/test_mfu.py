@@ -30,6 +30,53 @@ def test_gpu_peak_table():
     assert mfu.gpu_peak_flops("Some Future GPU", "bf16") is None
 
 
+# Real torch.cuda.get_device_name() strings -> the row each must read its peak from.
+DEVICE_NAMES = {
+    "NVIDIA H100 80GB HBM3": "H100",
+    "NVIDIA H100 PCIe": "H100 PCIe",
+    "NVIDIA H100 NVL": "H100 NVL",
+    "NVIDIA H200": "H200",
+    "NVIDIA H200 NVL": "H200 NVL",
+    "NVIDIA GH200 480GB": "GH200",
+    "NVIDIA GH200 144G HBM3e": "GH200",
+    "NVIDIA B200": "B200",
+    "NVIDIA GB200": "GB200",
+    "NVIDIA H800": "H800",
+    "NVIDIA H800 PCIe": "H800 PCIe",
+    "NVIDIA A100-SXM4-80GB": "A100",
+    "NVIDIA A10G": "A10G",
+    "NVIDIA A10": "A10",
+    "NVIDIA A40": "A40",
+    "NVIDIA RTX A6000": "RTX A6000",
+    "NVIDIA L40S": "L40S",
+    "NVIDIA L40": "L40",
+    "NVIDIA L4": "L4",
+    "NVIDIA GeForce RTX 5090": "RTX 5090",
+    "NVIDIA GeForce RTX 4090": "RTX 4090",
+    "Tesla V100-SXM2-16GB": "V100",
+    "Tesla T4": "T4",
+}
+
+
+@pytest.mark.parametrize("name, row", DEVICE_NAMES.items(), ids=list(DEVICE_NAMES))
+def test_each_device_name_reads_its_own_row(name, row):
+    found = mfu.gpu_peak_row(name)
+    assert found is not None and found[0] == row, (name, found)
+
+
+def test_new_rows_have_their_data_sheet_peaks():
+    assert mfu.gpu_peak_flops("NVIDIA H200 NVL", "bf16") == pytest.approx(835.5e12)  # not the SXM's 989.4
+    assert mfu.gpu_peak_flops("NVIDIA GH200 480GB", "bf16") == pytest.approx(989.4e12)
+    assert mfu.gpu_peak_flops("NVIDIA B200", "bf16") == pytest.approx(2250e12)
+    assert mfu.gpu_peak_flops("NVIDIA H800 PCIe", "tf32") == pytest.approx(378e12)
+    assert mfu.gpu_peak_flops("NVIDIA A40", "fp32") == pytest.approx(37.4e12)
+    assert mfu.gpu_peak_flops("NVIDIA RTX A6000", "bf16") == pytest.approx(154.8e12)
+    assert mfu.gpu_peak_flops("NVIDIA GeForce RTX 5090", "bf16") == pytest.approx(209.5e12)
+    # Names the table lacks match no row rather than a neighbour's.
+    for name in ("NVIDIA RTX A4000", "NVIDIA H20", "NVIDIA RTX A40000"):
+        assert mfu.gpu_peak_row(name) is None, name
+
+
 def fake_measure(monkeypatch, rates: dict[str, list[float]]):
     """Replace the timing loop: each call for a precision returns its next figure."""
     calls: list[str] = []

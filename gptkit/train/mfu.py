@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -27,20 +28,31 @@ from typing import NamedTuple
 from gptkit import paths
 from gptkit.fsutil import write_json_atomic
 
-# (name fragment, {precision: dense peak TFLOP/s}); the first fragment found in the device name wins,
-# so the more specific names come first.
+# (name fragment, {precision: dense peak TFLOP/s}), from NVIDIA's data sheets (dense = half the "with
+# sparsity" figure). A fragment matches whole words of torch.cuda.get_device_name() ("H200" is not in
+# "NVIDIA GH200 480GB", "A40" not in "NVIDIA RTX A4000"); the first match wins, so the more specific
+# names (NVL, PCIe) come before their family's.
 GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
     ("H100 NVL", {"bf16": 835.0, "fp16": 835.0, "tf32": 417.5, "fp32": 60.0}),
     ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2}),
     ("H100", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM
-    ("H200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    ("GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("H800 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.2}),  # H800 data sheet (PCIe)
+    ("H800", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # H800 data sheet (SXM)
+    ("H200 NVL", {"bf16": 835.5, "fp16": 835.5, "tf32": 417.5, "fp32": 60.0}),  # H200 data sheet, NVL: 1,671 sparse
+    ("H200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # H200 data sheet, SXM: 1,979 sparse
+    ("GH200", {"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # GH200 data sheet: 1,979 sparse
+    ("GB200", {"bf16": 2500.0, "fp16": 2500.0, "tf32": 1250.0, "fp32": 80.0}),  # GB200 NVL72 data sheet, per GPU
+    ("B200", {"bf16": 2250.0, "fp16": 2250.0, "tf32": 1100.0, "fp32": 75.0}),  # HGX B200 data sheet: 4.5 PF sparse
     ("A100", {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5}),
     ("A10G", {"bf16": 70.0, "fp16": 70.0, "tf32": 35.0, "fp32": 31.2}),
     ("A10", {"bf16": 125.0, "fp16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    ("A40", {"bf16": 149.7, "fp16": 149.7, "tf32": 74.8, "fp32": 37.4}),  # A40 data sheet: 299.4 sparse
+    ("RTX A6000", {"bf16": 154.8, "fp16": 154.8, "tf32": 77.4, "fp32": 38.7}),  # RTX A6000 data sheet: 309.7 sparse
     ("L40S", {"bf16": 362.1, "fp16": 362.1, "tf32": 183.0, "fp32": 91.6}),
     ("L40", {"bf16": 181.0, "fp16": 181.0, "tf32": 90.5, "fp32": 90.5}),
     ("L4", {"bf16": 121.0, "fp16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    # RTX Blackwell whitepaper, RTX 5090: FP16/BF16 with FP32 accumulate (what autocast runs) 419 sparse
+    ("RTX 5090", {"bf16": 209.5, "fp16": 209.5, "tf32": 104.8, "fp32": 104.8}),
     ("RTX 4090", {"bf16": 165.2, "fp16": 165.2, "tf32": 82.6, "fp32": 82.6}),
     ("RTX 3090", {"bf16": 71.0, "fp16": 71.0, "tf32": 35.6, "fp32": 35.6}),
     ("V100", {"fp16": 125.0, "fp32": 15.7}),  # Volta: no bf16, no tf32
@@ -56,10 +68,17 @@ MAX_N = 4096
 
 def gpu_peak_flops(device_name: str, precision: str) -> float | None:
     """Peak FLOP/s of one GPU for 'bf16' | 'fp16' | 'tf32' | 'fp32', or None if unknown."""
+    row = gpu_peak_row(device_name)
+    tf = row[1].get(precision) if row else None
+    return tf * 1e12 if tf else None
+
+
+def gpu_peak_row(device_name: str) -> tuple[str, dict[str, float]] | None:
+    """The row of GPU_PEAK_TFLOPS whose name fragment is the first one found, as whole words, in
+    `device_name` (a torch.cuda.get_device_name() string); None for a GPU the table lacks."""
     for fragment, table in GPU_PEAK_TFLOPS:
-        if fragment.lower() in device_name.lower():
-            tf = table.get(precision)
-            return tf * 1e12 if tf else None
+        if re.search(rf"(?<![a-z0-9]){re.escape(fragment.lower())}(?![a-z0-9])", device_name.lower()):
+            return fragment, table
     return None
 
 
