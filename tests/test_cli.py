@@ -60,6 +60,15 @@ USER_ERRORS = [
         id="train-block-size-below-seq-len",
     ),
     pytest.param(["train", "--n-embd", "100", "--dry-run"], "--n-embd 100 is not divisible", id="train-n-embd-n-head"),
+    # devices: refused before anything starts, on a GPU machine too (checked before the GPU count)
+    pytest.param(
+        ["train", "--device", "cuda", "--gpus", "0", "--dry-run"], "--gpus 0 with --device cuda", id="train-cuda-gpus-0"
+    ),
+    pytest.param(
+        ["train", "--device", "cuda", "--gpus", "0", "--plan"],
+        "--gpus 0 with --device cuda",
+        id="train-cuda-gpus-0-plan",
+    ),
     # bad paths
     pytest.param(["doctor", "--data-dir", "{file}"], "is a file, not a directory", id="doctor-data-dir-is-a-file"),
     pytest.param(["sample", "--model", "{missing}", "hi"], "no such file or directory", id="sample-missing-model"),

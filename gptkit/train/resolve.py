@@ -117,6 +117,8 @@ def resolve_devices(cfg: TrainConfig, launch: LaunchConfig) -> tuple[str, int]:
         if launch.nproc != 1 or launch.nodes != 1:
             raise GptkitError("--device mps runs one process on one machine")
         return "mps", 1
+    if launch.gpus == 0:  # else torchrun would start with --nproc-per-node 0
+        raise GptkitError("--gpus 0 with --device cuda: no GPU to train on; use --gpus N or --device cpu")
     if n_gpu == 0:
         raise GptkitError("--device cuda but torch sees no CUDA GPU (run `gptkit doctor`)")
     gpus = n_gpu if launch.gpus is None else launch.gpus
