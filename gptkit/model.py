@@ -338,17 +338,6 @@ class GPT(nn.Module):
         for block in self.transformer.blocks():
             block.attn.kv_cache = None
 
-    # --- optimizer ---------------------------------------------------------------------------
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """Weight decay on matrices and embeddings (dim >= 2); none on biases and LayerNorm gains."""
-        params = [p for p in self.parameters() if p.requires_grad]  # the tied weight appears once
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6N plus attention, as in the PaLM paper."""
         cfg = self.config

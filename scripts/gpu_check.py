@@ -255,11 +255,12 @@ def train_speed(ctx: Ctx, micro_batch: int, prec, peak: float | None) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from gptkit.train.mfu import MfuMeter
+    from gptkit.train.optim import adamw_groups
 
     steps = ctx.steps
     model = make_model(ctx).to(ctx.device).train()
     T = model.config.block_size
-    opt = torch.optim.AdamW(model.param_groups(0.1), lr=6e-4, betas=(0.9, 0.95), fused=True)
+    opt = torch.optim.AdamW(adamw_groups(model, 0.1), lr=6e-4, betas=(0.9, 0.95), fused=True)
     compiled = torch.compile(model) if ctx.compile else model
     data = torch.randint(0, model.config.vocab_size, (micro_batch, T + 1), device=ctx.device)
     x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()  # as the trainer feeds them

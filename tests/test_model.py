@@ -175,14 +175,6 @@ def test_unknown_preset():
         get_preset("gpt5")
 
 
-def test_weight_decay_groups():
-    model = GPT(small_config())
-    decay, no_decay = model.param_groups(0.1)
-    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
-    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
-    assert n == model.num_params(non_embedding=False)
-
-
 def test_shape_fields_bias_and_activation():
     import torch.nn.functional as F
 

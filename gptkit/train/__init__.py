@@ -9,7 +9,8 @@ auto.py       the CPU auto-sizing
 estimate.py   parameters, FLOPs, memory, a timed CPU step
 plan.py       `train --plan` of a settled run
 trainer.py    the loop: accumulation, checkpoints, exact resume
-parallel.py   how the model is distributed (DDP) and the optimizers: the seam the loop calls
+parallel.py   how the model is distributed (DDP): the seam the loop calls
+optim.py      the optimizers: which parameter goes to which group, the one builder
 loss.py       the CPU fused lm_head + loss
 validation.py the validation loss loop (training and `gptkit eval`)
 dist.py       ranks, process group (gloo / NCCL), collectives, per-step seed

@@ -158,11 +158,12 @@ def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, max_rows: int = M
     from gptkit.device import resolve_precision
     from gptkit.model import GPT
     from gptkit.train.loss import fuse_loss
+    from gptkit.train.optim import adamw_groups
 
     prec = resolve_precision(precision, torch.device("cpu"))
     model = GPT(mc)
     train_model = fuse_loss(model) if prec.name == "fp32" else model
-    opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-4, fused=True)
+    opt = torch.optim.AdamW(adamw_groups(model, 0.1), lr=1e-4, fused=True)
     g = torch.Generator().manual_seed(0)
 
     def fwd_bwd(rows: int) -> float:

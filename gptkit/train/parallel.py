@@ -12,14 +12,13 @@ A strategy gets the bare GPT and owns everything that depends on how it is sprea
 The trainer calls only these: to add a strategy (FSDP2, say), write a class here and name it in
 `STRATEGIES`; the training loop does not change.
 
-The optimizers are built by one function (`build_optimizers`) from the config, as a list, so a run
-may hold more than one (Muon for the matrices, AdamW for the rest).
+The optimizers are built in optim.py (`build_optimizers`), as a list; `state` and `load` take any
+number of them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
@@ -29,7 +28,6 @@ from gptkit.model import GPT
 
 if TYPE_CHECKING:
     from gptkit.checkpoint import Checkpoint
-    from gptkit.train.config import TrainConfig
     from gptkit.train.dist import Dist
 
 
@@ -103,40 +101,3 @@ STRATEGIES = {"ddp": DDPStrategy}
 
 def make_strategy(name: str, dist: Dist) -> Strategy:
     return STRATEGIES[name](dist)
-
-
-def build_optimizers(cfg: TrainConfig, model: GPT, device: torch.device) -> list[torch.optim.Optimizer]:
-    """The run's optimizers, from its config: today AdamW over every parameter, weight decay on the
-    matrices and embeddings only."""
-    fused = device.type in ("cuda", "cpu")  # one kernel per step instead of a loop of tensors
-    return [
-        torch.optim.AdamW(
-            model.param_groups(cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused
-        )
-    ]
-
-
-def apply_config(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig) -> None:
-    """A resumed run's config may change these; it wins over the checkpoint's optimizer state."""
-    for opt in optimizers:
-        for g in opt.param_groups:
-            g["betas"], g["eps"] = (cfg.beta1, cfg.beta2), cfg.eps
-            if g["weight_decay"] > 0:
-                g["weight_decay"] = cfg.weight_decay
-
-
-def param_groups(optimizers: list[torch.optim.Optimizer]) -> Iterator[dict]:
-    for opt in optimizers:
-        yield from opt.param_groups
-
-
-# One optimizer's state is stored as it is (the format of every checkpoint so far); several as a list.
-def pack_optimizer_states(states: list[dict]) -> dict:
-    return states[0] if len(states) == 1 else {"optimizers": states}
-
-
-def unpack_optimizer_states(state: dict, n: int) -> list[dict]:
-    states = state["optimizers"] if "optimizers" in state and "state" not in state else [state]
-    if len(states) != n:
-        raise ValueError(f"the checkpoint holds {len(states)} optimizer states, this run has {n} optimizers")
-    return states

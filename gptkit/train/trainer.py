@@ -43,14 +43,14 @@ from gptkit.train.config import SHAPE_KEYS, ResolvedRun, model_settings, plan_ba
 from gptkit.train.dist import Dist, TrainingError, step_seed
 from gptkit.train.loss import fuse_loss
 from gptkit.train.metrics import Reporter, truncate_metrics
-from gptkit.train.parallel import (
+from gptkit.train.optim import (
     apply_config,
     build_optimizers,
-    make_strategy,
     pack_optimizer_states,
     param_groups,
     unpack_optimizer_states,
 )
+from gptkit.train.parallel import make_strategy
 from gptkit.train.schedule import lr_at
 from gptkit.train.validation import loss_sums
 
