@@ -224,9 +224,8 @@ def train(
         out=out,
         resume=resume,
         warn=lambda m: echo(f"warning: {m}"),
+        note=echo,
     )
-    if rr.extra.get("auto") and not rr.resume_from:
-        echo(rr.extra["auto"]["line"])
     cmd = torchrun_command(rr)
     if dry_run:
         echo("$ " + shlex.join(cmd))

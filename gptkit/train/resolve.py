@@ -50,27 +50,9 @@ def resolve_run_dir(
     name: str | None, out: str | Path | None, resume: str | None, preset: str
 ) -> tuple[Path, Path | None]:
     """(run directory, checkpoint to resume from or None)."""
-    from gptkit.checkpoint import latest_checkpoint, resolve_checkpoint
+    from gptkit.checkpoint import latest_checkpoint
 
-    if name and out:
-        raise GptkitError("give --name or --out, not both")
-    run_dir = Path(out).expanduser().resolve() if out else (paths.runs_dir(name) if name else None)
-    ckpt = None
-    if resume and resume != "auto":
-        named = named_run(resume)
-        found = names.pick(
-            resume,
-            label=f"--resume {resume}",
-            objects=[("the run", named)] if named else [],
-            usable=lambda p: resolve_checkpoint(p) is not None,
-        )
-        ckpt = resolve_checkpoint(found.resolve()) if found is not None else None
-        if ckpt is None:
-            raise GptkitError(f"--resume {resume}: not a checkpoint, nor a run directory holding step_* checkpoints")
-        run_dir = run_dir or ckpt.parent
-    elif resume == "auto":
-        run_dir = run_dir or newest_run()
-        ckpt = latest_checkpoint(run_dir) if run_dir else None
+    run_dir, ckpt = resumed_run(name, out, resume)
     if run_dir is None:
         run_dir = paths.runs_dir(f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     if ckpt is None and latest_checkpoint(run_dir) is not None:
@@ -78,6 +60,52 @@ def resolve_run_dir(
             f"{run_dir} already holds checkpoints; continue it with --resume auto, or pick another --name"
         )
     return run_dir, ckpt
+
+
+def resumed_run(name: str | None, out: str | Path | None, resume: str | None) -> tuple[Path | None, Path | None]:
+    """(the run directory --name / --out / --resume name, or None for a new run's default; the
+    checkpoint to resume from, or None). `--resume RUN` also takes a run that has only its
+    config.json (killed before its first checkpoint): it restarts (recorded_config)."""
+    from gptkit.checkpoint import latest_checkpoint, resolve_checkpoint
+
+    if name and out:
+        raise GptkitError("give --name or --out, not both")
+    run_dir = Path(out).expanduser().resolve() if out else (paths.runs_dir(name) if name else None)
+    ckpt = None
+    if resume and resume != "auto":
+
+        def record(p: Path) -> Path | None:  # a checkpoint, else the config.json of a run not yet checkpointed
+            return resolve_checkpoint(p.resolve()) or ((p / CONFIG_FILE) if (p / CONFIG_FILE).is_file() else None)
+
+        named = named_run(resume, file_of=record)
+        found = names.pick(
+            resume,
+            label=f"--resume {resume}",
+            objects=[("the run", named)] if named else [],
+            usable=lambda p: record(p) is not None,
+        )
+        ckpt = resolve_checkpoint(found.resolve()) if found is not None else None
+        if ckpt is None and found is not None and (found / CONFIG_FILE).is_file():
+            return run_dir or found.resolve(), None  # a run without a checkpoint yet
+        if ckpt is None:
+            raise GptkitError(f"--resume {resume}: not a checkpoint, nor a run directory holding step_* checkpoints")
+        run_dir = run_dir or ckpt.parent
+    elif resume == "auto":
+        run_dir = run_dir or newest_run()
+        ckpt = latest_checkpoint(run_dir) if run_dir else None
+    return run_dir, ckpt
+
+
+def recorded_config(run_dir: Path) -> TrainConfig:
+    """The config a run was started with (RUN/config.json): a run resumed before its first checkpoint
+    restarts from step 0 with it, never with a config resolved anew (the newest data, another preset)."""
+    f = run_dir / CONFIG_FILE
+    try:
+        recorded = json.loads(f.read_text())
+        train = recorded["train"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise GptkitError(f"{f}: unreadable, and the run has no checkpoint; start it again without --resume") from None
+    return TrainConfig.from_dict(train, source=str(f), written_by=recorded.get("gptkit_version"))
 
 
 def read_checkpoint_config(ckpt: Path) -> dict:
@@ -209,6 +237,7 @@ def settle_config(
     resume: str | None = None,
     gpu_type: str | None = None,
     warn: Callable[[str], object] = lambda m: None,
+    note: Callable[[str], object] = lambda m: None,
     plan_only: bool = False,
 ) -> Settled:
     """The config of a run. Without a GPU, --preset and the sizing flags, the CPU auto-sizing
@@ -229,7 +258,24 @@ def settle_config(
         device_type, nproc = "cuda", launch.gpus or 1
     else:
         device_type, nproc = resolve_devices(replace(TrainConfig(), device=device_asked), launch)
-    data_arg = overrides.data or file_train.get("data")
+    # A run resumed before its first checkpoint restarts with its recorded config: no sizing anew.
+    # `--resume auto` of a run not started yet is a new run (a job script's first start): sized as one.
+    restart = None
+    fresh = resume is None
+    if resume is not None and not gpu_type and not plan_only:
+        from gptkit.checkpoint import latest_checkpoint
+
+        run_dir, ckpt = resumed_run(name, out, resume)
+        fresh = ckpt is None and (run_dir is None or latest_checkpoint(run_dir) is None)
+        if fresh and run_dir is not None and (run_dir / CONFIG_FILE).is_file():
+            fresh = False
+            restart = recorded_config(run_dir)
+            preset = restart.preset
+            note(
+                f"{run_dir} has no checkpoint yet: restarting it from step 0 with its recorded settings "
+                f"(--preset {restart.preset}, --data {restart.data})"
+            )
+    data_arg = overrides.data or file_train.get("data") or (restart.data if restart else None)
     try:
         size = found.data_size(data_arg)
     except GptkitError:
@@ -237,8 +283,8 @@ def settle_config(
 
     choice = None
     init_from = overrides.init_from or file_train.get("init_from")
-    init_model = found.weights(init_from)[1] if init_from and resume is None else None
-    auto_ok = preset is None and resume is None and not any(_given(overrides, file_train, k) for k in SIZING_KEYS)
+    init_model = found.weights(init_from)[1] if init_from and fresh else None
+    auto_ok = preset is None and fresh and not any(_given(overrides, file_train, k) for k in SIZING_KEYS)
     if auto_ok and device_type == "cpu" and size is not None:
         from gptkit.train.estimate import free_ram
 
@@ -261,6 +307,8 @@ def settle_config(
             seq_len=overrides.seq_len or file_train.get("seq_len"),
         )
         preset = choice.preset
+        if not plan_only:
+            note(choice.line)
     preset = preset or "gpt2"
 
     run_dir = ckpt = None
@@ -283,17 +331,25 @@ def settle_config(
         # The shape is the checkpoint's model, never re-derived (older runs did not write it to "train").
         resumed_shape = checkpoint_shape(ckpt)
         base = replace(base, **resumed_shape)
+    elif restart is not None:
+        for asked in (file_train.get("preset", restart.preset), overrides.preset or restart.preset):
+            if asked != restart.preset:
+                raise GptkitError(
+                    f"cannot change the model preset of a run being resumed ({restart.preset} -> {asked})"
+                )
+        resumed_shape = shape_of(model_settings(resolve_shape(restart)))
+        base = restart
     else:
         base = preset_config(preset)
         if choice is not None:
             base = replace(base, **choice.settings)
     cfg = resolve_shape(overrides.apply(merge(base, file_train, str(config_file))))
     if resumed_shape is not None:
-        cfg = keep_shape(cfg, resumed_shape, shape_given, f"the run being resumed ({ckpt})")
+        cfg = keep_shape(cfg, resumed_shape, shape_given, f"the run being resumed ({ckpt or run_dir})")
         if cfg.seq_len > resumed_shape["block_size"]:
             raise GptkitError(
                 f"--seq-len {cfg.seq_len} exceeds the block size {resumed_shape['block_size']} of the run being "
-                f"resumed ({ckpt})"
+                f"resumed ({ckpt or run_dir})"
             )
     if init_model is not None and not _given(overrides, file_train, "seq_len") and cfg.seq_len > init_model.block_size:
         # A recipe's sequence (GPT-2's 1024) longer than the weights' context: their context, and a
@@ -314,7 +370,7 @@ def settle_config(
 
     # (no data: the run fails on that in one line below, without this warning first)
     cpu_gpt2 = device_type == "cpu" and preset.startswith("gpt2") and size is not None
-    if ckpt is None and choice is None and cpu_gpt2 and not plan_only:
+    if ckpt is None and restart is None and choice is None and cpu_gpt2 and not plan_only:
         line = gpt2_on_cpu_warning(cfg, size[0] if size else 50257, found)
         if line:
             warn(line)
@@ -405,15 +461,17 @@ def prepare(
     out: str | Path | None = None,
     resume: str | None = None,
     warn: Callable[[str], object] = lambda m: None,
+    note: Callable[[str], object] = lambda m: None,
 ) -> ResolvedRun:
     """The settings given on the command line (None = not given) -> a ResolvedRun, validated.
 
-    `warn` gets one-line warnings (tiny data, the GPT-2 recipe on a CPU)."""
+    `warn` gets one-line warnings (tiny data, the GPT-2 recipe on a CPU), `note` what was decided
+    that the user should know (a run restarted from its recorded config)."""
     from gptkit.train.data import TokenStream, tokenizer_info
     from gptkit.train.metrics import check_backends
 
     s = settle_config(
-        overrides, launch_overrides, config_file=config_file, name=name, out=out, resume=resume, warn=warn
+        overrides, launch_overrides, config_file=config_file, name=name, out=out, resume=resume, warn=warn, note=note
     )
     cfg, launch, file_train, ckpt = s.cfg, s.launch, s.file_train, s.ckpt
     assert s.run_dir is not None
@@ -467,8 +525,8 @@ def prepare(
             )
     check_backends(cfg.tensorboard, cfg.wandb)
     auto_info = s.auto
-    if ckpt is not None and (run_dir / CONFIG_FILE).is_file():
-        # A resumed run keeps the auto-sizing's record; its choice is in the checkpoint's config.
+    if resume is not None and (run_dir / CONFIG_FILE).is_file():
+        # A resumed (or restarted) run keeps the auto-sizing's record; its choice is in its config.
         try:
             auto_info = json.loads((run_dir / CONFIG_FILE).read_text()).get("auto")
         except (OSError, ValueError):
