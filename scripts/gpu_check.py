@@ -1,37 +1,40 @@
 #!/usr/bin/env python3
 """gptkit on a CUDA machine, checked in under 8 minutes, written to ONE JSON report.
 
-Stages, each recorded on its own (a failure, CUDA out-of-memory included, is written into the report
-and the next stage runs); the report is rewritten after every stage, so a run cut short still says
-how far it got:
+The check is a list of named stages (`STAGES`, in the order they run; `python scripts/gpu_check.py
+--list` prints them with their time limits). Each is recorded on its own: a failure, CUDA
+out-of-memory included, is written into the report and the next stage runs; a stage past its time
+limit is stopped (its subprocesses killed) and recorded as "timeout". The report is rewritten after
+every stage, so a run cut short still says how far it got. A stage that needs more GPUs than the
+machine has is recorded as "n/a" and does not fail the check.
 
-  1 doctor         `python -m gptkit doctor --json`
-  2 parity         CUDA bf16 logits vs CPU fp32 logits of one randomly initialised GPT-2 (124M)
-  3 train_124m     the gpt2 preset, 30 steps of synthetic tokens with torch.compile, bf16 and flash
-                   SDPA at micro-batches 16, 32, 64: tok/s, MFU, peak memory (gptkit.model.GPT and
-                   gptkit.device in this process; gptkit.train.loss is the CPU fp32 path, not used on CUDA)
-  4 ddp            `gptkit train` through torchrun on every visible GPU, 10 steps, on shards made by
-                   `gptkit tokenize` (--no-compile: stage 3 covers the compiler, this one the launcher
-                   and the NCCL collectives, within the time budget)
-  5 sample         `gptkit sample` tokens/s from a random 124M gptkit checkpoint
-  6 kv_cache       KV-cache decoding vs full recomputation (gptkit.generate), same tokens fed in
+Adding a stage: write `def stage_NAME(ctx: Ctx) -> dict` below, decorated with
+`@stage("NAME", limit_s=..., min_gpus=...)`, with a one-line docstring saying what it checks. It
+returns the figures to record, with `"passed": False` when the check failed (raising is a failure
+too). It runs where it is defined in the file. Give it the seconds it takes on one GPU with room
+to spare; the limits of the stages that run on one GPU must sum to at most `TOTAL_LIMIT_S` (8
+minutes; tests/test_gpu_check.py checks it), so take the time from a stage that can spare it. A
+subprocess goes through `gptkit_cli`, which kills it at the stage's limit. `--rehearse` must run
+it on the CPU (tiny model; `ctx.cuda` is False there): the test suite runs every stage that way.
 
 Anchors for the MFU figures: llm.c trains GPT-2 124M at about 38-41% MFU on an H100 and 56-60% on
 an A100 (same 6N + attention FLOPs count).
 
     python scripts/gpu_check.py                      # writes gpu_check.json
     python scripts/gpu_check.py --out /tmp/r.json --steps 20
+    python scripts/gpu_check.py --only parity,kv_cache
 
 Without CUDA it prints "no CUDA device: nothing to check", writes that to the report and exits 0.
-Exit 1 when a stage failed.
+Exit 1 when a stage failed, errored or ran out of time.
 
     python scripts/gpu_check.py --rehearse           # every stage on the CPU, tiny model
 
 `--rehearse` runs the same stages on the CPU with the `tiny` preset, a few steps, no compiler and
-two gloo processes for the DDP stage: it checks the script itself (imports, gptkit's APIs and CLI
-flags, the report) on machines without a GPU, and its figures mean nothing. The tests run it. What
-only a GPU runs is kept to a few guarded lines (synchronize, peak memory, device names, TF32,
-torch.compile) that read the same on either path.
+two gloo processes for the multi-GPU stages, each within `REHEARSAL_SLACK` times its limit: it
+checks the script itself (imports, gptkit's APIs and CLI flags, the report) on machines without a
+GPU, and its figures mean nothing. The tests run it. What only a GPU runs is kept to a few guarded
+lines (synchronize, peak memory, device names, TF32, torch.compile) that read the same on either
+path.
 """
 
 from __future__ import annotations
@@ -45,14 +48,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGET_S = 450.0  # 7.5 minutes: the stages stop starting new work after this
+TOTAL_LIMIT_S = 480.0  # 8 minutes: the limits of the stages that run on one GPU sum to at most this
+REHEARSAL_SLACK = 4.0  # a rehearsal's limits: a shared CPU runs the tiny model's stages slower than a GPU runs 124M
+TIMEOUT_GRACE_S = 5.0  # the in-process stop comes this long after a subprocess is killed
 ANCHORS = {"llm.c GPT-2 124M MFU": {"H100": "38-41%", "A100": "56-60%"}}
 ANCHOR_TEXT = "llm.c GPT-2 124M: ~38-41% MFU on H100, ~56-60% on A100"
 NO_CUDA = "no CUDA device: nothing to check"
@@ -84,42 +91,117 @@ def is_oom(e: BaseException) -> bool:
     return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
 
 
-Stage = Callable[[], dict]
+class StageTimeout(Exception):
+    """Raised in the main thread when a stage runs past its limit."""
 
 
-def run_stages(
-    report: Report, stages: list[tuple[str, Stage]], deadline: float, echo: Callable[[str], None] = print
-) -> bool:
-    """Run each stage, record its result or its failure, rewrite the report after each. True if all ok."""
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Ctx], dict]
+    limit_s: float  # on one GPU; past it the stage is stopped and recorded as "timeout"
+    min_gpus: int = 1  # with fewer GPUs the stage is "n/a" (a rehearsal runs it on 2 CPU processes)
+    about: str = ""  # the first line of its docstring
+
+
+STAGES: list[Stage] = []
+
+
+def stage(name: str, limit_s: float, min_gpus: int = 1) -> Callable[[Callable[[Ctx], dict]], Callable[[Ctx], dict]]:
+    """Register `fn(ctx) -> dict` as the stage NAME; stages run in the order they are registered."""
+
+    def register(fn: Callable[[Ctx], dict]) -> Callable[[Ctx], dict]:
+        if any(st.name == name for st in STAGES):
+            raise ValueError(f"two stages named {name!r}")
+        about = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        STAGES.append(Stage(name, fn, limit_s, min_gpus, about))
+        return fn
+
+    return register
+
+
+def limits_sum(stages: list[Stage], gpus: int = 1) -> float:
+    """Seconds the stages that run on `gpus` GPUs may take at most."""
+    return sum(st.limit_s for st in stages if st.min_gpus <= gpus)
+
+
+@contextmanager
+def time_limit(seconds: float, message: str):
+    """StageTimeout in this (the main) thread after `seconds`: it stops in-process work at the next
+    Python bytecode (a CUDA kernel already queued finishes first). Subprocesses are killed by
+    gptkit_cli at the same deadline, a little earlier, so their output is kept."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def fire(signum, frame):
+        raise StageTimeout(message)
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def run_stages(report: Report, stages: list[Stage], ctx: Ctx) -> bool:
+    """Run each stage within its limit, record its result or its failure, rewrite the report after
+    each. True if none failed (a stage needing more GPUs than there are is "n/a", not a failure)."""
     all_ok = True
-    for name, fn in stages:
-        if time.monotonic() >= deadline:
-            report.data["stages"][name] = {"status": "skipped", "reason": "out of time"}
+    echo = ctx.echo
+    report.data["limits_sum_s"] = limits_sum(stages, max(ctx.gpus, 1))
+    for st in stages:
+        limit = st.limit_s * ctx.slack
+        if ctx.gpus < st.min_gpus and ctx.cuda:
+            report.data["stages"][st.name] = {"status": "n/a", "reason": f"needs {st.min_gpus} GPUs, {ctx.gpus} here"}
             report.write()
-            echo(f"[{name}] skipped: out of time")
+            echo(f"[{st.name}] n/a: needs {st.min_gpus} GPUs")
+            continue
+        if time.monotonic() >= ctx.deadline:
+            report.data["stages"][st.name] = {"status": "skipped", "reason": "out of time", "limit_s": limit}
+            report.write()
+            echo(f"[{st.name}] skipped: out of time")
             all_ok = False
             continue
-        report.data["stages"][name] = {"status": "running"}
+        report.data["stages"][st.name] = {"status": "running", "limit_s": limit}
         report.write()
         t0 = time.monotonic()
+        ctx.stage_deadline = min(t0 + limit, ctx.deadline)
         try:
-            entry = dict(fn())
+            with time_limit(ctx.stage_deadline - t0 + TIMEOUT_GRACE_S, f"ran past its limit of {limit:g} s"):
+                entry = dict(st.run(ctx))
             entry["status"] = "failed" if entry.get("passed") is False else "ok"
+        except (StageTimeout, subprocess.TimeoutExpired) as e:
+            entry = {"status": "timeout", "error": first_line(e), "traceback": traceback.format_exc(limit=8)}
         # A check script: whatever a stage raises (a driver fault, a compiler error, a bug) is a
         # finding to record with its traceback, and the remaining stages still run.
         except Exception as e:  # noqa: BLE001
             entry = {
                 "status": "error",
-                "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                "error": first_line(e),
                 "oom": is_oom(e),
                 "traceback": traceback.format_exc(limit=8),
             }
+        finally:
+            ctx.stage_deadline = None
         entry["seconds"] = round(time.monotonic() - t0, 2)
-        report.data["stages"][name] = entry
+        entry["limit_s"] = limit
+        report.data["stages"][st.name] = entry
+        report.data["seconds_sum"] = round(
+            sum(e.get("seconds", 0) for e in report.data["stages"].values() if isinstance(e, dict)), 2
+        )
         report.write()
         all_ok = all_ok and entry["status"] == "ok"
         echo(
-            f"[{name}] {entry['status']} ({entry['seconds']:.0f} s){': ' + entry['error'] if 'error' in entry else ''}"
+            f"[{st.name}] {entry['status']} ({entry['seconds']:.0f} s of {limit:.0f})"
+            + (f": {entry['error']}" if "error" in entry else "")
         )
     return all_ok
 
@@ -138,9 +220,14 @@ class Ctx:
     device: str = "cuda"  # "cpu" for --rehearse
     preset: str = "gpt2"
     compile: bool = True
+    gpus: int = 1  # visible GPUs (a rehearsal: the 2 CPU processes its multi-GPU stages use)
+    slack: float = 1.0  # the stages' limits are multiplied by this (REHEARSAL_SLACK in a rehearsal)
+    stage_deadline: float | None = None  # time.monotonic() at which the running stage is stopped
 
     def left(self) -> float:
-        return max(1.0, self.deadline - time.monotonic())
+        """Seconds the running stage has left (at least 1)."""
+        end = self.deadline if self.stage_deadline is None else min(self.deadline, self.stage_deadline)
+        return max(1.0, end - time.monotonic())
 
     @property
     def cuda(self) -> bool:
@@ -156,12 +243,20 @@ class Ctx:
 
 def rehearsal_ctx(work: Path, deadline: float, env: dict) -> Ctx:
     # 8 steps: 5 warm-up ones as on a GPU, and a median of 3
-    return Ctx(work, deadline, steps=8, micro_batches=(2, 4), env=env, device="cpu", preset="tiny", compile=False)
+    return Ctx(
+        work, deadline, steps=8, micro_batches=(2, 4), env=env, device="cpu", preset="tiny", compile=False, gpus=2,
+        slack=REHEARSAL_SLACK,
+    )  # fmt: skip
 
 
 def gptkit_cli(ctx: Ctx, *args: str, timeout: float) -> subprocess.CompletedProcess:
-    """`python -m gptkit ARGS`; on timeout its whole process group goes (torchrun's workers too)."""
-    cmd = [sys.executable, "-m", "gptkit", *args]
+    """`python -m gptkit ARGS` (see run_process)."""
+    return run_process(ctx, [sys.executable, "-m", "gptkit", *args], timeout=timeout)
+
+
+def run_process(ctx: Ctx, cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """CMD with its output captured, stopped at `timeout` or at the stage's limit, whichever comes
+    first: then its whole process group goes (torchrun's workers too) and TimeoutExpired is raised."""
     p = subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
@@ -172,7 +267,7 @@ def gptkit_cli(ctx: Ctx, *args: str, timeout: float) -> subprocess.CompletedProc
     )
     try:
         out, err = p.communicate(timeout=min(timeout, ctx.left()))
-    except subprocess.TimeoutExpired:
+    except BaseException:  # its timeout, or the stage's (StageTimeout): nothing is left running
         os.killpg(p.pid, signal.SIGKILL)
         p.communicate()
         raise
@@ -183,7 +278,9 @@ def tail(text: str, n: int = 1500) -> str:
     return text[-n:]
 
 
+@stage("doctor", limit_s=25)
 def stage_doctor(ctx: Ctx) -> dict:
+    """`python -m gptkit doctor --json`: only a doctor that cannot run fails the stage."""
     r = gptkit_cli(ctx, "doctor", "--json", "--timeout", "3", timeout=90)
     try:
         doc = json.loads(r.stdout)
@@ -206,7 +303,9 @@ def make_model(ctx: Ctx, vocab: int | None = None, seed: int = 0):
     return GPT(cfg)
 
 
+@stage("parity", limit_s=25)
 def stage_parity(ctx: Ctx) -> dict:
+    """CUDA bf16 logits vs CPU fp32 logits of one randomly initialised GPT-2 (124M)."""
     import torch
 
     from gptkit.device import resolve_precision
@@ -295,7 +394,12 @@ def train_speed(ctx: Ctx, micro_batch: int, prec, peak: float | None) -> dict:
     }
 
 
+@stage("train_124m", limit_s=150)
 def stage_train_124m(ctx: Ctx) -> dict:
+    """The gpt2 preset, 30 steps of synthetic tokens, compiled, bf16, flash SDPA, micro-batches 16/32/64.
+
+    tok/s, MFU, peak memory (gptkit.model.GPT and gptkit.device in this process; gptkit.train.loss is
+    the CPU fp32 path, not used on CUDA)."""
     import torch
 
     from gptkit.device import configure_matmul, resolve_precision
@@ -309,7 +413,7 @@ def stage_train_124m(ctx: Ctx) -> dict:
     peak = gpu_peak_flops(name, prec.name if prec.name in ("bf16", "fp16") else "tf32") if ctx.cuda else None
     runs: dict[str, dict] = {}
     for mb in ctx.micro_batches:
-        if time.monotonic() >= ctx.deadline - 90:  # a compile and 30 steps take about a minute
+        if ctx.left() < 40 * ctx.slack:  # a compile and 30 steps take about 40 s at 124M
             runs[str(mb)] = {"skipped": "out of time"}
             continue
         try:
@@ -346,11 +450,13 @@ def stage_train_124m(ctx: Ctx) -> dict:
     }
 
 
+@stage("ddp", limit_s=60)
 def stage_ddp(ctx: Ctx) -> dict:
-    import torch
+    """`gptkit train` through torchrun on every visible GPU, 10 steps, on shards made by `gptkit tokenize`.
 
+    --no-compile: train_124m covers the compiler, this one the launcher and the NCCL collectives."""
     # A rehearsal runs the same command on 2 CPU processes (gloo): --gpus 0 --nproc 2
-    gpus = torch.cuda.device_count() if ctx.cuda else 0
+    gpus = ctx.gpus if ctx.cuda else 0
     procs = gpus or 2
     where = ["--gpus", str(gpus)] if ctx.cuda else ["--gpus", "0", "--nproc", str(procs)]
     src = ctx.work / "ddp_src" / "text.txt"
@@ -397,7 +503,9 @@ def stage_ddp(ctx: Ctx) -> dict:
     return out
 
 
+@stage("sample", limit_s=30)
 def stage_sample(ctx: Ctx) -> dict:
+    """`gptkit sample` tokens/s from a random 124M gptkit checkpoint."""
     from gptkit.checkpoint import save_checkpoint
     from gptkit.tokenizer import gpt2_vocab_offline
 
@@ -426,6 +534,7 @@ def stage_sample(ctx: Ctx) -> dict:
     }
 
 
+@stage("kv_cache", limit_s=20)
 def stage_kv_cache(ctx: Ctx) -> dict:
     """Feed the tokens full recomputation chose through the KV-cache path; compare the logits."""
     import torch
@@ -481,11 +590,29 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("gpu_check.json"), help="the JSON report (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=30, help="steps per micro-batch in the 124M stage")
-    ap.add_argument("--budget", type=float, default=BUDGET_S, help="seconds after which no new work starts")
+    ap.add_argument(
+        "--budget", type=float, default=None, help="seconds after which no stage starts (default: the limits' sum)"
+    )
+    ap.add_argument("--only", default="", help="comma-separated stage names: run just those (see --list)")
+    ap.add_argument("--list", action="store_true", help="print the stages and their time limits, and exit")
     ap.add_argument(
         "--rehearse", action="store_true", help="every stage on the CPU with the tiny model: checks the script itself"
     )
     args = ap.parse_args(argv)
+    stages = list(STAGES)
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in wanted if n not in {st.name for st in STAGES}]
+        if unknown:
+            print(f"gpu_check: no stage {', '.join(unknown)}; the stages: {', '.join(st.name for st in STAGES)}")
+            return 2
+        stages = [st for st in STAGES if st.name in wanted]
+    if args.list:
+        for st in stages:
+            needs = f", {st.min_gpus}+ GPUs" if st.min_gpus > 1 else ""
+            print(f"{st.name:<16} {st.limit_s:>4.0f} s{needs:<10}  {st.about}")
+        print(f"{'one GPU':<16} {limits_sum(stages):>4.0f} s of {TOTAL_LIMIT_S:.0f}")
+        return 0
 
     if str(ROOT) not in sys.path:  # run from a checkout without installing gptkit
         sys.path.insert(0, str(ROOT))
@@ -505,23 +632,17 @@ def main(argv: list[str] | None = None) -> int:
         gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         report = Report(args.out, cuda=True, gpus=gpus, cuda_version=torch.version.cuda, anchors=ANCHORS, **meta)
         print(f"gpu_check: {len(gpus)} x {gpus[0]}; report: {args.out}")
-    deadline = time.monotonic() + args.budget
+    slack = REHEARSAL_SLACK if args.rehearse else 1.0
+    budget = args.budget if args.budget is not None else limits_sum(stages, 2 if args.rehearse else 10**6) * slack
+    deadline = time.monotonic() + budget
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as tmp:
         env = {"PYTHONPATH": pythonpath}
         if args.rehearse:
             ctx = rehearsal_ctx(Path(tmp), deadline, env)
         else:
-            ctx = Ctx(work=Path(tmp), deadline=deadline, steps=args.steps, env=env)
-        stages: list[tuple[str, Stage]] = [
-            ("doctor", lambda: stage_doctor(ctx)),
-            ("parity", lambda: stage_parity(ctx)),
-            ("train_124m", lambda: stage_train_124m(ctx)),
-            ("ddp", lambda: stage_ddp(ctx)),
-            ("sample", lambda: stage_sample(ctx)),
-            ("kv_cache", lambda: stage_kv_cache(ctx)),
-        ]
-        ok = run_stages(report, stages, deadline)
+            ctx = Ctx(work=Path(tmp), deadline=deadline, steps=args.steps, env=env, gpus=torch.cuda.device_count())
+        ok = run_stages(report, stages, ctx)
     report.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     report.data["ok"] = ok
     report.write()
