@@ -3,12 +3,15 @@ a download (tokenize).
 
 - Written as a path (`./x`, `/x`, `~/x`, a model file's suffix): only that path.
 - A bare name: the gptkit object of that name (a run under runs/, shards under shards/, a download
-  under data/) if there is one; else a usable thing at that path in the working directory; else
-  (where the command has one) a hub name.
+  under data/) if there is one; else a usable thing at that path in the working directory; else,
+  for a name with a folder in it (runs/my-run), a usable thing at that path under $GPTKIT_HOME;
+  else (where the command has one) a hub name.
 - An existing folder that is not usable for the command never wins: `./quickstart/` holding a
   script's outputs does not hide the run named quickstart.
 - A bare name that is both a gptkit object and a usable folder here is one line naming both and how
   to choose (`./NAME` for the folder, the full path for the object).
+- An output a user names (`tokenize --out NAME`): a bare name is the gptkit object's place
+  (shards/NAME), so the printed `--data NAME` finds it from anywhere; a path is that path.
 
 Each command says what its objects are and what "usable" means; the order is decided here only.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from gptkit import paths
 from gptkit.errors import GptkitError
 
 MODEL_SUFFIXES = (".pt", ".safetensors", ".gguf", ".bin")
@@ -26,6 +30,14 @@ MODEL_SUFFIXES = (".pt", ".safetensors", ".gguf", ".bin")
 def looks_like_path(spec: str) -> bool:
     """Written as a path (./x, /x, ~/x, a model file's name): never read as a gptkit or hub name."""
     return spec.startswith((".", "/", "~")) or Path(spec).suffix in MODEL_SUFFIXES
+
+
+def output_path(spec: str | Path, home_of: Callable[[str], Path]) -> Path:
+    """Where an output the user named goes: a bare name (no folder in it) is home_of(NAME), the
+    gptkit object of that name; anything written as a path (./x, /x, ~/x, a/b) is that path."""
+    if isinstance(spec, Path) or looks_like_path(spec) or "/" in spec or "\\" in spec:
+        return Path(spec).expanduser()
+    return home_of(spec)
 
 
 def pick(
@@ -55,7 +67,14 @@ def pick(
                 f"write ./{spec} for the folder, or {found} for {what}"
             )
         return found
-    return local if here else None
+    if here:
+        return local
+    # A name with a folder in it that names nothing here, such as runs/my-run: under $GPTKIT_HOME
+    # (the README's form), so it works from any working directory.
+    under_home = paths.home() / spec
+    if "/" in spec and under_home.exists() and usable(under_home):
+        return under_home
+    return None
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -3,6 +3,7 @@ step works as printed, typed from a working directory outside the repository and
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -51,3 +52,57 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_with_its_own_settings
     assert (run / "step_000003").is_dir()
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert steps[0] == 1 and steps[-1] == 3, steps
+
+
+def _next(out: str) -> list[str]:
+    """The `next:` line's command, as a user would type it (without the leading `gptkit`)."""
+    lines = [ln for ln in out.splitlines() if ln.startswith("next: gptkit ")]
+    assert len(lines) == 1, out
+    return shlex.split(lines[0].removeprefix("next: gptkit "))
+
+
+def test_a_download_s_next_step_and_a_bare_out_name_work_as_printed(hub, gptkit_home, tmp_path):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    r = run_cli(
+        "download", "HuggingFaceFW/fineweb", "--repo-type", "dataset", "--endpoint", hub.url, "--no-progress", cwd=cwd
+    )
+    assert r.returncode == 0, r.stderr
+    assert "-> " + str(paths.data_dir("HuggingFaceFW--fineweb")) in r.stdout
+    step = _next(r.stdout)
+    assert step == ["tokenize", "HuggingFaceFW--fineweb"]  # the folder name it printed
+    r = run_cli(*step, "--tokenizer", "bytes", "--out", "fw-bytes", cwd=cwd, check=True)
+    assert (paths.shards_dir("fw-bytes") / "manifest.json").is_file()  # a bare --out is a name under shards/
+    assert not (cwd / "fw-bytes").exists()
+    step = _next(r.stdout)
+    assert step == ["train", "--data", "fw-bytes"]
+    r = run_cli(*step, "--gpus", "0", "--preset", "tiny", "--dry-run", cwd=cwd, check=True)
+    assert json.loads(r.stdout[r.stdout.index("{") :])["data_dir"] == str(paths.shards_dir("fw-bytes").resolve())
+    # ./DIR is a folder here, and the next step says so
+    r = run_cli("tokenize", "HuggingFaceFW--fineweb", "--tokenizer", "bytes", "--out", "./here", cwd=cwd, check=True)
+    assert (cwd / "here" / "manifest.json").is_file()
+    assert _next(r.stdout) == ["train", "--data", "./here"]
+    # a model download names its folder the same way, and sample takes it
+    r = run_cli("download", "gpt2", "--endpoint", hub.url, "--no-progress", cwd=cwd, check=True)
+    assert _next(r.stdout)[:3] == ["sample", "Hello,", "--model"] and _next(r.stdout)[3] == "gpt2"
+
+
+def test_tokenize_train_sample_by_their_next_lines_from_a_text_folder_here(gptkit_home, tmp_path, trains):
+    """`gptkit tokenize mytext` of a folder here; each printed next step, typed as printed (with a
+    tiny run's flags added), works from the same folder; the README's `--model runs/NAME` too."""
+    cwd = tmp_path / "elsewhere"
+    (cwd / "mytext").mkdir(parents=True)
+    (cwd / "mytext" / "a.txt").write_text("the cat sat on the mat. " * 2000)
+    r = run_cli("tokenize", "mytext", "--tokenizer", "bytes", "--val-tokens", "4000", cwd=cwd, check=True)
+    step = _next(r.stdout)
+    assert step == ["train", "--data", "mytext"]
+    flags = tiny_training(name="my-run", max_steps=2, batch_tokens=64, eval_tokens=64, sample_tokens=0)
+    r = run_cli(*step, *flags, cwd=cwd, check=True)
+    step = _next(r.stdout)
+    assert step == ["sample", "--model", "my-run"]
+    r = run_cli(*step, "-n", "4", "--json", cwd=cwd, check=True)
+    assert json.loads(r.stdout)["model"].startswith(str(paths.runs_dir("my-run")))
+    r = run_cli("sample", "Hello", "--model", "runs/my-run", "-n", "4", "--json", cwd=cwd, check=True)
+    assert json.loads(r.stdout)["model"].startswith(str(paths.runs_dir("my-run")))
+    r = run_cli("convert", "runs/my-run", "m.safetensors", "--json", cwd=cwd, check=True)
+    assert (cwd / "m.safetensors").is_file()

@@ -133,6 +133,28 @@ def download(
         f"{repo}: {_files(result.fetched)} downloaded ({human(result.fetch_bytes)}), "
         f"{len(result.skipped)} already complete -> {result.local_dir}"
     )
+    hint = next_step(name, result.repo_type, Path(result.local_dir))
+    if hint:
+        print(f"next: {hint}")
+
+
+def next_step(name: str, repo_type: str, folder: Path) -> str | None:
+    """The command that uses a download, as it works from here: its folder's name when it is under
+    $GPTKIT_HOME/data (tokenize and sample take it), else its path. None for an evaluation set."""
+    import shlex
+
+    from gptkit import paths
+    from gptkit.hub.presets import PRESETS
+
+    if folder.resolve() == paths.data_dir(folder.name).resolve():
+        spec = folder.name
+    else:
+        spec = str(folder) if folder.is_absolute() or str(folder).startswith(".") else f"./{folder}"
+    if repo_type == "model":
+        return f"gptkit sample 'Hello,' --model {shlex.quote(spec)}"
+    if name in PRESETS and PRESETS[name].text_column is None:
+        return None  # HellaSwag: `gptkit train` and `gptkit eval` read it themselves
+    return f"gptkit tokenize {shlex.quote(spec)}"
 
 
 def _files(items) -> str:

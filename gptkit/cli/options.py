@@ -10,7 +10,6 @@ nanoGPT and llama.cpp), -c --config, -d --data, -p --preset, -t --temperature, -
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -33,7 +32,11 @@ Endpoint = Annotated[
     ),
 ]
 Mirror = Annotated[bool, typer.Option("--mirror", help="Shorthand for --endpoint https://hf-mirror.com.")]
-OutDir = Annotated[Path | None, typer.Option("--out", "-o", metavar="DIR", help="Output directory.")]
+# A str, not a Path: Path("./x") is "x", and ./x (a folder here) and x (a name under $GPTKIT_HOME) differ.
+OutDir = Annotated[
+    str | None,
+    typer.Option("--out", "-o", metavar="DIR", help="Output: a NAME under $GPTKIT_HOME, or a path (./DIR, /DIR, a/b)."),
+]
 
 
 # --- help layout ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
 from typing import Annotated, overload
 
@@ -173,8 +174,16 @@ def tokenize(
         print(f"note: {m['replaced_invalid_utf8']} invalid UTF-8 sequences were replaced by U+FFFD (see manifest.json)")
     from gptkit import paths
 
-    data = result.out.name if result.out.resolve() == paths.shards_dir(result.out.name).resolve() else str(result.out)
-    print(f"next: gptkit train --data {data}")
+    # As it works from here: the name under shards/, else the path (./DIR, never a bare DIR, which
+    # `--data` would read as a name under shards/).
+    out_dir = result.out
+    if out_dir.resolve() == paths.shards_dir(out_dir.name).resolve():
+        data = out_dir.name
+    elif out_dir.is_absolute() or str(out_dir).startswith("."):
+        data = str(out_dir)
+    else:
+        data = f"./{out_dir}"
+    print(f"next: gptkit train --data {shlex.quote(data)}")
 
 
 class _Progress:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gptkit import faults, paths
+from gptkit import faults, names, paths
 from gptkit.data import corpora, shards
 from gptkit.errors import GptkitError
 from gptkit.hub.presets import PRESETS, text_presets
@@ -125,9 +125,19 @@ def resolve_source(
             raise GptkitError(f"{src} is not downloaded yet ({d} has no data files); run `gptkit download {src}` first")
         return _path_source(d, src, src, text_column or presets[src], unit_bytes, log)
     text_column = text_column or DEFAULT_TEXT_COLUMN
+    # A download by its repo id or by the folder name `gptkit download` printed (me--manpages),
+    # else a file or folder here (gptkit.names decides).
+    download = paths.data_dir(src)
+    objects = []
+    if not names.looks_like_path(src) and revision is None and download.is_dir() and _scan(download)[0]:
+        objects = [("the download", download)]
+    found = names.pick(src, label=src, objects=objects, usable=lambda q: q.exists())
+    if found is not None and objects and found == objects[0][1]:
+        log(f"using the downloaded copy of {src} in {download}")
+        return _path_source(download, src, download.name, text_column, unit_bytes, log)
+    if found is not None:
+        return _path_source(found, src, None, text_column, unit_bytes, log)
     p = Path(src).expanduser()
-    if p.exists():
-        return _path_source(p, src, None, text_column, unit_bytes, log)
     if src in PRESETS:  # a download preset without text: model weights, an evaluation set
         preset = PRESETS[src]
         raise GptkitError(
@@ -135,10 +145,6 @@ def resolve_source(
             f"text presets: {', '.join(presets)}"
         )
     if _REPO_ID.fullmatch(src) and _file_kind(p) is None:
-        d = paths.data_dir(src)
-        if d.is_dir() and _scan(d)[0] and revision is None:
-            log(f"using the downloaded copy of {src} in {d}")
-            return _path_source(d, src, paths.safe_name(src), text_column, unit_bytes, log)
         return _hf_source(src, text_column, subset, split, revision, endpoint)
     raise GptkitError(f"{src}: no such file or directory")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gptkit import faults, paths
+from gptkit import faults, names, paths
 from gptkit import lock as dirlock
 from gptkit.data import shards, writer
 from gptkit.data.encode import default_unit_bytes, encode_units
@@ -71,7 +71,8 @@ def tokenize(
     log: Callable[[str], None] | None = None,
     progress: Callable[[dict], None] | None = None,
 ) -> Result:
-    """Tokenize SRC into shards under OUT (default paths.shards_dir(<source name>)); resumable.
+    """Tokenize SRC into shards under OUT (default paths.shards_dir(<source name>); a bare name NAME is
+    paths.shards_dir(NAME), a Path or a str written as a path is that path); resumable.
 
     `endpoint`: the Hugging Face endpoint URL (from gptkit.hub.endpoint.resolve_endpoint) for a
     dataset streamed from the hub; None uses the environment's. `log` gets notes, `progress` a
@@ -102,7 +103,8 @@ def tokenize(
         )
     if tok.eot_token is None and source.kind != "tokens":
         log(f"{tok.name} has no end-of-text token: documents are joined with nothing between them (as nanoGPT does)")
-    out = Path(out).expanduser() if out is not None else paths.shards_dir(source.name)
+    # A bare --out NAME is shards/NAME, where `train --data NAME` (and a bare `train`) finds it.
+    out = names.output_path(out, paths.shards_dir) if out is not None else paths.shards_dir(source.name)
     tok_info = tok.info()
     shape = {"shard_tokens": s.shard_tokens, "val_tokens": s.val_tokens, "max_tokens": s.max_tokens, "strict": s.strict}
     # The manifest version is part of what the output depends on: a run of an older format is
