@@ -11,7 +11,8 @@ Validation loss: the validation shards read in order (no shuffling), cut into ro
 tokens (inputs and targets overlap by one, as in training), the first `tokens` of them; the mean
 cross-entropy over every target token, on the tokenizer's real vocabulary (the padded rows of the
 embedding are no tokens, so they are left out of the softmax). HellaSwag: gptkit.train.hellaswag,
-the same acc_norm the trainer logs. GPT-2 124M gives about 3.29 on FineWeb-Edu val and 0.294.
+what the trainer logs: acc_norm per token (build-nanogpt, llm.c) and per character (lm-eval's
+definition), each under its own name. GPT-2 124M gives about 3.29 on FineWeb-Edu val and 0.294 per token.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class EvalResult:
     val_loss: float | None = None
     val_tokens: int = 0  # target tokens the loss averages over
     seq_len: int = 0
-    hellaswag: dict[str, Any] | None = None  # acc_norm, acc, n, files
+    hellaswag: dict[str, Any] | None = None  # acc_norm_token, acc_norm_char, acc, n, truncated, files
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,7 +107,7 @@ def evaluate(
     tokenizer: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Validation loss (unless tokens == 0) and, with hellaswag, HellaSwag acc_norm. Raises GptkitError."""
+    """Validation loss (unless tokens == 0) and, with hellaswag, HellaSwag (both acc_norms). Raises GptkitError."""
     from gptkit.device import pick_device, resolve_precision
 
     say = log or (lambda msg: None)

@@ -453,9 +453,14 @@ def test_a_byte_level_model_exports_a_tokenizer_transformers_loads(tmp_path):
     r = convert(tmp_path / "ck", tmp_path / "hf", to="hf")
     assert r.verification.tokenizer.status == "same ids" and not r.notes
     theirs, ours = AutoTokenizer.from_pretrained(tmp_path / "hf"), get_tokenizer("bytes")
-    text = "".join(map(chr, range(1, 256))) + " Ā\x00 héllo 世界 <|endoftext|>\n"
+    text = "".join(map(chr, range(1, 256))) + " Ā\x00 héllo 世界 \n"
     assert theirs(text)["input_ids"] == ours.encode(text)
     assert theirs.decode(ours.encode("héllo 世界")) == "héllo 世界"
+    # End-of-text (byte 0) is named, as lm-eval needs (BOS/EOS), and as in GPT-2's files: id 0
+    # is "<|endoftext|>", which decoding skips; the text "Ā" stays two bytes.
+    assert theirs.eos_token_id == theirs.bos_token_id == ours.eot_token == 0
+    assert theirs("Ā<|endoftext|>")["input_ids"] == [196, 128, 0]
+    assert theirs.decode([104, 0, 105], skip_special_tokens=True) == ours.decode([104, 0, 105]) == "hi"
     back = load(tmp_path / "hf")
     assert back.tokenizer.kind == "builtin" and back.tokenizer.name == "bytes"
     # Files that do not encode as `bytes` (two ids swapped) are refused, not trusted.

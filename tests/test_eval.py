@@ -92,7 +92,8 @@ def test_val_loss_and_acc_norm_equal_transformers(hf_model, text_file, tmp_path,
     parquet = hs.path / "data" / "validation-00000-of-00001.parquet"
     acc, n_ex = reference_acc_norm(model, d / "tokenizer.json", parquet)
     assert res.hellaswag["n"] == n_ex == 12
-    assert res.hellaswag["acc_norm"] == pytest.approx(acc)
+    assert res.hellaswag["acc_norm_token"] == pytest.approx(acc)
+    assert 0 <= res.hellaswag["acc_norm_char"] <= 1 and res.hellaswag["truncated"] == 0
     assert res.hellaswag["files"] == [str(parquet)]
 
 
@@ -106,8 +107,11 @@ def test_cli_json_table_and_limit(hf_model, text_file, tmp_path, gptkit_home):
     )
     out = json.loads(r.stdout)  # --data defaults to the newest tokenized data set
     assert out["data"].endswith("corpus") and out["val_tokens"] == 640 and out["hellaswag"]["n"] == 5
-    table = run_cli("eval", d, "--tokens", "640", "--device", "cpu", env=env, check=True).stdout
+    table = run_cli("eval", d, "--tokens", "640", "--hellaswag", "--device", "cpu", env=env, check=True).stdout
     assert "val loss" in table and f"{out['val_loss']:.4f}" in table
+    # each HellaSwag row says which acc_norm it is
+    assert "hellaswag acc_norm/token" in table and "built-in, llm.c's" in table
+    assert "hellaswag acc_norm/char" in table and "built-in, lm-eval's rule" in table
 
 
 def test_tokenizer_mismatch_is_refused(hf_model, text_file, tmp_path, gptkit_home):

@@ -136,6 +136,9 @@ def test_reference_run_layout_and_metrics(reference):
     assert [r["step"] for r in m if "sample" in r] == [4, 8]
     hs = [r for r in m if "hellaswag" in r]
     assert [r["step"] for r in hs] == [0, 8] and all(r["hellaswag_n"] == 5 for r in hs)
+    # both acc_norms (per token: llm.c's; per character: lm-eval's); each example's first ending is
+    # 34 bytes with its context, over the 32-token context, so all 5 are counted as cut
+    assert all(0 <= r["hellaswag_norm_char"] <= 1 and r["hellaswag_truncated"] == 5 for r in hs)
 
     cfg = json.loads((reference / "config.json").read_text())
     assert cfg["plan"] == {"world_size": 2, "micro_batch": 4, "grad_accum": 1, "rows": 8}

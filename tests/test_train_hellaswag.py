@@ -63,20 +63,27 @@ def model():
     return m.eval()
 
 
-def brute_force_mean_losses(model, tok, ex):
-    """Mean negative log-likelihood of each ending's tokens, one full forward per token."""
+def brute_force_losses(model, tok, ex, keep=None):
+    """Summed negative log-likelihood of each ending's tokens and their count, one full forward per
+    token; keep: each row is the last `keep` tokens of context + ending, so a prefix starts where
+    that window does (the truncation rule)."""
     ctx = tok.encode(ex.ctx)
     out = []
     for ending in ex.endings:
         end = tok.encode(" " + ending)
         nll = 0.0
+        start = max(0, len(ctx) + len(end) - keep) if keep else 0
         for j, t in enumerate(end):
-            prefix = torch.tensor([ctx + end[:j]])
+            prefix = (ctx + end[:j])[start:]
             with torch.no_grad():
-                logits, _ = model(prefix)
+                logits, _ = model(torch.tensor([prefix]))
             nll -= torch.log_softmax(logits[0, -1].double(), dim=-1)[t].item()
-        out.append(nll / len(end))
+        out.append((nll, len(end)))
     return out
+
+
+def argmin(xs):
+    return min(range(len(xs)), key=xs.__getitem__)
 
 
 def test_scores_match_brute_force(model, tmp_path):
@@ -86,20 +93,54 @@ def test_scores_match_brute_force(model, tmp_path):
     examples = hellaswag.load_examples(hellaswag.find_hellaswag(tmp_path / "hellaswag"))
     assert [e.label for e in examples] == [3, 1, 0, 2, 0]
     tok = get_tokenizer("bytes")
-    correct = 0
+    correct = {"token": 0, "sum": 0, "char": 0}
     preds = set()
+    differ = 0
     for ex in examples:
-        rows, masks = hellaswag.encode_example(ex, tok, model.config.block_size)
-        pred, _, means = hellaswag.score_example(model, rows, masks, "cpu", contextlib.nullcontext)
-        ref = brute_force_mean_losses(model, tok, ex)
-        assert means == pytest.approx(ref, rel=1e-4)
-        ref_pred = min(range(4), key=ref.__getitem__)
-        assert pred == ref_pred
-        correct += ref_pred == ex.label
+        rows, masks, cut = hellaswag.encode_example(ex, tok, model.config.block_size)
+        chars = [len(e) for e in ex.endings]
+        pred, pred_sum, pred_char, means = hellaswag.score_example(
+            model, rows, masks, "cpu", contextlib.nullcontext, chars
+        )
+        ref = brute_force_losses(model, tok, ex)
+        assert not cut
+        assert means == pytest.approx([nll / n for nll, n in ref], rel=1e-4)
+        # per token (build-nanogpt, llm.c), summed, per character of the ending (lm-eval's acc_norm)
+        ref_token = argmin([nll / n for nll, n in ref])
+        ref_sum = argmin([nll for nll, _ in ref])
+        ref_char = argmin([nll / c for (nll, _), c in zip(ref, chars, strict=True)])
+        assert (pred, pred_sum, pred_char) == (ref_token, ref_sum, ref_char)
+        correct["token"] += ref_token == ex.label
+        correct["sum"] += ref_sum == ex.label
+        correct["char"] += ref_char == ex.label
+        differ += ref_token != ref_char
         preds.add(pred)
     assert len(preds) > 1  # the check above is not vacuous: predictions vary
+    assert differ  # and the two normalisations disagree on some example, so each is tested
     r = hellaswag.evaluate(model, examples, tok, device="cpu", autocast=contextlib.nullcontext)
-    assert r["n"] == 5 and r["acc_norm"] == correct / 5
+    assert r["n"] == 5 and r["truncated"] == 0
+    assert r["acc_norm_token"] == correct["token"] / 5
+    assert r["acc_norm_char"] == correct["char"] / 5
+    assert r["acc"] == correct["sum"] / 5
+
+
+def test_an_example_longer_than_the_context_is_cut_from_the_left_and_counted(model):
+    """The stated rule: the last block_size tokens; the context loses its start, the ending is whole."""
+    block = model.config.block_size
+    long_ctx = "The river ran past the old mill and on to the sea. " * (block // 40)
+    examples = [
+        hellaswag.Example(long_ctx, EXAMPLES[0]["endings"], 3),
+        hellaswag.Example(**{**EXAMPLES[1], "label": 1}),
+    ]
+    tok = get_tokenizer("bytes")
+    assert len(tok.encode(long_ctx)) > block
+    rows, masks, cut = hellaswag.encode_example(examples[0], tok, block)
+    assert cut and all(len(r) == block for r in rows)
+    ref = brute_force_losses(model, tok, examples[0], keep=block)
+    _, _, _, means = hellaswag.score_example(model, rows, masks, "cpu", contextlib.nullcontext)
+    assert means == pytest.approx([nll / n for nll, n in ref], rel=1e-4)  # every ending token scored
+    r = hellaswag.evaluate(model, examples, tok, device="cpu", autocast=contextlib.nullcontext)
+    assert r["n"] == 2 and r["truncated"] == 1
 
 
 def test_reads_parquet_with_string_labels_and_rejects_bad_rows(tmp_path):

@@ -26,7 +26,11 @@ def eval_model(
         int, typer.Option("--tokens", help="Validation tokens to average over (0: no validation loss).")
     ] = 10_485_760,
     hellaswag: Annotated[
-        bool, typer.Option("--hellaswag", help="Also HellaSwag acc_norm (needs `gptkit download hellaswag`).")
+        bool,
+        typer.Option(
+            "--hellaswag",
+            help="Also the built-in HellaSwag: acc_norm per token and per character (needs `gptkit download hellaswag`).",
+        ),
     ] = False,
     limit: Annotated[int | None, typer.Option("--limit", help="HellaSwag: the first N examples only.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Validation rows per forward pass.")] = 8,
@@ -77,6 +81,9 @@ def eval_model(
         table.add_row("val loss", f"{result.val_loss:.4f}", f"{result.val_tokens:,} tokens of {result.data}")
     if result.hellaswag is not None:
         hs = result.hellaswag
-        table.add_row("hellaswag acc_norm", f"{hs['acc_norm']:.4f}", f"{hs['n']:,} examples")
-        table.add_row("hellaswag acc", f"{hs['acc']:.4f}", f"{hs['n']:,} examples")
+        over = f"{hs['n']:,} examples" + (f", {hs['truncated']:,} cut to the context" if hs["truncated"] else "")
+        # built-in (train/hellaswag.py), on the raw text; the name says which normalisation
+        table.add_row("hellaswag acc_norm/token", f"{hs['acc_norm_token']:.4f}", f"built-in, llm.c's; {over}")
+        table.add_row("hellaswag acc_norm/char", f"{hs['acc_norm_char']:.4f}", f"built-in, lm-eval's rule; {over}")
+        table.add_row("hellaswag acc", f"{hs['acc']:.4f}", f"built-in; {over}")
     Console().print(table)

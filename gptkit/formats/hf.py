@@ -172,14 +172,20 @@ def write_gpt2_tokenizer(out: Path, block_size: int) -> None:
 
 def write_bytes_tokenizer(out: Path, block_size: int) -> None:
     """gptkit's `bytes` vocabulary (id = the byte's value) as a byte-level BPE with no merges: the
-    byte-level pre-tokenizer maps byte b to the character bytes_to_unicode()[b], whose id is b. No
-    special token: end-of-text is byte 0, and declaring its character (U+0100) special would make the
-    text "Ā" encode as end-of-text. PreTrainedTokenizerFast, not GPT2Tokenizer, which would add a
-    "<|endoftext|>" token of its own."""
-    vocab = {ch: b for b, ch in sorted(bytes_to_unicode().items())}
+    byte-level pre-tokenizer maps byte b to the character bytes_to_unicode()[b], whose id is b.
+    End-of-text is byte 0 (id 0). Programs that score or generate need it named as BOS/EOS
+    (lm-evaluation-harness prefixes rolling windows and empty contexts with it and stops generating
+    at it; without one it fails), so id 0 is the special token "<|endoftext|>", as in GPT-2's files
+    (that text encodes as end-of-text, as there). Id 0 needs that name in the vocabulary itself (the
+    `tokenizers` library gives an added token that is not in it a new id), in place of byte 0's
+    character U+0100, which no text reaches: the normalizer drops NUL first. Declaring U+0100
+    special instead would make the text "Ā" encode as end-of-text. PreTrainedTokenizerFast, not
+    GPT2Tokenizer, which would add a "<|endoftext|>" token of its own."""
+    vocab = {ch: b for b, ch in sorted(bytes_to_unicode().items()) if b}
+    vocab["<|endoftext|>"] = 0
     # Text never holds byte 0 (gptkit's encoder drops it, so it only ever means end-of-text).
     drop_nul = {"type": "Replace", "pattern": {"String": "\u0000"}, "content": ""}
-    write_byte_level_bpe(out, vocab, [], None, block_size, "PreTrainedTokenizerFast", normalizer=drop_nul)
+    write_byte_level_bpe(out, vocab, [], "<|endoftext|>", block_size, "PreTrainedTokenizerFast", normalizer=drop_nul)
 
 
 def write_byte_level_bpe(

@@ -16,7 +16,7 @@ validation.py the validation loss loop (training and `gptkit eval`)
 dist.py       ranks, process group (gloo / NCCL), collectives, per-step seed
 data.py       memory-mapped shards as one deterministic shuffled stream
 schedule.py   warmup + cosine / WSD
-hellaswag.py  HellaSwag acc_norm, sharded across ranks
+hellaswag.py  HellaSwag (acc_norm per token and per character), sharded across ranks
 metrics.py    the reporter: live line, records to the loggers
 loggers.py    metrics.jsonl, TensorBoard, wandb behind one protocol
 mfu.py        peak FLOPs per GPU; measured CPU peak

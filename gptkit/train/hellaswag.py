@@ -1,10 +1,20 @@
 """HellaSwag accuracy, completion style, as in the GPT-2 124M reproductions.
 
-Each example is a context and four endings. The model scores each ending by its mean per-token
-loss given the context (the ending is tokenized with a leading space, as it follows the context);
-the lowest mean loss is the prediction. That is `acc_norm` (length-normalised); `acc` uses the
-summed loss. The 10,042 validation examples are spread over the ranks and the counts all-reduced.
-GPT-2 124M scores about 0.29-0.30 acc_norm this way.
+Each example is a context and four endings. The model scores each ending by its summed loss given
+the context (the ending is tokenized with a leading space, as it follows the context); the lowest
+is the prediction. Two published "acc_norm"s divide that sum by a length first, and the numbers
+differ, so both are reported, each under its own name:
+
+    acc             the summed loss (no normalisation)
+    acc_norm_token  per token of the ending: build-nanogpt and llm.c's acc_norm (GPT-2 124M ≈ 0.294)
+    acc_norm_char   per character of the ending (without its leading space): lm-evaluation-harness's
+                    acc_norm (GPT-2 124M ≈ 0.311 there, on its preprocessed text; here the raw text)
+
+A context and ending longer than the model's block_size keep their last block_size tokens: the
+context is cut from the left, the ending is scored whole (lm-eval cuts the same way); an ending of
+block_size tokens or more is scored on its last block_size - 1. Such examples are counted
+(`truncated`), never cut silently. The 10,042 validation examples are spread over the ranks and the
+counts all-reduced.
 """
 
 from __future__ import annotations
@@ -83,19 +93,23 @@ def unencodable(examples: list[Example], tokenizer) -> str | None:
 
 
 def encode_example(ex: Example, tokenizer, max_len: int):
-    """(tokens (4, L), mask (4, L)) as lists: mask is 1 on ending tokens. Keeps the last max_len tokens."""
+    """(tokens (4, L), mask (4, L), truncated) as lists: mask is 1 on ending tokens. Keeps the last
+    max_len tokens of each row (the module's rule); truncated says whether any row lost tokens."""
     ctx = tokenizer.encode(ex.ctx)
     rows, masks = [], []
+    truncated = False
     for ending in ex.endings:
         end = tokenizer.encode(" " + ending)
         toks, mask = ctx + end, [0] * len(ctx) + [1] * len(end)
+        truncated |= len(toks) > max_len
         rows.append(toks[-max_len:])
         masks.append(mask[-max_len:])
-    return rows, masks
+    return rows, masks, truncated
 
 
-def score_example(model, rows, masks, device, autocast):
-    """(predicted ending by mean loss, by summed loss, mean losses) for one encoded example."""
+def score_example(model, rows, masks, device, autocast, chars: list[int] | None = None):
+    """(predicted ending per token, by summed loss, per character, mean losses) for one encoded
+    example; chars are the endings' lengths in characters (None: per character is not computed, -1)."""
     import torch
     import torch.nn.functional as F
 
@@ -114,25 +128,38 @@ def score_example(model, rows, masks, device, autocast):
     losses = losses.view(len(rows), -1) * mask[:, 1:]
     total = losses.sum(dim=1)
     mean = total / mask[:, 1:].sum(dim=1).clamp(min=1)
-    return int(mean.argmin()), int(total.argmin()), mean.tolist()
+    per_char = -1
+    if chars is not None:
+        per_char = int((total.double().cpu() / torch.tensor(chars, dtype=torch.float64).clamp(min=1)).argmin())
+    return int(mean.argmin()), int(total.argmin()), per_char, mean.tolist()
 
 
 def evaluate(model, examples: list[Example], tokenizer, *, device, autocast, rank: int = 0, world_size: int = 1):
-    """{'acc_norm', 'acc', 'n'} over all examples, each rank scoring examples rank, rank + world, ..."""
+    """{'acc_norm_token', 'acc_norm_char', 'acc', 'n', 'truncated'} over all examples (the module
+    docstring defines each), each rank scoring examples rank, rank + world, ..."""
     import torch
 
     max_len = model.config.block_size
-    counts = torch.zeros(3, dtype=torch.float64, device=device)  # n, correct (norm), correct (sum)
+    # n, correct per token, correct by sum, correct per character, truncated examples
+    counts = torch.zeros(5, dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
     for ex in examples[rank::world_size]:
-        rows, masks = encode_example(ex, tokenizer, max_len)
-        pred_norm, pred_sum, _ = score_example(model, rows, masks, device, autocast)
-        counts += torch.tensor([1, pred_norm == ex.label, pred_sum == ex.label], dtype=torch.float64, device=device)
+        rows, masks, cut = encode_example(ex, tokenizer, max_len)
+        chars = [len(e) for e in ex.endings]
+        pred_token, pred_sum, pred_char, _ = score_example(model, rows, masks, device, autocast, chars)
+        hits = [1, pred_token == ex.label, pred_sum == ex.label, pred_char == ex.label, cut]
+        counts += torch.tensor(hits, dtype=torch.float64, device=device)
     model.train(was_training)
     if world_size > 1:
         import torch.distributed as dist
 
         dist.all_reduce(counts)
-    n, norm, plain = counts.tolist()
-    return {"acc_norm": norm / max(n, 1), "acc": plain / max(n, 1), "n": int(n)}
+    n, token, plain, char, truncated = counts.tolist()
+    return {
+        "acc_norm_token": token / max(n, 1),
+        "acc_norm_char": char / max(n, 1),
+        "acc": plain / max(n, 1),
+        "n": int(n),
+        "truncated": int(truncated),
+    }

@@ -5,7 +5,10 @@ metrics.jsonl has one JSON object per line, each with "step" (optimizer steps co
 kind of measurement:
     {"step", "loss", "lr", "grad_norm", "tokens", "tok_per_s", "mfu", "dt", "time"}   training
     {"step", "val_loss"}                                                                validation
-    {"step", "hellaswag", "hellaswag_acc", "hellaswag_n"}                               HellaSwag
+    {"step", "hellaswag", "hellaswag_norm_char", "hellaswag_acc", "hellaswag_n", "hellaswag_truncated"}
+                                       HellaSwag (train/hellaswag.py): "hellaswag" is acc_norm per token
+                                       (build-nanogpt, llm.c), "hellaswag_norm_char" per character
+                                       (lm-eval's acc_norm); runs before both were logged have the first
     {"step", "sample"}                                                                  a text sample
     {"step", "mfu_note"}                         MFU read above 100%: peak re-measured, or clamped
     {"step", "start"}                            a session began (a fresh start or a resume), unix time
@@ -22,6 +25,15 @@ from pathlib import Path
 from gptkit.fsutil import atomic_output
 from gptkit.train import loggers
 from gptkit.train.loggers import METRICS
+
+# How the live line names an event's values where the key alone would not say which figure it is.
+EVENT_LABELS = {
+    "hellaswag": "hellaswag acc_norm/token",
+    "hellaswag_norm_char": "acc_norm/char (lm-eval's)",
+    "hellaswag_acc": "acc",
+    "hellaswag_n": "n",
+    "hellaswag_truncated": "truncated",
+}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -277,7 +289,8 @@ class Reporter:
         if "sample" in values:
             self.print(f"step {step} sample: {values['sample']!r}")
         else:
-            parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items()]
+            named = ((EVENT_LABELS.get(k, k), v) for k, v in values.items())
+            parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in named]
             self.print(f"step {step} | " + " | ".join(parts))
 
     def close(self) -> None:

@@ -119,7 +119,11 @@ def build_figure(rows: list[dict], title: str, plt):
 
     if hs:
         ax = axes[3]
-        ax.plot([r["step"] for r in hs], [r["hellaswag"] for r in hs], "o-", ms=3)
+        ax.plot([r["step"] for r in hs], [r["hellaswag"] for r in hs], "o-", ms=3, label="per token (llm.c)")
+        chars = [r for r in hs if "hellaswag_norm_char" in r]
+        if chars:
+            steps, values = [r["step"] for r in chars], [r["hellaswag_norm_char"] for r in chars]
+            ax.plot(steps, values, "s-", ms=3, label="per character (lm-eval)")
         ax.axhline(0.25, color="grey", ls="--", lw=1, label="chance")
         ax.set(title="HellaSwag", xlabel="step", ylabel="acc_norm")
         ax.legend()

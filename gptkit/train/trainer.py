@@ -384,7 +384,14 @@ class Trainer:
                         rank=d.rank,
                         world_size=d.world_size,
                     )
-                    rep.event(self.step, hellaswag=r["acc_norm"], hellaswag_acc=r["acc"], hellaswag_n=r["n"])
+                    rep.event(
+                        self.step,
+                        hellaswag=r["acc_norm_token"],
+                        hellaswag_norm_char=r["acc_norm_char"],
+                        hellaswag_acc=r["acc"],
+                        hellaswag_n=r["n"],
+                        hellaswag_truncated=r["truncated"],
+                    )
                 if prompt is not None and self.step > 0 and (self.step % cfg.sample_every == 0 or done):
                     self.watchdog.phase("sample")  # every rank: the others wait for rank 0
                     if d.master or not self.parallel.replicated:  # sharded weights: every rank decodes
