@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import run_cli, tiny_training
+from conftest import ROOT, run_cli, tiny_training
 from test_train_data import make_dataset
 
 from gptkit import paths
@@ -106,3 +106,32 @@ def test_tokenize_train_sample_by_their_next_lines_from_a_text_folder_here(gptki
     assert json.loads(r.stdout)["model"].startswith(str(paths.runs_dir("my-run")))
     r = run_cli("convert", "runs/my-run", "m.safetensors", "--json", cwd=cwd, check=True)
     assert (cwd / "m.safetensors").is_file()
+
+
+def test_every_readme_command_parses_and_a_bad_one_is_named(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import check_readme
+    finally:
+        sys.path.pop(0)
+    found = check_readme.commands((ROOT / "README.md").read_text())
+    assert len(found) > 50
+    cpu = [c for _, c in found if "--n-layer 4" in c]  # the continued line is one command
+    assert cpu and cpu[0].endswith("--batch-tokens 768"), cpu
+    assert check_readme.main([str(ROOT / "README.md")]) == 0
+    fake = tmp_path / "README.md"
+    fake.write_text(
+        "text gptkit nothing\n```bash\ngptkit train --no-such-flag 3   # a comment\n"
+        "gptkit tokenz x && gptkit sample 'a # b' -n 3\ngptkit train --max-steps lots\n```\n"
+    )
+    assert [c for _, c in check_readme.commands(fake.read_text())] == [
+        "gptkit train --no-such-flag 3",
+        "gptkit tokenz x",
+        "gptkit sample 'a # b' -n 3",
+        "gptkit train --max-steps lots",
+    ]
+    assert check_readme.check("gptkit train --no-such-flag 3") is not None
+    assert check_readme.check("gptkit tokenz x") == "no command 'tokenz'"
+    assert check_readme.check("gptkit sample 'a # b' -n 3") is None
+    assert "--max-steps" in check_readme.check("gptkit train --max-steps lots")
+    assert check_readme.main([str(fake)]) == 1
