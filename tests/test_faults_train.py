@@ -274,11 +274,18 @@ def test_with_verbose_the_closing_line_still_names_the_killed_rank(home, trains)
 
 
 def test_a_full_disk_while_saving_is_one_line_with_where_to_resume(home, trains):
+    """Only rank 0 writes checkpoints, so only it sees the full disk. Rank 1, waiting for it in the
+    next all-reduce (which under NCCL would not return for up to an hour), hears of it and stops:
+    its watchdog thread notes why, before gloo's broken connection could fail it with a traceback."""
     run = home / "runs" / "full"
     r = cli(home, "--name", "full", "--max-steps", "4", faults="fs.enospc=checkpoint")
     line = assert_one_line_error(r)
     assert line.startswith(f"gptkit: error: no space left on {run}/step_000002 ("), line
     assert line.endswith("no checkpoint was saved yet; run the same command again to start over"), line
+    records = {f.name: json.loads(f.read_text()) for f in (run / ".errors").iterdir()}
+    assert records["rank0.json"]["peer"] is None and records["rank0.json"]["message"] in line
+    assert records["rank1.json"] == {"message": "stopped: rank 0 failed", "resumable": False, "peer": 0}
+    assert not (run / "error-1.log").exists()  # no traceback: it did not fail on the dead connection
     assert not list(run.glob("step_*")) and not list(run.glob(".step_*")) and not run_processes(run)
     # The same command again, the disk freed, starts over: the failed attempt's records are dropped
     # (the plot would draw both attempts as one line)

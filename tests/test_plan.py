@@ -53,6 +53,7 @@ def test_fp32_on_an_ampere_gpu_is_timed_at_its_tf32_peak(gptkit_home):
     fpt = 6 * (p.n_params - 1024 * 768) + 12 * 12 * 768 * 1024
     assert p.precision == "fp32"
     assert p.step_s == pytest.approx(fpt * 524_288 / (8 * gpu_peak_flops("H100", "tf32") * ASSUMED_GPU_MFU))
+    assert p.time_basis.startswith("data-sheet fp32 (TF32 matmuls) peak 495 TFLOP/s per GPU"), p.time_basis
 
 
 def test_param_count_matches_the_built_model():

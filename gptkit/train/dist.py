@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -69,6 +71,16 @@ class Dist:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    @contextmanager
+    def alone(self) -> Iterator[None]:
+        """Work this rank does by itself (rank 0's checkpoint write, its sample): a GptkitError raised
+        here is this rank's alone, so it exits non-zero (train/main.py) and torchrun stops the rest."""
+        try:
+            yield
+        except GptkitError as e:
+            e.collective = False  # type: ignore[attr-defined]  # read by train/main.py
+            raise
 
     def barrier(self) -> None:
         if self.distributed:

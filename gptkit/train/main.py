@@ -1,8 +1,17 @@
 """The torchrun target: `python -m torch.distributed.run ... -m gptkit.train.main RUN_DIR`.
 
-A user error in a worker (a NaN loss, a bad checkpoint) is written to RUN_DIR/.errors/rank<R>.txt
-for `gptkit train` to print as one line. When every rank fails at the same point, all of them exit
-0 so torchrun does not add its multi-page failure report; the launcher turns the file into exit 1.
+A user error in a worker (a NaN loss, a bad checkpoint, a full disk) is written to
+RUN_DIR/.errors/rank<R>.json for `gptkit train` to print as one line. When every rank fails at the
+same point, all of them exit 0 so torchrun does not add its multi-page failure report; the launcher
+turns the file into exit 1. An error only this rank can see (rank 0's checkpoint write, its sample)
+exits 1.
+
+Either way the other ranks must hear of it: under NCCL a peer waiting in its next all-reduce for a
+rank that has failed waits until the collective timeout (up to an hour), and torchrun, when told, gives
+a rank stuck there 30 s before it kills it. So a failing rank keeps its process group open and waits up
+to PEER_GRACE_S for every other rank to have a record too: their own error, or a note that they stopped
+for this one, which each rank's watchdog thread (train/watchdog.py) writes within a second of seeing
+a peer's record, before it ends its process. The launcher prints the first rank's own error.
 
 Started by `gptkit train`, a worker dies with torchrun (procs.die_with_parent) and writes its
 stderr (torch's tracebacks, warnings) to RUN_DIR/error-<RANK>.log rather than the terminal, unless
@@ -19,16 +28,46 @@ LAUNCHER_ENV = "GPTKIT_LAUNCHER"  # set by `gptkit train`; absent when someone r
 LAUNCHER_PID_ENV = "GPTKIT_LAUNCHER_PID"  # the `gptkit train` process: torchrun's parent
 VERBOSE_ENV = "GPTKIT_VERBOSE"  # 1: the workers' stderr stays on the terminal
 ERRORS_DIR = ".errors"
+PEER_GRACE_S = 10.0  # how long a failed rank waits for the others to hear of it (each polls once a second)
 
 
-def write_error(run_dir: Path, rank: int, message: str, resumable: bool = False) -> None:
-    """RUN/.errors/rankN.json for the launcher: the one-line message, and whether the run can resume
-    as it is (a full or read-only disk: the launcher then adds the checkpoint and the command)."""
+def write_error(run_dir: Path, rank: int, message: str, resumable: bool = False, peer: int | None = None) -> None:
+    """RUN/.errors/rankN.json for the launcher: the one-line message, whether the run can resume as it
+    is (a full or read-only disk: the launcher then adds the checkpoint and the command), and `peer`:
+    the rank whose error this one stopped for (None: this rank's own error)."""
     from gptkit.fsutil import write_json_atomic
 
-    d = run_dir / ERRORS_DIR
+    d = Path(run_dir) / ERRORS_DIR
     d.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(d / f"rank{rank}.json", {"message": message, "resumable": resumable})
+    write_json_atomic(d / f"rank{rank}.json", {"message": message, "resumable": resumable, "peer": peer})
+
+
+def error_ranks(run_dir: Path) -> dict[int, dict]:
+    """The ranks with a record in RUN/.errors, and the records (unreadable ones: {})."""
+    import json
+
+    out: dict[int, dict] = {}
+    try:
+        files = list((Path(run_dir) / ERRORS_DIR).glob("rank*.json"))
+    except OSError:
+        return out
+    for f in files:
+        if not f.stem[4:].isdigit():
+            continue
+        try:
+            out[int(f.stem[4:])] = json.loads(f.read_text())
+        except (OSError, ValueError):
+            out[int(f.stem[4:])] = {}
+    return out
+
+
+def wait_for_peers(run_dir: Path, world_size: int, grace: float = PEER_GRACE_S) -> None:
+    """Until every rank has a record (its own error, or its note that it stopped for a peer's), or `grace`."""
+    import time
+
+    deadline = time.monotonic() + grace
+    while len(error_ranks(run_dir)) < world_size and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,27 +116,27 @@ def _die_with_torchrun() -> None:
 
 
 def _run(run_dir: Path, rank: int) -> int:
-    from gptkit.train.dist import TrainingError
     from gptkit.train.trainer import run
 
     try:
         run(run_dir)
-    except TrainingError as e:
-        return _fail(run_dir, rank, str(e), collective=e.collective)
     except Exception as e:  # noqa: BLE001 - GptkitError and friends: one line, not a traceback
         from gptkit.errors import DiskError, GptkitError
 
         if not isinstance(e, GptkitError):
             raise
-        return _fail(run_dir, rank, str(e), collective=True, resumable=isinstance(e, DiskError))
+        # TrainingError says whether every rank raises it at the same point; others say so when
+        # raised where one rank works alone (Dist.alone), and are otherwise every rank's.
+        collective = bool(getattr(e, "collective", True))
+        return _fail(run_dir, rank, str(e), collective=collective, resumable=isinstance(e, DiskError))
     return 0
 
 
 def _fail(run_dir: Path, rank: int, message: str, collective: bool, resumable: bool = False) -> int:
     if os.environ.get(LAUNCHER_ENV):
         try:
-            if rank == 0 or not collective:
-                write_error(run_dir, rank, message, resumable)
+            write_error(run_dir, rank, message, resumable)
+            wait_for_peers(run_dir, int(os.environ.get("WORLD_SIZE", 1)))
             return 0 if collective else 1
         except OSError:  # the disk is full (often the error itself): say it here instead
             pass

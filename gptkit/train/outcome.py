@@ -13,7 +13,6 @@ from gptkit.errors import GptkitError
 from gptkit.train.config import (
     ResolvedRun,
 )
-from gptkit.train.main import ERRORS_DIR
 
 TORCHRUN_LOG = "torchrun.log"  # torchrun's own output, unless --verbose
 
@@ -31,14 +30,12 @@ class Outcome:
 
 
 def worker_errors(run_dir: Path) -> list[dict]:
-    """What the workers wrote (gptkit.train.main.write_error), by rank: {"message", "resumable"}."""
-    import json
+    """The workers' own errors (gptkit.train.main.write_error), by rank: {"message", "resumable"}. The
+    notes of ranks that stopped because another failed are left out: the cause is that one's."""
+    from gptkit.train.main import error_ranks
 
-    d = run_dir / ERRORS_DIR
-    if not d.is_dir():
-        return []
-    files = sorted(d.glob("rank*.json"), key=lambda p: int(p.stem[4:]))
-    return [json.loads(f.read_text()) for f in files]
+    found = error_ranks(run_dir)
+    return [found[r] for r in sorted(found) if found[r].get("message") and found[r].get("peer") is None]
 
 
 # --- how a run ended, in one line ----------------------------------------------------------------
@@ -132,6 +129,7 @@ def torchrun_failures(log: Path) -> list[tuple[int, int]]:
 
 def failed_ranks_line(run_dir: Path, rc: int) -> str:
     from gptkit.train.main import error_log
+    from gptkit.train.watchdog import PEER_FAILED_EXIT
 
     failures = torchrun_failures(run_dir / TORCHRUN_LOG)
     if not failures:
@@ -143,7 +141,12 @@ def failed_ranks_line(run_dir: Path, rc: int) -> str:
     # SIGTERM by torchrun, and may be reported first when they die in the same instant.
     def blame(f: tuple[int, int]) -> tuple[int, int]:
         code = f[1]
-        order = 3 if code >= 0 else {-signal.SIGTERM: 2, -signal.SIGABRT: 1}.get(code, 0)
+        # PEER_FAILED_EXIT: it stopped because another rank had failed (train/watchdog.py)
+        order = (
+            (4 if code == PEER_FAILED_EXIT else 3)
+            if code >= 0
+            else {-signal.SIGTERM: 2, -signal.SIGABRT: 1}.get(code, 0)
+        )
         return order, f[0]
 
     failures.sort(key=blame)

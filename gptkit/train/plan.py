@@ -133,11 +133,13 @@ def plan_of(
 
         # fp32 on a GPU with TF32 runs its matmuls in TF32 (device.configure_matmul turns it on
         # wherever bf16 is native, so the trainer and MFU use that peak too)
-        peak = peak_of(name, "tf32" if prec == "fp32" and native else prec)
+        kind = "tf32" if prec == "fp32" and native else prec
+        peak = peak_of(name, kind)
         if peak:
             step_s = fpt * cfg.batch_tokens / (world * peak * ASSUMED_GPU_MFU)
+            label = "fp32 (TF32 matmuls)" if kind == "tf32" else prec
             basis = (
-                f"data-sheet {prec} peak {peak / 1e12:.0f} TFLOP/s per GPU at an assumed MFU of {ASSUMED_GPU_MFU:.0%}"
+                f"data-sheet {label} peak {peak / 1e12:.0f} TFLOP/s per GPU at an assumed MFU of {ASSUMED_GPU_MFU:.0%}"
             )
         else:
             basis = f"{name} is not in the peak table; no time estimate"

@@ -16,6 +16,7 @@ embedding backward would cost ~7% of a GPT-2-vocabulary step.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -195,6 +196,10 @@ class Trainer:
         model_state, opt_states = self.parallel.state(self.optimizers)
         if not self.dist.master:
             return
+        with self.dist.alone():  # a full disk here is rank 0's: the others are told (train/main.py)
+            self._write_checkpoint(model_state, opt_states)
+
+    def _write_checkpoint(self, model_state, opt_states) -> None:
         state: dict[str, object] = {
             "step": self.step,
             "data_pos": self.data_pos,
@@ -395,8 +400,9 @@ class Trainer:
                 if prompt is not None and self.step > 0 and (self.step % cfg.sample_every == 0 or done):
                     self.watchdog.phase("sample")  # every rank: the others wait for rank 0
                     if d.master or not self.parallel.replicated:  # sharded weights: every rank decodes
-                        text = self.sample(prompt)
-                        rep.event(self.step, sample=text)
+                        with d.alone() if self.parallel.replicated else contextlib.nullcontext():
+                            text = self.sample(prompt)
+                            rep.event(self.step, sample=text)
                 if done:
                     break
                 if self.compiled and self.step == start:
@@ -491,9 +497,14 @@ def run(run_dir: str | Path) -> None:
         # that destroys its gloo group while a peer is still busy can abort at exit (SIGABRT).
         # Only on success: after a failure the peers may be gone and a barrier would hang.
         dist.barrier()
-    finally:
+    except BaseException:
+        # The group stays open until this process exits: closing it would end a peer's pending
+        # all-reduce (gloo) or leave it waiting (NCCL) before the peer has read this rank's error,
+        # which train/main.py writes next and waits for the others to see.
         watchdog.stop()
-        dist.close()
+        raise
+    watchdog.stop()
+    dist.close()
 
 
 def shape_label(mc: GPTConfig, preset: str) -> str:

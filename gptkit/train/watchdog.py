@@ -15,7 +15,10 @@ all-reduce are covered by the save's allowance too. The process group's timeout 
 above every allowance, so the watchdog speaks first.
 
 The same thread notices when this worker has been orphaned (its parent replaced), where the
-kernel's parent-death signal is not available, and ends it without saving.
+kernel's parent-death signal is not available, and ends it without saving; and when another rank
+has failed (its record in RUN/.errors, train/main.py): it notes that this rank stopped for that one
+and ends it, since the main thread may be waiting for the failed rank in a collective that, under
+NCCL, would not return before its timeout. This runs with the watchdog off (--watchdog 0) too.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import time
 from pathlib import Path
 
 HANG_EXIT = 75
+PEER_FAILED_EXIT = 76  # another rank failed; this one stopped for it
 HANG_PREFIX = "hang-"
 MIN_LIMIT = 300.0  # the default limit is never below 5 minutes
 STEPS_FACTOR = 10
@@ -109,12 +113,26 @@ class Watchdog:
             polls += 1
             if self.parent is not None and os.getppid() != self.parent:
                 os._exit(1)  # orphaned: stop now, without saving; the last complete checkpoint stands
+            if self.world_size > 1 and polls % 4 == 0:
+                self._leave_if_a_peer_failed()
             if self.limit == 0:
                 continue
             waited = time.monotonic() - self.last
             # The run directory is listed once a second, not every poll: it may be on a network filesystem.
             if waited > self.allowance or (polls % 4 == 0 and self._peer_fired()):
                 self._fire(waited)
+
+    def _leave_if_a_peer_failed(self) -> None:
+        from gptkit.train.main import error_ranks, write_error
+
+        failed = {r: e for r, e in error_ranks(self.run_dir).items() if r != self.rank and e.get("peer") is None}
+        if not failed or self._stop.is_set():  # stopped: this rank failed itself and says so
+            return
+        rank = min(failed)
+        try:
+            write_error(self.run_dir, self.rank, f"stopped: rank {rank} failed", peer=rank)
+        finally:
+            os._exit(PEER_FAILED_EXIT)
 
     def _peer_fired(self) -> bool:
         try:
