@@ -11,7 +11,7 @@ from conftest import ROOT
 
 from gptkit.errors import GptkitError
 from gptkit.train.config import LaunchConfig, ResolvedRun, TrainConfig, plan_batches
-from gptkit.train.main import error_ranks, wait_for_peers, write_error
+from gptkit.train.failures import error_ranks, wait_for_peers, write_error
 from gptkit.train.outcome import Outcome, failed_ranks_line, finish, torchrun_failures
 from gptkit.train.watchdog import PEER_FAILED_EXIT
 

@@ -4,6 +4,7 @@ config.py     TrainConfig / LaunchConfig (every setting, declared once), TOML/YA
 presets.py    each preset's training recipe
 launch.py     `gptkit train` as a function: validate, write RUN/config.json, run torchrun
 main.py       the torchrun target (tiny)
+failures.py   one rank's error in RUN/.errors, for the launcher and the other ranks
 resolve.py    a run settled from preset, checkpoint, file and flags; its checks before launch
 auto.py       the CPU auto-sizing
 estimate.py   parameters, FLOPs, memory, a timed CPU step

@@ -25,7 +25,8 @@ from gptkit.train.config import (
     ResolvedRun,
     TrainOverrides,
 )
-from gptkit.train.main import ERRORS_DIR, LAUNCHER_ENV, LAUNCHER_PID_ENV, VERBOSE_ENV
+from gptkit.train.failures import ERRORS_DIR
+from gptkit.train.main import LAUNCHER_ENV, LAUNCHER_PID_ENV, VERBOSE_ENV
 from gptkit.train.mfu import threads_per_process
 from gptkit.train.outcome import TORCHRUN_LOG, Outcome, finish
 from gptkit.train.resolve import prepare

@@ -6,12 +6,8 @@ same point, all of them exit 0 so torchrun does not add its multi-page failure r
 turns the file into exit 1. An error only this rank can see (rank 0's checkpoint write, its sample)
 exits 1.
 
-Either way the other ranks must hear of it: under NCCL a peer waiting in its next all-reduce for a
-rank that has failed waits until the collective timeout (up to an hour), and torchrun, when told, gives
-a rank stuck there 30 s before it kills it. So a failing rank keeps its process group open and waits up
-to PEER_GRACE_S for every other rank to have a record too: their own error, or a note that they stopped
-for this one, which each rank's watchdog thread (train/watchdog.py) writes within a second of seeing
-a peer's record, before it ends its process. The launcher prints the first rank's own error.
+Either way the other ranks must hear of it (train/failures.py): the failing rank keeps its process
+group open and waits for every other rank to have a record too.
 
 Started by `gptkit train`, a worker dies with torchrun (procs.die_with_parent) and writes its
 stderr (torch's tracebacks, warnings) to RUN_DIR/error-<RANK>.log rather than the terminal, unless
@@ -27,47 +23,6 @@ from pathlib import Path
 LAUNCHER_ENV = "GPTKIT_LAUNCHER"  # set by `gptkit train`; absent when someone runs torchrun by hand
 LAUNCHER_PID_ENV = "GPTKIT_LAUNCHER_PID"  # the `gptkit train` process: torchrun's parent
 VERBOSE_ENV = "GPTKIT_VERBOSE"  # 1: the workers' stderr stays on the terminal
-ERRORS_DIR = ".errors"
-PEER_GRACE_S = 10.0  # how long a failed rank waits for the others to hear of it (each polls once a second)
-
-
-def write_error(run_dir: Path, rank: int, message: str, resumable: bool = False, peer: int | None = None) -> None:
-    """RUN/.errors/rankN.json for the launcher: the one-line message, whether the run can resume as it
-    is (a full or read-only disk: the launcher then adds the checkpoint and the command), and `peer`:
-    the rank whose error this one stopped for (None: this rank's own error)."""
-    from gptkit.fsutil import write_json_atomic
-
-    d = Path(run_dir) / ERRORS_DIR
-    d.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(d / f"rank{rank}.json", {"message": message, "resumable": resumable, "peer": peer})
-
-
-def error_ranks(run_dir: Path) -> dict[int, dict]:
-    """The ranks with a record in RUN/.errors, and the records (unreadable ones: {})."""
-    import json
-
-    out: dict[int, dict] = {}
-    try:
-        files = list((Path(run_dir) / ERRORS_DIR).glob("rank*.json"))
-    except OSError:
-        return out
-    for f in files:
-        if not f.stem[4:].isdigit():
-            continue
-        try:
-            out[int(f.stem[4:])] = json.loads(f.read_text())
-        except (OSError, ValueError):
-            out[int(f.stem[4:])] = {}
-    return out
-
-
-def wait_for_peers(run_dir: Path, world_size: int, grace: float = PEER_GRACE_S) -> None:
-    """Until every rank has a record (its own error, or its note that it stopped for a peer's), or `grace`."""
-    import time
-
-    deadline = time.monotonic() + grace
-    while len(error_ranks(run_dir)) < world_size and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +88,8 @@ def _run(run_dir: Path, rank: int) -> int:
 
 
 def _fail(run_dir: Path, rank: int, message: str, collective: bool, resumable: bool = False) -> int:
+    from gptkit.train.failures import wait_for_peers, write_error
+
     if os.environ.get(LAUNCHER_ENV):
         try:
             write_error(run_dir, rank, message, resumable)

@@ -30,9 +30,9 @@ class Outcome:
 
 
 def worker_errors(run_dir: Path) -> list[dict]:
-    """The workers' own errors (gptkit.train.main.write_error), by rank: {"message", "resumable"}. The
+    """The workers' own errors (gptkit.train.failures.write_error), by rank: {"message", "resumable"}. The
     notes of ranks that stopped because another failed are left out: the cause is that one's."""
-    from gptkit.train.main import error_ranks
+    from gptkit.train.failures import error_ranks
 
     found = error_ranks(run_dir)
     return [found[r] for r in sorted(found) if found[r].get("message") and found[r].get("peer") is None]

@@ -123,7 +123,7 @@ class Watchdog:
                 self._fire(waited)
 
     def _leave_if_a_peer_failed(self) -> None:
-        from gptkit.train.main import error_ranks, write_error
+        from gptkit.train.failures import error_ranks, write_error
 
         failed = {r: e for r, e in error_ranks(self.run_dir).items() if r != self.rank and e.get("peer") is None}
         if not failed or self._stop.is_set():  # stopped: this rank failed itself and says so
