@@ -153,6 +153,29 @@ def test_an_epoch_of_steps_reads_every_window_once_shuffled_within_chunks(toy, m
     assert np.array_equal(again.get(7 * 4 * T, 0), tb.get(7 * 4 * T, 0))
 
 
+def test_the_batch_copier_gives_the_rows_through_reused_buffers_unpinned_on_the_cpu(toy):
+    """The copy path the trainer runs (on CUDA: pinned buffers, non-blocking copies), here on the CPU
+    with pinning skipped: the same inputs and targets as the rows, two host buffers reused in turn,
+    and a refilled buffer never changes a batch already handed out."""
+    import torch
+
+    from gptkit.train.data import BatchCopier, TokenStream, TrainBatches
+
+    _, train, _ = toy
+    T = 16
+    tb = TrainBatches(TokenStream(train, eot=0, seed=3), T, 4, 0, 1)
+    copier = BatchCopier(tb, torch.device("cpu"))
+    assert len(copier.host) == 2 and not any(h.is_pinned() for h in copier.host)
+    storages = {h.data_ptr() for h in copier.host}
+    got = [copier.get(pos, m) for pos in (0, 4 * T, 8 * T) for m in (0, 1)]  # 6 batches through 2 buffers
+    want = [tb.get(pos, m) for pos in (0, 4 * T, 8 * T) for m in (0, 1)]
+    for (x, y), rows in zip(got, want, strict=True):
+        assert x.dtype == y.dtype == torch.int64 and x.is_contiguous() and y.is_contiguous()
+        assert np.array_equal(x.numpy(), rows[:, :-1]) and np.array_equal(y.numpy(), rows[:, 1:])
+        assert x.data_ptr() not in storages and y.data_ptr() not in storages  # copies, not views
+    assert {h.data_ptr() for h in copier.host} == storages and copier.done == [None, None]
+
+
 def test_validation_rows_are_split_across_ranks_without_overlap(toy):
     from gptkit.train.data import TokenStream, val_rows
 

@@ -206,14 +206,54 @@ class TrainBatches:
         perm = _cached(self._perms, (epoch, c), make, 4)
         return epoch * self.stream.total + (c * self.chunk + int(perm[j])) * self.seq_len
 
-    def get(self, data_pos: int, micro_step: int) -> np.ndarray:
-        """(micro_batch, seq_len + 1) int64: inputs are [:, :-1], targets [:, 1:]."""
+    def get(self, data_pos: int, micro_step: int, out: np.ndarray | None = None) -> np.ndarray:
+        """(micro_batch, seq_len + 1) int64: inputs are [:, :-1], targets [:, 1:]. `out`: fill that
+        array (BatchCopier's host buffer) instead of a new one."""
         T, B = self.seq_len, self.micro_batch
         first = data_pos // T + (micro_step * self.world_size + self.rank) * B
-        buf = np.empty((B, T + 1), dtype=np.int64)
+        buf = np.empty((B, T + 1), dtype=np.int64) if out is None else out
         for b in range(B):
             self.stream.read(self.window_start(first + b) + data_pos % T, buf[b])
         return buf
+
+
+class BatchCopier:
+    """Micro-batches from the host to the training device, as (inputs, targets).
+
+    On CUDA the rows are read straight into page-locked (pinned) host buffers and copied with
+    non_blocking=True: a copy from pageable memory is staged through a driver buffer and makes the
+    host wait for the GPU every micro-step, while a pinned one is a DMA the host queues and moves on
+    from. The buffer is reused only once the copy out of it has finished (a CUDA event per buffer; two
+    buffers, so the next micro-step's rows are read while the last copy runs). On the CPU nothing is
+    pinned (there is no device copy; pinning needs CUDA) and the same path runs, the "copy" to the CPU
+    being the tensor itself; the inputs and targets are contiguous copies either way, so a buffer can
+    be refilled at once.
+    """
+
+    def __init__(self, batches: TrainBatches, device: Any, slots: int = 2):
+        import torch
+
+        self.batches, self.device = batches, device
+        self.cuda = device.type == "cuda"
+        shape = (batches.micro_batch, batches.seq_len + 1)
+        self.host = [torch.empty(shape, dtype=torch.int64, pin_memory=self.cuda) for _ in range(slots)]
+        self.done: list[Any] = [None] * slots  # CUDA only: the event after the last copy out of each buffer
+        self.next = 0
+
+    def get(self, data_pos: int, micro_step: int) -> tuple[Any, Any]:
+        import torch
+
+        i = self.next
+        self.next = (i + 1) % len(self.host)
+        if self.done[i] is not None:
+            self.done[i].synchronize()  # that buffer's last copy has left it
+        host = self.host[i]
+        self.batches.get(data_pos, micro_step, out=host.numpy())
+        t = host.to(self.device, non_blocking=self.cuda)
+        if self.cuda:
+            self.done[i] = torch.cuda.Event()
+            self.done[i].record()
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
 def val_rows(stream: TokenStream, seq_len: int, budget_tokens: int, rank: int, world_size: int, micro_batch: int):

@@ -23,7 +23,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gptkit.checkpoint import (
@@ -106,6 +105,7 @@ class Trainer:
         self.batches = datamod.TrainBatches(
             self.train_stream, cfg.seq_len, plan.micro_batch, dist.rank, dist.world_size
         )
+        self.copier = datamod.BatchCopier(self.batches, self.device)  # pinned, non-blocking on CUDA
 
         # Model: same initial weights on every rank (DDP would broadcast rank 0's anyway).
         torch.manual_seed(cfg.seed)
@@ -270,12 +270,6 @@ class Trainer:
         return prompt + text
 
     # --- one optimizer step ----------------------------------------------------------------------
-    def _to_device(self, buf: np.ndarray):
-        t = torch.from_numpy(buf)
-        if self.device.type == "cpu":
-            return t[:, :-1].contiguous(), t[:, 1:].contiguous()
-        return t[:, :-1].to(self.device).contiguous(), t[:, 1:].to(self.device).contiguous()
-
     def train_step(self) -> tuple[float, float, float]:
         """One optimizer step over the global batch. Returns (loss, grad norm, lr)."""
         cfg, plan = self.cfg, self.plan
@@ -295,7 +289,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(plan.grad_accum):
-            x, y = self._to_device(self.batches.get(self.data_pos, micro))
+            x, y = self.copier.get(self.data_pos, micro)
             last = micro == plan.grad_accum - 1
             # Gradients are reduced once per step: only the last micro-step syncs.
             with self.parallel.accumulating(last):
