@@ -26,6 +26,7 @@ POINTS: dict[str, str] = {
     "train.step_sleep": "seconds each training step sleeps (to be killed or interrupted mid-run)",
     "train.stall_rank": "this rank stops making progress (sleeps for good) after step train.stall_step",
     "train.stall_step": "the step after which train.stall_rank stalls (default 3)",
+    "train.oom": "a training phase (train|evaluation|hellaswag|sample) raises CUDA's out-of-memory error, on any device",
     "mirror.error_rate": "fraction of mirror requests answered with a 5xx",
     "mirror.cut_rate": "fraction of mirror file bodies cut short (connection closed)",
     "mirror.rate_limit": "bytes/s per mirror response (slow transfers)",

@@ -190,6 +190,43 @@ def test_grad_clip_0_means_no_clipping(gptkit_home, trains):
     assert not torch.allclose(weights[0.0], weights[0.01])  # clipping does act at a small bound
 
 
+def test_out_of_memory_in_every_phase_is_one_line_with_what_to_change(gptkit_home, trains, monkeypatch):
+    """CUDA out of memory (raised here by the fault point train.oom, as a GPU would) in evaluation,
+    HellaSwag and sampling gets a line with the fix, as the training step does, never a traceback;
+    and it is this rank's alone (peers stop for it). The real CUDA error: scripts/gpu_check.py."""
+    from gptkit.train.dist import Dist, TrainingError
+    from gptkit.train.trainer import Trainer
+
+    make_dataset(gptkit_home / "shards" / "toy")
+    hs = gptkit_home / "data" / "hellaswag" / "val.jsonl"
+    hs.parent.mkdir(parents=True)
+    hs.write_text(json.dumps({"ctx": "a cat", "endings": ["sat", "ran", "is", "jumps"], "label": 1}) + "\n")
+    flags = dict(seq_len=32, batch_tokens=256, micro_batch=4, eval_tokens=256, precision="fp32", max_steps=2)
+    cadence = dict(eval_every=1, hellaswag_every=1, sample_every=1, sample_tokens=4, log_every=1)
+    want = {
+        "train": "CUDA out of memory at --micro-batch 4; try --micro-batch 2 (gradient accumulation keeps the "
+        "global batch at 256 tokens)",
+        "evaluation": "CUDA out of memory in evaluation (its batches have --micro-batch rows too) at --micro-batch 4; "
+        "try --micro-batch 2 (",
+        "hellaswag": "CUDA out of memory in HellaSwag (beside what the training steps keep) at --micro-batch 4; try "
+        "--micro-batch 2 (",
+        "sample": "CUDA out of memory while sampling 4 tokens (beside what the training steps keep) at --micro-batch 4",
+    }
+    ends = {"hellaswag": "; or turn it off with --hellaswag-every 0", "sample": "; or --sample-tokens 0"}
+    for phase, line in want.items():
+        o = C.TrainOverrides(preset="tiny", data="toy", **flags, **cadence)
+        tr = Trainer(prepare(o, C.LaunchOverrides(gpus=0, nproc=1), out=gptkit_home / f"oom-{phase}"), Dist("cpu"))
+        monkeypatch.setenv("GPTKIT_FAULTS", f"train.oom={phase}")
+        with pytest.raises(TrainingError) as e:
+            tr.fit()
+        monkeypatch.delenv("GPTKIT_FAULTS")
+        msg = str(e.value)
+        assert msg.startswith(line) and msg.endswith(ends.get(phase, "tokens)")) and "\n" not in msg, (phase, msg)
+        assert e.value.collective is False
+        done = [m for m in read_metrics(Path(tr.run_dir)) if "loss" in m]
+        assert len(done) == (1 if phase == "sample" else 0), phase  # a sample comes after a step
+
+
 def test_trainer_saves_and_restores_its_grad_scaler(gptkit_home, trains):
     """fp16 resume: the scaler's scale and growth tracker go into the checkpoint and back. fp16 is
     refused on CPU, so the (real, CPU) GradScaler is given to fp32 trainers by hand."""

@@ -20,11 +20,13 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from gptkit import faults
 from gptkit.checkpoint import (
     load_checkpoint,
     model_from_state_dict,
@@ -363,7 +365,6 @@ class Trainer:
                 f"{d.world_size} procs x {self.plan.micro_batch} x {cfg.seq_len} x {self.plan.grad_accum} accum"
                 + (f" | resumed at step {self.step}" if self.rr.resume_from else "")
             )
-        oom = (torch.cuda.OutOfMemoryError,) if self.device.type == "cuda" else ()
         dt_avg = None
         start = self.step
         try:
@@ -371,18 +372,21 @@ class Trainer:
                 done = self.step >= cfg.max_steps
                 if cfg.eval_tokens and (self.step % cfg.eval_every == 0 or done):
                     self.watchdog.phase("evaluation")
-                    rep.event(self.step, val_loss=self.val_loss())
+                    with self.out_of_memory("evaluation"):
+                        val = self.val_loss()
+                    rep.event(self.step, val_loss=val)
                 if examples and (self.step % cfg.hellaswag_every == 0 or done):
                     self.watchdog.phase("hellaswag")
-                    r = hellaswag.evaluate(
-                        self.model,
-                        examples,
-                        tokenizer,
-                        device=self.device,
-                        autocast=self.precision.autocast,
-                        rank=d.rank,
-                        world_size=d.world_size,
-                    )
+                    with self.out_of_memory("hellaswag"):
+                        r = hellaswag.evaluate(
+                            self.model,
+                            examples,
+                            tokenizer,
+                            device=self.device,
+                            autocast=self.precision.autocast,
+                            rank=d.rank,
+                            world_size=d.world_size,
+                        )
                     rep.event(
                         self.step,
                         hellaswag=r["acc_norm_token"],
@@ -395,24 +399,16 @@ class Trainer:
                     self.watchdog.phase("sample")  # every rank: the others wait for rank 0
                     if d.master or not self.parallel.replicated:  # sharded weights: every rank decodes
                         with d.alone() if self.parallel.replicated else contextlib.nullcontext():
-                            text = self.sample(prompt)
+                            with self.out_of_memory("sample"):
+                                text = self.sample(prompt)
                             rep.event(self.step, sample=text)
                 if done:
                     break
                 if self.compiled and self.step == start:
                     self.watchdog.phase("compile")
                 t0 = time.perf_counter()
-                try:
+                with self.out_of_memory("train"):
                     loss, gnorm, lr = self.train_step()
-                except oom:
-                    # CUDA only: the micro-batch is what decides activation memory; accumulation keeps
-                    # the global batch the same, so halving it changes nothing but speed.
-                    mb = self.plan.micro_batch
-                    raise TrainingError(
-                        f"CUDA out of memory at --micro-batch {mb}; try --micro-batch {max(1, mb // 2)} "
-                        f"(gradient accumulation keeps the global batch at {cfg.batch_tokens} tokens)",
-                        collective=False,
-                    ) from None
                 dt = time.perf_counter() - t0
                 self.watchdog.beat(self.step, dt)
                 _hook_after_step(self.step, d.rank)
@@ -440,6 +436,37 @@ class Trainer:
         finally:
             rep.close()
 
+    @contextlib.contextmanager
+    def out_of_memory(self, phase: str) -> Iterator[None]:
+        """CUDA out of memory in `phase` (train, evaluation, hellaswag, sample) as one line saying what
+        to change; one rank's alone (peers stop for it: train/failures.py). The fault point
+        train.oom=PHASE raises it on any device, as a micro-batch too large for the GPU would."""
+        try:
+            if faults.value("train.oom") == phase:
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (fault point train.oom={phase})")
+            yield
+        except torch.cuda.OutOfMemoryError:  # only CUDA raises it (and the fault point)
+            raise TrainingError(self.out_of_memory_line(phase), collective=False) from None
+
+    def out_of_memory_line(self, phase: str) -> str:
+        # The micro-batch decides the activation memory of a step (and the rows of an evaluation
+        # batch); what the caching allocator keeps from the step is what evaluation and sampling
+        # then run beside. Accumulation keeps the global batch, so halving it changes only speed.
+        mb, cfg = self.plan.micro_batch, self.cfg
+        smaller = (
+            f"try --micro-batch {mb // 2} (gradient accumulation keeps the global batch at {cfg.batch_tokens} tokens)"
+            if mb > 1
+            else f"--micro-batch is 1 already: try a smaller --preset or --seq-len than {cfg.seq_len}"
+        )
+        where = {
+            "train": "",
+            "evaluation": " in evaluation (its batches have --micro-batch rows too)",
+            "hellaswag": " in HellaSwag (beside what the training steps keep)",
+            "sample": f" while sampling {cfg.sample_tokens} tokens (beside what the training steps keep)",
+        }[phase]
+        off = {"hellaswag": "; or turn it off with --hellaswag-every 0", "sample": "; or --sample-tokens 0"}
+        return f"CUDA out of memory{where} at --micro-batch {mb}; {smaller}{off.get(phase, '')}"
+
     def _hellaswag_setup(self, rep: Reporter):
         cfg = self.cfg
         if not cfg.hellaswag_every:
@@ -459,8 +486,6 @@ class Trainer:
 def _hook_after_step(step: int, rank: int) -> None:
     """Fault points (gptkit.faults): train.step_sleep slows every step, so a test can kill a
     run mid-way; train.stall_rank stops one rank for good, as a hang would."""
-    from gptkit import faults
-
     delay = faults.number("train.step_sleep")
     if delay:
         time.sleep(delay)
