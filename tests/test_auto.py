@@ -75,12 +75,14 @@ def test_bare_train_on_cpu_is_auto_sized_and_recorded(gptkit_home, tmp_path):
     write_run_config(rr)
     saved = json.loads((gptkit_home / "runs" / "auto" / "config.json").read_text())
     assert saved["train"]["max_steps"] == rr.train.max_steps and saved["auto"] == rr.extra["auto"]
-    # an explicit preset or a sizing flag means the user sized the run: no auto-sizing
+    # an explicit preset means the user sized the run: no auto-sizing
     assert "auto" not in prepare(C.TrainOverrides(preset="tiny"), C.LaunchOverrides(gpus=0), name="p").extra
+    # a batch of one's own is kept and the rest still sized for the CPU (it fell back to gpt2's 19,073 steps)
     rr = prepare(C.TrainOverrides(seq_len=64, batch_tokens=64 * 16), C.LaunchOverrides(gpus=0), name="s")
-    assert "auto" not in rr.extra and rr.train.preset == "gpt2"
+    assert "auto" in rr.extra and rr.train.preset == "tiny" and rr.train.batch_tokens == 1024
+    assert rr.train.max_steps < 2000 and rr.train.warmup_steps < rr.train.max_steps // 10 + 1
     rr = prepare(C.TrainOverrides(micro_batch=4), C.LaunchOverrides(gpus=0), name="m")
-    assert "auto" not in rr.extra
+    assert "auto" in rr.extra and rr.train.micro_batch == 4 and rr.train.preset == "tiny"
 
 
 def test_a_shape_of_one_s_own_is_kept_and_only_the_recipe_is_sized():
@@ -145,7 +147,7 @@ def test_warnings_for_tiny_data_and_the_gpt2_recipe_on_cpu(gptkit_home):
     prepare(C.TrainOverrides(preset="gpt2"), C.LaunchOverrides(gpus=0), name="g", warn=warnings.append)
     assert len(warnings) == 2 and all("\n" not in w for w in warnings)
     # The model of the recipe with the data's vocabulary (the toy's: 256 tokens).
-    assert "the --preset gpt2 recipe on CPU: 86.0M parameters" in warnings[0]
+    assert "the --preset gpt2 recipe on CPU: 86.0M parameters" in warnings[0] and "over an hour" in warnings[0]
     assert "days" in warnings[0] or " h" in warnings[0]
     assert "fewer than 3 batches" in warnings[1]
     warnings.clear()
@@ -155,3 +157,11 @@ def test_warnings_for_tiny_data_and_the_gpt2_recipe_on_cpu(gptkit_home):
     small = C.TrainOverrides(n_layer=2, n_head=2, n_embd=32, seq_len=32, batch_tokens=256, max_steps=10)
     prepare(small, C.LaunchOverrides(gpus=0), name="s", warn=warnings.append)
     assert not any("recipe on CPU" in w for w in warnings), warnings
+    # any preset's recipe stretched past an hour says so, as does an auto-sized run given many steps
+    prepare(
+        C.TrainOverrides(preset="small", max_steps=200_000), C.LaunchOverrides(gpus=0), name="l", warn=warnings.append
+    )
+    assert any("the --preset small recipe on CPU" in w and "fewer --max-steps" in w for w in warnings), warnings
+    warnings.clear()
+    prepare(C.TrainOverrides(max_steps=10_000_000), C.LaunchOverrides(gpus=0), name="a", warn=warnings.append)
+    assert any(w.startswith("this CPU run is planned at ~") and "over an hour" in w for w in warnings), warnings

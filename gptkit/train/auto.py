@@ -1,8 +1,8 @@
 """A CPU-sized run for a bare `gptkit train` on a machine without a GPU.
 
 The GPT-2 recipe (124M parameters, 10B tokens) would take months on a laptop. Without a GPU and
-without --preset (or a batch size / micro-batch of the user's), the run is sized from the data and
-the machine; a model shape (--n-layer ...) and --seq-len of the user's are kept and timed as given:
+without --preset, the run is sized from the data and the machine; a model shape (--n-layer ...),
+--seq-len and a batch (--batch-tokens, --micro-batch) of the user's are kept and timed as given:
 
 - the model: `small` (4 layers, 256 wide) when the data has at least SMALL_MIN_TOKENS training
   tokens and the machine does at least SMALL_MIN_STEPS of it in the time budget; else `tiny`
@@ -89,12 +89,15 @@ def choose(
     max_steps: int | None = None,
     shape: dict | None = None,
     seq_len: int | None = None,
+    batch_tokens: int | None = None,
+    micro_batch: int | None = None,
 ) -> AutoChoice:
     """Pick the run. `timer(model_config, seq_len) -> seconds per row` (default: time the real model).
     max_steps: the user's; the model and batch are still picked, the schedule scaled to it.
     shape: GPTConfig fields the user gave (--n-layer ...): that model is timed and trained, and only
     the recipe (sequence length, batch, steps) is picked; a sequence never exceeds its block size.
-    seq_len: the user's --seq-len, used instead of the recipe's."""
+    seq_len: the user's --seq-len, used instead of the recipe's. batch_tokens, micro_batch: the user's
+    batch (nanoGPT's CPU recipe gives both): kept, and the rest (model, steps, schedule) sized around it."""
     from gptkit.train.estimate import human_count, human_duration, param_count, time_cpu_step
 
     timer = timer or (lambda mc, T: time_cpu_step(mc, T, precision).row_s)
@@ -108,25 +111,27 @@ def choose(
         mc = get_preset(name).with_vocab(machine.vocab_size)
         if shape:
             T = min(T, shape.get("block_size") or T)
-        batch_tokens = base["batch_tokens"]
-        if T != base["seq_len"]:  # about the recipe's tokens, in whole micro-batches of T-token rows
-            unit = T * machine.processes * base["micro_batch"]
-            batch_tokens = max(1, round(batch_tokens / unit)) * unit
+        batch = base["batch_tokens"]
+        if batch_tokens:
+            batch = batch_tokens
+        elif T != base["seq_len"] or micro_batch:  # about the recipe's tokens, in whole micro-batches of T-token rows
+            unit = T * machine.processes * (micro_batch or base["micro_batch"])
+            batch = max(1, round(batch / unit)) * unit
         if shape or seq_len:
             mc = replace(mc, **{"block_size": T, **(shape or {})})
         n_params = param_count(mc)
         tok_per_s = T / timer(mc, T)
-        if last or tok_per_s * TARGET_SECONDS / batch_tokens >= SMALL_MIN_STEPS:
-            chosen = (name, mc, n_params, T, batch_tokens, tok_per_s)
+        if last or tok_per_s * TARGET_SECONDS / batch >= SMALL_MIN_STEPS:
+            chosen = (name, mc, n_params, T, batch, tok_per_s)
             break
     assert chosen is not None
-    name, mc, n_params, T, batch_tokens, tok_per_s = chosen
-    steps = max_steps or steps_for(machine.train_tokens, n_params, batch_tokens, tok_per_s)
-    rows_per_rank = batch_tokens // T // machine.processes or 1
+    name, mc, n_params, T, batch, tok_per_s = chosen
+    steps = max_steps or steps_for(machine.train_tokens, n_params, batch, tok_per_s)
+    rows_per_rank = batch // T // machine.processes or 1
     free = machine.free_ram // machine.processes if machine.free_ram else None
-    mb = fit_micro_batch(mc, n_params, T, rows_per_rank, TRAIN_PRESETS[name]["micro_batch"], free)
-    settings = dict(schedule_for(steps), micro_batch=mb, seq_len=T, batch_tokens=batch_tokens)
-    total = steps * batch_tokens
+    mb = micro_batch or fit_micro_batch(mc, n_params, T, rows_per_rank, TRAIN_PRESETS[name]["micro_batch"], free)
+    settings = dict(schedule_for(steps), micro_batch=mb, seq_len=T, batch_tokens=batch)
+    total = steps * batch
     est = total / tok_per_s
     epochs = total / max(1, machine.train_tokens)
     if name != CANDIDATES[-1] or machine.train_tokens < SMALL_MIN_TOKENS:
@@ -136,7 +141,7 @@ def choose(
     what = f"your {mc.shape} model with the {name} recipe" if shape else name
     line = (
         f"no GPU, no --preset: {what} ({human_count(n_params)} params; {why}), {steps} steps x "
-        f"{batch_tokens:,} tokens ({epochs:.1f} epochs), ~{human_duration(est)} at a measured "
+        f"{batch:,} tokens ({epochs:.1f} epochs), ~{human_duration(est)} at a measured "
         f"{human_count(tok_per_s)} tok/s; --preset gpt2 for the 124M recipe"
     )
     return AutoChoice(name, settings, tok_per_s, est, line)

@@ -39,6 +39,7 @@ MAX_TIMED_ROWS = 16  # the timed CPU micro-batch grows to this many rows at most
 TIMED_PASS_S = 0.25  # ... until one forward/backward takes this long
 TIMED_TRIES = 3
 TIMED_SECONDS = 1.0
+LONG_CPU_RUN_S = 3600  # a CPU run planned at more than this says so before it starts (resolve, plan)
 MEMORY_HEADROOM = 0.8  # a plan "fits" when its estimate is under this fraction of the free memory
 
 

@@ -21,6 +21,7 @@ from gptkit.model import GPTConfig
 from gptkit.train.config import Settled
 from gptkit.train.estimate import (
     GPT2_VOCAB,
+    LONG_CPU_RUN_S,
     Memory,
     flops_per_token,
     free_ram,
@@ -154,6 +155,8 @@ def plan_of(
         basis = "not measured"
     if step_s is not None:
         wall_s = step_s * cfg.max_steps
+        if device == "cpu" and wall_s > LONG_CPU_RUN_S:
+            warnings.append(f"this CPU run is planned at ~{human_duration(wall_s)}, over an hour")
     total = cfg.batch_tokens * cfg.max_steps
     return RunPlan(
         preset=cfg.preset,

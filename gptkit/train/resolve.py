@@ -182,14 +182,12 @@ def check_port(addr: str, port: int) -> None:
 
 
 # --- resolving a run -----------------------------------------------------------------------------
-SIZING_KEYS = ("batch_tokens", "micro_batch")  # given either, the user sized the run (--seq-len alone is timed)
 WARMUP_CAP = 0.1  # a preset's warmup is at most this fraction of the steps unless warmup is given
 SMALL_DATA_BATCHES = 3  # fewer training tokens than this many batches: warn
 # CPU MFU assumed for the one-line time estimate of a GPT-2-sized run on CPU (the plan measures
 # instead). A 124M step is mostly large matmuls: one row timed on 2 busy cores ran at the rate the
 # matmul peak measured then; half of it keeps the estimate on the safe side.
 ASSUMED_CPU_MFU = 0.5
-CPU_WARN_SECONDS = 3600  # the GPT-2 recipe's defaults, shrunk by flags to less than this, are not warned about
 
 
 def _given(overrides: TrainOverrides, file_train: dict, key: str) -> bool:
@@ -284,7 +282,9 @@ def settle_config(
     choice = None
     init_from = overrides.init_from or file_train.get("init_from")
     init_model = found.weights(init_from)[1] if init_from and fresh else None
-    auto_ok = preset is None and fresh and not any(_given(overrides, file_train, k) for k in SIZING_KEYS)
+    # The batch, a shape or --seq-len of the user's are kept; the rest is still sized for the CPU
+    # (a bare batch would otherwise fall back to the gpt2 preset's 19,073-step schedule).
+    auto_ok = preset is None and fresh
     if auto_ok and device_type == "cpu" and size is not None:
         from gptkit.train.estimate import free_ram
 
@@ -305,6 +305,8 @@ def settle_config(
             max_steps=overrides.max_steps or file_train.get("max_steps"),
             shape=shape,
             seq_len=overrides.seq_len or file_train.get("seq_len"),
+            batch_tokens=overrides.batch_tokens or file_train.get("batch_tokens"),
+            micro_batch=overrides.micro_batch or file_train.get("micro_batch"),
         )
         preset = choice.preset
         if not plan_only:
@@ -369,9 +371,18 @@ def settle_config(
     validate(cfg)  # before anything builds on it (the CPU estimate builds the model's config)
 
     # (no data: the run fails on that in one line below, without this warning first)
-    cpu_gpt2 = device_type == "cpu" and preset.startswith("gpt2") and size is not None
-    if ckpt is None and restart is None and choice is None and cpu_gpt2 and not plan_only:
-        line = gpt2_on_cpu_warning(cfg, size[0] if size else 50257, found)
+    # Any CPU run planned at over LONG_CPU_RUN_S says so before it starts (a plan shows its time).
+    if ckpt is None and device_type == "cpu" and size is not None and not plan_only:
+        line = None
+        from gptkit.train.estimate import LONG_CPU_RUN_S, human_duration
+
+        if choice is not None and choice.est_seconds > LONG_CPU_RUN_S:
+            line = (
+                f"this CPU run is planned at ~{human_duration(choice.est_seconds)}, over an hour "
+                f"({cfg.max_steps:,} steps); fewer --max-steps shortens it"
+            )
+        elif choice is None and restart is None:
+            line = long_cpu_run_warning(cfg, size[0], found)
         if line:
             warn(line)
     if ckpt is None and size is not None and size[1] < SMALL_DATA_BATCHES * cfg.batch_tokens:
@@ -430,25 +441,27 @@ def model_config(cfg: TrainConfig, vocab: int, found: Found | None = None):
     return GPTConfig(**model_settings(resolve_shape(cfg))).with_vocab(vocab)
 
 
-def gpt2_on_cpu_warning(cfg: TrainConfig, vocab: int, found: Found | None = None) -> str | None:
-    """One line: the GPT-2 recipe asked for on a CPU, with its estimated time (no timing run); None
-    when the flags given have shrunk it to a CPU-sized run (under CPU_WARN_SECONDS)."""
+def long_cpu_run_warning(cfg: TrainConfig, vocab: int, found: Found | None = None) -> str | None:
+    """One line: a preset's recipe on a CPU estimated (no timing run) at over LONG_CPU_RUN_S, such
+    as GPT-2's; None when it is shorter (a small preset, or flags that shrank the recipe)."""
     import torch
 
     from gptkit.device import resolve_precision
-    from gptkit.train.estimate import flops_per_token, human_duration, param_count
+    from gptkit.train.estimate import LONG_CPU_RUN_S, flops_per_token, human_count, human_duration, param_count
     from gptkit.train.mfu import cpu_peak_flops
 
     mc = model_config(cfg, vocab, found)
     n = param_count(mc)
     peak = cpu_peak_flops(resolve_precision(cfg.precision, torch.device("cpu")).name)
     seconds = flops_per_token(mc, cfg.seq_len) * cfg.batch_tokens * cfg.max_steps / (peak * ASSUMED_CPU_MFU)
-    if seconds < CPU_WARN_SECONDS:
+    if seconds < LONG_CPU_RUN_S:
         return None
+    fix = "no --preset sizes a run for this CPU" if cfg.preset.startswith("gpt2") else "fewer --max-steps shortens it"
     return (
-        f"the --preset {cfg.preset} recipe on CPU: {n / 1e6:.1f}M parameters x {cfg.batch_tokens * cfg.max_steps / 1e9:.1f}B "
-        f"tokens would take ~{human_duration(seconds)} here (at {ASSUMED_CPU_MFU:.0%} of the measured "
-        f"{peak / 1e9:.0f} GFLOP/s); `gptkit train --plan` measures, no --preset sizes a run for this CPU"
+        f"the --preset {cfg.preset} recipe on CPU: {n / 1e6:.1f}M parameters x "
+        f"{human_count(cfg.batch_tokens * cfg.max_steps)} tokens would take ~{human_duration(seconds)} here, over an "
+        f"hour (at {ASSUMED_CPU_MFU:.0%} of the measured {peak / 1e9:.0f} GFLOP/s); `gptkit train --plan` measures, "
+        f"{fix}"
     )
 
 
