@@ -189,30 +189,169 @@ def reference_decode(model: GPT, idx: torch.Tensor, n: int, sample: Sampler) -> 
         yield token
 
 
+def _runs(rows: list[int]) -> list[slice]:
+    """Sorted row numbers -> the contiguous slices they form ([0, 1, 2, 5] -> 0:3, 5:6)."""
+    out: list[slice] = []
+    for r in rows:
+        if out and out[-1].stop == r:
+            out[-1] = slice(out[-1].start, r + 1)
+        else:
+            out.append(slice(r, r + 1))
+    return out
+
+
+class DecodeBatch:
+    """Sequences decoding together: one forward per step for all of them, each at its own position.
+
+    `gptkit serve` keeps its active requests in one (a request joins between two steps and leaves when
+    it is done); `cached_decode`, and so `gptkit sample`, its --num-samples rows. Decoding one token
+    reads every weight once whatever the batch, so n rows cost about what one does, until the
+    matrix products stop being bound by memory.
+
+    The rows are 0..n-1 of a KV cache sized for `capacity`: a new row is prefilled at n, a finished
+    one is replaced by the last (its cache moved), so a step is one forward over a view of the first n
+    rows (gptkit.model.KVCache.rows). Rows at one position decode with the plain integer position,
+    exactly as a single sequence does; rows at different ones with per-row positions and a mask
+    (model.RowPositions). Past the context each row's window restarts on its own, by the module
+    docstring's rule, so a row's tokens are those it would get alone. Each row has its sampler (a
+    request's temperature, top-k, top-p and seeded generator); rows sharing one are sampled in one
+    call, as `sample`'s rows always were.
+    """
+
+    def __init__(self, model: GPT, capacity: int, max_len: int | None = None):
+        self.model = model
+        self.block = model.config.block_size
+        self.keep = window_keep(self.block)
+        self.capacity = capacity
+        device = model.get_parameter("transformer.wte.weight").device
+        model.setup_kv_cache(capacity, max_len=max_len or self.block)
+        self.caches = [b.attn.kv_cache for b in model.transformer.blocks()]
+        # Each row's window: the tokens its cache holds at positions 0..pos-1 (for restarts).
+        self.held = torch.zeros(capacity, self.block, dtype=torch.long, device=device)
+        self.last = torch.zeros(capacity, dtype=torch.long, device=device)  # each row's newest token
+        self.pos: list[int] = []  # where each row's newest token goes
+        self.samplers: list[Sampler] = []
+        self.keys: list[object] = []  # the caller's name for each row (a request), in row order
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def close(self) -> None:
+        self.model.clear_kv_cache()
+
+    def _rows(self, rows: slice) -> None:
+        for c in self.caches:
+            if c is not None:
+                c.rows = rows
+
+    def _sample(self, logits: torch.Tensor, start: int) -> torch.Tensor:
+        """(m, V) logits of rows start..start+m-1 -> their (m,) tokens, each by its row's sampler."""
+        samplers = self.samplers[start : start + logits.size(0)]
+        if all(s is samplers[0] for s in samplers):
+            return samplers[0](logits)
+        out = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
+        groups: dict[int, list[int]] = {}
+        for j, s in enumerate(samplers):
+            groups.setdefault(id(s), []).append(j)
+        for js in groups.values():
+            out[js] = samplers[js[0]](logits[js])
+        return out
+
+    def _prefill(self, start: int, windows: list[torch.Tensor]) -> torch.Tensor:
+        """Windows (each <= block tokens) into rows start.. from position 0 -> their first tokens.
+        Windows of different lengths are right-padded: causal attention keeps a row's own tokens from
+        seeing its padding, and the padding's cache entries are overwritten before they are read."""
+        lengths = [w.numel() for w in windows]
+        T = max(lengths)
+        if all(t == T for t in lengths):
+            idx = torch.stack(windows)  # (m, T)
+        else:
+            idx = torch.zeros(len(windows), T, dtype=torch.long, device=self.held.device)
+            for j, w in enumerate(windows):
+                idx[j, : w.numel()] = w
+        self._rows(slice(start, start + len(windows)))
+        logits, _ = self.model(idx, pos=0)  # (m, T, V)
+        if all(t == T for t in lengths):
+            last = logits[:, -1]
+        else:
+            last = logits[torch.arange(len(windows)), torch.tensor(lengths, device=logits.device) - 1]
+        tokens = self._sample(last, start)
+        for j, w in enumerate(windows):
+            self.held[start + j, : w.numel()] = w
+            self.pos[start + j] = w.numel()
+        self.last[start : start + len(windows)] = tokens
+        return tokens
+
+    def add(
+        self, prompts: list[torch.Tensor], samplers: list[Sampler], keys: list[object] | None = None
+    ) -> torch.Tensor:
+        """New rows, prefilled together (a prompt longer than the context keeps its last block_size
+        tokens) -> their first (m,) tokens."""
+        if len(self) + len(prompts) > self.capacity:
+            raise ValueError(f"{len(self) + len(prompts)} rows in a batch of {self.capacity}")
+        start = len(self)
+        self.pos += [0] * len(prompts)
+        self.samplers += samplers
+        self.keys += keys if keys is not None else [None] * len(prompts)
+        return self._prefill(start, [p.reshape(-1)[-self.block :] for p in prompts])
+
+    def step(self) -> torch.Tensor:
+        """One new token for every row -> (n,), in row order (self.keys)."""
+        n, block, keep = len(self), self.block, self.keep
+        out = torch.empty(n, dtype=torch.long, device=self.last.device)
+        full = [i for i in range(n) if self.pos[i] == block]  # cache full: restart the window
+        if full:
+            windows = [torch.cat([self.held[i, block - keep + 1 :], self.last[i : i + 1]]) for i in full]
+            for run in _runs(full):
+                out[run] = self._prefill(run.start, windows[full.index(run.start) : full.index(run.stop - 1) + 1])
+        rest = [i for i in range(n) if i not in full] if full else list(range(n))
+        for run in _runs(rest):
+            a, b = run.start, run.stop
+            pos = self.pos[a:b]
+            token = self.last[a:b]
+            for i in range(a, b):
+                self.held[i, self.pos[i]] = self.last[i]
+            at: int | torch.Tensor = pos[0]
+            if any(p != pos[0] for p in pos):
+                at = torch.tensor(pos, device=token.device)
+            self._rows(slice(a, b))
+            with matvec_kernels(self.model, b - a):
+                logits, _ = self.model(token.view(-1, 1), pos=at)
+            out[a:b] = new = self._sample(logits[:, -1], a)
+            self.last[a:b] = new
+            for i in range(a, b):
+                self.pos[i] += 1
+        return out
+
+    def remove(self, key: object) -> None:
+        """Drop the row named `key`; the last row takes its place (its cache, window and state)."""
+        i, j = self.keys.index(key), len(self) - 1
+        if i != j:
+            p = self.pos[j]
+            for c in self.caches:
+                if c is not None:
+                    c.k[i, :, :p] = c.k[j, :, :p]
+                    c.v[i, :, :p] = c.v[j, :, :p]
+            self.held[i] = self.held[j]
+            self.last[i] = self.last[j]
+            self.pos[i], self.samplers[i], self.keys[i] = self.pos[j], self.samplers[j], self.keys[j]
+        del self.pos[j], self.samplers[j], self.keys[j]
+
+
 def cached_decode(model: GPT, idx: torch.Tensor, n: int, sample: Sampler) -> Generator[torch.Tensor]:
-    """n tokens with the KV cache, restarting the window when the cache is full (module docstring)."""
-    block = model.config.block_size
-    window = crop_prompt(idx, block)
+    """n tokens with the KV cache, restarting the window when the cache is full (module docstring):
+    the rows of idx as one DecodeBatch, sharing one sampler."""
+    window = crop_prompt(idx, model.config.block_size)
     B, T = window.shape
-    keep = window_keep(block)
-    model.setup_kv_cache(B, max_len=min(block, T + n))
+    batch = DecodeBatch(model, B, max_len=min(model.config.block_size, T + n))
     try:
-        # The window's tokens, the ones the cache holds at positions 0..pos-1 (for restarts).
-        held = torch.zeros(B, block, dtype=torch.long, device=idx.device)
-        held[:, :T] = window
-        token, pos = prefill(model, window, sample), T
+        token = batch.add(list(window), [sample] * B)
         yield token
         for _ in range(n - 1):
-            if pos == block:  # the cache is full: the last `keep` tokens again, at positions 0..keep-1
-                recent = torch.cat([held[:, block - keep + 1 :], token.view(-1, 1)], dim=1)  # (B, keep)
-                held[:, :keep] = recent
-                token, pos = prefill(model, recent, sample), keep
-            else:
-                held[:, pos] = token
-                token, pos = decode_one(model, token, pos, sample), pos + 1
+            token = batch.step()
             yield token
     finally:
-        model.clear_kv_cache()
+        batch.close()
 
 
 @torch.inference_mode()

@@ -151,13 +151,41 @@ class KVCache(nn.Module):
         shape = (batch_size, n_head, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # The batch rows the next forward reads and writes (a view, never a copy): a batch of
+        # requests (gptkit.generate.DecodeBatch) prefills a new row, or decodes its rows 0..n-1,
+        # in a cache sized for the most it will hold.
+        self.rows = slice(None)
 
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, nh, T, hs) at positions pos..pos+T; return all keys/values so far."""
+    def update(self, pos: int | RowPositions, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, nh, T, hs) at positions pos..pos+T; return all keys/values so far.
+        With RowPositions (T = 1), row b's token goes to its own position, and the keys returned
+        reach the furthest row (the others are masked past their own)."""
+        ck, cv = self.k[self.rows], self.v[self.rows]  # (B, nh, max_len, hs) views
+        if isinstance(pos, RowPositions):
+            rows = torch.arange(k.size(0), device=k.device)
+            ck[rows, :, pos.pos] = k[:, :, 0]
+            cv[rows, :, pos.pos] = v[:, :, 0]
+            return ck[:, :, : pos.length], cv[:, :, : pos.length]
         t = k.size(2)
-        self.k[:, :, pos : pos + t] = k
-        self.v[:, :, pos : pos + t] = v
-        return self.k[:, :, : pos + t], self.v[:, :, : pos + t]
+        ck[:, :, pos : pos + t] = k
+        cv[:, :, pos : pos + t] = v
+        return ck[:, :, : pos + t], cv[:, :, : pos + t]
+
+
+@dataclass
+class RowPositions:
+    """One decoding step of a batch whose rows are at different positions (requests of different
+    lengths decoded together): row b's one new token is at position pos[b]."""
+
+    pos: torch.Tensor  # (B,) long
+    length: int  # max(pos) + 1: the cached keys the furthest row attends to
+    mask: torch.Tensor  # (B, 1, 1, length) bool: True where row b may look (keys 0..pos[b])
+
+    @classmethod
+    def of(cls, pos: torch.Tensor) -> RowPositions:
+        length = int(pos.max()) + 1
+        keys = torch.arange(length, device=pos.device)
+        return cls(pos, length, (keys[None, :] <= pos[:, None]).view(pos.size(0), 1, 1, length))
 
 
 class ResidualProjection(nn.Linear):
@@ -175,7 +203,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: int | RowPositions = 0) -> torch.Tensor:
         B, T, C = x.size()
         hs = C // self.n_head
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
@@ -187,7 +215,9 @@ class CausalSelfAttention(nn.Module):
         is_causal = True
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(pos, k, v)  # (B, nh, pos+T, hs)
-            if pos > 0:
+            if isinstance(pos, RowPositions):  # rows at different positions: each sees its own past
+                is_causal, mask = False, pos.mask
+            elif pos > 0:
                 is_causal = False
                 if T > 1:
                     # A chunk after a cached prefix: row i sees the prefix and chunk rows <= i.
@@ -226,7 +256,7 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pos: int | RowPositions = 0) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), pos)
         x = x + self.mlp(self.ln_2(x))
         return x
@@ -292,25 +322,36 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def hidden(self, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, pos: int | torch.Tensor = 0) -> torch.Tensor:
         """idx (B, T) -> the final hidden states (B, T, C): everything before lm_head.
 
         The trainer uses it on CPU to fuse lm_head with the loss (gptkit/train/loss.py).
         """
         B, T = idx.size()
-        if pos + T > self.config.block_size:
-            raise ValueError(f"sequence of length {pos + T} exceeds block_size {self.config.block_size}")
-        positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
+        at: int | RowPositions = 0
+        if isinstance(pos, torch.Tensor):  # (B,): one decoding step, each row at its own position
+            if T != 1 or pos.shape != (B,):
+                raise ValueError(f"per-row positions take one token per row, got idx {tuple(idx.shape)}")
+            at = RowPositions.of(pos)
+            if at.length > self.config.block_size:
+                raise ValueError(f"position {at.length - 1} exceeds block_size {self.config.block_size}")
+            x = self.transformer.wte(idx) + self.transformer.wpe(pos).unsqueeze(1)  # (B, 1, C)
+        else:
+            if pos + T > self.config.block_size:
+                raise ValueError(f"sequence of length {pos + T} exceeds block_size {self.config.block_size}")
+            at = pos
+            positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)  # (T,)
+            x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, pos)
+            x = block(x, at)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int = 0):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, pos: int | torch.Tensor = 0):
         """idx (B, T) token ids -> logits (B, T, padded_vocab) and, with targets, the mean loss.
 
-        `pos` is the position of idx[:, 0]; it is non-zero only when decoding with a KV cache.
+        `pos` is the position of idx[:, 0]; it is non-zero only when decoding with a KV cache. A (B,)
+        tensor gives each row its own position (one token per row: a batch of requests decoding).
         """
         x = self.hidden(idx, pos)
         if targets is not None and self.head_loss is not None and self.training and torch.is_grad_enabled():

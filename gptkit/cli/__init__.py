@@ -11,7 +11,7 @@ import sys
 import typer
 
 from gptkit import __version__
-from gptkit.cli import convert, doctor, download, mirror, plot, sample, tokenize, train
+from gptkit.cli import convert, doctor, download, mirror, plot, sample, serve, tokenize, train
 from gptkit.cli import eval as eval_cmd
 from gptkit.cli.options import Command, Group
 from gptkit.deps import check_dependencies
@@ -60,6 +60,7 @@ app.command("sample", cls=HubCommand)(sample.sample)
 app.command("convert", cls=HubCommand)(convert.convert)
 app.command("plot", cls=Command)(plot.plot)
 app.command("eval", cls=HubCommand)(eval_cmd.eval_model)
+app.command("serve", cls=HubCommand)(serve.serve)
 
 
 def hub_commands() -> set[str]:
