@@ -73,6 +73,12 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ServeServer
 
+    def setup(self) -> None:
+        super().setup()
+        # Server-sent events are many small writes: without TCP_NODELAY each waits for the client's
+        # delayed ACK of the one before (40-200 ms on Linux), which capped a stream at a few tokens/s.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # no access log: nothing of a request (its key above all) reaches the terminal
 
