@@ -27,6 +27,8 @@ POINTS: dict[str, str] = {
     "train.stall_rank": "this rank stops making progress (sleeps for good) after step train.stall_step",
     "train.stall_step": "the step after which train.stall_rank stalls (default 3)",
     "train.oom": "a training phase (train|evaluation|hellaswag|sample) raises CUDA's out-of-memory error, on any device",
+    "train.kill_rank": "this rank SIGKILLs itself after step train.kill_step, in the first attempt only (restarts)",
+    "train.kill_step": "the step after which train.kill_rank dies (default 3)",
     "mirror.error_rate": "fraction of mirror requests answered with a 5xx",
     "mirror.cut_rate": "fraction of mirror file bodies cut short (connection closed)",
     "mirror.rate_limit": "bytes/s per mirror response (slow transfers)",

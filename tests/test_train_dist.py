@@ -362,3 +362,84 @@ def test_init_from_with_another_vocabulary_is_refused(home, tmp_path):
         launch("bad-init", nproc=1, init_from=str(tmp_path / "gpt2ck"))
     with pytest.raises(GptkitError, match="not a gptkit checkpoint"):
         launch("bad-init2", nproc=1, init_from=str(tmp_path))
+
+
+# --- the cluster: SLURM, restarts (issue 20) --------------------------------------------------------
+def slurm_step(node: int, nodes: int = 2) -> dict:
+    """What `srun -N2 --ntasks-per-node 1` sets on node NODE, for a job whose port is free now; the
+    nodelist's first name (the rendezvous host) resolves here: 127.0.0.1."""
+    import socket
+
+    from gptkit.train.slurm import job_port
+
+    job = 7000 + os.getpid() % 3000
+    while True:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", job_port(str(job))))
+                break
+            except OSError:
+                job += 1
+    return {
+        "SLURM_JOB_ID": str(job),
+        "SLURM_JOB_NUM_NODES": str(nodes),
+        "SLURM_JOB_NODELIST": f"127.0.0.[1-{nodes}]",
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NUM_NODES": str(nodes),
+        "SLURM_STEP_NODELIST": f"127.0.0.[1-{nodes}]",
+        "SLURM_STEP_NUM_TASKS": str(nodes),
+        "SLURM_NODEID": str(node),
+    }
+
+
+def test_two_simulated_slurm_nodes_train_to_the_end(home, reference):
+    """Each `gptkit train` has only SLURM's variables (and --name): no node flag, no --gpus/--nproc."""
+    step = slurm_step(0)
+    nodes = [cli("--name", "slurm2", *CLI_FLAGS, env={**step, "SLURM_NODEID": str(n)}) for n in (1, 0)]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outs
+    for (out, _err), rank in zip(outs, (1, 0), strict=True):
+        first = out.splitlines()[0]
+        assert first.startswith(f"from SLURM (job {step['SLURM_JOB_ID']}): nodes 2 (SLURM_STEP_NUM_NODES), "), first
+        assert f"node-rank {rank} (SLURM_NODEID)" in first and "master-addr 127.0.0.1" in first
+        assert f"--nnodes 2 --node-rank {rank}" in out
+    run = home / "runs" / "slurm2"
+    assert_same(weights(run / "step_000008"), weights(reference / "step_000008"), exact=False)
+    assert not (run / ".nodes").exists() or not any((run / ".nodes").iterdir())  # the markers are gone
+
+
+def test_nodes_that_do_not_share_the_run_directory_are_refused(home, trains, tmp_path):
+    """Node 1 has a GPTKIT_HOME of its own (as a node without the shared filesystem would): both
+    nodes stop at start in one line, restarts on (SLURM's 3) or not."""
+    step = slurm_step(0)
+    data = ["--data", str(home / "shards" / "toy")]
+    other = tmp_path / "node1_home"
+    n1 = cli("--name", "unshared", *CLI_FLAGS, *data, env={**step, "SLURM_NODEID": "1", "GPTKIT_HOME": str(other)})
+    n0 = cli("--name", "unshared", *CLI_FLAGS, *data, env={**step, "SLURM_NODEID": "0"})
+    for p in (n0, n1):
+        out, err = p.communicate(timeout=300)
+        line = assert_one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        assert "the nodes do not share the run directory" in line, line
+    assert not list((home / "runs" / "unshared").glob("step_*"))
+
+
+def test_sigkill_with_restarts_resumes_by_itself_bitwise(home, reference):
+    """A worker SIGKILLed after the first checkpoint (step 4) and a step past it: with --max-restarts 1
+    the run finishes by itself, bitwise equal to the uninterrupted one, the restart in the log and
+    metrics, the failed attempt's files in RUN/attempt-1/."""
+    run = home / "runs" / "restarted"
+    p = cli(
+        "--gpus", "0", "--nproc", "2", "--max-restarts", "1", "--name", "restarted", *CLI_FLAGS,
+        env={"GPTKIT_FAULTS": "train.kill_rank=1,train.kill_step=5"},
+    )  # fmt: skip
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert_same(weights(run / "step_000008"), weights(reference / "step_000008"), exact=True)
+    losses = [r["loss"] for r in read_metrics(run) if "loss" in r]
+    assert losses == [r["loss"] for r in read_metrics(reference) if "loss" in r]
+    restarts = [r for r in read_metrics(run) if "restart" in r]
+    assert len(restarts) == 1 and restarts[0]["resumed_from"] == "step_000004", restarts
+    assert restarts[0]["failed_at"] == 5 and restarts[0]["cause"] == "local rank 1 of node 0 died with SIGKILL"
+    line = [ln for ln in out.splitlines() if ln.startswith("restart 1/1 after ")]
+    assert line == ["restart 1/1 after local rank 1 of node 0 died with SIGKILL at step 5: resuming from step_000004"]
+    assert (run / "attempt-1" / "failed.json").is_file()

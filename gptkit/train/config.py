@@ -174,6 +174,13 @@ class LaunchConfig:
         WHERE,
         metavar="S",
     )
+    max_restarts: int | None = setting(  # None: 0 by hand, 3 under SLURM (train/slurm.py)
+        None,
+        "Times torchrun restarts the workers after a failure, each resuming from the newest checkpoint "
+        "(default: 0; 3 under SLURM).",
+        WHERE,
+        metavar="N",
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -473,6 +480,7 @@ class Settled:
     auto: dict | None  # the CPU auto-sizing's choice: {"line", "tok_per_s", "est_seconds"}
     micro_batch_given: bool = False  # by a flag or the config file (else the preset's, fitted)
     found: Any = None  # resolve.Found: what was read on disk, for the rest of the resolution to reuse
+    cluster: Any = None  # slurm.Cluster: what SLURM's variables gave the launch settings, or None
 
     @property
     def auto_line(self) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def torchrun_command(rr: ResolvedRun) -> list[str]:
             "--rdzv-conf",
             f"is_host={int(launch.node_rank == 0)}",
         ]
-    cmd += ["--max-restarts", "0", "-m", "gptkit.train.main", rr.run_dir]
+    cmd += ["--max-restarts", str(launch.max_restarts or 0), "-m", "gptkit.train.main", rr.run_dir]
     return cmd
 
 
@@ -124,7 +125,12 @@ def child_pids(pid: int) -> list[int]:
 
 
 def run_torchrun(
-    cmd: list[str], env: dict[str, str], echo=print, log: Path | None = None, show: bool = False
+    cmd: list[str],
+    env: dict[str, str],
+    echo=print,
+    log: Path | None = None,
+    show: bool = False,
+    stop_on: Path | None = None,
 ) -> Outcome:
     """Run torchrun and wait for it.
 
@@ -135,6 +141,8 @@ def run_torchrun(
     (parent-death signal), whatever kills us, as each worker is when torchrun dies: no orphans.
     `log`: torchrun's stderr goes there (its reports and tracebacks); None = the terminal. `show`
     (--verbose): copied to the terminal as well, so the closing line can still name the failed rank.
+    `stop_on` (restarts on): a folder where a worker's error file (a failure known to be deterministic:
+    a non-finite loss, a bad shard, an out-of-memory) stops torchrun at once instead of a restart.
     """
     from gptkit import procs
 
@@ -175,13 +183,30 @@ def run_torchrun(
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        rc = proc.wait()
+        while True:
+            try:
+                rc = proc.wait(timeout=None if stop_on is None else 0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if stop_on is not None and any(stop_on.glob("rank*.json")):
+                    stop_at_once(proc)
+                    stop_on = None
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         if copier is not None:
             copier.join(timeout=5)
     return Outcome(rc, received)
+
+
+def stop_at_once(proc: subprocess.Popen) -> None:
+    """torchrun first (its handler then ends the agent instead of restarting), then its workers."""
+    workers = child_pids(proc.pid)
+    for pid, sig in [(proc.pid, signal.SIGTERM)] + [(pid, signal.SIGKILL) for pid in workers]:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _tee(src, log, terminal) -> None:
@@ -227,6 +252,8 @@ def train(
         warn=lambda m: echo(f"warning: {m}"),
         note=echo,
     )
+    if rr.extra.get("slurm"):
+        echo(rr.extra["slurm"]["line"])
     cmd = torchrun_command(rr)
     if dry_run:
         echo("$ " + shlex.join(cmd))
@@ -248,7 +275,14 @@ def train(
         write_run_config(rr)
         run_dir = Path(rr.run_dir)
         clear_run_reports(run_dir)
-        outcome = run_torchrun(cmd, worker_env(rr, verbose), echo=echo, log=run_dir / TORCHRUN_LOG, show=verbose)
+        outcome = run_torchrun(
+            cmd,
+            worker_env(rr, verbose),
+            echo=echo,
+            log=run_dir / TORCHRUN_LOG,
+            show=verbose,
+            stop_on=run_dir / ERRORS_DIR if rr.launch.max_restarts else None,
+        )
     finally:
         if lock is not None:
             lock.release()
@@ -276,6 +310,7 @@ def lock_run(rr: ResolvedRun, force: bool = False):
 
 def clear_run_reports(run_dir: Path) -> None:
     """The last run's error, hang and log files: each run's report is its own."""
+    from gptkit.train.restarts import ATTEMPT_PREFIX
     from gptkit.train.watchdog import HANG_PREFIX
 
     errs = run_dir / ERRORS_DIR
@@ -285,3 +320,5 @@ def clear_run_reports(run_dir: Path) -> None:
     for pattern in (f"{HANG_PREFIX}*.txt", "error-*.log", TORCHRUN_LOG):
         for f in run_dir.glob(pattern):
             f.unlink()
+    for d in run_dir.glob(f"{ATTEMPT_PREFIX}*"):  # the restarts of the last launch
+        shutil.rmtree(d, ignore_errors=True)

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = Path(argv[0])
     rank = int(os.environ.get("RANK", 0))
+    from gptkit.train.restarts import archive_own_files, restart_count
+
+    if restart_count():  # torchrun restarted us (--max-restarts): the failed attempt's files move aside
+        archive_own_files(run_dir, rank, restart_count(), error_log(run_dir, rank))
     log = None
     if os.environ.get(LAUNCHER_ENV) and not os.environ.get(VERBOSE_ENV):
         log = error_log(run_dir, rank)

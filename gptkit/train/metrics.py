@@ -12,6 +12,7 @@ kind of measurement:
     {"step", "sample"}                                                                  a text sample
     {"step", "mfu_note"}                         MFU read above 100%: peak re-measured, or clamped
     {"step", "start"}                            a session began (a fresh start or a resume), unix time
+    {"step", "restart", "cause", "failed_at", "resumed_from"}   torchrun restarted the workers (train/restarts.py)
 "time" is the Unix time a step ended; TensorBoard and wandb get "elapsed" seconds instead (loggers.py).
 """
 
@@ -57,7 +58,12 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     f = Path(run_dir) / METRICS
     if not f.is_file():
         return
-    keep = [m for m in read_metrics(run_dir) if m.get("step", 0) < step or ("loss" in m and m["step"] == step)]
+    # (a restart's record stays: it is the history of the run, not a measurement that is redone)
+    keep = [
+        m
+        for m in read_metrics(run_dir)
+        if m.get("step", 0) < step or ("loss" in m and m["step"] == step) or "restart" in m
+    ]
     with atomic_output(f) as tmp:
         tmp.write_text("".join(json.dumps(m) + "\n" for m in keep))
 
@@ -280,6 +286,11 @@ class Reporter:
             self.progress.update(self.task, completed=step, info=step_line(step, self.max_steps, fields, self.width))
         elif step % self.log_every == 0 or step == self.max_steps:
             self.console.print(step_line(step, self.max_steps, fields), markup=False)
+
+    def record(self, step: int, **values) -> None:
+        """A record for the loggers only (its line was printed already)."""
+        if self.enabled:
+            self._write(step, values)
 
     def event(self, step: int, **values) -> None:
         """Validation loss, HellaSwag, a sample: written and printed above the progress bar."""

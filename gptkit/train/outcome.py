@@ -13,8 +13,7 @@ from gptkit.errors import GptkitError
 from gptkit.train.config import (
     ResolvedRun,
 )
-
-TORCHRUN_LOG = "torchrun.log"  # torchrun's own output, unless --verbose
+from gptkit.train.restarts import TORCHRUN_LOG
 
 
 class Outcome:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 from gptkit import names, paths
 from gptkit.errors import GptkitError
 from gptkit.runs import CONFIG_FILE, named_run, newest_run
+from gptkit.train import slurm
 from gptkit.train.config import (
     SHAPE_KEYS,
     LaunchConfig,
@@ -248,6 +250,10 @@ def settle_config(
     file_train, file_launch = split_settings(load_config_file(config_file)) if config_file else ({}, {})
     # The command line wins over the file.
     launch = launch_overrides.apply(LaunchConfig(**check_types(file_launch, LaunchConfig, str(config_file))))
+    # Inside a SLURM allocation its variables give what the node flags would; given ones win.
+    cluster = slurm.derive(os.environ, {**file_launch, **launch_overrides.given()})
+    if cluster is not None:
+        launch = replace(launch, **cluster.values)
     preset = overrides.preset or file_train.get("preset")
     device_asked = overrides.device or file_train.get("device") or "auto"
     if gpu_type:
@@ -408,6 +414,7 @@ def settle_config(
         vocab=size[0] if size else None,
         train_tokens=size[1] if size else None,
         auto=auto_info,
+        cluster=cluster,
     )
 
 
@@ -565,6 +572,11 @@ def prepare(
             "tokenizer": tokenizer,
             "vocab_size": vocab,
             **({"auto": auto_info} if auto_info else {}),
+            **(
+                {"slurm": {"job": s.cluster.job_id, "taken": s.cluster.taken, "line": s.cluster.line()}}
+                if s.cluster
+                else {}
+            ),
         },
     )
 

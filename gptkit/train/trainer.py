@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -39,10 +40,10 @@ from gptkit.errors import GptkitError
 from gptkit.model import GPT, PRESETS, GPTConfig
 from gptkit.runs import CONFIG_FILE
 from gptkit.train import data as datamod
-from gptkit.train import hellaswag, mfu, signals
+from gptkit.train import hellaswag, mfu, restarts, signals
 from gptkit.train import watchdog as wdmod
 from gptkit.train.config import SHAPE_KEYS, ResolvedRun, model_settings, plan_batches, shape_of
-from gptkit.train.dist import Dist, TrainingError, step_seed
+from gptkit.train.dist import Dist, TrainingError, check_shared_run_dir, step_seed
 from gptkit.train.loss import fuse_loss
 from gptkit.train.metrics import Reporter, truncate_metrics
 from gptkit.train.optim import (
@@ -365,6 +366,16 @@ class Trainer:
                 f"{d.world_size} procs x {self.plan.micro_batch} x {cfg.seq_len} x {self.plan.grad_accum} accum"
                 + (f" | resumed at step {self.step}" if self.rr.resume_from else "")
             )
+        if self.rr.extra.get("restart"):
+            info = self.rr.extra["restart"]
+            rep.print(restarts.restart_line(info))
+            rep.record(
+                self.step,
+                restart=info["n"],
+                cause=info.get("cause"),
+                failed_at=info["failed_at"],
+                resumed_from=info["resumed_from"],
+            )
         dt_avg = None
         start = self.step
         try:
@@ -485,7 +496,8 @@ class Trainer:
 
 def _hook_after_step(step: int, rank: int) -> None:
     """Fault points (gptkit.faults): train.step_sleep slows every step, so a test can kill a
-    run mid-way; train.stall_rank stops one rank for good, as a hang would."""
+    run mid-way; train.stall_rank stops one rank for good, as a hang would; train.kill_rank dies
+    at one step of the first attempt, as a lost process would (the restart does not)."""
     delay = faults.number("train.step_sleep")
     if delay:
         time.sleep(delay)
@@ -493,6 +505,10 @@ def _hook_after_step(step: int, rank: int) -> None:
     if stall not in (None, "") and int(stall) == rank and step >= faults.number("train.stall_step", 3):
         while True:
             time.sleep(3600)
+    kill = faults.value("train.kill_rank")
+    if kill not in (None, "") and int(kill) == rank and step == faults.number("train.kill_step", 3):
+        if restarts.restart_count() == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run(run_dir: str | Path) -> None:
@@ -509,8 +525,15 @@ def run(run_dir: str | Path) -> None:
     ).start()
     dist = Dist(device_type, timeout_s=wdmod.pg_timeout(limit) if limit != 0 else None)
     try:
+        if restarts.restart_count() and dist.master:  # torchrun restarted us: the newest checkpoint
+            rr = restarts.plan_restart(rr, restarts.restart_count())
         if dist.distributed:  # every rank trains with rank 0's view of the config
             rr = ResolvedRun.from_dict(dist.broadcast_object(rr.to_dict()))
+        if rr.launch.nodes > 1:
+            check_shared_run_dir(dist, Path(run_dir), rr.launch.nodes)
+        again = rr.extra.get("restart", {}).get("again")
+        if again:
+            raise TrainingError(again)
         Trainer(rr, dist, watchdog).fit()
         # Everyone waits for rank 0's last checkpoint before tearing the process group down: a rank
         # that destroys its gloo group while a peer is still busy can abort at exit (SIGABRT).

@@ -69,6 +69,7 @@ class Watchdog:
         self.step = 0
         self.phase_name = "start-up"
         self.last = time.monotonic()
+        self.born = time.time()  # a hang file older than this is a failed attempt's (restarts.py)
         self.allowance = self._phase_allowance("start-up")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,7 +137,9 @@ class Watchdog:
 
     def _peer_fired(self) -> bool:
         try:
-            return any(p.name.startswith(HANG_PREFIX) for p in self.run_dir.iterdir())
+            return any(
+                p.name.startswith(HANG_PREFIX) and p.stat().st_mtime >= self.born for p in self.run_dir.iterdir()
+            )
         except OSError:
             return False
 

@@ -1,0 +1,211 @@
+"""SLURM without flags: what `--nodes/--node-rank/--master-addr/--master-port/--gpus` give, read
+from the variables srun (or sbatch) sets. `gptkit train` and `gptkit doctor --dist` both call
+`derive`; `expand_hostlist` is SLURM's hostlist syntax, parsed here so no `scontrol` is needed.
+
+    inside an srun step:  SLURM_STEP_NUM_NODES, SLURM_STEP_NODELIST, SLURM_NODEID, SLURM_STEP_NUM_TASKS
+    else (the job's):     SLURM_JOB_NUM_NODES, SLURM_JOB_NODELIST (one node only: see derive)
+    GPUs:                 SLURM_GPUS_ON_NODE, else the count of CUDA_VISIBLE_DEVICES
+
+The step's variables come first, so `srun -N1` inside a 2-node allocation trains on one node.
+One process per node: gptkit starts torchrun, which starts the workers of the node's GPUs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gptkit.errors import GptkitError
+
+# A port from the job id, below Linux's ephemeral range (32768-60999, net.ipv4.ip_local_port_range),
+# where the kernel hands out the ports of outgoing connections, and above the registered services
+# most clusters run: two jobs sharing a node get different ports unless their ids are 10,000 apart.
+PORT_BASE, PORT_SPAN = 20000, 10000
+RESTARTS_UNDER_SLURM = 3  # --max-restarts when SLURM started the run and none was given
+
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """SLURM's hostlist syntax -> host names, in SLURM's order: `node[01-03,07]` -> node01, node02,
+    node03, node07 (the zero padding of each range's first number kept); `gpu-a[1-2],gpu-b3`;
+    several brackets in one name multiply out, the leftmost slowest: `rack[1-2]-n[01-02]` -> rack1-n01,
+    rack1-n02, rack2-n01, rack2-n02. A list it cannot parse is one line."""
+
+    def bad(why: str) -> GptkitError:
+        return GptkitError(f"cannot read the SLURM host list {text!r}: {why}")
+
+    hosts: list[str] = []
+    for name in _split_top(text.strip(), bad):
+        parts: list[list[str]] = []  # each piece of the name: its choices
+        rest = name
+        while rest:
+            if "[" not in rest:
+                if "]" in rest:
+                    raise bad("a ']' without its '['")
+                parts.append([rest])
+                break
+            head, _, tail = rest.partition("[")
+            body, close, rest = tail.partition("]")
+            if not close or "[" in body:
+                raise bad("a '[' without its ']'")
+            parts.append([head] if head else [""])
+            parts.append(_expand_ranges(body, bad))
+        names = [""]
+        for choices in parts:
+            names = [n + c for n in names for c in choices]
+        hosts += names
+    if not hosts:
+        raise bad("no host in it")
+    return hosts
+
+
+def _split_top(text: str, bad) -> list[str]:
+    """Split at the commas outside brackets."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise bad("a ']' without its '['")
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth:
+        raise bad("a '[' without its ']'")
+    out.append(cur)
+    if any(not s.strip() for s in out):
+        raise bad("an empty name")
+    return [s.strip() for s in out]
+
+
+def _expand_ranges(body: str, bad) -> list[str]:
+    out: list[str] = []
+    for item in body.split(","):
+        m = _RANGE.fullmatch(item.strip())
+        if m is None:
+            raise bad(f"[{body}] is not a list of numbers and ranges")
+        lo, hi = m.group(1), m.group(2) or m.group(1)
+        if int(hi) < int(lo):
+            raise bad(f"the range {item} runs backwards")
+        width = len(lo) if lo.startswith("0") else 0
+        out += [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
+    return out
+
+
+@dataclass
+class Cluster:
+    """What SLURM says about this node's part of the run. `values`: the LaunchConfig settings taken
+    from it (those not given by a flag or the config file); `taken`: each one's variable."""
+
+    values: dict = field(default_factory=dict)
+    taken: dict = field(default_factory=dict)
+    job_id: str = ""
+
+    def line(self) -> str:
+        """For the run header: `from SLURM (job 123): nodes 2 (SLURM_STEP_NUM_NODES), ...`."""
+        parts = [f"{k.replace('_', '-')} {self.values[k]} ({v})" for k, v in self.taken.items()]
+        return f"from SLURM (job {self.job_id}): " + (", ".join(parts) if parts else "nothing (all given as flags)")
+
+
+def _int(env: Mapping[str, str], key: str) -> int | None:
+    v = env.get(key)
+    if v is None or v == "":
+        return None
+    # SLURM writes some counts as "2(x3)" (per-node lists); a single node's value is the number.
+    m = re.fullmatch(r"\s*(\d+)(?:\(x\d+\))?\s*", v)
+    if m is None:
+        raise GptkitError(f"{key}={v!r}: not a number (SLURM's variables contradict each other or were edited)")
+    return int(m.group(1))
+
+
+def in_slurm(env: Mapping[str, str]) -> bool:
+    return bool(env.get("SLURM_JOB_ID"))
+
+
+def job_port(job_id: str) -> int:
+    try:
+        return PORT_BASE + int(job_id) % PORT_SPAN
+    except ValueError:
+        raise GptkitError(f"SLURM_JOB_ID={job_id!r}: not a job number") from None
+
+
+def derive(env: Mapping[str, str], given: Mapping[str, object]) -> Cluster | None:
+    """The launch settings SLURM gives this node, or None outside an allocation (no SLURM_JOB_ID).
+
+    `given`: the LaunchConfig settings given by flags or the config file; they win over SLURM, except
+    that a node count or node rank SLURM contradicts is one line (the nodes would never meet)."""
+    if not in_slurm(env):
+        return None
+    job = env["SLURM_JOB_ID"]
+    step = env.get("SLURM_STEP_NUM_NODES") is not None
+    pre = "SLURM_STEP_" if step else "SLURM_JOB_"
+    nodes = _int(env, pre + "NUM_NODES")
+    nodelist = env.get(pre + "NODELIST")
+    if nodes is None and nodelist is None:
+        return Cluster(job_id=job)  # an allocation that says nothing about its nodes: the flags decide
+    hosts = expand_hostlist(nodelist) if nodelist else None
+    if nodes is None and hosts is not None:
+        nodes = len(hosts)
+    assert nodes is not None
+    if hosts is not None and len(hosts) != nodes:
+        raise GptkitError(
+            f"{pre}NUM_NODES={nodes} but {pre}NODELIST={nodelist} names {len(hosts)} hosts: SLURM's variables "
+            "contradict each other"
+        )
+    if not step and nodes > 1:
+        raise GptkitError(
+            f"the SLURM job has {nodes} nodes but this is not an srun step (it runs on the first node only); start "
+            "it once per node: `srun --ntasks-per-node 1 gptkit train ...`"
+        )
+    tasks = _int(env, "SLURM_STEP_NUM_TASKS") if step else None
+    if tasks is not None and tasks != nodes:
+        raise GptkitError(
+            f"srun started {tasks} tasks on {nodes} node(s); gptkit runs one per node (torchrun starts the GPUs' "
+            "workers): `srun --ntasks-per-node 1 gptkit train ...`"
+        )
+    rank = _int(env, "SLURM_NODEID")
+    if rank is None:
+        rank = 0 if nodes == 1 else None
+    if rank is None:
+        raise GptkitError("SLURM_NODEID is not set in a multi-node srun step: give --node-rank")
+    if not 0 <= rank < nodes:
+        raise GptkitError(f"SLURM_NODEID={rank} is not below {pre}NUM_NODES={nodes}: SLURM's variables contradict")
+
+    from_slurm: dict[str, tuple[object, str]] = {
+        "nodes": (nodes, pre + "NUM_NODES"),
+        "node_rank": (rank, "SLURM_NODEID"),
+    }
+    if nodes > 1:
+        if hosts is None:
+            raise GptkitError(f"{pre}NODELIST is not set: give --master-addr")
+        from_slurm["master_addr"] = (hosts[0], f"the first host of {pre}NODELIST")
+        from_slurm["master_port"] = (job_port(job), "SLURM_JOB_ID")
+    gpus = _int(env, "SLURM_GPUS_ON_NODE")
+    if gpus is not None:
+        from_slurm["gpus"] = (gpus, "SLURM_GPUS_ON_NODE")
+    elif env.get("CUDA_VISIBLE_DEVICES"):
+        from_slurm["gpus"] = (len(env["CUDA_VISIBLE_DEVICES"].split(",")), "CUDA_VISIBLE_DEVICES")
+    from_slurm["max_restarts"] = (RESTARTS_UNDER_SLURM, "SLURM_JOB_ID: restarts on under SLURM")
+
+    flag = {"nodes": "--nodes", "node_rank": "--node-rank"}
+    for key in ("nodes", "node_rank"):
+        if key in given and given[key] != from_slurm[key][0]:
+            value, var = from_slurm[key]
+            raise GptkitError(
+                f"{flag[key]} {given[key]} but SLURM says {value} ({var}={value}); leave {flag[key]} out under srun, "
+                f"or ask srun for that many nodes (`srun -N {given[key]}`)"
+                if key == "nodes"
+                else f"{flag[key]} {given[key]} but SLURM says {value} ({var}={value}); leave {flag[key]} out under srun"
+            )
+    out = Cluster(job_id=job)
+    for key, (value, var) in from_slurm.items():
+        if key not in given:
+            out.values[key] = value
+            out.taken[key] = var
+    return out

@@ -1,0 +1,74 @@
+"""Runs that restart themselves (gptkit/train/restarts.py): where a restarted attempt resumes, when
+a recurring failure stops, and the cause read from torchrun's log. The restarted training itself is
+test_train_dist.py::test_sigkill_with_restarts_resumes_by_itself_bitwise."""
+
+import json
+
+from gptkit.train.config import LaunchConfig, Plan, ResolvedRun, TrainConfig
+from gptkit.train.restarts import TORCHRUN_LOG, archive_own_files, failure_cause, plan_restart, restart_line
+from gptkit.train.watchdog import Watchdog, hang_file
+
+
+def resolved(run_dir) -> ResolvedRun:
+    return ResolvedRun(
+        train=TrainConfig(),
+        launch=LaunchConfig(max_restarts=3),
+        plan=Plan(world_size=2, micro_batch=1, grad_accum=1, rows=2),
+        data_dir="unused",
+        run_dir=str(run_dir),
+        resume_from=str(run_dir / "step_000002"),  # what the launch resumed from: stale after a failure
+    )
+
+
+def log_steps(run_dir, *steps):
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        for s in steps:
+            f.write(json.dumps({"step": s, "loss": 1.0}) + "\n")
+
+
+def test_a_restart_resumes_from_the_newest_checkpoint_and_a_recurring_failure_stops(tmp_path):
+    from gptkit.checkpoint import save_checkpoint
+    from gptkit.model import GPT, get_preset
+
+    cfg = get_preset("tiny")
+    model = GPT(cfg)
+    for step in (2, 4):
+        save_checkpoint(tmp_path / f"step_{step:06d}", model, config=cfg, tokenizer="bytes")
+    (tmp_path / ".step_000006.tmp").mkdir()  # a save cut short: checkpoint.py's rule passes it over
+    newest = tmp_path / "step_000004"
+    log_steps(tmp_path, 1, 2, 3, 4, 5)
+    first = plan_restart(resolved(tmp_path), 1)
+    info = first.extra["restart"]
+    assert first.resume_from == str(newest) and info["resumed_from"] == "step_000004"
+    assert info["failed_at"] == 5 and info["again"] is None and info["of"] == 3
+    assert restart_line(info) == "restart 1/3 after attempt 1 failed at step 5: resuming from step_000004"
+
+    log_steps(tmp_path, 5, 6)  # attempt 2 got further: retried again
+    assert plan_restart(resolved(tmp_path), 2).extra["restart"]["again"] is None
+    log_steps(tmp_path)  # attempt 3 ended at step 6 as attempt 2 did: stop, naming both
+    again = plan_restart(resolved(tmp_path), 3).extra["restart"]["again"]
+    assert again.startswith("attempts 2 and 3 both failed at step 6") and "attempt-2" in again and "attempt-3" in again
+
+
+def test_the_cause_is_read_from_torchruns_log(tmp_path):
+    assert failure_cause(tmp_path / TORCHRUN_LOG, 0) is None
+    (tmp_path / TORCHRUN_LOG).write_text(
+        "E1207 11:50:07.015000 4538 api.py:1002] failed (exitcode: -9) local_rank: 1 (pid: 4759) of binary: python\n"
+        "E1207 11:51:07.015000 4538 api.py:1002] failed (exitcode: 3) local_rank: 0 (pid: 4800) of binary: python\n"
+    )
+    assert failure_cause(tmp_path / TORCHRUN_LOG, 2) == "local rank 0 of node 2 exited with code 3"
+
+
+def test_a_failed_attempts_hang_file_moves_aside_and_fires_no_new_watchdog(tmp_path):
+    stale = hang_file(tmp_path, 1)
+    stale.write_text("{}\n")
+    import os
+
+    os.utime(stale, (1, 1))  # written by the failed attempt, before this one started
+    dog = Watchdog(tmp_path, rank=0, world_size=2, limit=None, parent=None)
+    assert not dog._peer_fired()  # rank 1 of the new attempt has not moved its old file yet
+    log = tmp_path / "error-1.log"
+    log.write_text("Traceback ...\n")
+    archive_own_files(tmp_path, 1, 1, log)
+    assert not stale.exists() and (tmp_path / "attempt-1" / stale.name).is_file()
+    assert (tmp_path / "attempt-1" / "error-1.log").read_text() == "Traceback ...\n"
