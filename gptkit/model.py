@@ -94,6 +94,9 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024),  # 355M
     "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),  # 774M
     "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),  # 1558M (param_count below)
+    # GPT-2 124M's shape trained with Muon (train/presets.py): the architecture stays GPT-2's, so
+    # every export (HF, GGUF, nanoGPT, llm.c) is the same as gpt2's.
+    "gpt2-muon": GPTConfig(n_layer=12, n_head=12, n_embd=768),
     "small": GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=256),  # 16.1M with GPT-2 vocab
     "tiny": GPTConfig(block_size=128, n_layer=2, n_head=2, n_embd=64),  # 3.3M, tests and demos
     # nanoGPT's shakespeare_char "baby GPT" as its README runs it on a CPU: 0.8M with a byte vocabulary

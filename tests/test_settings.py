@@ -35,6 +35,12 @@ TRAIN = dict(
     beta1=0.8,
     beta2=0.97,
     eps=1e-7,
+    optimizer="muon",
+    muon_lr=0.0123,
+    muon_momentum=0.9,
+    muon_nesterov=False,
+    muon_adjust_lr="original",
+    muon_qkv="split",
     grad_clip=0.5,
     device="cpu",
     precision="fp32",
@@ -83,8 +89,10 @@ def test_every_setting_given_on_the_command_line_reaches_the_run(gptkit_home, tm
     assert set(train) == set(C.TRAIN_KEYS) and set(LAUNCH) == set(C.LAUNCH_KEYS)
     defaults, presets = C.TrainConfig(), [C.preset_config(p) for p in TRAIN_PRESETS]
     for k, v in train.items():
-        # (the preset's own name is the one value a preset has for `preset`)
-        assert v != getattr(defaults, k) and all(v != getattr(p, k) for p in presets if k != "preset"), k
+        # (the preset's own name is the one value a preset has for `preset`; a choice of two, such
+        # as the optimizer, has no third value that neither the default nor every preset takes)
+        assert v != getattr(defaults, k), k
+        assert all(v != getattr(p, k) for p in presets) or k in ("preset", "optimizer"), k
     assert all(v != getattr(C.LaunchConfig(), k) for k, v in LAUNCH.items())
     r = run_cli("train", "--dry-run", "--name", "every", *_flags(C.TrainConfig, train), *_flags(C.LaunchConfig, LAUNCH))
     assert r.returncode == 0, r.stderr

@@ -114,6 +114,11 @@ def test_an_unknown_preset_is_refused_in_one_place():
         ("eps", 0.0, "eps must be positive"),
         ("keep_checkpoints", -3, "--keep must be 0 (keep all) or more"),
         ("hellaswag_limit", 0, "--hellaswag-limit must be at least 1"),
+        ("optimizer", "lion", "unknown --optimizer 'lion'; choose one of: adamw, muon"),
+        ("muon_lr", 0.0, "--muon-lr must be positive"),
+        ("muon_momentum", 1.0, "--muon-momentum must be in [0, 1)"),
+        ("muon_adjust_lr", "rms", "unknown --muon-adjust-lr 'rms'; choose one of: original, match_rms_adamw"),
+        ("muon_qkv", "qkv", "unknown --muon-qkv 'qkv'; choose one of: whole, split"),
     ],
 )
 def test_optimiser_settings_a_worker_would_refuse_or_misuse_are_refused_first(setting, value, message):

@@ -211,6 +211,61 @@ def test_sigkill_then_resume_is_bitwise_exact(home, reference):
     assert losses == [r["loss"] for r in read_metrics(reference) if "loss" in r]
 
 
+MUON = dict(optimizer="muon", muon_lr=0.01, muon_qkv="split")  # split: c_attn as three blocks
+
+
+@pytest.fixture(scope="module")
+def muon_ref(home, trains):
+    assert launch("muon_ref", nproc=2, **MUON) == 0
+    return home / "runs" / "muon_ref"
+
+
+def test_muon_sigkill_then_resume_is_bitwise_exact_and_the_ranks_agree(home, muon_ref, reference):
+    """--optimizer muon through DDP (2 ranks, gloo): both ranks' weights are checked equal at every
+    checkpoint; a run SIGKILLed after step 4 and resumed ends bitwise equal to muon_ref, weights, AdamW
+    moments and Muon momentum buffers; the log has each group's own learning rate; a checkpoint
+    resumes only with its own optimizer (one line each way)."""
+    run = home / "runs" / "muon_killed"
+    muon_flags = ["--optimizer", "muon", "--muon-lr", "0.01", "--muon-qkv", "split"]
+    p = cli("--gpus", "0", "--nproc", "2", "--name", "muon_killed", *CLI_FLAGS, *muon_flags,
+            env={"GPTKIT_FAULTS": "train.step_sleep=0.4"})  # fmt: skip
+    deadline = time.time() + 120
+    while not (run / "step_000004").exists():
+        assert p.poll() is None, p.communicate()
+        assert time.time() < deadline, "no checkpoint at step 4"
+        time.sleep(0.05)
+    for pid in descendants(p.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.communicate()
+    assert not (run / "step_000008").exists(), "the run finished before it was killed"
+    assert launch("muon_killed", nproc=2, resume="auto", **MUON) == 0
+
+    assert_same(weights(run / "step_000008"), weights(muon_ref / "step_000008"), exact=True)
+    opt_a = torch.load(run / "step_000008" / "optimizer.pt", weights_only=True)["optimizers"]
+    opt_b = torch.load(muon_ref / "step_000008" / "optimizer.pt", weights_only=True)["optimizers"]
+    (adamw_a, muon_a), (adamw_b, muon_b) = opt_a, opt_b
+    assert {g["role"] for g in muon_a["param_groups"]} == {"matrix", "qkv"}
+    assert muon_a["state"] and all(torch.equal(st["momentum_buffer"], muon_b["state"][k]["momentum_buffer"])
+                                   for k, st in muon_a["state"].items())  # fmt: skip
+    assert all(torch.equal(st["exp_avg_sq"], adamw_b["state"][k]["exp_avg_sq"]) for k, st in adamw_a["state"].items())
+    for ck in (run / "step_000008", muon_ref / "step_000008"):
+        assert json.loads((ck / "trainer.json").read_text())["replicas_equal"] == 2
+    m = [r for r in read_metrics(run) if "loss" in r]
+    assert [r["step"] for r in m] == list(range(1, 9))
+    assert [r["loss"] for r in m] == [r["loss"] for r in read_metrics(muon_ref) if "loss" in r]
+    assert all(r["muon_lr"] == pytest.approx(r["lr"] * 0.01 / 3e-3) for r in m)  # one schedule, two peaks
+    # Muon's first 8 steps train differently from AdamW's (the same data, weights and --lr)
+    assert m[-1]["loss"] != [r["loss"] for r in read_metrics(reference) if "loss" in r][-1]
+
+    with pytest.raises(GptkitError, match=r"trained with --optimizer adamw; it resumes only with that optimizer"):
+        launch("ref", nproc=2, resume="auto", max_steps=10, **MUON)
+    with pytest.raises(GptkitError, match=r"trained with --optimizer muon; .* --init-from"):
+        launch("muon_killed", nproc=2, resume="auto", max_steps=10, optimizer="adamw")
+
+
 def test_resume_with_another_process_count_keeps_batch_and_data(home, reference):
     run = home / "runs" / "regrid"
     run.mkdir()

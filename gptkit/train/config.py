@@ -25,12 +25,16 @@ from gptkit.errors import GptkitError
 from gptkit.train.presets import TRAIN_PRESETS
 
 SCHEDULES = ("cosine", "wsd")
+OPTIMIZERS = ("adamw", "muon")
+# torch.optim.Muon's two learning-rate adjustments by matrix shape (rows A, columns B).
+MUON_ADJUST = ("original", "match_rms_adamw")
+MUON_QKV = ("whole", "split")
 
 # The `gptkit train --help` panels, in the order shown.
 RUN, MODEL, WHERE, OPTIM, EVAL = "Run", "Model", "Where", "Optimisation", "Evaluation and logging"
 # Written out, not computed, so that `gptkit --help` never imports torch; test_model_shape checks it
 # against gptkit.model.preset_sizes().
-PRESET_SIZES = "gpt2 124.4M, gpt2-medium 354.8M, gpt2-large 774.0M, gpt2-xl 1557.6M, small 16.1M, tiny 3.3M, char 7.2M"
+PRESET_SIZES = "gpt2 124.4M, gpt2-medium 354.8M, gpt2-large 774.0M, gpt2-xl 1557.6M, gpt2-muon 124.4M, small 16.1M, tiny 3.3M, char 7.2M"
 
 
 def setting(
@@ -114,10 +118,38 @@ class TrainConfig:
     warmup_steps: int = setting(715, "Linear warmup steps.", OPTIM, metavar="N")
     schedule: str = setting("cosine", "cosine or wsd (warmup-stable-decay).", OPTIM, metavar="NAME")
     decay_frac: float = setting(0.2, "WSD: the last fraction of the steps decays linearly.", OPTIM, metavar="F")
-    weight_decay: float = setting(0.1, "AdamW weight decay (matrices only).", OPTIM, metavar="WD")
+    weight_decay: float = setting(
+        0.1, "Weight decay (matrices and embeddings; Muon's matrices too).", OPTIM, metavar="WD"
+    )
     beta1: float = setting(0.9, "AdamW beta1.", OPTIM, metavar="B")
     beta2: float = setting(0.95, "AdamW beta2.", OPTIM, metavar="B")
     eps: float = setting(1e-8, "AdamW epsilon.", OPTIM, metavar="EPS")
+    optimizer: str = setting(
+        "adamw",
+        "adamw, or muon: Muon (momentum, then a Newton-Schulz orthogonalized update) for the 2-D weights in the "
+        "blocks; AdamW at --lr for the embeddings (so the tied head), biases and LayerNorm gains.",
+        OPTIM,
+        metavar="NAME",
+    )
+    muon_lr: float | None = setting(  # None = --lr: with match_rms_adamw, Muon shares AdamW's rate
+        None, "Muon: peak learning rate (default: --lr).", OPTIM, metavar="LR"
+    )
+    muon_momentum: float = setting(0.95, "Muon: momentum.", OPTIM, metavar="M")
+    muon_nesterov: bool = setting(True, "Muon: Nesterov momentum.", OPTIM)
+    muon_adjust_lr: str = setting(
+        "match_rms_adamw",
+        "Muon: the learning rate per matrix shape (rows A x columns B): match_rms_adamw (0.2*sqrt(max(A,B)), "
+        "Moonshot's: updates of AdamW's size, so Muon shares --lr and --weight-decay) or original "
+        "(sqrt(max(1,A/B)), Keller Jordan's; wants a --muon-lr near 0.02).",
+        OPTIM,
+        metavar="NAME",
+    )
+    muon_qkv: str = setting(
+        "whole",
+        "Muon: orthogonalize attention's fused c_attn (3C x C) whole, or split into its Q, K and V parts.",
+        OPTIM,
+        metavar="HOW",
+    )
     grad_clip: float = setting(1.0, "Clip the gradient norm here (0: no clipping).", OPTIM, metavar="NORM")
     # device and speed
     device: str = setting("auto", "auto, cpu, cuda or mps.", WHERE, metavar="DEVICE")
@@ -456,6 +488,16 @@ def _check_optimisation(cfg: TrainConfig) -> None:
             raise GptkitError(f"{name} must be in [0, 1) (got {getattr(cfg, name)})")
     if not cfg.eps > 0:
         raise GptkitError(f"eps must be positive (got {cfg.eps})")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise GptkitError(f"unknown --optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    if cfg.muon_lr is not None and not cfg.muon_lr > 0:
+        raise GptkitError(f"--muon-lr must be positive (got {cfg.muon_lr})")
+    if not 0 <= cfg.muon_momentum < 1:
+        raise GptkitError(f"--muon-momentum must be in [0, 1) (got {cfg.muon_momentum})")
+    if cfg.muon_adjust_lr not in MUON_ADJUST:
+        raise GptkitError(f"unknown --muon-adjust-lr {cfg.muon_adjust_lr!r}; choose one of: {', '.join(MUON_ADJUST)}")
+    if cfg.muon_qkv not in MUON_QKV:
+        raise GptkitError(f"unknown --muon-qkv {cfg.muon_qkv!r}; choose one of: {', '.join(MUON_QKV)}")
     if cfg.keep_checkpoints < 0:
         raise GptkitError(f"--keep must be 0 (keep all) or more (got {cfg.keep_checkpoints})")
     if cfg.sample_temperature < 0:

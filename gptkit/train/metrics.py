@@ -100,11 +100,18 @@ LIVE_WIDTH = 80
 
 
 def step_fields(
-    *, loss: float, lr: float, grad_norm: float, tok_per_s: float, mfu: float | None, eta_s: float
+    *,
+    loss: float,
+    lr: float,
+    grad_norm: float,
+    tok_per_s: float,
+    mfu: float | None,
+    eta_s: float,
+    muon_lr: float | None = None,
 ) -> dict[str, str]:
     return {
         "loss": f"loss {loss:.4f}",
-        "lr": f"lr {lr:.2e}",
+        "lr": f"lr {lr:.2e}" + (f" muon {muon_lr:.2e}" if muon_lr is not None else ""),
         "gnorm": f"gnorm {grad_norm:.2f}",
         "tok_s": f"{_fmt_tokens(tok_per_s)} tok/s",
         "mfu": f"mfu {mfu:.1%}" if mfu is not None else "mfu n/a",
@@ -264,8 +271,10 @@ class Reporter:
         mfu: float | None,
         dt: float,
         eta_s: float,
+        muon_lr: float | None = None,
     ) -> None:
-        """Record the step that just completed (`step` optimizer steps are now done)."""
+        """Record the step that just completed (`step` optimizer steps are now done). `lr` is AdamW's
+        (every parameter's, or the embeddings' and gains' beside Muon), `muon_lr` Muon's if it runs."""
         if not self.enabled:
             return
         self._write(
@@ -273,6 +282,7 @@ class Reporter:
             {
                 "loss": loss,
                 "lr": lr,
+                **({"muon_lr": muon_lr} if muon_lr is not None else {}),
                 "grad_norm": grad_norm,
                 "tokens": tokens,
                 "tok_per_s": tok_per_s,
@@ -281,7 +291,9 @@ class Reporter:
                 "time": time.time(),
             },
         )
-        fields = step_fields(loss=loss, lr=lr, grad_norm=grad_norm, tok_per_s=tok_per_s, mfu=mfu, eta_s=eta_s)
+        fields = step_fields(
+            loss=loss, lr=lr, grad_norm=grad_norm, tok_per_s=tok_per_s, mfu=mfu, eta_s=eta_s, muon_lr=muon_lr
+        )
         if self.progress and self.task is not None:
             self.progress.update(self.task, completed=step, info=step_line(step, self.max_steps, fields, self.width))
         elif step % self.log_every == 0 or step == self.max_steps:

@@ -354,6 +354,14 @@ def settle_config(
     cfg = resolve_shape(overrides.apply(merge(base, file_train, str(config_file))))
     if resumed_shape is not None:
         cfg = keep_shape(cfg, resumed_shape, shape_given, f"the run being resumed ({ckpt or run_dir})")
+        if ckpt is not None and cfg.optimizer != base.optimizer:
+            # Refused, not converted: the other optimizer's state (AdamW's moments, Muon's momentum)
+            # cannot be derived from this one's, and starting it fresh mid-run is --init-from's job.
+            # (A run restarted from step 0, with no checkpoint, has no state to lose.)
+            raise GptkitError(
+                f"{ckpt} was trained with --optimizer {base.optimizer}; it resumes only with that optimizer "
+                f"(to continue its weights with {cfg.optimizer}, start a new run with --init-from {ckpt})"
+            )
         if cfg.seq_len > resumed_shape["block_size"]:
             raise GptkitError(
                 f"--seq-len {cfg.seq_len} exceeds the block size {resumed_shape['block_size']} of the run being "

@@ -1,8 +1,9 @@
 """The training loop every torchrun worker runs.
 
 Exactness: everything that decides the next step is a function of what a checkpoint stores.
-- weights (safetensors, fp32, bitwise) and the AdamW state (optimizer.pt);
-- the step, from which the learning rate follows (schedule.lr_at);
+- weights (safetensors, fp32, bitwise) and the optimizers' states (optimizer.pt: AdamW's moments,
+  Muon's momentum buffers);
+- the step, from which each group's learning rate follows (schedule.lr_at of the group's own peak);
 - the data position, one integer into the deterministic stream (data.TokenStream);
 - randomness: the torch generator is re-seeded from (seed, step, rank) before every step, so dropout
   draws never depend on how many steps this process has run. Sampling uses its own generator.
@@ -50,7 +51,7 @@ from gptkit.train.optim import (
     apply_config,
     build_optimizers,
     pack_optimizer_states,
-    param_groups,
+    schedule_lrs,
     unpack_optimizer_states,
 )
 from gptkit.train.parallel import make_strategy
@@ -136,7 +137,7 @@ class Trainer:
         # Training goes through train_model (compiled, wrapped); evaluation and sampling use self.model,
         # the plain module that shares the same parameters.
         self.train_model = self.parallel.wrap(self.model, compile=compile_)
-        self.optimizers = build_optimizers(cfg, self.model, self.device)
+        self.optimizers = build_optimizers(cfg, self.model, self.device, self.precision.name)
         # fp16 only on CUDA (the precision policy refuses it elsewhere): dynamic loss scaling. Made
         # before _load, which restores its state.
         self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
@@ -186,7 +187,8 @@ class Trainer:
             raise TrainingError(f"{ck.path}: {e}") from None
         self.parallel.load(ck, self.optimizers, states)
         if states is not None:
-            apply_config(self.optimizers, self.cfg)  # the config may have changed betas, eps, decay; it wins
+            # The config may have changed betas, eps, decay, learning rates; it wins.
+            apply_config(self.optimizers, self.cfg, self.precision.name)
         restore_scaler(self.scaler, ts, ck.path)
         self.step, self.data_pos, self.tokens_seen = int(ts["step"]), int(ts["data_pos"]), int(ts.get("tokens", 0))
 
@@ -197,12 +199,13 @@ class Trainer:
         self.watchdog.phase("checkpoint save")  # every rank: the others wait for rank 0 in the next step
         # A collective every rank joins (a sharded strategy gathers here), though only rank 0 writes.
         model_state, opt_states = self.parallel.state(self.optimizers)
+        replicas = self._check_replicas()
         if not self.dist.master:
             return
         with self.dist.alone():  # a full disk here is rank 0's: the others are told (train/main.py)
-            self._write_checkpoint(model_state, opt_states)
+            self._write_checkpoint(model_state, opt_states, replicas)
 
-    def _write_checkpoint(self, model_state, opt_states) -> None:
+    def _write_checkpoint(self, model_state, opt_states, replicas: int) -> None:
         state: dict[str, object] = {
             "step": self.step,
             "data_pos": self.data_pos,
@@ -212,6 +215,8 @@ class Trainer:
             "grad_accum": self.plan.grad_accum,
             "time": time.time(),
         }
+        if replicas:
+            state["replicas_equal"] = replicas  # every rank's weights were checked equal at this step
         if self.scaler is not None:
             state[SCALER_STATE] = self.scaler.state_dict()  # after this step's update: the next step's scale
         save_checkpoint(
@@ -224,6 +229,22 @@ class Trainer:
             trainer_state=state,
         )
         prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+
+    def _check_replicas(self) -> int:
+        """Replicated ranks must hold the same weights (the optimizers run on each; a nondeterministic
+        step, Muon's iteration say, would let them drift apart silently). Every rank compares its
+        fingerprint with the mean of all: one small all-reduce per checkpoint. Returns the ranks
+        checked (0: nothing to check)."""
+        if not (self.dist.distributed and self.parallel.replicated):
+            return 0
+        local = weights_fingerprint(self.model)
+        total = self.dist.all_reduce(local.clone())
+        differs = self.dist.all_reduce((total != local * self.dist.world_size).any().long().reshape(1))
+        if differs.item():
+            raise TrainingError(
+                f"step {self.step}: the ranks' weights differ; the replicas diverged (a bug: report it)"
+            )
+        return self.dist.world_size
 
     # --- evaluation ------------------------------------------------------------------------------
     def val_loss(self) -> float:
@@ -273,21 +294,25 @@ class Trainer:
         return prompt + text
 
     # --- one optimizer step ----------------------------------------------------------------------
-    def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step over the global batch. Returns (loss, grad norm, lr)."""
+    def train_step(self) -> tuple[float, float, dict[str, float]]:
+        """One optimizer step over the global batch. Returns (loss, grad norm, each role's lr)."""
         cfg, plan = self.cfg, self.plan
         torch.manual_seed(step_seed(cfg.seed, self.step, self.dist.rank))
-        lr = lr_at(
-            self.step,
-            lr=cfg.lr,
-            max_steps=cfg.max_steps,
-            warmup_steps=cfg.warmup_steps,
-            min_lr_ratio=cfg.min_lr_ratio,
-            schedule=cfg.schedule,
-            decay_frac=cfg.decay_frac,
+        step = self.step
+        # Each group's own peak (AdamW's --lr, Muon's --muon-lr) scaled by the one schedule.
+        lrs = schedule_lrs(
+            self.optimizers,
+            lambda peak: lr_at(
+                step,
+                lr=peak,
+                max_steps=cfg.max_steps,
+                warmup_steps=cfg.warmup_steps,
+                min_lr_ratio=cfg.min_lr_ratio,
+                schedule=cfg.schedule,
+                decay_frac=cfg.decay_frac,
+            ),
         )
-        for g in param_groups(self.optimizers):
-            g["lr"] = lr
+        lr = lrs["decay"]
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
@@ -334,7 +359,7 @@ class Trainer:
         self.step += 1
         self.data_pos += plan.rows * cfg.seq_len
         self.tokens_seen += plan.rows * cfg.seq_len
-        return loss_val, gnorm, lr
+        return loss_val, gnorm, lrs
 
     # --- the loop --------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -419,7 +444,7 @@ class Trainer:
                     self.watchdog.phase("compile")
                 t0 = time.perf_counter()
                 with self.out_of_memory("train"):
-                    loss, gnorm, lr = self.train_step()
+                    loss, gnorm, lrs = self.train_step()
                 dt = time.perf_counter() - t0
                 self.watchdog.beat(self.step, dt)
                 _hook_after_step(self.step, d.rank)
@@ -428,7 +453,8 @@ class Trainer:
                 rep.train_step(
                     self.step,
                     loss=loss,
-                    lr=lr,
+                    lr=lrs["decay"],
+                    muon_lr=lrs.get("matrix", lrs.get("qkv")),
                     grad_norm=gnorm,
                     tokens=self.tokens_seen,
                     tok_per_s=tok_s,
@@ -547,6 +573,19 @@ def run(run_dir: str | Path) -> None:
         raise
     watchdog.stop()
     dist.close()
+
+
+def weights_fingerprint(model: torch.nn.Module) -> torch.Tensor:
+    """Per parameter, the sum of its values' bit patterns (as integers, modulo a prime so that a sum
+    over many ranks fits in int64): any one value that differs changes it, and random drift between
+    replicas would have to cancel exactly to hide."""
+    sums = []
+    for p in model.parameters():
+        bits = (
+            p.detach().contiguous().view(torch.int32) if p.element_size() == 4 else p.detach().float().view(torch.int32)
+        )
+        sums.append(bits.sum(dtype=torch.int64) % 2_147_483_647)
+    return torch.stack(sums)
 
 
 def shape_label(mc: GPTConfig, preset: str) -> str:
