@@ -43,3 +43,18 @@ def test_train_rows_from_a_real_bench_train_run(trains):
     bf16 = [dict(results[0], precision="bf16", mfu=0.61, mode="inproc"), dict(results[0], precision="bf16", mfu=0.5)]
     assert [r["ok"] for r in bench.train_rows(bf16)] == [True, True]
     assert [r["ok"] for r in bench.train_rows([dict(results[0], precision="bf16", mfu=0.59)])] == [False]
+
+
+def test_recipe_bench_quick_runs_both_optimizers_side_by_side(trains, tmp_path):
+    """scripts/bench_recipe.py --quick (the one recipe bench CI runs): AdamW and Muon on the same data,
+    every sweep point printed, two seeds at each best, tokens to AdamW's loss, the step-time ratios."""
+    out = run_json("bench_recipe.py", "--quick", "--plot", str(tmp_path / "curves.png"))
+    r = bench.last_json_line(out)
+    for side in ("adamw", "muon"):
+        assert [len(s["curve"]) for s in r[side]["seeds"]] == [3, 3]  # evaluations at steps 0, 3, 6
+        assert [s["seed"] for s in r[side]["seeds"]] == [1337, 1338] and r[side]["sweep"]
+    assert r["muon"]["seeds"][0]["optimizer"] == "muon" and r["muon"]["seeds"][0]["lr"] == r["adamw"]["best_lr"]
+    assert r["target_val_loss"] == round(r["adamw"]["final"], 4)
+    assert set(r["step_s"]) == {"adamw", "muon", "muon_split", "muon_bf16_ns"}
+    assert r["step_ratio"] > 0 and r["step_ratio_bf16_ns"] > 0
+    assert (tmp_path / "curves.png").stat().st_size > 0
