@@ -7,18 +7,26 @@
         tokenizer/          the tokenizer (gptkit/tokenizer.save_tokenizer; for built-ins only its info)
         optimizer.pt        (training only) optimizer state, tensors only: torch.load(weights_only=True)
         trainer.json        (training only) step, data position, anything else needed to resume
+        checksums.json      the size and sha256 of every other file, and a sha256 of its own list
 
 A checkpoint is assembled in a hidden temporary directory beside its final place and renamed into
 place as the last step, so a crash can never leave a half-written checkpoint under a name that
-`latest_checkpoint` would pick.
+`latest_checkpoint` would pick. What the disk does to it later (a flipped bit, a truncation, a
+file copied half) is caught by `verify_checkpoint` against checksums.json: every load for training
+(resume, --init-from), convert, eval and sample checks it, and `newest_valid_checkpoint` is the one
+rule for which checkpoint a resume continues from. Checkpoints written before checksums.json (gptkit
+0.1) still load, with a note that they are not verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,14 +35,23 @@ from torch.overrides import TorchFunctionMode
 
 from gptkit import __version__
 from gptkit.errors import GptkitError
-from gptkit.fsutil import atomic_output, disk_errors, remove_stale_temps, save_safetensors, write_json_atomic
+from gptkit.fsutil import (
+    atomic_output,
+    disk_errors,
+    remove_stale_temps,
+    save_safetensors,
+    sha256_file,
+    write_json_atomic,
+)
 from gptkit.model import GPT, GPTConfig
 from gptkit.tokenizer import Tokenizer
+from gptkit.vocab_files import SAVED_DIR
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 OPTIMIZER = "optimizer.pt"
 TRAINER = "trainer.json"
+CHECKSUMS = "checksums.json"
 STEP_RE = re.compile(r"^step_(\d+)$")
 TIED_KEY = "lm_head.weight"  # derived from transformer.wte.weight, never stored
 
@@ -75,7 +92,7 @@ def save_checkpoint(
     tokenizer/ with its info in config.json; a bare name (old callers) records only the name.
     """
     from gptkit.tokenizer import save_tokenizer
-    from gptkit.vocab_files import SAVED_DIR, SAVED_INFO
+    from gptkit.vocab_files import SAVED_INFO
 
     tok_info = None
     if isinstance(tokenizer, Tokenizer):
@@ -112,11 +129,152 @@ def save_checkpoint(
             torch.save(optimizer_state, tmp / OPTIMIZER)
         if trainer_state is not None:
             write_json_atomic(tmp / TRAINER, trainer_state)
+        write_checksums(tmp)
         for f in tmp.rglob("*"):  # data on disk before the rename makes the checkpoint visible
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
     return path
+
+
+# --- checksums ---------------------------------------------------------------------------------
+
+
+class CorruptCheckpoint(GptkitError):
+    """A checkpoint file that is missing, truncated or changed since it was written (one line naming it)."""
+
+
+def _list_digest(files: dict) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    """checksums.json for every file under `folder` (the checkpoint being assembled). The list carries
+    a sha256 of itself, so a byte changed in checksums.json is named as checksums.json, never as the
+    file whose recorded hash it happened to hit."""
+    files = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != CHECKSUMS:
+            files[f.relative_to(folder).as_posix()] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
+    write_json_atomic(folder / CHECKSUMS, {"algorithm": "sha256", "files": files, "list_sha256": _list_digest(files)})
+
+
+UNVERIFIED = "written before checkpoints recorded checksums (no checksums.json); its files are not verified"
+
+
+def read_checksums(path: Path) -> dict[str, dict] | None:
+    """The recorded {file: {size, sha256}} of the checkpoint at `path`; None for one written before
+    checksums.json existed. A damaged checksums.json is a CorruptCheckpoint naming it."""
+    f = path / CHECKSUMS
+    if not f.exists():
+        return None
+    bad = CorruptCheckpoint(
+        f"{f}: damaged (its own sha256 does not match its contents); the checkpoint cannot be verified"
+    )
+    try:
+        body = json.loads(f.read_bytes())
+        files = body["files"]
+        ok = body.get("algorithm") == "sha256" and body["list_sha256"] == _list_digest(files)
+    except (ValueError, KeyError, TypeError):  # not JSON, not UTF-8, or not this shape
+        raise bad from None
+    except OSError as e:
+        raise CorruptCheckpoint(f"{f}: cannot read ({e.strerror})") from None
+    if not ok or not isinstance(files, dict) or CONFIG not in files or WEIGHTS not in files:
+        raise bad
+    return files
+
+
+# What a reader of the model alone (sample, eval, convert, --init-from) uses: it checks these and not
+# the optimizer's state, twice the weights' size, which it never reads (a resume checks everything).
+MODEL_PARTS = (WEIGHTS, CONFIG, SAVED_DIR)
+
+
+def verify_checkpoint(path: str | Path, model_only: bool = False) -> str | None:
+    """Check every file the checkpoint at `path` recorded (`model_only`: those in MODEL_PARTS):
+    present, same size, same sha256. Raises CorruptCheckpoint naming the first bad file; returns a
+    note for a checkpoint written without checksums."""
+    path = Path(path)
+    files = read_checksums(path)
+    if files is None:
+        return f"{path}: {UNVERIFIED}"
+    for name, want in files.items():
+        if model_only and name.split("/", 1)[0] not in MODEL_PARTS:
+            continue
+        f = path / name
+        try:
+            size = f.stat().st_size
+            if size != want["size"]:
+                raise CorruptCheckpoint(
+                    f"{f}: {size} bytes, but {want['size']} when the checkpoint was written; the file is corrupt "
+                    "or truncated"
+                )
+            if sha256_file(f) != want["sha256"]:
+                raise CorruptCheckpoint(
+                    f"{f}: sha256 differs from the one recorded when the checkpoint was written; the file is corrupt"
+                )
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"{f}: missing (listed in {CHECKSUMS}); the checkpoint is incomplete") from None
+        except OSError as e:
+            raise CorruptCheckpoint(f"{f}: cannot read ({e.strerror})") from None
+    return None
+
+
+class Verification:
+    """verify_checkpoint(path) in a background thread, for a caller with its own work to overlap
+    (sampling: hashing a 124M checkpoint takes about as long as loading it; see models.py).
+    `result()` waits, then raises what verify_checkpoint raised or returns its note."""
+
+    def __init__(self, path: Path, model_only: bool = False):
+        self._note: str | None = None
+        self._error: GptkitError | None = None
+        self._thread = threading.Thread(target=self._run, args=(path, model_only), name="gptkit-verify", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path, model_only: bool) -> None:
+        try:
+            self._note = verify_checkpoint(path, model_only)
+        except GptkitError as e:
+            self._error = e
+
+    def result(self) -> str | None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._note
+
+
+def newest_valid_checkpoint(run_dir: str | Path, log: Callable[[str], object] = lambda m: None) -> Path | None:
+    """The checkpoint a resume of `run_dir` continues from: the newest step_* that verifies. Each newer
+    one that is incomplete (a step_* folder without weights or config) or corrupt is skipped with one
+    line to `log` naming it. None when the run has no step_* at all; when it has some and none is
+    usable, one CorruptCheckpoint naming them all and the fix (and nothing logged)."""
+    run_dir = Path(run_dir)
+    steps = sorted(
+        (int(m.group(1)), p)
+        for p in (run_dir.iterdir() if run_dir.is_dir() else ())
+        if (m := STEP_RE.match(p.name)) and p.is_dir()
+    )
+    if not steps:
+        return None
+    skipped: list[tuple[str, str]] = []
+    for _, p in reversed(steps):
+        try:
+            if not is_checkpoint(p):
+                raise CorruptCheckpoint(f"{p}: incomplete (no {WEIGHTS} or {CONFIG})")
+            note = verify_checkpoint(p)
+        except CorruptCheckpoint as e:
+            skipped.append((p.name, str(e)))
+            continue
+        for _, why in skipped:
+            log(f"skipping {why}")
+        if note is not None:
+            log(note)
+        return p
+    raise CorruptCheckpoint(
+        f"{run_dir}: every checkpoint is corrupt or incomplete ({', '.join(n for n, _ in skipped)}; the newest: "
+        f"{skipped[0][1]}); nothing to resume from. Restore a good copy of one, or start again: delete {run_dir} "
+        "or train under another --name"
+    )
 
 
 def checkpoint_bytes(model: torch.nn.Module | dict[str, torch.Tensor], optimizer: bool) -> int:
@@ -133,6 +291,7 @@ class Checkpoint:
     tokenizer: str
     meta: dict
     state_dict: dict[str, torch.Tensor] = field(repr=False)
+    notes: list[str] = field(default_factory=list)  # for the user: e.g. that its files are not verified
 
     @property
     def train_config(self) -> dict:
@@ -236,8 +395,9 @@ def is_checkpoint(path: Path) -> bool:
     return (path / WEIGHTS).is_file() and (path / CONFIG).is_file()
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint directory (or the latest checkpoint of a run directory)."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, verify: bool = True) -> Checkpoint:
+    """Load a checkpoint directory (or the latest checkpoint of a run directory), its files checked
+    against checksums.json first (`verify=False`: the caller verified them, or does so beside)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -248,12 +408,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     if found is None:
         raise GptkitError(f"{path}: not a gptkit checkpoint (no {WEIGHTS} + {CONFIG}) and holds no step_* checkpoints")
     path = found
+    notes = [note] if verify and (note := verify_checkpoint(path)) else []
     config, meta = read_config(path)
     try:
         sd = load_file(str(path / WEIGHTS), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
         raise GptkitError(f"{path / WEIGHTS}: cannot read weights ({e}); the file is corrupt or truncated") from None
-    return Checkpoint(path=path, config=config, tokenizer=meta.get("tokenizer", "gpt2"), meta=meta, state_dict=sd)
+    return Checkpoint(
+        path=path, config=config, tokenizer=meta.get("tokenizer", "gpt2"), meta=meta, state_dict=sd, notes=notes
+    )
 
 
 def resolve_checkpoint(path: Path) -> Path | None:

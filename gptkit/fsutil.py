@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
@@ -28,6 +29,16 @@ def write_json_atomic(path: Path, obj, *, indent: int = 2) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's content, read in 16 MiB chunks (hashlib releases the GIL on each, so a
+    thread hashing runs beside the caller's work)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

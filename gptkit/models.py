@@ -19,7 +19,7 @@ from gptkit.checkpoint import latest_checkpoint, model_from_state_dict
 from gptkit.errors import GptkitError
 from gptkit.formats.convert import complete_download as _complete_hf_dir
 from gptkit.formats.convert import load
-from gptkit.formats.loaded import ASSUMED_GPT2, NEEDS_TOKENIZER
+from gptkit.formats.loaded import ASSUMED_GPT2, NEEDS_TOKENIZER, Loaded
 from gptkit.memory import pack_on_huge_pages
 from gptkit.model import GPT, MLP, CausalSelfAttention
 from gptkit.names import looks_like_path
@@ -131,7 +131,35 @@ def load_for_sampling(
     `log` receives what the reader had to assume about the model (its head count, its activation).
     `steps`: how many decoding steps the caller means to run (its max_new_tokens: a step reads the
     weights once, however many samples it makes), which decides the huge pages (below)."""
-    loaded = load(path, tokenizer=tokenizer)
+    # A checkpoint's checksums are hashed in a thread meanwhile, and waited for before the model is
+    # returned, so no token comes from unverified weights. Measured on the 124M shape
+    # (scripts/bench_sample.py, README): hashing alone is ~1 s at ~0.5 GB/s, more than the load itself.
+    loaded = load(path, tokenizer=tokenizer, wait_check=False)
+    check = loaded.pending_check
+    try:
+        model, tok = _decoding_model(path, loaded, device, dtype, log, steps)
+    except GptkitError:
+        if check is not None:
+            check()  # a file that fails its checksum is named first, whatever it then broke
+        raise
+    where, fmt, assumed = loaded.path, loaded.format, loaded.assumed_tokenizer
+    del loaded
+    if check is not None and (note := check()) is not None and log is not None:
+        log(note)
+    described = f"{where} ({fmt}, tokenizer {tok.name}"
+    if assumed:
+        described += ", assumed: the source names none"
+    return model, tok, described + ")"
+
+
+def _decoding_model(
+    path: Path,
+    loaded: Loaded,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    log: Callable[[str], None] | None,
+    steps: int,
+) -> tuple[GPT, Tokenizer]:
     if log is not None:
         for note in loaded.notes:
             if NEEDS_TOKENIZER not in note and not note.startswith(ASSUMED_GPT2):  # the description says those
@@ -143,7 +171,6 @@ def load_for_sampling(
             "a vocab.json + merges.txt directory, a nanoGPT meta.pkl, gpt2 or bytes)"
         )
     cfg = loaded.config
-    where, fmt, assumed = loaded.path, loaded.format, loaded.assumed_tokenizer
     if cfg.vocab_size != tok.vocab_size:
         raise GptkitError(
             f"{path}: the model has a vocabulary of {cfg.vocab_size} but its tokenizer {tok.name!r} has "
@@ -151,12 +178,8 @@ def load_for_sampling(
         )
     # The model takes the loaded tensors themselves (no random init, no copy), then casts once.
     model = model_from_state_dict(cfg, loaded.state_dict, device, loaded.path, assign=True)
-    del loaded
-    model = prepare_for_decoding(model, dtype, huge_pages=steps >= HUGE_PAGES_FROM_STEPS)
-    described = f"{where} ({fmt}, tokenizer {tok.name}"
-    if assumed:
-        described += ", assumed: the source names none"
-    return model, tok, described + ")"
+    loaded.state_dict = {}  # the model holds the tensors now: the cast below frees the fp32 ones
+    return prepare_for_decoding(model, dtype, huge_pages=steps >= HUGE_PAGES_FROM_STEPS), tok
 
 
 # --- decoding layout ------------------------------------------------------------------------------

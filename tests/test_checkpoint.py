@@ -17,6 +17,7 @@ from gptkit.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
     step_dirname,
+    write_checksums,
 )
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, get_preset
@@ -131,6 +132,7 @@ def test_mismatched_config_is_refused(tmp_path):
     meta = json.loads((p / "config.json").read_text())
     meta["model"]["n_embd"] = 128
     (p / "config.json").write_text(json.dumps(meta))
+    write_checksums(p)  # written so, not damaged later
     with pytest.raises(GptkitError, match="shape"):
         load_checkpoint(p).build_model()
 
@@ -186,6 +188,9 @@ def test_checkpoint_carries_its_tokenizer(tmp_path):
     assert load_checkpoint(old).load_tokenizer().name == "bytes"
     # a character vocabulary whose files are gone: an error, not a built-in in its place
     shutil.rmtree(p / "tokenizer")
+    with pytest.raises(GptkitError, match=r"tokenizer/chars\.json: missing \(listed in checksums\.json\)"):
+        load_checkpoint(p)
+    write_checksums(p)  # even with no checksum to miss it
     with pytest.raises(GptkitError, match="files are missing"):
         load_checkpoint(p).load_tokenizer()
 

@@ -8,7 +8,7 @@ import torch
 from conftest import assert_one_line_error, run_cli
 
 from gptkit import __version__
-from gptkit.checkpoint import load_checkpoint, save_checkpoint
+from gptkit.checkpoint import load_checkpoint, save_checkpoint, write_checksums
 from gptkit.errors import GptkitError
 from gptkit.model import GPT, get_preset
 from gptkit.train.config import LaunchConfig, Plan, ResolvedRun, TrainConfig
@@ -26,6 +26,7 @@ def later_checkpoint(tmp_path, version: str | None = "9.9.0"):
     else:
         meta["gptkit_version"] = version
     (ck / "config.json").write_text(json.dumps(meta))
+    write_checksums(ck)  # as that gptkit would have
     return ck
 
 

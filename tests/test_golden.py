@@ -45,6 +45,7 @@ def test_golden_shards_verify_and_read(golden, gptkit_home):
 def test_golden_run_resumes_to_the_end(golden, gptkit_home, trains):
     run = golden / "run"
     r = trains.cli("--resume", run, "--data", golden / "shards", "--gpus", "0", "--nproc", "1", check=True)
+    assert f"{run / 'step_000004'}: written before checkpoints recorded checksums" in r.stdout + r.stderr
     assert (run / "step_000006" / "model.safetensors").is_file(), r.stdout + r.stderr
     steps = [json.loads(ln).get("step") for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(s for s in steps if s is not None) == 6
@@ -69,6 +70,7 @@ def test_golden_checkpoint_samples(golden, gptkit_home):
     )
     out = json.loads(r.stdout)
     assert out["samples"][0]["tokens"] == 12
+    assert "written before checkpoints recorded checksums (no checksums.json); its files are not verified" in r.stderr
     # greedy decoding by hand, no KV cache: the CLI must produce the same bytes
     from gptkit.checkpoint import load_checkpoint
 

@@ -24,7 +24,6 @@ tools' data scripts use) unless one is given, and a note saying so.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -34,6 +33,7 @@ import numpy as np
 
 from gptkit import names, paths
 from gptkit.errors import GptkitError
+from gptkit.fsutil import sha256_file
 
 MAGIC = 20240520
 VERSION = 1
@@ -98,14 +98,6 @@ def check_token_ids(path: Path, chunk: np.ndarray, vocab: tuple[str, int]) -> No
         raise GptkitError(
             f"{path}: token id {int(chunk.max())} is outside the vocabulary ({vocab[0]}, size {vocab[1]})"
         )
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- the manifest

@@ -21,7 +21,7 @@ from typing import IO, Any
 from gptkit.data import shards
 from gptkit.data.shards import MANIFEST, PARTIAL_DIR, READ_TOKENS
 from gptkit.errors import GptkitError
-from gptkit.fsutil import fsync_dir, make_dirs, write_json_atomic
+from gptkit.fsutil import fsync_dir, make_dirs, sha256_file, write_json_atomic
 from gptkit.vocab_files import SAVED_DIR
 
 STATE = "state.json"
@@ -84,7 +84,7 @@ class ShardWriter:
         k = len(self.state["shards"])
         name = f"{self.split}_{k:06d}.bin"
         tmp = self.pdir / CURRENT
-        digest = shards.sha256_file(tmp)
+        digest = sha256_file(tmp)
         docs = _count_eot(tmp, self.count, self.eot)
         os.replace(tmp, self.pdir / name)
         fsync_dir(self.pdir)

@@ -118,12 +118,17 @@ def output_format(dst: Path, to: str | None) -> str:
     return fmt
 
 
-def load(path: str | Path, fmt: str | None = None, tokenizer: str | Path | None = None) -> Loaded:
+def load(
+    path: str | Path, fmt: str | None = None, tokenizer: str | Path | None = None, *, wait_check: bool = True
+) -> Loaded:
     """Read any supported format (detected from the content unless `fmt` is given). `tokenizer`
     (--tokenizer) names the model's tokenizer: it must fit the vocabulary, and it never replaces a
-    different tokenizer that the source carries."""
+    different tokenizer that the source carries. `wait_check=False`: a check of the files still
+    running (a checkpoint's checksums) is left to the caller's `Loaded.finish_check()`."""
     path = Path(path)
     loaded = FORMATS[fmt or detect_format(path)].read(path)
+    if wait_check:
+        loaded.finish_check()
     if tokenizer is not None:
         loaded = loaded.with_tokenizer(get_tokenizer(tokenizer), str(tokenizer))
     return loaded

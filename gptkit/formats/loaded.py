@@ -40,6 +40,15 @@ class Loaded:
     meta: dict = field(default_factory=dict)  # step and other provenance, when the source has them
     notes: list[str] = field(default_factory=list)  # what the reader had to assume, for the user
     assumed_tokenizer: bool = False  # a default (nanoGPT's GPT-2), not read from the source: --tokenizer may replace it
+    # A check of the source's files still running beside the caller (a gptkit checkpoint's checksums,
+    # checkpoint.Verification); formats.convert.load waits for it unless told the caller will.
+    pending_check: Callable[[], str | None] | None = field(default=None, repr=False)
+
+    def finish_check(self) -> None:
+        """Wait for `pending_check`: its error is raised, its note joins `notes`."""
+        check, self.pending_check = self.pending_check, None
+        if check is not None and (note := check()) is not None:
+            self.notes.append(note)
 
     def build_model(self, device: str | torch.device = "cpu") -> GPT:
         return model_from_state_dict(self.config, self.state_dict, device=device, source=self.path)

@@ -11,15 +11,28 @@ from pathlib import Path
 
 import torch
 
-from gptkit.checkpoint import CONFIG, STEP_RE, WEIGHTS, latest_checkpoint, load_checkpoint, read_json, save_checkpoint
+from gptkit.checkpoint import (
+    CHECKSUMS,
+    CONFIG,
+    STEP_RE,
+    WEIGHTS,
+    Verification,
+    latest_checkpoint,
+    load_checkpoint,
+    read_json,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from gptkit.errors import GptkitError
 from gptkit.formats.loaded import NEEDS_TOKENIZER, Format, Loaded
-from gptkit.tokenizer import save_tokenizer, tokenizer_for
-from gptkit.vocab_files import SAVED_DIR
+from gptkit.tokenizer import tokenizer_for
 
 
 def detect(path: Path, head: bytes | None) -> bool:
     if head is not None:
         return False
+    if all((path / f).is_file() for f in (CHECKSUMS, CONFIG, WEIGHTS)):
+        return True  # read_checksums and verify_checkpoint then check every byte of these
     if (path / CONFIG).is_file():
         cfg = read_json(path / CONFIG)
         if isinstance(cfg.get("model"), dict) and (path / WEIGHTS).is_file():
@@ -28,14 +41,25 @@ def detect(path: Path, head: bytes | None) -> bool:
 
 
 def read(path: Path) -> Loaded:
-    ck = load_checkpoint(path)
+    # The files' checksums are verified in a thread while the weights load: hashing a 124M checkpoint
+    # takes about as long as reading it (Loaded.pending_check; formats.convert.load waits for it).
+    found = resolve_checkpoint(path)
+    check = Verification(found, model_only=True) if found is not None else None
+    try:
+        ck = load_checkpoint(path, verify=False)
+    except GptkitError:
+        if check is not None:
+            check.result()  # a corrupt file is named by its checksum first, however it failed to load
+        raise
     m = STEP_RE.match(ck.path.name)
     step = ck.step if ck.step is not None else (int(m.group(1)) if m else None)
     block = ck.meta.get("tokenizer_info") or ck.meta.get("tokenizer", "gpt2")
     tok = tokenizer_for(block, ck.path, f"checkpoint {ck.path}") if block else None
     notes = [] if tok is not None else [f"the checkpoint names no tokenizer; {NEEDS_TOKENIZER}"]
     meta = {"step": step} if step is not None else {}
-    return Loaded(ck.config, ck.state_dict, tok, ck.path, "gptkit", meta, notes)
+    loaded = Loaded(ck.config, ck.state_dict, tok, ck.path, "gptkit", meta, notes)
+    loaded.pending_check = check.result if check is not None else None
+    return loaded
 
 
 def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
@@ -47,9 +71,8 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
         extra["tokenizer_info"] = tok.info()
     else:
         extra["tokenizer"] = None  # not even a name: `gptkit sample` asks for --tokenizer
-    save_checkpoint(out, model, config=m.config, tokenizer=tok.name if tok else "", extra=extra)
-    if tok is not None:  # inside convert's temporary output: appears with the checkpoint, or not at all
-        save_tokenizer(tok, out / SAVED_DIR)
+    # the tokenizer/ folder is written inside the checkpoint, so checksums.json covers it
+    save_checkpoint(out, model, config=m.config, tokenizer=tok if tok is not None else "", extra=extra)
     return []
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 from gptkit.formats import gguf, hf, native, pt, safetensors
 from gptkit.formats.loaded import Format
 
-# In the order users see them. Detection tries a directory as hf before gptkit (a run directory also
-# holds a config.json, only HF's names a model_type), and a file as safetensors before pt: its check
-# (a header length, then "{") is the stricter one, and its first byte may look like a pickle's.
+# In the order users see them. Detection tries a directory as gptkit first: a checkpoint is known by
+# its checksums.json without parsing its config, so a corrupt config.json is named by its checksum
+# (gptkit's own config.json has a "model" section, an HF one a model_type, a run directory step_*
+# folders). A file is tried as safetensors before pt: its check (a header length, then "{") is the
+# stricter one, and its first byte may look like a pickle's.
 FORMATS: dict[str, Format] = {f.name: f for f in (native.FORMAT, pt.FORMAT, safetensors.FORMAT, hf.FORMAT, gguf.FORMAT)}
-DETECTION_ORDER = ("hf", "gptkit", "safetensors", "pt", "gguf")
+DETECTION_ORDER = ("gptkit", "hf", "safetensors", "pt", "gguf")

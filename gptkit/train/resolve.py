@@ -49,12 +49,17 @@ if TYPE_CHECKING:
 
 # --- run directory and resume --------------------------------------------------------------------
 def resolve_run_dir(
-    name: str | None, out: str | Path | None, resume: str | None, preset: str
+    name: str | None,
+    out: str | Path | None,
+    resume: str | None,
+    preset: str,
+    warn: Callable[[str], object] = lambda m: None,
 ) -> tuple[Path, Path | None]:
-    """(run directory, checkpoint to resume from or None)."""
+    """(run directory, checkpoint to resume from or None): resumed_run's, its checkpoint verified
+    (`warn` gets each checkpoint skipped, and the note for one without checksums)."""
     from gptkit.checkpoint import latest_checkpoint
 
-    run_dir, ckpt = resumed_run(name, out, resume)
+    run_dir, ckpt = resumed_run(name, out, resume, verify=warn)
     if run_dir is None:
         run_dir = paths.runs_dir(f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     if ckpt is None and latest_checkpoint(run_dir) is not None:
@@ -64,11 +69,25 @@ def resolve_run_dir(
     return run_dir, ckpt
 
 
-def resumed_run(name: str | None, out: str | Path | None, resume: str | None) -> tuple[Path | None, Path | None]:
+def resumed_run(
+    name: str | None, out: str | Path | None, resume: str | None, verify: Callable[[str], object] | None = None
+) -> tuple[Path | None, Path | None]:
     """(the run directory --name / --out / --resume name, or None for a new run's default; the
     checkpoint to resume from, or None). `--resume RUN` also takes a run that has only its
-    config.json (killed before its first checkpoint): it restarts (recorded_config)."""
-    from gptkit.checkpoint import latest_checkpoint, resolve_checkpoint
+    config.json (killed before its first checkpoint): it restarts (recorded_config).
+
+    With `verify` (resolve_run_dir's call) the checkpoint's files are checked here, once, before any
+    worker starts (the workers then read them unverified): a run resumes from its newest valid
+    checkpoint (checkpoint.newest_valid_checkpoint; each one skipped is said to `verify`), and a
+    checkpoint named itself must verify. Without it, the latest checkpoint, unchecked (settle_config's
+    first look, which only asks whether there is one)."""
+    from gptkit.checkpoint import is_checkpoint, latest_checkpoint, newest_valid_checkpoint, resolve_checkpoint
+    from gptkit.checkpoint import verify_checkpoint as check
+
+    def newest(run: Path) -> Path | None:
+        if verify is None:
+            return latest_checkpoint(run)
+        return newest_valid_checkpoint(run, log=lambda m: verify(f"--resume {resume}: {m}"))
 
     if name and out:
         raise GptkitError("give --name or --out, not both")
@@ -91,10 +110,18 @@ def resumed_run(name: str | None, out: str | Path | None, resume: str | None) ->
             return run_dir or found.resolve(), None  # a run without a checkpoint yet
         if ckpt is None:
             raise GptkitError(f"--resume {resume}: not a checkpoint, nor a run directory holding step_* checkpoints")
+        assert found is not None
+        # a run (by name or by its directory): its newest valid checkpoint; a checkpoint named itself
+        # must verify
+        if not is_checkpoint(found.resolve()):
+            ckpt = newest(found.resolve())
+        elif verify is not None and (note := check(ckpt)) is not None:
+            verify(note)
+        assert ckpt is not None
         run_dir = run_dir or ckpt.parent
     elif resume == "auto":
         run_dir = run_dir or newest_run()
-        ckpt = latest_checkpoint(run_dir) if run_dir else None
+        ckpt = newest(run_dir) if run_dir else None
     return run_dir, ckpt
 
 
@@ -200,9 +227,10 @@ class Found:
     """What resolving a run reads on disk, each read once: settle_config and prepare (and the plan)
     ask here, so the shards and the --init-from weights are examined one time per run."""
 
-    def __init__(self) -> None:
+    def __init__(self, warn: Callable[[str], object] = lambda m: None, verify: bool = True) -> None:
         self._data: dict[str | None, tuple] = {}
         self._weights: dict[str, tuple[Path, GPTConfig, dict]] = {}
+        self.warn, self.verify = warn, verify  # --init-from's checksums: checked unless only planning
 
     def data(self, arg: str | None) -> tuple[Path, list[Path], list[Path], dict]:
         """train.data.check_data(arg), once (an error is raised again, not kept)."""
@@ -223,7 +251,7 @@ class Found:
     def weights(self, path: str) -> tuple[Path, GPTConfig, dict]:
         """read_init_from(path), once."""
         if path not in self._weights:
-            self._weights[path] = read_init_from(path)
+            self._weights[path] = read_init_from(path, self.warn if self.verify else None)
         return self._weights[path]
 
 
@@ -246,7 +274,7 @@ def settle_config(
     validated (one line for a bad value) before any warning is worked out from it."""
     from gptkit.train import auto
 
-    found = Found()
+    found = Found(warn, verify=not plan_only)
     file_train, file_launch = split_settings(load_config_file(config_file)) if config_file else ({}, {})
     # The command line wins over the file.
     launch = launch_overrides.apply(LaunchConfig(**check_types(file_launch, LaunchConfig, str(config_file))))
@@ -321,7 +349,7 @@ def settle_config(
 
     run_dir = ckpt = None
     if not gpu_type and not plan_only:
-        run_dir, ckpt = resolve_run_dir(name, out, resume, preset)
+        run_dir, ckpt = resolve_run_dir(name, out, resume, preset, warn)
     # The model shape settings given (flags or file): checked against a resumed or --init-from model.
     shape_given = {k for k in SHAPE_KEYS if k in file_train or k in overrides.given()}
     resumed_shape = None
@@ -596,14 +624,18 @@ def checkpoint_shape(ckpt: Path) -> dict:
     return shape_of(read_config(ckpt)[0].to_dict())
 
 
-def read_init_from(path: str) -> tuple[Path, GPTConfig, dict]:
-    """--init-from's checkpoint: (its path, its GPTConfig, its meta); one line with the way to make one."""
-    from gptkit.checkpoint import read_config, resolve_checkpoint
+def read_init_from(path: str, verify: Callable[[str], object] | None = None) -> tuple[Path, GPTConfig, dict]:
+    """--init-from's checkpoint: (its path, its GPTConfig, its meta); one line with the way to make one.
+    `verify`: check its files against their checksums first (before any worker starts, which then
+    reads them unverified), a note for a checkpoint without them going there."""
+    from gptkit.checkpoint import read_config, resolve_checkpoint, verify_checkpoint
 
     how = "`gptkit convert SRC DIR --to gptkit`"
     found = resolve_checkpoint(Path(path).expanduser().resolve())
     if found is None:
         raise GptkitError(f"--init-from {path}: not a gptkit checkpoint; make one with {how}")
+    if verify is not None and (note := verify_checkpoint(found, model_only=True)) is not None:
+        verify(f"--init-from {path}: {note}")
     try:
         mc, meta = read_config(found)
     except GptkitError as e:  # e.g. a Hugging Face folder: its config.json is not a gptkit checkpoint's

@@ -117,7 +117,8 @@ class Trainer:
             # Fine-tuning or continuing an imported model: its architecture and weights (with this
             # run's dropout), a fresh optimizer and schedule. (resolve.prepare already checked the
             # vocabulary, and that the run's shape is the weights'.)
-            init = load_checkpoint(cfg.init_from, device=self.device)
+            # verify=False: the launcher checked its files before any rank started (resolve.read_init_from)
+            init = load_checkpoint(cfg.init_from, device=self.device, verify=False)
             self._check_tokenizer(init.meta, init.path)
             self.model_config = replace(init.config, dropout=cfg.dropout)
             if shape_of(self.model_config.to_dict()) != {k: getattr(cfg, k) for k in SHAPE_KEYS}:
@@ -173,7 +174,9 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         """Every rank: the weights, the optimizers' states and the position, through the seam."""
-        ck = load_checkpoint(path, device=self.device)
+        # verify=False: the launcher verified the checkpoint once, before any rank started
+        # (resolve.resolve_run_dir); every rank hashing it again would only repeat that read.
+        ck = load_checkpoint(path, device=self.device, verify=False)
         self._check_tokenizer(ck.meta, ck.path)
         if ck.config != self.model_config:
             raise TrainingError(f"{ck.path}: its model ({ck.config}) differs from this run's ({self.model_config})")
