@@ -135,3 +135,24 @@ def test_every_readme_command_parses_and_a_bad_one_is_named(tmp_path):
     assert check_readme.check("gptkit sample 'a # b' -n 3") is None
     assert "--max-steps" in check_readme.check("gptkit train --max-steps lots")
     assert check_readme.main([str(fake)]) == 1
+
+
+def test_the_plan_and_the_auto_sizing_print_one_estimate_of_several_timed_passes(gptkit_home):
+    from gptkit.model import get_preset
+    from gptkit.train import config as C
+    from gptkit.train.estimate import CpuTiming, human_duration, time_cpu_step
+    from gptkit.train.resolve import make_plan
+
+    t = time_cpu_step(get_preset("tiny").with_vocab(256), 32, "fp32", max_rows=2)
+    assert t.passes >= 3 and 0 < t.cpu_share <= 1 and t.spread >= 1 and "median of" in t.describe()
+    busy = CpuTiming(0.01, 0.001, passes=5, spread=1.2, cpu_share=0.25)
+    assert busy.busy and "busy" in busy.busy_note() and "25%" in busy.busy_note() and "4x" in busy.busy_note()
+    assert CpuTiming(0.01, 0.001, passes=5, spread=1.1, cpu_share=0.95).busy_note() is None
+    assert CpuTiming(0.01, 0.001, passes=5, spread=3.0, cpu_share=0.95).busy  # passes far apart
+
+    make_dataset(paths.shards_dir("toy"), docs=120)
+    p = make_plan(C.TrainOverrides(), C.LaunchOverrides(gpus=0))
+    assert p.auto and f"~{human_duration(p.wall_s)} at a measured" in p.auto  # the same figure in both places
+    assert p.time_basis.startswith("measured here for the auto-sizing: the median of")
+    # the largest micro-batch memory allows, not the batch's own rows echoed
+    assert p.memory_micro_batch > p.rows_per_process >= p.max_micro_batch

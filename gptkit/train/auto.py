@@ -9,7 +9,8 @@ without --preset, the run is sized from the data and the machine; a model shape 
   (a larger model on less data only memorises it);
 - the tokens: the fewest of TOKENS_PER_PARAM per parameter (Chinchilla's ratio), MAX_EPOCHS passes
   over the training data, and what the machine does in TARGET_SECONDS at a measured tokens/s
-  (one timed micro-batch of the real model: gptkit.train.estimate.time_cpu_step), at least MIN_STEPS;
+  (the median of several timed micro-batches of the real model: gptkit.train.estimate.time_cpu_step),
+  at least MIN_STEPS; `--plan` shows the same timing and estimate;
 - the micro-batch: the preset's, lowered until the memory estimate fits the free RAM;
 - warmup 5% of the steps; validation ~10 times, samples 4 times, checkpoints 5 times per run.
 
@@ -51,6 +52,9 @@ class AutoChoice:
     tok_per_s: float
     est_seconds: float
     line: str  # what was picked and why, one line
+    step_s: float = 0.0  # the estimated time of one optimizer step (est_seconds = steps x this)
+    basis: str = ""  # how step_s was measured
+    busy: str | None = None  # the timing saw a busy machine: one line saying so (estimate.CpuTiming.busy_note)
 
 
 def steps_for(train_tokens: int, n_params: int, batch_tokens: int, tok_per_s: float) -> int:
@@ -100,7 +104,13 @@ def choose(
     batch (nanoGPT's CPU recipe gives both): kept, and the rest (model, steps, schedule) sized around it."""
     from gptkit.train.estimate import human_count, human_duration, param_count, time_cpu_step
 
-    timer = timer or (lambda mc, T: time_cpu_step(mc, T, precision).row_s)
+    timings: list = []  # the real timings (CpuTiming), when no timer is given: the last is the chosen model's
+
+    def measure(mc: GPTConfig, T: int) -> float:
+        timings.append(time_cpu_step(mc, T, precision))
+        return timings[-1].row_s
+
+    timer = timer or measure
     chosen = None
     for name in CANDIDATES:
         last = name == CANDIDATES[-1]
@@ -132,7 +142,10 @@ def choose(
     mb = micro_batch or fit_micro_batch(mc, n_params, T, rows_per_rank, TRAIN_PRESETS[name]["micro_batch"], free)
     settings = dict(schedule_for(steps), micro_batch=mb, seq_len=T, batch_tokens=batch)
     total = steps * batch
-    est = total / tok_per_s
+    timing = timings[-1] if timings else None
+    # The one estimate, printed here and by --plan (which reuses this timing): rows and optimizer steps.
+    step_s = batch / tok_per_s + (timing.optimizer_s if timing else 0.0)
+    est = steps * step_s
     epochs = total / max(1, machine.train_tokens)
     if name != CANDIDATES[-1] or machine.train_tokens < SMALL_MIN_TOKENS:
         why = f"{human_count(machine.train_tokens)} training tokens"
@@ -144,4 +157,5 @@ def choose(
         f"{batch:,} tokens ({epochs:.1f} epochs), ~{human_duration(est)} at a measured "
         f"{human_count(tok_per_s)} tok/s; --preset gpt2 for the 124M recipe"
     )
-    return AutoChoice(name, settings, tok_per_s, est, line)
+    basis = timing.describe() if timing else "the timer given"
+    return AutoChoice(name, settings, tok_per_s, est, line, step_s, basis, timing.busy_note() if timing else None)

@@ -37,8 +37,11 @@ GPU_MEMORY_GB: list[tuple[str, float]] = [
 GPT2_VOCAB = 50257
 MAX_TIMED_ROWS = 16  # the timed CPU micro-batch grows to this many rows at most
 TIMED_PASS_S = 0.25  # ... until one forward/backward takes this long
-TIMED_TRIES = 3
-TIMED_SECONDS = 1.0
+TIMED_PASSES = 7  # the median of this many timed passes ...
+MIN_TIMED_PASSES = 3  # ... at least these, however slow ...
+TIMED_SECONDS = 3.0  # ... and no more once they have taken this long
+BUSY_CPU_SHARE = 0.7  # a timing that got less than this of its threads' CPU time was of a busy machine
+BUSY_SPREAD = 2.0  # as was one whose slowest pass took over this many times its fastest
 LONG_CPU_RUN_S = 3600  # a CPU run planned at more than this says so before it starts (resolve, plan)
 MEMORY_HEADROOM = 0.8  # a plan "fits" when its estimate is under this fraction of the free memory
 
@@ -113,6 +116,23 @@ def largest_fitting_micro_batch(
     return fitting[-1] if fitting else None
 
 
+def micro_batch_memory_allows(
+    mc: GPTConfig, n_params: int, seq_len: int, half: bool, free: int | None, limit: int = 1 << 16
+) -> int | None:
+    """The largest micro-batch (any number of rows, up to `limit`) whose estimate fits; None if even 1
+    does not (or the free memory is unknown). The estimate grows with the rows: a binary search."""
+    if free is None or not memory_estimate(mc, n_params, seq_len, 1, half, free).fits:
+        return None
+    lo, hi = 1, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if memory_estimate(mc, n_params, seq_len, mid, half, free).fits:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def free_ram() -> int | None:
     """Bytes of RAM available to new processes: MemAvailable (Linux), else the free pages."""
     try:
@@ -138,11 +158,33 @@ def gpu_memory_gb(name: str) -> float | None:
 # --- time ----------------------------------------------------------------------------------------
 @dataclass
 class CpuTiming:
-    row_s: float  # one row (sequence) forward + backward, all cores
+    row_s: float  # one row (sequence) forward + backward, all cores: the median of the timed passes
     optimizer_s: float  # one AdamW step
+    passes: int = 1  # timed passes the median is of
+    spread: float = 1.0  # slowest / fastest timed pass
+    cpu_share: float = 1.0  # CPU time this process got / (wall time x its threads) while timed
 
     def step_s(self, rows: int) -> float:
         return self.row_s * rows + self.optimizer_s
+
+    @property
+    def busy(self) -> bool:
+        """Other work had the cores while this was timed: the estimate is of a busy machine."""
+        return self.cpu_share < BUSY_CPU_SHARE or self.spread > BUSY_SPREAD
+
+    def busy_note(self) -> str | None:
+        """One line for a busy machine (None on a quiet one): what was seen and how the estimate may move."""
+        if not self.busy:
+            return None
+        return (
+            f"the machine is busy: while timed, this process got {self.cpu_share:.0%} of its threads' time "
+            f"(passes {self.spread:.1f}x apart); the estimate is of these conditions: the run may take less "
+            f"once the other work stops (up to ~{min(1 / max(self.cpu_share, 0.05), 20):.0f}x), more if it grows"
+        )
+
+    def describe(self) -> str:
+        """How the figure was measured, for the plan's `time from` row."""
+        return f"the median of {self.passes} timed passes ({self.row_s * 1e3:.0f} ms a row) + one AdamW step"
 
 
 def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, max_rows: int = MAX_TIMED_ROWS) -> CpuTiming:
@@ -152,8 +194,13 @@ def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, max_rows: int = M
     The micro-batch starts at two rows and doubles (up to max_rows) until a pass takes TIMED_PASS_S:
     a pass of a few ms is mostly fixed overhead (the tiny model's 2-row pass measured 3x slower per
     row than its 16-row one). Each size gets an untimed warm-up first (kernel choice, allocator,
-    thread pool), then the best of up to TIMED_TRIES passes within TIMED_SECONDS (others may share
-    the cores). A 124M row takes ~20 s on 2 cores, so that model is timed on one row."""
+    thread pool); then TIMED_PASSES passes at the final size (fewer where that takes more than
+    TIMED_SECONDS, at least MIN_TIMED_PASSES) give the median: one pass is one draw of a machine
+    others may share (one best-of figure said 3 min for a run of 16). The process's CPU time over
+    the passes, against their wall time times its threads, says whether it had its cores. A 124M
+    row takes ~20 s on 2 cores, so that model is timed on one row."""
+    import statistics
+
     import torch
 
     from gptkit.device import resolve_precision
@@ -180,20 +227,30 @@ def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, max_rows: int = M
     # one row only for models where a row is already seconds of large matmuls.
     rows = 1 if sum(p.numel() for p in model.parameters()) > 50e6 else 2
     fwd_bwd(rows)
-    best = fwd_bwd(rows)
-    while best < TIMED_PASS_S and rows < max_rows:
+    last = fwd_bwd(rows)
+    while last < TIMED_PASS_S and rows < max_rows:
         rows *= 2
         fwd_bwd(rows)
-        best = fwd_bwd(rows)
-    start = time.perf_counter()
-    for _ in range(TIMED_TRIES - 1):
-        if time.perf_counter() - start > TIMED_SECONDS:
-            break
-        best = min(best, fwd_bwd(rows))
+        last = fwd_bwd(rows)
+    times = [last]
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    while len(times) < TIMED_PASSES and (
+        len(times) < MIN_TIMED_PASSES or time.perf_counter() - wall0 + last < TIMED_SECONDS
+    ):
+        times.append(fwd_bwd(rows))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    threads = torch.get_num_threads()
+    share = min(1.0, cpu / (wall * threads)) if wall > 0 else 1.0
     opt.step()  # warm-up: allocates the moments
     t = time.perf_counter()
     opt.step()
-    return CpuTiming(best / rows, time.perf_counter() - t)
+    return CpuTiming(
+        statistics.median(times) / rows,
+        time.perf_counter() - t,
+        passes=len(times),
+        spread=max(times) / min(times),
+        cpu_share=share,
+    )
 
 
 # --- human forms (pure) ----------------------------------------------------------------------------

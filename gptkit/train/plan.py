@@ -31,6 +31,7 @@ from gptkit.train.estimate import (
     human_duration,
     largest_fitting_micro_batch,
     memory_estimate,
+    micro_batch_memory_allows,
     param_count,
     time_cpu_step,
 )
@@ -62,6 +63,8 @@ class RunPlan:
     step_s: float | None
     wall_s: float | None
     time_basis: str  # how the time was found
+    memory_micro_batch: int | None = None  # the largest micro-batch the memory estimate allows, any batch
+    rows_per_process: int | None = None  # a --micro-batch divides these (max_micro_batch: the largest that fits)
     auto: str | None = None  # the CPU auto-sizing's line, when it chose the run
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -124,6 +127,7 @@ def plan_of(
 
     mem = memory_estimate(mc, n_params, cfg.seq_len, batches.micro_batch, half, free)
     max_mb = largest_fitting_micro_batch(mc, n_params, cfg.seq_len, per_rank, half, free)
+    memory_mb = micro_batch_memory_allows(mc, n_params, cfg.seq_len, half, free)
     if mem.fits is False:
         fix = f"--micro-batch {max_mb}" if max_mb else "a smaller --preset"
         warnings.append(f"memory: ~{gb_(mem.total)} per process will not fit in {gb_(mem.free)} free; try {fix}")
@@ -144,13 +148,18 @@ def plan_of(
             )
         else:
             basis = f"{name} is not in the peak table; no time estimate"
+    elif settled.auto and settled.auto.get("step_s"):
+        # The auto-sizing timed this very model: its estimate is the plan's (one figure, not two draws).
+        step_s = settled.auto["step_s"]
+        basis = f"measured here for the auto-sizing: {settled.auto['basis']}, scaled to {batches.rows} rows"
+        if settled.auto.get("busy"):
+            notes.append(settled.auto["busy"])
     elif measure:
         timing = time_cpu_step(mc, cfg.seq_len, cfg.precision)
         step_s = timing.step_s(batches.rows)
-        basis = (
-            "measured here: a micro-batch forward/backward "
-            f"({timing.row_s * 1e3:.0f} ms a row) + one AdamW step, scaled to {batches.rows} rows"
-        )
+        basis = f"measured here: {timing.describe()}, scaled to {batches.rows} rows"
+        if timing.busy_note():
+            notes.append(str(timing.busy_note()))
     else:
         basis = "not measured"
     if step_s is not None:
@@ -175,6 +184,8 @@ def plan_of(
         precision=prec,
         memory=mem,
         max_micro_batch=max_mb,
+        memory_micro_batch=memory_mb,
+        rows_per_process=per_rank,
         step_s=step_s,
         wall_s=wall_s,
         time_basis=basis,
@@ -206,6 +217,18 @@ def _local_gpu_free() -> int | None:
 
 
 # --- rendering (pure) ----------------------------------------------------------------------------
+def _largest_micro_batch(p: RunPlan) -> str:
+    """What memory allows, and what of it this batch can use (a micro-batch divides its rows)."""
+    if p.memory_micro_batch is None:
+        return "?" if p.max_micro_batch is None else f"{p.max_micro_batch} that fits"
+    rows = p.rows_per_process
+    s = "" if p.memory_micro_batch == 1 else "s"
+    line = f"{p.memory_micro_batch:,} row{s} fit in memory"
+    if rows is not None and p.max_micro_batch is not None and p.max_micro_batch < p.memory_micro_batch:
+        line += f"; this batch's {rows} rows per process allow up to {p.max_micro_batch}"
+    return line
+
+
 def render_plan(p: RunPlan) -> list[str]:
     """The plan as aligned lines for a terminal."""
     m = p.memory
@@ -227,7 +250,7 @@ def render_plan(p: RunPlan) -> list[str]:
             "memory available",
             f"{gb_(m.free)}" + ("" if m.fits is None else (" (fits)" if m.fits else " (DOES NOT FIT)")),
         ),
-        ("largest micro-batch", "?" if p.max_micro_batch is None else f"{p.max_micro_batch} that fits"),
+        ("largest micro-batch", _largest_micro_batch(p)),
         (
             "time per step",
             human_duration(p.step_s) if p.step_s is None or p.step_s >= 1 else f"{p.step_s * 1e3:.0f} ms",

@@ -432,9 +432,18 @@ def settle_config(
             f"the training data holds {size[1]:,} tokens, fewer than {SMALL_DATA_BATCHES} batches of "
             f"{cfg.batch_tokens:,}: every step repeats it (tokenize more text, or lower --batch-tokens)"
         )
-    auto_info = (
-        {"line": choice.line, "tok_per_s": choice.tok_per_s, "est_seconds": choice.est_seconds} if choice else None
-    )
+    auto_info = None
+    if choice is not None:
+        auto_info = {
+            "line": choice.line,
+            "tok_per_s": choice.tok_per_s,
+            "est_seconds": choice.est_seconds,
+            "step_s": choice.step_s,
+            "basis": choice.basis,
+            "busy": choice.busy,
+        }
+        if choice.busy and not plan_only:  # (a plan shows it as a note)
+            warn(choice.busy)
     if not gpu_type and cfg.device != device_asked:  # a resumed run's own --device
         device_type, nproc = resolve_devices(cfg, launch)
     return Settled(
