@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, run_cli, tiny_training
+from conftest import ROOT, assert_one_line_error, run_cli, tiny_training
 from test_train_data import make_dataset
 
 from gptkit import paths
@@ -156,3 +156,20 @@ def test_the_plan_and_the_auto_sizing_print_one_estimate_of_several_timed_passes
     assert p.time_basis.startswith("measured here for the auto-sizing: the median of")
     # the largest micro-batch memory allows, not the batch's own rows echoed
     assert p.memory_micro_batch > p.rows_per_process >= p.max_micro_batch
+
+
+def test_smaller_items_help_plurals_and_bf16_refused_before_launch(gptkit_home, tmp_path):
+    from gptkit.device import cpu_has_native_bf16
+
+    r = run_cli("train", "--help", env={"COLUMNS": "200"}, check=True)
+    assert "Default: gpt2 with a GPU; on a CPU, none: a run sized for this machine" in " ".join(r.stdout.split())
+    (tmp_path / "one.txt").write_text("just one document, " * 400)
+    r = run_cli("tokenize", tmp_path / "one.txt", "--tokenizer", "bytes", "--out", "one", cwd=tmp_path, check=True)
+    assert " 1 document (" in r.stdout and " 2 shards," in r.stdout, r.stdout
+    # --precision bf16 where the CPU only emulates it: one line before anything starts, with --preset too
+    for preset in ([], ["--preset", "char"]):
+        r = run_cli("train", "--data", "one", "--gpus", "0", *preset, "--precision", "bf16", "--dry-run")
+        if cpu_has_native_bf16():
+            assert r.returncode == 0, r.stderr
+        else:
+            assert "--precision bf16: cpu here has no native bf16" in assert_one_line_error(r)

@@ -201,7 +201,7 @@ def test_cli_sample_json_is_reproducible_and_streams(gpt2_vocab_checkpoint):
     assert len(a["samples"]) == 2 and all(s["tokens"] == 12 for s in a["samples"])
     assert a["samples"][0]["text"] != a["samples"][1]["text"]
     streamed = run_cli(*args, check=True)  # another process, same seed: the same text, streamed
-    assert streamed.stdout.startswith("Hello" + a["samples"][0]["text"])
+    assert streamed.stdout.startswith("--- sample 1/2 ---\nHello" + a["samples"][0]["text"])  # each has its header
     assert "--- sample 2/2 ---" in streamed.stdout and a["samples"][1]["text"] in streamed.stdout
 
 

@@ -122,6 +122,8 @@ def sample(
     if not json_out:
         weights = str(dtype).removeprefix("torch.") if dtype is not None else "fp32"
         print(f"gptkit: sampling from {described}, {weights} weights on {dev}", file=sys.stderr)
+        if num_samples > 1:  # every sample under its header, the streamed first one too
+            sys.stdout.write(f"--- sample 1/{num_samples} ---\n")
         sys.stdout.write(prompt)
         sys.stdout.flush()
     try:

@@ -165,9 +165,10 @@ def tokenize(
         return
     t = m["totals"]
     speed = f" in {result.seconds:.1f}s" if result.status != "up to date" else ""
-    docs = f"{t['documents']:,} documents" if m["tokenizer"]["eot"] is not None else "no end-of-text token"
+    docs = _count(t["documents"], "document") if m["tokenizer"]["eot"] is not None else "no end-of-text token"
     print(
-        f"{result.status}: {result.out}  {t['shards']} shards, {t['val_tokens']:,} val + {t['train_tokens']:,} train tokens, "
+        f"{result.status}: {result.out}  {_count(t['shards'], 'shard')}, {t['val_tokens']:,} val + "
+        f"{t['train_tokens']:,} train tokens, "
         f"{docs} ({m['tokenizer']['name']}, {m['tokenizer']['vocab_size']:,} tokens){speed}"
     )
     if m["replaced_invalid_utf8"]:
@@ -184,6 +185,10 @@ def tokenize(
     else:
         data = f"./{out_dir}"
     print(f"next: gptkit train --data {shlex.quote(data)}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 class _Progress:

@@ -70,7 +70,8 @@ class TrainConfig:
     preset: str = setting(
         "gpt2",
         f"Named defaults for the model shape and the recipe: {PRESET_SIZES} parameters (GPT-2 vocabulary). "
-        "Default: gpt2.",
+        "Default: gpt2 with a GPU; on a CPU, none: a run sized for this machine and the data (tiny or small, "
+        "its steps filling a time budget; the line before the first step says what it picked).",
         RUN,
         names=("-p",),
         metavar="PRESET",

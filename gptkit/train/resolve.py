@@ -411,6 +411,14 @@ def settle_config(
         # A preset's warmup was set for its own step count: never let it cover a shorter run.
         cfg = replace(cfg, warmup_steps=min(cfg.warmup_steps, max(1, int(WARMUP_CAP * cfg.max_steps))))
     validate(cfg)  # before anything builds on it (the CPU estimate builds the model's config)
+    if device_type == "cpu":
+        import torch
+
+        from gptkit.device import resolve_precision
+
+        # bf16 where the CPU would only emulate it (or fp16): one line now, with or without --preset,
+        # not from a worker after torchrun started
+        resolve_precision(cfg.precision, torch.device("cpu"))
 
     # (no data: the run fails on that in one line below, without this warning first)
     # Any CPU run planned at over LONG_CPU_RUN_S says so before it starts (a plan shows its time).
