@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import signal
 import statistics
@@ -581,6 +582,80 @@ def stage_kv_cache(ctx: Ctx) -> dict:
         ok = ok and diff <= tol
     out["passed"] = ok
     return out
+
+
+@stage("muon", limit_s=30)
+def stage_muon(ctx: Ctx) -> dict:
+    """A training step of the gpt2 shape with --optimizer muon against --optimizer adamw (eager, bf16).
+
+    Both sides are gptkit's own optimizers (train/optim.py build_optimizers) on one model, micro-batch
+    16 x 1024, taking turns step by step; the Newton-Schulz iteration runs in the run's precision
+    (bf16 on a GPU that runs it natively: torch.optim.Muon's own path). Records each side's median
+    step and optimizer-step time and the ratio (the issue's goal: <= 1.1x AdamW's step)."""
+    import torch
+
+    from gptkit.device import configure_matmul, resolve_precision
+    from gptkit.train.config import TrainConfig
+    from gptkit.train.optim import build_optimizers, schedule_lrs
+
+    dev = torch.device(ctx.device)
+    configure_matmul(dev)
+    prec = resolve_precision("auto", dev)
+    model = make_model(ctx).to(dev).train()
+    T = model.config.block_size
+    mb = 16 if ctx.cuda else 2
+    data = torch.randint(
+        0, model.config.vocab_size, (mb, T + 1), device=dev, generator=torch.Generator(dev).manual_seed(3)
+    )
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+    sides = {
+        name: build_optimizers(TrainConfig(optimizer=name, lr=6e-4), model, dev, prec.name)
+        for name in ("adamw", "muon")
+    }
+    step_t: dict[str, list[float]] = {k: [] for k in sides}
+    opt_t: dict[str, list[float]] = {k: [] for k in sides}
+    losses: dict[str, float] = {}
+    rounds = 8 if ctx.cuda else 2  # the first round warms up (kernels, the optimizers' state)
+    for _ in range(rounds):
+        for name, opts in sides.items():
+            schedule_lrs(opts, lambda peak: peak)
+            ctx.sync()
+            t0 = time.perf_counter()
+            with prec.autocast():
+                _, loss = model(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            ctx.sync()
+            t1 = time.perf_counter()
+            for o in opts:
+                o.step()
+                o.zero_grad(set_to_none=True)
+            ctx.sync()
+            t2 = time.perf_counter()
+            step_t[name].append(t2 - t0)
+            opt_t[name].append(t2 - t1)
+            losses[name] = loss.item()
+    med = {k: statistics.median(v[1:]) for k, v in step_t.items()}
+    opt_med = {k: statistics.median(v[1:]) for k, v in opt_t.items()}
+    ratio = med["muon"] / med["adamw"]
+    ns = next(g["ns_dtype"] for g in sides["muon"][1].param_groups)
+    ctx.echo(
+        f"  step: adamw {med['adamw'] * 1e3:.1f} ms, muon {med['muon'] * 1e3:.1f} ms ({ratio:.2f}x; optimizer "
+        f"{opt_med['adamw'] * 1e3:.1f} vs {opt_med['muon'] * 1e3:.1f} ms; Newton-Schulz in {ns})"
+    )
+    return {
+        "preset": ctx.preset,
+        "micro_batch": mb,
+        "precision": prec.name,
+        "ns_dtype": ns,
+        "step_ms": {k: round(v * 1e3, 2) for k, v in med.items()},
+        "optimizer_step_ms": {k: round(v * 1e3, 2) for k, v in opt_med.items()},
+        "ratio": round(ratio, 3),
+        "goal_ratio": 1.1,
+        "within_goal": ratio <= 1.1,
+        "timed_rounds": rounds - 1,
+        "passed": all(math.isfinite(v) for v in losses.values()),
+    }
 
 
 # --- main ------------------------------------------------------------------------------------------
