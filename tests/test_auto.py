@@ -61,6 +61,15 @@ def test_the_user_s_max_steps_scales_the_schedule():
     assert c.settings["max_steps"] == 20 and c.settings["warmup_steps"] == 1 and c.settings["eval_every"] == 2
 
 
+def test_a_short_run_fills_its_time_budget_past_20_tokens_per_parameter():
+    m = auto.Machine(train_tokens=800_000, vocab_size=256, free_ram=8 * GB, processes=1)
+    c = auto.choose(m, timer=fixed_timer(10_000))  # tiny: 124.7k params, 20 per param = 2.5M tokens
+    assert c.preset == "tiny" and c.settings["max_steps"] == 4 * 800_000 // 4096  # 4 epochs, in the budget
+    m = auto.Machine(train_tokens=800_000, vocab_size=256, free_ram=8 * GB, processes=1)
+    c = auto.choose(m, timer=fixed_timer(1_000))  # slower: the 20-minute budget is the limit
+    assert c.settings["max_steps"] == 1_000 * auto.TARGET_SECONDS // 4096
+
+
 def test_steps_for_never_goes_below_the_minimum():
     assert auto.steps_for(1000, 10_000, 4096, 1e6) == auto.MIN_STEPS
 
