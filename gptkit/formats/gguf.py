@@ -2,9 +2,11 @@
 (optional: only reading or writing GGUF needs it).
 
 The tokenizer is llama.cpp's: tokenizer.ggml.model "gpt2" (byte-level BPE) with its tokens and
-merges, written for GPT-2's vocabulary, a user's byte-level BPE, and bytes; a vocabulary llama.cpp
-cannot express (characters, other HF models) rides only in gptkit's own metadata. llama.cpp's gpt2
-architecture is tanh GELU with biases: other shapes are refused.
+merges, written for GPT-2's vocabulary, a user's byte-level BPE, bytes and characters (ggml_vocab
+says how); a vocabulary llama.cpp cannot express (an HF tokenizer that is not byte-level BPE) is
+refused before anything is written, and a model without a tokenizer is written with llama.cpp's
+"none" tokenizer model (it loads; token ids only). llama.cpp's gpt2 architecture is tanh GELU with
+biases: other shapes are refused. scripts/check_llamacpp.py checks the files against llama.cpp itself.
 """
 
 from __future__ import annotations
@@ -187,6 +189,13 @@ def bpe_from_ggml(tokens: list[str], merges: list[str], control: list[int], path
     return HFTokenizer(tk, spec=str(path), source=f"GGUF tokenizer ({path})")
 
 
+# llama.cpp refuses a gpt2 tokenizer without tokenizer.ggml.merges ("cannot find tokenizer merges"),
+# and gguf refuses to write an empty array. A vocabulary with no merges of its own (bytes, ASCII
+# characters) gets this one, which never applies: llama.cpp's GPT-2 pre-tokenizer always splits a
+# letter from a digit (` ?\p{L}+| ?\p{N}+`), so no piece it merges holds "a" then "1".
+INERT_MERGE = "a 1"
+
+
 def ggml_vocab(tok: Tokenizer | None) -> tuple[list[str], list[str], set[int]] | None:
     """(tokens by id, merges, special ids) for llama.cpp's byte-level BPE, or None if `tok` is not one."""
     if tok is None:
@@ -194,10 +203,26 @@ def ggml_vocab(tok: Tokenizer | None) -> tuple[list[str], list[str], set[int]] |
     if tok.kind == "builtin" and tok.name == "gpt2":
         vocab, merges = gpt2_hf_vocab()
         return sorted(vocab, key=vocab.__getitem__), merges, {vocab["<|endoftext|>"]}
+    byte_char = bytes_to_unicode()
     if tok.kind == "builtin" and tok.name == "bytes":
-        # Byte i is token i; llama.cpp's byte-level BPE with no merges then yields single bytes.
-        byte_char = bytes_to_unicode()
-        return [byte_char[i] for i in range(256)], [], {tok.eot_token or 0}
+        # Byte i is token i; llama.cpp's byte-level BPE with no (applicable) merges yields single bytes.
+        return [byte_char[i] for i in range(256)], [INERT_MERGE], {tok.eot_token or 0}
+    chars = getattr(tok, "chars", None)
+    if tok.kind == "chars" and isinstance(chars, list | tuple) and len(chars) == tok.vocab_size:
+        # Character i is token i: its UTF-8 bytes in byte-level form, built by merges left to right
+        # (a merge's intermediate need not be a token). A character outside the vocabulary is dropped
+        # by llama.cpp, where gptkit refuses it.
+        tokens, merges = [], []
+        for c in chars:
+            units = [byte_char[b] for b in str(c).encode("utf-8")]
+            for k in range(1, len(units)):
+                merges.append(f"{''.join(units[:k])} {units[k]}")
+            tokens.append("".join(units))
+        if len(set(tokens)) != len(tokens):
+            return None
+        merges = list(dict.fromkeys(merges)) or [INERT_MERGE]
+        eot = tok.eot_token
+        return tokens, merges, set() if eot is None else {eot}
     if isinstance(tok, HFTokenizer) and tok.byte_level:
         spec = json.loads(tok.tk.to_str())
         model = spec.get("model") or {}
@@ -208,7 +233,7 @@ def ggml_vocab(tok: Tokenizer | None) -> tuple[list[str], list[str], set[int]] |
             return None  # ids with holes: llama.cpp's token list is dense
         merges = [mg if isinstance(mg, str) else " ".join(mg) for mg in model.get("merges") or []]
         special = {a["id"] for a in spec.get("added_tokens") or [] if a.get("special")}
-        return tokens, merges, special
+        return tokens, merges or [INERT_MERGE], special
     return None
 
 
@@ -255,14 +280,14 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
     notes: list[str] = []
     tok = m.tokenizer
     ggml = ggml_vocab(tok)
+    if ggml is None and tok is not None:  # before anything is written: llama.cpp could not load the file
+        raise GptkitError(
+            f"llama.cpp cannot read the {tok.name} vocabulary from a GGUF: its gpt2 tokenizer is byte-level BPE, "
+            "which this tokenizer is not; convert to hf, safetensors or gptkit instead"
+        )
     record = tokenizer_record(tok)
     if ggml is not None:
         record.pop("gptkit.tokenizer_json", None)  # tokens and merges say it all
-    elif tok is not None:
-        notes.append(
-            f"no tokenizer.ggml metadata: llama.cpp's gpt2 tokenizer is byte-level BPE, which the {tok.name} "
-            "vocabulary is not (gptkit reads it from its own metadata)"
-        )
     for key, value in record.items():
         w.add_string(key, value)
     if ggml is not None:
@@ -274,14 +299,13 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
         w.add_token_types(
             [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(len(tokens))]
         )
-        if merges:
-            w.add_token_merges(merges)
-        else:
-            notes.append("no merges: llama.cpp needs tokenizer.ggml.merges to tokenize text with this file")
+        w.add_token_merges(merges)
         if eot is not None:
             w.add_bos_token_id(eot)
             w.add_eos_token_id(eot)
             w.add_unk_token_id(eot)
+    else:  # no tokenizer at all: llama.cpp's vocabulary-less model (token ids in and out) still loads
+        w.add_tokenizer_model("none")
     for k, v in m.state_dict.items():
         if k == "transformer.wte.weight":
             v = v[: c.vocab_size]
