@@ -380,6 +380,10 @@ class GPT(nn.Module):
 
     def clear_kv_cache(self):
         for block in self.transformer.blocks():
+            # Back to the plain attribute __init__ made: nn.Module files an assigned KVCache under
+            # _modules, where a None would stay, and a compiled forward sharing these modules (the
+            # trainer's, after its periodic sample) guards on the attribute and would recompile.
+            block.attn._modules.pop("kv_cache", None)
             block.attn.kv_cache = None
 
     def flops_per_token(self, seq_len: int | None = None) -> float:

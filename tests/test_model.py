@@ -157,6 +157,31 @@ def test_kv_cache_is_preallocated():
         model.setup_kv_cache(batch_size=1, max_len=65)
 
 
+def test_a_compiled_training_forward_is_not_recompiled_after_a_sample_on_its_modules():
+    """The trainer samples with the plain module its compiled model shares (every --sample-every
+    steps). Attaching and clearing the KV cache must leave the modules as dynamo's guards saw them:
+    a cleared cache used to stay behind as a None submodule and recompile the next training step.
+    (Guards do not depend on the backend: "eager" keeps the compile out of the test's time.)"""
+    import torch._dynamo
+
+    from gptkit.generate import SampleConfig, sample_text
+    from gptkit.tokenizer import get_tokenizer
+
+    torch._dynamo.reset()
+    model = GPT(small_config().with_vocab(256))
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randint(0, 256, (2, 16))
+    compiled(x, x)[1].backward()
+    before = dict(vars(model.transformer.h[0].attn)), dict(model.transformer.h[0].attn._modules)
+    model.eval()
+    sample_text(model, get_tokenizer("bytes"), "hi", SampleConfig(max_new_tokens=4, temperature=1.0, top_k=5, seed=0))
+    model.train()
+    assert (dict(vars(model.transformer.h[0].attn)), dict(model.transformer.h[0].attn._modules)) == before
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled(x, x)[1].backward()
+    torch._dynamo.reset()
+
+
 def test_loss_is_cross_entropy_ignoring_minus_one():
     torch.manual_seed(0)
     model = GPT(small_config()).eval()
