@@ -123,3 +123,30 @@ def test_train_under_slurm_says_what_it_took(gptkit_home, tmp_path):
     assert "--max-restarts 3" in cmd
     line = assert_one_line_error(run_cli("train", "--dry-run", "--preset", "tiny", "--nodes", "3", env=env))
     assert "--nodes 3 but SLURM says 2" in line
+
+
+def test_the_batch_script_takes_partition_account_time_from_flags_or_sbatch_variables():
+    from gptkit.train.slurm import batch_script
+
+    args = ["--gpus", "8", "--nodes", "4", "--master-port", "29500", "--name", "r", "--sbatch", "-", "--partition=p1"]
+    common = dict(nodes=4, gpus=8, name="r", out=None, account=None, time=None, python="/venv/bin/python")
+    s = batch_script(args, partition="p1", env={"SBATCH_ACCOUNT": "acct", "GPTKIT_HOME": "/shared/gk"}, **common)
+    head = [ln for ln in s.splitlines() if ln.startswith("#SBATCH")]
+    assert head == [
+        "#SBATCH --job-name=r",
+        "#SBATCH --nodes=4",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --partition=p1",
+        "#SBATCH --account=acct",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=TERM@120",
+    ]  # no time given: no line (never guessed)
+    assert "export GPTKIT_HOME=/shared/gk" in s
+    assert s.splitlines()[-1] == (
+        "srun --ntasks-per-node=1 --kill-on-bad-exit=1 /venv/bin/python -m gptkit train --gpus 8 --name r --resume auto"
+    )
+    with pytest.raises(GptkitError, match="--sbatch writes a multi-node job"):
+        batch_script(args, partition=None, env={}, **{**common, "nodes": 1})
+    with pytest.raises(GptkitError, match="--sbatch needs --name or --out"):
+        batch_script(args, partition=None, env={}, **{**common, "name": None})

@@ -447,20 +447,53 @@ def slurm_step(node: int, nodes: int = 2) -> dict:
     }
 
 
-def test_two_simulated_slurm_nodes_train_to_the_end(home, reference):
-    """Each `gptkit train` has only SLURM's variables (and --name): no node flag, no --gpus/--nproc."""
-    step = slurm_step(0)
-    nodes = [cli("--name", "slurm2", *CLI_FLAGS, env={**step, "SLURM_NODEID": str(n)}) for n in (1, 0)]
-    outs = [p.communicate(timeout=300) for p in nodes]
-    assert [p.returncode for p in nodes] == [0, 0], outs
-    for (out, _err), rank in zip(outs, (1, 0), strict=True):
+STAND_IN_SRUN = """#!/bin/bash
+# A stand-in for srun: drops its own options, starts the command once per node of the job with the
+# variables srun sets there, each node's output in $SRUN_OUT/nodeN.out; fails if any node fails.
+while [[ $1 == -* ]]; do shift; done
+pids=()
+for n in $(seq 0 $((SLURM_JOB_NUM_NODES - 1))); do
+  SLURM_STEP_ID=0 SLURM_STEP_NUM_NODES=$SLURM_JOB_NUM_NODES SLURM_STEP_NODELIST=$SLURM_JOB_NODELIST \\
+    SLURM_STEP_NUM_TASKS=$SLURM_JOB_NUM_NODES SLURM_NODEID=$n "$@" > "$SRUN_OUT/node$n.out" 2>&1 &
+  pids+=($!)
+done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=1; done
+exit $rc
+"""
+
+
+def test_the_sbatch_script_trains_on_two_simulated_slurm_nodes(home, reference, tmp_path):
+    """`gptkit train --nodes 2 ... --sbatch FILE`, run by bash with a stand-in srun on PATH: each node's
+    `gptkit train` gets only SLURM's variables (no node flag, no --gpus/--nproc), trains to the end,
+    with the config the flags give (the reference run's, from the same flags)."""
+    script = tmp_path / "job.sh"
+    flags = [*CLI_FLAGS, "--sample-tokens", "8"]  # FLAGS, the reference's
+    r = run_cli("train", "--nodes", "2", "--name", "slurm2", *flags, "--sbatch", script, "--time", "0:10:00")
+    assert r.returncode == 0, r.stderr
+    text = script.read_text()
+    assert "#SBATCH --nodes=2" in text and "#SBATCH --time=0:10:00" in text and "#SBATCH --requeue" in text
+    assert "--partition" not in text and "--account" not in text  # never guessed
+    srun = tmp_path / "bin" / "srun"
+    srun.parent.mkdir()
+    srun.write_text(STAND_IN_SRUN)
+    srun.chmod(0o755)
+    job = slurm_step(0)
+    env = {k: v for k, v in job.items() if k.startswith("SLURM_JOB_")}
+    env.update(PATH=f"{srun.parent}{os.pathsep}{os.environ['PATH']}", SRUN_OUT=str(tmp_path))
+    p = subprocess.run(["bash", str(script)], env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    outs = [(tmp_path / f"node{n}.out").read_text() for n in (0, 1)]
+    assert p.returncode == 0, outs
+    for rank, out in enumerate(outs):
         first = out.splitlines()[0]
-        assert first.startswith(f"from SLURM (job {step['SLURM_JOB_ID']}): nodes 2 (SLURM_STEP_NUM_NODES), "), first
+        assert first.startswith(f"from SLURM (job {job['SLURM_JOB_ID']}): nodes 2 (SLURM_STEP_NUM_NODES), "), first
         assert f"node-rank {rank} (SLURM_NODEID)" in first and "master-addr 127.0.0.1" in first
-        assert f"--nnodes 2 --node-rank {rank}" in out
+        assert f"--nnodes 2 --node-rank {rank}" in out and "--max-restarts 3" in out
     run = home / "runs" / "slurm2"
+    cfg, ref = (json.loads((d / "config.json").read_text()) for d in (run, reference))
+    assert cfg["train"] == ref["train"] and cfg["plan"] == ref["plan"]
     assert_same(weights(run / "step_000008"), weights(reference / "step_000008"), exact=False)
-    assert not (run / ".nodes").exists() or not any((run / ".nodes").iterdir())  # the markers are gone
+    assert not any((run / ".nodes").iterdir())  # the shared-directory markers are gone
 
 
 def test_nodes_that_do_not_share_the_run_directory_are_refused(home, trains, tmp_path):

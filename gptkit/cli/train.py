@@ -82,9 +82,60 @@ def train(
     json_out: Annotated[
         bool, typer.Option("--json", help="With --plan: the plan as JSON.", rich_help_panel="Run")
     ] = False,
+    sbatch: Annotated[
+        str | None,
+        typer.Option(
+            "--sbatch",
+            metavar="FILE",
+            help="Write a SLURM batch script for this run to FILE ('-': standard output); start nothing.",
+            rich_help_panel="SLURM",
+        ),
+    ] = None,
+    partition: Annotated[
+        str | None,
+        typer.Option("--partition", help="With --sbatch (default: $SBATCH_PARTITION).", rich_help_panel="SLURM"),
+    ] = None,
+    account: Annotated[
+        str | None,
+        typer.Option("--account", help="With --sbatch (default: $SBATCH_ACCOUNT).", rich_help_panel="SLURM"),
+    ] = None,
+    time_limit: Annotated[
+        str | None,
+        typer.Option(
+            "--time", metavar="TIME", help="With --sbatch (default: $SBATCH_TIMELIMIT).", rich_help_panel="SLURM"
+        ),
+    ] = None,
 ) -> None:
     """Train a GPT on tokenized shards: builds and runs the torchrun command, one process per GPU."""
     from gptkit.train.launch import train as run_train
+
+    if sbatch is not None or partition or account or time_limit:
+        import os
+
+        from gptkit.errors import GptkitError
+        from gptkit.train.slurm import batch_script
+
+        if sbatch is None:
+            raise GptkitError("--partition, --account and --time go with --sbatch")
+        args = sys.argv[1:]
+        script = batch_script(
+            args[args.index("train") + 1 :],
+            nodes=launch.nodes,
+            gpus=launch.gpus,
+            name=name,
+            out=str(out) if out else None,
+            partition=partition,
+            account=account,
+            time=time_limit,
+            env=os.environ,
+            python=sys.executable,
+        )
+        if sbatch == "-":
+            sys.stdout.write(script)
+        else:
+            Path(sbatch).write_text(script)
+            print(f"wrote {sbatch}; submit it with `sbatch {sbatch}`")
+        return
 
     if plan or gpu_type or json_out:
         from gptkit.errors import GptkitError

@@ -209,3 +209,84 @@ def derive(env: Mapping[str, str], given: Mapping[str, object]) -> Cluster | Non
             out.values[key] = value
             out.taken[key] = var
     return out
+
+
+# --- `gptkit train ... --sbatch FILE` --------------------------------------------------------------
+# The node flags SLURM gives each node under srun (derive), and the options that only make the script.
+_NODE_FLAGS = {"--nodes", "--nnodes", "--node-rank", "--master-addr", "--master-port"}
+_SCRIPT_FLAGS = {"--sbatch", "--partition", "--account", "--time", "--resume"}
+SIGNAL_MARGIN_S = 120  # SIGTERM this long before the time limit: the workers finish the step and save
+
+
+def _strip(args: list[str], drop: set[str]) -> list[str]:
+    """ARGS without the options in `drop` and their values (`--opt V` or `--opt=V`)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        name = a.split("=", 1)[0]
+        if name in drop:
+            skip = "=" not in a
+            continue
+        out.append(a)
+    return out
+
+
+def batch_script(
+    args: list[str],
+    *,
+    nodes: int | None,
+    gpus: int | None,
+    name: str | None,
+    out: str | None,
+    partition: str | None,
+    account: str | None,
+    time: str | None,
+    env: Mapping[str, str],
+    python: str,
+) -> str:
+    """A complete sbatch script for `gptkit train ARGS` (the command line as typed, --sbatch and
+    its companions included): one task per node, `--requeue`, SIGTERM SIGNAL_MARGIN_S before the
+    time limit (the graceful stop saves), and `srun ... gptkit train ARGS --resume auto`, so a
+    requeued or resubmitted job continues the run. Partition, account and time come from the flags
+    or SBATCH_PARTITION / SBATCH_ACCOUNT / SBATCH_TIMELIMIT, else no line: never guessed."""
+    import shlex
+
+    if not nodes or nodes < 2:
+        raise GptkitError(
+            "--sbatch writes a multi-node job: give --nodes N (2 or more); on one node, run "
+            "`sbatch --wrap 'gptkit train ...'` or gptkit train inside an allocation"
+        )
+    if not name and not out:
+        raise GptkitError("--sbatch needs --name or --out: a requeued job must find the same run to resume it")
+    picked = {
+        "partition": partition or env.get("SBATCH_PARTITION"),
+        "account": account or env.get("SBATCH_ACCOUNT"),
+        "time": time or env.get("SBATCH_TIMELIMIT"),
+    }
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={name or out}",
+        f"#SBATCH --nodes={nodes}",
+        "#SBATCH --ntasks-per-node=1",  # one gptkit per node: torchrun starts the GPUs' workers
+    ]
+    if gpus:
+        lines.append(f"#SBATCH --gpus-per-node={gpus}")
+    lines += [f"#SBATCH --{k}={v}" for k, v in picked.items() if v]
+    lines += [
+        "#SBATCH --requeue",
+        f"#SBATCH --signal=TERM@{SIGNAL_MARGIN_S}",
+        "",
+        "# Written by `gptkit train --sbatch`. Every node runs one `gptkit train`; SLURM's variables give",
+        "# it --nodes, --node-rank, the rendezvous host and port, and --max-restarts 3 (`gptkit train --help`).",
+        "# --resume auto: a requeued or resubmitted job continues the run from its newest checkpoint.",
+        "set -euo pipefail",
+    ]
+    for k in ("GPTKIT_HOME", "HF_ENDPOINT", "HF_HUB_OFFLINE"):
+        if env.get(k):
+            lines.append(f"export {k}={shlex.quote(env[k])}")
+    keep = _strip(args, _NODE_FLAGS | _SCRIPT_FLAGS)
+    cmd = [python, "-m", "gptkit", "train", *keep, "--resume", "auto"]
+    lines.append("srun --ntasks-per-node=1 --kill-on-bad-exit=1 " + shlex.join(cmd))
+    return "\n".join(lines) + "\n"
