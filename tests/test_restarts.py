@@ -72,3 +72,25 @@ def test_a_failed_attempts_hang_file_moves_aside_and_fires_no_new_watchdog(tmp_p
     archive_own_files(tmp_path, 1, 1, log)
     assert not stale.exists() and (tmp_path / "attempt-1" / stale.name).is_file()
     assert (tmp_path / "attempt-1" / "error-1.log").read_text() == "Traceback ...\n"
+
+
+def test_a_collective_timeout_below_the_watchdogs_allowances_is_refused(gptkit_home, tmp_path):
+    from conftest import assert_one_line_error, run_cli
+    from test_train_data import make_dataset
+
+    from gptkit.train.launch import check_collective_timeout
+
+    check_collective_timeout(7200, None)  # 2 x the largest phase allowance (compile's hour)
+    check_collective_timeout(60, 0)  # no watchdog: nothing to leave room for
+    data = make_dataset(tmp_path / "shards")
+    r = run_cli(
+        "train", "--gpus", "0", "--preset", "tiny", "--data", data, "--name", "ct", "--collective-timeout", "60"
+    )
+    line = assert_one_line_error(r)
+    assert "--collective-timeout 60 is below the watchdog's allowances" in line and "at least 7200 s" in line
+    r = run_cli(
+        "train", "--gpus", "0", "--preset", "tiny", "--data", data, "--name", "ct", "--watchdog", "5000",
+        "--collective-timeout", "9000",
+    )  # fmt: skip
+    assert "at least 10000 s" in assert_one_line_error(r)
+    assert not (gptkit_home / "runs" / "ct").exists()

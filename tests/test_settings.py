@@ -61,7 +61,15 @@ TRAIN = dict(
     wandb="my-project",
 )
 LAUNCH = dict(
-    gpus=0, nproc=2, nodes=2, node_rank=1, master_addr="127.0.0.2", master_port=29533, watchdog=123.0, max_restarts=2
+    gpus=0,
+    nproc=2,
+    nodes=2,
+    node_rank=1,
+    master_addr="127.0.0.2",
+    master_port=29533,
+    watchdog=123.0,
+    collective_timeout=9000.0,
+    max_restarts=2,
 )
 
 

@@ -207,6 +207,13 @@ class LaunchConfig:
         WHERE,
         metavar="S",
     )
+    collective_timeout: float | None = setting(  # None: watchdog.pg_timeout
+        None,
+        "Seconds a collective waits for the other ranks before the process group gives up; above every watchdog "
+        "allowance (default and minimum: 2 x the largest, 7,200 s with the default phases).",
+        WHERE,
+        metavar="S",
+    )
     max_restarts: int | None = setting(  # None: 0 by hand, 3 under SLURM (train/slurm.py)
         None,
         "Times torchrun restarts the workers after a failure, each resuming from the newest checkpoint "

@@ -261,6 +261,7 @@ def train(
         return 0
     if rr.launch.watchdog is not None and rr.launch.watchdog < 0:
         raise GptkitError(f"--watchdog {rr.launch.watchdog:g}: give seconds, or 0 to turn the watchdog off")
+    check_collective_timeout(rr.launch.collective_timeout, rr.launch.watchdog)
     lock = lock_run(rr, force=break_lock)
     echo("$ " + shlex.join(cmd))  # only once the run is ours: a refused start shows no command
     try:
@@ -287,6 +288,23 @@ def train(
         if lock is not None:
             lock.release()
     return finish(rr, outcome, echo)
+
+
+def check_collective_timeout(timeout: float | None, watchdog: float | None) -> None:
+    """--collective-timeout must leave the watchdog time to speak first: a rank waits in a collective
+    while rank 0 saves a checkpoint or compiles (each with its own allowance), so a shorter process
+    group timeout would end the run with torch's bare "collective timed out" instead of the stacks."""
+    from gptkit.train.watchdog import PHASES, pg_timeout
+
+    if timeout is None or watchdog == 0:
+        return
+    least = pg_timeout(watchdog)
+    if timeout < least:
+        raise GptkitError(
+            f"--collective-timeout {timeout:g} is below the watchdog's allowances: ranks wait in a collective while "
+            f"rank 0 saves or compiles (up to {max(max(PHASES.values()), watchdog or 0):g} s each), so it must be at "
+            f"least {least:g} s (2 x that); give more, leave it out, or turn the watchdog off with --watchdog 0"
+        )
 
 
 # --- one trainer per run directory ---------------------------------------------------------------

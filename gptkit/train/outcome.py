@@ -49,6 +49,8 @@ def resume_command(rr: ResolvedRun) -> str:
         cmd += ["--master-addr", launch.master_addr, "--master-port", str(launch.master_port)]
     if launch.watchdog is not None:
         cmd += ["--watchdog", f"{launch.watchdog:g}"]
+    if launch.collective_timeout is not None:
+        cmd += ["--collective-timeout", f"{launch.collective_timeout:g}"]
     return shlex.join(cmd) + (" (on every node)" if launch.nodes > 1 else "")
 
 

@@ -552,7 +552,8 @@ def run(run_dir: str | Path) -> None:
         limit=limit,
         parent=os.getppid() if os.environ.get("TORCHELASTIC_RUN_ID") else None,
     ).start()
-    dist = Dist(device_type, timeout_s=wdmod.pg_timeout(limit) if limit != 0 else None)
+    timeout = getattr(rr.launch, "collective_timeout", None) or (wdmod.pg_timeout(limit) if limit != 0 else None)
+    dist = Dist(device_type, timeout_s=timeout)
     try:
         if restarts.restart_count() and dist.master:  # torchrun restarted us: the newest checkpoint
             rr = restarts.plan_restart(rr, restarts.restart_count())
