@@ -111,6 +111,7 @@ def save_checkpoint(
         save_safetensors(sd, tmp / WEIGHTS, metadata={"format": "pt", "producer": f"gptkit {__version__}"})
         meta = {
             "gptkit_version": __version__,
+            "torch_version": torch.__version__,  # for the model card (formats/card.py)
             "model": config.to_dict(),
             "tokenizer": tok_info["name"] if tok_info else tokenizer,  # the name, for readers before tokenizer_info
             "train": train_config or {},

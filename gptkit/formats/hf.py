@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -332,6 +333,10 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
         },
     )
     write_json_atomic(out / "generation_config.json", {"bos_token_id": eot, "eos_token_id": eot})
+    from gptkit.formats.card import model_card
+
+    name = m.path.parent.name if re.fullmatch(r"step_\d+", m.path.name) else (m.path.stem or "gptkit-model")
+    (out / "README.md").write_text(model_card(m, name), encoding="utf-8")
     if tok is None:
         return [f"no tokenizer files: the source has no tokenizer; {NEEDS_TOKENIZER}"]
     if tok.kind == "builtin" and tok.name == "gpt2":
