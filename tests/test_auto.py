@@ -80,6 +80,8 @@ def test_bare_train_on_cpu_is_auto_sized_and_recorded(gptkit_home, tmp_path):
     assert rr.train.preset == "tiny"  # a toy data set
     assert rr.train.max_steps < 2000 and rr.train.warmup_steps < rr.train.max_steps
     assert rr.extra["auto"]["line"].startswith("no GPU, no --preset: tiny")
+    assert (rr.train.optimizer, rr.train.muon_lr) == ("muon", 0.016)  # issue 21: Muon won the recipe bench
+    assert prepare(C.TrainOverrides(optimizer="adamw"), C.LaunchOverrides(gpus=0), name="a").train.optimizer == "adamw"
     assert rr.run_dir.endswith("auto")
     write_run_config(rr)
     saved = json.loads((gptkit_home / "runs" / "auto" / "config.json").read_text())
