@@ -212,14 +212,24 @@ def test_every_check_reports_and_json_is_complete(four_gpus):
 
 def test_missing_tools_are_reported_with_the_right_statuses(bare):
     doc, checks = as_json(bare)
-    assert checks["nvidia-smi"]["status"] == "warn"
-    assert "no NVIDIA driver / no GPU" in checks["nvidia-smi"]["detail"]
+    # a CPU machine: the GPU rows are not applicable, so --strict can pass there (issue 23)
+    assert checks["nvidia-smi"]["status"] == "ok"
+    assert "no NVIDIA driver / no GPU; not applicable on a CPU machine" in checks["nvidia-smi"]["detail"]
     assert checks["nvcc"]["status"] == "ok"
     assert "not installed (not needed for pip torch wheels)" in checks["nvcc"]["detail"]
     # No driver and no GPU in torch: nothing is broken, training runs on the CPU.
     assert checks["GPUs"]["status"] == "ok"
     assert not [c for c in doc["checks"] if c["status"] == "fail"], doc
     assert bare.returncode == 0 and doc["summary"]["exit_code"] == 0
+
+
+def test_gpus_asked_for_on_a_cpu_machine_fail_their_rows(no_tools, closed_port_url):
+    env = {"GPTKIT_HOME": str(no_tools / "home"), "TIKTOKEN_CACHE_DIR": str(no_tools / "tiktoken")}
+    r = run_doctor("--json", "--gpus", "2", "--endpoint", closed_port_url, path=no_tools / "bin", env=env)
+    doc, checks = as_json(r)
+    assert checks["nvidia-smi"]["status"] == "fail" and "--gpus 2 asks for GPUs" in checks["nvidia-smi"]["detail"]
+    assert checks["GPUs"]["status"] == "fail" and "--gpus 2 asked for, torch sees 0" in checks["GPUs"]["detail"]
+    assert r.returncode == 1
 
 
 def test_unreachable_endpoint_warns_with_mirror_fix(bare, closed_port_url):

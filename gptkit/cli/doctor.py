@@ -30,6 +30,15 @@ def doctor(
             help="Where datasets and shards will go, for the free-disk check (default: $GPTKIT_HOME).",
         ),
     ] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            "--gpus",
+            metavar="N",
+            min=1,
+            help="GPUs this machine must have: their rows fail without them (default: a CPU machine is fine).",
+        ),
+    ] = None,
     timeout: Annotated[
         float,
         typer.Option(
@@ -53,7 +62,7 @@ def doctor(
     if target.expanduser().exists() and not target.expanduser().is_dir():
         raise GptkitError(f"--data-dir {target} is a file, not a directory")
 
-    checks = report.run_checks(url, source, target, timeout=timeout)
+    checks = report.run_checks(url, source, target, timeout=timeout, gpus=gpus)
     code = report.exit_code(checks, strict)
     if json_out:
         print(json.dumps(report.report(checks, strict), indent=2))

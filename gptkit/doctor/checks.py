@@ -62,6 +62,7 @@ class Context:
     driver_version: str | None = None
     driver_cuda: str | None = None
     smi_gpus: list[Gpu] = field(default_factory=list)
+    gpus: int | None = None  # `doctor --gpus N`: GPUs this machine must have (None: none asked for)
 
     def need_torch(self) -> ModuleType:
         if self.torch is None:
@@ -76,11 +77,18 @@ class Skip(Exception):
 def check_nvidia_smi(ctx: Context) -> Check:
     plain = ctx.smi_plain.result()
     if plain.path is None:
+        if ctx.gpus:
+            return Check(
+                "nvidia-smi",
+                FAIL,
+                f"not found: no NVIDIA driver / no GPU (or nvidia-smi is not on PATH), and --gpus {ctx.gpus} asks for GPUs",
+                "install the NVIDIA driver (it provides nvidia-smi), or leave --gpus out on a CPU machine",
+            )
+        # Not applicable on a CPU machine: an ok row, so `doctor --strict` can pass there.
         return Check(
             "nvidia-smi",
-            WARN,
-            "not found: no NVIDIA driver / no GPU (or nvidia-smi is not on PATH)",
-            "nothing to do on a CPU machine; on a GPU machine install the NVIDIA driver (it provides nvidia-smi)",
+            OK,
+            "not found: no NVIDIA driver / no GPU; not applicable on a CPU machine (--gpus N to require GPUs)",
         )
     if plain.error:
         return Check(

@@ -52,8 +52,11 @@ def safe(name: str, fn: Callable[[c.Context], c.Check], ctx: c.Context) -> c.Che
     return check
 
 
-def run_checks(endpoint: str, endpoint_source: str, data_dir: Path, timeout: float = 3.0) -> list[c.Check]:
-    """Run every check. Tools and the network probe start first and run while torch imports."""
+def run_checks(
+    endpoint: str, endpoint_source: str, data_dir: Path, timeout: float = 3.0, gpus: int | None = None
+) -> list[c.Check]:
+    """Run every check. Tools and the network probe start first and run while torch imports.
+    `gpus`: GPUs the machine must have (--gpus N); without it the GPU rows of a CPU machine are ok."""
     offline = hub_offline()
     smi = shutil.which("nvidia-smi")
     ctx = c.Context(
@@ -64,6 +67,7 @@ def run_checks(endpoint: str, endpoint_source: str, data_dir: Path, timeout: flo
         endpoint=endpoint,
         endpoint_source=endpoint_source,
         data_dir=Path(data_dir),
+        gpus=gpus,
     )
     start = time.perf_counter()
     ctx.torch, ctx.torch_error = import_torch()  # before the nvidia-smi row: the bf16 rule needs torch

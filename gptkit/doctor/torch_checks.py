@@ -135,6 +135,15 @@ def check_gpus(ctx: Context) -> Check:
     count = torch.cuda.device_count() if torch.version.cuda or getattr(torch.version, "hip", None) else 0
     data: dict = {"count": count, "gpus": [], "nvidia_smi_count": smi_n}
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if ctx.gpus and count < ctx.gpus:
+        return Check(
+            "GPUs",
+            FAIL,
+            f"--gpus {ctx.gpus} asked for, torch sees {count}"
+            + (f" (nvidia-smi shows {smi_n})" if smi_n != count else ""),
+            "check the driver and CUDA_VISIBLE_DEVICES, or ask for fewer",
+            data,
+        )
     if count == 0:
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
