@@ -9,8 +9,12 @@ in this process with gptkit and in a second interpreter with llama.cpp:
 - tokenization of a few strings (ASCII, accents, CJK, runs of whitespace; characters outside a
   character vocabulary are left out, since gptkit refuses them): the same ids;
 - greedy text: 24 new tokens after a prompt, token for token;
-- logits at every prompt position: the largest difference, against a tolerance of 1e-3 x the
-  largest logit (llama.cpp sums in another order, and its GELU uses a tanh approximation table).
+- logits at every prompt position: the largest difference, against a tolerance of 2e-3 x the
+  largest logit. llama.cpp sums in another order, and ggml's CPU GELU rounds its input to fp16 for
+  a lookup table (GGML_GELU_FP16), a relative error near 5e-4 per activation; with these random
+  weights (std 0.3, so greedy decoding has no near-ties) the logits reach about 10.
+
+A model without a tokenizer is refused by `convert` before anything is written (the row says so).
 
 llama.cpp is not a dependency of gptkit and takes long to build (its PyPI sdist compiles it with
 cmake: 30+ minutes on 2 busy cores), so this is a script, not a test. Install it in a venv of its own
@@ -162,7 +166,7 @@ def check(label: str, tok, work: Path, llama_python: str) -> list[str]:
             idx.append(nxt)
     theirs = torch.tensor(got["logits"], dtype=torch.float64)[:, :vocab]
     diff = (theirs - torch.tensor(want)).abs().max().item()
-    tol = 1e-3 * max(1.0, logits.abs().max().item())
+    tol = 2e-3 * max(1.0, logits.abs().max().item())
     lines.append(
         f"{'' if diff <= tol else 'FAIL '}{label}: logits at {len(prompt)} prompt positions: max |diff| {diff:.2e} "
         f"(tolerance {tol:.2e}, largest logit {logits.abs().max().item():.1f})"

@@ -99,8 +99,9 @@ def test_a_vocabulary_llamacpp_cannot_express_is_refused_before_writing(tmp_path
     with pytest.raises(GptkitError, match=r"llama\.cpp cannot read the .* vocabulary from a GGUF"):
         convert(tmp_path / "ck", tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
-    # a model without a tokenizer: llama.cpp's vocabulary-less model, which it loads
+    # a model without a tokenizer: refused too (llama.cpp refuses such a file), unless --tokenizer names one
     save_checkpoint(tmp_path / "bare", model, config=model.config, tokenizer="", extra={"tokenizer": None})
-    convert(tmp_path / "bare", tmp_path / "bare.gguf")
-    assert ggml_fields(tmp_path / "bare.gguf")[0] == ["none"]
     assert json.loads((tmp_path / "bare" / "config.json").read_text())["tokenizer"] is None
+    with pytest.raises(GptkitError, match="llama.cpp does not load a GGUF without one; name it with --tokenizer"):
+        convert(tmp_path / "bare", tmp_path / "bare.gguf")
+    assert not (tmp_path / "bare.gguf").exists()

@@ -4,8 +4,8 @@
 The tokenizer is llama.cpp's: tokenizer.ggml.model "gpt2" (byte-level BPE) with its tokens and
 merges, written for GPT-2's vocabulary, a user's byte-level BPE, bytes and characters (ggml_vocab
 says how); a vocabulary llama.cpp cannot express (an HF tokenizer that is not byte-level BPE) is
-refused before anything is written, and a model without a tokenizer is written with llama.cpp's
-"none" tokenizer model (it loads; token ids only). llama.cpp's gpt2 architecture is tanh GELU with
+refused before anything is written, and so is a model without a tokenizer (llama.cpp 0.3.36 refused
+its "none" tokenizer model for such a file). llama.cpp's gpt2 architecture is tanh GELU with
 biases: other shapes are refused. scripts/check_llamacpp.py checks the files against llama.cpp itself.
 """
 
@@ -280,7 +280,12 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
     notes: list[str] = []
     tok = m.tokenizer
     ggml = ggml_vocab(tok)
-    if ggml is None and tok is not None:  # before anything is written: llama.cpp could not load the file
+    if tok is None:  # before anything is written: llama.cpp refuses a GGUF without a vocabulary
+        raise GptkitError(
+            "the model carries no tokenizer, and llama.cpp does not load a GGUF without one; name it with "
+            "--tokenizer (gpt2, bytes, a tokenizer.json, a meta.pkl)"
+        )
+    if ggml is None:  # before anything is written: llama.cpp could not load the file
         raise GptkitError(
             f"llama.cpp cannot read the {tok.name} vocabulary from a GGUF: its gpt2 tokenizer is byte-level BPE, "
             "which this tokenizer is not; convert to hf, safetensors or gptkit instead"
@@ -304,8 +309,6 @@ def write(m: Loaded, out: Path, dtype: torch.dtype) -> list[str]:
             w.add_bos_token_id(eot)
             w.add_eos_token_id(eot)
             w.add_unk_token_id(eot)
-    else:  # no tokenizer at all: llama.cpp's vocabulary-less model (token ids in and out) still loads
-        w.add_tokenizer_model("none")
     for k, v in m.state_dict.items():
         if k == "transformer.wte.weight":
             v = v[: c.vocab_size]
