@@ -201,3 +201,31 @@ def test_text_stream_holds_back_a_stop_string_across_tokens():
     pieces = [ts.push(b) for b in b"xEN"]
     assert pieces == ["x", "", ""]  # "EN" could still become "END": held back
     assert ts.finish() == "EN"  # it did not: released at the end
+
+
+# --- the key and the host ------------------------------------------------------------------------
+
+
+def test_api_key_comes_from_a_file_or_the_environment_never_both(tmp_path):
+    from gptkit.errors import GptkitError
+    from gptkit.serve.server import is_loopback, read_api_key
+
+    f = tmp_path / "key"
+    f.write_text("sk-abc\n")
+    assert read_api_key(str(f), {}) == ("sk-abc", f"from {f}")
+    assert read_api_key(None, {"GPTKIT_API_KEY": "sk-env"}) == ("sk-env", "from GPTKIT_API_KEY")
+    assert read_api_key(None, {}) == (None, "none")
+    with pytest.raises(GptkitError, match="not both"):
+        read_api_key(str(f), {"GPTKIT_API_KEY": "sk-env"})
+    f.write_text("two words\n")
+    with pytest.raises(GptkitError, match="one word"):
+        read_api_key(str(f), {})
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+
+
+def test_cli_unreadable_key_file_is_one_line_before_loading(tmp_path):
+    from conftest import assert_one_line_error
+
+    r = run_cli("serve", "no-such-model", "--api-key-file", tmp_path / "missing")
+    assert "--api-key-file" in assert_one_line_error(r)

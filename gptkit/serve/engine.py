@@ -244,4 +244,6 @@ class Engine:
         if tail:
             job.events.put(Event("text", tail))
         job.done = True
+        with self._cond:  # its row is free from now on: the client's next request must not see it taken
+            self.active -= 1
         job.events.put(Event("end", finish_reason=reason, completion_tokens=job.tokens))
