@@ -531,3 +531,41 @@ def test_sigkill_with_restarts_resumes_by_itself_bitwise(home, reference):
     line = [ln for ln in out.splitlines() if ln.startswith("restart 1/1 after ")]
     assert line == ["restart 1/1 after local rank 1 of node 0 died with SIGKILL at step 5: resuming from step_000004"]
     assert (run / "attempt-1" / "failed.json").is_file()
+
+
+def test_doctor_dist_measures_all_reduce_and_finds_a_rank_with_other_shards(home, trains, tmp_path):
+    """`gptkit doctor --dist` on two loopback nodes of one process each, the second given a copy of the
+    shards whose manifest differs: every all-reduce result is right, algbw and busbw follow from the
+    recorded sizes and times (nccl-tests' formulas), and the shards check fails (exit 1)."""
+    from gptkit.train.resolve import check_port
+
+    shards = home / "shards" / "toy"
+    other = tmp_path / "other"
+    shutil.copytree(shards, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "note": "another tokenize run"}))
+    port = free_port()
+    check_port("127.0.0.1", port)
+    node = ["--nodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(port), "--nproc", "1"]
+    base = [sys.executable, "-m", "gptkit", "doctor", "--dist", "--max-size", "4", "--json", *node]
+    n1 = subprocess.Popen([*base, "--node-rank", "1", "--data", str(other)], stdout=subprocess.PIPE, text=True)
+    n0 = subprocess.run([*base, "--node-rank", "0", "--data", str(shards)], capture_output=True, text=True, timeout=300)
+    out1 = n1.communicate(timeout=300)[0]
+    assert n1.returncode == 0 and "node 1: joined the check" in out1
+    assert n0.returncode == 1, n0.stderr
+    rep = json.loads(n0.stdout)
+    assert rep["world_size"] == 2 and [r["size_bytes"] for r in rep["sizes"]] == [1 << 20, 4 << 20]
+    for r in rep["sizes"]:
+        assert r["correct"]
+        assert r["algbw_GBps"] == pytest.approx(r["size_bytes"] / r["seconds"] / 1e9)
+        assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] * 2 * (2 - 1) / 2)
+    c = rep["consistency"]
+    assert c["torch"]["same"] and c["gptkit"]["same"]
+    assert not c["shards"]["same"] and len(set(c["shards"]["by_rank"].values())) == 2
+
+
+def test_nccl_tests_formulas():
+    from gptkit.doctor.dist import algbw, busbw
+
+    assert algbw(8 << 20, 0.5) == 16 << 20
+    assert busbw(8 << 20, 0.5, 8) == (16 << 20) * 2 * 7 / 8  # nccl-tests: 2(n-1)/n for all-reduce

@@ -45,12 +45,30 @@ def doctor(
             "--timeout", metavar="SECONDS", min=0.1, max=60, help="Seconds to wait for the Hugging Face endpoint."
         ),
     ] = 3.0,
+    dist: Annotated[
+        bool, typer.Option("--dist", help="Measure the interconnect: all-reduce bandwidth, latency, consistency.")
+    ] = False,
+    nproc: Annotated[int, typer.Option("--nproc", metavar="N", help="With --dist: processes on this node.")] = 2,
+    nodes: Annotated[int | None, typer.Option("--nodes", metavar="N", help="With --dist: as gptkit train.")] = None,
+    node_rank: Annotated[int | None, typer.Option("--node-rank", metavar="R")] = None,
+    master_addr: Annotated[str | None, typer.Option("--master-addr", metavar="HOST")] = None,
+    master_port: Annotated[int | None, typer.Option("--master-port", metavar="PORT")] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", metavar="DIR", help="With --dist: shards every rank must have alike.")
+    ] = None,
+    max_size: Annotated[
+        float, typer.Option("--max-size", metavar="MB", help="With --dist: the largest message (MB).")
+    ] = 256,
 ) -> None:
     """Check drivers, CUDA, torch, GPUs, attention kernels, the HF endpoint, the GPT-2 vocab and free disk.
 
     Exit code 0 unless a check fails (✗); with --strict, warnings (!) fail too.
     """
     import json
+
+    if dist:
+        _dist(json_out, nproc, nodes, node_rank, master_addr, master_port, data, max_size)
+        return
 
     from gptkit import paths
     from gptkit.doctor import report
@@ -109,3 +127,46 @@ def _stdout_can_encode(text: str) -> bool:
         return True
     except (UnicodeEncodeError, LookupError):
         return False
+
+
+def _dist(json_out, nproc, nodes, node_rank, master_addr, master_port, data, max_size) -> None:
+    """`doctor --dist`: the node settings as `gptkit train` takes them (flags, else SLURM's variables)."""
+    import json
+    import os
+    import tempfile
+    from dataclasses import replace
+
+    from gptkit.doctor.dist import ok, run_check
+    from gptkit.train.config import LaunchConfig
+    from gptkit.train.slurm import derive
+
+    given = {
+        k: v
+        for k, v in dict(nodes=nodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port).items()
+        if v is not None
+    }
+    launch = replace(LaunchConfig(), **given)
+    cluster = derive(os.environ, given)
+    if cluster is not None:
+        launch = replace(launch, **{k: v for k, v in cluster.values.items() if k in LaunchConfig.__dataclass_fields__})
+        print(cluster.line())
+    with tempfile.TemporaryDirectory(prefix="gptkit-doctor-") as work:
+        rep = run_check(nproc=nproc, launch=launch, data=data, max_mb=max_size, work=Path(work))
+    if rep is None:
+        print(f"node {launch.node_rank}: joined the check; node 0 reports")
+        return
+    if json_out:
+        print(json.dumps(rep, indent=2))
+    else:
+        print(f"all-reduce over {rep['world_size']} ranks (nccl-tests' algbw = size / time, busbw = algbw x 2(n-1)/n)")
+        print(f"{'size':>10} {'time ms':>9} {'algbw GB/s':>11} {'busbw GB/s':>11} {'slowest':>8}  result")
+        for r in rep["sizes"]:
+            print(
+                f"{r['size_bytes'] / (1 << 20):>8.0f}MB {r['seconds'] * 1e3:>9.2f} {r['algbw_GBps']:>11.3f} "
+                f"{r['busbw_GBps']:>11.3f} {'rank ' + str(r['slowest_rank']):>8}  {'ok' if r['correct'] else 'WRONG'}"
+            )
+        print(f"small-message latency: {rep['latency_us']:.0f} us")
+        for key, c in rep["consistency"].items():
+            print(f"{key}: " + ("same on every rank" if c["same"] else f"DIFFERS: {c['by_rank']}"))
+    if not ok(rep):
+        raise typer.Exit(1)

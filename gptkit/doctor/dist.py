@@ -1,0 +1,159 @@
+"""`gptkit doctor --dist`: the interconnect before a run spends hours on it. torchrun starts
+`python -m gptkit.doctor.dist OUT DATA MAX_MB` on every process (one node: --nproc N; several: the
+node flags or SLURM's variables, as `gptkit train`); rank 0 writes OUT (JSON) for the launcher.
+
+Bandwidth is nccl-tests' (doc/PERFORMANCE.md there): for an all-reduce of S bytes taking t seconds,
+algbw = S / t and busbw = algbw x 2(n-1)/n, the rate each link must carry, comparable across n.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+SIZES_MB = (1, 4, 16, 64, 256)
+ITERS = 5
+LATENCY_ITERS = 20
+
+
+def algbw(size_bytes: int, seconds: float) -> float:
+    return size_bytes / seconds
+
+
+def busbw(size_bytes: int, seconds: float, n: int) -> float:
+    return algbw(size_bytes, seconds) * 2 * (n - 1) / n
+
+
+def identity(data: str | None) -> dict:
+    """What every rank must agree on: versions, and the shards' manifest hash (when --data is given)."""
+    import hashlib
+
+    import torch
+
+    from gptkit import __version__
+
+    out = {
+        "gptkit": __version__,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "nccl": ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else None,
+    }
+    if data:
+        m = Path(data) / "manifest.json"
+        out["shards"] = hashlib.sha256(m.read_bytes()).hexdigest()[:16] if m.is_file() else f"no manifest in {data}"
+    return out
+
+
+def worker(out: Path, data: str | None, max_mb: float) -> None:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+    rank, n = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else None
+    rows = []
+    sizes: list[float] = [s for s in SIZES_MB if s <= max_mb] or [max_mb]
+    for mb in sizes:
+        count = int(mb * (1 << 20)) // 4
+        t = torch.full((count,), float(rank + 1), device=device)
+        dist.all_reduce(t)  # warm-up, and the result checked: 1 + 2 + ... + n everywhere
+        correct = bool((t == n * (n + 1) / 2).all())
+        times = []
+        for _ in range(ITERS):
+            t.fill_(float(rank + 1))
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(t)
+            if device is not None:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+            correct = correct and bool((t == n * (n + 1) / 2).all())
+        mine = sorted(times)[len(times) // 2]
+        every: list = [None] * n
+        dist.all_gather_object(every, {"seconds": mine, "correct": correct})
+        rows.append({"size_bytes": count * 4, "ranks": every})
+    small = torch.zeros(2, device=device)
+    lat = []
+    for _ in range(LATENCY_ITERS):
+        t0 = time.perf_counter()
+        dist.all_reduce(small)
+        lat.append(time.perf_counter() - t0)
+    ids: list = [None] * n
+    dist.all_gather_object(ids, {"rank": rank, "host": os.uname().nodename, **identity(data)})
+    if rank == 0:
+        from gptkit.fsutil import write_json_atomic
+
+        write_json_atomic(
+            out, {"world_size": n, "sizes": rows, "latency_s": sorted(lat)[len(lat) // 2], "identities": ids}
+        )
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def summarize(raw: dict) -> dict:
+    """The report: per size, the slowest rank's time, algbw and busbw from it, every result correct;
+    the consistency checks (each key's values across ranks)."""
+    n = raw["world_size"]
+    sizes = []
+    for row in raw["sizes"]:
+        slowest = max(range(n), key=lambda r: row["ranks"][r]["seconds"])
+        secs = row["ranks"][slowest]["seconds"]
+        sizes.append(
+            {
+                "size_bytes": row["size_bytes"],
+                "seconds": secs,
+                "algbw_GBps": algbw(row["size_bytes"], secs) / 1e9,
+                "busbw_GBps": busbw(row["size_bytes"], secs, n) / 1e9,
+                "slowest_rank": slowest,
+                "correct": all(r["correct"] for r in row["ranks"]),
+            }
+        )
+    checks = {}
+    for key in ("gptkit", "torch", "cuda", "nccl", "shards"):
+        values = {str(i.get(key)) for i in raw["identities"] if key in i}
+        if values:
+            checks[key] = {
+                "same": len(values) == 1,
+                "by_rank": {i["rank"]: i.get(key) for i in raw["identities"]},
+            }
+    return {"world_size": n, "sizes": sizes, "latency_us": raw["latency_s"] * 1e6, "consistency": checks}
+
+
+def ok(report: dict) -> bool:
+    return all(s["correct"] for s in report["sizes"]) and all(c["same"] for c in report["consistency"].values())
+
+
+def run_check(*, nproc: int, launch, data: str | None, max_mb: float, work: Path, echo=lambda s: None) -> dict | None:
+    """Start torchrun for the check (launch: a LaunchConfig with the node settings); the report on
+    node 0, None on the others."""
+    import subprocess
+
+    from gptkit import procs
+
+    out = work / "dist-report.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    if launch.nodes > 1:
+        cmd += ["--nnodes", str(launch.nodes), "--node-rank", str(launch.node_rank), "--rdzv-backend", "c10d"]
+        cmd += ["--rdzv-endpoint", f"{launch.master_addr}:{launch.master_port}", "--rdzv-id", "gptkit-doctor"]
+        cmd += ["--rdzv-conf", f"is_host={int(launch.node_rank == 0)}"]
+    else:
+        cmd += ["--standalone"]
+    cmd += ["-m", "gptkit.doctor.dist", str(out), data or "", str(max_mb)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONSAFEPATH": "1"}
+    log = work / "dist-torchrun.log"
+    with open(log, "wb") as err:
+        rc = subprocess.run(cmd, env=env, stderr=err, preexec_fn=procs.child_preexec()).returncode
+    if rc != 0:
+        from gptkit.errors import GptkitError
+
+        raise GptkitError(f"the distributed check failed (torchrun exit {rc}); its report is in {log}")
+    if launch.node_rank != 0:
+        return None
+    return summarize(json.loads(out.read_text()))
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]), sys.argv[2] or None, float(sys.argv[3]))
