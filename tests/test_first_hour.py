@@ -173,3 +173,19 @@ def test_smaller_items_help_plurals_and_bf16_refused_before_launch(gptkit_home, 
             assert r.returncode == 0, r.stderr
         else:
             assert "--precision bf16: cpu here has no native bf16" in assert_one_line_error(r)
+
+
+def test_the_run_header_fits_80_columns():
+    from gptkit.train.metrics import run_header
+
+    parts = (
+        "small 3.4M params",
+        "tokenizer bytes (256 tokens)",
+        "2 x cpu | fp32",
+        "batch 16384 tokens = 2 procs x 16 x 256 x 2 accum",
+        "resumed at step 1200",
+    )
+    lines = run_header("/home/me/.cache/gptkit/runs/laptop", *parts)
+    assert lines[0] == "run /home/me/.cache/gptkit/runs/laptop"
+    assert all(len(line) <= 80 for line in lines), lines
+    assert " | ".join(lines[1:]) == " | ".join(parts)  # every part, in order, none cut

@@ -177,6 +177,25 @@ def _wall_time(records: list[dict]) -> float:
     return total
 
 
+HEADER_COLUMNS = 80
+
+
+def run_header(run_dir: str, *parts: str | None) -> list[str]:
+    """The run's header (pure): `run DIR`, then the parts joined by " | " into lines of at most
+    HEADER_COLUMNS (one ~150-character line wrapped on an 80-column terminal)."""
+    lines = [f"run {run_dir}"]
+    cur = ""
+    for part in filter(None, parts):
+        if cur and len(cur) + 3 + len(part) > HEADER_COLUMNS:
+            lines.append(cur)
+            cur = part
+        else:
+            cur = f"{cur} | {part}" if cur else part
+    if cur:
+        lines.append(cur)
+    return lines
+
+
 def summary_lines(s: dict, checkpoint: str | None, run: str) -> list[str]:
     """The last lines of a successful run (pure: tests call it with made-up numbers)."""
     parts = [f"done: {s['steps']} steps"]

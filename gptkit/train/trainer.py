@@ -46,7 +46,7 @@ from gptkit.train import watchdog as wdmod
 from gptkit.train.config import SHAPE_KEYS, ResolvedRun, model_settings, plan_batches, shape_of
 from gptkit.train.dist import Dist, TrainingError, check_shared_run_dir, step_seed
 from gptkit.train.loss import fuse_loss
-from gptkit.train.metrics import Reporter, truncate_metrics
+from gptkit.train.metrics import Reporter, run_header, truncate_metrics
 from gptkit.train.optim import (
     apply_config,
     build_optimizers,
@@ -386,14 +386,16 @@ class Trainer:
         if d.master:
             for note in [*self.data_notes, *([prompt_note] if prompt_note else [])]:
                 rep.print(note)
-            rep.print(
-                f"run {self.run_dir} | {shape_label(self.model.config, cfg.preset)} "
-                f"{self.model.num_params() / 1e6:.1f}M params | "
-                f"tokenizer {self.tok.name} ({self.tok.vocab_size} tokens) | "
-                f"{d.world_size} x {self.device.type} | {self.precision.name} | batch {cfg.batch_tokens} tokens = "
-                f"{d.world_size} procs x {self.plan.micro_batch} x {cfg.seq_len} x {self.plan.grad_accum} accum"
-                + (f" | resumed at step {self.step}" if self.rr.resume_from else "")
-            )
+            for line in run_header(
+                str(self.run_dir),
+                f"{shape_label(self.model.config, cfg.preset)} {self.model.num_params() / 1e6:.1f}M params",
+                f"tokenizer {self.tok.name} ({self.tok.vocab_size} tokens)",
+                f"{d.world_size} x {self.device.type} | {self.precision.name}",
+                f"batch {cfg.batch_tokens} tokens = {d.world_size} procs x {self.plan.micro_batch} x "
+                f"{cfg.seq_len} x {self.plan.grad_accum} accum",
+                f"resumed at step {self.step}" if self.rr.resume_from else None,
+            ):
+                rep.print(line)
         if self.rr.extra.get("restart"):
             info = self.rr.extra["restart"]
             rep.print(restarts.restart_line(info))
