@@ -658,6 +658,28 @@ def stage_muon(ctx: Ctx) -> dict:
     }
 
 
+@stage("dist", limit_s=40)
+def stage_dist(ctx: Ctx) -> dict:
+    """`gptkit doctor --dist` on every visible GPU (NCCL): all-reduce busbw 1-256 MB, latency, consistency."""
+    # A rehearsal: 2 CPU processes (gloo) and small messages; the figures mean nothing there.
+    procs = ctx.gpus if ctx.cuda else 2
+    size = "256" if ctx.cuda else "4"
+    r = gptkit_cli(ctx, "doctor", "--dist", "--nproc", str(procs), "--max-size", size, "--json", timeout=120)
+    try:
+        rep = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        return {"passed": False, "exit_code": r.returncode, "stdout": tail(r.stdout), "stderr": tail(r.stderr)}
+    return {
+        "processes": procs,
+        "busbw_GBps_by_MB": {round(x["size_bytes"] / (1 << 20)): x["busbw_GBps"] for x in rep["sizes"]},
+        "latency_us": rep["latency_us"],
+        "all_correct": all(x["correct"] for x in rep["sizes"]),
+        "consistent": all(c["same"] for c in rep["consistency"].values()),
+        "note": "one GPU: no link is measured (busbw is 0 at n = 1)" if ctx.cuda and procs == 1 else None,
+        "passed": r.returncode == 0,
+    }
+
+
 # --- main ------------------------------------------------------------------------------------------
 
 

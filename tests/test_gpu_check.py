@@ -198,6 +198,7 @@ def test_the_rehearsal_runs_every_stage_on_the_cpu_end_to_end(gpu_check, tmp_pat
     assert ddp["steps"] == 10 and ddp["checkpoint"] and ddp["processes"] == 2
     assert "NCCL not exercised" in ddp["nccl"]
     assert stages["sample"]["new_tokens"] == 256
+    assert stages["dist"]["all_correct"] and stages["dist"]["consistent"] and stages["dist"]["processes"] == 2
     muon = stages["muon"]  # fp32 here: the Newton-Schulz iteration runs in the machine's own precision
     assert muon["ns_dtype"] == "float32" and muon["ratio"] > 0 and set(muon["step_ms"]) == {"adamw", "muon"}
     kv = stages["kv_cache"]

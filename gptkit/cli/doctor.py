@@ -48,7 +48,10 @@ def doctor(
     dist: Annotated[
         bool, typer.Option("--dist", help="Measure the interconnect: all-reduce bandwidth, latency, consistency.")
     ] = False,
-    nproc: Annotated[int, typer.Option("--nproc", metavar="N", help="With --dist: processes on this node.")] = 2,
+    nproc: Annotated[
+        int | None,
+        typer.Option("--nproc", metavar="N", help="With --dist: processes on this node (default: every GPU, or 2)."),
+    ] = None,
     nodes: Annotated[int | None, typer.Option("--nodes", metavar="N", help="With --dist: as gptkit train.")] = None,
     node_rank: Annotated[int | None, typer.Option("--node-rank", metavar="R")] = None,
     master_addr: Annotated[str | None, typer.Option("--master-addr", metavar="HOST")] = None,
@@ -150,6 +153,10 @@ def _dist(json_out, nproc, nodes, node_rank, master_addr, master_port, data, max
     if cluster is not None:
         launch = replace(launch, **{k: v for k, v in cluster.values.items() if k in LaunchConfig.__dataclass_fields__})
         print(cluster.line())
+    if nproc is None:
+        import torch
+
+        nproc = torch.cuda.device_count() if torch.cuda.is_available() else 2
     with tempfile.TemporaryDirectory(prefix="gptkit-doctor-") as work:
         rep = run_check(nproc=nproc, launch=launch, data=data, max_mb=max_size, work=Path(work))
     if rep is None:

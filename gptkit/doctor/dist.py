@@ -51,9 +51,11 @@ def worker(out: Path, data: str | None, max_mb: float) -> None:
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
-    rank, n = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else None
+    if device is not None:  # only with a GPU: one per local rank, before NCCL picks the current one
+        torch.cuda.set_device(device)
+    dist.init_process_group("gloo" if device is None else "nccl")
+    rank, n = dist.get_rank(), dist.get_world_size()
     rows = []
     sizes: list[float] = [s for s in SIZES_MB if s <= max_mb] or [max_mb]
     for mb in sizes:
