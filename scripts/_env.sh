@@ -14,9 +14,9 @@ if ! python -c "import torch" 2>/dev/null; then
   pip install -q "torch==2.13.0"
 fi
 # Extras: test (pytest and the reference libraries), dev (ruff, mypy, import-linter: pinned),
-# gguf, plot. GPTKIT_EXTRAS overrides the list.
-EXTRAS="${GPTKIT_EXTRAS:-test,dev,gguf,plot}"
-if ! python -c "import gptkit, pytest, transformers, gguf, matplotlib" 2>/dev/null \
+# gguf, plot, eval (lm-evaluation-harness). GPTKIT_EXTRAS overrides the list.
+EXTRAS="${GPTKIT_EXTRAS:-test,dev,gguf,plot,eval}"
+if ! python -c "import gptkit, pytest, transformers, gguf, matplotlib, lm_eval, accelerate" 2>/dev/null \
    || { [[ ",$EXTRAS," == *",dev,"* ]] && ! python -c "import mypy, importlinter, ruff" 2>/dev/null; } \
    || [ pyproject.toml -nt "$VENV/.gptkit-installed" ]; then
   pip install -q -e ".[$EXTRAS]"

@@ -13,12 +13,12 @@ python3 -m venv "$VENV"
 
 # Every pip install below (also the ones in _env.sh) resolves under the floors.
 export PIP_CONSTRAINT="$PWD/constraints/lowest.txt"
-export GPTKIT_VENV="$VENV" GPTKIT_EXTRAS="test,gguf,plot"
+export GPTKIT_VENV="$VENV" GPTKIT_EXTRAS="test,gguf,plot,eval"
 export GPTKIT_TEST_HOME="${GPTKIT_TEST_HOME:-$VENV-home}"
 # shellcheck disable=SC1091
 source scripts/_env.sh
 echo "floors: installed" >&2
-pip list --format=freeze | grep -iE '^(torch|typer|rich|tiktoken|datasets|huggingface.hub|safetensors|numpy|pytest|transformers|gguf|matplotlib|click|pyarrow)==' >&2
+pip list --format=freeze | grep -iE '^(torch|typer|rich|tiktoken|datasets|huggingface.hub|safetensors|numpy|pytest|transformers|gguf|matplotlib|click|pyarrow|lm.eval|accelerate)==' >&2
 # Pins that pip could not honour fail here rather than passing on other versions.
 pip check >&2
 python - "$PIP_CONSTRAINT" <<'PY'

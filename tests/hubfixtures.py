@@ -214,6 +214,113 @@ def make_script_repo(folder: Path, repo_id: str = "Rowan/hellaswag", *, layout: 
     return finish_repo(folder, repo_id, "dataset", layout)
 
 
+# --- lm-evaluation-harness task datasets --------------------------------------------------------
+
+
+def _parquet_config_repo(folder: Path, configs: dict[str, dict[str, dict]], card: str) -> None:
+    """A dataset in the Hub's parquet layout: CONFIG/SPLIT-00000-of-00001.parquet per config, and a
+    README.md whose `configs:` maps each config's splits to its files (what `datasets` reads)."""
+    lines = []
+    for config, splits in configs.items():
+        lines.append(f"- config_name: {config}\n  data_files:\n")
+        for split, columns in splits.items():
+            write_parquet(folder / config / f"{split}-00000-of-00001.parquet", columns)
+            lines.append(f"  - split: {split}\n    path: {config}/{split}-*\n")
+    (folder / "README.md").write_text("---\nconfigs:\n" + "".join(lines) + "---\n# " + card + " (test copy)\n")
+
+
+def make_lm_eval_repos(root: Path, *, rows: int = 10, seed: int = 3) -> dict[str, FakeRepo]:
+    """Tiny copies of the datasets lm-eval's own task definitions read, in the repos and layouts those
+    definitions name (dataset_path, dataset_name, splits, columns), as plain folders under
+    ROOT/datasets/ORG/NAME for `gptkit mirror serve ROOT`:
+
+        hellaswag       Rowan/hellaswag                       data/{split}-00000-of-00001.parquet
+        arc_easy        allenai/ai2_arc (ARC-Easy)            ARC-Easy/{split}-00000-of-00001.parquet
+        piqa            baber/piqa                            data/{split}-00000-of-00001.parquet
+        lambada_openai  EleutherAI/lambada_openai (default)   default/test-00000-of-00001.parquet
+        wikitext        EleutherAI/wikitext_document_level    wikitext-2-raw-v1/{split}-00000-of-00001.parquet
+        gsm8k           openai/gsm8k (main)                   main/{split}-00000-of-00001.parquet
+
+    One task per request type: loglikelihood (the first four), loglikelihood_rolling (wikitext),
+    generate_until (gsm8k)."""
+    rng = random.Random(seed)
+    root = Path(root)
+    out = {}
+
+    def words(n: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(n))
+
+    out["hellaswag"] = make_hellaswag_repo(root / "datasets" / "Rowan" / "hellaswag", rows=rows, layout="plain")
+
+    arc = root / "datasets" / "allenai" / "ai2_arc"
+    splits = {}
+    for split in ("train", "validation", "test"):
+        n_choices = [rng.choice((3, 4, 4, 5)) for _ in range(rows)]
+        letters = [list("ABCDE"[:n]) if rng.random() < 0.8 else [str(i + 1) for i in range(n)] for n in n_choices]
+        splits[split] = {
+            "id": [f"Mercury_{rng.getrandbits(24)}" for _ in range(rows)],
+            "question": [words(rng.randint(6, 14)).capitalize() + "?" for _ in range(rows)],
+            "choices": [{"text": [words(rng.randint(1, 4)) for _ in ls], "label": ls} for ls in letters],
+            "answerKey": [rng.choice(ls) for ls in letters],
+        }
+    _parquet_config_repo(arc, {"ARC-Easy": splits}, "ai2_arc")
+    out["arc_easy"] = finish_repo(arc, "allenai/ai2_arc", "dataset", "plain")
+
+    piqa = root / "datasets" / "baber" / "piqa"
+    cols = {}
+    for split in ("train", "validation", "test"):
+        cols[split] = {
+            "goal": [words(rng.randint(4, 10)).capitalize() + "." for _ in range(rows)],
+            "sol1": [words(rng.randint(3, 12)) for _ in range(rows)],
+            "sol2": [words(rng.randint(3, 12)) for _ in range(rows)],
+            "label": [rng.randrange(2) if split != "test" else -1 for _ in range(rows)],
+        }
+    _parquet_config_repo(piqa, {"data": cols}, "piqa")
+    # one config, data/: rename it to the default config the card declares
+    readme = (piqa / "README.md").read_text().replace("config_name: data", "config_name: default")
+    (piqa / "README.md").write_text(readme)
+    out["piqa"] = finish_repo(piqa, "baber/piqa", "dataset", "plain")
+
+    lambada = root / "datasets" / "EleutherAI" / "lambada_openai"
+    _parquet_config_repo(
+        lambada,
+        {"default": {"test": {"text": [_text(rng, rng.randint(20, 40)).rstrip(".") for _ in range(rows)]}}},
+        "lambada_openai",
+    )
+    out["lambada_openai"] = finish_repo(lambada, "EleutherAI/lambada_openai", "dataset", "plain")
+
+    wiki = root / "datasets" / "EleutherAI" / "wikitext_document_level"
+    pages = {
+        split: {
+            "page": [
+                " = "
+                + words(3).title()
+                + " = \n "
+                + " \n ".join(_text(rng, rng.randint(30, 120)) for _ in range(rng.randint(1, 3)))
+                + " \n"
+                for _ in range(rows)
+            ]
+        }
+        for split in ("train", "validation", "test")
+    }
+    _parquet_config_repo(wiki, {"wikitext-2-raw-v1": pages}, "wikitext_document_level")
+    out["wikitext"] = finish_repo(wiki, "EleutherAI/wikitext_document_level", "dataset", "plain")
+
+    gsm = root / "datasets" / "openai" / "gsm8k"
+    qa = {}
+    for split in ("train", "test"):
+        nums = [rng.randint(2, 90) for _ in range(rows)]
+        qa[split] = {
+            "question": [f"{words(rng.randint(8, 16)).capitalize()} {n} {words(3)}?" for n in nums],
+            "answer": [
+                f"{words(rng.randint(5, 12)).capitalize()} <<{n}+1={n + 1}>>{n + 1}.\n#### {n + 1}" for n in nums
+            ],
+        }
+    _parquet_config_repo(gsm, {"main": qa}, "gsm8k")
+    out["gsm8k"] = finish_repo(gsm, "openai/gsm8k", "dataset", "plain")
+    return out
+
+
 # --- GPT-2 style model repo ---------------------------------------------------------------------
 
 
