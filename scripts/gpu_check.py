@@ -234,6 +234,30 @@ class Ctx:
     def cuda(self) -> bool:
         return self.device == "cuda"
 
+    def shards(self) -> Path:
+        """Byte-level shards made once by `gptkit tokenize` (every `gptkit train` stage reads them),
+        and a GPTKIT_HOME holding a few HellaSwag rows (env GPTKIT_HOME for the subprocesses)."""
+        shards = self.work / "shards"
+        if (shards / "manifest.json").exists():
+            return shards
+        src = self.work / "src" / "text.txt"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        words = "the quick brown fox jumps over a lazy dog while gptkit checks its collectives".split()
+        src.write_text("\n".join(" ".join(words[(i + j) % len(words)] for j in range(40)) for i in range(3000)))
+        r = gptkit_cli(
+            self, "tokenize", str(src), "--tokenizer", "bytes", "--out", str(shards), "--shard-tokens", "200000",
+            "--val-tokens", "20000", "--workers", "2", timeout=120,
+        )  # fmt: skip
+        if r.returncode:
+            raise RuntimeError(f"gptkit tokenize failed ({r.returncode}): {tail(r.stderr, 500)}")
+        hs = self.work / "home" / "data" / "hellaswag" / "val.jsonl"
+        hs.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{"ctx": f"the {w} fox", "endings": ["jumps", "sleeps over a dog", "is", "runs"], "label": i % 4}
+                for i, w in enumerate(words)]  # fmt: skip
+        hs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self.env["GPTKIT_HOME"] = str(self.work / "home")
+        return shards
+
     def sync(self) -> None:
         """Wait for queued GPU work, so a timer reads what ran (CPU work is synchronous)."""
         if self.cuda:
@@ -250,12 +274,12 @@ def rehearsal_ctx(work: Path, deadline: float, env: dict) -> Ctx:
     )  # fmt: skip
 
 
-def gptkit_cli(ctx: Ctx, *args: str, timeout: float) -> subprocess.CompletedProcess:
-    """`python -m gptkit ARGS` (see run_process)."""
-    return run_process(ctx, [sys.executable, "-m", "gptkit", *args], timeout=timeout)
+def gptkit_cli(ctx: Ctx, *args: str, timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m gptkit ARGS` (see run_process); `env`: more environment for this one."""
+    return run_process(ctx, [sys.executable, "-m", "gptkit", *args], timeout=timeout, env=env)
 
 
-def run_process(ctx: Ctx, cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+def run_process(ctx: Ctx, cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
     """CMD with its output captured, stopped at `timeout` or at the stage's limit, whichever comes
     first: then its whole process group goes (torchrun's workers too) and TimeoutExpired is raised."""
     p = subprocess.Popen(
@@ -263,7 +287,7 @@ def run_process(ctx: Ctx, cmd: list[str], timeout: float) -> subprocess.Complete
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, **ctx.env},
+        env={**os.environ, **ctx.env, **(env or {})},
         start_new_session=True,
     )
     try:
@@ -279,7 +303,7 @@ def tail(text: str, n: int = 1500) -> str:
     return text[-n:]
 
 
-@stage("doctor", limit_s=25)
+@stage("doctor", limit_s=20)
 def stage_doctor(ctx: Ctx) -> dict:
     """`python -m gptkit doctor --json`: only a doctor that cannot run fails the stage."""
     r = gptkit_cli(ctx, "doctor", "--json", "--timeout", "3", timeout=90)
@@ -304,7 +328,7 @@ def make_model(ctx: Ctx, vocab: int | None = None, seed: int = 0):
     return GPT(cfg)
 
 
-@stage("parity", limit_s=25)
+@stage("parity", limit_s=20)
 def stage_parity(ctx: Ctx) -> dict:
     """CUDA bf16 logits vs CPU fp32 logits of one randomly initialised GPT-2 (124M)."""
     import torch
@@ -395,7 +419,7 @@ def train_speed(ctx: Ctx, micro_batch: int, prec, peak: float | None) -> dict:
     }
 
 
-@stage("train_124m", limit_s=150)
+@stage("train_124m", limit_s=110)
 def stage_train_124m(ctx: Ctx) -> dict:
     """The gpt2 preset, 30 steps of synthetic tokens, compiled, bf16, flash SDPA, micro-batches 16/32/64.
 
@@ -451,7 +475,7 @@ def stage_train_124m(ctx: Ctx) -> dict:
     }
 
 
-@stage("ddp", limit_s=60)
+@stage("ddp", limit_s=45)
 def stage_ddp(ctx: Ctx) -> dict:
     """`gptkit train` through torchrun on every visible GPU, 10 steps, on shards made by `gptkit tokenize`.
 
@@ -460,17 +484,7 @@ def stage_ddp(ctx: Ctx) -> dict:
     gpus = ctx.gpus if ctx.cuda else 0
     procs = gpus or 2
     where = ["--gpus", str(gpus)] if ctx.cuda else ["--gpus", "0", "--nproc", str(procs)]
-    src = ctx.work / "ddp_src" / "text.txt"
-    src.parent.mkdir(parents=True, exist_ok=True)
-    words = "the quick brown fox jumps over a lazy dog while gptkit checks its collectives".split()
-    src.write_text("\n".join(" ".join(words[(i + j) % len(words)] for j in range(40)) for i in range(3000)))
-    shards = ctx.work / "ddp_shards"
-    r = gptkit_cli(
-        ctx, "tokenize", str(src), "--tokenizer", "bytes", "--out", str(shards), "--shard-tokens", "200000",
-        "--val-tokens", "20000", "--workers", "2", timeout=120,
-    )  # fmt: skip
-    if r.returncode:
-        return {"passed": False, "step": "tokenize", "exit_code": r.returncode, "stderr": tail(r.stderr)}
+    shards = ctx.shards()
     run_dir = ctx.work / "ddp_run"
     seq, mb = 128, 8
     r = gptkit_cli(
@@ -504,7 +518,7 @@ def stage_ddp(ctx: Ctx) -> dict:
     return out
 
 
-@stage("sample", limit_s=30)
+@stage("sample", limit_s=25)
 def stage_sample(ctx: Ctx) -> dict:
     """`gptkit sample` tokens/s from a random 124M gptkit checkpoint."""
     from gptkit.checkpoint import save_checkpoint
@@ -535,7 +549,7 @@ def stage_sample(ctx: Ctx) -> dict:
     }
 
 
-@stage("kv_cache", limit_s=20)
+@stage("kv_cache", limit_s=15)
 def stage_kv_cache(ctx: Ctx) -> dict:
     """Feed the tokens full recomputation chose through the KV-cache path; compare the logits."""
     import torch
@@ -655,6 +669,310 @@ def stage_muon(ctx: Ctx) -> dict:
         "within_goal": ratio <= 1.1,
         "timed_rounds": rounds - 1,
         "passed": all(math.isfinite(v) for v in losses.values()),
+    }
+
+
+def train_args(ctx: Ctx, run_dir: Path, steps: int, *extra: str, procs: int = 1) -> list[str]:
+    """`gptkit train` on the shared shards: the tiny preset, 128-token rows, `procs` processes (GPUs,
+    or gloo CPU processes in a rehearsal), no compiler unless `extra` says so."""
+    where = ["--gpus", str(procs)] if ctx.cuda else ["--gpus", "0", "--nproc", str(procs)]
+    seq, mb = 128, 8
+    return [
+        "train", "--preset", "tiny", "--data", str(ctx.shards()), "--out", str(run_dir), *where,
+        "--seq-len", str(seq), "--micro-batch", str(mb), "--batch-tokens", str(seq * mb * procs),
+        "--max-steps", str(steps), "--warmup-steps", "1", "--eval-tokens", "0", "--hellaswag-every", "0",
+        "--sample-every", "1000", "--checkpoint-every", "1000", "--log-every", "1", *extra,
+    ]  # fmt: skip
+
+
+@stage("trainer", limit_s=60)
+def stage_trainer(ctx: Ctx) -> dict:
+    """The Trainer itself with torch.compile on, evaluation, HellaSwag and a sample every 2 steps.
+
+    TORCH_LOGS=recompiles: the compiled forward must not recompile after the periodic sample (issue
+    24 item 8). A rehearsal runs it without the compiler (a CPU compile takes minutes)."""
+    run_dir = ctx.work / "trainer_run"
+    compiled = ["--compile"] if ctx.compile else ["--no-compile"]
+    every = ["--eval-every", "2", "--eval-tokens", "2048", "--hellaswag-every", "2", "--sample-every", "2"]
+    args = train_args(ctx, run_dir, 4, *compiled, *every, "--sample-tokens", "8")
+    r = gptkit_cli(ctx, *args, timeout=300, env={"TORCH_LOGS": "recompiles"})
+    from gptkit.train.metrics import read_metrics
+
+    rows = read_metrics(run_dir)
+    log = run_dir / "error-0.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    recompiles = text.count("Recompiling function forward")
+    out = {
+        "compile": ctx.compile,
+        "exit_code": r.returncode,
+        "steps": len([m for m in rows if "loss" in m]),
+        "val_loss": [m["val_loss"] for m in rows if "val_loss" in m],
+        "hellaswag": [m["hellaswag"] for m in rows if "hellaswag" in m],
+        "samples": len([m for m in rows if "sample" in m]),
+        "forward_recompiles": recompiles if ctx.compile else "n/a (no compiler in a rehearsal)",
+    }
+    if r.returncode:
+        out["stderr"] = tail(r.stderr)
+    out["passed"] = (
+        r.returncode == 0 and out["steps"] == 4 and len(out["val_loss"]) == 3 and len(out["hellaswag"]) == 3
+        and out["samples"] == 2 and recompiles == 0
+    )  # fmt: skip
+    return out
+
+
+@stage("fp16_resume", limit_s=60)
+def stage_fp16_resume(ctx: Ctx) -> dict:
+    """--precision fp16 (GradScaler): killed after its step-2 checkpoint and resumed, bitwise equal to
+    an uninterrupted run. A rehearsal runs fp32 (fp16 needs CUDA)."""
+    prec = "fp16" if ctx.cuda else "fp32"
+    flags = ["--precision", prec, "--checkpoint-every", "2"]
+    whole, cut = ctx.work / "fp16_whole", ctx.work / "fp16_cut"
+    r = gptkit_cli(ctx, *train_args(ctx, whole, 4, *flags), timeout=200)
+    if r.returncode:
+        return {"passed": False, "step": "uninterrupted run", "exit_code": r.returncode, "stderr": tail(r.stderr)}
+    # The same run, slowed down so it can be killed (SIGKILL, the whole process group) after step 2.
+    env = {**os.environ, **ctx.env, "GPTKIT_FAULTS": "train.step_sleep=1"}
+    cmd = [sys.executable, "-m", "gptkit", *train_args(ctx, cut, 4, *flags)]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        while not (cut / "step_000002" / "trainer.json").exists():
+            if p.poll() is not None:
+                return {"passed": False, "step": "run to kill", "exit_code": p.returncode}
+            if ctx.left() < 5:
+                raise StageTimeout("no step-2 checkpoint in time")
+            time.sleep(0.2)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    r = gptkit_cli(ctx, "train", "--resume", str(cut), *(["--gpus", "1"] if ctx.cuda else ["--gpus", "0"]), timeout=200)
+    if r.returncode:
+        return {"passed": False, "step": "resume", "exit_code": r.returncode, "stderr": tail(r.stderr)}
+    a = (whole / "step_000004" / "model.safetensors").read_bytes()
+    b = (cut / "step_000004" / "model.safetensors").read_bytes()
+    ta = json.loads((whole / "step_000004" / "trainer.json").read_text())
+    tb = json.loads((cut / "step_000004" / "trainer.json").read_text())
+    return {
+        "precision": prec if ctx.cuda else "fp32 (rehearsal: fp16 needs CUDA)",
+        "killed_after": sorted(x.name for x in cut.glob("step_*")),
+        "grad_scaler": ta.get("grad_scaler"),
+        "weights_bitwise_equal": a == b,
+        "scaler_equal": ta.get("grad_scaler") == tb.get("grad_scaler"),
+        "passed": a == b and ta.get("grad_scaler") == tb.get("grad_scaler") and (not ctx.cuda or "grad_scaler" in ta),
+    }
+
+
+def trainer_here(ctx: Ctx, name: str, **flags):
+    """A gptkit Trainer in this process on the shared shards (one rank), as a worker builds it."""
+    from gptkit.train import config as C
+    from gptkit.train.dist import Dist
+    from gptkit.train.resolve import prepare
+    from gptkit.train.trainer import Trainer
+
+    os.environ["GPTKIT_HOME"] = str(ctx.work / "home")
+    ctx.shards()
+    base = dict(preset="tiny", data=str(ctx.shards()), seq_len=128, micro_batch=8, batch_tokens=1024, max_steps=2)
+    base.update(dict(warmup_steps=1, eval_tokens=0, hellaswag_every=0, sample_every=1000, log_every=1, compile=False))
+    base.update(flags)
+    gpus = 1 if ctx.cuda else 0
+    rr = prepare(C.TrainOverrides(**base), C.LaunchOverrides(gpus=gpus, nproc=1), out=ctx.work / name)
+    return Trainer(rr, Dist("cuda" if ctx.cuda else "cpu"))
+
+
+@stage("oom", limit_s=35)
+def stage_oom(ctx: Ctx) -> dict:
+    """Out of memory gives the one-line hint on every phase: a real one from a micro-batch that cannot
+    fit (through `gptkit train`), and evaluation, HellaSwag, sampling through the fault point train.oom.
+    A rehearsal has no GPU to fill: the fault point stands in for the real one too."""
+    from gptkit.train.dist import TrainingError
+
+    out: dict = {}
+    if ctx.cuda:  # 124M at 256 x 1024 tokens: hundreds of GB of activations
+        args = train_args(ctx, ctx.work / "oom_run", 1)
+        args[args.index("tiny")] = "gpt2"
+        args[args.index("--seq-len") + 1] = "1024"
+        args[args.index("--micro-batch") + 1] = "256"
+        args[args.index("--batch-tokens") + 1] = str(256 * 1024)
+        r = gptkit_cli(ctx, *args, timeout=120)
+    else:
+        args = train_args(ctx, ctx.work / "oom_run", 1)
+        r = gptkit_cli(ctx, *args, timeout=120, env={"GPTKIT_FAULTS": "train.oom=train"})
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    out["train"] = {"exit_code": r.returncode, "line": lines[-1] if lines else None, "lines": len(lines)}
+    ok = r.returncode == 1 and len(lines) == 1 and "CUDA out of memory at --micro-batch" in lines[0]
+    for phase, flags in {
+        "evaluation": dict(eval_tokens=1024, eval_every=1),
+        "hellaswag": dict(hellaswag_every=1),
+        "sample": dict(sample_every=1, sample_tokens=4),
+    }.items():
+        tr = trainer_here(ctx, f"oom_{phase}", **flags)
+        os.environ["GPTKIT_FAULTS"] = f"train.oom={phase}"
+        try:
+            tr.fit()
+            out[phase] = {"line": None}
+            ok = False
+        except TrainingError as e:
+            out[phase] = {"line": str(e), "rank_alone": e.collective is False}
+            ok = ok and "CUDA out of memory" in str(e) and "\n" not in str(e) and e.collective is False
+        finally:
+            os.environ.pop("GPTKIT_FAULTS", None)
+    out["passed"] = ok
+    return out
+
+
+@stage("copies", limit_s=10)
+def stage_copies(ctx: Ctx) -> dict:
+    """The trainer's pinned, non-blocking batch copies (train/data.py BatchCopier) against blocking
+    copies from pageable memory, each micro-batch followed by a matmul as a step's work would be."""
+    import numpy as np
+    import torch
+
+    from gptkit.train import data as datamod
+
+    dev = torch.device(ctx.device)
+    shards = ctx.shards()
+    data_dir, _, train_paths, manifest = datamod.check_data(str(shards))
+    stream = datamod.TokenStream(train_paths, 0, 0, shuffle=True)
+    B, T = (64, 1024) if ctx.cuda else (8, 128)
+    batches = datamod.TrainBatches(stream, T, B, 0, 1)
+    copier = datamod.BatchCopier(batches, dev)
+    w = torch.randn((2048, 2048) if ctx.cuda else (128, 128), device=dev)
+    n = 50 if ctx.cuda else 5
+
+    def blocking(i: int):
+        t = torch.from_numpy(batches.get(i * B * T, 0))
+        return t[:, :-1].to(dev).contiguous(), t[:, 1:].to(dev).contiguous()  # the trainer's old path
+
+    times, same = {}, True
+    for name, get in (("blocking", blocking), ("pinned", lambda i: copier.get(i * B * T, 0))):
+        ctx.sync()
+        t0 = time.perf_counter()
+        for i in range(n):
+            x, y = get(i)
+            (w @ w).sum()  # the GPU works while the next rows are read and copied
+        ctx.sync()
+        times[name] = (time.perf_counter() - t0) / n
+    for i in range(3):
+        a, b = blocking(i), copier.get(i * B * T, 0)
+        same = same and torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    return {
+        "rows": [B, T + 1],
+        "pinned": bool(copier.host[0].is_pinned()) if ctx.cuda else "no (CPU: pinning skipped)",
+        "ms_per_micro_batch": {k: round(v * 1e3, 3) for k, v in times.items()},
+        "speedup": round(times["blocking"] / times["pinned"], 3),
+        "same_tensors": same,
+        "passed": same and bool(np.isfinite(list(times.values())).all()),
+    }
+
+
+@stage("attention", limit_s=10)
+def stage_attention(ctx: Ctx) -> dict:
+    """Which attention kernel the Trainer's own forward gets, unforced: the ops the profiler records
+    in one training forward and backward at the trainer's precision."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from gptkit.device import configure_matmul, resolve_precision
+
+    dev = torch.device(ctx.device)
+    configure_matmul(dev)
+    prec = resolve_precision("auto", dev)
+    model = make_model(ctx).to(dev).train()
+    T = model.config.block_size
+    x = torch.randint(0, model.config.vocab_size, (4, T), device=dev)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.cuda else [])
+    with profile(activities=activities) as prof:
+        with prec.autocast():
+            _, loss = model(x, x)
+        loss.backward()
+        ctx.sync()
+    names = {e.key for e in prof.key_averages()}
+    kernels = {
+        "flash": "aten::_scaled_dot_product_flash_attention",
+        "memory-efficient": "aten::_scaled_dot_product_efficient_attention",
+        "cudnn": "aten::_scaled_dot_product_cudnn_attention",
+        "cpu flash": "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "math": "aten::_scaled_dot_product_attention_math",
+    }
+    used = [k for k, op in kernels.items() if op in names]
+    if not used and "aten::baddbmm" in names:
+        used = ["gptkit bf16 matmuls (attention.py, short CPU sequences)"]
+    return {
+        "precision": prec.name,
+        "seq_len": T,
+        "kernels": used,
+        "sdpa_ops": sorted(n for n in names if "scaled_dot_product" in n),
+        # On a GPU anything but flash or cudnn means a slow fallback for these shapes
+        "passed": bool(used) and (not ctx.cuda or bool({"flash", "cudnn"} & set(used))),
+    }
+
+
+WEIGHTS_WORKER = """
+import hashlib, os, sys
+from pathlib import Path
+from gptkit.train.config import ResolvedRun
+from gptkit.train.dist import Dist
+from gptkit.train.trainer import Trainer
+rr = ResolvedRun.read(Path(sys.argv[1]) / "config.json")
+dist = Dist(rr.extra["device_type"])
+tr = Trainer(rr, dist)
+tr.fit()
+h = hashlib.sha256()
+for name, p in sorted(tr.model.state_dict().items()):
+    h.update(name.encode()); h.update(p.detach().float().cpu().numpy().tobytes())
+Path(sys.argv[2], f"rank{dist.rank}.sha256").write_text(h.hexdigest())
+dist.barrier(); dist.close()
+"""
+
+
+@stage("ddp_exact", limit_s=45, min_gpus=2)
+def stage_ddp_exact(ctx: Ctx) -> dict:
+    """DDP through NCCL on every GPU: after 10 steps every rank's weights are bitwise the same."""
+    procs = ctx.gpus if ctx.cuda else 2
+    run_dir, hashes = ctx.work / "ddp_exact", ctx.work / "ddp_hashes"
+    hashes.mkdir(parents=True, exist_ok=True)
+    r = gptkit_cli(ctx, *train_args(ctx, run_dir, 10, procs=procs), "--dry-run", timeout=60)
+    if r.returncode:
+        return {"passed": False, "step": "resolve", "stderr": tail(r.stderr)}
+    # --dry-run printed the command and RUN/config.json's content; write it where the workers read it
+    cfg = r.stdout[r.stdout.index("{") :]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(cfg)
+    script = ctx.work / "weights_worker.py"
+    script.write_text(WEIGHTS_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)]
+    r = run_process(ctx, [*cmd, str(script), str(run_dir), str(hashes)], timeout=200)
+    got = {f.stem: f.read_text() for f in hashes.glob("rank*.sha256")}
+    out = {"processes": procs, "exit_code": r.returncode, "ranks": len(got), "distinct_weights": len(set(got.values()))}
+    out["nccl"] = f"NCCL across {procs} GPUs" if ctx.cuda else "gloo (rehearsal): NCCL not exercised"
+    if r.returncode:
+        out["stderr"] = tail(r.stderr)
+    out["passed"] = r.returncode == 0 and len(got) == procs and len(set(got.values())) == 1
+    return out
+
+
+@stage("rank0_failure", limit_s=30, min_gpus=2)
+def stage_rank0_failure(ctx: Ctx) -> dict:
+    """A full disk on rank 0 alone (its checkpoint write, fault fs.enospc) ends every rank in one line
+    within seconds, not at the NCCL watchdog: the other ranks hear of it (train/failures.py)."""
+    procs = ctx.gpus if ctx.cuda else 2
+    run_dir = ctx.work / "rank0_failure"
+    args = train_args(ctx, run_dir, 6, "--checkpoint-every", "2", procs=procs)
+    t0 = time.monotonic()
+    r = gptkit_cli(ctx, *args, timeout=120, env={"GPTKIT_FAULTS": "fs.enospc=checkpoint"})
+    wall = time.monotonic() - t0
+    from gptkit.train.failures import error_ranks
+
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    notes = error_ranks(run_dir)
+    heard = [k for k, v in notes.items() if v.get("peer") == 0]
+    return {
+        "processes": procs,
+        "exit_code": r.returncode,
+        "line": lines[-1] if lines else None,
+        "wall_s": round(wall, 1),
+        "ranks_that_heard": sorted(heard),
+        "passed": r.returncode == 1 and len(lines) == 1 and "no space left" in lines[0] and len(heard) == procs - 1,
     }
 
 

@@ -181,7 +181,7 @@ def test_the_rehearsal_runs_every_stage_on_the_cpu_end_to_end(gpu_check, tmp_pat
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        timeout=600,
+        timeout=1800,  # its own limits stop it first
     )
     report = json.loads(out.read_text())
     stages = report["stages"]
@@ -204,4 +204,16 @@ def test_the_rehearsal_runs_every_stage_on_the_cpu_end_to_end(gpu_check, tmp_pat
     kv = stages["kv_cache"]
     assert kv["fp32"]["max_abs_logit_diff"] <= kv["fp32"]["tolerance"]
     assert kv["fp32"]["next_token_agree"] == 1.0
+    trainer = stages["trainer"]  # the real Trainer: evaluation, HellaSwag, samples
+    assert trainer["steps"] == 4 and len(trainer["val_loss"]) == 3 and len(trainer["hellaswag"]) == 3
+    assert trainer["samples"] == 2
+    assert stages["fp16_resume"]["weights_bitwise_equal"] and stages["fp16_resume"]["killed_after"][0] == "step_000002"
+    oom = stages["oom"]
+    assert oom["train"]["lines"] == 1 and oom["train"]["line"].startswith("gptkit: error: CUDA out of memory at")
+    assert all(oom[p]["line"].startswith("CUDA out of memory") for p in ("evaluation", "hellaswag", "sample"))
+    assert stages["copies"]["same_tensors"] and stages["copies"]["pinned"].startswith("no")
+    assert stages["attention"]["kernels"]
+    assert stages["ddp_exact"]["ranks"] == 2 and stages["ddp_exact"]["distinct_weights"] == 1
+    failure = stages["rank0_failure"]
+    assert failure["ranks_that_heard"] == [1] and "no space left" in failure["line"]
     assert "rehearsal" in r.stdout and "all stages ok" in r.stdout
