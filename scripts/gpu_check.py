@@ -702,19 +702,21 @@ def stage_trainer(ctx: Ctx) -> dict:
     log = run_dir / "error-0.log"
     text = log.read_text(errors="replace") if log.exists() else ""
     recompiles = text.count("Recompiling function forward")
-    out = {
+    val = [m["val_loss"] for m in rows if "val_loss" in m]
+    hs = [m["hellaswag"] for m in rows if "hellaswag" in m]
+    out: dict = {
         "compile": ctx.compile,
         "exit_code": r.returncode,
         "steps": len([m for m in rows if "loss" in m]),
-        "val_loss": [m["val_loss"] for m in rows if "val_loss" in m],
-        "hellaswag": [m["hellaswag"] for m in rows if "hellaswag" in m],
+        "val_loss": val,
+        "hellaswag": hs,
         "samples": len([m for m in rows if "sample" in m]),
         "forward_recompiles": recompiles if ctx.compile else "n/a (no compiler in a rehearsal)",
     }
     if r.returncode:
         out["stderr"] = tail(r.stderr)
     out["passed"] = (
-        r.returncode == 0 and out["steps"] == 4 and len(out["val_loss"]) == 3 and len(out["hellaswag"]) == 3
+        r.returncode == 0 and out["steps"] == 4 and len(val) == 3 and len(hs) == 3
         and out["samples"] == 2 and recompiles == 0
     )  # fmt: skip
     return out
@@ -943,7 +945,12 @@ def stage_ddp_exact(ctx: Ctx) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)]
     r = run_process(ctx, [*cmd, str(script), str(run_dir), str(hashes)], timeout=200)
     got = {f.stem: f.read_text() for f in hashes.glob("rank*.sha256")}
-    out = {"processes": procs, "exit_code": r.returncode, "ranks": len(got), "distinct_weights": len(set(got.values()))}
+    out: dict = {
+        "processes": procs,
+        "exit_code": r.returncode,
+        "ranks": len(got),
+        "distinct_weights": len(set(got.values())),
+    }
     out["nccl"] = f"NCCL across {procs} GPUs" if ctx.cuda else "gloo (rehearsal): NCCL not exercised"
     if r.returncode:
         out["stderr"] = tail(r.stderr)
