@@ -306,6 +306,9 @@ class Checkpoint:
         """A GPT with these weights, in eval mode, on `device`."""
         return model_from_state_dict(self.config, self.state_dict, device=device, source=self.path)
 
+    def has_optimizer_state(self) -> bool:
+        return (self.path / OPTIMIZER).is_file()
+
     def optimizer_state(self, device: str | torch.device = "cpu") -> dict | None:
         f = self.path / OPTIMIZER
         if not f.exists():
@@ -396,9 +399,13 @@ def is_checkpoint(path: Path) -> bool:
     return (path / WEIGHTS).is_file() and (path / CONFIG).is_file()
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, verify: bool = True) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", *, verify: bool = True, weights: bool = True
+) -> Checkpoint:
     """Load a checkpoint directory (or the latest checkpoint of a run directory), its files checked
-    against checksums.json first (`verify=False`: the caller verified them, or does so beside)."""
+    against checksums.json first (`verify=False`: the caller verified them, or does so beside).
+    weights=False: its config and metadata only (an empty state dict): a rank that receives the
+    weights from rank 0."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -411,6 +418,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, ver
     path = found
     notes = [note] if verify and (note := verify_checkpoint(path)) else []
     config, meta = read_config(path)
+    if not weights:
+        return Checkpoint(
+            path=path, config=config, tokenizer=meta.get("tokenizer", "gpt2"), meta=meta, state_dict={}, notes=notes
+        )
     try:
         sd = load_file(str(path / WEIGHTS), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:

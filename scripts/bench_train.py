@@ -5,6 +5,8 @@ measured in the same run.
     python scripts/bench_train.py                 # both configs, bf16 (if native) and fp32, in-process
     python scripts/bench_train.py --precisions bf16 --configs gpt2-vocab --steps 4
     python scripts/bench_train.py --modes inproc,torchrun
+    python scripts/bench_train.py --modes torchrun --configs bytes --precisions fp32 --nproc 2 \
+        --parallel ddp,fsdp,ddp+ckpt          # FSDP2's and activation checkpointing's step time vs DDP
 
 Configs (the `small` preset: 4 layers, 4 heads, 256 wide, 256 tokens per sequence):
     gpt2-vocab  padded vocabulary 50304: the lm_head holds ~80% of the FLOPs (goal: MFU >= 70%)
@@ -111,9 +113,13 @@ def bench_inproc(
     return tr.flops_per_token, tokens / min(times), tokens / sorted(times)[len(times) // 2]
 
 
-def bench_torchrun(data: Path, precision: str, steps: int, micro_batch: int, accum: int, nproc: int):
-    """tokens/s from a real `gptkit train --nproc N` run (skipping the first two steps)."""
-    run = data.parent / f"torchrun-{data.name}-{precision}"
+def bench_torchrun(
+    data: Path, precision: str, steps: int, micro_batch: int, accum: int, nproc: int, parallel: str = "ddp"
+):
+    """tokens/s from a real `gptkit train --nproc N` run (skipping the first two steps). `parallel`:
+    ddp or fsdp, `+ckpt` for activation checkpointing of every block."""
+    strategy, _, ckpt = parallel.partition("+")
+    run = data.parent / f"torchrun-{data.name}-{precision}-{parallel}-{time.monotonic_ns()}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
@@ -148,6 +154,10 @@ def bench_torchrun(data: Path, precision: str, steps: int, micro_batch: int, acc
         "10000",
         "--out",
         str(run),
+        "--parallel",
+        strategy,
+        "--activation-checkpointing",
+        "blocks" if ckpt else "none",
     ]
     from gptkit.procs import child_preexec
 
@@ -173,6 +183,14 @@ def main() -> int:
     ap.add_argument("--configs", default="gpt2-vocab,bytes")
     default_precisions = "bf16,fp32" if cpu_has_native_bf16() else "fp32"
     ap.add_argument("--precisions", default=default_precisions, help=f"default here: {default_precisions}")
+    ap.add_argument(
+        "--parallel",
+        default="ddp",
+        help="torchrun mode: strategies, comma-separated (ddp, fsdp; +ckpt: activation checkpointing), "
+        "run interleaved --rounds times, each against the first",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the strategies (torchrun)")
+    ap.add_argument("--nproc", type=int, default=None, help="torchrun processes (default: one per core)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -199,6 +217,33 @@ def main() -> int:
                             data, precision, args.steps, args.micro_batch, args.accum, threads, peaks[precision]
                         )
                         procs = f"1 x {threads} threads"
+                    elif mode == "torchrun" and args.parallel != "ddp":
+                        # Strategies interleaved, each the best of its rounds: a busy moment on a shared
+                        # machine slows one round, not one strategy.
+                        nproc = args.nproc or threads
+                        tps: dict[str, list[float]] = {st: [] for st in args.parallel.split(",")}
+                        for _ in range(args.rounds):
+                            for st in tps:
+                                tps[st].append(
+                                    bench_torchrun(
+                                        data, precision, args.steps, args.micro_batch, args.accum, nproc, st
+                                    )[0]
+                                )
+                        for st, v in tps.items():
+                            results.append(
+                                {
+                                    "config": name,
+                                    "precision": precision,
+                                    "mode": f"torchrun {st}",
+                                    "procs": f"{nproc} x 1 thread",
+                                    "tok_per_s": max(v),
+                                    "tok_per_s_median": sorted(v)[len(v) // 2],
+                                    "flops_per_token": fpt,
+                                    "parallel": st,
+                                }
+                            )
+                        peaks[precision].append(peak_flops(precision, threads))
+                        continue
                     elif mode == "torchrun":
                         best, median = bench_torchrun(
                             data, precision, args.steps, args.micro_batch, args.accum, threads
@@ -233,14 +278,26 @@ def main() -> int:
                 f"(all tries: {', '.join(f'{x / 1e9:.0f}' for x in v)})"
             )
         print(
-            f"{'config':<12} {'precision':<9} {'mode':<9} {'processes':<14} {'tok/s':>8} {'median':>8} "
+            f"{'config':<12} {'precision':<9} {'mode':<19} {'processes':<14} {'tok/s':>8} {'median':>8} "
             f"{'MFU':>6} {'median':>7}"
         )
         for r in results:
             print(
-                f"{r['config']:<12} {r['precision']:<9} {r['mode']:<9} {r['procs']:<14} {r['tok_per_s']:>8.0f} "
+                f"{r['config']:<12} {r['precision']:<9} {r['mode']:<19} {r['procs']:<14} {r['tok_per_s']:>8.0f} "
                 f"{r['tok_per_s_median']:>8.0f} {r['mfu']:>6.1%} {r['mfu_median']:>7.1%}"
             )
+    first = args.parallel.split(",")[0]
+    for r in results:  # step time against the first strategy's, same config and precision
+        base = [
+            b
+            for b in results
+            if b.get("parallel") == first and (b["config"], b["precision"]) == (r["config"], r["precision"])
+        ]
+        if r.get("parallel") and r["parallel"] != first and base:
+            ratio = base[0]["tok_per_s"] / r["tok_per_s"]
+            r["step_time_vs_" + first] = ratio
+            if not args.json:
+                print(f"{r['config']}, {r['precision']}: {r['parallel']} step time {ratio:.2f}x {first}'s")
     missed = 0
     for name, goal in GOALS.items():
         best = max((r["mfu"] for r in results if r["config"] == name and r["precision"] == "bf16"), default=None)

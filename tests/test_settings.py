@@ -70,6 +70,8 @@ LAUNCH = dict(
     watchdog=123.0,
     collective_timeout=9000.0,
     max_restarts=2,
+    parallel="ddp",  # (fsdp refuses the muon given above)
+    activation_checkpointing="blocks",
 )
 
 

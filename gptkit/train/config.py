@@ -29,6 +29,8 @@ OPTIMIZERS = ("adamw", "muon")
 # torch.optim.Muon's two learning-rate adjustments by matrix shape (rows A, columns B).
 MUON_ADJUST = ("original", "match_rms_adamw")
 MUON_QKV = ("whole", "split")
+PARALLEL = ("auto", "ddp", "fsdp")  # the strategies: gptkit/train/parallel.py
+CHECKPOINTING = ("auto", "none", "blocks")
 
 # The `gptkit train --help` panels, in the order shown.
 RUN, MODEL, WHERE, OPTIM, EVAL = "Run", "Model", "Where", "Optimisation", "Evaluation and logging"
@@ -220,6 +222,21 @@ class LaunchConfig:
         "(default: 0; 3 under SLURM).",
         WHERE,
         metavar="N",
+    )
+    # How the work is spread, not what is computed (the losses are the same): never a checkpoint's.
+    parallel: str = setting(
+        "auto",
+        "ddp (every rank holds the whole model), fsdp (FSDP2: weights, gradients and AdamW state "
+        "sharded over the ranks) or auto (the first that fits in memory).",
+        WHERE,
+        metavar="NAME",
+    )
+    activation_checkpointing: str = setting(
+        "auto",
+        "none, blocks (each block recomputed in backward: less memory, about one more forward) or "
+        "auto (on only when activations would not fit otherwise).",
+        WHERE,
+        metavar="MODE",
     )
 
     def to_dict(self) -> dict:
@@ -512,6 +529,32 @@ def _check_optimisation(cfg: TrainConfig) -> None:
         raise GptkitError(f"--sample-temperature must be 0 (greedy) or more (got {cfg.sample_temperature})")
     if cfg.hellaswag_limit is not None and cfg.hellaswag_limit < 1:
         raise GptkitError(f"--hellaswag-limit must be at least 1 (got {cfg.hellaswag_limit})")
+
+
+def check_parallel(launch: LaunchConfig, cfg: TrainConfig, device_type: str) -> None:
+    """--parallel and --activation-checkpointing: one line before any process starts."""
+    if launch.parallel not in PARALLEL:
+        raise GptkitError(f"unknown --parallel {launch.parallel!r}; choose one of: {', '.join(PARALLEL)}")
+    if launch.activation_checkpointing not in CHECKPOINTING:
+        raise GptkitError(
+            f"unknown --activation-checkpointing {launch.activation_checkpointing!r}; "
+            f"choose one of: {', '.join(CHECKPOINTING)}"
+        )
+    if launch.parallel != "fsdp":
+        return
+    if device_type == "mps":
+        raise GptkitError("--parallel fsdp needs CUDA GPUs or CPU processes (gloo); on MPS use --parallel ddp")
+    if cfg.optimizer == "muon":
+        # Newton-Schulz orthogonalises whole matrices; FSDP2 gives each rank a slice of each
+        raise GptkitError(
+            "--optimizer muon does not go with --parallel fsdp (it needs whole matrices); use --parallel ddp"
+        )
+    if cfg.precision == "fp16":
+        # FSDP2's sharded gradients need a sharded-aware grad scaler, which gptkit does not wire in
+        raise GptkitError(
+            "--precision fp16 does not go with --parallel fsdp (no FSDP2 grad scaler); "
+            "use --precision auto (bf16 where the GPU has it, else fp32) or --parallel ddp"
+        )
 
 
 @dataclass

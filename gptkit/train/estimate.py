@@ -58,6 +58,9 @@ class Memory:
     total: int
     free: int | None  # free RAM (CPU) or device memory (GPU); None = unknown
     fits: bool | None
+    gather: int = 0  # FSDP2's transient all-gather (and unsharded gradient) buffers
+    strategy: str = "ddp"
+    checkpointing: bool = False
 
 
 def param_count(mc: GPTConfig) -> int:
@@ -81,28 +84,163 @@ def flops_per_token(mc: GPTConfig, seq_len: int) -> float:
         return GPT(mc).flops_per_token(seq_len)
 
 
-def activation_bytes(mc: GPTConfig, seq_len: int, micro_batch: int, half: bool) -> int:
+def activation_bytes(mc: GPTConfig, seq_len: int, micro_batch: int, half: bool, fused_head: bool = False) -> int:
     """Activations saved for backward by one micro-batch: ~17 values per token, hidden unit and layer
-    (34 bytes in 16-bit), plus the fp32 logits and their gradient."""
+    (34 bytes in 16-bit; measured on CPU in fp32 with SDPA and no dropout: 16.1), the embeddings and
+    final LayerNorm's (2.5 values per token and hidden unit, measured), and the fp32 logits and their
+    gradient, unless the head is fused with the loss (CPU: train/loss.py, which saves none of them)."""
     per_value = 2 if half else 4
     tokens = micro_batch * seq_len
-    layers = 17 * per_value * tokens * mc.n_embd * mc.n_layer
-    logits = 2 * 4 * tokens * mc.padded_vocab_size
-    return int(layers + logits)
+    return int(_per_layer(mc, tokens, per_value) * mc.n_layer + _outside_blocks(mc, tokens, per_value, fused_head))
+
+
+def checkpointed_activation_bytes(
+    mc: GPTConfig, seq_len: int, micro_batch: int, half: bool, fused_head: bool = False, *, recompute: bool = True
+) -> int:
+    """The same with activation checkpointing per block: each block keeps only its input, and one
+    block's activations exist again while it is recomputed in backward (recompute=False: without
+    that transient, what is saved at the end of the forward)."""
+    per_value = 2 if half else 4
+    tokens = micro_batch * seq_len
+    inputs = per_value * tokens * mc.n_embd * mc.n_layer
+    one_block = _per_layer(mc, tokens, per_value) if recompute else 0
+    return int(inputs + one_block + _outside_blocks(mc, tokens, per_value, fused_head))
+
+
+def _per_layer(mc: GPTConfig, tokens: int, per_value: int) -> float:
+    return 17 * per_value * tokens * mc.n_embd
+
+
+def _outside_blocks(mc: GPTConfig, tokens: int, per_value: int, fused_head: bool) -> float:
+    logits = 0 if fused_head else 2 * 4 * tokens * mc.padded_vocab_size
+    return 2.5 * per_value * tokens * mc.n_embd + logits
+
+
+def block_params(mc: GPTConfig) -> int:
+    """Parameters of one transformer block (4 matrices, their biases, two LayerNorms)."""
+    c = mc.n_embd
+    return 12 * c * c + 13 * c
 
 
 def memory_estimate(
-    mc: GPTConfig, n_params: int, seq_len: int, micro_batch: int, half: bool, free: int | None
+    mc: GPTConfig,
+    n_params: int,
+    seq_len: int,
+    micro_batch: int,
+    half: bool,
+    free: int | None,
+    *,
+    strategy: str = "ddp",
+    world: int = 1,
+    checkpointing: bool = False,
+    fused_head: bool = False,
 ) -> Memory:
-    weights = 4 * n_params + (2 * n_params if half else 0)  # fp32 master weights (+ a 16-bit copy)
-    opt, grads = 8 * n_params, 4 * n_params
-    act = activation_bytes(mc, seq_len, micro_batch, half)
-    total = weights + opt + grads + act
-    return Memory(weights, opt, grads, act, total, free, None if free is None else total <= MEMORY_HEADROOM * free)
+    """Bytes per process. DDP: every rank the whole model, gradients and AdamW moments. FSDP2: 1/world
+    of each (fp32, sharded), plus the transient all-gather buffers: the root's parameters (the
+    embeddings) and two blocks' (the one running, the next prefetched) in the compute dtype, and one
+    block's unsharded fp32 gradient before its reduce-scatter."""
+    shards = world if strategy == "fsdp" else 1
+    weights = -(-4 * n_params // shards)  # fp32 master weights
+    if half and strategy != "fsdp":
+        weights += 2 * n_params  # autocast's 16-bit copy (FSDP2's is the all-gather buffer)
+    opt, grads = -(-8 * n_params // shards), -(-4 * n_params // shards)
+    gather = 0
+    if strategy == "fsdp":
+        root = n_params - mc.n_layer * block_params(mc)
+        gather = (root + 2 * block_params(mc)) * (2 if half else 4) + 4 * block_params(mc)
+    act = (checkpointed_activation_bytes if checkpointing else activation_bytes)(
+        mc, seq_len, micro_batch, half, fused_head
+    )
+    total = weights + opt + grads + act + gather
+    fits = None if free is None else total <= MEMORY_HEADROOM * free
+    return Memory(weights, opt, grads, act, total, free, fits, gather, strategy, checkpointing)
+
+
+# The combinations `--parallel auto --activation-checkpointing auto` tries, cheapest first.
+COMBINATIONS = (("ddp", False), ("fsdp", False), ("fsdp", True))
+
+
+@dataclass
+class ParallelChoice:
+    strategy: str  # ddp | fsdp
+    checkpointing: bool
+    micro_batch: int
+    why: str  # in numbers, without the choice's name
+
+
+def choose_parallel(
+    mc: GPTConfig,
+    n_params: int,
+    seq_len: int,
+    micro_batch: int,
+    per_rank_rows: int,
+    half: bool,
+    free: int | None,
+    *,
+    world: int,
+    parallel: str = "auto",
+    checkpointing: str = "auto",
+    fused_head: bool = False,
+) -> ParallelChoice:
+    """The first combination (DDP, FSDP2, FSDP2 with activation checkpointing, within what was asked)
+    whose estimate fits at `micro_batch`; only if none does, the one that fits the largest smaller
+    micro-batch. Unknown free memory, or nothing that fits: the first, as asked."""
+    combos = [
+        (st, ac)
+        for st in (("ddp", "fsdp") if parallel == "auto" else (parallel,))
+        for ac in {"auto": (False, True), "none": (False,), "blocks": (True,)}[checkpointing]
+    ]
+    if parallel == "auto":
+        # one process: sharding saves nothing; several: FSDP2 saves more than DDP's recompute
+        combos = [c for c in combos if c[0] == "ddp"] if world == 1 else [c for c in combos if c != ("ddp", True)]
+    combos.sort(key=lambda c: COMBINATIONS.index(c) if c in COMBINATIONS else 1.5)  # DDP+AC after FSDP2
+    label = {
+        ("ddp", False): "DDP",
+        ("ddp", True): "DDP with activation checkpointing",
+        ("fsdp", False): "FSDP2",
+        ("fsdp", True): "FSDP2 with activation checkpointing",
+    }
+    first = combos[0]
+    if free is None:
+        return ParallelChoice(*first, micro_batch, "free memory unknown")
+
+    def est(c, mb):
+        return memory_estimate(
+            mc, n_params, seq_len, mb, half, free, strategy=c[0], world=world, checkpointing=c[1], fused_head=fused_head
+        )
+
+    skipped: list[str] = []
+    for c in combos:
+        m = est(c, micro_batch)
+        if m.fits:
+            why = f"~{gb_(m.total)} per process fits in {gb_(free)}"
+            if skipped:
+                why += f" ({'; '.join(skipped)})"
+            return ParallelChoice(*c, micro_batch, why)
+        skipped.append(f"{label[c]} needs ~{gb_(m.total)}")
+    best: tuple[int, tuple[str, bool]] | None = None
+    for c in combos:
+        mbs = [d for d in range(1, micro_batch) if per_rank_rows % d == 0 and est(c, d).fits]
+        if mbs and (best is None or mbs[-1] > best[0]):
+            best = (mbs[-1], c)
+    if best is None:
+        return ParallelChoice(*first, micro_batch, f"nothing fits in {gb_(free)} ({'; '.join(skipped)})")
+    mb, c = best
+    return ParallelChoice(*c, mb, f"micro-batch {mb}: none fits {micro_batch} in {gb_(free)} ({'; '.join(skipped)})")
 
 
 def largest_fitting_micro_batch(
-    mc: GPTConfig, n_params: int, seq_len: int, per_rank_rows: int, half: bool, free: int | None
+    mc: GPTConfig,
+    n_params: int,
+    seq_len: int,
+    per_rank_rows: int,
+    half: bool,
+    free: int | None,
+    *,
+    strategy: str = "ddp",
+    world: int = 1,
+    checkpointing: bool = False,
+    fused_head: bool = False,
 ) -> int | None:
     """The largest divisor of the per-process rows whose estimate fits; None if even 1 does not
     (or the free memory is unknown)."""
@@ -111,22 +249,59 @@ def largest_fitting_micro_batch(
     fitting = [
         d
         for d in range(1, per_rank_rows + 1)
-        if per_rank_rows % d == 0 and memory_estimate(mc, n_params, seq_len, d, half, free).fits
+        if per_rank_rows % d == 0
+        and memory_estimate(
+            mc,
+            n_params,
+            seq_len,
+            d,
+            half,
+            free,
+            strategy=strategy,
+            world=world,
+            checkpointing=checkpointing,
+            fused_head=fused_head,
+        ).fits
     ]
     return fitting[-1] if fitting else None
 
 
 def micro_batch_memory_allows(
-    mc: GPTConfig, n_params: int, seq_len: int, half: bool, free: int | None, limit: int = 1 << 16
+    mc: GPTConfig,
+    n_params: int,
+    seq_len: int,
+    half: bool,
+    free: int | None,
+    limit: int = 1 << 16,
+    *,
+    strategy: str = "ddp",
+    world: int = 1,
+    checkpointing: bool = False,
+    fused_head: bool = False,
 ) -> int | None:
     """The largest micro-batch (any number of rows, up to `limit`) whose estimate fits; None if even 1
     does not (or the free memory is unknown). The estimate grows with the rows: a binary search."""
-    if free is None or not memory_estimate(mc, n_params, seq_len, 1, half, free).fits:
+
+    def fits(rows: int) -> bool | None:
+        return memory_estimate(
+            mc,
+            n_params,
+            seq_len,
+            rows,
+            half,
+            free,
+            strategy=strategy,
+            world=world,
+            checkpointing=checkpointing,
+            fused_head=fused_head,
+        ).fits
+
+    if free is None or not fits(1):
         return None
     lo, hi = 1, limit
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if memory_estimate(mc, n_params, seq_len, mid, half, free).fits:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1

@@ -136,7 +136,11 @@ def score_example(model, rows, masks, device, autocast, chars: list[int] | None 
 
 def evaluate(model, examples: list[Example], tokenizer, *, device, autocast, rank: int = 0, world_size: int = 1):
     """{'acc_norm_token', 'acc_norm_char', 'acc', 'n', 'truncated'} over all examples (the module
-    docstring defines each), each rank scoring examples rank, rank + world, ..."""
+    docstring defines each), each rank scoring examples rank, rank + world, ...
+
+    Every rank makes the same number of forward passes (a sharded model all-gathers in each, so a
+    rank with one fewer would leave the others waiting): a rank short of the longest share scores
+    its first example again and does not count it."""
     import torch
 
     max_len = model.config.block_size
@@ -144,12 +148,15 @@ def evaluate(model, examples: list[Example], tokenizer, *, device, autocast, ran
     counts = torch.zeros(5, dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
-    for ex in examples[rank::world_size]:
+    mine = examples[rank::world_size]
+    for i in range(-(-len(examples) // world_size)):
+        ex = mine[i] if i < len(mine) else (mine or examples)[0]
         rows, masks, cut = encode_example(ex, tokenizer, max_len)
         chars = [len(e) for e in ex.endings]
         pred_token, pred_sum, pred_char, _ = score_example(model, rows, masks, device, autocast, chars)
-        hits = [1, pred_token == ex.label, pred_sum == ex.label, pred_char == ex.label, cut]
-        counts += torch.tensor(hits, dtype=torch.float64, device=device)
+        if i < len(mine):
+            hits = [1, pred_token == ex.label, pred_sum == ex.label, pred_char == ex.label, cut]
+            counts += torch.tensor(hits, dtype=torch.float64, device=device)
     model.train(was_training)
     if world_size > 1:
         import torch.distributed as dist

@@ -14,7 +14,7 @@ resolves settings itself. Memory and time come from estimate.py.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from gptkit.errors import GptkitError
 from gptkit.model import GPTConfig
@@ -23,6 +23,7 @@ from gptkit.train.estimate import (
     GPT2_VOCAB,
     LONG_CPU_RUN_S,
     Memory,
+    choose_parallel,
     flops_per_token,
     free_ram,
     gb_,
@@ -42,6 +43,17 @@ ASSUMED_GPU_MFU = 0.40
 
 
 # --- the plan ------------------------------------------------------------------------------------
+@dataclass
+class ParallelOption:
+    """One strategy (with or without activation checkpointing): its memory per GPU at the run's
+    micro-batch, and the largest micro-batch that fits."""
+
+    strategy: str  # ddp | fsdp
+    checkpointing: bool
+    memory: Memory
+    max_micro_batch: int | None
+
+
 @dataclass
 class RunPlan:
     preset: str
@@ -66,6 +78,10 @@ class RunPlan:
     memory_micro_batch: int | None = None  # the largest micro-batch the memory estimate allows, any batch
     rows_per_process: int | None = None  # a --micro-batch divides these (max_micro_batch: the largest that fits)
     auto: str | None = None  # the CPU auto-sizing's line, when it chose the run
+    parallel: str = "ddp"  # what the run would use (--parallel, auto's choice)
+    checkpointing: bool = False
+    parallel_why: str = ""
+    options: list[ParallelOption] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -97,8 +113,12 @@ def plan_of(
 
     half = False
     if device == "cuda":
-        name = gpu_type or _local_gpu_name()
         known = [f for f, _ in GPU_PEAK_TFLOPS]
+        if gpu_type:
+            # as typed without spaces or dashes (rtx4090, h100-pcie): the table's own spelling
+            squeeze = {f.replace(" ", "").lower(): f for f in known}
+            gpu_type = squeeze.get(gpu_type.replace(" ", "").replace("-", "").lower(), gpu_type)
+        name = gpu_type or _local_gpu_name()
         if gpu_type and gpu_peak_flops(gpu_type, "bf16") is None and gpu_peak_flops(gpu_type, "fp16") is None:
             raise GptkitError(f"--gpu-type {gpu_type!r}: not in the peak table; known: {', '.join(known)}")
         # The run's own rule (device.precision_policy): auto is bf16 where the GPU has it, else fp32.
@@ -125,9 +145,47 @@ def plan_of(
         threads = threads_per_process(nproc)
         hardware = f"CPU, {nproc} process{'es' if nproc > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
 
-    mem = memory_estimate(mc, n_params, cfg.seq_len, batches.micro_batch, half, free)
-    max_mb = largest_fitting_micro_batch(mc, n_params, cfg.seq_len, per_rank, half, free)
-    memory_mb = micro_batch_memory_allows(mc, n_params, cfg.seq_len, half, free)
+    from gptkit.train.config import check_parallel
+
+    check_parallel(launch, cfg, device)
+    asked = launch.parallel
+    if asked == "auto" and (cfg.precision == "fp16" or cfg.optimizer == "muon" or device == "mps"):
+        asked = "ddp"  # the only strategy that serves them
+    choice = choose_parallel(
+        mc,
+        n_params,
+        cfg.seq_len,
+        batches.micro_batch,
+        per_rank,
+        half,
+        free,
+        world=world,
+        parallel=asked,
+        checkpointing=launch.activation_checkpointing,
+        fused_head=device == "cpu",
+    )
+    if choice.micro_batch != batches.micro_batch:
+        batches = plan_batches(replace(cfg, micro_batch=choice.micro_batch), world, micro_batch_given=True)
+
+    def kw(st: str, ac: bool) -> dict:
+        # the CPU trainer fuses the head with the loss (train/loss.py): no logits saved
+        return {"strategy": st, "world": world, "checkpointing": ac, "fused_head": device == "cpu"}
+
+    options = [
+        ParallelOption(
+            st,
+            ac,
+            memory_estimate(mc, n_params, cfg.seq_len, batches.micro_batch, half, free, **kw(st, ac)),
+            largest_fitting_micro_batch(mc, n_params, cfg.seq_len, per_rank, half, free, **kw(st, ac)),
+        )
+        for st in ("ddp", "fsdp")
+        for ac in (False, True)
+    ]
+    chosen = next(o for o in options if (o.strategy, o.checkpointing) == (choice.strategy, choice.checkpointing))
+    mem, max_mb = chosen.memory, chosen.max_micro_batch
+    memory_mb = micro_batch_memory_allows(
+        mc, n_params, cfg.seq_len, half, free, **kw(choice.strategy, choice.checkpointing)
+    )
     if mem.fits is False:
         fix = f"--micro-batch {max_mb}" if max_mb else "a smaller --preset"
         warnings.append(f"memory: ~{gb_(mem.total)} per process will not fit in {gb_(mem.free)} free; try {fix}")
@@ -190,6 +248,10 @@ def plan_of(
         wall_s=wall_s,
         time_basis=basis,
         auto=settled.auto_line,
+        parallel=choice.strategy,
+        checkpointing=choice.checkpointing,
+        parallel_why=choice.why,
+        options=options,
         warnings=warnings,
         notes=notes,
     )
@@ -241,10 +303,11 @@ def render_plan(p: RunPlan) -> list[str]:
         ),
         ("steps", f"{p.steps:,}"),
         ("total tokens", f"{human_count(p.total_tokens)} ({p.tokens_per_param:.1f} tokens per parameter)"),
+        ("parallel", f"{p.parallel}{' with activation checkpointing' if p.checkpointing else ''} ({p.parallel_why})"),
         (
             "memory / process",
             f"{gb_(m.total)} = weights {gb_(m.weights)} + AdamW {gb_(m.optimizer)} + grads {gb_(m.gradients)} "
-            f"+ activations {gb_(m.activations)}",
+            f"+ activations {gb_(m.activations)}" + (f" + all-gather {gb_(m.gather)}" if m.gather else ""),
         ),
         (
             "memory available",
@@ -258,6 +321,19 @@ def render_plan(p: RunPlan) -> list[str]:
         ("wall time", human_duration(p.wall_s)),
         ("time from", p.time_basis),
     ]
+    for o in p.options:  # every strategy, so the choice can be checked
+        om = o.memory
+        name = f"{o.strategy}{' + checkpointing' if o.checkpointing else ''}"
+        fit = "" if om.fits is None else (" fits" if om.fits else " DOES NOT FIT")
+        largest = "none fits" if o.max_micro_batch is None else f"largest micro-batch {o.max_micro_batch}"
+        rows.append(
+            (
+                f"  {name}",
+                f"{gb_(om.total)}{fit} = weights {gb_(om.weights)} + grads {gb_(om.gradients)} + AdamW "
+                f"{gb_(om.optimizer)} + activations {gb_(om.activations)} + all-gather {gb_(om.gather)}; "
+                + (largest if om.free is not None else "free memory unknown"),
+            )
+        )
     width = max(len(k) for k, _ in rows)
     out = [f"{k:<{width}}  {v}" for k, v in rows]
     if p.auto:

@@ -29,6 +29,7 @@ from gptkit.train.config import (
     Settled,
     TrainConfig,
     TrainOverrides,
+    check_parallel,
     check_types,
     keep_shape,
     load_config_file,
@@ -568,6 +569,7 @@ def prepare(
     data_dir, val, train, manifest = found.data(cfg.data)
     cfg = replace(cfg, data=str(data_dir))  # a resume must read the same data, whatever is newest then
     tokenizer, vocab, eot = tokenizer_info(manifest, data_dir)
+    check_parallel(launch, cfg, device_type)
     if cfg.init_from:
         path = cfg.init_from
         weights_at, weights = check_init_from(found.weights(path), path, manifest["tokenizer"], vocab)
@@ -612,6 +614,9 @@ def prepare(
     if launch.master_port is not None and launch.node_rank == 0 and _is_local(launch.master_addr):
         check_port(launch.master_addr, launch.master_port)
 
+    choice = choose_parallel(cfg, launch, device_type, nproc, plan, model_config(cfg, vocab, found))
+    if choice.micro_batch != plan.micro_batch:
+        plan = plan_batches(replace(cfg, micro_batch=choice.micro_batch), world, micro_batch_given=True)
     return ResolvedRun(
         train=cfg,
         launch=launch,
@@ -624,6 +629,7 @@ def prepare(
             "nproc_per_node": nproc,
             "tokenizer": tokenizer,
             "vocab_size": vocab,
+            "parallel": {"strategy": choice.strategy, "checkpointing": choice.checkpointing, "why": choice.why},
             **({"auto": auto_info} if auto_info else {}),
             **(
                 {"slurm": {"job": s.cluster.job_id, "taken": s.cluster.taken, "line": s.cluster.line()}}
@@ -631,6 +637,45 @@ def prepare(
                 else {}
             ),
         },
+    )
+
+
+def choose_parallel(cfg: TrainConfig, launch: LaunchConfig, device_type: str, nproc: int, plan, mc):
+    """The strategy and activation checkpointing a run uses (estimate.choose_parallel against this
+    node's memory: the GPU's, or on CPU the host RAM its processes share). Made by the launcher of
+    every node, but the workers all take rank 0's run config, so nodes never disagree."""
+    import torch
+
+    from gptkit.device import resolve_precision
+    from gptkit.train import estimate
+
+    free: int | None = None
+    half = False
+    if device_type == "cuda":  # only reachable with a GPU: the free memory of this node's first one
+        try:
+            free = int(torch.cuda.mem_get_info()[0])
+        except RuntimeError:
+            free = None
+    elif device_type == "cpu":
+        ram = estimate.free_ram()
+        free = ram // nproc if ram else None
+    if device_type in ("cuda", "cpu"):
+        half = resolve_precision(cfg.precision, torch.device(device_type)).name != "fp32"
+    parallel = launch.parallel
+    if parallel == "auto" and (cfg.precision == "fp16" or cfg.optimizer == "muon" or device_type == "mps"):
+        parallel = "ddp"  # the only strategy that serves them (check_parallel)
+    return estimate.choose_parallel(
+        mc,
+        estimate.param_count(mc),
+        cfg.seq_len,
+        plan.micro_batch,
+        plan.rows // plan.world_size,
+        half,
+        free,
+        world=plan.world_size,
+        parallel=parallel,
+        checkpointing=launch.activation_checkpointing,
+        fused_head=device_type == "cpu",  # the CPU trainer fuses the head with the loss (train/loss.py)
     )
 
 

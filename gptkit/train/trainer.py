@@ -133,7 +133,14 @@ class Trainer:
             fuse_loss(self.model)  # see loss.py: the logits dominate a CPU step
 
         # How the model is spread over the ranks (parallel.py): the loop below only calls the seam.
-        self.parallel = make_strategy("ddp", dist)
+        # The launcher chose it (resolve.choose_parallel); a run config without the choice is DDP.
+        self.parallel_choice = rr.extra.get("parallel") or {"strategy": "ddp", "checkpointing": False, "why": ""}
+        self.parallel = make_strategy(
+            self.parallel_choice["strategy"],
+            dist,
+            activation_checkpointing=bool(self.parallel_choice["checkpointing"]),
+            precision=self.precision,
+        )
         compile_ = self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         # Training goes through train_model (compiled, wrapped); evaluation and sampling use self.model,
         # the plain module that shares the same parameters.
@@ -176,18 +183,23 @@ class Trainer:
         """Every rank: the weights, the optimizers' states and the position, through the seam."""
         # verify=False: the launcher verified the checkpoint once, before any rank started
         # (resolve.resolve_run_dir); every rank hashing it again would only repeat that read.
-        ck = load_checkpoint(path, device=self.device, verify=False)
+        # Replicated, every rank reads the files; sharded, rank 0 alone and the strategy broadcasts
+        # (one full copy in RAM, not one per rank: 6 GB for gpt2-xl's weights and moments).
+        reads = self.parallel.replicated or self.dist.master
+        ck = load_checkpoint(path, device=self.device, verify=False, weights=reads)
         self._check_tokenizer(ck.meta, ck.path)
         if ck.config != self.model_config:
             raise TrainingError(f"{ck.path}: its model ({ck.config}) differs from this run's ({self.model_config})")
         ts = ck.trainer_state()
         if ts is None or "data_pos" not in ts:
             raise TrainingError(f"{ck.path}: no trainer state; it cannot be resumed (use it with `gptkit sample`)")
-        opt_state = ck.optimizer_state(device=self.device)
+        opt_state = ck.optimizer_state(device=self.device) if reads else None
         try:
             states = None if opt_state is None else unpack_optimizer_states(opt_state, len(self.optimizers))
         except ValueError as e:
             raise TrainingError(f"{ck.path}: {e}") from None
+        if not reads and ck.has_optimizer_state():
+            states = [{} for _ in self.optimizers]  # received from rank 0
         self.parallel.load(ck, self.optimizers, states)
         if states is not None:
             # The config may have changed betas, eps, decay, learning rates; it wins.
@@ -289,10 +301,20 @@ class Trainer:
 
         was = self.model.training
         self.model.eval()
+        # Sharded weights: every rank decodes, and all must make the same number of forward passes
+        # (each all-gathers): none stops at end-of-text, and the text is cut there afterwards.
+        lockstep = not self.parallel.replicated
         sc = SampleConfig(
-            max_new_tokens=self.cfg.sample_tokens, temperature=self.cfg.sample_temperature, top_k=50, seed=self.cfg.seed
+            max_new_tokens=self.cfg.sample_tokens,
+            temperature=self.cfg.sample_temperature,
+            top_k=50,
+            seed=self.cfg.seed,
+            stop_at_eot=not lockstep,
         )
-        text = sample_text(self.model, self.tok, prompt, sc, autocast=self.precision.autocast()).samples[0].text
+        s = sample_text(self.model, self.tok, prompt, sc, autocast=self.precision.autocast()).samples[0]
+        text = s.text
+        if lockstep and self.eot in s.tokens:
+            text = self.tok.decode(s.tokens[: s.tokens.index(self.eot)])
         self.model.train(was)
         return prompt + text
 
@@ -396,6 +418,8 @@ class Trainer:
                 f"resumed at step {self.step}" if self.rr.resume_from else None,
             ):
                 rep.print(line)
+            if d.distributed or self.parallel_choice.get("why"):
+                rep.print(f"parallel: {self.parallel_label()}")
         if self.rr.extra.get("restart"):
             info = self.rr.extra["restart"]
             rep.print(restarts.restart_line(info))
@@ -406,6 +430,10 @@ class Trainer:
                 failed_at=info["failed_at"],
                 resumed_from=info["resumed_from"],
             )
+        shares = getattr(self.parallel, "local_fraction", None)
+        if shares is not None:  # sharded: each rank's share of the matrices, for the log and the tests
+            lo, hi = shares()
+            rep.record(self.step, parallel=self.parallel.name, shard_min=lo, shard_max=hi)
         dt_avg = None
         start = self.step
         try:
@@ -475,6 +503,8 @@ class Trainer:
                     rep.print(f"stopped at step {self.step}; checkpoint saved; continue with --resume auto")
                     break
             self.save()
+            if self.device.type == "cuda":  # only reachable on a GPU: the peak the plan is checked against
+                rep.event(self.step, peak_memory=torch.cuda.max_memory_allocated(self.device))
         finally:
             rep.close()
 
@@ -508,6 +538,11 @@ class Trainer:
         }[phase]
         off = {"hellaswag": "; or turn it off with --hellaswag-every 0", "sample": "; or --sample-tokens 0"}
         return f"CUDA out of memory{where} at --micro-batch {mb}; {smaller}{off.get(phase, '')}"
+
+    def parallel_label(self) -> str:
+        c = self.parallel_choice
+        ac = " with activation checkpointing" if c["checkpointing"] else ""
+        return f"{self.parallel.name}{ac}" + (f" ({c['why']})" if c.get("why") else "")
 
     def _hellaswag_setup(self, rep: Reporter):
         cfg = self.cfg
