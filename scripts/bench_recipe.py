@@ -2,7 +2,7 @@
 """AdamW against Muon, side by side in one run: validation loss against tokens, the tokens Muon needs
 to reach AdamW's final validation loss, and the step time of each.
 
-    python scripts/bench_recipe.py                 # the README's table and plot (~30 min on 2 shared cores)
+    python scripts/bench_recipe.py                 # the README table and plot (~30 min on 2 quiet cores)
     python scripts/bench_recipe.py --quick         # seconds: a tiny model, for CI (the figures mean nothing)
     python scripts/bench_recipe.py --plot docs/bench_recipe.png --json
 
