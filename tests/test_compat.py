@@ -65,15 +65,15 @@ def test_run_config_records_the_version_and_refuses_a_later_setting(tmp_path):
     assert d["gptkit_version"] == __version__
     assert ResolvedRun.from_dict(d).to_dict() == d  # the version is not carried as an extra
     path = tmp_path / "config.json"
-    path.write_text(json.dumps(run_config({"muon_lr": 0.02}, gptkit_version="9.9.0")))
-    with pytest.raises(GptkitError, match=r"config\.json: unknown setting 'muon_lr', written by gptkit 9\.9\.0"):
+    path.write_text(json.dumps(run_config({"soap_lr": 0.02}, gptkit_version="9.9.0")))
+    with pytest.raises(GptkitError, match=r"config\.json: unknown setting 'soap_lr', written by gptkit 9\.9\.0"):
         ResolvedRun.read(path)
-    old = run_config({"muon_lr": 0.02})
+    old = run_config({"soap_lr": 0.02})
     del old["gptkit_version"]  # run configs before the version was recorded
-    with pytest.raises(GptkitError, match=r"'muon_lr', written by an unknown gptkit version"):
+    with pytest.raises(GptkitError, match=r"'soap_lr', written by an unknown gptkit version"):
         ResolvedRun.from_dict(old)
 
 
 def test_a_checkpoints_training_config_names_the_writer():
-    with pytest.raises(GptkitError, match=r"^ck/config\.json: unknown setting 'muon_lr', written by gptkit 9\.9\.0"):
-        TrainConfig.from_dict({"muon_lr": 0.02}, "ck/config.json", written_by="9.9.0")
+    with pytest.raises(GptkitError, match=r"^ck/config\.json: unknown setting 'soap_lr', written by gptkit 9\.9\.0"):
+        TrainConfig.from_dict({"soap_lr": 0.02}, "ck/config.json", written_by="9.9.0")
