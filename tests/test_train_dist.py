@@ -553,6 +553,7 @@ def test_doctor_dist_measures_all_reduce_and_finds_a_rank_with_other_shards(home
     out1 = n1.communicate(timeout=300)[0]
     assert n1.returncode == 0 and "node 1: joined the check" in out1
     assert n0.returncode == 1, n0.stderr
+    assert n0.stdout.strip(), n0.stderr  # the report, not an error before it
     rep = json.loads(n0.stdout)
     assert rep["world_size"] == 2 and [r["size_bytes"] for r in rep["sizes"]] == [1 << 20, 4 << 20]
     for r in rep["sizes"]:

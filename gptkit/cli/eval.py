@@ -38,7 +38,7 @@ def eval_model(
         str | None,
         typer.Option(
             "--tasks",
-            metavar="T1,T2",
+            metavar="TASKS",
             help="lm-evaluation-harness tasks, e.g. hellaswag,arc_easy,piqa,lambada_openai (needs gptkit[eval]).",
         ),
     ] = None,
@@ -47,7 +47,7 @@ def eval_model(
     ] = None,
     gen_kwargs: Annotated[
         str | None,
-        typer.Option("--gen-kwargs", metavar="K=V,...", help="--tasks: generation settings, e.g. max_gen_toks=64."),
+        typer.Option("--gen-kwargs", metavar="KWARGS", help="--tasks: generation settings, e.g. max_gen_toks=64."),
     ] = None,
     log_samples: Annotated[
         bool, typer.Option("--log-samples", help="--tasks: also save every request and response (JSON lines).")

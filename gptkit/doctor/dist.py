@@ -85,7 +85,9 @@ def worker(out: Path, data: str | None, max_mb: float) -> None:
         lat.append(time.perf_counter() - t0)
     ids: list = [None] * n
     dist.all_gather_object(ids, {"rank": rank, "host": os.uname().nodename, **identity(data)})
-    if rank == 0:
+    # Every node's first worker writes the (all-gathered) report: c10d gives global rank 0 to
+    # whichever node joins first, so "rank 0" may be on another node than the launcher that reads it.
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         from gptkit.fsutil import write_json_atomic
 
         write_json_atomic(
