@@ -433,6 +433,12 @@ def test_ctrl_c_while_sampling_is_one_line(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # Ctrl-C as a shell delivers it: the test worker's own SIGINT disposition and mask (another
+        # test may leave it ignored or blocked, and a child inherits both) must not reach the child.
+        preexec_fn=lambda: (
+            signal.signal(signal.SIGINT, signal.SIG_DFL),
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}),
+        ),
     )
     try:
         assert p.stdout.read(1) == b"x"  # the prompt is echoed once the model is loaded: generating now
