@@ -124,6 +124,21 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def kill_when(p, checkpoint: Path, timeout: float) -> None:
+    """Wait until `checkpoint` exists while `p` still runs, then SIGKILL p's whole tree: gptkit,
+    torchrun and the workers (torchrun gives them their own session, so a process group is not enough)."""
+    deadline = time.time() + timeout
+    while not checkpoint.exists():
+        assert p.poll() is None, p.communicate()
+        assert time.time() < deadline, f"no checkpoint {checkpoint.name}"
+        time.sleep(0.05)
+    for pid in descendants(p.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_reference_run_layout_and_metrics(reference):
     ckpts = sorted(p.name for p in reference.glob("step_*"))
     assert ckpts == ["step_000004", "step_000006", "step_000008"]  # every 2 steps, the last 3 kept
@@ -181,16 +196,7 @@ def test_sigkill_then_resume_is_bitwise_exact(home, reference):
     p = cli(
         "--gpus", "0", "--nproc", "2", "--name", "killed", *CLI_FLAGS, env={"GPTKIT_FAULTS": "train.step_sleep=0.4"}
     )
-    deadline = time.time() + 120
-    while not (run / "step_000004").exists():
-        assert p.poll() is None, p.communicate()
-        assert time.time() < deadline, "no checkpoint at step 4"
-        time.sleep(0.05)
-    for pid in descendants(p.pid):  # gptkit, torchrun and both workers (torchrun gives them their own session)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_when(p, run / "step_000004", 120)
     p.communicate()
     assert p.returncode == -signal.SIGKILL
     assert not (run / "step_000008").exists(), "the run finished before it was killed"
@@ -229,16 +235,7 @@ def test_muon_sigkill_then_resume_is_bitwise_exact_and_the_ranks_agree(home, muo
     muon_flags = ["--optimizer", "muon", "--muon-lr", "0.01", "--muon-qkv", "split"]
     p = cli("--gpus", "0", "--nproc", "2", "--name", "muon_killed", *CLI_FLAGS, *muon_flags,
             env={"GPTKIT_FAULTS": "train.step_sleep=0.4"})  # fmt: skip
-    deadline = time.time() + 120
-    while not (run / "step_000004").exists():
-        assert p.poll() is None, p.communicate()
-        assert time.time() < deadline, "no checkpoint at step 4"
-        time.sleep(0.05)
-    for pid in descendants(p.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_when(p, run / "step_000004", 120)
     p.communicate()
     assert not (run / "step_000008").exists(), "the run finished before it was killed"
     assert launch("muon_killed", nproc=2, resume="auto", **MUON) == 0

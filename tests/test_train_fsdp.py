@@ -9,8 +9,6 @@ FSDP2. The FSDP2 run's checkpoint is also sampled and converted to HF.
 import contextlib
 import json
 import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import torch
 from conftest import run_cli
 from safetensors.torch import load_file
 from test_train_data import make_dataset
-from test_train_dist import descendants
+from test_train_dist import kill_when
 
 from gptkit.train.config import LaunchOverrides, TrainOverrides
 from gptkit.train.launch import train
@@ -211,16 +209,7 @@ def test_fsdp_sigkill_then_resume_is_bitwise_exact_with_checkpointing_too(home, 
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **env_of(home), "GPTKIT_FAULTS": "train.step_sleep=0.15"},
     )  # fmt: skip
-    deadline = time.time() + 180
-    while not (run / "step_000010").exists():
-        assert p.poll() is None, p.communicate()
-        assert time.time() < deadline, "no checkpoint at step 10"
-        time.sleep(0.05)
-    for pid in descendants(p.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_when(p, run / "step_000010", 180)
     out, _ = p.communicate()
     assert "parallel: fsdp with activation checkpointing" in out, out[-2000:]
     assert not (run / "step_000030").exists(), "the run finished before it was killed"

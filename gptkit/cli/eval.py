@@ -77,17 +77,15 @@ def eval_model(
     """Validation loss, HellaSwag, lm-eval tasks or text files, e.g. `gptkit eval gpt2 --tasks hellaswag,piqa`."""
     import json
 
-    from gptkit.cli.progress import DownloadDisplay
+    from gptkit.cli.progress import resolve_model_shown
     from gptkit.hub.endpoint import resolve_endpoint
-    from gptkit.models import resolve_model_path
 
     if tasks is not None:
         from gptkit.harness import lm_eval_version
 
         lm_eval_version()  # not installed: one line naming the install, before any download
     url = resolve_endpoint(endpoint, mirror)
-    with DownloadDisplay(sys.stderr.isatty(), out=sys.stderr, prefix="gptkit: ") as display:  # stdout: the result only
-        path = resolve_model_path(model, endpoint=url, progress=display.update, log=display.log, option=None)
+    path = resolve_model_shown(model, url, option=None)
     note = None if json_out else (lambda msg: print(f"gptkit: {msg}", file=sys.stderr))
     common = dict(batch_size=batch_size, device=device, precision=precision, tokenizer=tokenizer, log=note)
     out: dict = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -106,3 +107,12 @@ class DownloadDisplay:
 
 def _short(path: str) -> str:
     return path if len(path) <= 40 else f"…{path[-39:]}"
+
+
+def resolve_model_shown(model: str | None, url: str | None, *, option: str | None) -> Path:
+    """MODEL (or --model) resolved by gptkit.models.resolve_model_path (url: the resolved endpoint), a
+    hub download drawn on stderr (sample, eval and serve: their stdout is the result only)."""
+    from gptkit.models import resolve_model_path
+
+    with DownloadDisplay(sys.stderr.isatty(), out=sys.stderr, prefix="gptkit: ") as display:
+        return resolve_model_path(model, endpoint=url, progress=display.update, log=display.log, option=option)

@@ -69,12 +69,12 @@ def sample(
     """Generate text with the KV cache, streaming it to the terminal (sample 1 live, the rest after)."""
     import json
 
-    from gptkit.cli.progress import DownloadDisplay
+    from gptkit.cli.progress import resolve_model_shown
     from gptkit.device import pick_device
     from gptkit.errors import GptkitError
     from gptkit.generate import SampleConfig, sample_text
     from gptkit.hub.endpoint import resolve_endpoint
-    from gptkit.models import decoding_dtype, load_for_sampling, resolve_model_path
+    from gptkit.models import decoding_dtype, load_for_sampling
 
     if prompt is not None and prompt_file is not None:
         raise GptkitError("give either a PROMPT or --prompt-file, not both")
@@ -97,8 +97,7 @@ def sample(
     cfg.validate()
     dev = pick_device(device)
     url = resolve_endpoint(endpoint, mirror)
-    with DownloadDisplay(sys.stderr.isatty(), out=sys.stderr, prefix="gptkit: ") as display:  # stdout: the text only
-        path = resolve_model_path(model, endpoint=url, progress=display.update, log=display.log)
+    path = resolve_model_shown(model, url, option="--model")
     # The weights are kept in the decoding dtype (no autocast per op): see models.decoding_dtype.
     dtype = decoding_dtype(precision, dev)
     net, tok, described = load_for_sampling(

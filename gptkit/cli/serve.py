@@ -59,10 +59,10 @@ def serve(
     """Serve MODEL over HTTP: OpenAI's /v1/completions (streaming too), /v1/models, /health, and a page at /."""
     import os
 
-    from gptkit.cli.progress import DownloadDisplay
+    from gptkit.cli.progress import resolve_model_shown
     from gptkit.device import pick_device
     from gptkit.hub.endpoint import resolve_endpoint
-    from gptkit.models import HUGE_PAGES_FROM_STEPS, decoding_dtype, load_for_sampling, resolve_model_path
+    from gptkit.models import HUGE_PAGES_FROM_STEPS, decoding_dtype, load_for_sampling
     from gptkit.serve.server import is_loopback, read_api_key, start_server
 
     def note(msg: str) -> None:
@@ -71,8 +71,7 @@ def serve(
     key, key_source = read_api_key(None if api_key_file is None else str(api_key_file), dict(os.environ))
     dev = pick_device(device)
     url = resolve_endpoint(endpoint, mirror)
-    with DownloadDisplay(sys.stderr.isatty(), out=sys.stderr, prefix="gptkit: ") as display:
-        path = resolve_model_path(model, endpoint=url, progress=display.update, log=display.log, option=None)
+    path = resolve_model_shown(model, url, option=None)
     dtype = decoding_dtype(precision, dev)
     net, tok, described = load_for_sampling(
         path, dev, tokenizer, dtype=dtype, log=lambda m: note(f"note: {m}"), steps=HUGE_PAGES_FROM_STEPS
