@@ -123,6 +123,15 @@ def param_count(config: GPTConfig, padded: bool = False) -> int:
     return rows * C + config.block_size * C + config.n_layer * block + ln
 
 
+def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per token (forward + backward) of GPT(config), by arithmetic: 6N plus attention,
+    as in the PaLM paper, N without the position embeddings. The planner and the launcher call this
+    (no tensors: building even a meta-device model costs a second of imports)."""
+    T = seq_len or config.block_size
+    n = param_count(config, padded=True) - config.block_size * config.n_embd
+    return 6 * n + 12 * config.n_layer * config.n_embd * T
+
+
 def preset_sizes() -> str:
     """'gpt2 124.4M, gpt2-medium 354.8M, ...': every preset with its size (GPT-2 vocabulary), as
     `gptkit train --help` and the README list them."""
@@ -387,10 +396,8 @@ class GPT(nn.Module):
             block.attn.kv_cache = None
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward): 6N plus attention, as in the PaLM paper."""
-        cfg = self.config
-        T = seq_len or cfg.block_size
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        """Training FLOPs per token (forward + backward): the module function flops_per_token."""
+        return flops_per_token(self.config, seq_len)
 
 
 # The four matrices HF GPT-2 stores as Conv1D (in_features, out_features): transposed on conversion.

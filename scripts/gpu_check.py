@@ -284,7 +284,12 @@ def gptkit_cli(ctx: Ctx, *args: str, timeout: float, env: dict | None = None) ->
 def run_process(ctx: Ctx, cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
     """CMD with its output captured, stopped at `timeout` or at the stage's limit, whichever comes
     first: then its whole process group goes (torchrun's workers too) and TimeoutExpired is raised."""
-    p = subprocess.Popen(
+    return finish(ctx, start(ctx, cmd, env), timeout)
+
+
+def start(ctx: Ctx, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+    """CMD started in its own process group, its output captured: `finish` waits for it."""
+    return subprocess.Popen(
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -292,6 +297,11 @@ def run_process(ctx: Ctx, cmd: list[str], timeout: float, env: dict | None = Non
         env={**os.environ, **ctx.env, **(env or {})},
         start_new_session=True,
     )
+
+
+def finish(ctx: Ctx, p: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    """What `start` began, waited for as run_process waits (killed at `timeout` or the stage's limit)."""
+    cmd = p.args if isinstance(p.args, list) else [str(p.args)]
     try:
         out, err = p.communicate(timeout=min(timeout, ctx.left()))
     except BaseException:  # its timeout, or the stage's (StageTimeout): nothing is left running
@@ -731,24 +741,28 @@ def stage_fp16_resume(ctx: Ctx) -> dict:
     prec = "fp16" if ctx.cuda else "fp32"
     flags = ["--precision", prec, "--checkpoint-every", "2"]
     whole, cut = ctx.work / "fp16_whole", ctx.work / "fp16_cut"
-    r = gptkit_cli(ctx, *train_args(ctx, whole, 4, *flags), timeout=200)
+    # The uninterrupted run goes on beside the one to kill (each start is seconds of imports)
+    p_whole = start(ctx, [sys.executable, "-m", "gptkit", *train_args(ctx, whole, 4, *flags)])
+    try:
+        # The same run, slowed down so it can be killed (SIGKILL, the whole process group) after step 2.
+        env = {**os.environ, **ctx.env, "GPTKIT_FAULTS": "train.step_sleep=1"}
+        cmd = [sys.executable, "-m", "gptkit", *train_args(ctx, cut, 4, *flags)]
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            while not (cut / "step_000002" / "trainer.json").exists():
+                if p.poll() is not None:
+                    return {"passed": False, "step": "run to kill", "exit_code": p.returncode}
+                if ctx.left() < 5:
+                    raise StageTimeout("no step-2 checkpoint in time")
+                time.sleep(0.1)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    finally:
+        r = finish(ctx, p_whole, timeout=200)
     if r.returncode:
         return {"passed": False, "step": "uninterrupted run", "exit_code": r.returncode, "stderr": tail(r.stderr)}
-    # The same run, slowed down so it can be killed (SIGKILL, the whole process group) after step 2.
-    env = {**os.environ, **ctx.env, "GPTKIT_FAULTS": "train.step_sleep=1"}
-    cmd = [sys.executable, "-m", "gptkit", *train_args(ctx, cut, 4, *flags)]
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        while not (cut / "step_000002" / "trainer.json").exists():
-            if p.poll() is not None:
-                return {"passed": False, "step": "run to kill", "exit_code": p.returncode}
-            if ctx.left() < 5:
-                raise StageTimeout("no step-2 checkpoint in time")
-            time.sleep(0.2)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
     r = gptkit_cli(ctx, "train", "--resume", str(cut), *(["--gpus", "1"] if ctx.cuda else ["--gpus", "0"]), timeout=200)
     if r.returncode:
         return {"passed": False, "step": "resume", "exit_code": r.returncode, "stderr": tail(r.stderr)}

@@ -14,7 +14,7 @@ from test_train_data import make_dataset
 
 from gptkit.checkpoint import read_config, save_checkpoint
 from gptkit.errors import GptkitError
-from gptkit.model import GPT, PRESETS, GPTConfig, param_count, preset_sizes
+from gptkit.model import GPT, PRESETS, GPTConfig, flops_per_token, param_count, preset_sizes
 from gptkit.train import config as C
 from gptkit.train.resolve import prepare
 
@@ -40,6 +40,9 @@ def test_param_count_is_the_models(name, bias):
         param_count(cfg)
         == model.num_params(non_embedding=False) - (cfg.padded_vocab_size - cfg.vocab_size) * cfg.n_embd
     )
+    # FLOPs by arithmetic (the planner's) against the built model's parameters: 6N plus attention
+    n = sum(p.numel() for name, p in model.named_parameters() if name != "transformer.wpe.weight")
+    assert flops_per_token(cfg, 256) == 6 * n + 12 * cfg.n_layer * cfg.n_embd * 256
 
 
 def test_gpt2_sizes_are_the_published_ones():

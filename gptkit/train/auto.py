@@ -107,7 +107,8 @@ def choose(
     the recipe (sequence length, batch, steps) is picked; a sequence never exceeds its block size.
     seq_len: the user's --seq-len, used instead of the recipe's. batch_tokens, micro_batch: the user's
     batch (nanoGPT's CPU recipe gives both): kept, and the rest (model, steps, schedule) sized around it."""
-    from gptkit.train.estimate import human_count, human_duration, param_count, time_cpu_step
+    from gptkit.model import param_count
+    from gptkit.train.estimate import human_count, human_duration, time_cpu_step
 
     timings: list = []  # the real timings (CpuTiming), when no timer is given: the last is the chosen model's
 
@@ -134,7 +135,7 @@ def choose(
             batch = max(1, round(batch / unit)) * unit
         if shape or seq_len:
             mc = replace(mc, **{"block_size": T, **(shape or {})})
-        n_params = param_count(mc)
+        n_params = param_count(mc, padded=True)
         tok_per_s = T / timer(mc, T)
         if last or tok_per_s * TARGET_SECONDS / batch >= SMALL_MIN_STEPS:
             chosen = (name, mc, n_params, T, batch, tok_per_s)

@@ -63,27 +63,6 @@ class Memory:
     checkpointing: bool = False
 
 
-def param_count(mc: GPTConfig) -> int:
-    """All parameters, the tied lm_head once: GPT.num_params of the model built on the meta device
-    (no memory, exact)."""
-    import torch
-
-    from gptkit.model import GPT
-
-    with torch.device("meta"):
-        return GPT(mc).num_params(non_embedding=False)
-
-
-def flops_per_token(mc: GPTConfig, seq_len: int) -> float:
-    """GPT.flops_per_token, of the model built on the meta device."""
-    import torch
-
-    from gptkit.model import GPT
-
-    with torch.device("meta"):
-        return GPT(mc).flops_per_token(seq_len)
-
-
 def activation_bytes(mc: GPTConfig, seq_len: int, micro_batch: int, half: bool, fused_head: bool = False) -> int:
     """Activations saved for backward by one micro-batch: ~17 values per token, hidden unit and layer
     (34 bytes in 16-bit; measured on CPU in fp32 with SDPA and no dropout: 16.1), the embeddings and

@@ -17,14 +17,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from gptkit.errors import GptkitError
-from gptkit.model import GPTConfig
+from gptkit.model import GPTConfig, flops_per_token, param_count
 from gptkit.train.config import Settled
 from gptkit.train.estimate import (
     GPT2_VOCAB,
     LONG_CPU_RUN_S,
     Memory,
     choose_parallel,
-    flops_per_token,
     free_ram,
     gb_,
     gpu_memory_gb,
@@ -33,7 +32,6 @@ from gptkit.train.estimate import (
     largest_fitting_micro_batch,
     memory_estimate,
     micro_batch_memory_allows,
-    param_count,
     time_cpu_step,
 )
 
@@ -107,7 +105,7 @@ def plan_of(
     batches = plan_batches(cfg, world, micro_batch_given=settled.micro_batch_given)
     if settled.vocab is None:
         notes.append(f"no tokenized data found: GPT-2's vocabulary ({GPT2_VOCAB}) assumed")
-    n_params = param_count(mc)
+    n_params = param_count(mc, padded=True)
     fpt = flops_per_token(mc, cfg.seq_len)
     per_rank = batches.rows // world
 

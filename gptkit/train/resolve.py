@@ -508,11 +508,12 @@ def long_cpu_run_warning(cfg: TrainConfig, vocab: int, found: Found | None = Non
     import torch
 
     from gptkit.device import resolve_precision
-    from gptkit.train.estimate import LONG_CPU_RUN_S, flops_per_token, human_count, human_duration, param_count
+    from gptkit.model import flops_per_token, param_count
+    from gptkit.train.estimate import LONG_CPU_RUN_S, human_count, human_duration
     from gptkit.train.mfu import cpu_peak_flops
 
     mc = model_config(cfg, vocab, found)
-    n = param_count(mc)
+    n = param_count(mc, padded=True)
     peak = cpu_peak_flops(resolve_precision(cfg.precision, torch.device("cpu")).name)
     seconds = flops_per_token(mc, cfg.seq_len) * cfg.batch_tokens * cfg.max_steps / (peak * ASSUMED_CPU_MFU)
     if seconds < LONG_CPU_RUN_S:
@@ -647,6 +648,7 @@ def choose_parallel(cfg: TrainConfig, launch: LaunchConfig, device_type: str, np
     import torch
 
     from gptkit.device import resolve_precision
+    from gptkit.model import param_count
     from gptkit.train import estimate
 
     free: int | None = None
@@ -666,7 +668,7 @@ def choose_parallel(cfg: TrainConfig, launch: LaunchConfig, device_type: str, np
         parallel = "ddp"  # the only strategy that serves them (check_parallel)
     return estimate.choose_parallel(
         mc,
-        estimate.param_count(mc),
+        param_count(mc, padded=True),
         cfg.seq_len,
         plan.micro_batch,
         plan.rows // plan.world_size,
