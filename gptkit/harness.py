@@ -376,13 +376,15 @@ def run_tasks(
         raise GptkitError(
             f"lm-eval {lm_version} has no task {', '.join(map(repr, unknown))}; `lm_eval ls tasks` lists them"
         )
+    url = resolve_endpoint(endpoint)
+    with use_endpoint(url):  # before the model loads: a metric that cannot be had stops the run at once
+        check_hub_metrics(hub_metrics(manager, names))
     model, tok, described, dev, prec = load(model_path, device, precision, tokenizer, log)
     if tok.eot_token is None:
         raise GptkitError(f"the {tok.name} vocabulary has no end-of-text token, which lm-eval's requests start from")
     from gptkit.lm_adapter import GptkitLM
 
     lm = GptkitLM(model, tok, batch_size=batch_size, autocast=prec.autocast)
-    url = resolve_endpoint(endpoint)
     say(
         f"lm-eval {lm_version}: {', '.join(names)} on {described}; datasets from {url}, cached in {paths.home() / 'lm-eval'}"
     )
@@ -434,6 +436,65 @@ def run_tasks(
     )
 
 
+def hub_metrics(manager: Any, names: list[str]) -> list[tuple[str, str]]:
+    """(task, metric) for each metric the tasks NAMES (groups and tags expanded) score through the
+    Hugging Face `evaluate` library, which fetches its metric modules from the hub on first use:
+    lm-eval then logs an error and scores with nothing, or fails after the whole run."""
+    from lm_eval.api import metrics as _builtin  # noqa: F401  (fills the registry)
+    from lm_eval.api.registry import metric_registry
+
+    index = manager.task_index
+    found: list[tuple[str, str]] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen or (entry := index.get(name)) is None:
+            return
+        seen.add(name)
+        kind = getattr(entry.kind, "name", str(entry.kind))
+        cfg = entry.cfg or {}
+        if kind == "TAG":
+            members: list = sorted(entry.tags)
+        elif kind == "GROUP":
+            members = [t for t in cfg.get("task", []) if isinstance(t, str)]
+        else:
+            members = []
+            for m in cfg.get("metric_list") or []:
+                metric = m.get("metric") if isinstance(m, dict) else None
+                if isinstance(metric, str) and (m.get("hf_evaluate") is True or metric not in metric_registry):
+                    found.append((name, metric))
+        for t in members:
+            visit(t)
+
+    for n in names:
+        visit(n)
+    return found
+
+
+def check_hub_metrics(pairs: list[tuple[str, str]]) -> None:
+    """Load each metric module `evaluate` would fetch (from its cache, else the hub) before any work:
+    one that cannot be had is one line, not a run scored without it."""
+    if not pairs:
+        return
+    try:
+        import evaluate
+    except ImportError:
+        task, metric = pairs[0]
+        raise GptkitError(
+            f"lm-eval's task {task} scores with {metric!r} from the `evaluate` library: {INSTALL}"
+        ) from None
+    for metric in dict.fromkeys(m for _, m in pairs):
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                evaluate.load(metric)
+        except Exception as e:  # noqa: BLE001  (any failure to fetch or build the module is the same finding)
+            tasks = ", ".join(sorted({t for t, m in pairs if m == metric}))
+            raise GptkitError(
+                f"lm-eval's task{'s' if ',' in tasks else ''} {tasks} score{'' if ',' in tasks else 's'} with the metric {metric!r}, which the `evaluate` library fetches "
+                f"from the Hugging Face Hub and cannot load here (offline, and not cached): {_first_line(e)}"
+            ) from None
+
+
 @contextmanager
 def _harness_errors(endpoint: str) -> Iterator[None]:
     """A dataset that cannot be had (offline and never cached, missing on the endpoint) as one line;
@@ -447,6 +508,10 @@ def _harness_errors(endpoint: str) -> Iterator[None]:
     except FileNotFoundError as e:
         if type(e).__module__.startswith("datasets"):
             raise GptkitError(f"lm-eval's dataset: {_first_line(e)}") from None
+        if "Hugging Face Hub" in str(e):  # `evaluate.load` inside a task's own code (squadv2, noticia)
+            raise GptkitError(
+                f"a metric module lm-eval's task loads from the Hugging Face Hub cannot be had here: {_first_line(e)}"
+            ) from None
         raise
     except Exception as e:
         if type(e).__name__ in ("DatasetNotFoundError", "DataFilesNotFoundError", "EmptyDatasetError"):

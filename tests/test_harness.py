@@ -164,6 +164,13 @@ def test_second_run_works_offline_and_text_files_score_as_lm_eval_defines(world,
         )
     )
     assert "cannot be fetched from http://127.0.0.1:9" in line
+    # a metric lm-eval scores through `evaluate` (fetched from the hub) that cannot be had: one line
+    # before the model loads or a dataset is fetched, not a run scored without it (polemo2: a tag)
+    offline = {"GPTKIT_HOME": str(tmp_path / "fresh"), "HF_ENDPOINT": dead, "HF_HUB_OFFLINE": "1"}
+    line = assert_one_line_error(
+        run_cli("eval", models["bytes"], "--tasks", "hellaswag,polemo2", "--limit", "1", cwd=tmp_path, env=offline)
+    )
+    assert "tasks polemo2_in, polemo2_out score with the metric 'f1'" in line and "Hugging Face Hub" in line
 
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
     from transformers import AutoModelForCausalLM
