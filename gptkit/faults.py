@@ -24,6 +24,7 @@ POINTS: dict[str, str] = {
     "tokenize.unit_delay": "seconds each tokenize worker sleeps per work unit (to be killed mid-run)",
     "tokenize.unit_bytes": "bytes of text per tokenize work unit (many units from tiny inputs)",
     "train.step_sleep": "seconds each training step sleeps (to be killed or interrupted mid-run)",
+    "train.micro_sleep": "seconds each micro-batch sleeps (a long step, to be interrupted mid-step)",
     "train.stall_rank": "this rank stops making progress (sleeps for good) after step train.stall_step",
     "train.stall_step": "the step after which train.stall_rank stalls (default 3)",
     "train.oom": "a training phase (train|evaluation|hellaswag|sample) raises CUDA's out-of-memory error, on any device",

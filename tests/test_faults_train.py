@@ -337,3 +337,40 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(home, trains):
     assert p.returncode == 128 + signal.SIGINT and "Traceback" not in err and err.strip() == "", err
     assert "gptkit: stopped at once; the last complete checkpoint is" in out.splitlines()[-1]
     assert wait_gone(run_processes(run), 5)
+
+
+def test_ctrl_c_in_a_long_one_process_step_drops_it_and_the_resume_is_exact(home, trains):
+    """One process (a laptop run): the first Ctrl-C ends the step at the next micro-batch instead of
+    finishing it (a CPU step of a big model takes hours); the checkpoint is the last completed step,
+    and the resume, which redoes the dropped step, ends bitwise equal to an uninterrupted run."""
+    flags = tiny_training(
+        batch_tokens=256,
+        micro_batch=2,
+        lr="3e-3",
+        warmup_steps=2,
+        eval_every=1000,
+        eval_tokens=512,
+        sample_every=1000,
+        checkpoint_every=2,
+        max_steps=5,
+    )  # fmt: skip  (8 rows of 32 tokens: 4 micro-batches a step)
+    ref, run = home / "runs" / "midstep-ref", home / "runs" / "midstep"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "gptkit", "train", *flags, "--name", "midstep"],
+        env=env_for(home, "train.micro_sleep=0.4"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: (run / "step_000002" / "trainer.json").exists(), p, 180, "no checkpoint")
+    time.sleep(0.6)  # into step 3, whose 4 micro-batches take 1.6 s
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGINT, err
+    assert "stopped during step 3 (at micro-batch" in out and "checkpoint of step 2 saved" in out, out
+    assert sorted(x.name for x in run.glob("step_*")) == ["step_000002"]
+    assert run_cli("train", *flags, "--name", "midstep-ref", env=env_for(home)).returncode == 0
+    r = run_cli("train", "--resume", "auto", "--name", "midstep", env=env_for(home))
+    assert r.returncode == 0 and "resumed at step 2" in r.stdout, r.stderr
+    for f in ("model.safetensors", "optimizer.pt"):
+        assert (run / "step_000005" / f).read_bytes() == (ref / "step_000005" / f).read_bytes(), f

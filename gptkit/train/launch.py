@@ -171,7 +171,7 @@ def run_torchrun(
         received.append(signum)
         workers = child_pids(proc.pid)
         if len(received) == 1 and workers:
-            echo("gptkit: stopping after this step and saving a checkpoint (again to stop at once)")
+            echo("gptkit: stopping and saving a checkpoint (again to stop at once)")
             targets = [(pid, signal.SIGTERM) for pid in workers]
         else:
             targets = [(pid, signal.SIGKILL) for pid in workers] + [(proc.pid, signal.SIGTERM)]

@@ -77,6 +77,15 @@ def restore_scaler(scaler: torch.amp.GradScaler | None, trainer_state: dict, whe
     scaler.load_state_dict(saved)
 
 
+class StepAbandoned(Exception):
+    """A stop was asked for in the middle of a step of a one-process run: the step is dropped, the
+    weights, optimizer and data position are still those after the last completed step."""
+
+    def __init__(self, micro: int, of: int):
+        super().__init__(f"micro-batch {micro} of {of}")
+        self.micro, self.of = micro, of
+
+
 class Trainer:
     def __init__(self, rr: ResolvedRun, dist: Dist, watchdog: wdmod.Watchdog | None = None):
         self.rr, self.dist = rr, dist
@@ -164,6 +173,11 @@ class Trainer:
                 nodes=rr.launch.nodes,
             )
         self.stop_requested = False
+        # One process: a stop request may end a step between micro-batches (a CPU step of a big
+        # model takes minutes to hours). Several ranks agree on stopping in the step's all-reduce
+        # instead: a rank leaving mid-step would leave the others waiting in a gradient all-reduce.
+        self.stop_mid_step = dist.world_size == 1
+        self.micro_sleep = faults.number("train.micro_sleep")
         self.last_saved = self.step if rr.resume_from else -1
 
     # --- checkpoints -----------------------------------------------------------------------------
@@ -342,15 +356,19 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(plan.grad_accum):
+            self.stop_here(micro)
             x, y = self.copier.get(self.data_pos, micro)
             last = micro == plan.grad_accum - 1
             # Gradients are reduced once per step: only the last micro-step syncs.
             with self.parallel.accumulating(last):
                 with self.precision.autocast():
                     _, loss = self.train_model(x, y)
+                self.stop_here(micro)
                 loss = loss / plan.grad_accum
                 loss_sum += loss.detach()
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
+            if self.micro_sleep:
+                time.sleep(self.micro_sleep)
         if self.scaler:
             for opt in self.optimizers:
                 self.scaler.unscale_(opt)
@@ -385,6 +403,14 @@ class Trainer:
         self.data_pos += plan.rows * cfg.seq_len
         self.tokens_seen += plan.rows * cfg.seq_len
         return loss_val, gnorm, lrs
+
+    def stop_here(self, micro: int) -> None:
+        """Drop this step (StepAbandoned) if a stop was asked for and this run may stop mid-step. Only
+        before the optimizer step: what was done of the step so far is gradients, thrown away here."""
+        if self.stop_mid_step and signals.requested():
+            for opt in self.optimizers:
+                opt.zero_grad(set_to_none=True)
+            raise StepAbandoned(micro + 1, self.plan.grad_accum)
 
     # --- the loop --------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -476,8 +502,21 @@ class Trainer:
                 if self.compiled and self.step == start:
                     self.watchdog.phase("compile")
                 t0 = time.perf_counter()
-                with self.out_of_memory("train"):
-                    loss, gnorm, lrs = self.train_step()
+                try:
+                    with self.out_of_memory("train"):
+                        loss, gnorm, lrs = self.train_step()
+                except StepAbandoned as e:
+                    # Exactness: the checkpoint is the last completed step; a resume redoes this one
+                    # from its start (each step seeds its own randomness: train_step).
+                    if self.step > 0:
+                        self.save()
+                    kept = (
+                        f"checkpoint of step {self.step} saved; continue with --resume auto (it redoes step {self.step + 1})"
+                        if self.step > 0
+                        else "no step had completed, nothing to save; --resume auto starts the run again"
+                    )
+                    rep.print(f"stopped during step {self.step + 1} (at {e}); {kept}")
+                    return
                 dt = time.perf_counter() - t0
                 self.watchdog.beat(self.step, dt)
                 _hook_after_step(self.step, d.rank)
