@@ -315,7 +315,7 @@ def tail(text: str, n: int = 1500) -> str:
     return text[-n:]
 
 
-@stage("doctor", limit_s=20)
+@stage("doctor", limit_s=15)
 def stage_doctor(ctx: Ctx) -> dict:
     """`python -m gptkit doctor --json`: only a doctor that cannot run fails the stage."""
     r = gptkit_cli(ctx, "doctor", "--json", "--timeout", "3", timeout=90)
@@ -340,7 +340,7 @@ def make_model(ctx: Ctx, vocab: int | None = None, seed: int = 0):
     return GPT(cfg)
 
 
-@stage("parity", limit_s=20)
+@stage("parity", limit_s=15)
 def stage_parity(ctx: Ctx) -> dict:
     """CUDA bf16 logits vs CPU fp32 logits of one randomly initialised GPT-2 (124M)."""
     import torch
@@ -487,24 +487,30 @@ def stage_train_124m(ctx: Ctx) -> dict:
     }
 
 
-@stage("ddp", limit_s=45)
+def ten_steps(ctx: Ctx, run_dir: Path) -> tuple[int, int, list[str]]:
+    """(GPUs, processes, `gptkit train` arguments) of the ddp stage's 10 steps, which the fsdp stage
+    repeats with FSDP2: every visible GPU, or a rehearsal's 2 CPU processes (gloo)."""
+    gpus = ctx.gpus if ctx.cuda else 0
+    procs = gpus or 2
+    where = ["--gpus", str(gpus)] if ctx.cuda else ["--gpus", "0", "--nproc", str(procs)]
+    seq, mb = 128, 8
+    return gpus, procs, [
+        "train", "--preset", "tiny", "--data", str(ctx.shards()), "--out", str(run_dir), *where,
+        "--seq-len", str(seq), "--micro-batch", str(mb), "--batch-tokens", str(seq * mb * procs),
+        "--max-steps", "10", "--warmup-steps", "2", "--eval-tokens", "0", "--hellaswag-every", "0",
+        "--sample-every", "1000", "--checkpoint-every", "10", "--log-every", "1",
+    ]  # fmt: skip
+
+
+@stage("ddp", limit_s=35)
 def stage_ddp(ctx: Ctx) -> dict:
     """`gptkit train` through torchrun on every visible GPU, 10 steps, on shards made by `gptkit tokenize`.
 
     --no-compile: train_124m covers the compiler, this one the launcher and the NCCL collectives."""
     # A rehearsal runs the same command on 2 CPU processes (gloo): --gpus 0 --nproc 2
-    gpus = ctx.gpus if ctx.cuda else 0
-    procs = gpus or 2
-    where = ["--gpus", str(gpus)] if ctx.cuda else ["--gpus", "0", "--nproc", str(procs)]
-    shards = ctx.shards()
+    gpus, procs, args = ten_steps(ctx, ctx.work / "ddp_run")
     run_dir = ctx.work / "ddp_run"
-    seq, mb = 128, 8
-    r = gptkit_cli(
-        ctx, "train", "--preset", "tiny", "--data", str(shards), "--out", str(run_dir), *where,
-        "--seq-len", str(seq), "--micro-batch", str(mb), "--batch-tokens", str(seq * mb * procs),
-        "--max-steps", "10", "--warmup-steps", "2", "--eval-tokens", "0", "--hellaswag-every", "0",
-        "--sample-every", "1000", "--checkpoint-every", "10", "--log-every", "1", "--no-compile", timeout=300,
-    )  # fmt: skip
+    r = gptkit_cli(ctx, *args, "--parallel", "ddp", "--no-compile", timeout=300)
     from gptkit.train.metrics import read_metrics
 
     train = [m for m in read_metrics(run_dir) if "loss" in m]
@@ -530,7 +536,58 @@ def stage_ddp(ctx: Ctx) -> dict:
     return out
 
 
-@stage("sample", limit_s=25)
+@stage("fsdp", limit_s=65)
+def stage_fsdp(ctx: Ctx) -> dict:
+    """The ddp stage's 10 steps with FSDP2, activation checkpointing and compile: step time, peak memory
+    against the plan's estimate, and the first losses against the ddp stage's."""
+    # With one GPU a world of one (fully_shard still wraps every block); a rehearsal: 2 gloo processes
+    # without the compiler, in fp32, where the losses must agree to rounding.
+    from gptkit.train.metrics import read_metrics
+
+    run_dir = ctx.work / "fsdp_run"
+    gpus, procs, args = ten_steps(ctx, run_dir)
+    args += ["--parallel", "fsdp", "--activation-checkpointing", "blocks"]
+    args += ["--compile"] if ctx.compile else ["--no-compile"]
+    plan = gptkit_cli(ctx, *args, "--plan", "--json", timeout=60)
+    if plan.returncode:
+        return {"passed": False, "step": "plan", "stderr": tail(plan.stderr)}
+    estimate = json.loads(plan.stdout)["memory"]
+    r = gptkit_cli(ctx, *args, timeout=300)
+    rows = read_metrics(run_dir)
+    train = [m for m in rows if "loss" in m]
+    peak = next((m["peak_memory"] for m in rows if "peak_memory" in m), None)  # CUDA only
+    ddp = [m["loss"] for m in read_metrics(ctx.work / "ddp_run") if "loss" in m][:3]
+    mine = [m["loss"] for m in train][:3]
+    tol = 2e-2 if ctx.cuda else 1e-5  # bf16, and compiled against eager on a GPU; fp32 eager here
+    agree = (
+        None
+        if not ddp
+        else len(mine) == len(ddp) and all(abs(a - b) <= tol * abs(b) for a, b in zip(mine, ddp, strict=True))
+    )
+    out: dict = {
+        "gpus": gpus,
+        "processes": procs,
+        "strategy": estimate.get("strategy"),
+        "checkpointing": estimate.get("checkpointing"),
+        "compile": ctx.compile,
+        "exit_code": r.returncode,
+        "steps": len(train),
+        "step_ms_median": round(statistics.median(m["dt"] for m in train[3:]) * 1e3, 2) if len(train) > 3 else None,
+        "peak_memory": peak,
+        "planned_memory": estimate.get("total"),
+        "peak_over_plan": round(peak / estimate["total"], 3) if peak and estimate.get("total") else None,
+        "first_losses": mine,
+        "ddp_first_losses": ddp or "the ddp stage did not run: nothing to compare",
+        "losses_agree": agree,
+        "loss_tolerance_rel": tol,
+    }
+    if r.returncode:
+        out["stderr"] = tail(r.stderr)
+    out["passed"] = r.returncode == 0 and len(train) == 10 and estimate.get("strategy") == "fsdp" and agree is not False
+    return out
+
+
+@stage("sample", limit_s=20)
 def stage_sample(ctx: Ctx) -> dict:
     """`gptkit sample` tokens/s from a random 124M gptkit checkpoint."""
     from gptkit.checkpoint import save_checkpoint
@@ -610,7 +667,7 @@ def stage_kv_cache(ctx: Ctx) -> dict:
     return out
 
 
-@stage("muon", limit_s=30)
+@stage("muon", limit_s=25)
 def stage_muon(ctx: Ctx) -> dict:
     """A training step of the gpt2 shape with --optimizer muon against --optimizer adamw (eager, bf16).
 
@@ -697,7 +754,7 @@ def train_args(ctx: Ctx, run_dir: Path, steps: int, *extra: str, procs: int = 1)
     ]  # fmt: skip
 
 
-@stage("trainer", limit_s=60)
+@stage("trainer", limit_s=55)
 def stage_trainer(ctx: Ctx) -> dict:
     """The Trainer itself with torch.compile on, evaluation, HellaSwag and a sample every 2 steps.
 
@@ -734,7 +791,7 @@ def stage_trainer(ctx: Ctx) -> dict:
     return out
 
 
-@stage("fp16_resume", limit_s=60)
+@stage("fp16_resume", limit_s=45)
 def stage_fp16_resume(ctx: Ctx) -> dict:
     """--precision fp16 (GradScaler): killed after its step-2 checkpoint and resumed, bitwise equal to
     an uninterrupted run. A rehearsal runs fp32 (fp16 needs CUDA)."""
@@ -797,7 +854,7 @@ def trainer_here(ctx: Ctx, name: str, **flags):
     return Trainer(rr, Dist("cuda" if ctx.cuda else "cpu"))
 
 
-@stage("oom", limit_s=35)
+@stage("oom", limit_s=30)
 def stage_oom(ctx: Ctx) -> dict:
     """Out of memory gives the one-line hint on every phase: a real one from a micro-batch that cannot
     fit (through `gptkit train`), and evaluation, HellaSwag, sampling through the fault point train.oom.
@@ -999,7 +1056,7 @@ def stage_rank0_failure(ctx: Ctx) -> dict:
     }
 
 
-@stage("dist", limit_s=40)
+@stage("dist", limit_s=30)
 def stage_dist(ctx: Ctx) -> dict:
     """`gptkit doctor --dist` on every visible GPU (NCCL): all-reduce busbw 1-256 MB, latency, consistency."""
     # A rehearsal: 2 CPU processes (gloo) and small messages; the figures mean nothing there.

@@ -197,6 +197,9 @@ def test_the_rehearsal_runs_every_stage_on_the_cpu_end_to_end(gpu_check, tmp_pat
     ddp = stages["ddp"]
     assert ddp["steps"] == 10 and ddp["checkpoint"] and ddp["processes"] == 2
     assert "NCCL not exercised" in ddp["nccl"]
+    fsdp = stages["fsdp"]  # FSDP2 + activation checkpointing: the ddp stage's first losses, to rounding in fp32
+    assert fsdp["strategy"] == "fsdp" and fsdp["checkpointing"] is True and fsdp["losses_agree"] is True
+    assert fsdp["first_losses"][0] == pytest.approx(ddp["loss_first_last"][0], rel=1e-5) and fsdp["steps"] == 10
     assert stages["sample"]["new_tokens"] == 256
     assert stages["dist"]["all_correct"] and stages["dist"]["consistent"] and stages["dist"]["processes"] == 2
     muon = stages["muon"]  # fp32 here: the Newton-Schulz iteration runs in the machine's own precision
