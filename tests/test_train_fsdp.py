@@ -2,8 +2,8 @@
 
 Six runs of the tiny model in all: DDP and FSDP2 (2 processes, 30 steps, accumulation 2, dropout
 0.1, evaluation, HellaSwag over an example count that 2 does not divide, samples, checkpoints); an
-FSDP2 run SIGKILLed and resumed; the FSDP2 checkpoint resumed under DDP and the DDP checkpoint under
-FSDP2. The FSDP2 run's checkpoint is also sampled and converted to HF.
+FSDP2 run SIGKILLed and resumed; the FSDP2 checkpoint resumed under DDP on one process and the DDP
+checkpoint under FSDP2 on four. The FSDP2 run's checkpoint is also sampled and converted to HF.
 """
 
 import contextlib
@@ -231,11 +231,11 @@ def resume_elsewhere(home, source: Path, name: str, nproc: int, parallel: str) -
     return run
 
 
-# Across strategies on the same process count, so each rank draws the same dropout masks (they are
-# seeded per rank, so another process count draws others: across those, exact only without dropout,
-# test_train_dist.py::test_resume_with_another_process_count_keeps_batch_and_data).
-def test_an_fsdp_checkpoint_resumes_under_ddp(home, fsdp):
-    run = resume_elsewhere(home, fsdp, "fsdp-to-ddp", 2, "ddp")
+# Across strategies and process counts: the same global batch re-split (2 x 4 rows x 2 micro-steps
+# becomes 1 x 4 x 4, or 4 x 4 x 1), and the same dropout masks for the same rows (seeded per block of
+# the global batch, not per rank), so the losses agree to rounding with dropout on.
+def test_an_fsdp_checkpoint_resumes_under_ddp_on_one_process(home, fsdp):
+    run = resume_elsewhere(home, fsdp, "fsdp-to-ddp", 1, "ddp")
     a, b = losses(run), losses(fsdp)
     assert sorted(a) == list(range(21, 31))
     for step in a:
@@ -243,10 +243,10 @@ def test_an_fsdp_checkpoint_resumes_under_ddp(home, fsdp):
     assert not [r for r in read_metrics(run) if "shard_min" in r]
 
 
-def test_a_ddp_checkpoint_resumes_under_fsdp(home, ddp):
-    run = resume_elsewhere(home, ddp, "ddp-to-fsdp", 2, "fsdp")
+def test_a_ddp_checkpoint_resumes_under_fsdp_on_four_processes(home, ddp):
+    run = resume_elsewhere(home, ddp, "ddp-to-fsdp", 4, "fsdp")
     a, b = losses(run), losses(ddp)
     assert sorted(a) == list(range(21, 31))
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-5), step
-    assert [r["shard_max"] for r in read_metrics(run) if "shard_max" in r] == [0.5]
+    assert [r["shard_max"] for r in read_metrics(run) if "shard_max" in r] == [0.25]

@@ -336,7 +336,6 @@ class Trainer:
     def train_step(self) -> tuple[float, float, dict[str, float]]:
         """One optimizer step over the global batch. Returns (loss, grad norm, each role's lr)."""
         cfg, plan = self.cfg, self.plan
-        torch.manual_seed(step_seed(cfg.seed, self.step, self.dist.rank))
         step = self.step
         # Each group's own peak (AdamW's --lr, Muon's --muon-lr) scaled by the one schedule.
         lrs = schedule_lrs(
@@ -355,8 +354,13 @@ class Trainer:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
+        W, rank = self.dist.world_size, self.dist.rank
         for micro in range(plan.grad_accum):
             self.stop_here(micro)
+            # Randomness (dropout) seeded per block of the global batch, not per rank: block
+            # micro * W + rank holds the same rows whatever the process count (TrainBatches.get), so
+            # a run resumed on another count draws the same masks for the same rows.
+            torch.manual_seed(step_seed(cfg.seed, step, micro * W + rank))
             x, y = self.copier.get(self.data_pos, micro)
             last = micro == plan.grad_accum - 1
             # Gradients are reduced once per step: only the last micro-step syncs.
