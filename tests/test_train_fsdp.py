@@ -1,9 +1,10 @@
 """FSDP2 (`--parallel fsdp`) with real torchrun processes on CPU (gloo), against DDP.
 
-Six runs of the tiny model in all: DDP and FSDP2 (2 processes, 30 steps, accumulation 2, dropout
+Seven runs of the tiny model in all: DDP and FSDP2 (2 processes, 30 steps, accumulation 2, dropout
 0.1, evaluation, HellaSwag over an example count that 2 does not divide, samples, checkpoints); an
 FSDP2 run SIGKILLed and resumed; the FSDP2 checkpoint resumed under DDP on one process and the DDP
-checkpoint under FSDP2 on four. The FSDP2 run's checkpoint is also sampled and converted to HF.
+checkpoint under FSDP2 on four; the DDP checkpoint as --init-from of an FSDP2 run. The FSDP2 run's
+checkpoint is also sampled and converted to HF.
 """
 
 import contextlib
@@ -250,3 +251,15 @@ def test_a_ddp_checkpoint_resumes_under_fsdp_on_four_processes(home, ddp):
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-5), step
     assert [r["shard_max"] for r in read_metrics(run) if "shard_max" in r] == [0.25]
+
+
+def test_init_from_under_fsdp_starts_from_the_weights(home, ddp):
+    """--init-from with --parallel fsdp: rank 0 reads the weights and the strategy broadcasts them into
+    the shards (as a resume does); the new run's first validation loss is the source's at that step."""
+    run = home / "runs" / "fsdp-init"
+    flags = dict(max_steps=2, warmup_steps=1, eval_every=1, hellaswag_every=0, sample_every=1000)
+    assert launch(home, "fsdp-init", 2, "fsdp", init_from=str(ddp / "step_000020"), **flags) == 0
+    val = {r["step"]: r["val_loss"] for r in read_metrics(run) if "val_loss" in r}
+    source = {r["step"]: r["val_loss"] for r in read_metrics(ddp) if "val_loss" in r}
+    assert val[0] == pytest.approx(source[20], rel=1e-6), (val, source)
+    assert [r["shard_max"] for r in read_metrics(run) if "shard_max" in r] == [0.5]

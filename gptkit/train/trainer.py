@@ -120,27 +120,6 @@ class Trainer:
         )
         self.copier = datamod.BatchCopier(self.batches, self.device)  # pinned, non-blocking on CUDA
 
-        # Model: same initial weights on every rank (DDP would broadcast rank 0's anyway).
-        torch.manual_seed(cfg.seed)
-        if cfg.init_from:
-            # Fine-tuning or continuing an imported model: its architecture and weights (with this
-            # run's dropout), a fresh optimizer and schedule. (resolve.prepare already checked the
-            # vocabulary, and that the run's shape is the weights'.)
-            # verify=False: the launcher checked its files before any rank started (resolve.read_init_from)
-            init = load_checkpoint(cfg.init_from, device=self.device, verify=False)
-            self._check_tokenizer(init.meta, init.path)
-            self.model_config = replace(init.config, dropout=cfg.dropout)
-            if shape_of(self.model_config.to_dict()) != {k: getattr(cfg, k) for k in SHAPE_KEYS}:
-                raise TrainingError(f"{init.path}: its model ({init.config}) is not this run's shape")
-            self.model = model_from_state_dict(self.model_config, init.state_dict, self.device, init.path).train()
-        else:
-            # The run's shape (config.json, resolved by resolve.prepare); the vocabulary is the data's.
-            self.model_config = GPTConfig(**model_settings(cfg)).with_vocab(vocab_size)
-            self.model = GPT(self.model_config).to(self.device)
-        self.step, self.data_pos, self.tokens_seen = 0, 0, 0
-        if self.device.type == "cpu":  # fp32 or bf16 (fp16 is refused on CPU)
-            fuse_loss(self.model)  # see loss.py: the logits dominate a CPU step
-
         # How the model is spread over the ranks (parallel.py): the loop below only calls the seam.
         # The launcher chose it (resolve.choose_parallel); a run config without the choice is DDP.
         self.parallel_choice = rr.extra.get("parallel") or {"strategy": "ddp", "checkpointing": False, "why": ""}
@@ -150,6 +129,34 @@ class Trainer:
             activation_checkpointing=bool(self.parallel_choice["checkpointing"]),
             precision=self.precision,
         )
+        # Model: same initial weights on every rank (DDP would broadcast rank 0's anyway).
+        torch.manual_seed(cfg.seed)
+        init = None
+        if cfg.init_from:
+            # Fine-tuning or continuing an imported model: its architecture and weights (with this
+            # run's dropout), a fresh optimizer and schedule. (resolve.prepare already checked the
+            # vocabulary, and that the run's shape is the weights'.)
+            # verify=False: the launcher checked its files before any rank started (resolve.read_init_from).
+            # Sharded, rank 0 alone reads the weights and the strategy broadcasts them after wrap, as
+            # a resume does (_load): one full copy in a node's RAM, not one per rank.
+            reads = self.parallel.replicated or dist.master
+            init = load_checkpoint(cfg.init_from, device=self.device, verify=False, weights=reads)
+            self._check_tokenizer(init.meta, init.path)
+            self.model_config = replace(init.config, dropout=cfg.dropout)
+            if shape_of(self.model_config.to_dict()) != {k: getattr(cfg, k) for k in SHAPE_KEYS}:
+                raise TrainingError(f"{init.path}: its model ({init.config}) is not this run's shape")
+        else:
+            # The run's shape (config.json, resolved by resolve.prepare); the vocabulary is the data's.
+            self.model_config = GPTConfig(**model_settings(cfg)).with_vocab(vocab_size)
+        if init is not None and self.parallel.replicated:
+            self.model = model_from_state_dict(self.model_config, init.state_dict, self.device, init.path).train()
+            init = None
+        else:
+            self.model = GPT(self.model_config).to(self.device)
+        self.step, self.data_pos, self.tokens_seen = 0, 0, 0
+        if self.device.type == "cpu":  # fp32 or bf16 (fp16 is refused on CPU)
+            fuse_loss(self.model)  # see loss.py: the logits dominate a CPU step
+
         compile_ = self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         # Training goes through train_model (compiled, wrapped); evaluation and sampling use self.model,
         # the plain module that shares the same parameters.
@@ -158,6 +165,8 @@ class Trainer:
         # fp16 only on CUDA (the precision policy refuses it elsewhere): dynamic loss scaling. Made
         # before _load, which restores its state.
         self.scaler = torch.amp.GradScaler("cuda") if self.precision.use_grad_scaler else None
+        if init is not None:  # sharded --init-from: rank 0's weights into every rank's shards
+            self.parallel.load(init, self.optimizers, None)
         if rr.resume_from:
             self._load(Path(rr.resume_from))
 
