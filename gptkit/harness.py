@@ -358,7 +358,8 @@ def run_tasks(
     """lm-eval's tasks on any model gptkit loads (module docstring); raises GptkitError."""
     from gptkit import paths
     from gptkit.fsutil import atomic_output
-    from gptkit.hub.endpoint import resolve_endpoint, use_endpoint
+    from gptkit.hub.endpoint import offline_hub, resolve_endpoint, use_endpoint
+    from gptkit.tokenizer import hub_offline
 
     say = log or (lambda msg: None)
     lm_version = lm_eval_version()
@@ -368,9 +369,8 @@ def run_tasks(
     if (limit is not None and limit < 1) or batch_size < 1 or (num_fewshot is not None and num_fewshot < 0):
         raise GptkitError("--limit and --batch-size must be at least 1, --num-fewshot at least 0")
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
-    manager = TaskManager()
+    manager = task_manager(names, paths.home() / "lm-eval")
     unknown = [t for t in names if t not in manager.all_tasks]
     if unknown:
         raise GptkitError(
@@ -385,13 +385,15 @@ def run_tasks(
     from gptkit.lm_adapter import GptkitLM
 
     lm = GptkitLM(model, tok, batch_size=batch_size, autocast=prec.autocast)
-    say(
-        f"lm-eval {lm_version}: {', '.join(names)} on {described}; datasets from {url}, cached in {paths.home() / 'lm-eval'}"
-    )
+    cache = paths.home() / "lm-eval"
+    unreachable = None if hub_offline() else _unreachable(url)
+    source = f"datasets from {url}" if unreachable is None else f"{url} unreachable ({unreachable}): datasets from"
+    say(f"lm-eval {lm_version}: {', '.join(names)} on {described}; {source} the cache in {cache}")
     t0 = time.perf_counter()
     # lm-eval prints progress notes on stdout; that is the caller's (gptkit eval --json's) channel
     quiet = contextlib.redirect_stdout(sys.stderr)
-    with quiet, use_endpoint(url), dataset_caches(paths.home() / "lm-eval"), _harness_errors(url):
+    offline = offline_hub() if unreachable is not None else contextlib.nullcontext()
+    with quiet, use_endpoint(url), offline, dataset_caches(cache), _harness_errors(url, unreachable):
         results = lm_eval.simple_evaluate(
             model=lm,
             tasks=names,
@@ -434,6 +436,54 @@ def run_tasks(
         samples_file,
         round(time.perf_counter() - t0, 3),
     )
+
+
+def task_manager(names: list[str], cache: Path) -> Any:
+    """lm-eval's TaskManager for NAMES. Indexing all of lm-eval's ~14,000 task files takes ~9 s on
+    every run; the folders each task, group and tag is defined in are kept in CACHE after the first
+    full index (per lm-eval version and install), and later runs index only the folders NAMES need.
+    A name not in that map gets the full index (and the unknown-task error its list gives)."""
+    import hashlib
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from gptkit.fsutil import write_json_atomic
+
+    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
+    key = hashlib.sha256(f"{lm_eval_version()} {tasks_dir}".encode()).hexdigest()[:16]
+    path = cache / f"task-folders-{key}.json"
+    try:
+        folders: dict[str, list[str]] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        folders = {}
+    if folders and all(n in folders for n in names):
+        return TaskManager(include_defaults=False, include_path=sorted({f for n in names for f in folders[n]}))
+    manager = TaskManager()
+    index = manager.task_index
+    memo: dict[str, set[str]] = {}
+
+    def where(name: str) -> set[str]:  # the folders defining NAME and everything it includes
+        if name in memo:
+            return memo[name]
+        memo[name] = set()  # a cycle ends here
+        entry = index.get(name)
+        if entry is None:
+            return memo[name]
+        kind = getattr(entry.kind, "name", str(entry.kind))
+        own = {str(Path(entry.yaml_path).parent)} if entry.yaml_path else set()
+        if kind == "TAG":
+            members: list = sorted(entry.tags)
+        elif kind == "GROUP":
+            members = [t if isinstance(t, str) else t.get("task") for t in (entry.cfg or {}).get("task", [])]
+        else:
+            members = []
+        memo[name] = own.union(*(where(m) for m in members if isinstance(m, str)))
+        return memo[name]
+
+    with contextlib.suppress(OSError):  # a read-only home only costs the next run the full index
+        write_json_atomic(path, {n: sorted(where(n)) for n in index}, indent=0)
+    return manager
 
 
 def hub_metrics(manager: Any, names: list[str]) -> list[tuple[str, str]]:
@@ -495,17 +545,34 @@ def check_hub_metrics(pairs: list[tuple[str, str]]) -> None:
             ) from None
 
 
+def _unreachable(url: str) -> str | None:
+    """Why the endpoint gives no answer within 3 s (None: it answers, whatever the status)."""
+    from gptkit.doctor.probes import EndpointProbe
+
+    p = EndpointProbe(url, 3.0).result()
+    return p.error if p.status is None else None
+
+
 @contextmanager
-def _harness_errors(endpoint: str) -> Iterator[None]:
+def _harness_errors(endpoint: str, unreachable: str | None = None) -> Iterator[None]:
     """A dataset that cannot be had (offline and never cached, missing on the endpoint) as one line;
-    anything else keeps its traceback."""
+    anything else keeps its traceback. `unreachable`: the endpoint gave no answer, so the run was
+    offline and a dataset not found is one not cached yet."""
+    not_found = ("DatasetNotFoundError", "DataFilesNotFoundError", "EmptyDatasetError", "LocalEntryNotFoundError")
+    why = f" ({unreachable})" if unreachable else ""
+
+    def uncached(e: BaseException) -> GptkitError:
+        return GptkitError(
+            f"lm-eval's dataset cannot be fetched from {endpoint}{why} and is not cached yet: {_first_line(e)}"
+        )
+
     try:
         yield
     except ConnectionError as e:
-        raise GptkitError(
-            f"lm-eval's dataset cannot be fetched from {endpoint} and is not cached yet: {_first_line(e)}"
-        ) from None
+        raise uncached(e) from None
     except FileNotFoundError as e:
+        if unreachable is not None and type(e).__module__.startswith(("datasets", "huggingface_hub")):
+            raise uncached(e) from None
         if type(e).__module__.startswith("datasets"):
             raise GptkitError(f"lm-eval's dataset: {_first_line(e)}") from None
         if "Hugging Face Hub" in str(e):  # `evaluate.load` inside a task's own code (squadv2, noticia)
@@ -514,7 +581,9 @@ def _harness_errors(endpoint: str) -> Iterator[None]:
             ) from None
         raise
     except Exception as e:
-        if type(e).__name__ in ("DatasetNotFoundError", "DataFilesNotFoundError", "EmptyDatasetError"):
+        if type(e).__name__ in not_found:
+            if unreachable is not None:
+                raise uncached(e) from None
             raise GptkitError(f"lm-eval's dataset on {endpoint}: {_first_line(e)}") from None
         raise
 

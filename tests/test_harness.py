@@ -147,6 +147,8 @@ def test_second_run_works_offline_and_text_files_score_as_lm_eval_defines(world,
     first = gptkit_eval(root, "bytes", server, "--tasks", "piqa,wikitext", "--limit", "2", "--json")
     again = gptkit_eval(root, "bytes", server, "--tasks", "piqa,wikitext", "--limit", "2", "--json", endpoint=dead)
     assert json.loads(again.stdout)["lm_eval"]["rows"] == json.loads(first.stdout)["lm_eval"]["rows"]
+    # the endpoint gives no answer: the run is offline, the cache used at once (no request retried)
+    assert "offline mode" in again.stderr
     assert (root / "home" / "lm-eval" / "datasets").is_dir()
     # a dataset never fetched, endpoint unreachable: one line
     line = assert_one_line_error(

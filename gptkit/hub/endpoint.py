@@ -161,3 +161,35 @@ def _clear_filesystem_cache() -> None:
     hffs = sys.modules.get("huggingface_hub.hf_file_system")
     if hffs is not None:
         hffs.HfFileSystem.clear_instance_cache()  # cached instances keep the endpoint they were made with
+
+
+@contextlib.contextmanager
+def offline_hub() -> Iterator[None]:
+    """huggingface_hub and datasets offline for a `with` block (their caches only, no request), as
+    HF_HUB_OFFLINE=1 makes them at import; both read it at import, so the values they already read
+    are patched too, and everything is restored on exit. For an endpoint known to be unreachable:
+    each request would otherwise be retried with back-off before the cache is used (a minute for
+    one lm-eval task)."""
+    import huggingface_hub.constants as hc
+
+    keys = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    env = {k: os.environ.get(k) for k in keys}
+    saved_hub = hc.HF_HUB_OFFLINE
+    ds_config: Any = sys.modules.get("datasets.config")
+    ds_saved = getattr(ds_config, "HF_HUB_OFFLINE", None) if ds_config is not None else None
+    os.environ.update({k: "1" for k in keys})
+    hc.HF_HUB_OFFLINE = True
+    if ds_config is not None:
+        ds_config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        hc.HF_HUB_OFFLINE = saved_hub
+        ds_config = sys.modules.get("datasets.config")
+        if ds_config is not None:
+            ds_config.HF_HUB_OFFLINE = ds_saved if ds_saved is not None else saved_hub
