@@ -544,11 +544,6 @@ def check_parallel(launch: LaunchConfig, cfg: TrainConfig, device_type: str) -> 
         return
     if device_type == "mps":
         raise GptkitError("--parallel fsdp needs CUDA GPUs or CPU processes (gloo); on MPS use --parallel ddp")
-    if cfg.optimizer == "muon":
-        # Newton-Schulz orthogonalises whole matrices; FSDP2 gives each rank a slice of each
-        raise GptkitError(
-            "--optimizer muon does not go with --parallel fsdp (it needs whole matrices); use --parallel ddp"
-        )
     if cfg.precision == "fp16":
         # FSDP2's sharded gradients need a sharded-aware grad scaler, which gptkit does not wire in
         raise GptkitError(

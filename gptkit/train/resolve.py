@@ -664,7 +664,7 @@ def choose_parallel(cfg: TrainConfig, launch: LaunchConfig, device_type: str, np
     if device_type in ("cuda", "cpu"):
         half = resolve_precision(cfg.precision, torch.device(device_type)).name != "fp32"
     parallel = launch.parallel
-    if parallel == "auto" and (cfg.precision == "fp16" or cfg.optimizer == "muon" or device_type == "mps"):
+    if parallel == "auto" and (cfg.precision == "fp16" or device_type == "mps"):
         parallel = "ddp"  # the only strategy that serves them (check_parallel)
     return estimate.choose_parallel(
         mc,
