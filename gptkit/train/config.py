@@ -552,6 +552,14 @@ def check_parallel(launch: LaunchConfig, cfg: TrainConfig, device_type: str) -> 
         )
 
 
+def parallel_candidates(launch: LaunchConfig, cfg: TrainConfig, device_type: str) -> str:
+    """What `--parallel auto` may choose from: DDP alone where FSDP2 cannot serve the run (fp16, MPS:
+    check_parallel), else auto; a strategy named stays. The launcher and `--plan` both ask here."""
+    if launch.parallel == "auto" and (cfg.precision == "fp16" or device_type == "mps"):
+        return "ddp"
+    return launch.parallel
+
+
 @dataclass
 class Settled:
     """A TrainConfig resolved from preset, auto-sizing, checkpoint, file and flags, with what decided it."""
