@@ -7,6 +7,8 @@ measured in the same run.
     python scripts/bench_train.py --modes inproc,torchrun
     python scripts/bench_train.py --modes torchrun --configs bytes --precisions fp32 --nproc 2 \
         --parallel ddp,fsdp,ddp+ckpt          # FSDP2's and activation checkpointing's step time vs DDP
+    python scripts/bench_train.py --modes torchrun --configs bytes --precisions fp32 --nproc 2 \
+        --parallel fsdp,fsdp+muon,ddp+muon    # Muon under FSDP2: its step time, the bytes it gathers
 
 Configs (the `small` preset: 4 layers, 4 heads, 256 wide, 256 tokens per sequence):
     gpt2-vocab  padded vocabulary 50304: the lm_head holds ~80% of the FLOPs (goal: MFU >= 70%)
@@ -117,8 +119,10 @@ def bench_torchrun(
     data: Path, precision: str, steps: int, micro_batch: int, accum: int, nproc: int, parallel: str = "ddp"
 ):
     """tokens/s from a real `gptkit train --nproc N` run (skipping the first two steps). `parallel`:
-    ddp or fsdp, `+ckpt` for activation checkpointing of every block."""
-    strategy, _, ckpt = parallel.partition("+")
+    ddp or fsdp, `+ckpt` for activation checkpointing of every block, `+muon` for --optimizer muon."""
+    strategy, *extra = parallel.split("+")
+    if set(extra) - {"ckpt", "muon"}:
+        raise SystemExit(f"unknown --parallel {parallel!r}: ddp or fsdp, then +ckpt and/or +muon")
     run = data.parent / f"torchrun-{data.name}-{precision}-{parallel}-{time.monotonic_ns()}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
@@ -157,7 +161,9 @@ def bench_torchrun(
         "--parallel",
         strategy,
         "--activation-checkpointing",
-        "blocks" if ckpt else "none",
+        "blocks" if "ckpt" in extra else "none",
+        "--optimizer",
+        "muon" if "muon" in extra else "adamw",
     ]
     from gptkit.procs import child_preexec
 
@@ -166,6 +172,20 @@ def bench_torchrun(
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     tps = sorted(r["tok_per_s"] for r in rows if "tok_per_s" in r and r["step"] > 2)
     return tps[-1], tps[len(tps) // 2]
+
+
+def muon_gather_bytes(vocab: int, precision: str, nproc: int) -> tuple[int, int]:
+    """Muon under FSDP2 all-gathers each of its matrices' updates once per step, whole, in the
+    iteration's dtype (optim.gather): (the gathered bytes, what each rank receives of them)."""
+    import torch
+
+    from gptkit.model import GPT, get_preset
+    from gptkit.train.optim import model_groups, ns_dtype
+
+    with torch.device("meta"):
+        g = model_groups(GPT(get_preset("small").with_vocab(vocab)))
+    full = sum(p.numel() for p in g["matrix"] + g["qkv"]) * getattr(torch, ns_dtype(precision)).itemsize
+    return full, full * (nproc - 1) // nproc
 
 
 def main() -> int:
@@ -230,8 +250,13 @@ def main() -> int:
                                     )[0]
                                 )
                         for st, v in tps.items():
+                            extra = {}
+                            if st.startswith("fsdp") and "muon" in st.split("+"):
+                                full, received = muon_gather_bytes(vocab, precision, nproc)
+                                extra = {"muon_gather_bytes": full, "muon_gather_bytes_per_rank": received}
                             results.append(
                                 {
+                                    **extra,
                                     "config": name,
                                     "precision": precision,
                                     "mode": f"torchrun {st}",
@@ -298,6 +323,11 @@ def main() -> int:
             r["step_time_vs_" + first] = ratio
             if not args.json:
                 print(f"{r['config']}, {r['precision']}: {r['parallel']} step time {ratio:.2f}x {first}'s")
+        if "muon_gather_bytes" in r and not args.json:
+            print(
+                f"{r['config']}, {r['precision']}: {r['parallel']} all-gathers {r['muon_gather_bytes'] / 1e6:.1f} MB "
+                f"of Muon updates per step (each rank receives {r['muon_gather_bytes_per_rank'] / 1e6:.1f} MB)"
+            )
     missed = 0
     for name, goal in GOALS.items():
         best = max((r["mfu"] for r in results if r["config"] == name and r["precision"] == "bf16"), default=None)

@@ -55,11 +55,10 @@ def test_fsdp_refuses_what_it_cannot_serve_in_one_line():
     fsdp = replace(LaunchConfig(), parallel="fsdp")
     with pytest.raises(GptkitError, match="no FSDP2 grad scaler"):
         check_parallel(fsdp, replace(TrainConfig(), precision="fp16"), "cuda")
-    with pytest.raises(GptkitError, match="muon does not go with --parallel fsdp"):
-        check_parallel(fsdp, replace(TrainConfig(), optimizer="muon"), "cpu")
     with pytest.raises(GptkitError, match="on MPS use --parallel ddp"):
         check_parallel(fsdp, TrainConfig(), "mps")
     check_parallel(fsdp, TrainConfig(), "cuda")
+    check_parallel(fsdp, replace(TrainConfig(), optimizer="muon"), "cpu")  # refused before issue 21's FSDP2 Muon
     check_parallel(replace(LaunchConfig(), parallel="ddp"), replace(TrainConfig(), precision="fp16"), "cuda")
 
 
@@ -188,3 +187,19 @@ def test_the_plans_per_rank_state_is_what_each_strategy_holds():
         assert fsdp.weights * 2 == ddp.weights
     finally:
         dist.destroy_process_group()
+
+
+def test_auto_shards_a_muon_run_where_ddp_does_not_fit(monkeypatch):
+    """gpt2-xl in fp32 on 4 CPU processes sharing 96 GB: DDP does not fit, FSDP2 does, and Muon now
+    goes with it (before issue 21's FSDP2 Muon, auto kept Muon on DDP). MPS still stays DDP."""
+    from types import SimpleNamespace
+
+    from gptkit.train.resolve import choose_parallel
+
+    monkeypatch.setattr(E, "free_ram", lambda: 96 * GB)  # the machine's RAM is what cannot be set here
+    plan = SimpleNamespace(micro_batch=2, rows=32, world_size=4)
+    auto = replace(LaunchConfig(), parallel="auto")
+    for opt in ("adamw", "muon"):
+        cfg = replace(TrainConfig(), optimizer=opt, precision="fp32", seq_len=1024)
+        assert choose_parallel(cfg, auto, "cpu", 4, plan, get_preset("gpt2-xl")).strategy == "fsdp", opt
+    assert choose_parallel(cfg, auto, "mps", 4, plan, get_preset("gpt2-xl")).strategy == "ddp"

@@ -70,7 +70,7 @@ LAUNCH = dict(
     watchdog=123.0,
     collective_timeout=9000.0,
     max_restarts=2,
-    parallel="ddp",  # (fsdp refuses the muon given above)
+    parallel="ddp",
     activation_checkpointing="blocks",
 )
 

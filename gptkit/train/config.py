@@ -544,17 +544,20 @@ def check_parallel(launch: LaunchConfig, cfg: TrainConfig, device_type: str) -> 
         return
     if device_type == "mps":
         raise GptkitError("--parallel fsdp needs CUDA GPUs or CPU processes (gloo); on MPS use --parallel ddp")
-    if cfg.optimizer == "muon":
-        # Newton-Schulz orthogonalises whole matrices; FSDP2 gives each rank a slice of each
-        raise GptkitError(
-            "--optimizer muon does not go with --parallel fsdp (it needs whole matrices); use --parallel ddp"
-        )
     if cfg.precision == "fp16":
         # FSDP2's sharded gradients need a sharded-aware grad scaler, which gptkit does not wire in
         raise GptkitError(
             "--precision fp16 does not go with --parallel fsdp (no FSDP2 grad scaler); "
             "use --precision auto (bf16 where the GPU has it, else fp32) or --parallel ddp"
         )
+
+
+def parallel_candidates(launch: LaunchConfig, cfg: TrainConfig, device_type: str) -> str:
+    """What `--parallel auto` may choose from: DDP alone where FSDP2 cannot serve the run (fp16, MPS:
+    check_parallel), else auto; a strategy named stays. The launcher and `--plan` both ask here."""
+    if launch.parallel == "auto" and (cfg.precision == "fp16" or device_type == "mps"):
+        return "ddp"
+    return launch.parallel
 
 
 @dataclass

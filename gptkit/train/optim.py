@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn as nn
 
 if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
+
     from gptkit.train.config import TrainConfig
 
 
@@ -114,12 +116,48 @@ class Muon(torch.optim.Muon):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - mu)  # B = mu B + (1 - mu) grad
                 update = p.grad.lerp(buf, mu) if g["nesterov"] else buf
+                sharded = is_dtensor(update)
+                if sharded:  # FSDP2: this rank's rows; the iteration needs the whole matrix (see gather)
+                    update = gather(cast("DTensor", update), dtype)
                 blocks = update.chunk(g["split"], dim=0)
                 o = [newton_schulz(u, dtype, g["ns_coefficients"], g["ns_steps"], g["eps"]) for u in blocks]
                 rows, cols = blocks[0].shape
+                step = o[0] if len(o) == 1 else torch.cat(o)
+                if sharded:
+                    step = local_rows(step, cast("DTensor", p))
                 p.mul_(1 - lr * g["weight_decay"])
-                p.add_(o[0] if len(o) == 1 else torch.cat(o), alpha=-adjusted_lr(lr, g["adjust_lr_fn"], rows, cols))
+                p.add_(step, alpha=-adjusted_lr(lr, g["adjust_lr_fn"], rows, cols))
         return loss
+
+
+# Under FSDP2 a matrix, its gradient and its momentum buffer are DTensors sharded by rows (Shard(0)),
+# and Newton-Schulz of a shard is not the shard of Newton-Schulz. Each rank all-gathers the whole
+# update once (in the iteration's dtype: the bytes the bench counts), runs the iteration on it as
+# DDP does (so Q, K and V are split on the whole c_attn) and keeps its own rows of the result. The
+# momentum buffers stay sharded. (torch.optim.Muon on DTensors runs the iteration as distributed
+# matmuls, 11 all-reduces per matrix, equal only up to rounding.)
+def is_dtensor(t: torch.Tensor) -> bool:
+    if not torch.distributed.is_available():  # a build without it has no DTensors either
+        return False
+    # Imported here, not at the top: a slow import (0.6 s measured) kept off every CLI start.
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def gather(update: DTensor, dtype: torch.dtype) -> torch.Tensor:
+    """The whole matrix of a sharded update, in `dtype` (converted before the gather, as the
+    iteration's first step would: the same values, fewer bytes in bf16)."""
+    return cast("DTensor", update.to(dtype)).full_tensor()
+
+
+def local_rows(full: torch.Tensor, like: DTensor) -> DTensor:
+    """This rank's part of `full`, sharded as `like`: Replicate to its placements is a local slice,
+    no communication."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    whole = DTensor.from_local(full, like.device_mesh, [Replicate()] * like.device_mesh.ndim, run_check=False)
+    return whole.redistribute(like.device_mesh, like.placements)
 
 
 def ns_dtype(precision: str) -> str:

@@ -143,12 +143,10 @@ def plan_of(
         threads = threads_per_process(nproc)
         hardware = f"CPU, {nproc} process{'es' if nproc > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
 
-    from gptkit.train.config import check_parallel
+    from gptkit.train.config import check_parallel, parallel_candidates
 
     check_parallel(launch, cfg, device)
-    asked = launch.parallel
-    if asked == "auto" and (cfg.precision == "fp16" or cfg.optimizer == "muon" or device == "mps"):
-        asked = "ddp"  # the only strategy that serves them
+    asked = parallel_candidates(launch, cfg, device)
     choice = choose_parallel(
         mc,
         n_params,

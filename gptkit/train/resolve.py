@@ -35,6 +35,7 @@ from gptkit.train.config import (
     load_config_file,
     merge,
     model_settings,
+    parallel_candidates,
     plan_batches,
     preset_config,
     resolve_shape,
@@ -663,9 +664,7 @@ def choose_parallel(cfg: TrainConfig, launch: LaunchConfig, device_type: str, np
         free = ram // nproc if ram else None
     if device_type in ("cuda", "cpu"):
         half = resolve_precision(cfg.precision, torch.device(device_type)).name != "fp32"
-    parallel = launch.parallel
-    if parallel == "auto" and (cfg.precision == "fp16" or cfg.optimizer == "muon" or device_type == "mps"):
-        parallel = "ddp"  # the only strategy that serves them (check_parallel)
+    parallel = parallel_candidates(launch, cfg, device_type)
     return estimate.choose_parallel(
         mc,
         param_count(mc, padded=True),
