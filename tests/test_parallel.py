@@ -6,7 +6,7 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 
 from gptkit.errors import GptkitError
-from gptkit.model import get_preset
+from gptkit.model import get_preset, param_count
 from gptkit.train import estimate as E
 from gptkit.train.config import LaunchConfig, TrainConfig, check_parallel
 
@@ -15,7 +15,7 @@ GB = 10**9
 
 def test_auto_picks_ddp_then_fsdp_then_checkpointing_then_a_smaller_micro_batch():
     xl = get_preset("gpt2-xl")
-    n = E.param_count(xl)
+    n = param_count(xl, padded=True)
     # Four 24 GB cards, GPT-2 XL in bf16: DDP needs ~28 GB before any activation; FSDP2 fits.
     c = E.choose_parallel(xl, n, 1024, 4, 128, True, 24 * GB, world=4)
     assert (c.strategy, c.checkpointing, c.micro_batch) == ("fsdp", False, 4)
@@ -31,7 +31,7 @@ def test_auto_picks_ddp_then_fsdp_then_checkpointing_then_a_smaller_micro_batch(
     ).fits
     # The tiny model on a CPU with plenty of RAM stays DDP, as runs do today; one process never shards.
     tiny = get_preset("tiny")
-    c = E.choose_parallel(tiny, E.param_count(tiny), 64, 16, 16, False, 8 * GB, world=2)
+    c = E.choose_parallel(tiny, param_count(tiny, padded=True), 64, 16, 16, False, 8 * GB, world=2)
     assert (c.strategy, c.checkpointing) == ("ddp", False)
     c = E.choose_parallel(xl, n, 1024, 4, 4, True, 24 * GB, world=1)
     assert c.strategy == "ddp"
@@ -42,7 +42,7 @@ def test_auto_picks_ddp_then_fsdp_then_checkpointing_then_a_smaller_micro_batch(
 
 def test_fsdp_shards_the_model_state_and_adds_the_gathers():
     xl = get_preset("gpt2-xl")
-    n = E.param_count(xl)
+    n = param_count(xl, padded=True)
     ddp = E.memory_estimate(xl, n, 1024, 1, True, None)
     fsdp = E.memory_estimate(xl, n, 1024, 1, True, None, strategy="fsdp", world=4)
     assert fsdp.optimizer == -(-ddp.optimizer // 4) and fsdp.gradients == -(-ddp.gradients // 4)
@@ -157,7 +157,7 @@ def test_the_plans_per_rank_state_is_what_each_strategy_holds():
     from gptkit.train.parallel import make_strategy
 
     mc = get_preset("tiny").with_vocab(256)
-    n = E.param_count(mc)
+    n = param_count(mc, padded=True)
 
     def held(model, opts) -> tuple[int, int, int]:
         def local(t):
