@@ -128,11 +128,7 @@ def preserved_endpoint_state() -> Iterator[None]:
     try:
         yield
     finally:
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _restore_env(env)
         for k, value in saved.items():
             if value is _MISSING:
                 if hasattr(hc, k):
@@ -147,6 +143,15 @@ def preserved_endpoint_state() -> Iterator[None]:
                 ds_config.HF_ENDPOINT = saved["ENDPOINT"]
                 ds_config.HUB_DATASETS_URL = saved["ENDPOINT"] + "/datasets/{repo_id}/resolve/{revision}/{path}"
         _clear_filesystem_cache()
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    """Put environment variables back as `saved` read them (None: it was not set)."""
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -184,11 +189,7 @@ def offline_hub() -> Iterator[None]:
     try:
         yield
     finally:
-        for k, v in env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _restore_env(env)
         hc.HF_HUB_OFFLINE = saved_hub
         ds_config = sys.modules.get("datasets.config")
         if ds_config is not None:
