@@ -150,3 +150,28 @@ def test_the_batch_script_takes_partition_account_time_from_flags_or_sbatch_vari
         batch_script(args, partition=None, env={}, **{**common, "nodes": 1})
     with pytest.raises(GptkitError, match="--sbatch needs --name or --out"):
         batch_script(args, partition=None, env={}, **{**common, "name": None})
+
+
+def test_a_config_another_node_of_the_same_start_wrote_is_no_restart(gptkit_home, tmp_path):
+    """Every node's `gptkit train --resume auto` writes RUN/config.json; a node that resolves after
+    another wrote it takes it without calling it a restart. A requeue (SLURM_RESTART_COUNT) is one."""
+    import json
+
+    from test_train_data import make_dataset
+
+    from gptkit import paths
+
+    data = make_dataset(tmp_path / "shards")
+    env = {**STEP, "SLURM_GPUS_ON_NODE": "0", "SLURM_STEP_NODELIST": "127.0.0.[1-2]"}
+    flags = ["train", "--dry-run", "--preset", "tiny", "--data", data, "--name", "s", "--resume", "auto"]
+    first = run_cli(*flags, env=env, check=True)
+    assert "no checkpoint yet" not in first.stdout  # a run not started yet: a new one
+    resolved = json.loads(first.stdout[first.stdout.index("{") :])
+    assert resolved["slurm"]["start"] == "123456.0"
+    run = paths.runs_dir("s")
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(resolved))  # as the other node's launcher wrote it
+    sibling = run_cli(*flags, env={**env, "SLURM_NODEID": "0"}, check=True)
+    assert "no checkpoint yet" not in sibling.stdout, sibling.stdout
+    requeued = run_cli(*flags, env={**env, "SLURM_RESTART_COUNT": "1"}, check=True)
+    assert f"{run} has no checkpoint yet: restarting it from step 0" in requeued.stdout, requeued.stdout

@@ -521,6 +521,7 @@ def test_the_sbatch_script_trains_on_two_simulated_slurm_nodes(home, reference, 
     outs = [(tmp_path / f"node{n}.out").read_text() for n in (0, 1)]
     assert p.returncode == 0, outs
     for rank, out in enumerate(outs):
+        assert "no checkpoint yet" not in out  # the other node's config.json is this start's, no restart
         first = out.splitlines()[0]
         assert first.startswith(f"from SLURM (job {job['SLURM_JOB_ID']}): nodes 2 (SLURM_STEP_NUM_NODES), "), first
         assert f"node-rank {rank} (SLURM_NODEID)" in first and "master-addr 127.0.0.1" in first

@@ -139,6 +139,14 @@ def recorded_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(train, source=str(f), written_by=recorded.get("gptkit_version"))
 
 
+def recorded_start(run_dir: Path) -> str | None:
+    """The SLURM job start (Cluster.start) whose node wrote RUN/config.json, if one did."""
+    try:
+        return json.loads((run_dir / CONFIG_FILE).read_text())["slurm"]["start"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def read_checkpoint_config(ckpt: Path) -> dict:
     """The training config a checkpoint was written with; refused for a checkpoint that cannot be resumed."""
     from gptkit.checkpoint import has_trainer_state, read_meta
@@ -305,10 +313,12 @@ def settle_config(
             fresh = False
             restart = recorded_config(run_dir)
             preset = restart.preset
-            note(
-                f"{run_dir} has no checkpoint yet: restarting it from step 0 with its recorded settings "
-                f"(--preset {restart.preset}, --data {restart.data})"
-            )
+            if cluster is None or not cluster.start or recorded_start(run_dir) != cluster.start:
+                note(
+                    f"{run_dir} has no checkpoint yet: restarting it from step 0 with its recorded settings "
+                    f"(--preset {restart.preset}, --data {restart.data})"
+                )
+            # else another node of this same job start wrote it a moment ago: taken as it is, without a word
     data_arg = overrides.data or file_train.get("data") or (restart.data if restart else None)
     try:
         size = found.data_size(data_arg)
@@ -634,7 +644,7 @@ def prepare(
             "parallel": {"strategy": choice.strategy, "checkpointing": choice.checkpointing, "why": choice.why},
             **({"auto": auto_info} if auto_info else {}),
             **(
-                {"slurm": {"job": s.cluster.job_id, "taken": s.cluster.taken, "line": s.cluster.line()}}
+                {"slurm": {"job": s.cluster.job_id, "start": s.cluster.start, "taken": s.cluster.taken, "line": s.cluster.line()}}
                 if s.cluster
                 else {}
             ),

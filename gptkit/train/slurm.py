@@ -106,6 +106,9 @@ class Cluster:
     values: dict = field(default_factory=dict)
     taken: dict = field(default_factory=dict)
     job_id: str = ""
+    # The job and its requeue count (SLURM_RESTART_COUNT): the same on every node of one start, so a
+    # config.json another node of this start wrote is no restart (see resolve.resolve_run).
+    start: str = ""
 
     def line(self) -> str:
         """For the run header: `from SLURM (job 123): nodes 2 (SLURM_STEP_NUM_NODES), ...`."""
@@ -143,12 +146,13 @@ def derive(env: Mapping[str, str], given: Mapping[str, object]) -> Cluster | Non
     if not in_slurm(env):
         return None
     job = env["SLURM_JOB_ID"]
+    start = f"{job}.{env.get('SLURM_RESTART_COUNT') or 0}"
     step = env.get("SLURM_STEP_NUM_NODES") is not None
     pre = "SLURM_STEP_" if step else "SLURM_JOB_"
     nodes = _int(env, pre + "NUM_NODES")
     nodelist = env.get(pre + "NODELIST")
     if nodes is None and nodelist is None:
-        return Cluster(job_id=job)  # an allocation that says nothing about its nodes: the flags decide
+        return Cluster(job_id=job, start=start)  # an allocation that says nothing about its nodes: the flags decide
     hosts = expand_hostlist(nodelist) if nodelist else None
     if nodes is None and hosts is not None:
         nodes = len(hosts)
@@ -203,7 +207,7 @@ def derive(env: Mapping[str, str], given: Mapping[str, object]) -> Cluster | Non
                 if key == "nodes"
                 else f"{flag[key]} {given[key]} but SLURM says {value} ({var}={value}); leave {flag[key]} out under srun"
             )
-    out = Cluster(job_id=job)
+    out = Cluster(job_id=job, start=start)
     for key, (value, var) in from_slurm.items():
         if key not in given:
             out.values[key] = value
