@@ -94,3 +94,19 @@ def test_a_collective_timeout_below_the_watchdogs_allowances_is_refused(gptkit_h
     )  # fmt: skip
     assert "at least 10000 s" in assert_one_line_error(r)
     assert not (gptkit_home / "runs" / "ct").exists()
+
+
+def test_the_hang_report_names_gptkits_frame_in_a_clone_folder_named_gptkit(tmp_path):
+    """A clone in /x/gptkit holds torch in /x/gptkit/.venv: the innermost frame under a /gptkit/ folder
+    is torch's, but the report names the innermost frame of gptkit's own files."""
+    from gptkit.train.watchdog import read_hang
+
+    f = tmp_path / "hang_rank0.txt"
+    f.write_text(
+        json.dumps({"main_thread": 0x7F00}) + "\n"
+        "Current thread 0x00007f00 (most recent call first):\n"
+        '  File "/home/me/gptkit/.venv/lib/python3.11/site-packages/torch/distributed/c10d.py", line 9 in all_reduce\n'
+        '  File "/home/me/gptkit/gptkit/train/trainer.py", line 85 in sync\n'
+        '  File "/home/me/gptkit/gptkit/cli/main.py", line 3 in main\n'
+    )
+    assert read_hang(f)["where"] == "sync (train/trainer.py:85)"

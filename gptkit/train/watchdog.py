@@ -191,16 +191,22 @@ def read_hang(path: Path) -> dict:
             block.append(s)
     frames = blocks.get(want) or next(iter(blocks.values()), [])
     info["where"] = None
+    package = Path(__file__).resolve().parents[1]
     for fr in frames:  # most recent call first
         # File "/x/gptkit/train/trainer.py", line 85 in all_reduce
-        if "/gptkit/" in fr:
-            file = fr.split('"')[1]
-            rest = fr.rsplit('"', 1)[1]  # , line 85 in all_reduce
-            line = rest.split("line", 1)[1].split()[0]
-            func = rest.rsplit(" in ", 1)[1] if " in " in rest else "?"
-            rel = file.split("/gptkit/", 1)[1]
-            info["where"] = f"{func} ({rel}:{line})"
-            break
+        if "/gptkit/" not in fr:
+            continue
+        file = fr.split('"')[1]
+        # The last /gptkit/ of the path, and a file this package has: a clone in a folder named gptkit
+        # holds torch's files too (/x/gptkit/.venv/.../torch/...), and those are not gptkit's frames.
+        rel = file.rsplit("/gptkit/", 1)[1]
+        if not (package / rel).is_file():
+            continue
+        rest = fr.rsplit('"', 1)[1]  # , line 85 in all_reduce
+        line = rest.split("line", 1)[1].split()[0]
+        func = rest.rsplit(" in ", 1)[1] if " in " in rest else "?"
+        info["where"] = f"{func} ({rel}:{line})"
+        break
     return info
 
 
