@@ -114,6 +114,14 @@ def test_command_help_works(cmd):
     assert "--help" in r.stdout
 
 
+def test_help_shows_the_extras_brackets_and_ranges_are_checked():
+    """`gptkit[eval]` is text, not Rich markup; a range is checked with a one-line error."""
+    r = run_cli("eval", "--help", env={"COLUMNS": "250"}, check=True)
+    assert "(needs gptkit[eval])" in r.stdout, r.stdout
+    line = assert_one_line_error(run_cli("download", "fineweb-edu", "--workers", "0"))
+    assert "--workers" in line and "0 is not between 1 and 32" in line, line
+
+
 PROBE = r"""
 import json, sys
 heavy, commands = json.loads(sys.argv[1])

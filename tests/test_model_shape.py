@@ -253,11 +253,13 @@ def test_help_has_no_type_labels_and_capital_metavars():
         where = "gptkit " + " ".join(cmd)
         assert not re.search(r"<[^>\s]+>", page), f"{where}: a <type> label:\n{page}"
         assert not re.search(r"\{\w+\}", page), f"{where}: a {{placeholder}}:\n{page}"
+        assert not re.search(r"\[[\d.]*<?=?x[<>]=?", page), f"{where}: a [x>=1] range label:\n{page}"
         usage = next(line for line in page.splitlines() if "Usage:" in line)
         arguments = usage.split("[OPTIONS]", 1)[1]
         assert arguments == arguments.upper(), usage
     for cmd, params in _params().items():
         for p in params:
+            assert p.help or p.opts == ["--help", "-h"] or not p.opts[0].startswith("-"), (cmd, p.opts)  # never blank
             if getattr(p, "is_flag", False):
                 assert p.metavar == "", (cmd, p.opts)  # a flag takes no value: no label
             else:

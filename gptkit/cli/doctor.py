@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gptkit.cli.options import Endpoint, JsonOut, Mirror
+from gptkit.cli.options import Endpoint, JsonOut, Mirror, within
 
 if TYPE_CHECKING:
     from gptkit.doctor.checks import Check
@@ -35,14 +35,17 @@ def doctor(
         typer.Option(
             "--gpus",
             metavar="N",
-            min=1,
-            help="GPUs this machine must have: their rows fail without them (default: a CPU machine is fine).",
+            callback=within(1),
+            help="GPUs this machine must have (1 or more): their rows fail without them (default: a CPU machine is fine).",
         ),
     ] = None,
     timeout: Annotated[
         float,
         typer.Option(
-            "--timeout", metavar="SECONDS", min=0.1, max=60, help="Seconds to wait for the Hugging Face endpoint."
+            "--timeout",
+            metavar="SECONDS",
+            callback=within(0.1, 60),
+            help="Seconds to wait for the Hugging Face endpoint (0.1 to 60).",
         ),
     ] = 3.0,
     dist: Annotated[
@@ -53,9 +56,9 @@ def doctor(
         typer.Option("--nproc", metavar="N", help="With --dist: processes on this node (default: every GPU, or 2)."),
     ] = None,
     nodes: Annotated[int | None, typer.Option("--nodes", metavar="N", help="With --dist: as gptkit train.")] = None,
-    node_rank: Annotated[int | None, typer.Option("--node-rank", metavar="R")] = None,
-    master_addr: Annotated[str | None, typer.Option("--master-addr", metavar="HOST")] = None,
-    master_port: Annotated[int | None, typer.Option("--master-port", metavar="PORT")] = None,
+    node_rank: Annotated[int | None, typer.Option("--node-rank", metavar="R", help="With --dist: this node's rank (0 to --nodes - 1).")] = None,
+    master_addr: Annotated[str | None, typer.Option("--master-addr", metavar="HOST", help="With --dist: node 0's address.")] = None,
+    master_port: Annotated[int | None, typer.Option("--master-port", metavar="PORT", help="With --dist: the rendezvous port.")] = None,
     data: Annotated[
         str | None, typer.Option("--data", metavar="DIR", help="With --dist: shards every rank must have alike.")
     ] = None,

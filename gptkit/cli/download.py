@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from gptkit.cli.options import Endpoint, JsonOut, Mirror
+from gptkit.cli.options import Endpoint, JsonOut, Mirror, within
 
 
 def download(
@@ -56,7 +56,7 @@ def download(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option("--workers", metavar="N", help="Files downloaded in parallel.", min=1, max=32)
+        int, typer.Option("--workers", metavar="N", help="Files downloaded in parallel (1 to 32).", callback=within(1, 32))
     ] = 4,
     json_out: JsonOut = False,
 ):

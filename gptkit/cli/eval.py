@@ -39,11 +39,11 @@ def eval_model(
         typer.Option(
             "--tasks",
             metavar="TASKS",
-            help="lm-evaluation-harness tasks, e.g. hellaswag,arc_easy,piqa,lambada_openai (needs gptkit[eval]).",
+            help="lm-evaluation-harness tasks, e.g. hellaswag,arc_easy,piqa,lambada_openai (needs gptkit\\[eval]).",
         ),
     ] = None,
     num_fewshot: Annotated[
-        int | None, typer.Option("--num-fewshot", help="--tasks: examples in each prompt (default: the task's).")
+        int | None, typer.Option("--num-fewshot", metavar="N", help="--tasks: examples in each prompt (default: the task's).")
     ] = None,
     gen_kwargs: Annotated[
         str | None,

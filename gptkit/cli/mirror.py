@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gptkit.cli.options import Command, Group
+from gptkit.cli.options import Command, Group, within
 
 app = typer.Typer(help="Serve local repos as a Hugging Face mirror.", no_args_is_help=True, cls=Group)
 
@@ -23,7 +23,7 @@ def serve(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on; 0.0.0.0 for the other nodes of a cluster.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.", min=0, max=65535)] = 8080,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.", callback=within(0, 65535))] = 8080,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No access log.")] = False,
 ):
     """Serve downloaded repos read-only; clients use HF_ENDPOINT=http://HOST:PORT.

@@ -15,6 +15,21 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
+
+
+def within(lo: float, hi: float | None = None):
+    """An option's range, checked by a callback rather than click's min=/max=, which print a
+    `[0.1<=x<=60]` label into the help; the help text says the range in words instead."""
+
+    def check(value):
+        if value is not None and (value < lo or (hi is not None and value > hi)):
+            span = f"at least {lo:g}" if hi is None else f"between {lo:g} and {hi:g}"
+            raise typer.BadParameter(f"{value:g} is not {span}")
+        return value
+
+    return check
+
+
 Device = Annotated[str, typer.Option("--device", metavar="DEVICE", help="auto, cpu, cuda, cuda:1, mps.")]
 _PRECISION_HELP = "auto (bf16 only where the hardware runs it natively), fp32, bf16, fp16."
 Precision = Annotated[str, typer.Option("--precision", metavar="PRECISION", help=_PRECISION_HELP)]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gptkit.cli.options import Device, Endpoint, Mirror, Precision
+from gptkit.cli.options import Device, Endpoint, Mirror, Precision, within
 
 
 def serve(
@@ -24,7 +24,7 @@ def serve(
         str, typer.Option("--host", metavar="ADDR", help="Address to listen on (loopback unless you say otherwise).")
     ] = "127.0.0.1",
     port: Annotated[
-        int, typer.Option("--port", metavar="PORT", help="Port (0: any free one).", min=0, max=65535)
+        int, typer.Option("--port", metavar="PORT", help="Port (0: any free one).", callback=within(0, 65535))
     ] = 8000,
     api_key_file: Annotated[
         Path | None,
