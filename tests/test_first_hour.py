@@ -145,6 +145,9 @@ def test_the_plan_and_the_auto_sizing_print_one_estimate_of_several_timed_passes
 
     t = time_cpu_step(get_preset("tiny").with_vocab(256), 32, "fp32", max_rows=2)
     assert t.passes >= 3 and 0 < t.cpu_share <= 1 and t.spread >= 1 and "median of" in t.describe()
+    assert "+ one AdamW step" in t.describe()
+    m = time_cpu_step(get_preset("tiny").with_vocab(256), 32, "fp32", max_rows=2, optimizer="muon")
+    assert "+ one Muon (+ AdamW) step" in m.describe() and m.optimizer_s > 0  # the run's optimizer is timed
     busy = CpuTiming(0.01, 0.001, passes=5, spread=1.2, cpu_share=0.25)
     assert busy.busy and "busy" in busy.busy_note() and "25%" in busy.busy_note() and "4x" in busy.busy_note()
     assert CpuTiming(0.01, 0.001, passes=5, spread=1.1, cpu_share=0.95).busy_note() is None

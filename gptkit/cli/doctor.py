@@ -56,9 +56,15 @@ def doctor(
         typer.Option("--nproc", metavar="N", help="With --dist: processes on this node (default: every GPU, or 2)."),
     ] = None,
     nodes: Annotated[int | None, typer.Option("--nodes", metavar="N", help="With --dist: as gptkit train.")] = None,
-    node_rank: Annotated[int | None, typer.Option("--node-rank", metavar="R", help="With --dist: this node's rank (0 to --nodes - 1).")] = None,
-    master_addr: Annotated[str | None, typer.Option("--master-addr", metavar="HOST", help="With --dist: node 0's address.")] = None,
-    master_port: Annotated[int | None, typer.Option("--master-port", metavar="PORT", help="With --dist: the rendezvous port.")] = None,
+    node_rank: Annotated[
+        int | None, typer.Option("--node-rank", metavar="R", help="With --dist: this node's rank (0 to --nodes - 1).")
+    ] = None,
+    master_addr: Annotated[
+        str | None, typer.Option("--master-addr", metavar="HOST", help="With --dist: node 0's address.")
+    ] = None,
+    master_port: Annotated[
+        int | None, typer.Option("--master-port", metavar="PORT", help="With --dist: the rendezvous port.")
+    ] = None,
     data: Annotated[
         str | None, typer.Option("--data", metavar="DIR", help="With --dist: shards every rank must have alike.")
     ] = None,

@@ -56,7 +56,8 @@ def download(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option("--workers", metavar="N", help="Files downloaded in parallel (1 to 32).", callback=within(1, 32))
+        int,
+        typer.Option("--workers", metavar="N", help="Files downloaded in parallel (1 to 32).", callback=within(1, 32)),
     ] = 4,
     json_out: JsonOut = False,
 ):

@@ -43,7 +43,8 @@ def eval_model(
         ),
     ] = None,
     num_fewshot: Annotated[
-        int | None, typer.Option("--num-fewshot", metavar="N", help="--tasks: examples in each prompt (default: the task's).")
+        int | None,
+        typer.Option("--num-fewshot", metavar="N", help="--tasks: examples in each prompt (default: the task's)."),
     ] = None,
     gen_kwargs: Annotated[
         str | None,

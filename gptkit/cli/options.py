@@ -16,7 +16,6 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 
-
 def within(lo: float, hi: float | None = None):
     """An option's range, checked by a callback rather than click's min=/max=, which print a
     `[0.1<=x<=60]` label into the help; the help text says the range in words instead."""

@@ -56,7 +56,11 @@ def tokenize(
     ] = None,
     text_column: Annotated[
         str | None,
-        typer.Option("--text-column", metavar="COLUMN", help="Column / JSON field holding the text (default: the preset's, else text)."),
+        typer.Option(
+            "--text-column",
+            metavar="COLUMN",
+            help="Column / JSON field holding the text (default: the preset's, else text).",
+        ),
     ] = None,
     shard_tokens: Annotated[str, typer.Option("--shard-tokens", help="Tokens per shard.")] = "100M",
     val_tokens: Annotated[

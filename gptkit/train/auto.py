@@ -113,7 +113,7 @@ def choose(
     timings: list = []  # the real timings (CpuTiming), when no timer is given: the last is the chosen model's
 
     def measure(mc: GPTConfig, T: int) -> float:
-        timings.append(time_cpu_step(mc, T, precision))
+        timings.append(time_cpu_step(mc, T, precision, optimizer=str(AUTO_OPTIMIZER["optimizer"])))
         return timings[-1].row_s
 
     timer = timer or measure

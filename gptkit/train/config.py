@@ -25,7 +25,9 @@ from gptkit.errors import GptkitError
 from gptkit.train.presets import TRAIN_PRESETS
 
 SCHEDULES = ("cosine", "wsd")
-OPTIMIZERS = ("adamw", "muon")
+# --optimizer's choices, each with its name in prose (Muon runs AdamW beside it for the embeddings and gains).
+OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon (+ AdamW)"}
+OPTIMIZERS = tuple(OPTIMIZER_NAMES)
 # torch.optim.Muon's two learning-rate adjustments by matrix shape (rows A, columns B).
 MUON_ADJUST = ("original", "match_rms_adamw")
 MUON_QKV = ("whole", "split")

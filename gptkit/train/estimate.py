@@ -313,8 +313,9 @@ def gpu_memory_gb(name: str) -> float | None:
 @dataclass
 class CpuTiming:
     row_s: float  # one row (sequence) forward + backward, all cores: the median of the timed passes
-    optimizer_s: float  # one AdamW step
+    optimizer_s: float  # one step of the run's optimizer(s)
     passes: int = 1  # timed passes the median is of
+    optimizer: str = "adamw"  # the optimizer timed (--optimizer)
     spread: float = 1.0  # slowest / fastest timed pass
     cpu_share: float = 1.0  # CPU time this process got / (wall time x its threads) while timed
 
@@ -338,12 +339,16 @@ class CpuTiming:
 
     def describe(self) -> str:
         """How the figure was measured, for the plan's `time from` row."""
-        return f"the median of {self.passes} timed passes ({self.row_s * 1e3:.0f} ms a row) + one AdamW step"
+        from gptkit.train.config import OPTIMIZER_NAMES
+
+        return f"the median of {self.passes} timed passes ({self.row_s * 1e3:.0f} ms a row) + one {OPTIMIZER_NAMES[self.optimizer]} step"
 
 
-def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, max_rows: int = MAX_TIMED_ROWS) -> CpuTiming:
-    """Time the real model on this CPU: a micro-batch forward/backward and one fused AdamW step, the
-    way the trainer runs them.
+def time_cpu_step(
+    mc: GPTConfig, seq_len: int, precision: str, max_rows: int = MAX_TIMED_ROWS, optimizer: str = "adamw"
+) -> CpuTiming:
+    """Time the real model on this CPU: a micro-batch forward/backward and one step of the run's
+    optimizer (build_optimizers: fused AdamW, or Muon with AdamW), the way the trainer runs them.
 
     The micro-batch starts at two rows and doubles (up to max_rows) until a pass takes TIMED_PASS_S:
     a pass of a few ms is mostly fixed overhead (the tiny model's 2-row pass measured 3x slower per
@@ -359,13 +364,14 @@ def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, max_rows: int = M
 
     from gptkit.device import resolve_precision
     from gptkit.model import GPT
+    from gptkit.train.config import TrainConfig
     from gptkit.train.loss import fuse_loss
-    from gptkit.train.optim import adamw_groups
+    from gptkit.train.optim import build_optimizers
 
     prec = resolve_precision(precision, torch.device("cpu"))
     model = GPT(mc)
     train_model = fuse_loss(model) if prec.name == "fp32" else model
-    opt = torch.optim.AdamW(adamw_groups(model, 0.1), lr=1e-4, fused=True)
+    optimizers = build_optimizers(TrainConfig(optimizer=optimizer), model, torch.device("cpu"), prec.name)
     g = torch.Generator().manual_seed(0)
 
     def fwd_bwd(rows: int) -> float:
@@ -395,15 +401,18 @@ def time_cpu_step(mc: GPTConfig, seq_len: int, precision: str, max_rows: int = M
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     threads = torch.get_num_threads()
     share = min(1.0, cpu / (wall * threads)) if wall > 0 else 1.0
-    opt.step()  # warm-up: allocates the moments
+    for opt in optimizers:
+        opt.step()  # warm-up: allocates the moments
     t = time.perf_counter()
-    opt.step()
+    for opt in optimizers:
+        opt.step()
     return CpuTiming(
         statistics.median(times) / rows,
         time.perf_counter() - t,
         passes=len(times),
         spread=max(times) / min(times),
         cpu_share=share,
+        optimizer=optimizer,
     )
 
 

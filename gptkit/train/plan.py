@@ -4,7 +4,7 @@ The numbers, per run: parameters, tokens per step, steps, total tokens, tokens p
 per process against what is free, the largest micro-batch that fits, and the wall time.
 
 Wall time on a CPU is measured: one micro-batch forward/backward of the real model (a few rows,
-scaled linearly to the step) and one AdamW step, timed in this process with all its cores. On a
+scaled linearly to the step) and one step of its optimizer (AdamW or Muon), timed in this process with all its cores. On a
 GPU it is estimated: the training FLOPs over the data-sheet peak (gptkit.train.mfu) at an assumed
 MFU, which the plan states. `--gpu-type NAME` plans for GPUs this machine does not have.
 
@@ -209,7 +209,7 @@ def plan_of(
         if settled.auto.get("busy"):
             notes.append(settled.auto["busy"])
     elif measure:
-        timing = time_cpu_step(mc, cfg.seq_len, cfg.precision)
+        timing = time_cpu_step(mc, cfg.seq_len, cfg.precision, optimizer=cfg.optimizer)
         step_s = timing.step_s(batches.rows)
         basis = f"measured here: {timing.describe()}, scaled to {batches.rows} rows"
         if timing.busy_note():

@@ -644,7 +644,14 @@ def prepare(
             "parallel": {"strategy": choice.strategy, "checkpointing": choice.checkpointing, "why": choice.why},
             **({"auto": auto_info} if auto_info else {}),
             **(
-                {"slurm": {"job": s.cluster.job_id, "start": s.cluster.start, "taken": s.cluster.taken, "line": s.cluster.line()}}
+                {
+                    "slurm": {
+                        "job": s.cluster.job_id,
+                        "start": s.cluster.start,
+                        "taken": s.cluster.taken,
+                        "line": s.cluster.line(),
+                    }
+                }
                 if s.cluster
                 else {}
             ),
