@@ -171,7 +171,9 @@ def run_torchrun(
         received.append(signum)
         workers = child_pids(proc.pid)
         if len(received) == 1 and workers:
-            echo("gptkit: stopping and saving a checkpoint (again to stop at once)")
+            # On a terminal rank 0's live progress line holds the cursor: start a line of our own.
+            lead = "\n" if sys.stdout.isatty() else ""
+            echo(f"{lead}gptkit: stopping and saving a checkpoint (again to stop at once)")
             targets = [(pid, signal.SIGTERM) for pid in workers]
         else:
             targets = [(pid, signal.SIGKILL) for pid in workers] + [(proc.pid, signal.SIGTERM)]
