@@ -40,6 +40,9 @@ def test_a_run_killed_before_its_first_checkpoint_restarts_with_its_own_settings
     recorded = json.loads((run / "config.json").read_text())["train"]
     make_dataset(paths.shards_dir("newer"), docs=60, seed=1)  # now the newest data: not the run's
 
+    # A mistyped name is a new run, said in one line (a job script's first start is this case too).
+    typo = run_cli("train", "--resume", "auto", "--name", "nokc", "--gpus", "0", "--dry-run", cwd=cwd, check=True)
+    assert f"--resume auto: no run {paths.runs_dir('nokc')} yet; starting a new one" in typo.stdout, typo.stdout
     # As a requeued job types it: only the run's name (--dry-run first: the old code sized a new run).
     dry = run_cli("train", "--resume", "auto", "--name", "nock", "--gpus", "0", "--dry-run", cwd=cwd, check=True)
     resolved = json.loads(dry.stdout[dry.stdout.index("{") :])

@@ -309,6 +309,11 @@ def settle_config(
 
         run_dir, ckpt = resumed_run(name, out, resume)
         fresh = ckpt is None and (run_dir is None or latest_checkpoint(run_dir) is None)
+        if resume == "auto" and cluster is None and (run_dir is None or not run_dir.is_dir()):
+            # Typed by hand (a SLURM job script's first start is this case, and says nothing): said, so
+            # a mistyped name is seen at once.
+            where = f"no run {run_dir} yet" if run_dir is not None else f"no run in {paths.runs_dir()} yet"
+            note(f"--resume auto: {where}; starting a new one")
         if fresh and run_dir is not None and (run_dir / CONFIG_FILE).is_file():
             fresh = False
             restart = recorded_config(run_dir)
