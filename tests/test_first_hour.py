@@ -195,3 +195,25 @@ def test_the_run_header_fits_80_columns():
     assert lines[0] == "run /home/me/.cache/gptkit/runs/laptop"
     assert all(len(line) <= 80 for line in lines), lines
     assert " | ".join(lines[1:]) == " | ".join(parts)  # every part, in order, none cut
+
+
+def test_a_bad_optimiser_setting_is_refused_before_the_cpu_auto_sizing_times_a_model(gptkit_home, monkeypatch):
+    import pytest
+
+    from gptkit.errors import GptkitError
+    from gptkit.train import config as C
+    from gptkit.train import estimate
+    from gptkit.train.resolve import make_plan
+
+    make_dataset(paths.shards_dir("toy"), docs=120)
+
+    def timed(*a, **k):
+        raise AssertionError("a model was timed before the settings were checked")
+
+    monkeypatch.setattr(estimate, "time_cpu_step", timed)
+    for given, message in (
+        (dict(optimizer="foo"), "unknown --optimizer 'foo'"),
+        (dict(lr=-1.0), "--lr must be positive"),
+    ):
+        with pytest.raises(GptkitError, match=message):
+            make_plan(C.TrainOverrides(**given), C.LaunchOverrides(gpus=0))

@@ -486,22 +486,23 @@ def validate(cfg: TrainConfig) -> None:
             )
     if cfg.micro_batch is not None and cfg.micro_batch < 1:
         raise GptkitError(f"--micro-batch must be at least 1 (got {cfg.micro_batch})")
+    if cfg.warmup_steps < 0 or cfg.eval_tokens < 0 or cfg.hellaswag_every < 0 or cfg.sample_tokens < 0:
+        raise GptkitError("warmup_steps, eval_tokens, hellaswag_every and sample_tokens cannot be negative")
+    check_optimisation(cfg)
+
+
+def check_optimisation(cfg: TrainConfig) -> None:
+    """Settings torch or numpy would refuse only inside a worker, or take silently and train wrongly
+    (a negative --grad-clip flips every gradient). None depends on the model or the batch, so the
+    resolver checks them before the CPU auto-sizing times anything."""
+    from gptkit.device import PRECISIONS
+
     if cfg.schedule not in SCHEDULES:
         raise GptkitError(f"unknown --schedule {cfg.schedule!r}; choose one of: {', '.join(SCHEDULES)}")
     if not cfg.lr > 0:
         raise GptkitError(f"--lr must be positive (got {cfg.lr})")
     if not 0 <= cfg.min_lr_ratio <= 1 or not 0 < cfg.decay_frac <= 1:
         raise GptkitError("min_lr_ratio must be in [0, 1] and decay_frac in (0, 1]")
-    if cfg.warmup_steps < 0 or cfg.eval_tokens < 0 or cfg.hellaswag_every < 0 or cfg.sample_tokens < 0:
-        raise GptkitError("warmup_steps, eval_tokens, hellaswag_every and sample_tokens cannot be negative")
-    _check_optimisation(cfg)
-
-
-def _check_optimisation(cfg: TrainConfig) -> None:
-    """Settings torch or numpy would refuse only inside a worker, or take silently and train wrongly
-    (a negative --grad-clip flips every gradient)."""
-    from gptkit.device import PRECISIONS
-
     if cfg.precision not in PRECISIONS:
         raise GptkitError(f"unknown --precision {cfg.precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if cfg.grad_clip < 0:

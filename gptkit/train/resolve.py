@@ -29,6 +29,7 @@ from gptkit.train.config import (
     Settled,
     TrainConfig,
     TrainOverrides,
+    check_optimisation,
     check_parallel,
     check_types,
     keep_shape,
@@ -337,6 +338,8 @@ def settle_config(
     # (a bare batch would otherwise fall back to the gpt2 preset's 19,073-step schedule).
     auto_ok = preset is None and fresh
     if auto_ok and device_type == "cpu" and size is not None:
+        # A bad --optimizer or --lr is one line at once, not after seconds of timing models.
+        check_optimisation(overrides.apply(merge(TrainConfig(), file_train, str(config_file))))
         from gptkit.train.estimate import free_ram
 
         # A shape of the user's own (--n-layer ...) or of --init-from's weights is kept: only the
