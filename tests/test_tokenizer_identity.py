@@ -60,6 +60,10 @@ def test_init_from_another_65_character_vocabulary_is_refused_by_the_launcher(tm
     other = char_checkpoint(tmp_path / "other", OTHER)
     line = assert_one_line_error(run_cli("train", "--init-from", other, "--out", tmp_path / "b", *flags))
     assert "--init-from" in line and "does not match the data's" in line and "chars-65" in line, line
+    plan = [a for a in flags if a != "--dry-run"] + ["--plan"]
+    run_cli("train", "--init-from", same, *plan, check=True)
+    line = assert_one_line_error(run_cli("train", "--init-from", other, *plan))  # --plan draws the same line
+    assert "--init-from" in line and "does not match the data's" in line, line
     # eval draws the same line between the two
     manifest = read_manifest(shards)
     check_tokenizer(manifest, chars(SHAKESPEARE), shards)

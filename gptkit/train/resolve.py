@@ -507,6 +507,11 @@ def make_plan(
     settled = settle_config(
         overrides, launch_overrides, config_file=config_file, gpu_type=gpu_type, warn=warnings.append, plan_only=True
     )
+    if settled.cfg.init_from and settled.vocab is not None:  # the weights must read the data, as a run checks
+        manifest = settled.found.data(settled.cfg.data)[3]
+        check_init_from(
+            settled.found.weights(settled.cfg.init_from), settled.cfg.init_from, manifest["tokenizer"], settled.vocab
+        )
     mc = model_config(settled.cfg, settled.vocab or GPT2_VOCAB, settled.found)
     return plan_of(settled, mc, gpu_type=gpu_type, measure=measure, warnings=warnings)
 
