@@ -11,7 +11,7 @@
 # 50,257-token vocabulary and the same budget is mostly embedding and writes punctuation.
 # Everything it writes goes under ./quickstart/ (override with QUICKSTART_DIR).
 #
-#   QUICKSTART_STEPS=300 scripts/quickstart.sh     # fewer/more optimizer steps (default 700, ~2.5 min)
+#   QUICKSTART_STEPS=300 scripts/quickstart.sh     # fewer/more optimizer steps (default 700; the training is most of the script's ~5 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT_DIR=$PWD
@@ -130,4 +130,9 @@ Artifacts:
   sample (JSON)                       $QS/sample.json
   loss / lr / throughput plot         $RUN/metrics.png
   Hugging Face export                 $QS/hf-export
+
+The next: lines above name the runs and data under $GPTKIT_HOME. To go on from this shell's
+folder with them (gptkit is installed in .venv):
+  source .venv/bin/activate && export GPTKIT_HOME="$GPTKIT_HOME"
+  gptkit sample "The " --model quickstart
 EOF
