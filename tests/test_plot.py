@@ -118,3 +118,25 @@ def test_a_missing_or_broken_matplotlib_is_one_clear_error(tmp_path, monkeypatch
         plot_run(tmp_path / "a")
     assert says in str(e.value)
     assert not (tmp_path / "a" / "metrics.png").exists()
+
+
+def test_a_muon_run_draws_both_learning_rates_labelled(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gptkit.train.plot import build_figure
+
+    write_run(tmp_path / "r", hellaswag=False)
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        if "lr" in r:
+            r["muon_lr"] = 16 * r["lr"]
+    fig = build_figure(rows, "r", plt)
+    try:
+        ax = fig.axes[1]
+        assert [line.get_label() for line in ax.get_lines()] == ["AdamW", "Muon"]
+        assert max(ax.get_lines()[1].get_ydata()) == pytest.approx(16e-3)
+    finally:
+        plt.close(fig)

@@ -104,7 +104,12 @@ def build_figure(rows: list[dict], title: str, plt):
     ax.grid(alpha=0.3)
 
     ax = axes[1]
-    ax.plot([r["step"] for r in train], [r["lr"] for r in train])
+    muon = [r for r in train if r.get("muon_lr") is not None]
+    # Beside Muon, `lr` is AdamW's (embeddings and gains): both peaks are drawn, each labelled.
+    ax.plot([r["step"] for r in train], [r["lr"] for r in train], label="AdamW" if muon else None)
+    if muon:
+        ax.plot([r["step"] for r in muon], [r["muon_lr"] for r in muon], label="Muon")
+        ax.legend()
     ax.set(title="learning rate", xlabel="step", ylabel="learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     ax.grid(alpha=0.3)
