@@ -165,6 +165,8 @@ def test_download_survives_5xx_and_cut_connections(hub, tmp_path, monkeypatch):
             assert result.fetched
             for rel in result.fetched:
                 assert sha256(tmp_path / name / rel) == repo.sha256(rel)
+            # no empty folders left where the partial files of sample/10BT/... were
+            assert not (tmp_path / name / ".gptkit" / "partial").exists()
         assert server.injected["5xx"] >= 3 and server.injected["cut"] >= 3
         assert any(r["note"] == "cut" for r in resolve_gets(log, ""))  # bodies really were cut
 

@@ -159,6 +159,7 @@ def download(
             ctx.on_progress = progress
             run_workers(ctx, todo, workers, retries, backoff, say)
             ctx.write_manifest(True)
+            _prune_empty(dest / STATE_DIR / "partial")
         result.fetch_bytes = ctx.fetch_bytes
         return result
     except MultiError as e:
@@ -170,6 +171,18 @@ def download(
         raise
     except retryable() as e:  # a network, endpoint or disk error: one line; files on disk stay as they are
         raise _scrub(_explain(e, ctx, url, repo, requested), token) from None
+
+
+def _prune_empty(top: Path) -> None:
+    """Remove the folders a finished download's partial files left empty (DIR/.gptkit/partial/data/...);
+    a folder still holding a file (another download's, in progress) stays."""
+    if not top.is_dir():
+        return
+    for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [top]:
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # not empty
 
 
 def _resolve(
