@@ -36,7 +36,8 @@ def error_line(r):
 
 def all_tokens(d, tokenizer=None):
     val, train, m = shards.find_shards(d, tokenizer)
-    return np.concatenate([np.asarray(shards.open_shard(p)) for p in val + train]), m
+    v, t = (np.concatenate([np.asarray(shards.open_shard(p)) for p in ps]) for ps in (val, train))
+    return shards.source_order(v, t, m.get("validation")), m  # the source's order, validation put back
 
 
 def write_llmc_shard(path, tokens, version=LLMC_VERSION, magic=LLMC_MAGIC):
@@ -73,7 +74,7 @@ def test_nanogpt_char_data_tokenize_train_checkpoint(tmp_path, gptkit_home, trai
     r = run_cli("tokenize", tmp_path / "shakespeare_char", "-o", out, "--json", check=True)
     assert "meta.pkl" in r.stderr and "input.txt" in r.stderr  # which vocabulary, and which files, said
     toks, m = all_tokens(out)
-    assert m["version"] == 2
+    assert m["version"] == shards.MANIFEST_VERSION == 3
     assert m["tokenizer"]["vocab_size"] == len(chars) and m["tokenizer"]["kind"] == "chars"
     assert m["tokenizer"]["eot"] is None and m["tokenizer"]["name"] == f"chars-{len(chars)}"
     assert np.array_equal(toks, np.concatenate([val_ids, train_ids]))

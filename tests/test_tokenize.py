@@ -46,7 +46,8 @@ def expected_stream(docs, tok=GPT2):
 
 def all_tokens(d):
     val, train, m = shards.find_shards(d)
-    return np.concatenate([np.asarray(shards.open_shard(p)) for p in val + train]), m
+    v, t = (np.concatenate([np.asarray(shards.open_shard(p)) for p in ps]) for ps in (val, train))
+    return shards.source_order(v, t, m.get("validation")), m  # the source's order, validation put back
 
 
 def tree_hashes(d: Path) -> dict:
@@ -670,3 +671,30 @@ def test_a_preset_without_text_is_named_as_such(name, gptkit_home, tmp_path, mon
     line = assert_one_line_error(run_cli("tokenize", name, cwd=tmp_path))
     assert line.startswith(f"gptkit: error: {name} is a download preset without text to tokenize ("), line
     assert "fineweb-edu" in line and "no such file" not in line
+
+
+def test_a_small_source_validates_on_pieces_drawn_across_it_the_same_for_any_worker_count(tmp_path):
+    """One long text file whose two halves differ (lower case, then upper): its first tenth was all
+    lower case; the drawn pieces come from both halves, are a tenth exactly, and the shards are
+    the same bytes with 1 or 2 workers. The output says how validation was drawn."""
+    f = tmp_path / "book.txt"
+    f.write_text("the quick brown fox jumps over the lazy dog\n" * 2500 + "THE QUICK BROWN FOX\n" * 5500)
+    outs = {}
+    for workers in (1, 2):
+        outs[workers] = tmp_path / f"out{workers}"
+        tz.tokenize(str(f), outs[workers], tz.Settings(tokenizer="bytes"), workers=workers, unit_bytes=20_000)
+    toks, m = all_tokens(outs[1])
+    assert toks.tolist() == [0, *f.read_bytes()]  # the document: every byte, in the source's order
+    val = np.concatenate([np.asarray(shards.open_shard(p)) for p in shards.find_shards(outs[1])[0]])
+    assert len(val) == len(toks) // 10
+    upper = np.isin(val, np.frombuffer(b"QWERTYUIOPASDFGHJKLZXCVBNM", np.uint8)).mean()
+    assert 0.2 < upper < 0.8, upper  # from both halves (the upper half is 1/2 of the bytes)
+    v = m["validation"]
+    assert v["rule"] == "seeded pieces" and v["ranges"][-1][1] > len(toks) // 2 and v["pieces"] >= 10
+    for name in ("manifest.json", *[s["filename"] for s in m["shards"]]):
+        if name != "manifest.json":
+            assert (outs[1] / name).read_bytes() == (outs[2] / name).read_bytes(), name
+    r = run_cli("tokenize", f, "-o", tmp_path / "cli", "--tokenizer", "bytes", check=True)
+    assert "validation: 10% of the tokens, " in r.stdout and "drawn across the source with seed 0" in r.stdout
+    big = run_cli("tokenize", f, "-o", tmp_path / "big", "--tokenizer", "bytes", "--val-tokens", "1000", check=True)
+    assert "validation: the first 1,000 tokens (--val-tokens; the source is larger)" in big.stdout, big.stdout

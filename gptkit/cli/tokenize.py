@@ -66,7 +66,8 @@ def tokenize(
     val_tokens: Annotated[
         str,
         typer.Option(
-            "--val-tokens", help="Tokens in shard 0, the validation shard (a source smaller than this is split 1:9)."
+            "--val-tokens",
+            help="Tokens in shard 0, the validation shard (a source smaller than this: a tenth, in seeded pieces from across it).",
         ),
     ] = "10M",
     max_tokens: Annotated[str | None, typer.Option("--max-tokens", help="Stop after this many tokens in all.")] = None,
@@ -163,6 +164,7 @@ def tokenize(
                     **m["totals"],
                     "tokenizer": m["tokenizer"],
                     "replaced_invalid_utf8": m["replaced_invalid_utf8"],
+                    "validation": m.get("validation"),
                 }
             )
         )
@@ -175,6 +177,10 @@ def tokenize(
         f"{t['train_tokens']:,} train tokens, "
         f"{docs} ({m['tokenizer']['name']}, {m['tokenizer']['vocab_size']:,} tokens){speed}"
     )
+    if m.get("validation"):
+        from gptkit.data.writer import describe_validation
+
+        print(describe_validation(m["validation"]))
     if m["replaced_invalid_utf8"]:
         print(f"note: {m['replaced_invalid_utf8']} invalid UTF-8 sequences were replaced by U+FFFD (see manifest.json)")
     from gptkit import paths

@@ -3,7 +3,8 @@
 Layout of a tokenized dataset (default: gptkit.paths.shards_dir(NAME)):
 
     manifest.json          written last: its presence means the shards are complete
-    val_000000.bin         shard 0 is validation (the first --val-tokens tokens)
+    val_000000.bin         shard 0 is validation: the first --val-tokens tokens; for a source smaller
+                           than that, a tenth of it in pieces drawn across it (manifest "validation")
     train_000001.bin ...   training shards, --shard-tokens tokens each (the last may be shorter)
     .partial/              only while a run is in progress or was interrupted (resume state)
 
@@ -13,8 +14,9 @@ uint16. gptkit/data/writer.py writes them; `find_shards(name_or_dir)` is what `g
 
     tokenizer/             the tokenizer the shards were made with (see gptkit/tokenizer.save_tokenizer)
 
-Manifest version 2 (this one) gives an empty document a lone end-of-text token, as build-nanogpt's
-fineweb.py does; version 1 skipped it. Both are read.
+Manifest version 3 (this one) draws a small source's validation tokens across it (version 2 took its
+first tenth); version 2 gives an empty document a lone end-of-text token, as build-nanogpt's
+fineweb.py does; version 1 skipped it. All are read.
 
 Other tools' shards are read in place: a directory without manifest.json whose .bin files carry the
 llm.c header (llm.c, modded-nanogpt: fineweb_val_000000.bin, fineweb_train_000001.bin, ...) gets
@@ -43,8 +45,10 @@ MAX_VOCAB = 2**16  # uint16 tokens: ids 0..65535
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "gptkit.shards"
-MANIFEST_VERSION = 2  # 2: an empty document is a lone end-of-text token (1: it was skipped)
-READABLE_VERSIONS = (1, 2)
+# 3: a source smaller than --val-tokens validates on pieces drawn across it (2: its first tenth);
+# 2: an empty document is a lone end-of-text token (1: it was skipped)
+MANIFEST_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 FOREIGN_FORMAT = "llm.c"  # manifest["format"] of a directory of other tools' shards, read in place
 PARTIAL_DIR = ".partial"
 READ_TOKENS = 1 << 22  # tokens per read when converting or verifying existing token files
@@ -121,6 +125,7 @@ def build_manifest(
     replaced: int,
     shards: list[dict],
     fingerprint: str,
+    validation: dict | None = None,
 ) -> dict:
     """The manifest of finished shards; `settings` holds shard_tokens, val_tokens, max_tokens, strict."""
     return {
@@ -134,6 +139,7 @@ def build_manifest(
         "replaced_invalid_utf8": replaced,
         "totals": {**totals(shards), "documents": sum(x["documents"] for x in shards)},
         "shards": shards,
+        "validation": validation,
         "fingerprint": fingerprint,
     }
 
@@ -155,6 +161,19 @@ def read_manifest(d: Path) -> dict:
     if m.get("format") != MANIFEST_FORMAT or m.get("version") not in READABLE_VERSIONS:
         raise GptkitError(f"{f}: not a gptkit shard manifest (format {m.get('format')!r} version {m.get('version')!r})")
     return m
+
+
+def source_order(val: np.ndarray, train: np.ndarray, validation: dict | None) -> np.ndarray:
+    """The tokens in the source's order, from the validation and training tokens (each concatenated)
+    and the manifest's "validation" record: validation drawn in pieces goes back where it was."""
+    if not validation or validation.get("rule") != "seeded pieces":
+        return np.concatenate([val, train])
+    out = np.empty(len(val) + len(train), dtype=val.dtype)
+    mask = np.zeros(len(out), dtype=bool)
+    for a, b in validation["ranges"]:
+        mask[a:b] = True
+    out[mask], out[~mask] = val, train
+    return out
 
 
 # --------------------------------------------------------------------------- finding and verifying

@@ -183,6 +183,7 @@ def tokenize(
         replaced=state["replaced"],
         shards=state["shards"],
         fingerprint=fingerprint,
+        validation=state.get("validation"),
     )
     with disk_errors(out):
         save_tokenizer(tok, pdir / SAVED_DIR)

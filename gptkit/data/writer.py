@@ -10,6 +10,7 @@ shards into OUT, the manifest last.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -98,13 +99,19 @@ class ShardWriter:
         self.count = 0
 
     def finish(self, spec: str, splits_given: bool) -> None:
-        """Commit the last, partial shard; a source smaller than --val-tokens is split 1:9 into val and train.
+        """Commit the last, partial shard. A source smaller than --val-tokens gives a tenth of its tokens
+        to validation, as pieces drawn across it by a seeded rule (val_pieces); state["validation"]
+        says which rule made the validation shard.
 
         `splits_given`: the source names its own validation split, which is kept as it is.
         """
         import numpy as np
 
         state = self.state
+        if splits_given:
+            state["validation"] = {"rule": "the source's own validation split"}
+        elif state["shards"] or self.split != "val":
+            state["validation"] = {"rule": "first", "tokens": self.val_tokens}
         if self.f is None:
             if not state["shards"]:
                 raise GptkitError(f"{spec}: empty source: no text found")
@@ -112,7 +119,7 @@ class ShardWriter:
         if state["shards"] or self.split != "val" or splits_given:
             self.commit(state["next_unit"], state["skip"])  # the position is only used if a later run resumes
             return
-        # Everything fit into what was to be the validation shard: keep a tenth for validation.
+        # Everything fit into what was to be the validation shard: a tenth of it for validation.
         n = self.count
         self.f.close()
         self.f = None
@@ -121,16 +128,97 @@ class ShardWriter:
         staged = self.pdir / ".all.bin.tmp"
         os.replace(self.pdir / CURRENT, staged)
         toks = np.memmap(staged, dtype="<u2", mode="r", offset=shards.HEADER_BYTES, shape=(n,))
-        self.val_tokens = max(1, n // 10)
+        val, piece = val_pieces(toks, self.eot)
+        self.val_tokens = sum(b - a for a, b in val)
+        state["validation"] = {
+            "rule": "seeded pieces",
+            "seed": VAL_SEED,
+            "share": VAL_SHARE,
+            "piece_tokens": piece,
+            "pieces": len(val),
+            "ranges": merge_ranges(val),
+        }
         # No resume point inside this split: if killed here, the saved state still says "nothing done"
         # and the re-run redoes this (small) source from the start.
         self.save_state = False
-        for i in range(0, n, READ_TOKENS):
-            self.add(np.asarray(toks[i : min(n, i + READ_TOKENS)]), 0, 0, None, None)
+        for a, b in [*val, *complement(val, n)]:  # the validation shard first, then training, each in order
+            for i in range(a, b, READ_TOKENS):
+                self.add(np.asarray(toks[i : min(b, i + READ_TOKENS)]), 0, 0, None, None)
         if self.f is not None:
             self.commit(0, 0)
         del toks
         staged.unlink()
+
+
+# A source smaller than --val-tokens: VAL_SHARE of its tokens validate, drawn by VAL_SEED. Pieces are
+# documents, a long one cut every PIECE_TOKENS (finer for a small source, so there are always ~100 of
+# them): validation is text from across the source, not its first tenth (one kind of text).
+VAL_SEED = 0
+VAL_SHARE = 0.1
+PIECE_TOKENS = 4096
+MIN_PIECES = 100
+
+
+def val_pieces(toks: Any, eot: int | None) -> tuple[list[tuple[int, int]], int]:
+    """The validation pieces of a small source's tokens, as sorted (start, end) ranges summing to
+    max(1, n // 10); the last drawn piece is cut to make the count exact. Depends only on the tokens
+    (not on the worker count). Also returns the piece length used for long documents."""
+    import numpy as np
+
+    n = len(toks)
+    piece = max(1, min(PIECE_TOKENS, n // MIN_PIECES))
+    starts = [0]
+    if eot is not None:
+        for i in range(0, n, READ_TOKENS):  # each document starts with its end-of-text token
+            starts += (np.flatnonzero(np.asarray(toks[i : i + READ_TOKENS]) == eot) + i).tolist()
+    bounds = sorted(set(starts) | {n})
+    pieces = [(a, min(a + piece, hi)) for lo, hi in itertools.pairwise(bounds) for a in range(lo, hi, piece)]
+    want = max(1, int(n * VAL_SHARE))
+    chosen: list[tuple[int, int]] = []
+    for k in np.random.default_rng(VAL_SEED).permutation(len(pieces)).tolist():
+        if want <= 0:
+            break
+        a, b = pieces[k]
+        chosen.append((a, min(b, a + want)))
+        want -= chosen[-1][1] - a
+    return sorted(chosen), piece
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[list[int]]:
+    """Sorted ranges with the touching ones joined: the manifest's record of where validation came from."""
+    out: list[list[int]] = []
+    for a, b in ranges:
+        if out and out[-1][1] == a:
+            out[-1][1] = b
+        else:
+            out.append([a, b])
+    return out
+
+
+def complement(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """The parts of [0, n) outside sorted, disjoint ranges."""
+    out, at = [], 0
+    for a, b in ranges:
+        if a > at:
+            out.append((at, a))
+        at = b
+    if at < n:
+        out.append((at, n))
+    return out
+
+
+def describe_validation(v: dict | None) -> str:
+    """One line for tokenize's output: how the validation shard was drawn."""
+    if not v:
+        return "validation: unrecorded"
+    if v["rule"] == "seeded pieces":
+        return (
+            f"validation: {v['share']:.0%} of the tokens, {v['pieces']:,} pieces (documents, or cuts of "
+            f"{v['piece_tokens']:,} tokens) drawn across the source with seed {v['seed']}"
+        )
+    if v["rule"] == "first":
+        return f"validation: the first {v['tokens']:,} tokens (--val-tokens; the source is larger)"
+    return f"validation: {v['rule']}"
 
 
 def _count_eot(path: Path, n: int, eot: int | None) -> int:
