@@ -110,3 +110,30 @@ def test_the_hang_report_names_gptkits_frame_in_a_clone_folder_named_gptkit(tmp_
         '  File "/home/me/gptkit/gptkit/cli/main.py", line 3 in main\n'
     )
     assert read_hang(f)["where"] == "sync (train/trainer.py:85)"
+
+
+def test_the_last_line_of_a_run_out_of_restarts_names_every_attempts_cause(tmp_path):
+    """Attempts 1 and 2 failed and were restarted (plan_restart recorded their causes); attempt 3's
+    failure is the run's last line, which names the two before it, then where to resume."""
+    import pytest
+
+    from gptkit.errors import GptkitError
+    from gptkit.train.outcome import Outcome, finish
+    from gptkit.train.restarts import earlier_attempts
+
+    assert earlier_attempts(tmp_path) is None
+    log = tmp_path / TORCHRUN_LOG
+    for n, line in (
+        (1, "failed (exitcode: -9) local_rank: 1 (pid: 1)"),
+        (2, "failed (exitcode: 3) local_rank: 0 (pid: 2)"),
+    ):
+        log.write_text(line + "\n")
+        log_steps(tmp_path, 5 + n)
+        plan_restart(resolved(tmp_path), n)
+    with pytest.raises(GptkitError) as e:
+        finish(resolved(tmp_path), Outcome(1, []), echo=print)
+    line = str(e.value)
+    assert "; attempt 3, after 2 that failed (1: local rank 1 of node 0 died with SIGKILL at step 6; " in line
+    assert (
+        "2: local rank 0 of node 0 exited with code 3 at step 7); " in line and "run the same command again" in line
+    ), line

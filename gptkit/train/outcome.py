@@ -71,23 +71,27 @@ def _signal_name(n: int) -> str:
 
 
 def finish(rr: ResolvedRun, outcome: Outcome, echo: Callable[[str], object]) -> int:
-    """Turn torchrun's ending into gptkit's: an exit code, or one GptkitError line."""
+    """Turn torchrun's ending into gptkit's: an exit code, or one GptkitError line (which names the
+    earlier attempts' causes too, when restarts were on, before where to resume)."""
+    from gptkit.train.restarts import earlier_attempts
     from gptkit.train.watchdog import hang_reports
 
     run_dir = Path(rr.run_dir)
+    before = earlier_attempts(run_dir)
+    resume = (f"{before}; " if before else "") + where_to_resume(rr)
     for log in run_dir.glob("error-*.log"):
         if log.stat().st_size == 0:
             log.unlink()  # a rank killed before it could write anything
     if len(outcome.stops) > 1:
-        echo(f"gptkit: stopped at once; {where_to_resume(rr)}")
+        echo(f"gptkit: stopped at once; {resume}")
         return outcome.code
     errors = worker_errors(run_dir)
     if errors:
         first = errors[0]
-        raise GptkitError(first["message"] + ("; " + where_to_resume(rr) if first.get("resumable") else ""))
+        raise GptkitError(first["message"] + ("; " + resume if first.get("resumable") else ""))
     hangs = hang_reports(run_dir)
     if hangs:
-        raise GptkitError(hang_line(run_dir, hangs) + "; " + where_to_resume(rr))
+        raise GptkitError(hang_line(run_dir, hangs) + "; " + resume)
     if outcome.stops:
         return outcome.code  # the workers said where they stopped
     rc = outcome.returncode
@@ -97,10 +101,9 @@ def finish(rr: ResolvedRun, outcome: Outcome, echo: Callable[[str], object]) -> 
         return 0
     if rc < 0:
         raise GptkitError(
-            f"torchrun (which runs the workers) was killed by {_signal_name(-rc)} and took them with it; "
-            + where_to_resume(rr)
+            f"torchrun (which runs the workers) was killed by {_signal_name(-rc)} and took them with it; " + resume
         )
-    raise GptkitError(failed_ranks_line(run_dir, rc) + "; " + where_to_resume(rr))
+    raise GptkitError(failed_ranks_line(run_dir, rc) + "; " + resume)
 
 
 def hang_line(run_dir: Path, hangs: list[dict]) -> str:

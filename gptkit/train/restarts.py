@@ -4,8 +4,9 @@ checkpoint (checkpoint.py's rule), not from the checkpoint RUN/config.json was l
 
 Attempt n (TORCHELASTIC_RESTART_COUNT = n - 1) leaves its hang and error files in RUN/attempt-n/
 when the next one starts: a peer's stale hang file would otherwise fire the new attempt's watchdog.
-Rank 0 writes RUN/attempt-n/failed.json ({"step"}: the last step attempt n logged): a failure that
-recurs at the same step is not retried a third time.
+Rank 0 writes RUN/attempt-n/failed.json ({"step": the last step attempt n logged, "cause"}): a
+failure that recurs at the same step is not retried a third time, and the run's last line names
+every earlier attempt's cause (earlier_attempts).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def plan_restart(rr, restarts: int):
     failed_at = last_logged_step(run_dir)
     d = attempt_dir(run_dir, restarts)
     d.mkdir(exist_ok=True)
-    (d / FAILED_FILE).write_text(json.dumps({"step": failed_at}) + "\n")
+    cause = failure_cause(run_dir / TORCHRUN_LOG, rr.launch.node_rank)
+    (d / FAILED_FILE).write_text(json.dumps({"step": failed_at, "cause": cause}) + "\n")
     again = None
     before = attempt_dir(run_dir, restarts - 1) / FAILED_FILE
     if restarts > 1 and before.is_file() and json.loads(before.read_text()).get("step") == failed_at:
@@ -70,7 +72,7 @@ def plan_restart(rr, restarts: int):
         )
     ckpt = latest_checkpoint(run_dir)
     info = {
-        "cause": failure_cause(run_dir / TORCHRUN_LOG, rr.launch.node_rank),
+        "cause": cause,
         "n": restarts,
         "of": rr.launch.max_restarts or 0,
         "failed_at": failed_at,
@@ -78,6 +80,23 @@ def plan_restart(rr, restarts: int):
         "again": again,
     }
     return replace(rr, resume_from=str(ckpt) if ckpt else None, extra={**rr.extra, "restart": info})
+
+
+def earlier_attempts(run_dir: Path) -> str | None:
+    """The failed attempts before the last one, for the run's last line: `attempt 3, after 2 that
+    failed (1: local rank 1 of node 0 died with SIGKILL at step 6; 2: ... at step 6)`; None without restarts."""
+    parts = []
+    n = 1
+    while (f := attempt_dir(run_dir, n) / FAILED_FILE).is_file():
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            rec = {}
+        parts.append(f"{n}: {rec.get('cause') or 'failed'} at step {rec.get('step', '?')}")
+        n += 1
+    if not parts:
+        return None
+    return f"attempt {n}, after {len(parts)} that failed ({'; '.join(parts)})"
 
 
 def failure_cause(log: Path, node: int) -> str | None:
