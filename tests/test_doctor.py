@@ -401,3 +401,38 @@ def test_endpoint_that_accepts_but_never_answers_gives_up_as_unreachable():
         assert "timed out" in probe.error or "no answer" in probe.error, probe.error
     finally:
         silent.close()
+
+
+TOPO_NVLINK = """\tGPU0\tGPU1\tCPU Affinity
+GPU0\t X \tNV12\t0-63
+GPU1\tNV12\t X \t0-63
+"""
+TOPO_PCIE = """\tGPU0\tGPU1\tCPU Affinity
+GPU0\t X \tPHB\t0-63
+GPU1\tPHB\t X \t0-63
+"""
+
+
+def test_doctor_dist_knows_what_each_link_should_give_and_warns_far_below_it():
+    from gptkit.doctor.dist import LINK_WARN, LINKS, detect_link, link_verdict
+
+    facts = dict(topo=None, ib_gbit=[], eth_mbit=[])
+    assert detect_link(1, 0, gpu_name="", **facts)[0] is None  # gloo between CPU processes
+    assert detect_link(1, 8, gpu_name="NVIDIA H100 80GB HBM3", **{**facts, "topo": TOPO_NVLINK})[0] == "nvlink4"
+    assert detect_link(1, 8, gpu_name="NVIDIA A100-SXM4-80GB", **{**facts, "topo": TOPO_NVLINK})[0] == "nvlink3"
+    name, how = detect_link(1, 2, gpu_name="NVIDIA GeForce RTX 4090", **{**facts, "topo": TOPO_PCIE})
+    assert name == "pcie3" and "--link pcie4" in how
+    assert detect_link(2, 16, gpu_name="x", **{**facts, "ib_gbit": [100.0, 200.0], "eth_mbit": [25_000]})[0] == "ib-hdr"
+    assert detect_link(2, 16, gpu_name="x", **{**facts, "eth_mbit": [1000, 25_000]})[0] == "eth-25g"
+    assert detect_link(2, 16, gpu_name="x", **facts)[0] is None
+    assert all(rate > 0 and source for rate, source in LINKS.values())
+
+    def report(*busbw):
+        return {"sizes": [{"busbw_GBps": b} for b in busbw]}
+
+    rate = LINKS["ib-hdr"][0]
+    assert link_verdict(report(1.0, LINK_WARN * rate + 0.1), "ib-hdr") is None  # the best size decides
+    line = link_verdict(report(1.0, 2.0), "ib-hdr")
+    assert line.startswith("all-reduce busbw 2.00 GB/s is 8% of ib-hdr's 25 GB/s")
+    assert "NCCL_IB_DISABLE" in line and "NCCL_SOCKET_IFNAME" in line and "NCCL_DEBUG=INFO" in line
+    assert link_verdict(report(0.001), None) is None

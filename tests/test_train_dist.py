@@ -574,6 +574,7 @@ def test_doctor_dist_measures_all_reduce_and_finds_a_rank_with_other_shards(home
     """`gptkit doctor --dist` on two loopback nodes of one process each, the second given a copy of the
     shards whose manifest differs: every all-reduce result is right, algbw and busbw follow from the
     recorded sizes and times (nccl-tests' formulas), and the shards check fails (exit 1)."""
+    from gptkit.doctor.dist import LINK_WARN, LINKS
     from gptkit.train.resolve import check_port
 
     shards = home / "shards" / "toy"
@@ -586,7 +587,12 @@ def test_doctor_dist_measures_all_reduce_and_finds_a_rank_with_other_shards(home
     node = ["--nodes", "2", "--master-addr", "127.0.0.1", "--master-port", str(port), "--nproc", "1"]
     base = [sys.executable, "-m", "gptkit", "doctor", "--dist", "--max-size", "4", "--json", *node]
     n1 = subprocess.Popen([*base, "--node-rank", "1", "--data", str(other)], stdout=subprocess.PIPE, text=True)
-    n0 = subprocess.run([*base, "--node-rank", "0", "--data", str(shards)], capture_output=True, text=True, timeout=300)
+    n0 = subprocess.run(
+        [*base, "--node-rank", "0", "--data", str(shards), "--link", "eth-10g"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out1 = n1.communicate(timeout=300)[0]
     assert n1.returncode == 0 and "node 1: joined the check" in out1
     assert n0.returncode == 1, n0.stderr
@@ -600,6 +606,9 @@ def test_doctor_dist_measures_all_reduce_and_finds_a_rank_with_other_shards(home
     c = rep["consistency"]
     assert c["torch"]["same"] and c["gptkit"]["same"]
     assert not c["shards"]["same"] and len(set(c["shards"]["by_rank"].values())) == 2
+    assert rep["link"] == {"name": "eth-10g", "how": "given with --link", "GBps": 1.25, "source": LINKS["eth-10g"][1]}
+    best = max(r["busbw_GBps"] for r in rep["sizes"])  # the warning follows from the figures, either way
+    assert (rep["link_warning"] is None) == (best >= LINK_WARN * 1.25), (best, rep["link_warning"])
 
 
 def test_nccl_tests_formulas():

@@ -71,6 +71,15 @@ def doctor(
     max_size: Annotated[
         float, typer.Option("--max-size", metavar="MB", help="With --dist: the largest message (MB).")
     ] = 256,
+    link: Annotated[
+        str | None,
+        typer.Option(
+            "--link",
+            metavar="LINK",
+            help="With --dist: the link to measure against (default: detected): "
+            "nvlink2-4, pcie3-5, ib-edr/hdr/ndr, eth-10g/25g/100g.",
+        ),
+    ] = None,
 ) -> None:
     """Check drivers, CUDA, torch, GPUs, attention kernels, the HF endpoint, the GPT-2 vocab and free disk.
 
@@ -79,7 +88,7 @@ def doctor(
     import json
 
     if dist:
-        _dist(json_out, nproc, nodes, node_rank, master_addr, master_port, data, max_size)
+        _dist(json_out, nproc, nodes, node_rank, master_addr, master_port, data, max_size, link)
         return
 
     from gptkit import paths
@@ -141,14 +150,15 @@ def _stdout_can_encode(text: str) -> bool:
         return False
 
 
-def _dist(json_out, nproc, nodes, node_rank, master_addr, master_port, data, max_size) -> None:
+def _dist(json_out, nproc, nodes, node_rank, master_addr, master_port, data, max_size, link=None) -> None:
     """`doctor --dist`: the node settings as `gptkit train` takes them (flags, else SLURM's variables)."""
     import json
     import os
     import tempfile
     from dataclasses import replace
 
-    from gptkit.doctor.dist import ok, run_check
+    from gptkit.doctor.dist import LINKS, detect_link, link_verdict, ok, read_link_facts, run_check
+    from gptkit.errors import GptkitError
     from gptkit.train.config import LaunchConfig
     from gptkit.train.slurm import derive
 
@@ -162,15 +172,27 @@ def _dist(json_out, nproc, nodes, node_rank, master_addr, master_port, data, max
     if cluster is not None:
         launch = replace(launch, **{k: v for k, v in cluster.values.items() if k in LaunchConfig.__dataclass_fields__})
         print(cluster.line())
-    if nproc is None:
-        import torch
+    if link is not None and link not in LINKS:
+        raise GptkitError(f"unknown --link {link!r}; choose one of: {', '.join(LINKS)}")
+    import torch
 
+    if nproc is None:
         nproc = torch.cuda.device_count() if torch.cuda.is_available() else 2
     with tempfile.TemporaryDirectory(prefix="gptkit-doctor-") as work:
         rep = run_check(nproc=nproc, launch=launch, data=data, max_mb=max_size, work=Path(work))
     if rep is None:
         print(f"node {launch.node_rank}: joined the check; node 0 reports")
         return
+    if link is not None:
+        how = "given with --link"
+    else:
+        cuda = torch.cuda.is_available()
+        gpus = nproc * launch.nodes if cuda else 0
+        link, how = detect_link(
+            launch.nodes, gpus, gpu_name=torch.cuda.get_device_name(0) if cuda else "", **read_link_facts()
+        )
+    rep["link"] = {"name": link, "how": how, **({"GBps": LINKS[link][0], "source": LINKS[link][1]} if link else {})}
+    rep["link_warning"] = link_verdict(rep, link)
     if json_out:
         print(json.dumps(rep, indent=2))
     else:
@@ -184,5 +206,13 @@ def _dist(json_out, nproc, nodes, node_rank, master_addr, master_port, data, max
         print(f"small-message latency: {rep['latency_us']:.0f} us")
         for key, c in rep["consistency"].items():
             print(f"{key}: " + ("same on every rank" if c["same"] else f"DIFFERS: {c['by_rank']}"))
+        lk = rep["link"]
+        print(
+            f"link: {lk['name']}, {lk['GBps']:g} GB/s ({lk['how']})"
+            if lk["name"]
+            else f"link: none known ({lk['how']})"
+        )
+        if rep["link_warning"]:
+            print(f"! {rep['link_warning']}")
     if not ok(rep):
         raise typer.Exit(1)

@@ -126,6 +126,103 @@ def summarize(raw: dict) -> dict:
     return {"world_size": n, "sizes": sizes, "latency_us": raw["latency_s"] * 1e6, "consistency": checks}
 
 
+# --- what the link should give --------------------------------------------------------------------
+# One direction's data-sheet rate of each link, GB/s. A healthy link's all-reduce busbw reaches most
+# of it in nccl-tests; under LINK_WARN of it, NCCL is most likely on a slower path than the hardware
+# has (TCP instead of InfiniBand, through the host instead of peer-to-peer), usually one variable away.
+LINKS: dict[str, tuple[float, str]] = {
+    "nvlink4": (450.0, "NVLink 4 (H100 SXM): 900 GB/s both ways, NVIDIA's H100 data sheet"),
+    "nvlink3": (300.0, "NVLink 3 (A100 SXM): 600 GB/s both ways, NVIDIA's A100 data sheet"),
+    "nvlink2": (150.0, "NVLink 2 (V100 SXM2): 300 GB/s both ways, NVIDIA's V100 data sheet"),
+    "pcie5": (63.0, "PCIe 5.0 x16: 32 GT/s x 16 lanes, 128b/130b coding (PCI-SIG)"),
+    "pcie4": (31.5, "PCIe 4.0 x16: 16 GT/s x 16 lanes, 128b/130b coding (PCI-SIG)"),
+    "pcie3": (15.8, "PCIe 3.0 x16: 8 GT/s x 16 lanes, 128b/130b coding (PCI-SIG)"),
+    "ib-ndr": (50.0, "InfiniBand NDR 4x: 400 Gb/s (IBTA)"),
+    "ib-hdr": (25.0, "InfiniBand HDR 4x: 200 Gb/s (IBTA)"),
+    "ib-edr": (12.5, "InfiniBand EDR 4x: 100 Gb/s (IBTA)"),
+    "eth-100g": (12.5, "100 Gigabit Ethernet (IEEE 802.3)"),
+    "eth-25g": (3.125, "25 Gigabit Ethernet (IEEE 802.3)"),
+    "eth-10g": (1.25, "10 Gigabit Ethernet (IEEE 802.3)"),
+}
+LINK_WARN = 0.25
+NCCL_HINT = (
+    "check NCCL_IB_DISABLE (InfiniBand off?), NCCL_SOCKET_IFNAME (the right interface?) and NCCL_P2P_DISABLE "
+    "(peer-to-peer off?); NCCL_DEBUG=INFO prints the transport NCCL chose"
+)
+_IB_BY_GBIT = {400: "ib-ndr", 200: "ib-hdr", 100: "ib-edr"}
+_ETH_BY_MBIT = {100_000: "eth-100g", 25_000: "eth-25g", 10_000: "eth-10g"}
+
+
+def detect_link(nodes: int, gpus: int, topo: str | None, gpu_name: str, ib_gbit: list[float], eth_mbit: list[int]):
+    """(link name or None, how it was found). Several nodes: the network between them (InfiniBand's
+    port rate from /sys/class/infiniband, else the fastest Ethernet interface's speed); one node's
+    GPUs: NVLink where `nvidia-smi topo -m` shows NV# links (its generation from the GPU's name),
+    else PCIe (3.0 assumed: the generation is not read). gloo between CPU processes: None."""
+    if nodes > 1:
+        if ib_gbit:
+            rate = max(ib_gbit)
+            name = _IB_BY_GBIT.get(int(rate))
+            return name, f"InfiniBand port at {rate:g} Gb/s (/sys/class/infiniband)"
+        if eth_mbit:
+            speed = max(eth_mbit)
+            return _ETH_BY_MBIT.get(speed), f"Ethernet at {speed // 1000} Gb/s (/sys/class/net, no InfiniBand)"
+        return None, "no InfiniBand port and no Ethernet speed readable"
+    if gpus < 2:
+        return None, "gloo between processes on one machine: no link to measure against"
+    if topo is not None and any(tok.startswith("NV") and tok[2:].isdigit() for tok in topo.split()):
+        gen = next(
+            (g for key, g in (("H100", "nvlink4"), ("H200", "nvlink4"), ("A100", "nvlink3")) if key in gpu_name),
+            "nvlink2",
+        )
+        return gen, f"NV# links in nvidia-smi topo -m ({gpu_name})"
+    return "pcie3", "no NVLink in nvidia-smi topo -m: PCIe (3.0 assumed; give --link pcie4 or pcie5)"
+
+
+def read_link_facts() -> dict:
+    """What detect_link reads from this machine: nvidia-smi topo -m, InfiniBand rates, Ethernet speeds."""
+    import glob
+    import shutil
+    import subprocess
+
+    topo = None
+    if shutil.which("nvidia-smi"):
+        try:
+            topo = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            topo = None
+    ib = []
+    for f in glob.glob("/sys/class/infiniband/*/ports/*/rate"):  # "200 Gb/sec (4X HDR)"
+        try:
+            ib.append(float(Path(f).read_text().split()[0]))
+        except (OSError, ValueError, IndexError):
+            pass
+    eth = []
+    for f in glob.glob("/sys/class/net/*/speed"):
+        if "/lo/" in f:
+            continue
+        try:
+            v = int(Path(f).read_text().strip())  # Mb/s; -1 or an error where the link is down or virtual
+        except (OSError, ValueError):
+            continue
+        if v > 0:
+            eth.append(v)
+    return {"topo": topo, "ib_gbit": ib, "eth_mbit": eth}
+
+
+def link_verdict(report: dict, link: str | None) -> str | None:
+    """A warning when the best busbw measured is under LINK_WARN of the link's data-sheet rate."""
+    if link is None or not report["sizes"]:
+        return None
+    rate, source = LINKS[link]
+    best = max(s["busbw_GBps"] for s in report["sizes"])
+    if best >= LINK_WARN * rate:
+        return None
+    return (
+        f"all-reduce busbw {best:.2f} GB/s is {best / rate:.0%} of {link}'s {rate:g} GB/s ({source}); "
+        f"under {LINK_WARN:.0%} NCCL is likely on a slower path: {NCCL_HINT}"
+    )
+
+
 def ok(report: dict) -> bool:
     return all(s["correct"] for s in report["sizes"]) and all(c["same"] for c in report["consistency"].values())
 
