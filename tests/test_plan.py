@@ -182,3 +182,27 @@ def test_wall_time_leaves_out_the_time_between_a_stop_and_a_resume():
     assert summarize(records)["wall_s"] == pytest.approx(22 + 11)
     # an older file without start records: the first step's start to the last step's end, as before
     assert summarize(steps(1, 20, 0.0))["wall_s"] == pytest.approx(20)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_the_optimizer_state_estimate_is_the_real_optimizers_bytes(optimizer):
+    """The state the run's optimizers hold after a step (build_optimizers: AdamW, or Muon's one
+    momentum per block-matrix entry beside AdamW's two for the rest), byte for byte."""
+    import torch
+
+    from gptkit.model import GPT
+    from gptkit.train.config import TrainConfig
+    from gptkit.train.optim import build_optimizers
+
+    mc = get_preset("tiny").with_vocab(256)
+    model = GPT(mc)
+    opts = build_optimizers(TrainConfig(optimizer=optimizer), model, torch.device("cpu"))
+    x = torch.randint(0, 256, (2, 16))
+    model(x, x)[1].backward()
+    for o in opts:
+        o.step()
+    held = sum(t.numel() * t.element_size() for o in opts for st in o.state.values() for t in st.values() if t.dim())
+    n = param_count(mc, padded=True)
+    m = memory_estimate(mc, n, 16, 2, half=False, free=None, optimizer=optimizer)
+    assert m.optimizer == held, (m.optimizer, held)
+    assert (m.optimizer < 8 * n) == (optimizer == "muon")

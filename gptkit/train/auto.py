@@ -87,7 +87,11 @@ def fit_micro_batch(mc: GPTConfig, n_params: int, seq_len: int, rows_per_rank: i
     options = [d for d in range(1, rows_per_rank + 1) if rows_per_rank % d == 0 and d <= want]
     if free is None:
         return options[-1]
-    fitting = [d for d in options if memory_estimate(mc, n_params, seq_len, d, False, free).fits]
+    fitting = [
+        d
+        for d in options
+        if memory_estimate(mc, n_params, seq_len, d, False, free, optimizer=str(AUTO_OPTIMIZER["optimizer"])).fits
+    ]
     return fitting[-1] if fitting else 1
 
 

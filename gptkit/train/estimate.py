@@ -52,7 +52,7 @@ class Memory:
     """Bytes per process."""
 
     weights: int
-    optimizer: int  # AdamW: two fp32 moments per parameter
+    optimizer: int  # the optimizer's state: AdamW two fp32 moments per parameter, Muon one per block matrix entry
     gradients: int
     activations: int  # at the chosen micro-batch
     total: int
@@ -113,8 +113,9 @@ def memory_estimate(
     world: int = 1,
     checkpointing: bool = False,
     fused_head: bool = False,
+    optimizer: str = "adamw",
 ) -> Memory:
-    """Bytes per process. DDP: every rank the whole model, gradients and AdamW moments. FSDP2: 1/world
+    """Bytes per process. DDP: every rank the whole model, gradients and optimizer state. FSDP2: 1/world
     of each (fp32, sharded), plus the transient all-gather buffers: the root's parameters (the
     embeddings) and two blocks' (the one running, the next prefetched) in the compute dtype, and one
     block's unsharded fp32 gradient before its reduce-scatter."""
@@ -122,7 +123,10 @@ def memory_estimate(
     weights = -(-4 * n_params // shards)  # fp32 master weights
     if half and strategy != "fsdp":
         weights += 2 * n_params  # autocast's 16-bit copy (FSDP2's is the all-gather buffer)
-    opt, grads = -(-8 * n_params // shards), -(-4 * n_params // shards)
+    # AdamW: two fp32 moments per parameter; Muon: one momentum buffer for the block matrices (AdamW's
+    # two for the embeddings, biases and gains beside it).
+    matrices = 12 * mc.n_embd * mc.n_embd * mc.n_layer if optimizer == "muon" else 0
+    opt, grads = -(-(8 * n_params - 4 * matrices) // shards), -(-4 * n_params // shards)
     gather = 0
     if strategy == "fsdp":
         root = n_params - mc.n_layer * block_params(mc)
@@ -160,6 +164,7 @@ def choose_parallel(
     parallel: str = "auto",
     checkpointing: str = "auto",
     fused_head: bool = False,
+    optimizer: str = "adamw",
 ) -> ParallelChoice:
     """The first combination (DDP, FSDP2, FSDP2 with activation checkpointing, within what was asked)
     whose estimate fits at `micro_batch`; only if none does, the one that fits the largest smaller
@@ -185,7 +190,17 @@ def choose_parallel(
 
     def est(c, mb):
         return memory_estimate(
-            mc, n_params, seq_len, mb, half, free, strategy=c[0], world=world, checkpointing=c[1], fused_head=fused_head
+            mc,
+            n_params,
+            seq_len,
+            mb,
+            half,
+            free,
+            strategy=c[0],
+            world=world,
+            checkpointing=c[1],
+            fused_head=fused_head,
+            optimizer=optimizer,
         )
 
     skipped: list[str] = []
@@ -220,6 +235,7 @@ def largest_fitting_micro_batch(
     world: int = 1,
     checkpointing: bool = False,
     fused_head: bool = False,
+    optimizer: str = "adamw",
 ) -> int | None:
     """The largest divisor of the per-process rows whose estimate fits; None if even 1 does not
     (or the free memory is unknown)."""
@@ -240,6 +256,7 @@ def largest_fitting_micro_batch(
             world=world,
             checkpointing=checkpointing,
             fused_head=fused_head,
+            optimizer=optimizer,
         ).fits
     ]
     return fitting[-1] if fitting else None
@@ -257,6 +274,7 @@ def micro_batch_memory_allows(
     world: int = 1,
     checkpointing: bool = False,
     fused_head: bool = False,
+    optimizer: str = "adamw",
 ) -> int | None:
     """The largest micro-batch (any number of rows, up to `limit`) whose estimate fits; None if even 1
     does not (or the free memory is unknown). The estimate grows with the rows: a binary search."""
@@ -273,6 +291,7 @@ def micro_batch_memory_allows(
             world=world,
             checkpointing=checkpointing,
             fused_head=fused_head,
+            optimizer=optimizer,
         ).fits
 
     if free is None or not fits(1):

@@ -79,6 +79,7 @@ class RunPlan:
     parallel: str = "ddp"  # what the run would use (--parallel, auto's choice)
     checkpointing: bool = False
     parallel_why: str = ""
+    optimizer: str = "adamw"  # --optimizer: its state is in the memory figures
     options: list[ParallelOption] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -159,13 +160,20 @@ def plan_of(
         parallel=asked,
         checkpointing=launch.activation_checkpointing,
         fused_head=device == "cpu",
+        optimizer=cfg.optimizer,
     )
     if choice.micro_batch != batches.micro_batch:
         batches = plan_batches(replace(cfg, micro_batch=choice.micro_batch), world, micro_batch_given=True)
 
     def kw(st: str, ac: bool) -> dict:
         # the CPU trainer fuses the head with the loss (train/loss.py): no logits saved
-        return {"strategy": st, "world": world, "checkpointing": ac, "fused_head": device == "cpu"}
+        return {
+            "strategy": st,
+            "world": world,
+            "checkpointing": ac,
+            "fused_head": device == "cpu",
+            "optimizer": cfg.optimizer,
+        }
 
     options = [
         ParallelOption(
@@ -247,6 +255,7 @@ def plan_of(
         parallel=choice.strategy,
         checkpointing=choice.checkpointing,
         parallel_why=choice.why,
+        optimizer=cfg.optimizer,
         options=options,
         warnings=warnings,
         notes=notes,
@@ -289,7 +298,10 @@ def _largest_micro_batch(p: RunPlan) -> str:
 
 def render_plan(p: RunPlan) -> list[str]:
     """The plan as aligned lines for a terminal."""
+    from gptkit.train.config import OPTIMIZER_NAMES
+
     m = p.memory
+    state = OPTIMIZER_NAMES[p.optimizer]
     rows = [
         ("model", f"{human_count(p.n_params)} parameters ({p.n_params:,}): {p.shape} (--preset {p.preset})"),
         ("hardware", f"{p.hardware}, {p.precision}"),
@@ -302,7 +314,7 @@ def render_plan(p: RunPlan) -> list[str]:
         ("parallel", f"{p.parallel}{' with activation checkpointing' if p.checkpointing else ''} ({p.parallel_why})"),
         (
             "memory / process",
-            f"{gb_(m.total)} = weights {gb_(m.weights)} + AdamW {gb_(m.optimizer)} + grads {gb_(m.gradients)} "
+            f"{gb_(m.total)} = weights {gb_(m.weights)} + {state} {gb_(m.optimizer)} + grads {gb_(m.gradients)} "
             f"+ activations {gb_(m.activations)}" + (f" + all-gather {gb_(m.gather)}" if m.gather else ""),
         ),
         (
@@ -325,7 +337,7 @@ def render_plan(p: RunPlan) -> list[str]:
         rows.append(
             (
                 f"  {name}",
-                f"{gb_(om.total)}{fit} = weights {gb_(om.weights)} + grads {gb_(om.gradients)} + AdamW "
+                f"{gb_(om.total)}{fit} = weights {gb_(om.weights)} + grads {gb_(om.gradients)} + {state} "
                 f"{gb_(om.optimizer)} + activations {gb_(om.activations)} + all-gather {gb_(om.gather)}; "
                 + (largest if om.free is not None else "free memory unknown"),
             )

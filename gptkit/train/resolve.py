@@ -707,6 +707,7 @@ def choose_parallel(cfg: TrainConfig, launch: LaunchConfig, device_type: str, np
         parallel=parallel,
         checkpointing=launch.activation_checkpointing,
         fused_head=device_type == "cpu",  # the CPU trainer fuses the head with the loss (train/loss.py)
+        optimizer=cfg.optimizer,
     )
 
 
