@@ -118,6 +118,8 @@ def test_help_shows_the_extras_brackets_and_ranges_are_checked():
     """`gptkit[eval]` is text, not Rich markup; a range is checked with a one-line error."""
     r = run_cli("eval", "--help", env={"COLUMNS": "250"}, check=True)
     assert "(needs gptkit[eval])" in r.stdout, r.stdout
+    t = run_cli("train", "--help", env={"COLUMNS": "250"}, check=True)  # where the recipe's values come from
+    assert "takes the --preset's value" in t.stdout and "--plan prints the run's values" in t.stdout
     line = assert_one_line_error(run_cli("download", "fineweb-edu", "--workers", "0"))
     assert "--workers" in line and "0 is not between 1 and 32" in line, line
 

@@ -106,7 +106,11 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Train a GPT on tokenized shards: builds and runs the torchrun command, one process per GPU."""
+    """Train a GPT on tokenized shards: builds and runs the torchrun command, one process per GPU.
+
+    A setting not given takes the --preset's value (on a CPU without --preset: the auto-sizing's), so
+    most have no single default here: --plan prints the run's values, --dry-run its whole config.
+    """
     from gptkit.train.launch import train as run_train
 
     if sbatch is not None or partition or account or time_limit:
