@@ -58,3 +58,13 @@ def test_recipe_bench_quick_runs_both_optimizers_side_by_side(trains, tmp_path):
     assert set(r["step_s"]) == {"adamw", "muon", "muon_split", "muon_bf16_ns"}
     assert r["step_ratio"] > 0 and r["step_ratio_bf16_ns"] > 0
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_bare_run_bench_on_the_machines_own_documentation(trains):
+    """scripts/bench_bare.py cut to 5 steps on 0.3 MB of /usr/share/doc: a bare run's announced
+    estimate is read, its validation loss and sample scored, the goal judged from them."""
+    out = json.loads(run_json("bench_bare.py", "--corpora", "machine-docs", "--max-mb", "0.3", "--max-steps", "5"))
+    (row,) = out["rows"]
+    assert row["announced"].startswith("no GPU, no --preset:") and row["estimate_s"] > 0
+    assert row["steps"] == 5 and row["val_last"] is not None and 0 <= row["real_words"] <= 1
+    assert row["within_goal"] == (row["within_budget"] and row["val_last"] <= 1.8)
