@@ -201,7 +201,6 @@ def encode_units(
     pool = ProcessPoolExecutor(
         n_workers, mp.get_context("spawn"), initializer=init_worker, initargs=(*init, os.getpid())
     )
-    finished = False
     try:
         pending: deque = deque()
         window = 2 * n_workers + 1
@@ -218,18 +217,18 @@ def encode_units(
         while pending:
             if take():
                 return
-        finished = True
     except BrokenProcessPool:
         raise GptkitError(
             f"a tokenize worker process died (killed, or out of memory with {n_workers} workers?); the shards "
             "written so far are kept: run the same command again to resume (with fewer --workers if memory is short)"
         ) from None
     finally:
-        procs = list((pool._processes or {}).values())  # before shutdown(), which sets _processes to None
-        pool.shutdown(wait=finished, cancel_futures=True)
-        if not finished:  # an error, Ctrl-C or an early stop: do not wait for the units in flight
-            for proc in procs:
-                proc.terminate()
+        # Every ending waits for the units in flight (a few, each short; the rest are cancelled), so
+        # the pool ends cleanly. Terminating a worker while it writes a result to the pipe can leave
+        # half a message that the pool's manager thread waits on for ever, and the interpreter joins
+        # that thread at exit: the likely cause of a `tokenize -j 2` of a corrupt parquet file that
+        # hung under load in CI (it terminated the workers after the error).
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _submit(pool: Any, unit: Any) -> Any:

@@ -96,7 +96,18 @@ class Trainer:
         configure_matmul(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
 
+        from gptkit.train.main import LAUNCHER_ENV
+
         plan = rr.plan
+        if plan.world_size != dist.world_size and rr.launch.nodes > 1 and os.environ.get(LAUNCHER_ENV):
+            # Every node's launcher planned nodes x its own process count: the rendezvous gathered
+            # another total, so the nodes have different GPU counts. Every rank sees it, at once.
+            here = os.environ.get("LOCAL_WORLD_SIZE", "?")
+            raise GptkitError(
+                f"the {rr.launch.nodes} nodes started different numbers of processes ({dist.world_size} in all; "
+                f"{here} on this node, planned as {plan.world_size // rr.launch.nodes} on each): give every node "
+                "the same --gpus (under SLURM: --gpus-per-node), or a GPU count all of them have"
+            )
         if plan.world_size != dist.world_size:  # started by hand with another torchrun --nproc
             plan = plan_batches(cfg, dist.world_size, micro_batch_given=False)
         self.plan = plan
