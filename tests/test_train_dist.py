@@ -353,6 +353,25 @@ def test_two_nodes_on_loopback_equal_one_node(home, reference):
     assert_same(weights(run / "step_000008"), weights(reference / "step_000008"), exact=False)
 
 
+def test_nodes_with_different_process_counts_stop_in_one_line_after_the_rendezvous(home, trains):
+    """Node 0 with one process, node 1 with two (as an allocation with different GPU counts per node):
+    the rendezvous gathers 3, which neither node planned; every node ends in one line naming the fix."""
+    from gptkit.train.resolve import check_port
+
+    port = free_port()
+    check_port("127.0.0.1", port)
+    node = ["--gpus", "0", "--nodes", "2", "--master-addr", "127.0.0.1", "--master-port", port, "--name", "uneven"]
+    flags = [*CLI_FLAGS, "--micro-batch", "2", "--data", str(home / "shards" / "toy")]
+    n1 = cli(*node, "--node-rank", "1", "--nproc", "2", *flags)
+    n0 = cli(*node, "--node-rank", "0", "--nproc", "1", *flags)
+    for p in (n0, n1):
+        out, err = p.communicate(timeout=300)
+        line = assert_one_line_error(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+        assert "the 2 nodes started different numbers of processes (3 in all;" in line, line
+        assert "give every node the same --gpus (under SLURM: --gpus-per-node)" in line, line
+    assert not list((home / "runs" / "uneven").glob("step_*"))
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(home, reference):
     run = home / "runs" / "diverge"
     run.mkdir()
