@@ -26,6 +26,8 @@ from gptkit.train.presets import TRAIN_PRESETS
 
 SCHEDULES = ("cosine", "wsd")
 # --optimizer's choices, each with its name in prose (Muon runs AdamW beside it for the embeddings and gains).
+# Set by `gptkit train` for its workers; absent when someone runs torchrun by hand (main, trainer).
+LAUNCHER_ENV = "GPTKIT_LAUNCHER"
 OPTIMIZER_NAMES = {"adamw": "AdamW", "muon": "Muon (+ AdamW)"}
 OPTIMIZERS = tuple(OPTIMIZER_NAMES)
 # torch.optim.Muon's two learning-rate adjustments by matrix shape (rows A, columns B).

@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-LAUNCHER_ENV = "GPTKIT_LAUNCHER"  # set by `gptkit train`; absent when someone runs torchrun by hand
+from gptkit.train.config import LAUNCHER_ENV  # re-exported: the launcher sets it from here
+
 LAUNCHER_PID_ENV = "GPTKIT_LAUNCHER_PID"  # the `gptkit train` process: torchrun's parent
 VERBOSE_ENV = "GPTKIT_VERBOSE"  # 1: the workers' stderr stays on the terminal
 

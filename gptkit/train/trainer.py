@@ -96,7 +96,7 @@ class Trainer:
         configure_matmul(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
 
-        from gptkit.train.main import LAUNCHER_ENV
+        from gptkit.train.config import LAUNCHER_ENV
 
         plan = rr.plan
         if plan.world_size != dist.world_size and rr.launch.nodes > 1 and os.environ.get(LAUNCHER_ENV):
