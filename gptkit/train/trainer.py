@@ -43,7 +43,7 @@ from gptkit.runs import CONFIG_FILE
 from gptkit.train import data as datamod
 from gptkit.train import hellaswag, mfu, restarts, signals
 from gptkit.train import watchdog as wdmod
-from gptkit.train.config import SHAPE_KEYS, ResolvedRun, model_settings, plan_batches, shape_of
+from gptkit.train.config import LAUNCHER_ENV, SHAPE_KEYS, ResolvedRun, model_settings, plan_batches, shape_of
 from gptkit.train.dist import Dist, TrainingError, check_shared_run_dir, step_seed
 from gptkit.train.loss import fuse_loss
 from gptkit.train.metrics import Reporter, run_header, truncate_metrics
@@ -95,8 +95,6 @@ class Trainer:
         self.device = dist.device
         configure_matmul(self.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-
-        from gptkit.train.config import LAUNCHER_ENV
 
         plan = rr.plan
         if plan.world_size != dist.world_size and rr.launch.nodes > 1 and os.environ.get(LAUNCHER_ENV):
